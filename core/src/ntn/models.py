@@ -1,0 +1,301 @@
+"""Tensor-network regression and classification models: MPO2, LMPO2 and MMPO2.
+
+All three are the same two-row ladder, evaluated on φ(x) = [x, 1] at every one of the L sites:
+
+    top row     A_0 ── A_1 ── … ── A_{L-1}        trainable tensor train, output index c on `output_site`
+                 │      │            │   j_k      (size r)
+    input row   B_0 ── B_1 ── … ── B_{L-1}        per-site input layer
+                 │      │            │   i_k      (size p = n_features + 1), contracted with φ(x)
+
+    f(x)_c = Σ A_0[j_0] … A_{L-1}[j_{L-1}] · Ψ(x)[j_0, …, j_{L-1}],
+    Ψ(x)[j] = Σ_i B_0[i_0, j_0] … B_{L-1}[i_{L-1}, j_{L-1}] · φ(x)_{i_0} … φ(x)_{i_{L-1}}.
+
+The models differ only in the input row:
+- MPO2:  none (B_k = identity, r = p), so f is a polynomial of degree ≤ L in x stored as a tensor train.
+- LMPO2: a trainable MPO with bond `bond_dim` that reduces p to `rank` at every site.
+- MMPO2: a fixed MPO that masks Ψ to the index tuples i_0 ≤ i_1 ≤ … ≤ i_{L-1}, so each monomial
+  appears once.
+
+Core shapes (D = bond_dim, bonds at the chain ends have size 1, C = output_dim):
+    top core k      (D_left, r, C_k, D_right)   C_k = C on `output_site`, 1 elsewhere
+    input core k    (d_left, p, r, d_right)
+Because f is linear in every core, `environment(unit, phi)` returns the matrix E with
+f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+TOP, INPUT = "top", "input"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One trainable core: its row (`"top"` or `"input"`) and its site."""
+
+    layer: str
+    site: int
+
+
+def _check(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _bond_dims(L: int, bond_dim: int) -> list[int]:
+    """Sizes of the L + 1 bonds of an open chain: 1 at both ends, bond_dim inside."""
+    return [1] + [bond_dim] * (L - 1) + [1]
+
+
+class TensorNetwork:
+    """The ladder described in the module docstring. Use MPO2, LMPO2 or MMPO2 to build one."""
+
+    def __init__(
+        self,
+        L: int,
+        bond_dim: int,
+        phys_dim: int,
+        output_dim: int,
+        output_site: int,
+        init_strength: float,
+        input_cores: list[Tensor] | None,
+        train_input: bool,
+        seed: int | None,
+    ) -> None:
+        _check("L", L, 2)
+        _check("bond_dim", bond_dim, 1)
+        _check("phys_dim", phys_dim, 2)
+        _check("output_dim", output_dim, 1)
+        if not isinstance(output_site, int) or not 0 <= output_site < L:
+            raise ValueError(f"output_site must be an integer in [0, {L}), got {output_site!r}")
+        if not init_strength > 0:
+            raise ValueError(f"init_strength must be > 0, got {init_strength!r}")
+        self.L, self.bond_dim, self.phys_dim = L, bond_dim, phys_dim
+        self.output_dim, self.output_site = output_dim, output_site
+        self.input_cores = input_cores
+        self.train_input = train_input
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        r = phys_dim if input_cores is None else input_cores[0].shape[2]
+        D = _bond_dims(L, bond_dim)
+        self.top_cores = [
+            init_strength
+            * torch.randn(
+                D[k],
+                r,
+                output_dim if k == output_site else 1,
+                D[k + 1],
+                generator=generator,
+                dtype=torch.float64,
+            )
+            for k in range(L)
+        ]
+
+    # ---- parameters -------------------------------------------------------------------------
+
+    @property
+    def units(self) -> list[Unit]:
+        """Trainable cores in left-to-right order (top before input at each site)."""
+        layers = (TOP, INPUT) if self.train_input else (TOP,)
+        return [Unit(layer, k) for k in range(self.L) for layer in layers]
+
+    def core(self, unit: Unit) -> Tensor:
+        return (self.top_cores if unit.layer == TOP else self.input_cores)[unit.site]
+
+    def set_core(self, unit: Unit, value: Tensor) -> None:
+        (self.top_cores if unit.layer == TOP else self.input_cores)[unit.site] = value
+
+    @property
+    def trainable_cores(self) -> list[Tensor]:
+        return [self.core(u) for u in self.units]
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable scalars."""
+        return sum(c.numel() for c in self.trainable_cores)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> TensorNetwork:
+        self.top_cores = [c.to(device, dtype) for c in self.top_cores]
+        if self.input_cores is not None:
+            self.input_cores = [c.to(device, dtype) for c in self.input_cores]
+        return self
+
+    def state(self) -> list[Tensor]:
+        """A copy of every core (trainable or not), for `load_state`."""
+        return [c.clone() for c in self.top_cores + (self.input_cores or [])]
+
+    def load_state(self, state: list[Tensor]) -> None:
+        self.top_cores = [c.clone() for c in state[: self.L]]
+        if self.input_cores is not None:
+            self.input_cores = [c.clone() for c in state[self.L :]]
+
+    # ---- contraction ------------------------------------------------------------------------
+
+    def _input(self, site: int, phi: Tensor) -> Tensor:
+        """Input row at `site` contracted with φ: (B, d_left, r, d_right)."""
+        if self.input_cores is None:
+            return phi[:, None, :, None]
+        return torch.einsum("ni,sijt->nsjt", phi, self.input_cores[site])
+
+    def _inputs(self, phi: Tensor) -> list[Tensor]:
+        return [self._input(k, phi) for k in range(self.L)]
+
+    def _columns(self, inputs: list[Tensor]) -> list[Tensor]:
+        """One ladder column per site: (B, C_k, D_left·d_left, D_right·d_right)."""
+        columns = []
+        for top, inp in zip(self.top_cores, inputs):
+            col = torch.einsum("ajcb,nsjt->ncasbt", top, inp)
+            B, C, a, s, b, t = col.shape
+            columns.append(col.reshape(B, C, a * s, b * t))
+        return columns
+
+    def _left(self, columns: list[Tensor], site: int) -> Tensor:
+        """Contraction of the columns left of `site`: (B, C or 1, 1, D_left·d_left)."""
+        env = columns[0].new_ones(columns[0].shape[0], 1, 1, 1)
+        for col in columns[:site]:
+            env = env @ col
+        return env
+
+    def _right(self, columns: list[Tensor], site: int) -> Tensor:
+        """Contraction of the columns right of `site`: (B, C or 1, D_right·d_right, 1)."""
+        env = columns[0].new_ones(columns[0].shape[0], 1, 1, 1)
+        for col in reversed(columns[site + 1 :]):
+            env = col @ env
+        return env
+
+    def __call__(self, phi: Tensor) -> Tensor:
+        """f(x) for a batch of embedded inputs φ(x): (B, p) -> (B, C)."""
+        columns = self._columns(self._inputs(phi))
+        return self._left(columns, self.L)[:, :, 0, 0]
+
+    def environment_factors(self, unit: Unit, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The pieces around the top core at `unit.site`, each with the output index c expanded:
+        left (B, C, D_left, d_left), input row (B, d_left, r, d_right), right (B, C, D_right, d_right).
+        """
+        B, C, k = phi.shape[0], self.output_dim, unit.site
+        inputs = self._inputs(phi)
+        columns = self._columns(inputs)
+        top = self.top_cores[k]
+        left = self._left(columns, k).reshape(B, -1, top.shape[0], inputs[k].shape[1]).expand(B, C, -1, -1)
+        right = self._right(columns, k).reshape(B, -1, top.shape[3], inputs[k].shape[3]).expand(B, C, -1, -1)
+        return left, inputs[k], right
+
+    def environment(self, unit: Unit, phi: Tensor) -> Tensor:
+        """E with f(x)[n, c] = Σ_q E[n, c, q] · vec(core(unit))[q]: (B, C, numel(core))."""
+        B, C, k = phi.shape[0], self.output_dim, unit.site
+        left, inp, right = self.environment_factors(unit, phi)
+        if unit.layer == INPUT:
+            top_c = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
+            E = torch.einsum("ncas,ajcb,ncbt,ni->ncsijt", left, top_c, right, phi)
+            return E.reshape(B, C, -1)
+        E = torch.einsum("ncas,nsjt,ncbt->ncajb", left, inp, right)
+        if k == self.output_site:  # top core carries c: E[n, c, a, j, c', b] = E[n, c, a, j, b] δ_cc'
+            E = E.unsqueeze(4) * torch.eye(C, dtype=E.dtype, device=E.device)[None, :, None, None, :, None]
+        return E.reshape(B, C, -1)
+
+    def is_kronecker(self, unit: Unit) -> bool:
+        """Whether E_n = left_n ⊗ φ_n ⊗ right_n for this core (MPO2 top cores, one output)."""
+        return unit.layer == TOP and self.input_cores is None and self.output_dim == 1
+
+    def dense(self) -> Tensor:
+        """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only)."""
+        p = self.phys_dim
+        grid = torch.cartesian_prod(*[torch.arange(p)] * self.L).reshape(-1, self.L)
+        eye = torch.eye(p, dtype=self.top_cores[0].dtype, device=self.top_cores[0].device)
+        # W[i, c] = f evaluated with the basis vector e_{i_k} in place of φ at each site k
+        columns = self._columns([self._input(k, eye[grid[:, k]]) for k in range(self.L)])
+        return self._left(columns, self.L)[:, :, 0, 0].reshape(*[p] * self.L, self.output_dim)
+
+
+def _reduction_cores(
+    L: int, bond_dim: int, phys_dim: int, rank: int, init_strength: float, seed: int | None
+) -> list[Tensor]:
+    generator = torch.Generator().manual_seed(seed + 1_000_003) if seed is not None else None
+    d = _bond_dims(L, bond_dim)
+    return [
+        init_strength * torch.randn(d[k], phys_dim, rank, d[k + 1], generator=generator, dtype=torch.float64)
+        for k in range(L)
+    ]
+
+
+def _ordering_mask_cores(L: int, phys_dim: int) -> list[Tensor]:
+    """MPO whose contraction is 1 on index tuples i_0 ≤ … ≤ i_{L-1} and 0 elsewhere.
+
+    Its bond carries the previous index: M_k[s, i, j, t] = δ_ij · δ_jt · [j ≥ s].
+    """
+    p = phys_dim
+    i = torch.arange(p)
+    passes = (i[None, :] >= i[:, None]).double()  # [s, j] = j >= s
+    middle = torch.zeros(p, p, p, p, dtype=torch.float64)
+    middle[:, i, i, i] = passes  # (s, i=j, j, t=j)
+    first = middle[:1].clone()  # no previous index: s = 0 lets every j pass
+    last = middle.sum(dim=3, keepdim=True)  # close the chain: sum over t = j
+    return [first] + [middle] * (L - 2) + [last]
+
+
+def MPO2(
+    L: int,
+    bond_dim: int,
+    phys_dim: int,
+    output_dim: int = 1,
+    output_site: int = 1,
+    init_strength: float = 0.1,
+    seed: int | None = None,
+) -> TensorNetwork:
+    """Tensor train of L cores over φ(x) = [x, 1]: a polynomial of degree ≤ L in x.
+
+    Parameters: Σ_k D_k·p·D_{k+1}, times output_dim on `output_site` (D_0 = D_L = 1). For L=3,
+    bond_dim=6, phys_dim=9, output_dim=1: 54 + 324 + 54 = 432.
+    """
+    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, None, False, seed)
+
+
+def LMPO2(
+    L: int,
+    bond_dim: int,
+    phys_dim: int,
+    output_dim: int = 1,
+    output_site: int = 1,
+    init_strength: float = 0.1,
+    rank: int | None = None,
+    reduction_factor: float = 0.5,
+    seed: int | None = None,
+) -> TensorNetwork:
+    """MPO2 over a trainable linear reduction MPO that maps φ(x) to `rank` dims at every site.
+
+    rank defaults to max(2, int(phys_dim × reduction_factor)). Parameters: the reduction MPO's
+    Σ_k D_k·p·rank·D_{k+1} plus an MPO2 with phys_dim = rank. For L=3, bond_dim=6, phys_dim=9,
+    rank=4: 216 + 1296 + 216 (reduction) + 24 + 144 + 24 (top) = 1920.
+    """
+    if rank is None:
+        if not 0 < reduction_factor <= 1:
+            raise ValueError(f"reduction_factor must be in (0, 1], got {reduction_factor!r}")
+        rank = max(2, int(phys_dim * reduction_factor))
+    _check("rank", rank, 1)
+    _check("L", L, 2)
+    _check("bond_dim", bond_dim, 1)
+    cores = _reduction_cores(L, bond_dim, phys_dim, rank, init_strength, seed)
+    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, cores, True, seed)
+
+
+def MMPO2(
+    L: int,
+    bond_dim: int,
+    phys_dim: int,
+    output_dim: int = 1,
+    output_site: int = 1,
+    init_strength: float = 0.1,
+    seed: int | None = None,
+) -> TensorNetwork:
+    """MPO2 behind a fixed mask that keeps only index tuples i_0 ≤ … ≤ i_{L-1}.
+
+    Each monomial of degree ≤ L then has exactly one coefficient path. The mask is not trained, so
+    the parameter count equals MPO2's (432 for L=3, bond_dim=6, phys_dim=9, output_dim=1).
+    """
+    _check("L", L, 2)
+    _check("phys_dim", phys_dim, 2)
+    mask = _ordering_mask_cores(L, phys_dim)
+    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, mask, False, seed)

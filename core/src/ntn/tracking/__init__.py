@@ -1,0 +1,30 @@
+"""Experiment tracking: trackers are plugins, discovered through the entry-point group `ntn.trackers`.
+
+from ntn.tracking import start_run
+
+with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
+    run.log_hparams(hparams)
+    ntn.fit(n_epochs=10, callback_init=run.callback_init, callback_epoch=run.callback_epoch)
+    run.log_summary({"seed": 0, "loss": ..., "r2": ..., "success": True})
+"""
+
+from ntn.tracking.base import BaseTracker
+from ntn.tracking.discovery import TrackerSelectionError, installed, parse, select
+from ntn.tracking.hookspecs import hookimpl, hookspec
+from ntn.tracking.manager import TrackerValidationError
+from ntn.tracking.run import TrackedRun, TrackerWarning, start_run, validate
+
+__all__ = [
+    "BaseTracker",
+    "TrackedRun",
+    "TrackerSelectionError",
+    "TrackerValidationError",
+    "TrackerWarning",
+    "hookimpl",
+    "hookspec",
+    "installed",
+    "parse",
+    "select",
+    "start_run",
+    "validate",
+]

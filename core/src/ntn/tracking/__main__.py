@@ -1,0 +1,3 @@
+from ntn.tracking.cli import main
+
+raise SystemExit(main())

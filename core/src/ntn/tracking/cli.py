@@ -1,0 +1,58 @@
+"""`ntn-trackers` (also `python -m ntn.tracking`): inspect installed backends and recorded runs.
+
+Plugins add subcommands through the entry-point group `ntn.trackers.commands`: each entry point is a
+function `register(subparsers)` that adds its parser and sets `func` (args -> exit code) as a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from tabulate import tabulate
+
+from ntn.tracking.discovery import TrackerSelectionError, installed, load
+
+COMMANDS_GROUP = "ntn.trackers.commands"
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = []
+    for name, ep in sorted(installed().items()):
+        try:
+            backend = load(name, ep)
+            rows.append([name, backend.distribution, backend.version, ep.value, "yes"])
+        except TrackerSelectionError as err:
+            dist = ep.dist
+            rows.append(
+                [name, dist.metadata["Name"] if dist else "?", dist.version if dist else "?", ep.value, f"no: {err}"]
+            )
+    if not rows:
+        print("no tracker backends installed; try: pip install ntn-tracker-file")
+        return 0
+    print(tabulate(rows, headers=["backend", "distribution", "version", "entry point", "loads"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntn-trackers", description="Tracker backends and recorded runs of ntn.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="installed tracker backends and whether they load").set_defaults(func=_list)
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(sub)
+        except Exception as err:  # a broken plugin must not take the other commands down
+            print(
+                f"ntn-trackers: command plugin {ep.name!r} failed to load: {type(err).__name__}: {err}", file=sys.stderr
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:
+        print(f"ntn-trackers {args.command}: {err}", file=sys.stderr)
+        return 2

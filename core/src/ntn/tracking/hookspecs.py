@@ -1,0 +1,47 @@
+"""The tracker contract: what the core calls on every tracker of a run.
+
+A tracker is any object with some of these methods. Decorating them with `hookimpl` is optional: the
+core also accepts plain methods of these names (as `BaseTracker` subclasses have). Every payload is a
+JSON-like structure (dicts, lists, str, int, float, bool, None; floats may be NaN or ±Inf) from which
+the core has already removed secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "ntn"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def log_hparams(hparams: dict[str, Any]) -> None:
+    """Record the run's hyperparameters; called once, before any metrics.
+
+    :param hparams: name → value, possibly nested
+    """
+
+
+@hookspec
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Record the metrics of one step (the initial evaluation is step -1, then epoch 0, 1, …).
+
+    :param metrics: name → value; values may be NaN or ±Inf
+    :param step: the step the metrics belong to
+    """
+
+
+@hookspec
+def log_summary(summary: dict[str, Any]) -> None:
+    """Record the run's final figures; keys of a later call update those of an earlier one.
+
+    :param summary: e.g. seed, loss, r2, success and, for a failed run, error
+    """
+
+
+@hookspec
+def finalize() -> None:
+    """The run is over: flush, close and release resources. Called exactly once, even after errors."""

@@ -1,0 +1,38 @@
+"""The per-run pluggy PluginManager, which also accepts undecorated tracker methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from ntn.tracking import hookspecs
+
+HOOKS = ("log_hparams", "log_metrics", "log_summary", "finalize")
+
+
+class TrackerValidationError(TypeError):
+    """A tracker's hook does not match the hookspec."""
+
+
+class TrackerManager(pluggy.PluginManager):
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> pluggy.HookimplOpts | None:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOKS and callable(getattr(plugin, name, None)):
+            return pluggy.HookimplOpts(
+                wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
+            )
+        return opts
+
+    def add_tracker(self, tracker: Any, name: str) -> None:
+        """Register `tracker`, or raise TrackerValidationError naming it and the mismatching hook."""
+        try:
+            self.register(tracker, name=name)
+        except pluggy.PluginValidationError as err:
+            hook = next((h for h in HOOKS if f"hook {h!r}" in str(err)), "?")
+            detail = str(err).splitlines()[-1]
+            raise TrackerValidationError(f"tracker {name!r} does not match hook {hook!r}: {detail}") from None

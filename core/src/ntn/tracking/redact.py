@@ -1,0 +1,60 @@
+"""Removing secrets from payloads before any tracker sees them.
+
+Two rules, applied recursively to dicts, lists and tuples:
+- by name: the value of a key that looks secret (`*secret*`, `*token*`, `*password*`, `*_key`,
+  `authorization`, `*headers*`) is replaced whole;
+- by value: any occurrence of a current secret from the environment (`CF_ACCESS_CLIENT_SECRET`,
+  `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`, every value in the JSON object `AIM_CUSTOM_HEADERS`)
+  inside any string is replaced. Values shorter than 4 characters are not searched for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+SECRET_ENV_VARS = ("CF_ACCESS_CLIENT_SECRET", "CF_ACCESS_CLIENT_ID", "AIM_AUTH_TOKEN")
+SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
+MIN_SECRET_LENGTH = 4
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret strings currently in the environment, longest first."""
+    environ = os.environ if environ is None else environ
+    values = [environ.get(name, "") for name in SECRET_ENV_VARS]
+    try:
+        headers = json.loads(environ.get("AIM_CUSTOM_HEADERS") or "{}")
+    except ValueError:
+        headers = {}
+    if isinstance(headers, dict):
+        values += [str(v) for v in headers.values()]
+    return sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+
+class Redactor:
+    """Applies both rules with the secrets of one environment, read once."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        secrets = secret_values(environ)
+        self._pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
+
+    def text(self, value: str) -> str:
+        return self._pattern.sub(REDACTED, value) if self._pattern is not None else value
+
+    def __call__(self, payload: Any) -> Any:
+        if isinstance(payload, str):
+            return self.text(payload)
+        if isinstance(payload, Mapping):
+            return {
+                self.text(k) if isinstance(k, str) else k: (
+                    REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else self(v)
+                )
+                for k, v in payload.items()
+            }
+        if isinstance(payload, list | tuple):
+            return type(payload)(self(v) for v in payload)
+        return payload

@@ -1,0 +1,130 @@
+"""The life of one tracked run: build its trackers, hand them redacted payloads, contain their failures."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ntn.tracking.discovery import Backend, select
+from ntn.tracking.manager import HOOKS, TrackerManager
+from ntn.tracking.redact import Redactor
+
+
+class TrackerWarning(UserWarning):
+    """A tracker failed and was disabled for the rest of the run; training goes on."""
+
+
+class TrackedRun:
+    """One run (one seed) and the tracker instances that record it.
+
+    Every hook call goes to each tracker separately: a tracker that raises is disabled for the rest of
+    the run, a TrackerWarning names it, and `failures` lists it; the other trackers and training go on.
+    """
+
+    def __init__(self, experiment_name: str, config: dict[str, Any], backends: Sequence[Backend]) -> None:
+        self.redact = Redactor()
+        self.experiment_name = experiment_name
+        self.config = self.redact(config)
+        self.backends = [b.name for b in backends]
+        self.failures: list[dict[str, str]] = []
+        self.summary: dict[str, Any] = {}
+        self._manager = TrackerManager()
+        for backend in backends:
+            try:
+                tracker = backend.factory(experiment_name=experiment_name, config=self.config)
+            except Exception as err:
+                self._fail(backend.name, "__init__", err)
+                continue
+            self._manager.add_tracker(tracker, backend.name)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        hook = self._manager.hook
+        self._impls = {name: getattr(hook, name).get_hookimpls() for name in HOOKS}
+
+    def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
+        error = self.redact.text(f"{type(err).__name__}: {err}")
+        self.failures.append({"tracker": tracker, "hook": hook, "error": error})
+        warnings.warn(
+            f"tracker {tracker!r} failed in {hook} and is disabled for this run: {error}", TrackerWarning, stacklevel=3
+        )
+
+    def _call(self, hook: str, **kwargs: Any) -> None:
+        disabled = False
+        for impl in self._impls[hook]:
+            try:
+                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except Exception as err:
+                self._fail(impl.plugin_name, hook, err)
+                self._manager.unregister(name=impl.plugin_name)
+                disabled = True
+        if disabled:
+            self._refresh()
+
+    @property
+    def active(self) -> list[str]:
+        """Names of the trackers still receiving calls."""
+        return [name for name, _ in self._manager.list_name_plugin()]
+
+    def log_hparams(self, hparams: dict[str, Any]) -> None:
+        self._call("log_hparams", hparams=self.redact(hparams))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_metrics", metrics=self.redact(metrics), step=step)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        summary = self.redact(summary)
+        self.summary.update(summary)
+        self._call("log_summary", summary=summary)
+
+    def finalize(self) -> None:
+        self._call("finalize")
+        for name, _ in self._manager.list_name_plugin():
+            self._manager.unregister(name=name)
+        self._refresh()
+
+    # ---- the two NTN.fit callbacks ----------------------------------------------------------
+
+    def callback_init(self, scores: dict[str, float], info: dict[str, Any]) -> None:
+        """NTN's callback_init: the initial scores at step -1."""
+        self.log_metrics(dict(scores), step=-1)
+
+    def callback_epoch(self, epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
+        """NTN's callback_epoch: the epoch's scores with reg_loss, jitter and weight_norm_sq, at step = epoch."""
+        extra = {k: info[k] for k in ("reg_loss", "jitter", "weight_norm_sq") if k in info}
+        self.log_metrics(dict(scores) | extra, step=epoch)
+
+
+@contextmanager
+def start_run(
+    experiment_name: str,
+    config: dict[str, Any] | None = None,
+    backend: str | Sequence[str] | None = None,
+) -> Iterator[TrackedRun]:
+    """Track one run with the selected backends (argument, else TRACKER_BACKEND, else "file").
+
+    If the body raises, the summary records success: false and error: "<Type>: <message>" before
+    `finalize`, and the exception propagates. `finalize` always runs.
+    """
+    run = TrackedRun(experiment_name, dict(config or {}), select(backend))
+    try:
+        yield run
+    except BaseException as err:
+        run.log_summary({"success": False, "error": f"{type(err).__name__}: {err}"})
+        raise
+    finally:
+        run.finalize()
+
+
+def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
+    """Select the backends and check each tracker class against the hookspecs, before any training.
+
+    Factories that are not classes can only be checked when a run builds them.
+    """
+    backends = select(backend)
+    for b in backends:
+        if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
+            TrackerManager().add_tracker(b.factory, b.name)
+    return backends

@@ -1,0 +1,78 @@
+"""Conformance kit for tracker plugins: run it in your plugin's own test suite.
+
+    from ntn.tracking.testing import run_conformance
+
+    def test_my_tracker_conforms(tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        run = run_conformance(MyTracker)
+        # then read back what MyTracker wrote and compare it with run.expected
+
+It builds the tracker the way the core does and drives it through a full run with realistic
+payloads: nested config, NaN and ±Inf metrics, unicode names, step -1, and a failed run's summary.
+Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ntn.tracking.manager import HOOKS, TrackerManager
+
+EXPERIMENT_NAME = "conformance_ünïcødé λ/run 1_seed0"
+CONFIG = {
+    "model": "MPO2",
+    "L": 3,
+    "bond_dim": 6,
+    "jitter": {"start": 0.05, "decay": 0.9, "min": 1e-6, "schedule": [0.05, 0.045]},
+    "seeds": (0, 1, 2),
+    "dataset": {"name": "california_housing", "features": ["MedInc", "AveOccup"], "n": 500},
+    "notes": "température ≥ 0 ✓",
+    "missing": None,
+    "flag": True,
+}
+HPARAMS = {"bond_dim": 6, "jitter_start": 0.05, "batch_size": 100, "τ": 0.5, "nested": {"depth": {"level": 2}}}
+METRICS = [
+    (-1, {"loss": 6.64, "r2": -3.88}),
+    (0, {"loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05, "weight_norm_sq": 11.8}),
+    (1, {"loss": math.nan, "r2": -math.inf, "reg_loss": math.inf, "jitter": 0.045, "μ-metric": 1.0}),
+    (2, {"loss": 0.26, "r2": 0.81, "reg_loss": 0.80, "jitter": 0.0405, "weight_norm_sq": 12.1}),
+]
+SUMMARY = {"seed": 0, "loss": 0.26, "r2": 0.81, "success": True}
+FAILED_SUMMARY = {"success": False, "error": "NewtonStepError: Newton step on top core at site 1 failed"}
+
+
+@dataclass
+class ConformanceRun:
+    """What the kit sent, so the plugin's test can compare it with what the tracker recorded."""
+
+    tracker: Any
+    experiment_name: str = EXPERIMENT_NAME
+    config: dict[str, Any] = field(default_factory=lambda: dict(CONFIG))
+    hparams: dict[str, Any] = field(default_factory=lambda: dict(HPARAMS))
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=lambda: list(METRICS))
+    summary: dict[str, Any] = field(default_factory=lambda: SUMMARY | FAILED_SUMMARY)
+
+
+def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIMENT_NAME) -> ConformanceRun:
+    """Build a tracker with `factory(experiment_name=..., config=...)` and drive it through a full run.
+
+    :raises AssertionError: naming the hook that failed, or the hook that does not match its spec
+    """
+    tracker = factory(experiment_name=experiment_name, config=dict(CONFIG))
+    manager = TrackerManager()
+    manager.add_tracker(tracker, "under-test")
+    implemented = {hook for hook in HOOKS if getattr(manager.hook, hook).get_hookimpls()}
+    assert implemented, f"{factory!r} implements none of the hooks {HOOKS}"
+    calls: list[tuple[str, dict[str, Any]]] = [("log_hparams", {"hparams": dict(HPARAMS)})]
+    calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
+    calls += [("log_summary", {"summary": dict(SUMMARY)}), ("log_summary", {"summary": dict(FAILED_SUMMARY)})]
+    calls += [("finalize", {})]
+    for hook, kwargs in calls:
+        try:
+            getattr(manager.hook, hook)(**kwargs)
+        except Exception as err:
+            raise AssertionError(f"{hook}({kwargs!r}) raised {type(err).__name__}: {err}") from err
+    return ConformanceRun(tracker, experiment_name)

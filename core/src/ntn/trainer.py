@@ -1,0 +1,261 @@
+"""NTN: Newton sweeps over the cores of a tensor network.
+
+One epoch sweeps the trainable cores left to right and back. Each core update is a Newton step on
+
+    J(A) = (1/N) Σ_n ℓ(f(x_n), y_n) + λ Σ_k ||A_k||²_F,          λ = the epoch's jitter,
+
+over the whole training set. f is linear in one core θ = vec(A_k): f(x_n) = E_n θ with the
+environment E_n (C × P) from `TensorNetwork.environment`. So
+
+    g = (1/N) Σ_n E_nᵀ ∂ℓ_n/∂f + 2λθ,     H = (1/N) Σ_n E_nᵀ (∂²ℓ_n/∂f²) E_n + 2λI,     θ ← θ − H⁻¹ g,
+
+accumulated over mini-batches (memory bounded by batch_size, result independent of it). For MSE, J is
+quadratic in θ and the step lands on its exact minimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ntn.gram import accumulate_system
+from ntn.losses import MSE, get_loss
+from ntn.models import TensorNetwork, Unit
+
+Scores = dict[str, float]
+SELECTIONS = ("reg_loss", "val_loss", "last")
+JITTER_RETRIES = 12  # each retry multiplies the damping by 10
+
+
+class NewtonStepError(RuntimeError):
+    """A core's Newton system stayed singular or non-finite up to the jitter bound."""
+
+
+def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -> list[float]:
+    """jitter[e] = max(start · decay^e, minimum)."""
+    return [max(start * decay**e, minimum) for e in range(n_epochs)]
+
+
+def newton_step(theta: Tensor, hessian: Tensor, gradient: Tensor, jitter: float, regularize: bool, name: str) -> Tensor:
+    """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`).
+
+    :param theta: the core, flattened (P,)
+    :param hessian: Hessian of the mean data loss (P, P)
+    :param gradient: gradient of the mean data loss (P,)
+    :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
+        finite, the damping λ is raised tenfold, up to JITTER_RETRIES times.
+    """
+    rhs = gradient + 2 * jitter * theta if regularize else gradient
+    identity = torch.eye(len(theta), dtype=theta.dtype, device=theta.device)
+    damping = jitter
+    floor = 1e-12 * max(hessian.diagonal().abs().mean().item(), 1.0) if torch.isfinite(hessian).all() else 1.0
+    for _ in range(JITTER_RETRIES + 1):
+        factor, info = torch.linalg.cholesky_ex(hessian + 2 * damping * identity)
+        if info.item() == 0:
+            updated = theta - torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+            if torch.isfinite(updated).all():
+                return updated
+        damping = max(10 * damping, floor)
+    raise NewtonStepError(
+        f"Newton step on {name} failed: the system is not positive definite or not finite "
+        f"even with jitter {damping / 10:.3g}"
+    )
+
+
+def _as_tensor(name: str, value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`value` as a finite real tensor of `dtype` on `device`, or a ValueError naming `name`."""
+    try:
+        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a real numeric array ({err})") from None
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real numeric array, got dtype {tensor.dtype}")
+    tensor = tensor.to(device=device, dtype=dtype)
+    if tensor.numel() and not torch.isfinite(tensor).all():
+        row = (~torch.isfinite(tensor)).reshape(len(tensor), -1).any(dim=1).nonzero()[0, 0].item()
+        raise ValueError(f"{name} contains NaN or Inf (first in row {row})")
+    return tensor
+
+
+class NTN:
+    """Trains a TensorNetwork with Newton sweeps on fixed training data.
+
+    :param model: MPO2, LMPO2 or MMPO2
+    :param X: training inputs (N, n_features), with n_features = model.phys_dim − 1
+    :param y: targets, (N,) or (N, output_dim) for "mse"; class labels in [0, output_dim) for "cross_entropy"
+    :param loss: "mse" or "cross_entropy"
+    :param batch_size: samples per mini-batch when accumulating gradient and Hessian
+    :param X_val, y_val: optional validation data; its scores appear as val_* in the callbacks
+    :param dtype: float64 by default; the device follows X
+    """
+
+    def __init__(
+        self,
+        model: TensorNetwork,
+        X: Any,
+        y: Any,
+        loss: str = "mse",
+        batch_size: int = 100,
+        X_val: Any = None,
+        y_val: Any = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        self.loss = get_loss(loss)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model, self.batch_size, self.dtype = model, batch_size, dtype
+        self.device = X.device if isinstance(X, Tensor) else torch.device("cpu")
+        self.X, self.y = self._data("X", X, "y", y)
+        self.validation = self._data("X_val", X_val, "y_val", y_val) if X_val is not None or y_val is not None else None
+        model.to(self.device, dtype)
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _data(self, x_name: str, X: Any, y_name: str, y: Any) -> tuple[Tensor, Tensor]:
+        if X is None or y is None:
+            raise ValueError(f"{x_name} and {y_name} must be given together")
+        X = _as_tensor(x_name, X, self.dtype, self.device)
+        n_features = self.model.phys_dim - 1
+        if X.ndim != 2 or X.shape[1] != n_features:
+            raise ValueError(
+                f"{x_name} must have shape (N, {n_features}) for phys_dim={self.model.phys_dim} "
+                f"(phys_dim = n_features + 1), got {tuple(X.shape)}"
+            )
+        C = self.model.output_dim
+        if isinstance(self.loss, MSE):
+            y = _as_tensor(y_name, y, self.dtype, self.device)
+            y = y[:, None] if y.ndim == 1 else y
+            if y.ndim != 2 or y.shape[1] != C:
+                raise ValueError(f"{y_name} must have shape (N,) or (N, {C}) for output_dim={C}, got {tuple(y.shape)}")
+        else:
+            y = _as_tensor(y_name, y, torch.float64, self.device)
+            if y.ndim != 1 or (y != y.round()).any() or (y < 0).any() or (y >= C).any():
+                raise ValueError(f"{y_name} must be class labels (N,) with values in [0, {C}) for cross_entropy")
+            y = y.long()
+        if len(y) != len(X):
+            raise ValueError(f"{x_name} has {len(X)} rows but {y_name} has {len(y)}")
+        if len(X) == 0:
+            raise ValueError(f"{x_name} is empty")
+        return X, y
+
+    def _batches(self, X: Tensor, y: Tensor):
+        for start in range(0, len(X), self.batch_size):
+            X_b = X[start : start + self.batch_size]
+            phi = torch.cat([X_b, X_b.new_ones(len(X_b), 1)], dim=1)  # φ(x) = [x, 1]: (B, p)
+            yield phi, y[start : start + self.batch_size]
+
+    # ---- evaluation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, X: Any) -> Tensor:
+        """Model outputs (N, output_dim): regression values, or class logits."""
+        X = _as_tensor("X", X, self.dtype, self.device)
+        dummy = X.new_zeros(len(X), dtype=torch.long)
+        return torch.cat([self.model(phi) for phi, _ in self._batches(X, dummy)])
+
+    @torch.no_grad()
+    def evaluate(self, X: Any, y: Any) -> Scores:
+        """{"loss", "r2"} for regression (R² over all outputs) or {"loss", "accuracy"} for classification."""
+        X, y = (X, y) if (X is self.X and y is self.y) else self._data("X", X, "y", y)
+        f = torch.cat([self.model(phi) for phi, _ in self._batches(X, y)])
+        loss = self.loss.per_sample(f, y).mean().item()
+        if isinstance(self.loss, MSE):
+            total = (y - y.mean(dim=0)).pow(2).sum().item()
+            residual = (y - f).pow(2).sum().item()
+            r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
+            return {"loss": loss, "r2": r2}
+        return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
+
+    def scores(self) -> Scores:
+        """Training scores, plus val_* ones when validation data was given."""
+        scores = self.evaluate(self.X, self.y)
+        if self.validation is not None:
+            scores |= {f"val_{k}": v for k, v in self.evaluate(*self.validation).items()}
+        return scores
+
+    # ---- training ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
+        """Newton step on one core over the whole training set."""
+        theta = self.model.core(unit)
+        hessian, gradient = accumulate_system(self.model, unit, self.loss, self._batches(self.X, self.y))
+        N = len(self.X)
+        name = f"{unit.layer} core at site {unit.site}"
+        updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter, regularize, name)
+        self.model.set_core(unit, updated.reshape(theta.shape))
+
+    def weight_norm_sq(self) -> float:
+        """Σ_k ||A_k||²_F over the trainable cores."""
+        return sum(c.pow(2).sum().item() for c in self.model.trainable_cores)
+
+    def fit(
+        self,
+        n_epochs: int = 10,
+        jitter_start: float = 0.05,
+        jitter_decay: float = 0.9,
+        jitter_min: float = 1e-6,
+        jitter: Sequence[float] | None = None,
+        regularize: bool = True,
+        select: str = "reg_loss",
+        callback_init: Callable[[Scores, dict], None] | None = None,
+        callback_epoch: Callable[[int, Scores, dict], None] | None = None,
+    ) -> dict:
+        """Train for n_epochs sweeps and restore the best state.
+
+        :param jitter: an explicit per-epoch list; otherwise max(jitter_start·jitter_decay^e, jitter_min)
+        :param regularize: λ·Σ||A_k||² is part of the objective; if False, λ only damps the Newton step
+        :param select: which state to keep at the end: lowest "reg_loss" (the seed's choice), lowest
+            "val_loss" (needs validation data), or the "last" one
+        :return: {"scores": scores of the kept state, "best_epoch": its epoch, "history": per-epoch records}
+        """
+        if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
+            raise ValueError(f"n_epochs must be an integer >= 0, got {n_epochs!r}")
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {list(SELECTIONS)}, got {select!r}")
+        if select == "val_loss" and self.validation is None:
+            raise ValueError("select='val_loss' needs validation data (X_val, y_val)")
+        schedule = (
+            list(jitter) if jitter is not None else jitter_schedule(n_epochs, jitter_start, jitter_decay, jitter_min)
+        )
+        if len(schedule) != n_epochs or not all(math.isfinite(j) and j >= 0 for j in schedule):
+            raise ValueError(f"jitter must hold {n_epochs} finite values >= 0, got {schedule!r}")
+
+        scores = self.scores()
+        if callback_init is not None:
+            callback_init(scores, {"n_epochs": n_epochs, "jitter_schedule": schedule, "regularize": regularize})
+
+        units = self.model.units
+        sweep = units + units[-2::-1]  # left to right and back
+        best_value, best_epoch, best_state = math.inf, -1, self.model.state()
+        best_reg_loss = math.inf
+        history = []
+        for epoch, lam in enumerate(schedule):
+            for unit in sweep:
+                self.update(unit, lam, regularize)
+            scores = self.scores()
+            norm_sq = self.weight_norm_sq()
+            reg_loss = scores["loss"] + lam * norm_sq
+            best_reg_loss = min(best_reg_loss, reg_loss)
+            value = {"reg_loss": reg_loss, "val_loss": scores.get("val_loss"), "last": -epoch}[select]
+            is_best = value < best_value
+            if is_best:
+                best_value, best_epoch, best_state = value, epoch, self.model.state()
+            info = {
+                "epoch": epoch,
+                "jitter": lam,
+                "reg_loss": reg_loss,
+                "weight_norm_sq": norm_sq,
+                "best_reg_loss": best_reg_loss,
+                "is_best": is_best,
+            }
+            history.append(scores | info)
+            if callback_epoch is not None:
+                callback_epoch(epoch, scores, info)
+        self.model.load_state(best_state)
+        return {"scores": self.scores(), "best_epoch": best_epoch, "history": history}

@@ -1,0 +1,60 @@
+import itertools
+
+import pytest
+import torch
+from ntn import LMPO2, MMPO2, MPO2
+
+
+def embed(X):
+    return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("output_site", [0, 1, 2])
+def test_output_equals_dense_einsum_of_contracted_tensor(Model, output_site):
+    model = Model(3, 4, 5, output_dim=2, output_site=output_site, init_strength=0.3, seed=0)
+    phi = embed(torch.randn(11, 4, dtype=torch.float64))
+    W = model.dense()  # (p, p, p, C)
+    expected = torch.einsum("ni,nj,nk,ijkc->nc", phi, phi, phi, W)
+    torch.testing.assert_close(model(phi), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+def test_environment_is_the_linear_map_of_each_core(Model):
+    model = Model(4, 3, 4, output_dim=3, output_site=2, init_strength=0.4, seed=1)
+    phi = embed(torch.randn(9, 3, dtype=torch.float64))
+    for unit in model.units:
+        E = model.environment(unit, phi)
+        torch.testing.assert_close(E @ model.core(unit).reshape(-1), model(phi), rtol=1e-12, atol=1e-12)
+
+
+def test_parameter_counts():
+    assert MPO2(3, 6, 9, 1, 1).n_parameters == 432
+    assert MMPO2(3, 6, 9, 1, 1).n_parameters == 432
+    # rank = max(2, int(9 * 0.5)) = 4: reduction 216 + 1296 + 216, top 24 + 144 + 24
+    assert LMPO2(3, 6, 9, 1, 1).n_parameters == 1920
+    assert LMPO2(3, 6, 9, 1, 1, rank=2).n_parameters == 9 * 2 * 6 * 2 + 6 * 9 * 2 * 6 + 2 * 6 + 6 * 2 * 6 + 6 * 2
+
+
+def test_mmpo2_mask_keeps_each_monomial_once():
+    model = MMPO2(3, 2, 4, 1, 1, init_strength=0.5, seed=3)
+    W = model.dense()[..., 0]
+    for index in itertools.product(range(4), repeat=3):
+        if list(index) != sorted(index):
+            assert W[index] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(L=1), "L must be an integer >= 2"),
+        (dict(bond_dim=0), "bond_dim must be an integer >= 1"),
+        (dict(output_site=3), r"output_site must be an integer in \[0, 3\), got 3"),
+        (dict(output_site=-1), r"output_site must be an integer in \[0, 3\), got -1"),
+    ],
+)
+def test_bad_model_arguments_name_the_argument(kwargs, message):
+    args = dict(L=3, bond_dim=2, phys_dim=4, output_dim=1, output_site=1) | kwargs
+    for Model in (MPO2, LMPO2, MMPO2):
+        with pytest.raises(ValueError, match=message):
+            Model(**args)

@@ -1,0 +1,217 @@
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from ntn import MPO2, NTN
+from ntn.tracking import (
+    TrackerSelectionError,
+    TrackerValidationError,
+    TrackerWarning,
+    parse,
+    start_run,
+    validate,
+)
+from ntn.tracking.redact import REDACTED
+from ntn.tracking.testing import run_conformance
+
+
+def calls_of(module, name):
+    return [(hook, args) for run, hook, args in module.CALLS if run == name]
+
+
+# ---- selection -------------------------------------------------------------------------------
+
+
+def test_parse_names_lists_aliases_and_precedence(monkeypatch):
+    monkeypatch.delenv("TRACKER_BACKEND", raising=False)
+    assert parse(None) == ["file"]
+    monkeypatch.setenv("TRACKER_BACKEND", "aim")
+    assert parse(None) == ["aim"]
+    assert parse("file") == ["file"]  # the argument wins over the environment
+    assert parse("both") == ["file", "aim"]
+    assert parse(" File , aim ,file") == ["file", "aim"]
+    assert parse("none") == []
+    assert parse(["record", "both"]) == ["record", "file", "aim"]
+    with pytest.raises(TrackerSelectionError, match="empty name"):
+        parse("file,,aim")
+
+
+def test_unknown_backend_lists_installed_and_suggests_pip(test_trackers):
+    with pytest.raises(TrackerSelectionError) as err:
+        validate("bogus")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "unknown tracker backend 'bogus'" in message
+    assert "record" in message and "failing" in message
+    assert "pip install ntn-tracker-bogus" in message
+
+
+def test_broken_plugin_fails_only_when_selected(test_trackers):
+    validate("record")  # the broken plugin is installed but not selected: fine
+    with pytest.raises(TrackerSelectionError, match=r"'broken' .* failed to import: ImportError: libfoo.so"):
+        validate("record,broken")
+    assert "ntn_broken_tracker" not in sys.modules or sys.modules["ntn_broken_tracker"] is None
+
+
+def test_hook_with_wrong_argument_names_is_rejected_at_selection(test_trackers):
+    with pytest.raises(TrackerValidationError, match=r"tracker 'badsig' does not match hook 'log_metrics'.*data"):
+        validate("record,badsig")
+
+
+# ---- the run lifecycle -----------------------------------------------------------------------
+
+
+def test_plain_subclass_receives_every_call_in_order(test_trackers):
+    config = {"model": "MPO2", "nested": {"L": 3}}
+    with start_run("exp_seed0", config, backend="record") as run:
+        run.log_hparams({"bond_dim": 6})
+        run.log_metrics({"loss": 1.0}, step=-1)
+        run.log_metrics({"loss": 0.5}, step=0)
+        run.log_summary({"seed": 0, "success": True})
+    calls = calls_of(test_trackers, "exp_seed0")
+    assert calls == [
+        ("__init__", {"config": config}),
+        ("log_hparams", {"hparams": {"bond_dim": 6}}),
+        ("log_metrics", {"metrics": {"loss": 1.0}, "step": -1}),
+        ("log_metrics", {"metrics": {"loss": 0.5}, "step": 0}),
+        ("log_summary", {"summary": {"seed": 0, "success": True}}),
+        ("finalize", {}),
+    ]
+    assert run.failures == [] and run.summary == {"seed": 0, "success": True}
+
+
+def test_factory_function_and_decorated_partial_tracker(test_trackers):
+    with start_run("exp", {}, backend=["factory", "onlymetrics"]) as run:
+        run.log_metrics({"loss": 2.0}, step=3)
+        run.log_summary({"success": True})
+    assert ("log_metrics", {"metrics": {"loss": 2.0}, "step": 3}) in calls_of(test_trackers, "exp@factory")
+    assert calls_of(test_trackers, "exp") == [("only_metrics", {"metrics": {"loss": 2.0}})]
+
+
+def test_each_run_gets_its_own_tracker_instances(test_trackers):
+    for seed in range(3):
+        with start_run(f"exp_seed{seed}", {"seed": seed}, backend="record") as run:
+            run.log_metrics({"seed": seed}, step=0)
+    for seed in range(3):
+        calls = calls_of(test_trackers, f"exp_seed{seed}")
+        assert [hook for hook, _ in calls] == ["__init__", "log_metrics", "finalize"]
+        assert calls[1][1]["metrics"] == {"seed": seed}
+
+
+def test_failing_body_records_the_error_then_finalizes_and_propagates(test_trackers):
+    with pytest.raises(ZeroDivisionError), start_run("exp", {}, backend="record") as run:
+        run.log_summary({"seed": 4})
+        1 / 0  # noqa: B018
+    calls = calls_of(test_trackers, "exp")
+    assert calls[-2] == ("log_summary", {"summary": {"success": False, "error": "ZeroDivisionError: division by zero"}})
+    assert calls[-1] == ("finalize", {})
+    assert run.summary == {"seed": 4, "success": False, "error": "ZeroDivisionError: division by zero"}
+
+
+def test_a_failing_tracker_is_disabled_and_the_others_go_on(test_trackers):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with start_run("exp", {}, backend="failing,record") as run:
+            for step in range(4):
+                run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            run.log_summary({"success": True})
+    steps = [args["step"] for hook, args in calls_of(test_trackers, "exp") if hook == "log_metrics"]
+    assert steps == [0, 1, 2, 3]
+    assert run.failures == [{"tracker": "failing", "hook": "log_metrics", "error": "RuntimeError: disk full at step 1"}]
+    messages = [str(w.message) for w in caught if issubclass(w.category, TrackerWarning)]
+    assert len(messages) == 1 and "'failing'" in messages[0] and "disk full at step 1" in messages[0]
+    assert run.active == []  # finalized
+
+
+def test_a_tracker_whose_constructor_raises_is_disabled(test_trackers):
+    with pytest.warns(TrackerWarning, match="'failinit' failed in __init__.*server unreachable"):
+        with start_run("exp", {}, backend="failinit,record") as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+    assert run.failures == [{"tracker": "failinit", "hook": "__init__", "error": "ConnectionError: server unreachable"}]
+    assert ("log_metrics", {"metrics": {"loss": 1.0}, "step": 0}) in calls_of(test_trackers, "exp")
+
+
+def test_training_survives_a_failing_tracker_and_callbacks_log_init_and_epochs(test_trackers):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(120, 4, generator=g, dtype=torch.float64)
+    y = X[:, 0] * X[:, 1] + X[:, 2]
+    trainer = NTN(MPO2(3, 3, 5, 1, 1, seed=0), X[:100], y[:100], X_val=X[100:], y_val=y[100:])
+    seen = []
+    with pytest.warns(TrackerWarning), start_run("fit", {}, backend="failing,record") as run:
+        trainer.fit(
+            3,
+            callback_init=run.callback_init,
+            callback_epoch=lambda e, s, i: (seen.append((e, s, i)), run.callback_epoch(e, s, i)),
+        )
+    metrics = [args for hook, args in calls_of(test_trackers, "fit") if hook == "log_metrics"]
+    assert [m["step"] for m in metrics] == [-1, 0, 1, 2]
+    assert set(metrics[0]["metrics"]) == {"loss", "r2", "val_loss", "val_r2"}
+    for (epoch, scores, info), logged in zip(seen, metrics[1:]):
+        assert logged["step"] == epoch
+        assert logged["metrics"] == scores | {k: info[k] for k in ("reg_loss", "jitter", "weight_norm_sq")}
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+SECRETS = {
+    "CF_ACCESS_CLIENT_ID": "cf-id-3f9a8b7c6d5e.access",
+    "CF_ACCESS_CLIENT_SECRET": "cf-secret-0a1b2c3d4e5f6a7b8c9d",
+    "AIM_AUTH_TOKEN": "aim-token-zz99yy88xx77",
+    "AIM_CUSTOM_HEADERS": json.dumps({"X-Api-Key": "hdr-value-qwertyuiop", "X-Team": "team-asdfghjkl"}),
+}
+
+
+def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    config = {
+        "env": dict(os.environ),
+        "url": f"https://user:{SECRETS['CF_ACCESS_CLIENT_SECRET']}@host/",
+        "headers": {"CF-Access-Client-Id": "anything"},
+        "api_key": "k-123456",
+        "nested": [{"password": "hunter22"}, ("Bearer " + SECRETS["AIM_AUTH_TOKEN"],)],
+    }
+    with pytest.raises(RuntimeError), start_run("secret run", config, backend="record") as run:
+        run.log_hparams({"token": "x" * 8, "args": config})
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_summary({"note": "auth header was " + SECRETS["CF_ACCESS_CLIENT_ID"]})
+        raise RuntimeError("HTTP 403 for token " + SECRETS["AIM_AUTH_TOKEN"])
+    recorded = json.dumps(test_trackers.CALLS, default=str)
+    for value in [*list(SECRETS.values())[:3], "hdr-value-qwertyuiop", "team-asdfghjkl", "hunter22", "k-123456"]:
+        assert value not in recorded, value
+    assert REDACTED in recorded
+    summary = run.summary
+    assert summary["error"] == f"RuntimeError: HTTP 403 for token {REDACTED}"
+    # harmless values survive
+    init = calls_of(test_trackers, "secret run")[0][1]["config"]
+    assert init["env"]["PATH"] == os.environ["PATH"] and init["nested"][0] == {"password": REDACTED}
+
+
+# ---- conformance kit and CLI -----------------------------------------------------------------
+
+
+def test_conformance_kit_passes_a_good_tracker_and_fails_bad_ones(test_trackers):
+    run = run_conformance(test_trackers.RecordingTracker)
+    hooks = [hook for _, hook, _ in test_trackers.CALLS]
+    assert hooks == ["__init__", "log_hparams"] + ["log_metrics"] * 4 + ["log_summary"] * 2 + ["finalize"]
+    assert run.summary["success"] is False
+    with pytest.raises(TrackerValidationError, match="log_metrics"):
+        run_conformance(test_trackers.BadSignature)
+    with pytest.raises(AssertionError, match=r"log_metrics.*RuntimeError: disk full"):
+        run_conformance(test_trackers.FailingTracker)
+
+
+def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):
+    site = os.path.dirname(test_trackers.__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run(
+        [sys.executable, "-m", "ntn.tracking", "list"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert "ntn-test-trackers" in lines["record"] and "0.1" in lines["record"]
+    assert "ntn_test_trackers:RecordingTracker" in lines["record"] and lines["record"].rstrip().endswith("yes")
+    assert "no: tracker backend 'broken'" in lines["broken"] and "ImportError" in lines["broken"]

@@ -1,0 +1,223 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from ntn import LMPO2, MMPO2, MPO2, NTN, NewtonStepError
+from ntn.models import TOP, Unit
+
+
+def embed(X):
+    return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+
+
+def objective(trainer, jitter):
+    """J = mean data loss over the training set + jitter * Σ_k ||A_k||², computed independently."""
+    f = trainer.model(embed(trainer.X))
+    return (f - trainer.y).pow(2).mean() + jitter * sum(c.pow(2).sum() for c in trainer.model.trainable_cores)
+
+
+def regression_data(n=200, features=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, features, generator=g, dtype=torch.float64)
+    y = X[:, 0] * X[:, 1] - 0.5 * X[:, 2] ** 2 + X[:, 3] + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    return X, y
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+def test_gradient_of_J_vanishes_after_a_core_update(Model):
+    X, y = regression_data()
+    trainer = NTN(Model(3, 3, 5, 1, 1, 0.3, seed=0), X, y, batch_size=37)
+    jitter = 1e-3
+    for unit in trainer.model.units:
+        trainer.update(unit, jitter)
+        core = trainer.model.core(unit).clone().requires_grad_(True)
+        trainer.model.set_core(unit, core)
+        (grad,) = torch.autograd.grad(objective(trainer, jitter), core)
+        trainer.model.set_core(unit, core.detach())
+        assert grad.abs().max().item() < 1e-9, unit
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+def test_J_never_increases_across_core_updates(Model):
+    X, y = regression_data(seed=1)
+    trainer = NTN(Model(3, 4, 5, 1, 1, 0.2, seed=1), X, y, batch_size=50)
+    jitter = 1e-2
+    values = [objective(trainer, jitter).item()]
+    units = trainer.model.units
+    for _ in range(4):
+        for unit in units + units[-2::-1]:
+            trainer.update(unit, jitter)
+            values.append(objective(trainer, jitter).item())
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(values)), values
+
+
+def test_fits_noise_free_data_from_a_random_mpo2_of_the_same_shape():
+    shape = dict(L=3, bond_dim=4, phys_dim=5, output_dim=1, output_site=1)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        X = torch.randn(1000, 4, generator=g, dtype=torch.float64)
+        y = MPO2(**shape, init_strength=0.5, seed=100 + seed)(embed(X))
+        trainer = NTN(MPO2(**shape, init_strength=0.1, seed=seed), X, y, batch_size=250)
+        result = trainer.fit(10, jitter_start=1e-6, jitter_decay=0.5, jitter_min=1e-12)
+        assert result["scores"]["r2"] > 0.999
+
+
+def test_batch_size_does_not_change_the_result():
+    X, y = regression_data(n=300, seed=2)
+    weights = []
+    for batch_size in (7, 1000):
+        trainer = NTN(MPO2(3, 3, 5, 1, 1, 0.2, seed=2), X, y, batch_size=batch_size)
+        trainer.fit(3, jitter_start=0.05, jitter_decay=0.5)
+        weights.append(trainer.model.trainable_cores)
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_batch_size_does_not_change_the_result_for_cross_entropy_and_lmpo2():
+    X, y = regression_data(n=150, seed=3)
+    labels = (y > y.median()).long() + (y > y.quantile(0.8)).long()
+    weights = []
+    for batch_size in (7, 1000):
+        trainer = NTN(LMPO2(3, 2, 5, 3, 1, 0.3, seed=2), X, labels, loss="cross_entropy", batch_size=batch_size)
+        trainer.fit(2, jitter_start=0.05)
+        weights.append(trainer.model.trainable_cores)
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_iris_cross_entropy_reaches_held_out_accuracy():
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_iris(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+    trainer = NTN(MPO2(3, 4, 5, 3, 1, 0.1, seed=0), X_train, y_train, loss="cross_entropy", batch_size=32)
+    trainer.fit(10, jitter_start=0.05)
+    assert trainer.evaluate(X_test, y_test)["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("Model", [LMPO2, MMPO2])
+def test_two_layer_models_fit_a_degree_3_polynomial(Model):
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(1000, 4, generator=g, dtype=torch.float64)
+    y = X[:, 0] * X[:, 1] * X[:, 2] + 0.5 * X[:, 3] ** 2 - X[:, 1] + 0.3
+    trainer = NTN(Model(3, 6, 5, 1, 1, 0.1, seed=0), X, y, batch_size=250)
+    result = trainer.fit(10, jitter_start=1e-3, jitter_decay=0.5, jitter_min=1e-10)
+    assert result["scores"]["r2"] > 0.99
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_memory_does_not_grow_across_epochs():
+    X, y = regression_data(n=4000, seed=5)
+    trainer = NTN(MPO2(3, 6, 5, 1, 1, 0.1, seed=0), X, y, batch_size=500)
+    trainer.fit(2)
+    before = rss_bytes()
+    trainer.fit(20)
+    grown = rss_bytes() - before
+    assert grown < 20 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 20 epochs"
+    assert all(not c.requires_grad and c.grad_fn is None for c in trainer.model.trainable_cores)
+
+
+def test_callbacks_receive_the_documented_keys_and_reg_loss_formula():
+    X, y = regression_data(seed=6)
+    trainer = NTN(MPO2(3, 3, 5, 1, 1, 0.2, seed=0), X[:150], y[:150], X_val=X[150:], y_val=y[150:])
+    seen = {}
+
+    def callback_init(scores, info):
+        seen["init"] = (scores, info)
+
+    def callback_epoch(epoch, scores, info):
+        seen.setdefault("epochs", []).append((epoch, scores, info))
+
+    result = trainer.fit(
+        4, jitter_start=0.1, jitter_decay=0.5, callback_init=callback_init, callback_epoch=callback_epoch
+    )
+    scores, info = seen["init"]
+    assert set(info) == {"n_epochs", "jitter_schedule", "regularize"}
+    assert info["jitter_schedule"] == [0.1, 0.05, 0.025, 0.0125]
+    assert set(scores) == {"loss", "r2", "val_loss", "val_r2"}
+    best = math.inf
+    for expected_epoch, (epoch, scores, info) in enumerate(seen["epochs"]):
+        assert epoch == info["epoch"] == expected_epoch
+        assert set(info) == {"epoch", "jitter", "reg_loss", "weight_norm_sq", "best_reg_loss", "is_best"}
+        assert info["reg_loss"] == pytest.approx(scores["loss"] + info["jitter"] * info["weight_norm_sq"])
+        assert info["is_best"] == (info["reg_loss"] < best)
+        best = min(best, info["reg_loss"])
+        assert info["best_reg_loss"] == best
+    best_epoch = min(range(4), key=lambda e: seen["epochs"][e][2]["reg_loss"])
+    assert result["best_epoch"] == best_epoch
+    assert result["scores"]["loss"] == pytest.approx(seen["epochs"][best_epoch][1]["loss"])
+
+
+def test_selection_by_validation_loss_restores_that_state():
+    X, y = regression_data(seed=7)
+    trainer = NTN(MPO2(3, 4, 5, 1, 1, 0.2, seed=0), X[:100], y[:100], X_val=X[100:], y_val=y[100:])
+    epochs = []
+    result = trainer.fit(6, jitter_start=1e-6, select="val_loss", callback_epoch=lambda e, s, i: epochs.append(s))
+    best = min(range(6), key=lambda e: epochs[e]["val_loss"])
+    assert result["best_epoch"] == best
+    assert result["scores"]["val_loss"] == pytest.approx(epochs[best]["val_loss"])
+
+
+def test_same_seed_gives_identical_results():
+    X, y = regression_data(seed=8)
+    cores = []
+    for _ in range(2):
+        trainer = NTN(LMPO2(3, 3, 5, 1, 1, 0.2, seed=11), X, y)
+        trainer.fit(2)
+        cores.append(trainer.model.trainable_cores)
+    for a, b in zip(*cores):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "X, y, message",
+    [
+        (np.full((5, 4), np.nan), np.zeros(5), r"X contains NaN or Inf \(first in row 0\)"),
+        (np.zeros((5, 4)), np.array([0, 0, np.inf, 0, 0]), r"y contains NaN or Inf \(first in row 2\)"),
+        (np.zeros((5, 3)), np.zeros(5), r"X must have shape \(N, 4\)"),
+        (np.zeros((5, 4)), np.zeros(4), "X has 5 rows but y has 4"),
+        (np.zeros((5, 4)), np.zeros((5, 2)), r"y must have shape \(N,\) or \(N, 1\)"),
+        ([["a"] * 4] * 5, np.zeros(5), "X must be a real numeric array"),
+    ],
+)
+def test_bad_training_data_names_the_argument(X, y, message):
+    with pytest.raises(ValueError, match=message):
+        NTN(MPO2(3, 2, 5, 1, 1), X, y)
+
+
+def test_bad_fit_arguments():
+    X, y = regression_data(n=20)
+    trainer = NTN(MPO2(3, 2, 5, 1, 1), X, y)
+    with pytest.raises(ValueError, match="n_epochs must be an integer >= 0, got -1"):
+        trainer.fit(-1)
+    with pytest.raises(ValueError, match="select='val_loss' needs validation data"):
+        trainer.fit(1, select="val_loss")
+    with pytest.raises(ValueError, match="jitter must hold 2 finite values"):
+        trainer.fit(2, jitter=[0.1])
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        NTN(MPO2(3, 2, 5, 1, 1), X, y, batch_size=0)
+    with pytest.raises(ValueError, match=r"loss must be one of \['cross_entropy', 'mse'\], got 'l1'"):
+        NTN(MPO2(3, 2, 5, 1, 1), X, y, loss="l1")
+
+
+def test_a_system_that_stays_non_finite_raises_a_clear_error_naming_the_site():
+    X = np.full((10, 4), 1e120)  # finite inputs whose degree-3 products overflow
+    trainer = NTN(MPO2(3, 2, 5, 1, 1, seed=0), X, np.ones(10))
+    with pytest.raises(NewtonStepError, match=r"top core at site 0 failed: .* even with jitter \d"):
+        trainer.update(Unit(TOP, 0), 0.01)
+
+
+def test_singular_system_is_rescued_by_adaptive_jitter():
+    X = np.zeros((10, 4))  # every environment is identical: a rank-one Gram matrix
+    trainer = NTN(MPO2(3, 2, 5, 1, 1, seed=0), X, np.ones(10))
+    trainer.fit(2, jitter=[0.0, 0.0], regularize=False)
+    assert trainer.evaluate(X, np.ones(10))["loss"] < 1e-8

@@ -1,0 +1,60 @@
+"""Test sessions. Each one installs the packages into a fresh virtual environment the way a user would
+(`pip install ./core`, `pip install ./plugins/...`), with torch pinned by constraints.txt."""
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "core", "file", "aim", "example", "experiments"]
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider")
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    session.install(*CONSTRAINTS, *packages)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "--line-length", "120", ".")
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """The core package alone: models, trainer, tracking core (no plugin installed)."""
+    _install(session, "./core[test]")
+    session.run(*PYTEST, "core/tests", *session.posargs)
+
+
+@nox.session
+def file(session: nox.Session) -> None:
+    """ntn-tracker-file next to the core, and nothing else."""
+    _install(session, "./core[test]", "./plugins/ntn-tracker-file")
+    session.run(*PYTEST, "plugins/ntn-tracker-file/tests", *session.posargs)
+
+
+@nox.session
+def aim(session: nox.Session) -> None:
+    """ntn-tracker-aim next to the core, against real `aim server` processes."""
+    _install(session, "./core[test]", "./plugins/ntn-tracker-aim")
+    session.run(*PYTEST, "plugins/ntn-tracker-aim/tests", *session.posargs)
+
+
+@nox.session
+def example(session: nox.Session) -> None:
+    """The third-party example plugin, installed from its folder, found through its entry point."""
+    _install(session, "./core[test]", "./examples/ntn-tracker-jsonl")
+    session.run(*PYTEST, "examples/ntn-tracker-jsonl/tests", *session.posargs)
+
+
+@nox.session
+def experiments(session: nox.Session) -> None:
+    """Everything a user installs: the experiment scripts end to end, with the file and aim backends."""
+    _install(session, "./core[experiments,plot,test]", "./plugins/ntn-tracker-file", "./plugins/ntn-tracker-aim")
+    session.run(*PYTEST, "tests", *session.posargs, env={"NTN_DATA_DIR": os.environ.get("NTN_DATA_DIR", "")})
