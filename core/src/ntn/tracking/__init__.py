@@ -9,7 +9,7 @@ with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
 """
 
 from ntn.tracking.base import BaseTracker
-from ntn.tracking.discovery import TrackerSelectionError, installed, parse, select
+from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.manager import TrackerValidationError
 from ntn.tracking.run import TrackedRun, TrackerWarning, start_run, validate
@@ -17,6 +17,7 @@ from ntn.tracking.run import TrackedRun, TrackerWarning, start_run, validate
 __all__ = [
     "BaseTracker",
     "TrackedRun",
+    "TrackerConfigError",
     "TrackerSelectionError",
     "TrackerValidationError",
     "TrackerWarning",

@@ -21,6 +21,13 @@ class TrackerSelectionError(ValueError):
     """The selected backends cannot be used (unknown, not installed, or failing to import)."""
 
 
+class TrackerConfigError(ValueError):
+    """A tracker's configuration from the user is invalid (e.g. an unwritable TRACKER_DIR).
+
+    A tracker raises it from its constructor; unlike other failures, it stops the run before training.
+    """
+
+
 @dataclass(frozen=True)
 class Backend:
     """One installed tracker: its name, where it comes from, and how to build it."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ntn.tracking.discovery import Backend, select
+from ntn.tracking.discovery import Backend, TrackerConfigError, select
 from ntn.tracking.manager import HOOKS, TrackerManager
 from ntn.tracking.redact import Redactor
 
@@ -31,14 +31,18 @@ class TrackedRun:
         self.failures: list[dict[str, str]] = []
         self.summary: dict[str, Any] = {}
         self._manager = TrackerManager()
+        self._impls: dict[str, list] = {hook: [] for hook in HOOKS}  # hook → implementations still active
         for backend in backends:
             try:
                 tracker = backend.factory(experiment_name=experiment_name, config=self.config)
+            except TrackerConfigError as err:
+                self.finalize()  # the trackers built so far
+                raise TrackerConfigError(self.redact.text(str(err))) from None
             except Exception as err:
                 self._fail(backend.name, "__init__", err)
                 continue
             self._manager.add_tracker(tracker, backend.name)
-        self._refresh()
+            self._refresh()
 
     def _refresh(self) -> None:
         hook = self._manager.hook

@@ -1,0 +1,102 @@
+"""FileTracker: one JSON document per run at <TRACKER_DIR>/<experiment_name>.json.
+
+After every hook call the file on disk is a complete JSON document holding everything logged so far:
+each write goes to a temporary file in the same directory, then replaces the run file atomically, so
+a process killed at any moment leaves either the previous or the new document. While the run is
+going, `summary.status` is "running"; `finalize` sets it to "finished".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ntn.tracking import TrackerConfigError
+from ntn.tracking.redact import Redactor
+
+from ntn_tracker_file.jsonsafe import to_json
+from ntn_tracker_file.paths import file_stem
+
+DEFAULT_DIR = "experiment_logs"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(to_json(value), ensure_ascii=False, allow_nan=False)
+
+
+class FileTracker:
+    """The `file` backend. Directory: `directory`, else $TRACKER_DIR, else ./experiment_logs."""
+
+    def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, directory: str | None = None):
+        self.redact = Redactor()  # also here, for callers that use this class without the core
+        self.experiment_name = experiment_name
+        self.directory = Path(directory or os.environ.get("TRACKER_DIR") or DEFAULT_DIR)
+        self.path = self.directory / f"{file_stem(experiment_name)}.json"
+        self._prepare_directory()
+        self._head = {
+            "experiment_name": _dumps(self.redact(experiment_name)),
+            "config": _dumps(self.redact(config or {})),
+            "hparams": "{}",
+        }
+        self._metrics: list[str] = []  # each entry serialised once
+        self.summary: dict[str, Any] = {"status": "running"}
+        self._write()
+
+    def _prepare_directory(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-", delete=True)
+            probe.close()
+        except OSError as err:
+            raise TrackerConfigError(
+                f"TRACKER_DIR {str(self.directory)!r} is not a writable directory ({err.strerror or err}); "
+                "set TRACKER_DIR to a directory you can write to"
+            ) from None
+        if self.path.exists():
+            try:
+                previous = json.loads(self.path.read_text(encoding="utf-8")).get("experiment_name")
+            except (OSError, ValueError, AttributeError):
+                previous = None  # a damaged file of this run is replaced
+            if previous is not None and previous != self.experiment_name:
+                raise TrackerConfigError(
+                    f"{self.path} already holds experiment {previous!r}, not {self.experiment_name!r}"
+                )
+
+    def _write(self) -> None:
+        document = (
+            f'{{"experiment_name": {self._head["experiment_name"]}, "config": {self._head["config"]}, '
+            f'"hparams": {self._head["hparams"]}, "metrics_log": [{", ".join(self._metrics)}], '
+            f'"summary": {_dumps(self.summary)}}}\n'
+        )
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.path.stem[:40]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(document)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def log_hparams(self, hparams: dict[str, Any]) -> None:
+        self._head["hparams"] = _dumps(self.redact(hparams))
+        self._write()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._metrics.append(_dumps({"step": step} | self.redact(dict(metrics))))
+        self._write()
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        self.summary.update(self.redact(summary))
+        self._write()
+
+    def finalize(self) -> None:
+        self.summary["status"] = "finished"
+        self._write()
+        fd = os.open(self.path, os.O_RDONLY)  # the finished document survives a power loss too
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

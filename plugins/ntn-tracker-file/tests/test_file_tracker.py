@@ -1,0 +1,280 @@
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+
+import ntn_tracker_file
+import numpy as np
+import pytest
+import torch
+from ntn.tracking import TrackerConfigError, start_run
+from ntn.tracking.testing import run_conformance
+from ntn_tracker_file import FileTracker, file_stem, load
+
+
+def strict_json(path):
+    """Parse as strict JSON: NaN/Infinity literals are rejected."""
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"), parse_constant=reject)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    monkeypatch.setenv("TRACKER_BACKEND", "file")
+
+
+def the_file(name):
+    return pathlib.Path("experiment_logs") / f"{file_stem(name)}.json"
+
+
+def test_entry_point_is_installed():
+    from ntn.tracking import installed
+
+    assert installed()["file"].value == "ntn_tracker_file:FileTracker"
+
+
+def test_passes_the_conformance_kit_and_records_what_it_was_sent():
+    run = run_conformance(FileTracker)
+    doc = load(the_file(run.experiment_name))
+    assert doc["experiment_name"] == run.experiment_name
+    assert doc["config"]["jitter"] == run.config["jitter"]
+    assert doc["config"]["seeds"] == [0, 1, 2]
+    assert doc["hparams"] == run.hparams
+    assert [entry["step"] for entry in doc["metrics_log"]] == [step for step, _ in run.metrics]
+    for entry, (step, metrics) in zip(doc["metrics_log"], run.metrics):
+        for key, value in metrics.items():
+            assert entry[key] == value or (math.isnan(value) and math.isnan(entry[key]))
+    assert doc["summary"] == run.summary | {"status": "finished"}
+    strict_json(the_file(run.experiment_name))
+
+
+def test_document_has_exactly_the_seed_structure():
+    with start_run("mpo2_experiment_seed0", {"model": "MPO2", "L": 3}) as run:
+        run.log_hparams({"bond_dim": 6})
+        run.log_metrics({"loss": 6.64, "r2": -3.88}, step=-1)
+        run.log_metrics({"loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05}, step=0)
+        run.log_summary({"seed": 0, "loss": 0.27, "r2": 0.80, "success": True})
+    assert strict_json("experiment_logs/mpo2_experiment_seed0.json") == {
+        "experiment_name": "mpo2_experiment_seed0",
+        "config": {"model": "MPO2", "L": 3},
+        "hparams": {"bond_dim": 6},
+        "metrics_log": [
+            {"step": -1, "loss": 6.64, "r2": -3.88},
+            {"step": 0, "loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05},
+        ],
+        "summary": {"status": "finished", "seed": 0, "loss": 0.27, "r2": 0.80, "success": True},
+    }
+
+
+def test_nonfinite_values_become_null_and_are_named():
+    with start_run("nan", {}) as run:
+        run.log_metrics({"loss": math.nan, "r2": -math.inf, "reg_loss": math.inf, "jitter": 0.1}, step=2)
+        run.log_summary({"loss": math.nan, "success": False})
+    raw = strict_json(the_file("nan"))
+    assert raw["metrics_log"][0] == {
+        "step": 2,
+        "loss": None,
+        "r2": None,
+        "reg_loss": None,
+        "jitter": 0.1,
+        "nonfinite": {"loss": "NaN", "r2": "-Infinity", "reg_loss": "Infinity"},
+    }
+    assert raw["summary"]["nonfinite"] == {"loss": "NaN"}
+    back = load(the_file("nan"))["metrics_log"][0]
+    assert math.isnan(back["loss"]) and back["r2"] == -math.inf and back["reg_loss"] == math.inf
+
+
+def test_values_json_cannot_hold_are_converted_not_dropped():
+    config = {
+        "np_float": np.float32(0.5),
+        "np_int": np.int64(7),
+        "np_array": np.arange(3),
+        "tensor": torch.tensor([1.5, 2.5]),
+        "scalar_tensor": torch.tensor(3.0),
+        "path": pathlib.Path("/data/cal_housing.data"),
+        "tuple": (1, (2, 3)),
+        "object": object,
+    }
+    with start_run("types", config) as run:
+        run.log_metrics({"loss": np.float64(0.25), "r2": torch.tensor(0.5, dtype=torch.float64)}, step=np.int64(0))
+    doc = strict_json(the_file("types"))
+    assert doc["config"] == {
+        "np_float": 0.5,
+        "np_int": 7,
+        "np_array": [0, 1, 2],
+        "tensor": [1.5, 2.5],
+        "scalar_tensor": 3.0,
+        "path": "/data/cal_housing.data",
+        "tuple": [1, [2, 3]],
+        "object": "<class 'object'>",
+    }
+    assert doc["metrics_log"] == [{"step": 0, "loss": 0.25, "r2": 0.5}]
+
+
+def test_rerunning_an_experiment_replaces_its_file():
+    for loss in (1.0, 2.0):
+        with start_run("again", {}) as run:
+            run.log_metrics({"loss": loss}, step=0)
+    assert load(the_file("again"))["metrics_log"] == [{"step": 0, "loss": 2.0}]
+
+
+def test_the_file_is_complete_after_every_hook_call():
+    tracker = FileTracker("live", {"a": 1})
+    assert strict_json(tracker.path)["summary"] == {"status": "running"}
+    tracker.log_hparams({"h": 2})
+    assert strict_json(tracker.path)["hparams"] == {"h": 2}
+    for step in range(5):
+        tracker.log_metrics({"loss": float(step)}, step)
+        assert [e["step"] for e in strict_json(tracker.path)["metrics_log"]] == list(range(step + 1))
+    tracker.log_summary({"success": True})
+    assert strict_json(tracker.path)["summary"] == {"status": "running", "success": True}
+    tracker.finalize()
+    assert strict_json(tracker.path)["summary"]["status"] == "finished"
+    assert sorted(p.name for p in tracker.directory.iterdir()) == ["live.json"]  # no temporary files left
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from ntn.tracking import start_run
+    with start_run(sys.argv[1], {"kind": "crash test"}, backend="file") as run:
+        run.log_hparams({"bond_dim": 6})
+        step = 0
+        while True:
+            run.log_metrics({"loss": 1.0 / (step + 1), "payload": "x" * 200}, step=step)
+            print(step, flush=True)
+            step += 1
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 7, 40, 150, 400])
+def test_sigkill_at_any_moment_leaves_a_parsable_file_with_every_returned_step(kill_after):
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "killed"], stdout=subprocess.PIPE, text=True)
+    acknowledged = -1
+    while acknowledged < kill_after:
+        acknowledged = int(child.stdout.readline())
+    child.kill()  # SIGKILL, while the child keeps writing
+    child.wait()
+    doc = load(the_file("killed"))
+    steps = [entry["step"] for entry in doc["metrics_log"]]
+    assert steps == list(range(len(steps)))
+    assert len(steps) >= acknowledged + 1
+    assert doc["summary"]["status"] == "running"
+    assert doc["hparams"] == {"bond_dim": 6}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "../../escape", "..", ".", "with space", "nul\x00byte", "/abs/path", "ünï λ", "", "x" * 400, ".hidden"],
+)
+def test_odd_names_map_to_a_file_inside_the_directory(name):
+    with start_run(name, {}) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+    files = list(pathlib.Path("experiment_logs").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"
+    assert files[0].resolve().parent == pathlib.Path("experiment_logs").resolve()
+    assert load(files[0])["experiment_name"] == name
+
+
+def test_different_names_never_share_a_file():
+    names = ["a/b", "a_b", "a b", "a\x00b", "a..b", "A_b", "a/b/", "a_b/"]
+    assert len({file_stem(n) for n in names}) == len(names)
+    # A plain name can spell out another name's hashed file name; that run is refused, never merged.
+    lookalike = file_stem("a/b")
+    with start_run(lookalike, {}):
+        pass
+    with pytest.raises(TrackerConfigError, match="already holds experiment 'a_b-[0-9a-f]+', not 'a/b'"):
+        with start_run("a/b", {}):
+            pass
+    assert load(the_file(lookalike))["experiment_name"] == lookalike
+
+
+def test_unwritable_tracker_dir_fails_at_run_start_in_one_line(monkeypatch):
+    pathlib.Path("a_file").write_text("not a directory")
+    monkeypatch.setenv("TRACKER_DIR", "a_file/logs")
+    with pytest.raises(TrackerConfigError) as err:
+        with start_run("x", {}):
+            pytest.fail("the run must not start")
+    assert "\n" not in str(err.value)
+    assert "TRACKER_DIR 'a_file/logs' is not a writable directory" in str(err.value)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from ntn.tracking import start_run
+    name = sys.argv[1]
+    with start_run(name, {"who": name}, backend="file") as run:
+        for step in range(300):
+            run.log_metrics({"loss": step * 0.5, "who": name}, step=step)
+        run.log_summary({"success": True})
+    """
+)
+
+
+def test_concurrent_processes_writing_to_one_directory_do_not_corrupt_each_other():
+    names = [f"writer{i}" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, n]) for n in names]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    assert sorted(p.name for p in pathlib.Path("experiment_logs").iterdir()) == [f"{n}.json" for n in names]
+    for n in names:
+        doc = strict_json(the_file(n))
+        assert doc["config"] == {"who": n}
+        assert [e["step"] for e in doc["metrics_log"]] == list(range(300))
+        assert all(e["who"] == n for e in doc["metrics_log"])
+        assert doc["summary"] == {"status": "finished", "success": True}
+
+
+SECRETS = {
+    "CF_ACCESS_CLIENT_ID": "cfid-8d7c6b5a4f3e",
+    "CF_ACCESS_CLIENT_SECRET": "cfsecret-1a2b3c4d5e6f7a8b",
+    "AIM_AUTH_TOKEN": "aimtok-99887766554433",
+    "AIM_CUSTOM_HEADERS": json.dumps({"X-Proxy-Auth": "hdrsecret-abcdefgh"}),
+}
+
+
+def test_secret_values_never_reach_the_file(monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    config = {"environment": dict(os.environ), "aim_auth_token": SECRETS["AIM_AUTH_TOKEN"]}
+    with pytest.raises(RuntimeError), start_run("secrets", config) as run:
+        run.log_hparams({"args": config, "cmd": f"--secret={SECRETS['CF_ACCESS_CLIENT_SECRET']}"})
+        run.log_metrics({"loss": 1.0}, step=0)
+        raise RuntimeError(f"proxy said no to {SECRETS['CF_ACCESS_CLIENT_ID']}")
+    # also when the class is used directly, without the core
+    direct = FileTracker("direct", {"env": dict(os.environ)})
+    direct.log_summary({"header": "hdrsecret-abcdefgh"})
+    direct.finalize()
+    for path in pathlib.Path("experiment_logs").iterdir():
+        text = path.read_text(encoding="utf-8")
+        for value in [*list(SECRETS.values())[:3], "hdrsecret-abcdefgh"]:
+            assert value not in text, (path, value)
+    assert load(the_file("secrets"))["summary"]["error"] == "RuntimeError: proxy said no to [REDACTED]"
+
+
+def test_load_is_the_public_reader():
+    assert ntn_tracker_file.load is load
+    with start_run("reader", {}) as run:
+        run.log_summary({"success": True})
+    assert load(str(the_file("reader")))["summary"]["success"] is True
+
+
+def test_thousand_steps_cost_under_a_second_of_tracking():
+    """Not a timing assertion on the machine's speed margin: a sanity bound 10x above the benchmark."""
+    tracker = FileTracker("long")
+    start = time.perf_counter()
+    for step in range(1000):
+        tracker.log_metrics({"loss": 0.1, "r2": 0.9, "reg_loss": 0.2, "jitter": 0.01, "weight_norm_sq": 3.0}, step)
+    tracker.finalize()
+    assert len(load(tracker.path)["metrics_log"]) == 1000
+    assert time.perf_counter() - start < 10
