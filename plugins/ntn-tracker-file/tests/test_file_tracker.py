@@ -50,7 +50,7 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     assert doc["config"]["seeds"] == [0, 1, 2]
     assert doc["hparams"] == run.hparams
     assert [entry["step"] for entry in doc["metrics_log"]] == [step for step, _ in run.metrics]
-    for entry, (step, metrics) in zip(doc["metrics_log"], run.metrics):
+    for entry, (_, metrics) in zip(doc["metrics_log"], run.metrics):
         for key, value in metrics.items():
             assert entry[key] == value or (math.isnan(value) and math.isnan(entry[key]))
     assert doc["summary"] == run.summary | {"status": "finished"}
@@ -193,7 +193,7 @@ def test_different_names_never_share_a_file():
     lookalike = file_stem("a/b")
     with start_run(lookalike, {}):
         pass
-    with pytest.raises(TrackerConfigError, match="already holds experiment 'a_b-[0-9a-f]+', not 'a/b'"):
+    with pytest.raises(TrackerConfigError, match=r"already holds experiment 'a_b-[0-9a-f]+', not 'a/b'"):
         with start_run("a/b", {}):
             pass
     assert load(the_file(lookalike))["experiment_name"] == lookalike
