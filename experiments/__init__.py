@@ -1,0 +1,1 @@
+"""The user-facing experiments: `bash experiments/run_mpo2.sh` and friends."""

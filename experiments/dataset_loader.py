@@ -1,0 +1,157 @@
+"""Data sets for the experiments, split and scaled the same way for every model.
+
+- `california_housing` (default): the StatLib file `cal_housing.data` from the directory in NTN_DATA_DIR,
+  with scikit-learn's eight features; otherwise scikit-learn's `fetch_california_housing` (downloads).
+- bundled with scikit-learn (offline): `diabetes` (regression); `iris`, `wine`, `breast_cancer`
+  (classification).
+- `synthetic`: a noisy degree-3 polynomial of 8 Gaussian features (regression), for tests.
+
+Preprocessing, fitted on the training split only:
+- inputs: `clip` (default) standardises each feature and clips it to ±CLIP_SIGMA (3) standard
+  deviations, so heavy tails (California's AveOccup reaches ~120σ) cannot dominate a polynomial model;
+  `quantile` maps each feature through its empirical quantiles to a standard normal;
+  `standardize` only standardises;
+- regression targets are standardised, so losses are in units of the target's training variance.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REGRESSION = ("california_housing", "diabetes", "synthetic")
+CLASSIFICATION = ("iris", "wine", "breast_cancer")
+DATASETS = REGRESSION + CLASSIFICATION
+PREPROCESSING = ("clip", "quantile", "standardize")
+CLIP_SIGMA = 3.0
+SPLIT = (0.7, 0.15, 0.15)  # train, validation, test
+CALIFORNIA_FEATURES = ["MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude"]
+
+
+class DatasetError(ValueError):
+    """A data set cannot be loaded as asked."""
+
+
+@dataclass
+class Dataset:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    task: str  # "regression" or "classification"
+    n_outputs: int  # 1 for regression, the number of classes for classification
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    if data_dir:
+        path = Path(data_dir) / "cal_housing.data"
+        if not path.is_file():
+            raise DatasetError(f"NTN_DATA_DIR={data_dir!r} has no cal_housing.data; point it at the folder holding it")
+        raw = np.loadtxt(path, delimiter=",")
+        lon, lat, age, rooms, bedrooms, population, households, income, value = raw.T
+        X = np.column_stack(
+            [income, age, rooms / households, bedrooms / households, population, population / households, lat, lon]
+        )
+        return X, value / 100_000, str(path)
+    try:
+        from sklearn.datasets import fetch_california_housing
+
+        bunch = fetch_california_housing()
+    except Exception as err:
+        raise DatasetError(
+            "california_housing needs the StatLib file: set NTN_DATA_DIR to the folder holding cal_housing.data "
+            f"(scikit-learn's download failed: {type(err).__name__})"
+        ) from None
+    return bunch.data, bunch.target, "sklearn.datasets.fetch_california_housing"
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 8))
+    y = X[:, 0] * X[:, 1] - 0.5 * X[:, 2] ** 2 + X[:, 3] * X[:, 4] * X[:, 5] + X[:, 6] - 0.3 * X[:, 7]
+    return X, y + 0.1 * rng.standard_normal(n)
+
+
+def _raw(name: str, n_samples: int, data_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    if name == "california_housing":
+        X, y, source = _california(os.environ.get("NTN_DATA_DIR") or None)
+        return X, y, CALIFORNIA_FEATURES, source
+    if name == "synthetic":
+        X, y = _synthetic(n_samples or 2000, data_seed)
+        return X, y, [f"x{i}" for i in range(8)], "synthetic degree-3 polynomial"
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    return bunch.data, bunch.target, [str(f) for f in bunch.feature_names], f"sklearn.datasets.load_{name}"
+
+
+def _fit_inputs(X_train: np.ndarray, method: str):
+    if method == "quantile":
+        from sklearn.preprocessing import QuantileTransformer
+
+        transformer = QuantileTransformer(
+            n_quantiles=min(1000, len(X_train)), output_distribution="normal", random_state=0
+        ).fit(X_train)
+        return transformer.transform
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    if method == "standardize":
+        return lambda X: (X - mean) / std
+    return lambda X: np.clip((X - mean) / std, -CLIP_SIGMA, CLIP_SIGMA)
+
+
+def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessing: str = "clip") -> Dataset:
+    """Load, subsample (n_samples > 0: a seeded subsample; 0: all rows), split and scale a data set."""
+    if name not in DATASETS:
+        raise DatasetError(f"DATASET={name!r} is not known; known data sets: {', '.join(DATASETS)}")
+    if preprocessing not in PREPROCESSING:
+        raise DatasetError(f"PREPROCESSING={preprocessing!r} is not known; use one of {', '.join(PREPROCESSING)}")
+    X, y, features, source = _raw(name, n_samples, data_seed)
+    rng = np.random.default_rng(data_seed)
+    order = rng.permutation(len(X))
+    if n_samples and n_samples < len(X):
+        order = order[:n_samples]
+    X, y = X[order].astype(np.float64), y[order]
+    n_train = round(SPLIT[0] * len(X))
+    n_val = round(SPLIT[1] * len(X))
+    parts = np.split(np.arange(len(X)), [n_train, n_train + n_val])
+    if min(map(len, parts)) == 0:
+        raise DatasetError(f"N_SAMPLES={n_samples} leaves an empty split; use at least 10 samples")
+    scale = _fit_inputs(X[parts[0]], preprocessing)
+    task = "classification" if name in CLASSIFICATION else "regression"
+    if task == "regression":
+        y_mean, y_std = float(y[parts[0]].mean()), float(y[parts[0]].std()) or 1.0
+        y = (y - y_mean) / y_std
+        target = {"standardized": True, "train_mean": y_mean, "train_std": y_std}
+        n_outputs = 1
+    else:
+        y = y.astype(np.int64)
+        n_outputs = int(y.max()) + 1
+        target = {"classes": n_outputs}
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = ((scale(X[p]), y[p]) for p in parts)
+    info = {
+        "name": name,
+        "task": task,
+        "source": source,
+        "n_total": len(X),
+        "n_train": len(parts[0]),
+        "n_val": len(parts[1]),
+        "n_test": len(parts[2]),
+        "n_features": int(X.shape[1]),
+        "features": features,
+        "data_seed": data_seed,
+        "preprocessing": {
+            "inputs": preprocessing,
+            **({"clip_sigma": CLIP_SIGMA} if preprocessing == "clip" else {}),
+            "fitted_on": "train",
+            "target": target,
+        },
+    }
+    return Dataset(X_train, y_train, X_val, y_val, X_test, y_test, task, n_outputs, info)

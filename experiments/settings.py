@@ -1,0 +1,154 @@
+"""The experiment settings: one table drives the environment variables, the command-line flags and
+their validation. A flag wins over its environment variable, which wins over the default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from experiments.dataset_loader import DATASETS, PREPROCESSING
+
+
+class SettingError(ValueError):
+    """A setting's value is not allowed; the message names the variable and what is allowed."""
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise SettingError(f"must be an integer >= {minimum}") from None
+        if value < minimum:
+            raise SettingError(f"must be an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def real(low: float, high: float = float("inf"), low_open: bool = False) -> Callable[[str], float]:
+    allowed = f"a number {'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high != float("inf") else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingError(f"must be {allowed}") from None
+        if not (value > low if low_open else value >= low) or not value <= high:
+            raise SettingError(f"must be {allowed}")
+        return value
+
+    return parse
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise SettingError(f"must be one of: {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def n_samples(text: str) -> int:
+    if text.strip().lower() == "all":
+        return 0
+    return integer(0)(text)
+
+
+def seeds(text: str) -> list[int]:
+    parts = text.split(",")
+    if not text.strip() or any(not p.strip().isdigit() for p in parts):
+        raise SettingError("must be a comma-separated list of integers >= 0, e.g. 0,1,2")
+    return [int(p) for p in parts]
+
+
+def boolean(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingError("must be true or false")
+
+
+def text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.env.lower()
+
+
+SETTINGS = [
+    Setting("DATASET", "california_housing", choice(DATASETS), "data set"),
+    Setting("N_SAMPLES", "500", n_samples, "seeded subsample size; 0 or 'all' for every row"),
+    Setting("L", "3", integer(2), "number of sites (polynomial degree)"),
+    Setting("BOND_DIM", "6", integer(1), "bond dimension"),
+    Setting("OUTPUT_SITE", "1", integer(0), "site of the output index, in [0, L)"),
+    Setting("INIT_STRENGTH", "0.1", real(0, low_open=True), "standard deviation of the initial cores"),
+    Setting("REDUCTION_FACTOR", "0.5", real(0, 1, low_open=True), "LMPO2: rank = max(2, int(phys_dim × factor))"),
+    Setting("BATCH_SIZE", "100", integer(1), "samples per mini-batch (memory only; results do not depend on it)"),
+    Setting("N_EPOCHS", "10", integer(0), "sweeps over the cores"),
+    Setting("JITTER_START", "0.05", real(0), "ridge λ of epoch 0"),
+    Setting("JITTER_DECAY", "0.9", real(0, low_open=True), "λ_e = max(JITTER_START · JITTER_DECAY^e, JITTER_MIN)"),
+    Setting("JITTER_MIN", "1e-6", real(0), "lower bound of λ"),
+    Setting("SELECT", "reg_loss", choice(("reg_loss", "val_loss", "last")), "which epoch's state to keep"),
+    Setting("SEEDS", "0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each"),
+    Setting("DATA_SEED", "0", integer(0), "seed of the subsample and the train/validation/test split"),
+    Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),
+    Setting("OUTPUT_FILE", "results_{model}.json", text, "multi-seed results file"),
+    Setting("VERBOSE", "false", boolean, "print one line per epoch"),
+    Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
+    Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend"),
+    Setting("AIM_REPO", ".aim", text, "Aim repository: a path or aim://host:port"),
+    Setting("EXPERIMENT_NAME", "{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}"),
+]
+
+
+def build_parser(model: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"run_{model}.sh",
+        description=f"Train {model.upper()} for each seed and track every run. Each flag's environment "
+        "variable is given in brackets; a flag wins over its variable.",
+        epilog="Exit codes: 0 every seed trained; 1 some seed failed (recorded as failed, the others went on); "
+        "2 bad input, nothing trained.",
+    )
+    for s in SETTINGS:
+        parser.add_argument(
+            s.flag, dest=s.dest, default=None, metavar=s.env, help=f"{s.help} [{s.env}, default {s.default}]"
+        )
+    return parser
+
+
+def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Every setting's value, parsed and checked; SettingError names the variable (or flag) at fault."""
+    args = build_parser(model).parse_args(argv)
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        flag_value = getattr(args, s.dest)
+        source, raw = (s.flag, flag_value) if flag_value is not None else (s.env, os.environ.get(s.env))
+        if raw is None or (raw == "" and s.env != "VERBOSE"):
+            source, raw = s.env, s.default
+        raw = raw.replace("{model}", model)
+        try:
+            values[s.dest] = s.parse(raw)
+        except SettingError as err:
+            raise SettingError(f"{source}={raw!r} {err}") from None
+    if not values["output_site"] < values["l"]:
+        raise SettingError(f"OUTPUT_SITE={values['output_site']} must be in [0, L) = [0, {values['l']})")
+    return values

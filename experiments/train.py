@@ -1,0 +1,235 @@
+"""Multi-seed training of MPO2, LMPO2 or MMPO2, each seed a tracked run: `python -m experiments.train mpo2`.
+
+The shell scripts run_mpo2.sh, run_lmpo2.sh and run_mmpo2.sh call this; `--help` lists every setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODELS = ("mpo2", "lmpo2", "mmpo2")
+
+
+def _fail(model: str, message: str) -> int:
+    print(f"run_{model}.sh: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _writable_file(path: Path) -> None:
+    """Fail now, before training, if `path` cannot be written later; creates nothing that stays."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise OSError(f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} does not exist")
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        raise OSError(
+            f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} is not writable ({err.strerror})"
+        ) from None
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2, allow_nan=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def build_model(model: str, s: dict[str, Any], phys_dim: int, output_dim: int, seed: int):
+    from ntn import LMPO2, MMPO2, MPO2
+
+    common = dict(
+        L=s["l"],
+        bond_dim=s["bond_dim"],
+        phys_dim=phys_dim,
+        output_dim=output_dim,
+        output_site=s["output_site"],
+        init_strength=s["init_strength"],
+        seed=seed,
+    )
+    if model == "lmpo2":
+        return LMPO2(**common, reduction_factor=s["reduction_factor"])
+    return {"mpo2": MPO2, "mmpo2": MMPO2}[model](**common)
+
+
+def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> dict[str, Any]:
+    """Train one seed inside its tracked run; returns its entry of the results file."""
+    from ntn import NTN
+
+    quality = "r2" if data.task == "regression" else "accuracy"
+    loss = "mse" if data.task == "regression" else "cross_entropy"
+    net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
+    run.log_hparams(
+        {k: s[k] for k in ("l", "bond_dim", "output_site", "init_strength", "batch_size", "n_epochs")}
+        | {k: s[k] for k in ("jitter_start", "jitter_decay", "jitter_min", "select")}
+        | ({"reduction_factor": s["reduction_factor"]} if model == "lmpo2" else {})
+        | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss": loss}
+    )
+    trainer = NTN(
+        net, data.X_train, data.y_train, loss=loss, batch_size=s["batch_size"], X_val=data.X_val, y_val=data.y_val
+    )
+
+    def on_epoch(epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
+        run.callback_epoch(epoch, scores, info)
+        progress(seed, epoch, scores, info)
+
+    result = trainer.fit(
+        s["n_epochs"],
+        jitter_start=s["jitter_start"],
+        jitter_decay=s["jitter_decay"],
+        jitter_min=s["jitter_min"],
+        select=s["select"],
+        callback_init=run.callback_init,
+        callback_epoch=on_epoch,
+    )
+    final = result["scores"]
+    test = trainer.evaluate(data.X_test, data.y_test)
+    if data.task == "regression":
+        beats_trivial = test["r2"] > 0
+    else:
+        majority = np.bincount(data.y_train).argmax()
+        beats_trivial = test["accuracy"] > float(np.mean(data.y_test == majority))
+    summary = {
+        "seed": seed,
+        "loss": final["loss"],
+        quality: final[quality],
+        "val_loss": final["val_loss"],
+        f"val_{quality}": final[f"val_{quality}"],
+        "test_loss": test["loss"],
+        f"test_{quality}": test[quality],
+        "best_epoch": result["best_epoch"],
+        "success": bool(beats_trivial),
+    }
+    run.log_summary(summary)
+    return {
+        "seed": seed,
+        "loss": test["loss"],
+        quality: test[quality],
+        "success": bool(beats_trivial),
+        "train_loss": final["loss"],
+        f"train_{quality}": final[quality],
+        "val_loss": final["val_loss"],
+        f"val_{quality}": final[f"val_{quality}"],
+        "best_epoch": result["best_epoch"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in MODELS:
+        print(f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]", file=sys.stderr)
+        return 2
+    model, argv = argv[0], argv[1:]
+
+    from experiments.dataset_loader import DatasetError, load_dataset
+    from experiments.settings import SettingError, resolve
+
+    try:
+        s = resolve(model, argv)
+    except SettingError as err:
+        return _fail(model, str(err))
+    # the plugins read their settings from the environment
+    os.environ["TRACKER_DIR"], os.environ["AIM_REPO"] = s["tracker_dir"], s["aim_repo"]
+
+    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, start_run, validate
+
+    output = Path(s["output_file"])
+    try:
+        backends = [b.name for b in validate(s["tracker_backend"])]
+        _writable_file(output)
+        data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
+    except (TrackerSelectionError, TrackerValidationError, DatasetError, OSError) as err:
+        return _fail(model, str(err))
+
+    quality = "r2" if data.task == "regression" else "accuracy"
+    config = {"model": model.upper(), "experiment": s["experiment_name"], **s, "dataset_info": data.info}
+    progress = _progress(s, data.info)
+    results: list[dict[str, Any]] = []
+    errors = 0
+    for seed in s["seeds"]:
+        name = f"{s['experiment_name']}_seed{seed}"
+        try:
+            with start_run(name, config, backend=backends) as run:
+                try:
+                    entry = run_seed(model, s, data, seed, run, progress)
+                except (ArithmeticError, RuntimeError, ValueError) as err:  # a numerical failure of this seed
+                    errors += 1
+                    error = f"{type(err).__name__}: {err}"
+                    run.log_summary({"seed": seed, "success": False, "error": error})
+                    entry = {"seed": seed, "loss": None, quality: None, "success": False, "error": error}
+        except TrackerConfigError as err:
+            return _fail(model, str(err))
+        results.append(entry)
+        progress.seed_done(seed, entry)
+        ok = [r for r in results if r["success"]]
+        loss_mean, loss_std = _stats([r["loss"] for r in ok])
+        q_mean, q_std = _stats([r[quality] for r in ok])
+        _write_json(
+            output,
+            {
+                "model": model.upper(),
+                "n_total": len(results),
+                "n_success": len(ok),
+                "loss_mean": loss_mean,
+                "loss_std": loss_std,
+                f"{quality}_mean": q_mean,
+                f"{quality}_std": q_std,
+                "metrics_on": "test split (held out); train_* and val_* beside each result",
+                "results": results,
+                "config": config,
+                "dataset_info": data.info,
+            },
+        )
+    progress.close()
+    print(
+        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded; held-out test "
+        f"{quality} mean {q_mean if q_mean is None else round(q_mean, 4)} ± {q_std if q_std is None else round(q_std, 4)}"
+        f" -> {output}"
+    )
+    return 1 if errors else 0
+
+
+class _progress:
+    """tqdm bars over seeds and epochs on a terminal; one line per epoch with VERBOSE."""
+
+    def __init__(self, s: dict[str, Any], info: dict[str, Any]) -> None:
+        self.verbose = s["verbose"]
+        self.bar = None
+        if sys.stderr.isatty() and not self.verbose:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(s["seeds"]) * s["n_epochs"], unit="epoch", desc=info["name"], file=sys.stderr)
+
+    def __call__(self, seed: int, epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
+        if self.verbose:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in scores.items())
+            print(f"seed {seed} epoch {epoch}: {shown} reg_loss={info['reg_loss']:.4g} jitter={info['jitter']:.3g}")
+        if self.bar is not None:
+            self.bar.set_postfix(seed=seed, loss=f"{scores['loss']:.4g}")
+            self.bar.update(1)
+
+    def seed_done(self, seed: int, entry: dict[str, Any]) -> None:
+        if self.verbose:
+            print(f"seed {seed}: {'ok' if entry['success'] else 'FAILED'} {entry}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""End-to-end: the shell scripts in real subprocesses, and what they leave on disk, read back."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ntn_tracker_file import load
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_script, tmp_path):
+    done = run_script("mpo2", N_EPOCHS="4")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    assert results["model"] == "MPO2" and results["n_total"] == 2 and results["n_success"] == 2
+    test_r2 = [r["r2"] for r in results["results"]]
+    assert results["r2_mean"] == pytest.approx(np.mean(test_r2)) and results["r2_std"] == pytest.approx(np.std(test_r2))
+    assert (
+        results["dataset_info"]["n_train"] == 210 and results["dataset_info"]["preprocessing"]["fitted_on"] == "train"
+    )
+    for entry in results["results"]:
+        seed = entry["seed"]
+        run = load(tmp_path / "experiment_logs" / f"mpo2_experiment_seed{seed}.json")
+        assert run["experiment_name"] == f"mpo2_experiment_seed{seed}"
+        assert run["config"]["bond_dim"] == 6 and run["hparams"]["seed"] == seed
+        steps = [m["step"] for m in run["metrics_log"]]
+        assert steps == [-1, 0, 1, 2, 3]
+        for m in run["metrics_log"][1:]:
+            assert {"loss", "r2", "val_loss", "val_r2", "reg_loss", "jitter", "weight_norm_sq"} <= set(m)
+            assert m["reg_loss"] == pytest.approx(m["loss"] + m["jitter"] * m["weight_norm_sq"])
+        assert [m["jitter"] for m in run["metrics_log"][1:]] == pytest.approx([0.05 * 0.9**e for e in range(4)])
+        summary = run["summary"]
+        assert summary["status"] == "finished" and summary["success"] is True
+        assert summary["test_r2"] == pytest.approx(entry["r2"]) and summary["seed"] == seed
+        assert entry["train_r2"] == pytest.approx(summary["r2"])
+
+
+def test_seed_examples_experiment_name_and_jq(run_script, tmp_path):
+    done = run_script("mmpo2", EXPERIMENT_NAME="california_housing_L3_bond6", N_EPOCHS="2")
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in (tmp_path / "experiment_logs").iterdir())
+    assert files == ["california_housing_L3_bond6_seed0.json", "california_housing_L3_bond6_seed1.json"]
+    jq = subprocess.run(
+        "jq '.summary.r2' experiment_logs/california_housing_L3_bond6_seed*.json",
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert len([float(x) for x in jq.stdout.split()]) == 2
+
+
+def test_sweep_loop_from_the_seed(tmp_path):
+    script = f"""
+    for bond_dim in 2 3; do
+      EXPERIMENT_NAME="bond_sweep_${{bond_dim}}" BOND_DIM=$bond_dim bash {REPO}/experiments/run_mpo2.sh
+    done
+    """
+    env = dict(os.environ, PYTHON=sys.executable, DATASET="synthetic", N_SAMPLES="200", SEEDS="0", N_EPOCHS="2")
+    env.pop("TRACKER_BACKEND", None)
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True)
+    for bond in (2, 3):
+        assert load(tmp_path / "experiment_logs" / f"bond_sweep_{bond}_seed0.json")["hparams"]["bond_dim"] == bond
+
+
+def test_flags_win_over_environment_and_scripts_work_from_any_directory(run_script, tmp_path):
+    done = run_script("lmpo2", "--bond-dim", "2", "--seeds", "3", "--n-epochs", "1", BOND_DIM="5", JITTER_START="0.001")
+    assert done.returncode == 0, done.stderr
+    run = load(tmp_path / "experiment_logs" / "lmpo2_experiment_seed3.json")
+    assert run["hparams"]["bond_dim"] == 2 and run["hparams"]["reduction_factor"] == 0.5
+
+
+def test_help_documents_every_setting(run_script):
+    done = run_script("mpo2", "--help")
+    assert done.returncode == 0
+    for variable in ("DATASET", "N_SAMPLES", "BOND_DIM", "SEEDS", "TRACKER_BACKEND", "EXPERIMENT_NAME", "OUTPUT_FILE"):
+        assert variable in done.stdout
+
+
+def test_classification_uses_accuracy(run_script, tmp_path):
+    done = run_script("mpo2", DATASET="iris", N_SAMPLES="all", N_EPOCHS="3", BOND_DIM="3")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    assert "accuracy_mean" in results and "r2_mean" not in results
+    assert all(0 <= r["accuracy"] <= 1 for r in results["results"])
+    run = load(tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json")
+    assert {"accuracy", "val_accuracy"} <= set(run["metrics_log"][1]) and "test_accuracy" in run["summary"]
+
+
+def test_n_samples_takes_effect(run_script, tmp_path):
+    done = run_script("mpo2", DATASET="diabetes", N_SAMPLES="100", N_EPOCHS="1", SEEDS="0")
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "results_mpo2.json").read_text())["dataset_info"]
+    assert info["n_total"] == 100 and info["n_train"] + info["n_val"] + info["n_test"] == 100
+
+
+def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
+    # an absurd initial scale makes seed computations overflow to non-finite values
+    done = run_script("mpo2", INIT_STRENGTH="1e200", N_EPOCHS="1")
+    assert done.returncode == 1
+    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    assert results["n_total"] == 2 and results["n_success"] == 0 and results["r2_mean"] is None
+    for entry in results["results"]:
+        assert entry["success"] is False and entry["error"]
+        summary = load(tmp_path / "experiment_logs" / f"mpo2_experiment_seed{entry['seed']}.json")["summary"]
+        assert summary["success"] is False and summary["error"] == entry["error"]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"BOND_DIM": "abc"}, "BOND_DIM='abc' must be an integer >= 1"),
+        ({"SEEDS": "0,,x"}, "SEEDS='0,,x' must be a comma-separated list of integers"),
+        ({"N_EPOCHS": "-1"}, "N_EPOCHS='-1' must be an integer >= 0"),
+        ({"OUTPUT_SITE": "3"}, r"OUTPUT_SITE=3 must be in [0, L) = [0, 3)"),
+        ({"DATASET": "unknown"}, "DATASET='unknown' must be one of: california_housing, diabetes, synthetic, iris"),
+        ({"TRACKER_BACKEND": "bogus"}, "unknown tracker backend 'bogus'; installed backends:"),
+        ({"OUTPUT_FILE": "no/such/dir/results.json"}, "directory 'no/such/dir' does not exist"),
+        ({"TRACKER_DIR": "results_is_a_file/logs"}, "TRACKER_DIR 'results_is_a_file/logs' is not a writable"),
+    ],
+)
+def test_bad_input_gets_one_line_and_no_files(run_script, tmp_path, env, message):
+    (tmp_path / "results_is_a_file").write_text("")
+    done = run_script("mpo2", **env)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("run_mpo2.sh: error: ") and message in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results_is_a_file"]
+
+
+def test_unwritable_output_directory_is_refused(run_script, tmp_path):
+    done = run_script("mpo2", OUTPUT_FILE="/proc/results_mpo2.json")  # no one may create files in /proc
+    assert done.returncode == 2 and "directory '/proc' is not writable" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.environ.get("NTN_DATA_DIR"), reason="needs NTN_DATA_DIR with cal_housing.data")
+def test_default_california_run_beats_the_held_out_target(run_script, tmp_path):
+    done = run_script("mpo2", DATASET="california_housing", N_SAMPLES="500", SEEDS="0,1,2,3,4")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    assert results["n_success"] == 5 and results["r2_mean"] >= 0.55
+    assert results["dataset_info"]["source"].endswith("cal_housing.data")
+
+
+def test_selecting_file_imports_no_other_tracker_plugin(tmp_path):
+    code = (
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        "from ntn.tracking import start_run\n"
+        "with start_run('x', {}, backend='file') as run: run.log_metrics({'loss': 1.0}, step=0)\n"
+        "others = {ep.module.split('.')[0] for ep in entry_points(group='ntn.trackers') if ep.name != 'file'}\n"
+        "print(sorted(m for m in others | {'aim'} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "[]"
