@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     progress.close()
+    held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
     print(
-        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded; held-out test "
-        f"{quality} mean {q_mean if q_mean is None else round(q_mean, 4)} ± {q_std if q_std is None else round(q_std, 4)}"
-        f" -> {output}"
+        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded; "
+        f"held-out test {quality} {held_out} -> {output}"
     )
     return 1 if errors else 0
 
