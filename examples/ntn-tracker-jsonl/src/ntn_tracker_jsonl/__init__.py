@@ -15,7 +15,7 @@ class JsonlTracker:
         directory = Path(os.environ.get("JSONL_DIR", "."))
         directory.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in experiment_name)
-        self._file = open(directory / f"{safe}.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed in finalize
+        self._file = open(directory / f"{safe}.jsonl", "w", encoding="utf-8")  # closed in finalize
         self._write("config", config=config)
 
     def _write(self, event: str, **payload: Any) -> None:
