@@ -160,3 +160,21 @@ def test_selecting_file_imports_no_other_tracker_plugin(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "[]"
+
+
+def test_seed_import_path_for_base_tracker_is_the_core_class(tmp_path):
+    code = (
+        "from experiments.trackers import BaseTracker\n"
+        "import ntn.tracking\n"
+        "class Mine(BaseTracker):\n"
+        "    def log_metrics(self, metrics, step):\n"
+        "        print('got', step, metrics['loss'])\n"
+        "from ntn.tracking.testing import run_conformance\n"
+        "run_conformance(Mine)\n"
+        "print(BaseTracker is ntn.tracking.BaseTracker)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
+    )
+    assert out.stdout.splitlines() == ["got -1 6.64", "got 0 0.27", "got 1 nan", "got 2 0.26", "True"]
