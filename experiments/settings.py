@@ -142,7 +142,7 @@ def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
     for s in SETTINGS:
         flag_value = getattr(args, s.dest)
         source, raw = (s.flag, flag_value) if flag_value is not None else (s.env, os.environ.get(s.env))
-        if raw is None or (raw == "" and s.env != "VERBOSE"):
+        if raw is None or raw == "":
             source, raw = s.env, s.default
         raw = raw.replace("{model}", model)
         try:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ntn.files import check_writable, write_atomic
 
 MODELS = ("mpo2", "lmpo2", "mmpo2")
 
@@ -28,7 +28,7 @@ def _writable_file(path: Path) -> None:
     if not directory.is_dir():
         raise OSError(f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} does not exist")
     try:
-        tempfile.TemporaryFile(dir=directory).close()
+        check_writable(directory)
     except OSError as err:
         raise OSError(
             f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} is not writable ({err.strerror})"
@@ -36,11 +36,7 @@ def _writable_file(path: Path) -> None:
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2, allow_nan=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -157,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quality = "r2" if data.task == "regression" else "accuracy"
     config = {"model": model.upper(), "experiment": s["experiment_name"], **s, "dataset_info": data.info}
-    progress = _progress(s, data.info)
+    progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
     errors = 0
     for seed in s["seeds"]:
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-class _progress:
+class _Progress:
     """tqdm bars over seeds and epochs on a terminal; one line per epoch with VERBOSE."""
 
     def __init__(self, s: dict[str, Any], info: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """FileTracker: one JSON document per run at <TRACKER_DIR>/<experiment_name>.json.
 
 After every hook call the file on disk is a complete JSON document holding everything logged so far:
-each write goes to a temporary file in the same directory, then replaces the run file atomically, so
-a process killed at any moment leaves either the previous or the new document. While the run is
+each write replaces the run file atomically (`ntn.files.write_atomic`), so a process killed at any
+moment leaves either the previous or the new document. While the run is
 going, `summary.status` is "running"; `finalize` sets it to "finished".
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ntn.files import check_writable, write_atomic
 from ntn.tracking import TrackerConfigError
 from ntn.tracking.redact import Redactor
 
@@ -48,8 +48,7 @@ class FileTracker:
     def _prepare_directory(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-", delete=True)
-            probe.close()
+            check_writable(self.directory)
         except OSError as err:
             raise TrackerConfigError(
                 f"TRACKER_DIR {str(self.directory)!r} is not a writable directory ({err.strerror or err}); "
@@ -71,14 +70,7 @@ class FileTracker:
             f'"hparams": {self._head["hparams"]}, "metrics_log": [{", ".join(self._metrics)}], '
             f'"summary": {_dumps(self.summary)}}}\n'
         )
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.path.stem[:40]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(document)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, document)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._head["hparams"] = _dumps(self.redact(hparams))
