@@ -5,7 +5,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "core", "file", "example", "experiments"]
+nox.options.sessions = ["lint", "core", "file", "aim", "example", "experiments"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -40,6 +40,13 @@ def file(session: nox.Session) -> None:
 
 
 @nox.session
+def aim(session: nox.Session) -> None:
+    """ntn-tracker-aim next to the core, against real `aim server` processes and an authenticating proxy."""
+    _install(session, "./core[test]", "./plugins/ntn-tracker-aim")
+    session.run(*PYTEST, "plugins/ntn-tracker-aim/tests", *session.posargs)
+
+
+@nox.session
 def example(session: nox.Session) -> None:
     """The third-party example plugin, installed from its folder, found through its entry point."""
     _install(session, "./core[test]", "./examples/ntn-tracker-jsonl")
@@ -48,6 +55,6 @@ def example(session: nox.Session) -> None:
 
 @nox.session
 def experiments(session: nox.Session) -> None:
-    """What a user installs: the experiment scripts end to end, with the file backend."""
-    _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file")
+    """What a user installs: the experiment scripts end to end, with the file and aim backends."""
+    _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", "./plugins/ntn-tracker-aim")
     session.run(*PYTEST, "tests", *session.posargs, env={"NTN_DATA_DIR": os.environ.get("NTN_DATA_DIR", "")})

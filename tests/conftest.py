@@ -13,7 +13,8 @@ def run_script(tmp_path):
     """Run experiments/run_<model>.sh as a user would, from a scratch working directory."""
 
     def run(model="mpo2", *args, **env):
-        environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS")}
+        ours = ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "AIM_REPO", "TRACKER_DIR", "AIM_CUSTOM_HEADERS")
+        environ = {k: v for k, v in os.environ.items() if k not in ours}
         environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"}
         environ |= {k: str(v) for k, v in env.items()}
         return subprocess.run(

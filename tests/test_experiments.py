@@ -178,3 +178,52 @@ def test_seed_import_path_for_base_tracker_is_the_core_class(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
     )
     assert out.stdout.splitlines() == ["got -1 6.64", "got 0 0.27", "got 1 nan", "got 2 0.26", "True"]
+
+
+def aim_runs(root):
+    from aim import Run
+    from ntn_tracker_aim import index_runs
+
+    return {r.name: r for r in (Run(h, repo=str(root), read_only=True) for h in index_runs(root))}
+
+
+def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_path):
+    done = run_script("mpo2", TRACKER_BACKEND="aim", EXPERIMENT_NAME="bond_sweep_4", BOND_DIM="4", N_EPOCHS="3")
+    assert done.returncode == 0, done.stderr
+    from ntn_tracker_aim import series
+
+    runs = aim_runs(tmp_path)
+    assert sorted(runs) == ["bond_sweep_4_seed0", "bond_sweep_4_seed1"]
+    results = {r["seed"]: r for r in json.loads((tmp_path / "results_mpo2.json").read_text())["results"]}
+    for name, run in runs.items():
+        assert run.experiment == "bond_sweep_4" and run["hparams"]["bond_dim"] == 4
+        seed = run["summary"]["seed"]
+        assert name.endswith(f"seed{seed}") and run["summary"]["test_r2"] == pytest.approx(results[seed]["r2"])
+        curves = series(run)
+        assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2] and len(curves[("loss", "init")]) == 1
+        assert {"r2", "val_loss", "val_r2", "reg_loss", "jitter", "weight_norm_sq"} <= {n for n, _ in curves}
+    assert not (tmp_path / "experiment_logs").exists()
+
+
+def test_both_writes_the_same_run_to_the_json_file_and_to_aim(run_script, tmp_path):
+    done = run_script("mmpo2", TRACKER_BACKEND="both", N_EPOCHS="2", SEEDS="5")
+    assert done.returncode == 0, done.stderr
+    from ntn_tracker_aim import series
+
+    document = load(tmp_path / "experiment_logs" / "mmpo2_experiment_seed5.json")
+    run = aim_runs(tmp_path)["mmpo2_experiment_seed5"]
+    assert run["hparams"] == document["hparams"]
+    assert {k: v for k, v in document["summary"].items() if k != "status"} == run["summary"]
+    curves = series(run)
+    for entry in document["metrics_log"]:
+        phase, step = ("init", 0) if entry["step"] == -1 else ("", entry["step"])
+        for name, value in entry.items():
+            if name != "step":
+                assert (step, pytest.approx(value)) in curves[(name, phase)]
+
+
+def test_bad_aim_headers_get_one_line_before_training(run_script, tmp_path):
+    done = run_script("mpo2", TRACKER_BACKEND="aim", AIM_REPO="aim://127.0.0.1:9", AIM_CUSTOM_HEADERS="{oops")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "AIM_CUSTOM_HEADERS is not valid JSON" in done.stderr
+    assert list(tmp_path.iterdir()) == []

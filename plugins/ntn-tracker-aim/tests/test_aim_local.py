@@ -1,0 +1,121 @@
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from aim import Run
+from conftest import grep_tree
+from ntn import MPO2, NTN
+from ntn.tracking import installed, start_run
+from ntn.tracking.testing import run_conformance
+from ntn_tracker_aim import INIT_CONTEXT, AimTracker, index_runs, series
+
+
+def read(root, run_hash):
+    assert run_hash in index_runs(root)
+    return Run(run_hash, repo=str(root), read_only=True)
+
+
+def test_entry_point_is_installed():
+    assert installed()["aim"].value == "ntn_tracker_aim:AimTracker"
+
+
+def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
+    sent = run_conformance(AimTracker)
+    run = read(".", sent.tracker.run_hash)
+    assert run.name == sent.experiment_name
+    assert run.experiment == sent.experiment_name.removesuffix("_seed0")
+    assert run["hparams"] == sent.hparams
+    assert run["config"]["jitter"] == sent.config["jitter"] and run["config"]["seeds"] == [0, 1, 2]
+    assert run["summary"] == sent.summary
+    curves = series(run)
+    assert curves[("loss", "init")] == [(0, 6.64)] and curves[("r2", "init")] == [(0, -3.88)]
+    loss = curves[("loss", "")]
+    assert [s for s, _ in loss] == [0, 1, 2] and loss[0][1] == 0.27 and math.isnan(loss[1][1])
+    assert curves[("r2", "")][1] == (1, -math.inf) and curves[("reg_loss", "")][1] == (1, math.inf)
+    assert curves[("μ-metric", "")] == [(1, 1.0)]
+    assert Path(".aim").is_dir()  # AIM_REPO defaults to ./.aim, created as `aim init` would
+
+
+def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIM_REPO", str(tmp_path / "elsewhere"))
+    with start_run("x_seed0", {}) as tracked:
+        tracked.log_metrics({"loss": 1.0}, step=0)
+    assert (tmp_path / "elsewhere" / ".aim").is_dir() and not Path(".aim").exists()
+    monkeypatch.setenv("AIM_REPO", str(tmp_path / "named" / ".aim"))
+    with start_run("y_seed0", {}):
+        pass
+    assert (tmp_path / "named" / ".aim" / "meta").is_dir()
+    assert len(index_runs(tmp_path / "elsewhere")) == 1 and len(index_runs(tmp_path / "named")) == 1
+
+
+def test_every_seed_is_a_run_grouped_under_the_experiment_base_name():
+    for seed in range(3):
+        with start_run(f"bond_sweep_4_seed{seed}", {"experiment": "bond_sweep_4", "seed": seed}) as tracked:
+            tracked.log_metrics({"loss": float(seed)}, step=0)
+            tracked.log_summary({"seed": seed, "success": True})
+    runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
+    assert sorted(r.name for r in runs) == [f"bond_sweep_4_seed{s}" for s in range(3)]
+    assert {r.experiment for r in runs} == {"bond_sweep_4"}
+    for r in runs:
+        seed = r["summary"]["seed"]
+        assert r.name.endswith(f"seed{seed}") and series(r)[("loss", "")] == [(0, float(seed))]
+
+
+def test_a_failed_run_records_success_false_and_the_error():
+    with pytest.raises(FloatingPointError), start_run("broken_seed1", {}) as tracked:
+        tracked.log_metrics({"loss": 3.0}, step=-1)
+        raise FloatingPointError("overflow at site 2")
+    (run_hash,) = index_runs(".")
+    summary = Run(run_hash, repo=".", read_only=True)["summary"]
+    assert summary == {"success": False, "error": "FloatingPointError: overflow at site 2"}
+
+
+def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(150, 4, generator=g, dtype=torch.float64)
+    y = X[:, 0] * X[:, 1] + X[:, 2]
+    trainer = NTN(MPO2(3, 3, 5, 1, 1, seed=0), X[:100], y[:100], X_val=X[100:], y_val=y[100:])
+    logged = []
+    with start_run("fit_seed0", {"experiment": "fit"}) as tracked:
+        trainer.fit(
+            3,
+            callback_init=lambda s, i: (logged.append((-1, dict(s))), tracked.callback_init(s, i)),
+            callback_epoch=lambda e, s, i: (
+                logged.append((e, s | {"reg_loss": i["reg_loss"]})),
+                tracked.callback_epoch(e, s, i),
+            ),
+        )
+    (run_hash,) = index_runs(".")
+    curves = series(Run(run_hash, repo=".", read_only=True))
+    for step, scores in logged:
+        for name, value in scores.items():
+            key, aim_step = ((name, "init"), 0) if step == -1 else ((name, ""), step)
+            assert (aim_step, pytest.approx(value)) in curves[key]
+    assert [s for s, _ in curves[("val_r2", "")]] == [0, 1, 2] and INIT_CONTEXT == {"phase": "init"}
+
+
+SECRETS = {
+    "CF_ACCESS_CLIENT_ID": "cfid-local-5f4e3d2c1b",
+    "CF_ACCESS_CLIENT_SECRET": "cfsecret-local-9a8b7c6d5e",
+    "AIM_AUTH_TOKEN": "aimtoken-local-1234567890",
+    "AIM_CUSTOM_HEADERS": '{"X-Extra": "hdrvalue-local-qazwsx"}',
+}
+
+
+def test_no_secret_reaches_the_local_repository(monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RuntimeError), start_run("secret_seed0", {"env": dict(os.environ)}) as tracked:
+        tracked.log_hparams({"token": SECRETS["AIM_AUTH_TOKEN"], "argv": f"--key={SECRETS['CF_ACCESS_CLIENT_SECRET']}"})
+        tracked.log_metrics({"loss": 1.0}, step=0)
+        raise RuntimeError(f"refused {SECRETS['CF_ACCESS_CLIENT_ID']}")
+    direct = AimTracker("direct_seed0", {"env": dict(os.environ)})  # also without the core's redaction
+    direct.log_summary({"note": SECRETS["AIM_AUTH_TOKEN"]})
+    direct.finalize()
+    index_runs(".")
+    values = [*list(SECRETS.values())[:3], "hdrvalue-local-qazwsx"]
+    assert grep_tree(Path(".aim"), values) == []
+    runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
+    assert all("__system_params" not in r.meta_run_tree.keys() for r in runs)
