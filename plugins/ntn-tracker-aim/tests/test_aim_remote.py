@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from aim import Run
 from authproxy import AuthProxy
-from conftest import grep_tree
+from conftest import AimServer, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
-from ntn_tracker_aim import index_runs, series
+from ntn_tracker_aim import index_runs, read_runs, series
 from ntn_tracker_aim.auth import headers_from_env
 
 CF = {"CF_ACCESS_CLIENT_ID": "cf-id-remote-7h6g5f4e", "CF_ACCESS_CLIENT_SECRET": "cf-secret-remote-3d2c1b0a9z"}
@@ -161,3 +161,25 @@ def test_a_training_process_logs_through_the_proxy_and_no_secret_is_stored(proxy
     assert series(run)[("loss", "")] == [(s, s * 0.5) for s in range(5)]
     assert grep_tree(aim_server.root, list(CF.values())) == []
     assert grep_tree(tmp_path, list(CF.values())) == []
+
+
+def test_reader_reads_the_server_repository_once_it_is_indexed(tmp_path, monkeypatch):
+    server = AimServer(tmp_path / "fresh-repo")  # its own server: nothing indexed there yet
+    try:
+        monkeypatch.setenv("AIM_REPO", server.url)
+        log_a_run("readback_seed3")
+        assert read_runs(server.url) == (
+            [],
+            [
+                f"{server.url}: no indexed runs (aim 3.29 indexes a server's runs only while `aim up` runs on "
+                "its repository, or after `aim storage reindex` there)"
+            ],
+        )
+        index_runs(server.root)  # what `aim up` does on the server's machine
+        records, problems = read_runs(server.url)
+    finally:
+        server.stop()
+    assert problems == [] and [r["experiment_name"] for r in records] == ["readback_seed3"]
+    record = records[0]
+    assert record["hparams"] == {"bond_dim": 6} and record["summary"] == {"success": True, "status": "finished"}
+    assert record["metrics_log"] == [{"step": -1, "loss": 9.0}] + [{"step": s, "loss": 1.0 / (s + 1)} for s in range(4)]

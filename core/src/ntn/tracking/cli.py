@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 
 from tabulate import tabulate
 
+from ntn.tracking import results_cli
 from ntn.tracking.discovery import TrackerSelectionError, installed, load
 
 COMMANDS_GROUP = "ntn.trackers.commands"
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ntn-trackers", description="Tracker backends and recorded runs of ntn.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="installed tracker backends and whether they load").set_defaults(func=_list)
+    results_cli.register(sub)
     for ep in entry_points(group=COMMANDS_GROUP):
         try:
             ep.load()(sub)

@@ -29,3 +29,54 @@ def series(run) -> dict[tuple[str, str], list[tuple[int, float]]]:
         steps, (values, _epochs, _timestamps) = metric.data.items_list()
         out[(metric.name, metric.context.to_dict().get("phase", ""))] = sorted(zip(steps, values))
     return out
+
+
+def to_record(run) -> dict:
+    """An aim Run in the shape of a run file: metrics per step, the init context back at step -1."""
+    log: dict[int, dict] = {}
+    for (name, phase), points in series(run).items():
+        for step, value in points:
+            step = -1 if phase == "init" else step
+            log.setdefault(step, {"step": step})[name] = float(value)
+
+    def param(key: str) -> dict:
+        try:
+            return run[key]
+        except KeyError:
+            return {}
+
+    return {
+        "experiment_name": run.name,
+        "config": param("config"),
+        "hparams": param("hparams"),
+        "metrics_log": [log[s] for s in sorted(log)],
+        "summary": param("summary") | {"status": "running" if run.active else "finished"},
+        "aim": {"hash": run.hash, "experiment": run.experiment},
+    }
+
+
+def read_runs(source: str) -> tuple[list[dict], list[str]]:
+    """The `aim` reader for `ntn-trackers summary/compare`: every run of a repository."""
+    from aim import Repo, Run
+
+    from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument
+
+    root = aim_repo_argument(source)
+    if root.startswith(REMOTE_PREFIX):
+        runs = list(Repo.from_path(root).iter_runs())
+        if not runs:
+            return [], [
+                f"{source}: no indexed runs (aim 3.29 indexes a server's runs only while `aim up` runs on its "
+                "repository, or after `aim storage reindex` there)"
+            ]
+    else:
+        if not (Path(root) / ".aim").is_dir():
+            return [], [f"{source}: no Aim repository there"]
+        runs = [Run(h, repo=root, read_only=True) for h in index_runs(root)]
+    records, problems = [], []
+    for run in runs:
+        try:
+            records.append(to_record(run))
+        except Exception as err:  # a damaged run must not hide the others
+            problems.append(f"{source} run {run.hash}: {type(err).__name__}: {err}")
+    return records, problems

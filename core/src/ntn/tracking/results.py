@@ -1,0 +1,137 @@
+"""Summaries of recorded runs: runs grouped into experiments, statistics over seeds, comparisons.
+
+Runs are grouped by experiment base name: config["experiment"], else the run name without `_seed<N>`.
+A run counts as successful only when it finished and its summary says success: true; runs still in
+progress (status "running") and failed runs are counted and listed as such. Statistics are over the
+successful runs (population standard deviation, as in the experiments' results file).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ntn.tracking.readers import Record
+
+_SEED_SUFFIX = re.compile(r"_seed\d+$")
+NOT_METRICS = {"seed", "success", "status", "best_epoch", "error"}
+
+
+def experiment_of(record: Record) -> str:
+    name = str(record.get("experiment_name", ""))
+    return str((record.get("config") or {}).get("experiment") or _SEED_SUFFIX.sub("", name) or name)
+
+
+def status_of(record: Record) -> str:
+    summary = record.get("summary") or {}
+    if summary.get("status") == "running":
+        return "running"
+    return "ok" if summary.get("success") is True else "failed"
+
+
+def best_epoch_of(record: Record) -> int | None:
+    """summary.best_epoch, else the epoch of the lowest val_loss (or loss) in the metrics log."""
+    summary = record.get("summary") or {}
+    if isinstance(summary.get("best_epoch"), int):
+        return summary["best_epoch"]
+    epochs = [m for m in record.get("metrics_log") or [] if m.get("step", -1) >= 0]
+    key = "val_loss" if any("val_loss" in m for m in epochs) else "loss"
+    scored = [(m[key], m["step"]) for m in epochs if isinstance(m.get(key), int | float) and math.isfinite(m[key])]
+    return min(scored)[1] if scored else None
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    """Held-out first: test_*, then val_*, then training figures."""
+    return (0 if name.startswith("test_") else 1 if name.startswith("val_") else 2, name)
+
+
+@dataclass
+class Stats:
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stats:
+        return cls(len(values), statistics.fmean(values), statistics.pstdev(values), min(values), max(values))
+
+
+@dataclass
+class Experiment:
+    name: str
+    runs: list[Record] = field(default_factory=list)
+
+    def by_status(self, status: str) -> list[Record]:
+        return [r for r in self.runs if status_of(r) == status]
+
+    @property
+    def metrics(self) -> dict[str, Stats]:
+        """Statistics of every numeric summary figure over the successful runs, held-out first."""
+        values: dict[str, list[float]] = {}
+        for record in self.by_status("ok"):
+            for key, value in (record.get("summary") or {}).items():
+                if key not in NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
+                    if math.isfinite(value):
+                        values.setdefault(key, []).append(float(value))
+        return {k: Stats.of(values[k]) for k in sorted(values, key=_metric_order)}
+
+    @property
+    def best_epochs(self) -> list[int]:
+        return [e for e in (best_epoch_of(r) for r in self.by_status("ok")) if e is not None]
+
+
+def _errors(records: list[Record]) -> dict[str, Any]:
+    return {r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in records}
+
+
+def group(records: list[Record]) -> dict[str, Experiment]:
+    experiments: dict[str, Experiment] = {}
+    for record in sorted(records, key=lambda r: str(r.get("experiment_name", ""))):
+        experiments.setdefault(experiment_of(record), Experiment(experiment_of(record))).runs.append(record)
+    return experiments
+
+
+def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
+    """One row per experiment: counts, statistics of each metric, best epochs, failures."""
+    rows = []
+    for exp in experiments.values():
+        row: dict[str, Any] = {
+            "experiment": exp.name,
+            "runs": len(exp.runs),
+            "successful": len(exp.by_status("ok")),
+            "running": [r.get("experiment_name") for r in exp.by_status("running")],
+            "failed": {
+                r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in exp.by_status("failed")
+            },
+            "best_epoch": exp.best_epochs,
+        }
+        for name, stats in exp.metrics.items():
+            row[name] = vars(stats)
+        rows.append(row)
+    return rows
+
+
+def comparison_rows(experiments: list[Experiment]) -> list[dict[str, Any]]:
+    """Per metric: each experiment's mean ± std, and each one's difference of means to the first,
+    with its spread across seeds (the standard error sqrt(s_a²/n_a + s_b²/n_b))."""
+    reference, others = experiments[0], experiments[1:]
+    names = [m for m in reference.metrics if all(m in e.metrics for e in others)]
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"metric": name}
+        a = reference.metrics[name]
+        row[reference.name] = vars(a)
+        for exp in others:
+            b = exp.metrics[name]
+            row[exp.name] = vars(b)
+            row[f"{exp.name} - {reference.name}"] = {
+                "difference": b.mean - a.mean,
+                "spread": math.sqrt(a.std**2 / a.n + b.std**2 / b.n),
+            }
+        rows.append(row)
+    return rows

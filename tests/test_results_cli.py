@@ -1,0 +1,165 @@
+"""`ntn-trackers summary / compare / plot` on runs written by the real trackers."""
+
+import csv
+import io
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ntn.tracking import start_run
+from ntn_tracker_file import FileTracker
+
+CLI = [str(pathlib.Path(sys.executable).parent / "ntn-trackers")]
+RNG = np.random.default_rng(7)
+EXPERIMENTS = {
+    "bond_sweep_4": [dict(test_r2=v, test_loss=1 - v, r2=v + 0.05) for v in RNG.uniform(0.5, 0.7, 4)],
+    "bond_sweep_8": [dict(test_r2=v, test_loss=1 - v, r2=v + 0.05) for v in RNG.uniform(0.6, 0.8, 3)],
+}
+
+
+def log_experiments(backend="file"):
+    for name, seeds in EXPERIMENTS.items():
+        for seed, figures in enumerate(seeds):
+            with start_run(f"{name}_seed{seed}", {"experiment": name}, backend=backend) as run:
+                run.log_metrics({"loss": 2.0, "val_loss": 2.5}, step=-1)
+                for epoch in range(3):
+                    run.log_metrics({"loss": 1.0 / (epoch + 1 + seed), "val_loss": 1.2 / (epoch + 1)}, step=epoch)
+                run.log_summary({"seed": seed, "best_epoch": 2, "success": True, **figures})
+
+
+def ntn_trackers(*args, cwd):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def logs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    log_experiments()
+    return tmp_path
+
+
+def test_summary_numbers_match_an_independent_computation(logs):
+    done = ntn_trackers("summary", "--format", "json", cwd=logs)
+    assert done.returncode == 0, done.stderr
+    rows = {r["experiment"]: r for r in json.loads(done.stdout)}
+    assert sorted(rows) == sorted(EXPERIMENTS)
+    for name, seeds in EXPERIMENTS.items():
+        row = rows[name]
+        assert row["runs"] == row["successful"] == len(seeds) and row["failed"] == {} and row["running"] == []
+        for metric in ("test_r2", "test_loss", "r2"):
+            values = np.array([s[metric] for s in seeds])
+            stats = row[metric]
+            assert stats["mean"] == pytest.approx(values.mean()) and stats["std"] == pytest.approx(values.std())
+            assert stats["min"] == pytest.approx(values.min()) and stats["max"] == pytest.approx(values.max())
+        assert row["best_epoch"] == [2] * len(seeds)
+        assert list(row)[list(row).index("best_epoch") + 1 :][:2] == ["test_loss", "test_r2"]  # held-out first
+
+
+def test_summary_table_and_csv(logs):
+    table = ntn_trackers("summary", cwd=logs)
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:5] == ["experiment", "runs", "ok", "running", "failed"]
+    row = next(line for line in lines if line.startswith("bond_sweep_4"))
+    mean = np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
+    assert row.split()[1:5] == ["4", "4", "0", "0"] and f"{mean:.4g}" in row
+    rows = list(csv.DictReader(io.StringIO(ntn_trackers("summary", "--format", "csv", cwd=logs).stdout)))
+    assert {r["experiment"] for r in rows} == set(EXPERIMENTS)
+    r8 = next(r for r in rows if r["experiment"] == "bond_sweep_8")
+    assert float(r8["test_r2_mean"]) == pytest.approx(np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_8"]]))
+
+
+def test_running_and_failed_runs_are_never_counted_as_successes(logs):
+    running = FileTracker("bond_sweep_4_seed9", {"experiment": "bond_sweep_4"})  # never finalized
+    running.log_summary({"success": True, "test_r2": 0.99})
+    with pytest.raises(RuntimeError), start_run("bond_sweep_4_seed10", {"experiment": "bond_sweep_4"}):
+        raise RuntimeError("singular system at site 1")
+    done = ntn_trackers("summary", "--format", "json", cwd=logs)
+    row = next(r for r in json.loads(done.stdout) if r["experiment"] == "bond_sweep_4")
+    assert row["runs"] == 6 and row["successful"] == 4
+    assert row["running"] == ["bond_sweep_4_seed9"]
+    assert row["failed"] == {"bond_sweep_4_seed10": "RuntimeError: singular system at site 1"}
+    assert row["test_r2"]["max"] < 0.99  # the running run's figures are not in the statistics
+    table = ntn_trackers("summary", cwd=logs).stdout
+    assert "running: bond_sweep_4_seed9" in table
+    assert "failed: bond_sweep_4_seed10: RuntimeError: singular system at site 1" in table
+
+
+def test_damaged_and_foreign_files_are_reported_in_one_line_each_and_skipped(logs):
+    (logs / "experiment_logs" / "truncated.json").write_text('{"experiment_name": "x", "metrics_log": [')
+    (logs / "experiment_logs" / "foreign.json").write_text(json.dumps([1, 2, 3]))
+    (logs / "experiment_logs" / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    done = ntn_trackers("summary", "--format", "json", cwd=logs)
+    assert done.returncode == 0
+    errors = done.stderr.splitlines()
+    assert len(errors) == 3 and all(e.startswith("ntn-trackers: skipped experiment_logs/") for e in errors)
+    assert {e.split("/")[1].split(":")[0] for e in errors} == {"truncated.json", "foreign.json", "binary.json"}
+    assert sorted(r["experiment"] for r in json.loads(done.stdout)) == sorted(EXPERIMENTS)
+
+
+def test_explicit_paths_and_missing_sources(logs):
+    one = ntn_trackers("summary", "--format", "json", "experiment_logs/bond_sweep_8_seed0.json", cwd=logs)
+    assert [r["runs"] for r in json.loads(one.stdout)] == [1]
+    missing = ntn_trackers("summary", "--dir", "nowhere", cwd=logs)
+    assert missing.returncode == 2 and "no runs found" in missing.stderr and "nowhere" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_compare_gives_the_difference_of_means_and_its_spread(logs):
+    done = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--format", "json", cwd=logs)
+    assert done.returncode == 0, done.stderr
+    row = next(r for r in json.loads(done.stdout) if r["metric"] == "test_r2")
+    a = np.array([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
+    b = np.array([s["test_r2"] for s in EXPERIMENTS["bond_sweep_8"]])
+    diff = row["bond_sweep_8 - bond_sweep_4"]
+    assert diff["difference"] == pytest.approx(b.mean() - a.mean())
+    assert diff["spread"] == pytest.approx(math.sqrt(a.var() / len(a) + b.var() / len(b)))
+    table = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", cwd=logs).stdout
+    assert f"{b.mean() - a.mean():+.4g}" in table
+    unknown = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_5", cwd=logs)
+    assert unknown.returncode == 2 and "no runs of experiment 'bond_sweep_5'" in unknown.stderr
+
+
+def test_plot_writes_a_non_blank_png_of_the_expected_size(logs):
+    import matplotlib.image
+
+    for extra in ([], ["--band", "--log-y"]):
+        out = logs / f"curves{len(extra)}.png"
+        done = ntn_trackers("plot", "-o", str(out), "--metric", "loss", *extra, cwd=logs)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == str(out)
+        image = matplotlib.image.imread(out)
+        assert image.shape[:2] == (500, 900)
+        assert image[..., :3].std() > 0.05  # lines drawn, not a blank canvas
+    bad = ntn_trackers("plot", "--metric", "no_such_metric", cwd=logs)
+    assert bad.returncode == 2 and "no run has the metric 'no_such_metric'" in bad.stderr
+
+
+def test_aim_repo_gives_the_same_summary_as_the_run_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    monkeypatch.delenv("AIM_REPO", raising=False)
+    log_experiments(backend="both")
+    from_files = json.loads(ntn_trackers("summary", "--format", "json", cwd=tmp_path).stdout)
+    done = ntn_trackers("summary", "--format", "json", "--aim-repo", ".aim", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == from_files
+    compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--aim-repo", ".aim", cwd=tmp_path)
+    assert compared.returncode == 0 and "test_r2" in compared.stdout
+
+
+def test_thousand_run_files_are_summarised(tmp_path):
+    directory = tmp_path / "many"
+    for i in range(1000):
+        tracker = FileTracker(f"exp{i % 10}_seed{i}", {}, directory=str(directory))
+        tracker.log_metrics({"loss": 1.0}, 0)
+        tracker.log_summary({"success": True, "test_r2": i / 1000})
+        tracker.finalize()
+    done = ntn_trackers("summary", "--dir", str(directory), "--format", "json", cwd=tmp_path)
+    rows = json.loads(done.stdout)
+    assert len(rows) == 10 and sum(r["runs"] for r in rows) == 1000
