@@ -1,5 +1,6 @@
 """A reverse proxy for tests: forwards HTTP and WebSocket traffic to an upstream `aim server`, and
-answers 403 to any request or WebSocket upgrade that lacks the required headers.
+answers 403 to any request or WebSocket upgrade that lacks the required headers (none required: a
+plain proxy). `delay_s` delays every response chunk, as a slow link would.
 
 Each client connection carries one request (non-upgrade requests are forwarded with
 `Connection: close`), so every request is checked. `drop_connections()` cuts every open
@@ -14,8 +15,9 @@ import threading
 
 
 class AuthProxy:
-    def __init__(self, upstream_port: int, required: dict[str, str]) -> None:
+    def __init__(self, upstream_port: int, required: dict[str, str], delay_s: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.delay_s = delay_s  # added before every chunk the server sends back
         self.required = {k.lower(): v for k, v in required.items()}
         self.accepted = {"http": 0, "websocket": 0}
         self.refused = {"http": 0, "websocket": 0}
@@ -70,11 +72,13 @@ class AuthProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers.add(up_writer)
         up_writer.write(head)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, self.delay_s))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float = 0.0) -> None:
         try:
             while data := await reader.read(65536):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):

@@ -1,3 +1,4 @@
+import os
 import signal
 import socket
 import subprocess
@@ -23,7 +24,8 @@ class AimServer:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        subprocess.run([AIM, "init", "--repo", str(root)], check=True, capture_output=True)
+        if not (root / ".aim").is_dir():  # a restarted server serves the repository it had
+            subprocess.run([AIM, "init", "--repo", str(root)], check=True, capture_output=True)
         self.port = free_port()
         self.url = f"aim://127.0.0.1:{self.port}"
         self.log = open(root.parent / f"aim-server-{self.port}.log", "w")
@@ -31,6 +33,7 @@ class AimServer:
             [AIM, "server", "--repo", str(root), "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # `aim server` runs uvicorn in a child: stop() signals the whole group
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -43,14 +46,28 @@ class AimServer:
         raise RuntimeError(f"aim server did not start: {(root.parent / f'aim-server-{self.port}.log').read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+        """Stop the server and its uvicorn child (SIGINT to the group, SIGKILL if it lingers)."""
+        for sig in (signal.SIGINT, signal.SIGKILL):
             try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _group_alive(self.process.pid):
+                self.process.poll()
+                time.sleep(0.1)
+            if not _group_alive(self.process.pid):
+                break
+        self.process.wait()
         self.log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ from conftest import grep_tree
 from ntn import MPO2, NTN
 from ntn.tracking import installed, start_run
 from ntn.tracking.testing import run_conformance
-from ntn_tracker_aim import INIT_CONTEXT, AimTracker, index_runs, series
+from ntn_tracker_aim import INIT_CONTEXT, AimTracker, flush, index_runs, series
 
 
 def read(root, run_hash):
+    assert flush()
     assert run_hash in index_runs(root)
     return Run(run_hash, repo=str(root), read_only=True)
 
@@ -42,10 +43,12 @@ def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):
     monkeypatch.setenv("AIM_REPO", str(tmp_path / "elsewhere"))
     with start_run("x_seed0", {}) as tracked:
         tracked.log_metrics({"loss": 1.0}, step=0)
+    assert flush()
     assert (tmp_path / "elsewhere" / ".aim").is_dir() and not Path(".aim").exists()
     monkeypatch.setenv("AIM_REPO", str(tmp_path / "named" / ".aim"))
     with start_run("y_seed0", {}):
         pass
+    assert flush()
     assert (tmp_path / "named" / ".aim" / "meta").is_dir()
     assert len(index_runs(tmp_path / "elsewhere")) == 1 and len(index_runs(tmp_path / "named")) == 1
 
@@ -55,6 +58,7 @@ def test_every_seed_is_a_run_grouped_under_the_experiment_base_name():
         with start_run(f"bond_sweep_4_seed{seed}", {"experiment": "bond_sweep_4", "seed": seed}) as tracked:
             tracked.log_metrics({"loss": float(seed)}, step=0)
             tracked.log_summary({"seed": seed, "success": True})
+    assert flush()
     runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
     assert sorted(r.name for r in runs) == [f"bond_sweep_4_seed{s}" for s in range(3)]
     assert {r.experiment for r in runs} == {"bond_sweep_4"}
@@ -67,6 +71,7 @@ def test_a_failed_run_records_success_false_and_the_error():
     with pytest.raises(FloatingPointError), start_run("broken_seed1", {}) as tracked:
         tracked.log_metrics({"loss": 3.0}, step=-1)
         raise FloatingPointError("overflow at site 2")
+    assert flush()
     (run_hash,) = index_runs(".")
     summary = Run(run_hash, repo=".", read_only=True)["summary"]
     assert summary == {"success": False, "error": "FloatingPointError: overflow at site 2"}
@@ -87,6 +92,7 @@ def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
                 tracked.callback_epoch(e, s, i),
             ),
         )
+    assert flush()
     (run_hash,) = index_runs(".")
     curves = series(Run(run_hash, repo=".", read_only=True))
     for step, scores in logged:
@@ -114,8 +120,9 @@ def test_no_secret_reaches_the_local_repository(monkeypatch):
     direct = AimTracker("direct_seed0", {"env": dict(os.environ)})  # also without the core's redaction
     direct.log_summary({"note": SECRETS["AIM_AUTH_TOKEN"]})
     direct.finalize()
+    assert flush()
     index_runs(".")
     values = [*list(SECRETS.values())[:3], "hdrvalue-local-qazwsx"]
-    assert grep_tree(Path(".aim"), values) == []
+    assert grep_tree(Path(".aim"), values) == [] and grep_tree(Path(".ntn-aim-spool"), values) == []
     runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
     assert all("__system_params" not in r.meta_run_tree.keys() for r in runs)

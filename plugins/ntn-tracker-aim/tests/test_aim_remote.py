@@ -11,7 +11,7 @@ from aim import Run
 from authproxy import AuthProxy
 from conftest import AimServer, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
-from ntn_tracker_aim import index_runs, read_runs, series
+from ntn_tracker_aim import flush, index_runs, read_runs, series
 from ntn_tracker_aim.auth import headers_from_env
 
 CF = {"CF_ACCESS_CLIENT_ID": "cf-id-remote-7h6g5f4e", "CF_ACCESS_CLIENT_SECRET": "cf-secret-remote-3d2c1b0a9z"}
@@ -32,6 +32,7 @@ def log_a_run(name, steps=4, summary=True):
 
 
 def server_runs(server):
+    assert flush()
     return {r.name: r for r in (Run(h, repo=str(server.root), read_only=True) for h in index_runs(server.root))}
 
 
@@ -73,6 +74,7 @@ def test_through_the_proxy_with_the_right_headers(aim_server, monkeypatch, env):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         log_a_run("proxied_seed0")
+        assert flush()
         assert proxy.refused == {"http": 0, "websocket": 0}
         assert proxy.accepted["http"] > 0 and proxy.accepted["websocket"] >= 1
     finally:
@@ -107,16 +109,18 @@ def test_headers_survive_websocket_reconnection(proxy, aim_server, monkeypatch):
     with start_run("reconnect_seed0", {"experiment": "reconnect"}) as tracked:
         for step in range(3):
             tracked.log_metrics({"loss": float(step)}, step=step)
-        queue = tracked._manager.get_plugin("aim").run.repo._client.get_queue()
-        queue.wait_for_finish()
-        proxy.drop_connections()  # the aim client must reconnect, with the headers
+        deadline = time.monotonic() + 60
+        while proxy.accepted["websocket"] == 0 and time.monotonic() < deadline:  # the uploader is connected
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proxy.drop_connections()  # the uploader's aim client must reconnect, with the headers
         time.sleep(0.5)
         for step in range(3, 6):
             tracked.log_metrics({"loss": float(step)}, step=step)
         tracked.log_summary({"success": True})
-    assert proxy.refused["websocket"] == 0 and proxy.accepted["websocket"] >= 2
     run = server_runs(aim_server)["reconnect_seed0"]
     assert series(run)[("loss", "")] == [(s, float(s)) for s in range(6)]
+    assert proxy.refused["websocket"] == 0 and proxy.accepted["websocket"] >= 2
 
 
 @pytest.mark.parametrize(
@@ -168,6 +172,7 @@ def test_reader_reads_the_server_repository_once_it_is_indexed(tmp_path, monkeyp
     try:
         monkeypatch.setenv("AIM_REPO", server.url)
         log_a_run("readback_seed3")
+        assert flush()
         assert read_runs(server.url) == (
             [],
             [

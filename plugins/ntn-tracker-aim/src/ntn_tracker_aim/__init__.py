@@ -1,6 +1,11 @@
-"""ntn tracker backend `aim`: local and remote Aim repositories, with proxy authentication headers."""
+"""ntn tracker backend `aim`: local and remote Aim repositories, never blocking training.
 
+`flush()` waits until this process's finished runs are in their repositories (tests, notebooks).
+"""
+
+from ntn_tracker_aim.delivery import INIT_CONTEXT
+from ntn_tracker_aim.process import flush
 from ntn_tracker_aim.reading import index_runs, read_runs, series, to_record
-from ntn_tracker_aim.tracker import INIT_CONTEXT, AimTracker
+from ntn_tracker_aim.tracker import AimTracker
 
-__all__ = ["INIT_CONTEXT", "AimTracker", "index_runs", "read_runs", "series", "to_record"]
+__all__ = ["INIT_CONTEXT", "AimTracker", "flush", "index_runs", "read_runs", "series", "to_record"]

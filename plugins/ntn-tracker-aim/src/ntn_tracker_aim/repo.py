@@ -10,11 +10,11 @@ from ntn.tracking import TrackerConfigError
 
 DEFAULT_REPO = ".aim"
 REMOTE_PREFIX = "aim://"
-PROBE_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 3.0  # once per process and server; an unreachable server is not asked again
 
 
 def aim_repo_argument(setting: str | None = None) -> str:
-    """What to hand to aim as `repo=`: the remote URL, or the local root directory holding `.aim`.
+    """What to hand to aim as `repo=`: the remote URL, or the absolute local directory holding `.aim`.
 
     A local AIM_REPO whose last component is `.aim` (the default) is that repository; any other
     local path is a root directory, and its repository is `<path>/.aim` (as `aim init` makes it).
@@ -24,7 +24,7 @@ def aim_repo_argument(setting: str | None = None) -> str:
         if not setting[len(REMOTE_PREFIX) :].strip("/"):
             raise TrackerConfigError(f"AIM_REPO={setting!r} names no server; use aim://host:port")
         return setting.rstrip("/")
-    path = Path(setting).expanduser()
+    path = Path(setting).expanduser().absolute()  # absolute: the uploader may work from another directory
     return str(path.parent if path.name == ".aim" else path)
 
 

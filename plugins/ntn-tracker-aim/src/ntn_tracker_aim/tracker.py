@@ -1,26 +1,31 @@
 """AimTracker: one Aim Run per tracked run, in a local repository or on a remote `aim server`.
 
-- The Run's experiment is the experiment's base name (config["experiment"], else the run name without
-  its `_seed<N>` suffix); its name is the full run name.
-- run["hparams"], run["config"] and run["summary"] hold those payloads.
-- Every numeric metric is tracked under its own name with step = epoch. The initial evaluation
-  (step -1) is tracked at step 0 in the context {"phase": "init"}, so it never mixes with epoch 0.
-  Non-numeric metric values are kept in run["nonnumeric_metrics"]["<step>"].
-- Nothing about the machine is stored: system params, terminal logs and resource tracking are off.
+Hooks never touch aim or the network: each appends one record to the run's journal in the spool
+(`journal.py`) and returns. A separate uploader process delivers journals to the repository
+(`uploader.py`, `delivery.py`); what cannot be delivered stays in the spool for `ntn-trackers sync`.
+
+In the repository:
+- the Run's experiment is the experiment's base name (config["experiment"], else the run name without
+  its `_seed<N>` suffix); its name is the full run name;
+- run["hparams"], run["config"] and run["summary"] hold those payloads;
+- every numeric metric is tracked under its own name with step = epoch; the initial evaluation
+  (step -1) is tracked at step 0 in the context {"phase": "init"}, so it never mixes with epoch 0;
+  non-numeric metric values are kept in run["nonnumeric_metrics"]["<step>"];
+- nothing about the machine is stored: system params, terminal logs and resource tracking are off.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from ntn.tracking.payload import to_builtin
 from ntn.tracking.redact import Redactor
 
-from ntn_tracker_aim import auth
-from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
+from ntn_tracker_aim import auth, journal, process
+from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument
 
-INIT_CONTEXT = {"phase": "init"}
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
 
 
@@ -32,49 +37,27 @@ class AimTracker:
     """The `aim` backend. Repository: `repo`, else $AIM_REPO, else ./.aim."""
 
     def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, repo: str | None = None) -> None:
-        from aim import Run
-
         self.redact = Redactor()  # also here, for callers that use this class without the core
         config = self.redact(to_builtin(config or {}))
         self.repo = aim_repo_argument(repo)
         if self.repo.startswith(REMOTE_PREFIX):
-            headers = auth.headers_from_env()
-            auth.install(headers)
-            probe_server(self.repo, headers)
-        self.run = Run(
-            repo=self.repo,
-            experiment=base_name(experiment_name, config),
-            log_system_params=False,
-            capture_terminal_logs=False,
-            system_tracking_interval=None,
+            auth.headers_from_env()  # malformed auth variables: a one-line error now, before training
+        deliver = process.reachable(self.repo)
+        self.run_hash = uuid.uuid4().hex[:24]  # the Aim run's hash, chosen here so replays are idempotent
+        header = {"repo": self.repo, "experiment": base_name(experiment_name, config), "name": experiment_name}
+        self.journal = journal.JournalWriter(
+            journal.spool_dir() / f"{self.run_hash}.jsonl", header | {"config": config}
         )
-        self.run.name = experiment_name
-        self.run["config"] = config
-        self.summary: dict[str, Any] = {}
-        self.nonnumeric: dict[str, dict[str, Any]] = {}
-
-    @property
-    def run_hash(self) -> str:
-        return self.run.hash
+        process.track(self.journal.path, self.repo, deliver)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
-        self.run["hparams"] = self.redact(to_builtin(hparams))
+        self.journal.append({"op": "hparams", "hparams": self.redact(to_builtin(hparams))})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        step, context = (0, INIT_CONTEXT) if step < 0 else (int(step), {})
-        others = {}
-        for name, value in self.redact(to_builtin(metrics)).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self.run.track(float(value), name=name, step=step, context=context)
-            else:
-                others[name] = value
-        if others:
-            self.nonnumeric[f"{'init' if context else step}"] = others
-            self.run["nonnumeric_metrics"] = self.nonnumeric
+        self.journal.append({"op": "metrics", "step": int(step), "metrics": self.redact(to_builtin(metrics))})
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        self.summary.update(self.redact(to_builtin(summary)))
-        self.run["summary"] = self.summary
+        self.journal.append({"op": "summary", "summary": self.redact(to_builtin(summary))})
 
     def finalize(self) -> None:
-        self.run.close()
+        self.journal.close()

@@ -1,0 +1,107 @@
+"""Replaying journals into an Aim repository. Runs keep the hash the journal was named after and a
+metric written twice at the same (name, step, context) keeps one value, so replaying any part of a
+journal again changes nothing: delivery and `sync` are idempotent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ntn_tracker_aim import auth, journal
+from ntn_tracker_aim.repo import REMOTE_PREFIX
+
+INIT_CONTEXT = {"phase": "init"}
+RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
+
+
+def open_run(repo: str, run_hash: str, experiment: str):
+    """The aim Run with this hash: resumed if the repository has it, else created with it."""
+    import aim.sdk.base_run as base_run
+    from aim import Repo, Run
+
+    remote = repo.startswith(REMOTE_PREFIX)
+    if remote:
+        auth.install(auth.headers_from_env())
+    # init only a repository that is not complete yet (aim writes VERSION last): opening with init=True
+    # takes the write lock of the shared index, which makes parallel writers fail (cf. aimhubio/aim#2869)
+    create = not remote and not (Path(repo) / ".aim" / "VERSION").is_file()
+    if Repo.from_path(repo, init=create).run_exists(run_hash):
+        run = Run(run_hash=run_hash, repo=repo, force_resume=True, **RUN_OPTIONS)
+        run.experiment = experiment  # again: a writer ended mid-creation may have left the run without it
+        return run
+    generate = base_run.generate_run_hash
+    base_run.generate_run_hash = lambda: run_hash  # aim offers no other way to choose a new run's hash
+    try:
+        return Run(repo=repo, experiment=experiment, **RUN_OPTIONS)
+    finally:
+        base_run.generate_run_hash = generate
+
+
+class RunState:
+    """What a run has received so far, to write summary and non-numeric metrics as whole params."""
+
+    def __init__(self) -> None:
+        self.summary: dict[str, Any] = {}
+        self.nonnumeric: dict[str, dict[str, Any]] = {}
+
+
+def apply(run, state: RunState, record: dict[str, Any]) -> None:
+    op = record["op"]
+    if op == "open":
+        run.name = record["name"]
+        run["config"] = record["config"]
+    elif op == "hparams":
+        run["hparams"] = record["hparams"]
+    elif op == "metrics":
+        step, context = (0, INIT_CONTEXT) if record["step"] < 0 else (int(record["step"]), {})
+        others = {}
+        for name, value in record["metrics"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                run.track(float(value), name=name, step=step, context=context)
+            else:
+                others[name] = value
+        if others:
+            state.nonnumeric["init" if context else str(step)] = others
+            run["nonnumeric_metrics"] = state.nonnumeric
+    elif op == "summary":
+        state.summary.update(record["summary"])
+        run["summary"] = state.summary
+
+
+def wait_until_stored(run) -> None:
+    """For a remote repository, until the server has acknowledged everything sent so far (this also
+    keeps aim's in-memory queue to one batch; aim's own bound, __AIM_CLIENT_QUEUE_MAX_MEMORY__, breaks
+    its queue when set)."""
+    client = getattr(run.repo, "_client", None)
+    if client is not None:
+        client.get_queue().wait_for_finish()
+
+
+class Delivery:
+    """One journal's run, open in the repository, fed the journal's new records."""
+
+    def __init__(self, path: Path, repo: str | None = None) -> None:
+        self.path = path
+        records = journal.read_records(path)
+        header = records[0]
+        self.repo = repo or header["repo"]
+        self.run = open_run(self.repo, path.stem, header["experiment"])
+        self.state = RunState()
+        apply(self.run, self.state, header)  # name and config, again on a resumed run
+        for record in records[: journal.delivered(path)]:  # rebuild summary state without sending
+            if record["op"] == "summary":
+                self.state.summary.update(record["summary"])
+
+    def step(self) -> bool:
+        """Deliver what is new; True when the journal is finished and fully delivered (run closed)."""
+        records = journal.read_records(self.path)
+        done = journal.delivered(self.path)
+        for record in records[done:]:
+            apply(self.run, self.state, record)
+        if len(records) > done:
+            wait_until_stored(self.run)
+            journal.set_delivered(self.path, len(records))
+        if journal.is_finalized(records):
+            self.run.close()
+            return True
+        return False

@@ -1,0 +1,99 @@
+"""The spool: one append-only journal per run, written by the training process before a hook returns.
+
+    <spool>/<run_hash>.jsonl        one JSON record per line: {"op": "open" | "hparams" | "metrics" |
+                                    "summary" | "finalize", ...}; the first line is the "open" record
+    <spool>/<run_hash>.delivered    how many of those records have reached the Aim repository
+
+The spool directory is $NTN_AIM_SPOOL, else ./.ntn-aim-spool. Each record is appended with one
+`write` to a file opened with O_APPEND, so a process killed at any moment loses none of the records
+whose hook had returned. The writer holds an exclusive flock on its journal for as long as it lives;
+the kernel drops it when the process ends, however it ends, which is how `sync` tells an abandoned
+journal from one still being written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ntn.files import write_atomic
+
+SPOOL_ENV = "NTN_AIM_SPOOL"
+DEFAULT_SPOOL = ".ntn-aim-spool"
+
+
+def spool_dir() -> Path:
+    return Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL)
+
+
+class JournalWriter:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.append({"op": "open", **header})
+
+    def append(self, record: dict[str, Any]) -> None:
+        os.write(self._fd, (json.dumps(record, allow_nan=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        self.append({"op": "finalize"})
+        os.close(self._fd)  # releases the flock
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The journal's complete records (a line still being written is not one yet)."""
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
+
+
+def delivered_path(path: Path) -> Path:
+    return path.with_suffix(".delivered")
+
+
+def delivered(path: Path) -> int:
+    try:
+        return int(delivered_path(path).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def set_delivered(path: Path, count: int) -> None:
+    write_atomic(delivered_path(path), f"{count}\n")
+
+
+def is_finalized(records: list[dict[str, Any]]) -> bool:
+    return bool(records) and records[-1].get("op") == "finalize"
+
+
+def is_abandoned(path: Path) -> bool:
+    """No live process is writing this journal."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    delivered_path(path).unlink(missing_ok=True)
+
+
+def pending(paths: list[Path]) -> tuple[int, int]:
+    """(records not yet delivered, runs they belong to) among the journals at `paths`."""
+    records = runs = 0
+    for path in paths:
+        if path.exists():
+            missing = len(read_records(path)) - delivered(path)
+            if missing > 0:
+                records, runs = records + missing, runs + 1
+    return records, runs

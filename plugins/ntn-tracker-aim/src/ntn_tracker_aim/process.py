@@ -1,0 +1,118 @@
+"""The training process's side of delivery: one uploader per process, one probe per server, a bounded exit.
+
+- A remote server is probed once per process. A 401/403 stops the run before training
+  (TrackerConfigError); an unreachable server is not asked again: its runs are only journaled.
+- An uploader process starts with the first run that has a reachable repository; it inherits the
+  environment, which is where it takes the authentication headers from (they are never written to
+  the spool), so runs with other credentials get another uploader.
+- At exit the process waits for its uploaders at most $NTN_AIM_EXIT_TIMEOUT seconds (default 30), then
+  ends them, and says in one line how many records stay in the spool and how to upload them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ntn_tracker_aim import auth, journal
+from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
+
+EXIT_TIMEOUT_ENV = "NTN_AIM_EXIT_TIMEOUT"
+DEFAULT_EXIT_TIMEOUT_S = 30.0
+
+_reachable: dict[str, bool] = {}
+_journals: list[Path] = []
+_repos: set[str] = set()
+_uploaders: dict[tuple[str, tuple[tuple[str, str], ...]], subprocess.Popen] = {}
+
+
+def exit_timeout() -> float:
+    """Seconds to wait for delivery at exit: $NTN_AIM_EXIT_TIMEOUT, default 30."""
+    try:
+        return max(0.0, float(os.environ.get(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)))
+    except ValueError:
+        return DEFAULT_EXIT_TIMEOUT_S
+
+
+def reachable(repo: str) -> bool:
+    """Whether to deliver to `repo` (local repositories always); a remote one is probed once."""
+    if not repo.startswith(REMOTE_PREFIX):
+        return True
+    if repo not in _reachable:
+        try:
+            probe_server(repo, auth.headers_from_env())
+            _reachable[repo] = True
+        except ConnectionError:
+            _reachable[repo] = False
+    return _reachable[repo]
+
+
+def _start_uploader(spool: Path) -> subprocess.Popen:
+    log = open(spool / "uploader.log", "a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "ntn_tracker_aim.uploader"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+        start_new_session=True,  # a Ctrl-C of the training process does not cut delivery short
+    )
+
+
+def track(path: Path, repo: str, deliver: bool) -> None:
+    """A new journal: hand it to the uploader (started on first use) if its repository is reachable."""
+    if not _journals:
+        atexit.register(_at_exit)
+    _journals.append(path)
+    _repos.add(repo)
+    if not deliver:
+        return
+    key = (repo, tuple(sorted(auth.headers_from_env().items())))
+    uploader = _uploaders.get(key)
+    if uploader is None or uploader.poll() is not None:
+        uploader = _uploaders[key] = _start_uploader(path.parent)
+    try:
+        uploader.stdin.write(f"{path.resolve()}\n")
+        uploader.stdin.flush()
+    except OSError:  # the uploader died: the journal stays in the spool for `sync`
+        pass
+
+
+def flush(timeout: float = 60.0) -> bool:
+    """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(p.exists() and journal.is_finalized(journal.read_records(p)) for p in _journals):
+            return True
+        if all(u.poll() is not None for u in _uploaders.values()):
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _at_exit() -> None:
+    deadline = time.monotonic() + exit_timeout()
+    for uploader in _uploaders.values():
+        try:
+            uploader.stdin.close()  # no more runs: deliver and leave
+        except OSError:
+            pass
+    for uploader in _uploaders.values():
+        try:
+            uploader.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            uploader.kill()
+            uploader.wait()
+    records, runs = journal.pending(_journals)
+    if records:
+        where = ", ".join(sorted(_repos))
+        spool = _journals[0].parent
+        print(
+            f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where}; they are kept in "
+            f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}",
+            file=sys.stderr,
+        )

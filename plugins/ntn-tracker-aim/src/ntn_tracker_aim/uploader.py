@@ -1,0 +1,79 @@
+"""The uploader: a separate process that feeds the journals of one training process into Aim.
+
+    python -m ntn_tracker_aim.uploader        (started by the tracker; reads journal paths on stdin)
+
+It runs apart from training so that whatever aim does on the network — probing, retrying forever,
+blocking when its queue is full, hanging in close() — never holds the training process: the trainer
+only appends to journals, and at exit waits a bounded time for this process, then ends it. When its
+stdin closes (the training process has exited, however), it delivers what it can and gives up after
+the same bound; undelivered journals stay in the spool for `ntn-trackers sync`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from ntn_tracker_aim import journal
+from ntn_tracker_aim.delivery import Delivery
+from ntn_tracker_aim.process import exit_timeout
+
+POLL_S = 0.05
+RETRY_S = 0.25
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    incoming: list[Path] = []
+    lock = threading.Lock()
+    stdin_closed = threading.Event()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            with lock:
+                incoming.append(Path(line.strip()))
+        stdin_closed.set()
+        # aim can hang in a network call that never returns: the bound holds regardless
+        threading.Timer(exit_timeout(), lambda: os._exit(3)).start()
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    waiting: dict[Path, float] = {}  # journal → when to try it (again)
+    deliveries: dict[Path, Delivery] = {}
+    while True:
+        with lock:
+            waiting.update((p, 0.0) for p in incoming if p not in deliveries)
+            incoming.clear()
+        now = time.monotonic()
+        for path in [p for p, when in waiting.items() if when <= now]:
+            try:
+                deliveries[path] = Delivery(path)
+                del waiting[path]
+            except Exception:
+                _log(f"cannot open the run of {path.name}, retrying: {traceback.format_exc(limit=1).strip()}")
+                waiting[path] = now + RETRY_S
+        for path, delivery in list(deliveries.items()):
+            try:
+                finished = delivery.step()
+            except Exception:
+                _log(f"delivering {path.name} failed, retrying: {traceback.format_exc(limit=1).strip()}")
+                del deliveries[path]
+                waiting[path] = now + RETRY_S
+                continue
+            if finished:
+                journal.remove(path)
+                del deliveries[path]
+        with lock:
+            if stdin_closed.is_set() and not incoming and not deliveries and not waiting:
+                return 0
+        time.sleep(POLL_S)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
