@@ -83,6 +83,7 @@ def clean_env(monkeypatch, tmp_path):
     for name in ("AIM_REPO", "CF_ACCESS_CLIENT_ID", "CF_ACCESS_CLIENT_SECRET", "AIM_AUTH_TOKEN", "AIM_CUSTOM_HEADERS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRACKER_BACKEND", "aim")
+    monkeypatch.setenv("NTN_AIM_DELIVERY_INTERVAL", "0")  # deliver at once: tests read back right away
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

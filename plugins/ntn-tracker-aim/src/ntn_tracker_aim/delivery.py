@@ -54,12 +54,12 @@ def apply(run, state: RunState, record: dict[str, Any]) -> None:
         run["hparams"] = record["hparams"]
     elif op == "metrics":
         step, context = (0, INIT_CONTEXT) if record["step"] < 0 else (int(record["step"]), {})
-        others = {}
-        for name, value in record["metrics"].items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                run.track(float(value), name=name, step=step, context=context)
-            else:
-                others[name] = value
+        numbers = {
+            k: float(v) for k, v in record["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        others = {k: v for k, v in record["metrics"].items() if k not in numbers}
+        if numbers:
+            run.track(numbers, step=step, context=context)  # one call: one message to a remote server
         if others:
             state.nonnumeric["init" if context else str(step)] = others
             run["nonnumeric_metrics"] = state.nonnumeric

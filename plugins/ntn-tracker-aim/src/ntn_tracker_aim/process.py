@@ -2,9 +2,10 @@
 
 - A remote server is probed once per process. A 401/403 stops the run before training
   (TrackerConfigError); an unreachable server is not asked again: its runs are only journaled.
-- An uploader process starts with the first run that has a reachable repository; it inherits the
-  environment, which is where it takes the authentication headers from (they are never written to
-  the spool), so runs with other credentials get another uploader.
+- Uploader processes start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after the first run, or at
+  exit if that comes first, so that a short training never shares its CPUs with them. An uploader
+  inherits the environment, which is where it takes the authentication headers from (they are never
+  written to the spool), so runs with other credentials get another uploader.
 - At exit the process waits for its uploaders at most $NTN_AIM_EXIT_TIMEOUT seconds (default 30), then
   ends them, and says in one line how many records stay in the spool and how to upload them.
 """
@@ -15,6 +16,7 @@ import atexit
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,11 +25,24 @@ from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
 
 EXIT_TIMEOUT_ENV = "NTN_AIM_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
+INTERVAL_ENV = "NTN_AIM_DELIVERY_INTERVAL"
+DEFAULT_INTERVAL_S = 10.0
 
 _reachable: dict[str, bool] = {}
 _journals: list[Path] = []
 _repos: set[str] = set()
 _uploaders: dict[tuple[str, tuple[tuple[str, str], ...]], subprocess.Popen] = {}
+_waiting: dict[tuple[str, tuple[tuple[str, str], ...]], list[Path]] = {}  # journals not yet handed over
+_lock = threading.Lock()
+_due = threading.Event()  # set once the first delivery round is due
+
+
+def delivery_interval() -> float:
+    """Seconds between delivery rounds: $NTN_AIM_DELIVERY_INTERVAL, default 10."""
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S)))
+    except ValueError:
+        return DEFAULT_INTERVAL_S
 
 
 def exit_timeout() -> float:
@@ -64,21 +79,40 @@ def _start_uploader(spool: Path) -> subprocess.Popen:
 
 
 def track(path: Path, repo: str, deliver: bool) -> None:
-    """A new journal: hand it to the uploader (started on first use) if its repository is reachable."""
+    """A new journal: hand it to its uploader if its repository is reachable."""
     if not _journals:
         atexit.register(_at_exit)
+        timer = threading.Timer(delivery_interval(), _start_uploaders)
+        timer.daemon = True
+        timer.start()
     _journals.append(path)
     _repos.add(repo)
     if not deliver:
         return
     key = (repo, tuple(sorted(auth.headers_from_env().items())))
-    uploader = _uploaders.get(key)
-    if uploader is None or uploader.poll() is not None:
-        uploader = _uploaders[key] = _start_uploader(path.parent)
+    with _lock:
+        _waiting.setdefault(key, []).append(path)
+    if _due.is_set():  # delivery has begun: this run need not wait
+        _start_uploaders()
+
+
+def _start_uploaders() -> None:
+    _due.set()
+    with _lock:
+        for key in list(_waiting):
+            if key not in _uploaders or _uploaders[key].poll() is not None:
+                _uploaders[key] = _start_uploader(_waiting[key][0].parent)
+            _send(key)
+
+
+def _send(key: tuple) -> None:
+    """Hand the journals waiting for `key` to its uploader (called with _lock held)."""
+    paths = _waiting.pop(key, [])
     try:
-        uploader.stdin.write(f"{path.resolve()}\n")
-        uploader.stdin.flush()
-    except OSError:  # the uploader died: the journal stays in the spool for `sync`
+        for path in paths:
+            _uploaders[key].stdin.write(f"{path.resolve()}\n")
+        _uploaders[key].stdin.flush()
+    except OSError:  # the uploader died: the journals stay in the spool for `sync`
         pass
 
 
@@ -88,6 +122,7 @@ def flush(timeout: float = 60.0) -> bool:
     while time.monotonic() < deadline:
         if not any(p.exists() and journal.is_finalized(journal.read_records(p)) for p in _journals):
             return True
+        _start_uploaders()  # a caller waiting for delivery need not wait for the interval
         if all(u.poll() is not None for u in _uploaders.values()):
             return False
         time.sleep(0.05)
@@ -95,6 +130,7 @@ def flush(timeout: float = 60.0) -> bool:
 
 
 def _at_exit() -> None:
+    _start_uploaders()  # if the interval has not come yet: deliver now
     deadline = time.monotonic() + exit_timeout()
     for uploader in _uploaders.values():
         try:

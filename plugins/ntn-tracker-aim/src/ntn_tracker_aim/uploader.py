@@ -7,6 +7,12 @@ blocking when its queue is full, hanging in close() — never holds the training
 only appends to journals, and at exit waits a bounded time for this process, then ends it. When its
 stdin closes (the training process has exited, however), it delivers what it can and gives up after
 the same bound; undelivered journals stay in the spool for `ntn-trackers sync`.
+
+It also keeps its CPU use out of training's way: it delivers in rounds, at most every
+$NTN_AIM_DELIVERY_INTERVAL seconds (default 10) while training runs, and at once when training is
+over, and it runs only on otherwise idle CPUs. (Delivering continuously — importing aim alone takes
+1-2 s of CPU — made a short default experiment train 3× slower on a 2-core machine, whose torch
+threads share the cores.)
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 
 from ntn_tracker_aim import journal
 from ntn_tracker_aim.delivery import Delivery
-from ntn_tracker_aim.process import exit_timeout
+from ntn_tracker_aim.process import delivery_interval, exit_timeout
 
 POLL_S = 0.05
 RETRY_S = 0.25
@@ -30,7 +36,18 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _yield_to_training() -> None:
+    """Run only on otherwise idle CPUs: delivery can wait, training on the same cores cannot. (With a
+    mere nice 19, the time slices this process still gets stall torch's spinning thread barriers:
+    training ran 3× slower beside it.)"""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        os.nice(19)
+
+
 def main() -> int:
+    _yield_to_training()
     incoming: list[Path] = []
     lock = threading.Lock()
     stdin_closed = threading.Event()
@@ -46,7 +63,13 @@ def main() -> int:
     threading.Thread(target=read_stdin, daemon=True).start()
     waiting: dict[Path, float] = {}  # journal → when to try it (again)
     deliveries: dict[Path, Delivery] = {}
+    interval = delivery_interval()
+    next_round = time.monotonic() + interval
     while True:
+        if not stdin_closed.is_set() and time.monotonic() < next_round:
+            time.sleep(POLL_S)
+            continue
+        next_round = time.monotonic() + interval
         with lock:
             waiting.update((p, 0.0) for p in incoming if p not in deliveries)
             incoming.clear()
