@@ -2,10 +2,13 @@
 
     python benchmarks/bench_ntn.py [--batch-size 4000]
 
-Each (N, bond_dim) runs in its own process so its peak RSS is its own. The GFLOP/s column counts the
-flops of one update of the middle core (Gram accumulation + Cholesky solve), next to torch.matmul's
-float64 GFLOP/s measured in the same run. Targets on the 2-core machine: N=16k, bond 6 <= 0.1 s/epoch;
-bond 16 <= 2 s/epoch; peak RSS <= 600 MB; time linear in N.
+Each (N, bond_dim) runs in its own process so its peak RSS is its own. "moments s" is the one pass over
+the data that gathers its polynomial moments before the first epoch (`ntn.moments`; "-" where the
+trainer sums over the batches instead). The GFLOP/s column counts the flops of one update of the middle
+core (forming the Newton system + Cholesky solve), next to torch.matmul's float64 GFLOP/s measured in
+the same run. Targets on the 2-core machine: N=16k, bond 6 <= 0.1 s/epoch;
+bond 16 <= 2 s/epoch; peak RSS <= 600 MB; time linear in N (with the moments: a pass linear in N, then
+epochs whose cost does not depend on N).
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ def one(n: int, bond: int, batch_size: int) -> dict:
     import torch
     from ntn import MPO2, NTN
     from ntn.models import TOP, Unit
+    from ntn.moments import monomial_count
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, FEATURES, generator=g, dtype=torch.float64)
     y = X[:, 0] * X[:, 1] + X[:, 2] - X[:, 3] ** 2
     trainer = NTN(MPO2(3, bond, FEATURES + 1, 1, 1, 0.1, seed=0), X, y, batch_size=batch_size)
+    start = time.perf_counter()
+    uses_moments = trainer._moments is not None  # the one pass over the data that gathers them
+    moments_s = time.perf_counter() - start
     trainer.fit(1)  # warm-up
     epochs = 3
     start = time.perf_counter()
@@ -52,12 +59,47 @@ def one(n: int, bond: int, batch_size: int) -> dict:
     start = time.perf_counter()
     trainer.update(middle, 1e-3)
     update_s = time.perf_counter() - start
-    pairs = bond * (bond + 1) // 2
-    p_pairs = (FEATURES + 1) * (FEATURES + 2) // 2
-    P = bond * (FEATURES + 1) * bond
-    flops = 2 * n * pairs * p_pairs * pairs + P**3 / 3 + 2 * P**2
+    p = FEATURES + 1
+    P = bond * p * bond
+    if uses_moments:  # Z V and Vᵀ (Z V), see ntn.moments
+        S = monomial_count(3, p)
+        system_flops = 2 * P * S * (S + P)
+    else:  # packed symmetric-Kronecker products, see ntn.gram
+        pairs = bond * (bond + 1) // 2
+        system_flops = 2 * n * pairs * (p * (p + 1) // 2) * pairs
+    flops = system_flops + P**3 / 3 + 2 * P**2
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"epoch_s": epoch_s, "peak_mb": peak_mb, "update_gflops": flops / update_s / 1e9}
+    return {
+        "epoch_s": epoch_s,
+        "moments_s": moments_s if uses_moments else None,
+        "peak_mb": peak_mb,
+        "update_gflops": flops / update_s / 1e9,
+    }
+
+
+def paths() -> list[list]:
+    """10 epochs of each model (L=3, bond 6, batch_size 100), Newton systems summed over the batches or
+    formed from the data's moments (`ntn.moments`; the trainer picks the moments from N >= S = 165)."""
+    import torch
+    from ntn import LMPO2, MMPO2, MPO2, NTN
+    from ntn.moments import Moments
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for n in (100, 350, 1000, 14000):
+        X = torch.randn(n, FEATURES, generator=g, dtype=torch.float64)
+        y = X[:, 0] * X[:, 1] + X[:, 2] - X[:, 3] ** 2
+        for Model in (MPO2, LMPO2, MMPO2):
+            seconds = []
+            for use_moments in (False, True):
+                trainer = NTN(Model(3, 6, FEATURES + 1, 1, 1, 0.1, seed=0), X, y, batch_size=100)
+                start = time.perf_counter()
+                chosen = Moments(trainer.model, trainer._batches(trainer.X, trainer.y)) if use_moments else None
+                trainer.__dict__["_moments"] = chosen  # overrides the trainer's own choice
+                trainer.fit(10)
+                seconds.append(time.perf_counter() - start)
+            rows.append([n, Model.__name__, f"{seconds[0]:.3f}", f"{seconds[1]:.3f}", f"{seconds[0] / seconds[1]:.1f}"])
+    return rows
 
 
 def main() -> None:
@@ -72,7 +114,6 @@ def main() -> None:
 
     reference = matmul_gflops()
     rows = []
-    per_1k: dict[int, list[float]] = {}
     for bond in BONDS:
         for n in SIZES:
             out = subprocess.run(
@@ -82,22 +123,25 @@ def main() -> None:
                 check=True,
             )
             r = json.loads(out.stdout)
-            per_1k.setdefault(bond, []).append(r["epoch_s"] / n * 1000)
             rows.append(
                 [
                     n,
                     bond,
                     f"{r['epoch_s']:.3f}",
+                    "-" if r["moments_s"] is None else f"{r['moments_s']:.3f}",
                     f"{r['peak_mb']:.0f}",
                     f"{r['update_gflops']:.1f}",
                     f"{r['update_gflops'] / reference:.2f}",
                 ]
             )
     print(f"batch_size={args.batch_size}; torch.matmul float64 (1024²): {reference:.1f} GFLOP/s")
-    print(tabulate(rows, headers=["N", "bond", "s/epoch", "peak RSS MB", "update GFLOP/s", "÷ matmul"]))
-    print("\ns/epoch per 1k samples at N = 1k, 4k, 16k (linear in N when flat):")
-    for bond, values in per_1k.items():
-        print(f"  bond {bond}: " + ", ".join(f"{v:.4f}" for v in values))
+    print(
+        tabulate(
+            rows, headers=["N", "bond", "s/epoch", "moments s (once)", "peak RSS MB", "update GFLOP/s", "÷ matmul"]
+        )
+    )
+    print("\nNewton systems summed over batches or formed from moments, 10 epochs, s:")
+    print(tabulate(paths(), headers=["N", "model", "batches", "moments", "speed-up"]))
 
 
 if __name__ == "__main__":

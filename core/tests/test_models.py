@@ -3,6 +3,7 @@ import itertools
 import pytest
 import torch
 from ntn import LMPO2, MMPO2, MPO2
+from ntn.models import basis_inputs
 
 
 def embed(X):
@@ -26,6 +27,14 @@ def test_environment_is_the_linear_map_of_each_core(Model):
     for unit in model.units:
         E = model.environment(unit, phi)
         torch.testing.assert_close(E @ model.core(unit).reshape(-1), model(phi), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+def test_basis_environment_is_the_environment_on_every_basis_tuple(Model):
+    model = Model(4, 3, 3, output_dim=2, output_site=1, init_strength=0.4, seed=2)
+    basis = basis_inputs(4, 3, torch.float64, torch.device("cpu"))  # (81, 4, 3)
+    for unit in model.units:
+        torch.testing.assert_close(model.basis_environment(unit), model.environment(unit, basis), rtol=1e-12, atol=0)
 
 
 def test_parameter_counts():

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 from ntn import LMPO2, MMPO2, MPO2, NTN, NewtonStepError
+from ntn.gram import accumulate_system
 from ntn.models import TOP, Unit
+from ntn.moments import Moments
 
 
 def embed(X):
@@ -26,9 +28,11 @@ def regression_data(n=200, features=4, seed=0):
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
-def test_gradient_of_J_vanishes_after_a_core_update(Model):
-    X, y = regression_data()
+@pytest.mark.parametrize("n", [30, 200])  # 30 < 35 monomials: summed over the batches; 200: from the moments
+def test_gradient_of_J_vanishes_after_a_core_update(Model, n):
+    X, y = regression_data(n=n)
     trainer = NTN(Model(3, 3, 5, 1, 1, 0.3, seed=0), X, y, batch_size=37)
+    assert (trainer._moments is None) == (n == 30)
     jitter = 1e-3
     for unit in trainer.model.units:
         trainer.update(unit, jitter)
@@ -51,6 +55,20 @@ def test_J_never_increases_across_core_updates(Model):
             trainer.update(unit, jitter)
             values.append(objective(trainer, jitter).item())
     assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(values)), values
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize(("L", "output_dim", "output_site"), [(3, 1, 1), (3, 2, 0), (4, 3, 2)])
+def test_moments_give_the_same_newton_system_as_the_batches(Model, L, output_dim, output_site):
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(120, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(120, output_dim, generator=g, dtype=torch.float64)
+    trainer = NTN(Model(L, 3, 4, output_dim, output_site, 0.4, seed=3), X, y, batch_size=50)
+    system = Moments(trainer.model, trainer._batches(X, y))
+    for unit in trainer.model.units:
+        expected = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
+        for got, want in zip(system.system(trainer.model, unit, trainer.loss), expected):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * want.abs().max().item())
 
 
 def test_fits_noise_free_data_from_a_random_mpo2_of_the_same_shape():

@@ -134,62 +134,92 @@ class TensorNetwork:
 
     # ---- contraction ------------------------------------------------------------------------
 
+    @staticmethod
+    def _at(phi: Tensor, site: int) -> Tensor:
+        """The input vectors read at `site`: φ (B, p) is read at every site; (B, L, p) gives each its own."""
+        return phi if phi.ndim == 2 else phi[:, site]
+
     def _input(self, site: int, phi: Tensor) -> Tensor:
-        """Input row at `site` contracted with φ: (B, d_left, r, d_right)."""
+        """Input row at `site` contracted with its input: (B, d_left, r, d_right)."""
+        phi = self._at(phi, site)
         if self.input_cores is None:
             return phi[:, None, :, None]
         return torch.einsum("ni,sijt->nsjt", phi, self.input_cores[site])
 
-    def _inputs(self, phi: Tensor) -> list[Tensor]:
-        return [self._input(k, phi) for k in range(self.L)]
+    def _column(self, site: int, phi: Tensor) -> Tensor:
+        """The ladder column at `site`: (B, C_k, D_left·d_left, D_right·d_right)."""
+        col = torch.einsum("ajcb,nsjt->ncasbt", self.top_cores[site], self._input(site, phi))
+        B, C, a, s, b, t = col.shape
+        return col.reshape(B, C, a * s, b * t)
 
-    def _columns(self, inputs: list[Tensor]) -> list[Tensor]:
-        """One ladder column per site: (B, C_k, D_left·d_left, D_right·d_right)."""
-        columns = []
-        for top, inp in zip(self.top_cores, inputs):
-            col = torch.einsum("ajcb,nsjt->ncasbt", top, inp)
-            B, C, a, s, b, t = col.shape
-            columns.append(col.reshape(B, C, a * s, b * t))
-        return columns
-
-    def _left(self, columns: list[Tensor], site: int) -> Tensor:
+    def _left(self, phi: Tensor, site: int) -> Tensor:
         """Contraction of the columns left of `site`: (B, C or 1, 1, D_left·d_left)."""
-        env = columns[0].new_ones(columns[0].shape[0], 1, 1, 1)
-        for col in columns[:site]:
-            env = env @ col
+        env = phi.new_ones(phi.shape[0], 1, 1, 1)
+        for k in range(site):
+            env = env @ self._column(k, phi)
         return env
 
-    def _right(self, columns: list[Tensor], site: int) -> Tensor:
+    def _right(self, phi: Tensor, site: int) -> Tensor:
         """Contraction of the columns right of `site`: (B, C or 1, D_right·d_right, 1)."""
-        env = columns[0].new_ones(columns[0].shape[0], 1, 1, 1)
-        for col in reversed(columns[site + 1 :]):
-            env = col @ env
+        env = phi.new_ones(phi.shape[0], 1, 1, 1)
+        for k in reversed(range(site + 1, self.L)):
+            env = self._column(k, phi) @ env
         return env
 
     def __call__(self, phi: Tensor) -> Tensor:
-        """f(x) for a batch of embedded inputs φ(x): (B, p) -> (B, C)."""
-        columns = self._columns(self._inputs(phi))
-        return self._left(columns, self.L)[:, :, 0, 0]
+        """f(x) for a batch of embedded inputs φ(x): (B, p) -> (B, C). φ may also be (B, L, p), one
+        input per site (f is linear in each site's input)."""
+        return self._left(phi, self.L)[:, :, 0, 0]
+
+    def _bonds(self, site: int) -> tuple[int, int, int, int]:
+        """(D_left, d_left, D_right, d_right) around the column at `site`."""
+        top = self.top_cores[site]
+        inp = top.new_empty(1, 1, 1, 1) if self.input_cores is None else self.input_cores[site]
+        return top.shape[0], inp.shape[0], top.shape[3], inp.shape[3]
 
     def environment_factors(self, unit: Unit, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The pieces around the top core at `unit.site`, each with the output index c expanded:
         left (B, C, D_left, d_left), input row (B, d_left, r, d_right), right (B, C, D_right, d_right).
         """
         B, C, k = phi.shape[0], self.output_dim, unit.site
-        inputs = self._inputs(phi)
-        columns = self._columns(inputs)
-        top = self.top_cores[k]
-        left = self._left(columns, k).reshape(B, -1, top.shape[0], inputs[k].shape[1]).expand(B, C, -1, -1)
-        right = self._right(columns, k).reshape(B, -1, top.shape[3], inputs[k].shape[3]).expand(B, C, -1, -1)
-        return left, inputs[k], right
+        Dl, dl, Dr, dr = self._bonds(k)
+        left = self._left(phi, k).reshape(B, -1, Dl, dl).expand(B, C, -1, -1)
+        right = self._right(phi, k).reshape(B, -1, Dr, dr).expand(B, C, -1, -1)
+        return left, self._input(k, phi), right
 
     def environment(self, unit: Unit, phi: Tensor) -> Tensor:
-        """E with f(x)[n, c] = Σ_q E[n, c, q] · vec(core(unit))[q]: (B, C, numel(core))."""
-        B, C, k = phi.shape[0], self.output_dim, unit.site
-        left, inp, right = self.environment_factors(unit, phi)
+        """E with f(x)[n, c] = Σ_q E[n, c, q] · vec(core(unit))[q]: (B, C, numel(core)).
+
+        :param phi: φ(x) (B, p), or one input per site (B, L, p)
+        """
+        return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
+
+    def basis_environment(self, unit: Unit) -> Tensor:
+        """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), i in row-major order:
+        (p^L, C, numel(core)). The left factor depends only on i_<k and the right one only on i_>k, so
+        each is contracted once per prefix or suffix, not once per tuple."""
+        k, p, L = unit.site, self.phys_dim, self.L
+        basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
+        left, _, _ = self.environment_factors(unit, basis[:: p ** (L - k)])  # rows i_≥k = 0: (p^k, C, Dl, dl)
+        _, _, right = self.environment_factors(unit, basis[: p ** (L - k - 1)])  # rows i_≤k = 0
+        phi_k = basis[: p ** (L - k) : p ** (L - k - 1), k]  # e_{i_k}: (p, p)
+
+        def spread(part: Tensor, axis: int) -> Tensor:
+            """A tensor over one of (i_<k, i_k, i_>k), repeated over the grid of all three: (p^L, ...)."""
+            shape = [1, 1, 1]
+            shape[axis] = len(part)
+            grid = part.reshape(*shape, *part.shape[1:]).expand(p**k, p, p ** (L - k - 1), *part.shape[1:])
+            return grid.reshape(p**L, *part.shape[1:])
+
+        phi_k = spread(phi_k, 1)
+        return self._assemble(unit, spread(left, 0), self._input(k, phi_k), spread(right, 2), phi_k)
+
+    def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
+        """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""
+        B, C, k = phi_k.shape[0], self.output_dim, unit.site
         if unit.layer == INPUT:
             top_c = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
-            E = torch.einsum("ncas,ajcb,ncbt,ni->ncsijt", left, top_c, right, phi)
+            E = torch.einsum("ncas,ajcb,ncbt,ni->ncsijt", left, top_c, right, phi_k)
             return E.reshape(B, C, -1)
         E = torch.einsum("ncas,nsjt,ncbt->ncajb", left, inp, right)
         if k == self.output_site:  # top core carries c: E[n, c, a, j, c', b] = E[n, c, a, j, b] δ_cc'
@@ -202,12 +232,19 @@ class TensorNetwork:
 
     def dense(self) -> Tensor:
         """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only)."""
-        p = self.phys_dim
-        grid = torch.cartesian_prod(*[torch.arange(p)] * self.L).reshape(-1, self.L)
-        eye = torch.eye(p, dtype=self.top_cores[0].dtype, device=self.top_cores[0].device)
-        # W[i, c] = f evaluated with the basis vector e_{i_k} in place of φ at each site k
-        columns = self._columns([self._input(k, eye[grid[:, k]]) for k in range(self.L)])
-        return self._left(columns, self.L)[:, :, 0, 0].reshape(*[p] * self.L, self.output_dim)
+        # W[i, c] = f with the basis vector e_{i_k} in place of φ at each site k
+        f = self(basis_inputs(self.L, self.phys_dim, self.top_cores[0].dtype, self.top_cores[0].device))
+        return f.reshape(*[self.phys_dim] * self.L, self.output_dim)
+
+
+def basis_tuples(L: int, p: int, device: torch.device) -> Tensor:
+    """Every index tuple (i_0, …, i_{L-1}) in row-major order: (p^L, L)."""
+    return torch.cartesian_prod(*[torch.arange(p, device=device)] * L).reshape(-1, L)
+
+
+def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p)."""
+    return torch.eye(p, dtype=dtype, device=device)[basis_tuples(L, p, device)]
 
 
 def _reduction_cores(
