@@ -42,7 +42,7 @@ def file(session: nox.Session) -> None:
 @nox.session
 def aim(session: nox.Session) -> None:
     """ntn-tracker-aim next to the core, against real `aim server` processes and an authenticating proxy."""
-    _install(session, "./core[test]", "./plugins/ntn-tracker-aim")
+    _install(session, "./core[test]", "./plugins/ntn-tracker-aim[test]")
     session.run(*PYTEST, "plugins/ntn-tracker-aim/tests", *session.posargs)
 
 

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(s["output_file"])
     try:
-        backends = [b.name for b in validate(s["tracker_backend"])]
+        backends = validate(s["tracker_backend"])
         _writable_file(output)
         data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
     except (TrackerSelectionError, TrackerValidationError, DatasetError, OSError) as err:

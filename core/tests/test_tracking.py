@@ -102,6 +102,19 @@ def test_each_run_gets_its_own_tracker_instances(test_trackers):
         assert calls[1][1]["metrics"] == {"seed": seed}
 
 
+def test_runs_accept_the_backends_validate_returned_without_looking_them_up_again(test_trackers, monkeypatch):
+    backends, nothing = validate("record"), validate("none")
+    import ntn.tracking.discovery as discovery
+
+    monkeypatch.setattr(discovery, "installed", lambda: pytest.fail("entry points looked up again"))
+    for seed in range(2):
+        with start_run(f"reuse_seed{seed}", {}, backend=backends) as run:
+            run.log_metrics({"seed": seed}, step=0)
+    assert [hook for hook, _ in calls_of(test_trackers, "reuse_seed1")] == ["__init__", "log_metrics", "finalize"]
+    with start_run("reuse_none", {}, backend=nothing) as run:
+        assert run.active == []
+
+
 def test_failing_body_records_the_error_then_finalizes_and_propagates(test_trackers):
     with pytest.raises(ZeroDivisionError), start_run("exp", {}, backend="record") as run:
         run.log_summary({"seed": 4})

@@ -55,6 +55,7 @@ class AuthProxy:
         kind = "websocket" if headers.get("upgrade", "").lower() == "websocket" else "http"
         if any(headers.get(k) != v for k, v in self.required.items()):
             self.refused[kind] += 1
+            await asyncio.sleep(self.delay_s)  # a slow link delays refusals too
             body = b"<html><body>403 Forbidden: Access denied</body></html>"
             writer.write(
                 b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nConnection: close\r\n"

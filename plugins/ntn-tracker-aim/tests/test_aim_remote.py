@@ -13,6 +13,7 @@ from conftest import AimServer, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
 from ntn_tracker_aim import flush, index_runs, read_runs, series
 from ntn_tracker_aim.auth import headers_from_env
+from ntn_tracker_aim.journal import read_records
 
 CF = {"CF_ACCESS_CLIENT_ID": "cf-id-remote-7h6g5f4e", "CF_ACCESS_CLIENT_SECRET": "cf-secret-remote-3d2c1b0a9z"}
 CF_HEADERS = {
@@ -97,6 +98,26 @@ def test_without_the_headers_the_run_is_refused_in_one_line_before_training(prox
     with pytest.raises(TrackerConfigError, match=r"refused the credentials \(HTTP 403\)"):
         with start_run("wrong_seed0", {}):
             pass
+
+
+def test_on_a_slow_link_the_probe_never_delays_training_and_a_refusal_stops_the_next_run(aim_server, monkeypatch):
+    slow = AuthProxy(aim_server.port, CF_HEADERS, delay_s=0.5)  # every answer, refusals too, takes 0.5 s
+    try:
+        monkeypatch.setenv("AIM_REPO", f"aim://127.0.0.1:{slow.port}")
+        started = time.monotonic()
+        with start_run("slowlink_seed0", {}) as run:  # the 403 is not in yet: this run is journaled
+            run.log_metrics({"loss": 0.5}, step=0)
+        assert time.monotonic() - started < 0.3
+        time.sleep(1.0)
+        with pytest.raises(TrackerConfigError, match=r"refused the credentials \(HTTP 403\)"):
+            with start_run("slowlink_seed1", {}):
+                pytest.fail("the run must not start")
+        journals = [read_records(p) for p in Path(".ntn-aim-spool").glob("*.jsonl")]
+        (kept,) = [records for records in journals if records[0]["name"] == "slowlink_seed0"]
+        assert [r["op"] for r in kept] == ["open", "metrics", "finalize"]  # kept for `ntn-trackers sync`
+        assert slow.accepted == {"http": 0, "websocket": 0}  # nothing was delivered with the wrong credentials
+    finally:
+        slow.close()
 
 
 # After a reconnect, aim 3.29's own resource finalizers raise KeyError (its resource pool is re-keyed);

@@ -132,9 +132,13 @@ def test_the_file_is_complete_after_every_hook_call():
     assert strict_json(tracker.path)["summary"] == {"status": "running"}
     tracker.log_hparams({"h": 2})
     assert strict_json(tracker.path)["hparams"] == {"h": 2}
-    for step in range(5):
-        tracker.log_metrics({"loss": float(step)}, step)
+    replaced = 0  # appends that replaced the file instead of writing in place
+    for step in range(60):  # ~2 pages of entries: most are written in place, those crossing a page are not
+        inode = os.stat(tracker.path).st_ino
+        tracker.log_metrics({"loss": float(step), "note": "x" * 100}, step)
         assert [e["step"] for e in strict_json(tracker.path)["metrics_log"]] == list(range(step + 1))
+        replaced += os.stat(tracker.path).st_ino != inode
+    assert 1 <= replaced <= 4, replaced
     tracker.log_summary({"success": True})
     assert strict_json(tracker.path)["summary"] == {"status": "running", "success": True}
     tracker.finalize()

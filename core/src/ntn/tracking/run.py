@@ -105,14 +105,17 @@ class TrackedRun:
 def start_run(
     experiment_name: str,
     config: dict[str, Any] | None = None,
-    backend: str | Sequence[str] | None = None,
+    backend: str | Sequence[str] | Sequence[Backend] | None = None,
 ) -> Iterator[TrackedRun]:
     """Track one run with the selected backends (argument, else TRACKER_BACKEND, else "file").
+
+    :param backend: backend names, or the Backends that `validate` returned (many runs of one
+        experiment then look up and import the plugins once)
 
     If the body raises, the summary records success: false and error: "<Type>: <message>" before
     `finalize`, and the exception propagates. `finalize` always runs.
     """
-    run = TrackedRun(experiment_name, dict(config or {}), select(backend))
+    run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     try:
         yield run
     except BaseException as err:
@@ -120,6 +123,12 @@ def start_run(
         raise
     finally:
         run.finalize()
+
+
+def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Backend]:
+    if backend is not None and not isinstance(backend, str) and all(isinstance(b, Backend) for b in backend):
+        return list(backend)
+    return select(backend)
 
 
 def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:

@@ -1,7 +1,10 @@
 """The training process's side of delivery: one uploader per process, one probe per server, a bounded exit.
 
-- A remote server is probed once per process. A 401/403 stops the run before training
-  (TrackerConfigError); an unreachable server is not asked again: its runs are only journaled.
+- A remote server is probed once per process, in the background. The first run waits for the answer
+  at most PROBE_WAIT_S (20 ms: a server on the LAN has answered by then), so a slow link never
+  delays training. A 401/403 stops the experiment with a one-line TrackerConfigError: before
+  training when the answer came within the wait, else when the next run starts; runs journaled
+  meanwhile stay in the spool. The runs of a server that cannot be reached are only journaled.
 - Uploader processes start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after the first run, or at
   exit if that comes first, so that a short training never shares its CPUs with them. An uploader
   inherits the environment, which is where it takes the authentication headers from (they are never
@@ -20,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from ntn.tracking import TrackerConfigError
+
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
 
@@ -28,11 +33,15 @@ DEFAULT_EXIT_TIMEOUT_S = 30.0
 INTERVAL_ENV = "NTN_AIM_DELIVERY_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
 
-_reachable: dict[str, bool] = {}
+PROBE_WAIT_S = 0.02
+
+Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
+
+_probes: dict[Key, Probe] = {}
 _journals: list[Path] = []
 _repos: set[str] = set()
-_uploaders: dict[tuple[str, tuple[tuple[str, str], ...]], subprocess.Popen] = {}
-_waiting: dict[tuple[str, tuple[tuple[str, str], ...]], list[Path]] = {}  # journals not yet handed over
+_uploaders: dict[Key, subprocess.Popen] = {}
+_waiting: dict[Key, list[Path]] = {}  # journals not yet handed over
 _lock = threading.Lock()
 _due = threading.Event()  # set once the first delivery round is due
 
@@ -53,17 +62,54 @@ def exit_timeout() -> float:
         return DEFAULT_EXIT_TIMEOUT_S
 
 
-def reachable(repo: str) -> bool:
-    """Whether to deliver to `repo` (local repositories always); a remote one is probed once."""
-    if not repo.startswith(REMOTE_PREFIX):
-        return True
-    if repo not in _reachable:
+class Probe(threading.Thread):
+    """One background request to a remote server: `outcome` is None until it answers, then True
+    (reachable), False (unreachable) or the TrackerConfigError of refused credentials."""
+
+    def __init__(self, key: Key) -> None:
+        super().__init__(daemon=True, name=f"ntn-aim-probe {key[0]}")
+        self.repo, self.headers = key[0], dict(key[1])
+        self.outcome: bool | TrackerConfigError | None = None
+        self.start()
+
+    def run(self) -> None:
         try:
-            probe_server(repo, auth.headers_from_env())
-            _reachable[repo] = True
+            probe_server(self.repo, self.headers)
+            self.outcome = True
+        except TrackerConfigError as err:
+            self.outcome = err
         except ConnectionError:
-            _reachable[repo] = False
-    return _reachable[repo]
+            self.outcome = False
+        if _due.is_set():  # delivery began while this server was being asked
+            _start_uploaders()
+
+
+def key_of(repo: str) -> Key:
+    """Runs go to one uploader per repository and credentials (a remote one's, from the environment).
+
+    :raises TrackerConfigError: malformed authentication variables
+    """
+    headers = auth.headers_from_env() if repo.startswith(REMOTE_PREFIX) else {}
+    return repo, tuple(sorted(headers.items()))
+
+
+def check(key: Key) -> None:
+    """Start probing a remote repository (once per process and credentials); raise its refusal once known.
+
+    :raises TrackerConfigError: the server refused the credentials
+    """
+    if not key[0].startswith(REMOTE_PREFIX):
+        return
+    if key not in _probes:
+        _probes[key] = Probe(key)
+        _probes[key].join(PROBE_WAIT_S)
+    if isinstance(_probes[key].outcome, TrackerConfigError):
+        raise _probes[key].outcome
+
+
+def _deliverable(key: Key) -> bool:
+    """Whether to start an uploader: for a local repository always, for a remote one once its probe said so."""
+    return key not in _probes or _probes[key].outcome is True
 
 
 def _start_uploader(spool: Path) -> subprocess.Popen:
@@ -78,18 +124,15 @@ def _start_uploader(spool: Path) -> subprocess.Popen:
     )
 
 
-def track(path: Path, repo: str, deliver: bool) -> None:
-    """A new journal: hand it to its uploader if its repository is reachable."""
+def track(path: Path, key: Key) -> None:
+    """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
     if not _journals:
         atexit.register(_at_exit)
         timer = threading.Timer(delivery_interval(), _start_uploaders)
         timer.daemon = True
         timer.start()
     _journals.append(path)
-    _repos.add(repo)
-    if not deliver:
-        return
-    key = (repo, tuple(sorted(auth.headers_from_env().items())))
+    _repos.add(key[0])
     with _lock:
         _waiting.setdefault(key, []).append(path)
     if _due.is_set():  # delivery has begun: this run need not wait
@@ -99,13 +142,13 @@ def track(path: Path, repo: str, deliver: bool) -> None:
 def _start_uploaders() -> None:
     _due.set()
     with _lock:
-        for key in list(_waiting):
+        for key in [key for key in _waiting if _deliverable(key)]:
             if key not in _uploaders or _uploaders[key].poll() is not None:
                 _uploaders[key] = _start_uploader(_waiting[key][0].parent)
             _send(key)
 
 
-def _send(key: tuple) -> None:
+def _send(key: Key) -> None:
     """Hand the journals waiting for `key` to its uploader (called with _lock held)."""
     paths = _waiting.pop(key, [])
     try:
@@ -130,6 +173,8 @@ def flush(timeout: float = 60.0) -> bool:
 
 
 def _at_exit() -> None:
+    for probe in _probes.values():
+        probe.join()  # an answer comes within the probe's timeout
     _start_uploaders()  # if the interval has not come yet: deliver now
     deadline = time.monotonic() + exit_timeout()
     for uploader in _uploaders.values():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 from pathlib import Path
 
-import requests
 from ntn.tracking import TrackerConfigError
 
 DEFAULT_REPO = ".aim"
@@ -29,25 +29,29 @@ def aim_repo_argument(setting: str | None = None) -> str:
 
 
 def probe_server(remote: str, headers: dict[str, str]) -> None:
-    """One quick request to the server, as aim's client would make it, with our headers.
+    """One quick request to the server, with our headers; only the status line is read.
 
     :raises TrackerConfigError: the server (or a proxy in front of it) refused the credentials
     :raises ConnectionError: the server cannot be reached
     """
     address = remote[len(REMOTE_PREFIX) :]
     last_error: Exception | None = None
-    for scheme in ("http", "https"):
+    for connection_class in (http.client.HTTPConnection, http.client.HTTPSConnection):
+        connection = connection_class(address, timeout=PROBE_TIMEOUT_S)
         try:
-            response = requests.get(f"{scheme}://{address}/status/", headers=headers, timeout=PROBE_TIMEOUT_S)
-        except requests.RequestException as err:
+            connection.request("GET", "/status/", headers=headers)
+            status = connection.getresponse().status
+        except (OSError, http.client.HTTPException) as err:
             last_error = err
             continue
-        if response.status_code in (401, 403):
+        finally:
+            connection.close()
+        if status in (401, 403):
             raise TrackerConfigError(
-                f"Aim server at {remote} refused the credentials (HTTP {response.status_code}); "
+                f"Aim server at {remote} refused the credentials (HTTP {status}); "
                 "check CF_ACCESS_CLIENT_ID/CF_ACCESS_CLIENT_SECRET, AIM_AUTH_TOKEN or AIM_CUSTOM_HEADERS"
             )
-        if response.ok:
+        if 200 <= status < 300:
             return
-        last_error = ConnectionError(f"HTTP {response.status_code}")
+        last_error = ConnectionError(f"HTTP {status}")
     raise ConnectionError(f"Aim server at {remote} is unreachable ({type(last_error).__name__}: {last_error})")

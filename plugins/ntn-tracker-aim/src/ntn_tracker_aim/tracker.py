@@ -23,8 +23,8 @@ from typing import Any
 from ntn.tracking.payload import to_builtin
 from ntn.tracking.redact import Redactor
 
-from ntn_tracker_aim import auth, journal, process
-from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument
+from ntn_tracker_aim import journal, process
+from ntn_tracker_aim.repo import aim_repo_argument
 
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
 
@@ -40,15 +40,14 @@ class AimTracker:
         self.redact = Redactor()  # also here, for callers that use this class without the core
         config = self.redact(to_builtin(config or {}))
         self.repo = aim_repo_argument(repo)
-        if self.repo.startswith(REMOTE_PREFIX):
-            auth.headers_from_env()  # malformed auth variables: a one-line error now, before training
-        deliver = process.reachable(self.repo)
+        key = process.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
+        process.check(key)
         self.run_hash = uuid.uuid4().hex[:24]  # the Aim run's hash, chosen here so replays are idempotent
         header = {"repo": self.repo, "experiment": base_name(experiment_name, config), "name": experiment_name}
         self.journal = journal.JournalWriter(
             journal.spool_dir() / f"{self.run_hash}.jsonl", header | {"config": config}
         )
-        process.track(self.journal.path, self.repo, deliver)
+        process.track(self.journal.path, key)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self.journal.append({"op": "hparams", "hparams": self.redact(to_builtin(hparams))})

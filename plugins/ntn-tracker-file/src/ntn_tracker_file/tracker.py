@@ -1,14 +1,19 @@
 """FileTracker: one JSON document per run at <TRACKER_DIR>/<experiment_name>.json.
 
-After every hook call the file on disk is a complete JSON document holding everything logged so far:
-each write replaces the run file atomically (`ntn.files.write_atomic`), so a process killed at any
-moment leaves either the previous or the new document. While the run is
-going, `summary.status` is "running"; `finalize` sets it to "finished".
+After every hook call the file on disk is a complete JSON document holding everything logged so far,
+and a process killed at any moment leaves one:
+- a metrics entry is written in place, over the document's tail ("], "summary": …}"), with the tail
+  after it, in one `pwrite` that stays inside one page: the kernel completes such a write before a
+  SIGKILL takes effect, so the file holds either the old or the new document;
+- every other change (and an entry whose write would cross a page) replaces the file atomically
+  (`ntn.files.write_atomic`).
+While the run is going, `summary.status` is "running"; `finalize` sets it to "finished".
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ class FileTracker:
         }
         self._metrics: list[str] = []  # each entry serialised once
         self.summary: dict[str, Any] = {"status": "running"}
+        self._fd: int | None = None  # the run file as last written, for in-place appends
         self._write()
 
     def _prepare_directory(self) -> None:
@@ -65,12 +71,30 @@ class FileTracker:
                 )
 
     def _write(self) -> None:
-        document = (
+        """Replace the run file with the whole document."""
+        head = (
             f'{{"experiment_name": {self._head["experiment_name"]}, "config": {self._head["config"]}, '
-            f'"hparams": {self._head["hparams"]}, "metrics_log": [{", ".join(self._metrics)}], '
-            f'"summary": {_dumps(self.summary)}}}\n'
-        )
-        write_atomic(self.path, document)
+            f'"hparams": {self._head["hparams"]}, "metrics_log": [{", ".join(self._metrics)}'
+        ).encode()
+        self._tail = f'], "summary": {_dumps(self.summary)}}}\n'.encode()
+        write_atomic(self.path, (head + self._tail).decode())
+        self._tail_offset = len(head)  # where the next metrics entry goes
+        self._close()
+        self._fd = os.open(self.path, os.O_WRONLY)
+
+    def _append_entry(self, entry: str) -> None:
+        """Write one more metrics entry and the tail after it, in place when that stays inside one page."""
+        piece = f"{', ' if len(self._metrics) > 1 else ''}{entry}".encode()
+        data = piece + self._tail
+        if self._fd is None or self._tail_offset % mmap.PAGESIZE + len(data) > mmap.PAGESIZE:
+            return self._write()
+        os.pwrite(self._fd, data, self._tail_offset)
+        self._tail_offset += len(piece)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._head["hparams"] = _dumps(self.redact(hparams))
@@ -78,7 +102,7 @@ class FileTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._metrics.append(_dumps({"step": step} | self.redact(dict(metrics))))
-        self._write()
+        self._append_entry(self._metrics[-1])
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         self.summary.update(self.redact(summary))
@@ -87,8 +111,7 @@ class FileTracker:
     def finalize(self) -> None:
         self.summary["status"] = "finished"
         self._write()
-        fd = os.open(self.path, os.O_RDONLY)  # the finished document survives a power loss too
         try:
-            os.fsync(fd)
+            os.fsync(self._fd)  # the finished document survives a power loss too
         finally:
-            os.close(fd)
+            self._close()
