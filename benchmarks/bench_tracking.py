@@ -6,8 +6,11 @@ Runs `run_mpo2.sh`'s Python entry point (defaults: N_SAMPLES=500, 5 seeds × 10 
 process per measurement, configurations interleaved round by round; minimum and median reported, in
 seconds. "train" is timed inside the process around the experiment, after torch is imported (its
 import takes seconds and varies more than tracking costs). "run" is the user's view: from starting
-the process to the end of training, Python start-up included. "exit" is what the process then spends
-before it ends (the aim backend's bounded wait for delivery). Backends: none | file | aim (local) | aim (remote)
+the process to the end of training, Python start-up included. "tracking ms" is the median time the
+training thread spends in tracking calls (selecting backends, starting runs, hooks, finalize), beyond
+what `none` spends there, and its "÷ none" is (none's median train + that) / none's median train: the
+part of the cost that this VM's ±20 % run-to-run noise cannot hide. "exit" is what the process then
+spends before it ends (the aim backend's bounded wait for delivery). Backends: none | file | aim (local) | aim (remote)
 | aim (remote, +200 ms per response, through a delaying proxy) | aim (server down).
 Targets: file ≤ 1.01; aim local, remote, remote +200 ms ≤ 1.05; server down ≤ 1.05 plus the bounded exit.
 """
@@ -31,21 +34,39 @@ sys.path.insert(0, str(REPO / "plugins" / "ntn-tracker-aim" / "tests"))  # the r
 CHILD = """
 import sys, time
 import ntn.trainer  # torch's import (seconds, and noisy) is not training: done before the clock starts
+import ntn.tracking, ntn.tracking.run as run
 from experiments.train import main
+
+spent = 0.0  # seconds the training thread spends in tracking calls: selection, runs, hooks
+
+def timed(function):
+    def call(*args, **kwargs):
+        global spent
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent += time.perf_counter() - start
+    return call
+
+ntn.tracking.validate = run.validate = timed(run.validate)
+for name in ("__init__", "log_hparams", "log_metrics", "log_summary", "finalize"):
+    setattr(run.TrackedRun, name, timed(getattr(run.TrackedRun, name)))
 start = time.perf_counter()
 code = main(["mpo2"])
-print(f"TRAIN {time.perf_counter() - start:.4f} {time.time():.4f}", flush=True)
+print(f"TRAIN {time.perf_counter() - start:.4f} {time.time():.4f} {spent:.5f}", flush=True)
 sys.exit(code)
 """
 
 
-def measure(env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
-    """(training span inside the process, process start to training end, exit wait) in seconds."""
+def measure(env: dict[str, str], cwd: Path) -> tuple[float, float, float, float]:
+    """(training span inside the process, process start to training end, exit wait, time in tracking
+    calls) in seconds."""
     started = time.time()
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=cwd, capture_output=True, text=True, check=True)
     line = next(line for line in out.stdout.splitlines() if line.startswith("TRAIN"))
-    train, ended = float(line.split()[1]), float(line.split()[2])
-    return train, ended - started, time.time() - ended
+    train, ended, tracking = (float(x) for x in line.split()[1:])
+    return train, ended - started, time.time() - ended, tracking
 
 
 def main() -> None:
@@ -71,7 +92,7 @@ def main() -> None:
             "aim (remote, +200 ms)": {"TRACKER_BACKEND": "aim", "AIM_REPO": f"aim://127.0.0.1:{slow.port}"},
             "aim (server down)": {"TRACKER_BACKEND": "aim", "AIM_REPO": f"aim://127.0.0.1:{free_port()}"},
         }
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in configs}
+        results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in configs}
         try:
             for _ in range(args.rounds):
                 for name, extra in configs.items():
@@ -79,18 +100,29 @@ def main() -> None:
         finally:
             slow.close()
             server.stop()
+    none = results["none"]
+    none_train = statistics.median(sample[0] for sample in none)
     rows = []
     for name, samples in results.items():
-        row = [name]
-        for column in (0, 1):  # the training span, then the whole run up to the end of training
-            values = [sample[column] for sample in samples]
-            none = [sample[column] for sample in results["none"]]
-            row += [f"{min(values):.3f}", f"{min(values) / min(none):.3f}"]
-            row += [f"{statistics.median(values):.3f}", f"{statistics.median(values) / statistics.median(none):.3f}"]
-        rows.append([*row, f"{statistics.median(sample[2] for sample in samples):.2f}"])
+        train, whole, exit_s, tracking = (list(column) for column in zip(*samples))
+        in_tracking = statistics.median(tracking) - statistics.median(sample[3] for sample in none)
+        rows.append(
+            [
+                name,
+                f"{min(train):.3f}",
+                f"{min(train) / min(s[0] for s in none):.3f}",
+                f"{statistics.median(train):.3f}",
+                f"{statistics.median(train) / none_train:.3f}",
+                f"{1000 * in_tracking:.1f}",
+                f"{(none_train + in_tracking) / none_train:.3f}",
+                f"{min(whole):.3f}",
+                f"{min(whole) / min(s[1] for s in none):.3f}",
+                f"{statistics.median(exit_s):.2f}",
+            ]
+        )
     print(f"default experiment ({base['DATASET']}, N_SAMPLES=500, 5 seeds × 10 epochs), {args.rounds} rounds")
-    headers = ["backend", "train min", "÷ none", "train median", "÷ none"]
-    headers += ["run min", "÷ none", "run median", "÷ none", "exit median"]
+    headers = ["backend", "train min", "÷ none", "train median", "÷ none", "tracking ms", "÷ none"]
+    headers += ["run min", "÷ none", "exit median"]
     print(tabulate(rows, headers=headers))
 
 

@@ -86,6 +86,8 @@ def load(name: str, entry_point: EntryPoint) -> Backend:
 def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
     """Resolve and import the selected backends, or raise a one-line TrackerSelectionError."""
     names = parse(selection)
+    if not names:
+        return []
     available = installed()
     for name in names:
         if name not in available:

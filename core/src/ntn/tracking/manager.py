@@ -21,8 +21,10 @@ class TrackerManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> pluggy.HookimplOpts | None:
+        if name not in HOOKS:  # trackers implement these hooks only; skip inspecting everything else
+            return None
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name in HOOKS and callable(getattr(plugin, name, None)):
+        if opts is None and callable(getattr(plugin, name, None)):
             return pluggy.HookimplOpts(
                 wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
             )
