@@ -9,8 +9,9 @@
   exit if that comes first, so that a short training never shares its CPUs with them. An uploader
   inherits the environment, which is where it takes the authentication headers from (they are never
   written to the spool), so runs with other credentials get another uploader.
-- At exit the process waits for its uploaders at most $NTN_AIM_EXIT_TIMEOUT seconds (default 30), then
-  ends them, and says in one line how many records stay in the spool and how to upload them.
+- At exit, runs not yet handed over are, for a remote server, spread over up to REMOTE_UPLOADERS_AT_EXIT
+  uploaders. The process waits for its uploaders at most $NTN_AIM_EXIT_TIMEOUT seconds (default 30),
+  then ends them, and says in one line how many records stay in the spool and how to upload them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ EXIT_TIMEOUT_ENV = "NTN_AIM_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
 INTERVAL_ENV = "NTN_AIM_DELIVERY_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
+# At exit, the runs still waiting for a remote server are spread over up to this many uploaders: aim
+# makes ~25 round trips to open a run and as many to fill it, so over a slow link one uploader
+# delivering runs one after another would not finish within the exit bound.
+REMOTE_UPLOADERS_AT_EXIT = 4
 
 PROBE_WAIT_S = 0.02
 
@@ -40,7 +45,7 @@ Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication hea
 _probes: dict[Key, Probe] = {}
 _journals: list[Path] = []
 _repos: set[str] = set()
-_uploaders: dict[Key, subprocess.Popen] = {}
+_uploaders: dict[Key, list[subprocess.Popen]] = {}
 _waiting: dict[Key, list[Path]] = {}  # journals not yet handed over
 _lock = threading.Lock()
 _due = threading.Event()  # set once the first delivery round is due
@@ -139,23 +144,26 @@ def track(path: Path, key: Key) -> None:
         _start_uploaders()
 
 
-def _start_uploaders() -> None:
+def _start_uploaders(remote_parallel: int = 1) -> None:
+    """Hand every waiting journal whose repository is deliverable to an uploader, starting uploaders as
+    needed: one per repository and credentials, or up to `remote_parallel` for a remote repository."""
     _due.set()
     with _lock:
         for key in [key for key in _waiting if _deliverable(key)]:
-            if key not in _uploaders or _uploaders[key].poll() is not None:
-                _uploaders[key] = _start_uploader(_waiting[key][0].parent)
-            _send(key)
+            paths = _waiting.pop(key)
+            alive = [u for u in _uploaders.get(key, []) if u.poll() is None]
+            wanted = min(len(paths), remote_parallel) if key[0].startswith(REMOTE_PREFIX) else 1
+            alive += [_start_uploader(paths[0].parent) for _ in range(max(1, wanted) - len(alive))]
+            _uploaders[key] = alive
+            for i, path in enumerate(paths):
+                _send(alive[i % len(alive)], path)
 
 
-def _send(key: Key) -> None:
-    """Hand the journals waiting for `key` to its uploader (called with _lock held)."""
-    paths = _waiting.pop(key, [])
+def _send(uploader: subprocess.Popen, path: Path) -> None:
     try:
-        for path in paths:
-            _uploaders[key].stdin.write(f"{path.resolve()}\n")
-        _uploaders[key].stdin.flush()
-    except OSError:  # the uploader died: the journals stay in the spool for `sync`
+        uploader.stdin.write(f"{path.resolve()}\n")
+        uploader.stdin.flush()
+    except OSError:  # the uploader died: the journal stays in the spool for `sync`
         pass
 
 
@@ -166,23 +174,27 @@ def flush(timeout: float = 60.0) -> bool:
         if not any(p.exists() and journal.is_finalized(journal.read_records(p)) for p in _journals):
             return True
         _start_uploaders()  # a caller waiting for delivery need not wait for the interval
-        if all(u.poll() is not None for u in _uploaders.values()):
+        if all(u.poll() is not None for u in _all_uploaders()):
             return False
         time.sleep(0.05)
     return False
 
 
+def _all_uploaders() -> list[subprocess.Popen]:
+    return [uploader for uploaders in _uploaders.values() for uploader in uploaders]
+
+
 def _at_exit() -> None:
     for probe in _probes.values():
         probe.join()  # an answer comes within the probe's timeout
-    _start_uploaders()  # if the interval has not come yet: deliver now
+    _start_uploaders(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
     deadline = time.monotonic() + exit_timeout()
-    for uploader in _uploaders.values():
+    for uploader in _all_uploaders():
         try:
             uploader.stdin.close()  # no more runs: deliver and leave
         except OSError:
             pass
-    for uploader in _uploaders.values():
+    for uploader in _all_uploaders():
         try:
             uploader.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
