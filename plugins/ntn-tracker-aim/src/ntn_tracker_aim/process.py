@@ -36,7 +36,7 @@ DEFAULT_INTERVAL_S = 10.0
 # At exit, the runs still waiting for a remote server are spread over up to this many uploaders: aim
 # makes ~25 round trips to open a run and as many to fill it, so over a slow link one uploader
 # delivering runs one after another would not finish within the exit bound.
-REMOTE_UPLOADERS_AT_EXIT = 4
+REMOTE_UPLOADERS_AT_EXIT = 8
 
 PROBE_WAIT_S = 0.02
 
