@@ -3,8 +3,9 @@
 - A remote server is probed once per process, in the background. The first run waits for the answer
   at most PROBE_WAIT_S (20 ms: a server on the LAN has answered by then), so a slow link never
   delays training. A 401/403 stops the experiment with a one-line TrackerConfigError: before
-  training when the answer came within the wait, else when the next run starts; runs journaled
-  meanwhile stay in the spool. The runs of a server that cannot be reached are only journaled.
+  training when the answer came within the wait; else it is printed in one line when it comes, and
+  the experiment stops when the next run starts, its runs so far kept in the spool. The runs of a
+  server that cannot be reached are only journaled.
 - Uploader processes start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after the first run, or at
   exit if that comes first, so that a short training never shares its CPUs with them. An uploader
   inherits the environment, which is where it takes the authentication headers from (they are never
@@ -69,22 +70,38 @@ def exit_timeout() -> float:
 
 class Probe(threading.Thread):
     """One background request to a remote server: `outcome` is None until it answers, then True
-    (reachable), False (unreachable) or the TrackerConfigError of refused credentials."""
+    (reachable), False (unreachable) or the TrackerConfigError of refused credentials. A refusal
+    that comes after training went on is said at once, in one line on stderr."""
 
     def __init__(self, key: Key) -> None:
         super().__init__(daemon=True, name=f"ntn-aim-probe {key[0]}")
         self.repo, self.headers = key[0], dict(key[1])
         self.outcome: bool | TrackerConfigError | None = None
+        self._went_on = False  # the first run stopped waiting for the answer
+        self._lock = threading.Lock()
         self.start()
+        self.join(PROBE_WAIT_S)
+        with self._lock:
+            self._went_on = self.outcome is None
 
     def run(self) -> None:
         try:
             probe_server(self.repo, self.headers)
-            self.outcome = True
+            outcome: bool | TrackerConfigError = True
         except TrackerConfigError as err:
-            self.outcome = err
+            outcome = err
         except ConnectionError:
-            self.outcome = False
+            outcome = False
+        with self._lock:
+            self.outcome = outcome
+            late_refusal = self._went_on and isinstance(outcome, TrackerConfigError)
+        if late_refusal:
+            print(
+                f"ntn-tracker-aim: {outcome}. The runs started so far stay in the spool; "
+                "the experiment stops when its next run starts.",
+                file=sys.stderr,
+                flush=True,
+            )
         if _due.is_set():  # delivery began while this server was being asked
             _start_uploaders()
 
@@ -106,8 +123,7 @@ def check(key: Key) -> None:
     if not key[0].startswith(REMOTE_PREFIX):
         return
     if key not in _probes:
-        _probes[key] = Probe(key)
-        _probes[key].join(PROBE_WAIT_S)
+        _probes[key] = Probe(key)  # waits for the answer at most PROBE_WAIT_S
     if isinstance(_probes[key].outcome, TrackerConfigError):
         raise _probes[key].outcome
 

@@ -41,9 +41,12 @@ def probe_server(remote: str, headers: dict[str, str]) -> None:
         try:
             connection.request("GET", "/status/", headers=headers)
             status = connection.getresponse().status
-        except (OSError, http.client.HTTPException) as err:
+        except http.client.HTTPException as err:  # something answered, not in plain HTTP: try HTTPS
             last_error = err
             continue
+        except OSError as err:  # refused or silent: HTTPS on the same port would be too
+            last_error = err
+            break
         finally:
             connection.close()
         if status in (401, 403):
