@@ -171,21 +171,24 @@ class TensorNetwork:
         input per site (f is linear in each site's input)."""
         return self._left(phi, self.L)[:, :, 0, 0]
 
-    def _bonds(self, site: int) -> tuple[int, int, int, int]:
-        """(D_left, d_left, D_right, d_right) around the column at `site`."""
-        top = self.top_cores[site]
-        inp = top.new_empty(1, 1, 1, 1) if self.input_cores is None else self.input_cores[site]
-        return top.shape[0], inp.shape[0], top.shape[3], inp.shape[3]
+    def _left_factor(self, site: int, phi: Tensor) -> Tensor:
+        """Everything left of the top core at `site`, output index expanded: (B, C, D_left, d_left)."""
+        d_left = 1 if self.input_cores is None else self.input_cores[site].shape[0]
+        left = self._left(phi, site).reshape(phi.shape[0], -1, self.top_cores[site].shape[0], d_left)
+        return left.expand(-1, self.output_dim, -1, -1)
+
+    def _right_factor(self, site: int, phi: Tensor) -> Tensor:
+        """Everything right of the top core at `site`, output index expanded: (B, C, D_right, d_right)."""
+        d_right = 1 if self.input_cores is None else self.input_cores[site].shape[3]
+        right = self._right(phi, site).reshape(phi.shape[0], -1, self.top_cores[site].shape[3], d_right)
+        return right.expand(-1, self.output_dim, -1, -1)
 
     def environment_factors(self, unit: Unit, phi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The pieces around the top core at `unit.site`, each with the output index c expanded:
         left (B, C, D_left, d_left), input row (B, d_left, r, d_right), right (B, C, D_right, d_right).
         """
-        B, C, k = phi.shape[0], self.output_dim, unit.site
-        Dl, dl, Dr, dr = self._bonds(k)
-        left = self._left(phi, k).reshape(B, -1, Dl, dl).expand(B, C, -1, -1)
-        right = self._right(phi, k).reshape(B, -1, Dr, dr).expand(B, C, -1, -1)
-        return left, self._input(k, phi), right
+        k = unit.site
+        return self._left_factor(k, phi), self._input(k, phi), self._right_factor(k, phi)
 
     def environment(self, unit: Unit, phi: Tensor) -> Tensor:
         """E with f(x)[n, c] = Σ_q E[n, c, q] · vec(core(unit))[q]: (B, C, numel(core)).
@@ -200,8 +203,8 @@ class TensorNetwork:
         each is contracted once per prefix or suffix, not once per tuple."""
         k, p, L = unit.site, self.phys_dim, self.L
         basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
-        left, _, _ = self.environment_factors(unit, basis[:: p ** (L - k)])  # rows i_≥k = 0: (p^k, C, Dl, dl)
-        _, _, right = self.environment_factors(unit, basis[: p ** (L - k - 1)])  # rows i_≤k = 0
+        left = self._left_factor(k, basis[:: p ** (L - k)])  # rows with i_≥k = 0: (p^k, C, Dl, dl)
+        right = self._right_factor(k, basis[: p ** (L - k - 1)])  # rows with i_≤k = 0: (p^(L-k-1), C, Dr, dr)
         phi_k = basis[: p ** (L - k) : p ** (L - k - 1), k]  # e_{i_k}: (p, p)
 
         def spread(part: Tensor, axis: int) -> Tensor:
