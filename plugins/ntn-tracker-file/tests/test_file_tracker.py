@@ -128,7 +128,7 @@ def test_rerunning_an_experiment_replaces_its_file():
 
 
 def test_the_file_is_complete_after_every_hook_call():
-    tracker = FileTracker("live", {"a": 1})
+    tracker = FileTracker("live", {"a": 1, "note": "ünï λ"})  # multi-byte text: in-place offsets are bytes
     assert strict_json(tracker.path)["summary"] == {"status": "running"}
     tracker.log_hparams({"h": 2})
     assert strict_json(tracker.path)["hparams"] == {"h": 2}

@@ -75,10 +75,11 @@ class FileTracker:
         head = (
             f'{{"experiment_name": {self._head["experiment_name"]}, "config": {self._head["config"]}, '
             f'"hparams": {self._head["hparams"]}, "metrics_log": [{", ".join(self._metrics)}'
-        ).encode()
-        self._tail = f'], "summary": {_dumps(self.summary)}}}\n'.encode()
-        write_atomic(self.path, (head + self._tail).decode())
-        self._tail_offset = len(head)  # where the next metrics entry goes
+        )
+        tail = f'], "summary": {_dumps(self.summary)}}}\n'
+        write_atomic(self.path, head + tail)
+        self._tail = tail.encode()
+        self._tail_offset = len(head.encode())  # the byte where the next metrics entry goes
         self._close()
         self._fd = os.open(self.path, os.O_WRONLY)
 
