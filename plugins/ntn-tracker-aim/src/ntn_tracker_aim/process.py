@@ -134,15 +134,15 @@ def _deliverable(key: Key) -> bool:
 
 
 def _start_uploader(spool: Path) -> subprocess.Popen:
-    log = open(spool / "uploader.log", "a")
-    return subprocess.Popen(
-        [sys.executable, "-m", "ntn_tracker_aim.uploader"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        text=True,
-        start_new_session=True,  # a Ctrl-C of the training process does not cut delivery short
-    )
+    with open(spool / "uploader.log", "a") as log:  # the uploader writes to its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "ntn_tracker_aim.uploader"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+            start_new_session=True,  # a Ctrl-C of the training process does not cut delivery short
+        )
 
 
 def track(path: Path, key: Key) -> None:
