@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,38 @@ def test_unknown_backend_lists_installed_and_suggests_pip(test_trackers):
     assert "pip install ntn-tracker-bogus" in message
 
 
+def test_the_fast_lookup_finds_what_importlib_metadata_finds(test_trackers, monkeypatch, tmp_path):
+    import ntn.tracking.discovery as discovery
+    from ntn.tracking.entrypoints import cache_file, on_sys_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    full = {name: (ep.value, ep.dist.name) for name, ep in discovery.installed().items()}
+    for lookup in ("first, filling the cache", "from the cache"):
+        fast = on_sys_path(discovery.GROUP)
+        assert {name: (ep.value, ep.dist.name) for name, ep in fast.items()} == full, lookup
+        assert {"record", "broken", "file"} <= set(fast)
+    assert cache_file(discovery.GROUP).is_file()
+    monkeypatch.setattr(discovery, "on_sys_path", lambda group: {})  # a plugin the fast lookup cannot see...
+    assert [b.name for b in validate("record")] == ["record"]  # ...is still found
+
+
+def test_the_lookup_cache_follows_installs_and_survives_damage(test_trackers, monkeypatch, tmp_path):
+    from ntn.tracking.discovery import GROUP
+    from ntn.tracking.entrypoints import cache_file, on_sys_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert "late" not in on_sys_path(GROUP)
+    site = Path(test_trackers.__file__).parent  # a distribution installed there after the cache was written
+    (site / "ntn_late-1.0.dist-info").mkdir()
+    (site / "ntn_late-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-late\nVersion: 1.0\n")
+    (site / "ntn_late-1.0.dist-info" / "entry_points.txt").write_text("[ntn.trackers]\nlate = ntn_late:Tracker\n")
+    assert on_sys_path(GROUP)["late"].value == "ntn_late:Tracker"
+    cache_file(GROUP).write_text("{not json")
+    assert on_sys_path(GROUP)["late"].dist.name == "ntn-late"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")  # cannot be written: still found
+    assert on_sys_path(GROUP)["record"].value == "ntn_test_trackers:RecordingTracker"
+
+
 def test_broken_plugin_fails_only_when_selected(test_trackers):
     validate("record")  # the broken plugin is installed but not selected: fine
     with pytest.raises(TrackerSelectionError, match=r"'broken' .* failed to import: ImportError: libfoo.so"):
@@ -92,6 +125,28 @@ def test_factory_function_and_decorated_partial_tracker(test_trackers):
     assert calls_of(test_trackers, "exp") == [("only_metrics", {"metrics": {"loss": 2.0}})]
 
 
+def test_objects_with_hooks_of_their_own_are_checked_each_time():
+    from types import SimpleNamespace
+
+    from ntn.tracking.discovery import Backend
+
+    seen = []
+
+    def backend(tracker):
+        return [Backend("ns", lambda experiment_name, config: tracker, "test:tracker")]
+
+    takes_step = SimpleNamespace(log_metrics=lambda metrics, step: seen.append(step))
+    with start_run("ns", {}, backend=backend(takes_step)) as run:
+        run.log_metrics({"loss": 1.0}, step=4)
+    takes_metrics = SimpleNamespace(log_metrics=lambda metrics: seen.append(metrics))
+    with start_run("ns", {}, backend=backend(takes_metrics)) as run:
+        run.log_metrics({"loss": 1.0}, step=5)
+    assert seen == [4, {"loss": 1.0}]
+    with pytest.raises(TrackerValidationError, match="log_metrics"):  # same type, now a wrong signature
+        with start_run("ns", {}, backend=backend(SimpleNamespace(log_metrics=lambda data: None))):
+            pass
+
+
 def test_each_run_gets_its_own_tracker_instances(test_trackers):
     for seed in range(3):
         with start_run(f"exp_seed{seed}", {"seed": seed}, backend="record") as run:
@@ -107,6 +162,7 @@ def test_runs_accept_the_backends_validate_returned_without_looking_them_up_agai
     import ntn.tracking.discovery as discovery
 
     monkeypatch.setattr(discovery, "installed", lambda: pytest.fail("entry points looked up again"))
+    monkeypatch.setattr(discovery, "on_sys_path", lambda group: pytest.fail("entry points looked up again"))
     for seed in range(2):
         with start_run(f"reuse_seed{seed}", {}, backend=backends) as run:
             run.log_metrics({"seed": seed}, step=0)

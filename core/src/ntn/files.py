@@ -12,15 +12,36 @@ def check_writable(directory: str | os.PathLike[str]) -> None:
     tempfile.TemporaryFile(dir=directory).close()
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace `path` with `text` through a temporary file in the same directory and an atomic rename:
-    a process killed at any moment leaves either the old or the new content."""
+def create_beside(path: str | os.PathLike[str]) -> tuple[int, Path]:
+    """A new empty file in `path`'s directory, open for writing, to be renamed to `path` once written.
+
+    Unlike `tempfile.mkstemp` (mode 0600), it gets the mode any new file gets: 0666 less the umask.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
+    while True:
+        tmp = path.with_name(f".{path.name[:40]}.{os.urandom(4).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` with `text` through a new file in the same directory and an atomic rename:
+    a process killed at any moment leaves either the old or the new content."""
+    fd, tmp = create_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_all(fd, text.encode())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)

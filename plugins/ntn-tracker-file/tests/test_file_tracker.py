@@ -127,6 +127,33 @@ def test_rerunning_an_experiment_replaces_its_file():
     assert load(the_file("again"))["metrics_log"] == [{"step": 0, "loss": 2.0}]
 
 
+def test_a_rerun_overwrites_the_earlier_file_in_place_and_pads_what_it_no_longer_needs():
+    with start_run("again", {"note": "x" * 500}) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+    inode, size = os.stat(the_file("again")).st_ino, os.stat(the_file("again")).st_size
+    with start_run("again", {}) as run:
+        assert strict_json(the_file("again"))["summary"] == {"status": "running"}  # the old run is gone
+        run.log_metrics({"loss": 2.0}, step=0)
+        run.log_summary({"note": "a long note that the next summary shortens"})
+        run.log_summary({"note": "short"})
+    assert os.stat(the_file("again")).st_ino == inode  # written in place, not renamed over
+    text = the_file("again").read_text()
+    assert len(text.encode()) == size and text.endswith(" \n")  # padded with spaces, still strict JSON
+    doc = strict_json(the_file("again"))
+    assert doc["config"] == {} and doc["metrics_log"] == [{"step": 0, "loss": 2.0}]
+    assert doc["summary"] == {"status": "finished", "note": "short"}
+
+
+def test_run_files_get_the_mode_any_new_file_gets():
+    umask = os.umask(0o022)
+    try:
+        with start_run("mode", {}) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+    finally:
+        os.umask(umask)
+    assert os.stat(the_file("mode")).st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_the_file_is_complete_after_every_hook_call():
     tracker = FileTracker("live", {"a": 1, "note": "ünï λ"})  # multi-byte text: in-place offsets are bytes
     assert strict_json(tracker.path)["summary"] == {"status": "running"}

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from tabulate import tabulate
 
 from ntn.tracking import results_cli
-from ntn.tracking.discovery import TrackerSelectionError, installed, load
+from ntn.tracking.discovery import TrackerSelectionError, describe, installed, load
 
 COMMANDS_GROUP = "ntn.trackers.commands"
 
@@ -22,13 +22,11 @@ def _list(args: argparse.Namespace) -> int:
     rows = []
     for name, ep in sorted(installed().items()):
         try:
-            backend = load(name, ep)
-            rows.append([name, backend.distribution, backend.version, ep.value, "yes"])
+            load(name, ep)
+            loads = "yes"
         except TrackerSelectionError as err:
-            dist = ep.dist
-            rows.append(
-                [name, dist.metadata["Name"] if dist else "?", dist.version if dist else "?", ep.value, f"no: {err}"]
-            )
+            loads = f"no: {err}"
+        rows.append([name, *describe(ep), ep.value, loads])
     if not rows:
         print("no tracker backends installed; try: pip install ntn-tracker-file")
         return 0

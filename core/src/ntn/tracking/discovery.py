@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from ntn.tracking.entrypoints import first_of_each, on_sys_path
+
 GROUP = "ntn.trackers"
 DEFAULT_BACKEND = "file"
 ALIASES = {"both": ("file", "aim"), "none": ()}
@@ -34,14 +36,15 @@ class Backend:
 
     name: str
     factory: Callable[..., Any]
-    distribution: str
-    version: str
-    target: str
+    target: str  # the entry point's value, "module:attribute"
 
 
 def installed() -> dict[str, EntryPoint]:
-    """Backend name → entry point, for every installed distribution (nothing is imported)."""
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Backend name → entry point, for every installed distribution (nothing is imported).
+
+    A name declared twice resolves to the distribution found first on sys.path, as imports do.
+    """
+    return first_of_each(entry_points(group=GROUP))
 
 
 def parse(selection: str | Sequence[str] | None) -> list[str]:
@@ -64,7 +67,8 @@ def parse(selection: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def _describe(ep: EntryPoint) -> tuple[str, str]:
+def describe(ep: EntryPoint) -> tuple[str, str]:
+    """The name and version of the distribution declaring `ep` (reads its metadata)."""
     dist = ep.dist
     return (dist.metadata["Name"], dist.version) if dist is not None else ("?", "?")
 
@@ -79,8 +83,7 @@ def load(name: str, entry_point: EntryPoint) -> Backend:
         ) from err
     if not callable(factory):
         raise TrackerSelectionError(f"tracker backend {name!r} ({entry_point.value}) is not a class or factory")
-    distribution, version = _describe(entry_point)
-    return Backend(name, factory, distribution, version, entry_point.value)
+    return Backend(name, factory, entry_point.value)
 
 
 def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
@@ -88,7 +91,9 @@ def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
     names = parse(selection)
     if not names:
         return []
-    available = installed()
+    available = on_sys_path(GROUP)
+    if any(name not in available for name in names):  # perhaps provided through another finder
+        available = installed()
     for name in names:
         if name not in available:
             listed = ", ".join(sorted(available)) or "none"

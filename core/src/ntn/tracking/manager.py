@@ -1,4 +1,4 @@
-"""The per-run pluggy PluginManager, which also accepts undecorated tracker methods."""
+"""Checking a tracker against the hookspecs with pluggy, which also accepts undecorated tracker methods."""
 
 from __future__ import annotations
 
@@ -38,3 +38,24 @@ class TrackerManager(pluggy.PluginManager):
             hook = next((h for h in HOOKS if f"hook {h!r}" in str(err)), "?")
             detail = str(err).splitlines()[-1]
             raise TrackerValidationError(f"tracker {name!r} does not match hook {hook!r}: {detail}") from None
+
+
+_checked: dict[type, dict[str, tuple[str, ...]]] = {}  # tracker class → what hook_arguments returned
+
+
+def hook_arguments(tracker: Any, name: str) -> dict[str, tuple[str, ...]]:
+    """The hooks `tracker` (an instance, or a class) implements, each with the arguments it takes.
+
+    Raises TrackerValidationError naming the tracker (as `name`) and the mismatching hook. A class is
+    checked once; an object with hooks of its own (a module, a namespace) every time.
+    """
+    kind = tracker if isinstance(tracker, type) else type(tracker)
+    own = not isinstance(tracker, type) and any(hook in getattr(tracker, "__dict__", {}) for hook in HOOKS)
+    if own or kind not in _checked:
+        manager = TrackerManager()
+        manager.add_tracker(tracker, name)
+        arguments = {hook: impl.argnames for hook in HOOKS for impl in getattr(manager.hook, hook).get_hookimpls()}
+        if own:
+            return arguments
+        _checked[kind] = arguments
+    return _checked[kind]

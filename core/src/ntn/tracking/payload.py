@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from os import PathLike
 from typing import Any
 
+_PLAIN = frozenset({float, int, str, bool, type(None)})
+
 
 def to_builtin(value: Any) -> Any:
     """A structure of dict (str keys), list, str, int, float, bool and None."""
-    if value is None or isinstance(value, bool | int | float | str):
+    if type(value) in _PLAIN or isinstance(value, bool | int | float | str):  # the set: a fast path
         return value
     if isinstance(value, Mapping):
         return {str(k): to_builtin(v) for k, v in value.items()}

@@ -14,12 +14,19 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
 SECRET_ENV_VARS = ("CF_ACCESS_CLIENT_SECRET", "CF_ACCESS_CLIENT_ID", "AIM_AUTH_TOKEN")
 SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4
+_PLAIN = frozenset({float, int, bool, type(None)})  # values with nothing to redact
+
+
+@lru_cache(maxsize=4096)  # a run repeats its keys every step
+def _secret_key(key: str) -> bool:
+    return SECRET_KEY.search(key) is not None
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -35,6 +42,15 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value)
+
+
+class Redacted(dict):
+    """A dict the Redactor made: redacting it again returns it as it is (plugins that also redact, for
+    callers that use them without the core, do not walk the core's payloads a second time)."""
+
+
 class Redactor:
     """Applies both rules with the secrets of one environment, read once."""
 
@@ -46,15 +62,21 @@ class Redactor:
         return self._pattern.sub(REDACTED, value) if self._pattern is not None else value
 
     def __call__(self, payload: Any) -> Any:
+        if type(payload) in _PLAIN or type(payload) is Redacted:
+            return payload
         if isinstance(payload, str):
             return self.text(payload)
         if isinstance(payload, Mapping):
-            return {
-                self.text(k) if isinstance(k, str) else k: (
-                    REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else self(v)
-                )
-                for k, v in payload.items()
-            }
+            return Redacted(
+                {
+                    self.text(k) if isinstance(k, str) else k: (
+                        REDACTED
+                        if isinstance(k, str) and _secret_key(k) and not _blank(v)
+                        else (v if type(v) in _PLAIN else self(v))
+                    )
+                    for k, v in payload.items()
+                }
+            )
         if isinstance(payload, list | tuple):
             return type(payload)(self(v) for v in payload)
         return payload

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
-from ntn.tracking.manager import HOOKS, TrackerManager
+from ntn.tracking.manager import HOOKS, TrackerValidationError, hook_arguments
 from ntn.tracking.redact import Redactor
 
 
@@ -30,23 +30,22 @@ class TrackedRun:
         self.backends = [b.name for b in backends]
         self.failures: list[dict[str, str]] = []
         self.summary: dict[str, Any] = {}
-        self._manager = TrackerManager()
-        self._impls: dict[str, list] = {hook: [] for hook in HOOKS}  # hook → implementations still active
+        self.active: list[str] = []  # names of the trackers still receiving calls
+        # hook → (tracker name, its method, the arguments it takes), for the active trackers
+        self._impls: dict[str, list[tuple[str, Callable[..., Any], tuple[str, ...]]]] = {hook: [] for hook in HOOKS}
         for backend in backends:
             try:
                 tracker = backend.factory(experiment_name=experiment_name, config=self.config)
-            except TrackerConfigError as err:
+                arguments = hook_arguments(tracker, backend.name)
+            except (TrackerConfigError, TrackerValidationError) as err:
                 self.finalize()  # the trackers built so far
-                raise TrackerConfigError(self.redact.text(str(err))) from None
+                raise type(err)(self.redact.text(str(err))) from None
             except Exception as err:
                 self._fail(backend.name, "__init__", err)
                 continue
-            self._manager.add_tracker(tracker, backend.name)
-            self._refresh()
-
-    def _refresh(self) -> None:
-        hook = self._manager.hook
-        self._impls = {name: getattr(hook, name).get_hookimpls() for name in HOOKS}
+            for hook, argnames in arguments.items():
+                self._impls[hook].append((backend.name, getattr(tracker, hook), argnames))
+            self.active.append(backend.name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
@@ -56,21 +55,16 @@ class TrackedRun:
         )
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        disabled = False
-        for impl in self._impls[hook]:
+        for name, function, argnames in self._impls[hook]:
             try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+                function(**(kwargs if len(argnames) == len(kwargs) else {k: kwargs[k] for k in argnames}))
             except Exception as err:
-                self._fail(impl.plugin_name, hook, err)
-                self._manager.unregister(name=impl.plugin_name)
-                disabled = True
-        if disabled:
-            self._refresh()
+                self._fail(name, hook, err)
+                self._disable(name)
 
-    @property
-    def active(self) -> list[str]:
-        """Names of the trackers still receiving calls."""
-        return [name for name, _ in self._manager.list_name_plugin()]
+    def _disable(self, name: str) -> None:
+        self.active.remove(name)
+        self._impls = {hook: [impl for impl in impls if impl[0] != name] for hook, impls in self._impls.items()}
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._call("log_hparams", hparams=self.redact(hparams))
@@ -85,9 +79,8 @@ class TrackedRun:
 
     def finalize(self) -> None:
         self._call("finalize")
-        for name, _ in self._manager.list_name_plugin():
-            self._manager.unregister(name=name)
-        self._refresh()
+        self.active = []
+        self._impls = {hook: [] for hook in HOOKS}
 
     # ---- the two NTN.fit callbacks ----------------------------------------------------------
 
@@ -139,5 +132,5 @@ def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
     backends = select(backend)
     for b in backends:
         if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
-            TrackerManager().add_tracker(b.factory, b.name)
+            hook_arguments(b.factory, b.name)
     return backends
