@@ -56,10 +56,10 @@ def test_the_fast_lookup_finds_what_importlib_metadata_finds(test_trackers, monk
     from ntn.tracking.entrypoints import cache_file, on_sys_path
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    full = {name: (ep.value, ep.dist.name) for name, ep in discovery.installed().items()}
+    full = {name: ep.value for name, ep in discovery.installed().items()}
     for lookup in ("first, filling the cache", "from the cache"):
         fast = on_sys_path(discovery.GROUP)
-        assert {name: (ep.value, ep.dist.name) for name, ep in fast.items()} == full, lookup
+        assert {name: ep.value for name, ep in fast.items()} == full, lookup
         assert {"record", "broken", "file"} <= set(fast)
     assert cache_file(discovery.GROUP).is_file()
     monkeypatch.setattr(discovery, "on_sys_path", lambda group: {})  # a plugin the fast lookup cannot see...
@@ -77,8 +77,12 @@ def test_the_lookup_cache_follows_installs_and_survives_damage(test_trackers, mo
     (site / "ntn_late-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-late\nVersion: 1.0\n")
     (site / "ntn_late-1.0.dist-info" / "entry_points.txt").write_text("[ntn.trackers]\nlate = ntn_late:Tracker\n")
     assert on_sys_path(GROUP)["late"].value == "ntn_late:Tracker"
+    declaration = site / "ntn_late-1.0.dist-info" / "entry_points.txt"  # reinstalled: same name, new file
+    declaration.write_text("[ntn.trackers]\nlate = ntn_late.v2:Tracker\n")
+    os.utime(declaration, ns=(1, 1))
+    assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
     cache_file(GROUP).write_text("{not json")
-    assert on_sys_path(GROUP)["late"].dist.name == "ntn-late"
+    assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")  # cannot be written: still found
     assert on_sys_path(GROUP)["record"].value == "ntn_test_trackers:RecordingTracker"
 

@@ -1,12 +1,13 @@
 """Reading one entry-point group off sys.path quickly, remembering between processes who declares it.
 
 `importlib.metadata.entry_points` parses the entry_points.txt of every installed distribution (~90
-here: 7 ms, a cost every experiment paid before training). `on_sys_path` lists the metadata
-directories on sys.path (listing is cheap), and reads the files of only the distributions known to
-declare the group: the list of them is kept in ~/.cache/ntn/ (or $XDG_CACHE_HOME/ntn/) for as long
-as the set of distributions on sys.path is the same. An install, upgrade or uninstall changes that set
-and the next lookup reads every file again. The cache is only an accelerator: deleting it, or a home
-directory that cannot be written, changes nothing but the time taken.
+here: 7 ms, a cost every experiment paid before training). `on_sys_path` keeps in ~/.cache/ntn/ (or
+$XDG_CACHE_HOME/ntn/) the metadata directories found in each sys.path directory, and the group's
+entry points with the files that declare them. A lookup stats each sys.path directory and lists only
+those whose mtime changed (installing, upgrading or uninstalling a distribution changes it); while the
+list of distributions and the declaring files are unchanged, it reads no distribution's files. Any
+change, and a damaged cache, makes it read every file again. The cache is only an accelerator:
+deleting it, or a home directory that cannot be written, changes nothing but the time taken.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import zlib
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, PathDistribution
 from pathlib import Path
+from typing import Any
 
 from ntn.files import write_atomic
+
+RACY_NS = 2_000_000_000  # a directory changed this recently may change again within its mtime's tick
+
+Declared = tuple[str, str, str, int]  # (name, value, the entry_points.txt declaring it, that file's mtime)
 
 
 def first_of_each(eps: Iterable[EntryPoint]) -> dict[str, EntryPoint]:
@@ -32,32 +39,68 @@ def first_of_each(eps: Iterable[EntryPoint]) -> dict[str, EntryPoint]:
 
 def on_sys_path(group: str) -> dict[str, EntryPoint]:
     """The entry points of `group` declared by the distributions in sys.path's directories (pip's)."""
-    distributions = list(_metadata_directories())
-    stamp = zlib.crc32("\n".join(distributions).encode())  # changes with the set of distributions
     cache = cache_file(group)
-    declaring = _remembered(cache, stamp)
-    if declaring is None:
-        header = f"[{group}]"
-        declaring = [info for info in distributions if header in _read(os.path.join(info, "entry_points.txt"))]
-        _remember(cache, stamp, declaring)
-    return first_of_each(
-        ep for info in declaring for ep in PathDistribution(Path(info)).entry_points.select(group=group)
-    )
+    remembered = _load(cache)
+    known = remembered.get("listings", {})
+    listings = _listings(known)
+    distributions = [info for directory in sys.path if directory in listings for info in listings[directory][1]]
+    declared = remembered.get("declared")
+    if remembered.get("distributions") != distributions or not _unchanged(declared):
+        declared = _declared(distributions, group)
+    # saved when what it found changed; a directory without distributions (the working directory,
+    # which changes often) is listed again each time rather than saved each time
+    if declared != remembered.get("declared") or any(
+        infos and listing != known.get(directory) for directory, listing in listings.items() for infos in listing[1:]
+    ):
+        _save(cache, {"listings": listings, "distributions": distributions, "declared": declared})
+    return first_of_each(EntryPoint(name, value, group) for name, value, _, _ in declared)
 
 
 def cache_file(group: str) -> Path:
-    """Where the distributions declaring `group` are remembered, for this Python environment."""
+    """Where what `on_sys_path` found for `group` is kept, for this Python environment."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base, "ntn", f"entry-points-{group}-{zlib.crc32(sys.prefix.encode()):08x}.json")
 
 
-def _metadata_directories() -> Iterable[str]:
-    for directory in sys.path:
+def _listings(known: dict[str, Any]) -> dict[str, list]:
+    """sys.path directory → [its mtime, the metadata directories in it], listing only changed ones."""
+    listings = {}
+    now = time.time_ns()
+    for directory in dict.fromkeys(sys.path):
         try:
-            names = os.listdir(directory or ".")
-        except OSError:  # a zip file, a directory that does not exist
+            mtime = os.stat(directory or ".").st_mtime_ns
+        except OSError:
             continue
-        yield from (os.path.join(directory, n) for n in names if n.endswith((".dist-info", ".egg-info")))
+        if known.get(directory, [None])[0] == mtime:
+            listings[directory] = known[directory]
+            continue
+        try:
+            names = sorted(os.listdir(directory or "."))
+        except OSError:  # a zip file
+            continue
+        infos = [os.path.join(directory, n) for n in names if n.endswith((".dist-info", ".egg-info"))]
+        listings[directory] = [mtime if now - mtime > RACY_NS else None, infos]  # None: list it again next time
+    return listings
+
+
+def _unchanged(declared: list | None) -> bool:
+    try:
+        return declared is not None and all(os.stat(path).st_mtime_ns == mtime for _, _, path, mtime in declared)
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _declared(distributions: list[str], group: str) -> list[Declared]:
+    """Each entry point of `group` with the file declaring it, in sys.path order."""
+    header = f"[{group}]"
+    declared = []
+    for info in distributions:
+        path = os.path.join(info, "entry_points.txt")
+        if header in _read(path):
+            mtime = os.stat(path).st_mtime_ns
+            eps = PathDistribution(Path(info)).entry_points.select(group=group)
+            declared += [(ep.name, ep.value, path, mtime) for ep in eps]
+    return declared
 
 
 def _read(path: str | Path) -> str:
@@ -68,19 +111,22 @@ def _read(path: str | Path) -> str:
         return ""
 
 
-def _remembered(cache: Path, stamp: int) -> list[str] | None:
+def _load(cache: Path) -> dict[str, Any]:
     try:
         remembered = json.loads(_read(cache))
-        if remembered["stamp"] == stamp and all(isinstance(info, str) for info in remembered["declaring"]):
-            return remembered["declaring"]
-    except (ValueError, KeyError, TypeError):  # no cache yet, or a damaged one
+        if isinstance(remembered.get("listings"), dict) and all(
+            isinstance(name, str) and isinstance(value, str) for name, value, *_ in remembered["declared"]
+        ):
+            remembered["declared"] = [tuple(d) for d in remembered["declared"]]
+            return remembered
+    except (ValueError, AttributeError, KeyError, TypeError):  # no cache yet, or a damaged one
         pass
-    return None
+    return {}
 
 
-def _remember(cache: Path, stamp: int, declaring: list[str]) -> None:
+def _save(cache: Path, found: dict[str, Any]) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps({"stamp": stamp, "declaring": declaring}))
+        write_atomic(cache, json.dumps(found))
     except OSError:  # a read-only home: every lookup reads every file, as without the cache
         pass

@@ -16,7 +16,6 @@ While the run is going, `summary.status` is "running"; `finalize` sets it to "fi
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ntn_tracker_file.jsonsafe import to_json
 from ntn_tracker_file.paths import file_stem
 
 DEFAULT_DIR = "experiment_logs"
+PAGE = os.sysconf("SC_PAGE_SIZE")
 NAME_OPEN = '{"experiment_name": '
 METRICS_OPEN = b', "metrics_log": ['
 
@@ -129,7 +129,7 @@ class FileTracker:
         end = offset + len(data)
         if end < self._size:
             data = data[:-1] + b" " * (self._size - end) + b"\n"
-        if self._fd is None or offset // mmap.PAGESIZE != (offset + len(data) - 1) // mmap.PAGESIZE:
+        if self._fd is None or offset // PAGE != (offset + len(data) - 1) // PAGE:
             return self._replace(self._document())
         os.pwrite(self._fd, data, offset)
         self._size = offset + len(data)
