@@ -81,8 +81,10 @@ def test_the_lookup_cache_follows_installs_and_survives_damage(test_trackers, mo
     declaration.write_text("[ntn.trackers]\nlate = ntn_late.v2:Tracker\n")
     os.utime(declaration, ns=(1, 1))
     assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
-    cache_file(GROUP).write_text("{not json")
-    assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
+    wrong_shapes = json.dumps({"listings": {str(site): 5}, "declared": [["late"]]})
+    for damaged in ("{not json", "[]", wrong_shapes):
+        cache_file(GROUP).write_text(damaged)
+        assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")  # cannot be written: still found
     assert on_sys_path(GROUP)["record"].value == "ntn_test_trackers:RecordingTracker"
 

@@ -112,16 +112,34 @@ def _read(path: str | Path) -> str:
 
 
 def _load(cache: Path) -> dict[str, Any]:
+    """The cache's content, leaving out anything not of the shape `on_sys_path` writes."""
     try:
         remembered = json.loads(_read(cache))
-        if isinstance(remembered.get("listings"), dict) and all(
-            isinstance(name, str) and isinstance(value, str) for name, value, *_ in remembered["declared"]
-        ):
-            remembered["declared"] = [tuple(d) for d in remembered["declared"]]
-            return remembered
-    except (ValueError, AttributeError, KeyError, TypeError):  # no cache yet, or a damaged one
-        pass
-    return {}
+    except ValueError:  # no cache yet, or a damaged one
+        return {}
+    if not isinstance(remembered, dict):
+        return {}
+    listings, declared = remembered.get("listings"), remembered.get("declared")
+    listings = listings if isinstance(listings, dict) else {}
+    valid = isinstance(declared, list) and all(_is_declared(d) for d in declared)
+    return {
+        "listings": {directory: listing for directory, listing in listings.items() if _is_listing(listing)},
+        "distributions": remembered.get("distributions"),
+        "declared": [tuple(d) for d in declared] if valid else None,
+    }
+
+
+def _is_listing(listing: Any) -> bool:
+    return (
+        isinstance(listing, list)
+        and len(listing) == 2
+        and isinstance(listing[1], list)
+        and all(isinstance(info, str) for info in listing[1])
+    )
+
+
+def _is_declared(declared: Any) -> bool:
+    return isinstance(declared, list) and len(declared) == 4 and all(isinstance(x, str) for x in declared[:3])
 
 
 def _save(cache: Path, found: dict[str, Any]) -> None:
