@@ -249,6 +249,9 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
         "headers": {"CF-Access-Client-Id": "anything"},
         "api_key": "k-123456",
         "nested": [{"password": "hunter22"}, ("Bearer " + SECRETS["AIM_AUTH_TOKEN"],)],
+        "in_a_path": Path("/run/secrets") / SECRETS["CF_ACCESS_CLIENT_SECRET"],
+        "in_a_set": {"id=" + SECRETS["CF_ACCESS_CLIENT_ID"]},
+        "data": Path("/data/cal_housing.data"),
     }
     with pytest.raises(RuntimeError), start_run("secret run", config, backend="record") as run:
         run.log_hparams({"token": "x" * 8, "args": config})
@@ -264,6 +267,7 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
     # harmless values survive
     init = calls_of(test_trackers, "secret run")[0][1]["config"]
     assert init["env"]["PATH"] == os.environ["PATH"] and init["nested"][0] == {"password": REDACTED}
+    assert init["in_a_path"] == f"/run/secrets/{REDACTED}" and init["data"] == Path("/data/cal_housing.data")
 
 
 # ---- conformance kit and CLI -----------------------------------------------------------------

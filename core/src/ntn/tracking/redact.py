@@ -1,11 +1,12 @@
 """Removing secrets from payloads before any tracker sees them.
 
-Two rules, applied recursively to dicts, lists and tuples:
+Two rules, applied recursively to dicts, lists, tuples and sets:
 - by name: the value of a key that looks secret (`*secret*`, `*token*`, `*password*`, `*_key`,
   `authorization`, `*headers*`) is replaced whole;
 - by value: any occurrence of a current secret from the environment (`CF_ACCESS_CLIENT_SECRET`,
   `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`, every value in the JSON object `AIM_CUSTOM_HEADERS`)
-  inside any string is replaced. Values shorter than 4 characters are not searched for.
+  inside any string is replaced; any other value (a path, an array, an object) whose text holds one
+  becomes that text, redacted. Values shorter than 4 characters are not searched for.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class Redactor:
                     for k, v in payload.items()
                 }
             )
-        if isinstance(payload, list | tuple):
+        if isinstance(payload, list | tuple | set | frozenset):
             return type(payload)(self(v) for v in payload)
-        return payload
+        if self._pattern is None:
+            return payload
+        try:  # a path, an array, any object: trackers store its text, so its text must not hold a secret
+            text = str(payload)
+        except Exception:  # its text cannot be made, so no tracker can store it either
+            return payload
+        return self.text(text) if self._pattern.search(text) else payload
