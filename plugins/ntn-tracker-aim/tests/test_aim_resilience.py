@@ -211,3 +211,13 @@ def test_four_processes_logging_into_one_repository_at_once(tmp_path, where):
     for name in names:
         assert_complete(tmp_path / "repo", name=name, seeds=1)
     assert list((tmp_path / "spool").glob("*.jsonl")) == []
+
+
+def test_a_journal_removed_once_delivered_is_neither_waiting_nor_pending(tmp_path):
+    from ntn_tracker_aim.journal import finished_and_waiting, pending
+
+    path = tmp_path / "run.jsonl"
+    path.write_text('{"op": "metrics", "step": 0}\n{"op": "finalize"}\n')
+    assert finished_and_waiting(path) and pending([path]) == (2, 1)
+    path.unlink()  # what the uploader does after delivering it, at any moment of a check
+    assert not finished_and_waiting(path) and pending([path]) == (0, 0)

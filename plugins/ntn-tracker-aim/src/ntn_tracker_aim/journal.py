@@ -92,8 +92,18 @@ def pending(paths: list[Path]) -> tuple[int, int]:
     """(records not yet delivered, runs they belong to) among the journals at `paths`."""
     records = runs = 0
     for path in paths:
-        if path.exists():
+        try:
             missing = len(read_records(path)) - delivered(path)
-            if missing > 0:
-                records, runs = records + missing, runs + 1
+        except FileNotFoundError:  # delivered, and removed by its uploader
+            continue
+        if missing > 0:
+            records, runs = records + missing, runs + 1
     return records, runs
+
+
+def finished_and_waiting(path: Path) -> bool:
+    """Whether the journal at `path` holds a finished run not yet delivered (its uploader removes it then)."""
+    try:
+        return is_finalized(read_records(path))
+    except FileNotFoundError:
+        return False

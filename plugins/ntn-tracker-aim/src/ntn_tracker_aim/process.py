@@ -187,7 +187,7 @@ def flush(timeout: float = 60.0) -> bool:
     """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(p.exists() and journal.is_finalized(journal.read_records(p)) for p in _journals):
+        if not any(journal.finished_and_waiting(p) for p in _journals):
             return True
         _start_uploaders()  # a caller waiting for delivery need not wait for the interval
         if all(u.poll() is not None for u in _all_uploaders()):
