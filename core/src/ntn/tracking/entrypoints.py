@@ -43,17 +43,22 @@ def on_sys_path(group: str) -> dict[str, EntryPoint]:
     remembered = _load(cache)
     known = remembered.get("listings", {})
     listings = _listings(known)
-    distributions = [info for directory in sys.path if directory in listings for info in listings[directory][1]]
+    distributions = _distributions(listings)
     declared = remembered.get("declared")
-    if remembered.get("distributions") != distributions or not _unchanged(declared):
+    if _distributions(known) != distributions or not _unchanged(declared):
         declared = _declared(distributions, group)
     # saved when what it found changed; a directory without distributions (the working directory,
     # which changes often) is listed again each time rather than saved each time
     if declared != remembered.get("declared") or any(
-        infos and listing != known.get(directory) for directory, listing in listings.items() for infos in listing[1:]
+        infos and [mtime, infos] != known.get(directory) for directory, (mtime, infos) in listings.items()
     ):
-        _save(cache, {"listings": listings, "distributions": distributions, "declared": declared})
+        _save(cache, {"listings": listings, "declared": declared})
     return first_of_each(EntryPoint(name, value, group) for name, value, _, _ in declared)
+
+
+def _distributions(listings: dict[str, list]) -> list[str]:
+    """The metadata directories of `listings`, in sys.path order."""
+    return [info for directory in dict.fromkeys(sys.path) if directory in listings for info in listings[directory][1]]
 
 
 def cache_file(group: str) -> Path:
@@ -83,10 +88,10 @@ def _listings(known: dict[str, Any]) -> dict[str, list]:
     return listings
 
 
-def _unchanged(declared: list | None) -> bool:
+def _unchanged(declared: list[Declared] | None) -> bool:
     try:
         return declared is not None and all(os.stat(path).st_mtime_ns == mtime for _, _, path, mtime in declared)
-    except (OSError, TypeError, ValueError):
+    except OSError:  # a declaring file is gone
         return False
 
 
@@ -124,7 +129,6 @@ def _load(cache: Path) -> dict[str, Any]:
     valid = isinstance(declared, list) and all(_is_declared(d) for d in declared)
     return {
         "listings": {directory: listing for directory, listing in listings.items() if _is_listing(listing)},
-        "distributions": remembered.get("distributions"),
         "declared": [tuple(d) for d in declared] if valid else None,
     }
 

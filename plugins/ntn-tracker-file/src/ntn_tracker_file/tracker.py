@@ -77,6 +77,7 @@ class FileTracker:
         try:
             self._start()
         except OSError as err:
+            self._close()
             raise TrackerConfigError(
                 f"TRACKER_DIR {str(self.directory)!r} is not a writable directory ({err.strerror or err}); "
                 "set TRACKER_DIR to a directory you can write to"
@@ -142,7 +143,7 @@ class FileTracker:
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._hparams = _dumps(self.redact(hparams))
-        self._put(len(self._head), self._hparams + METRICS_OPEN + b", ".join(self._entries) + self._tail)
+        self._put(len(self._head), self._document()[len(self._head) :])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         entry = _dumps({"step": step} | self.redact(metrics))
