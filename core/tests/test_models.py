@@ -4,6 +4,7 @@ import pytest
 import torch
 from ntn import LMPO2, MMPO2, MPO2
 from ntn.models import basis_inputs
+from scaled import assert_close
 
 
 def embed(X):
@@ -17,7 +18,7 @@ def test_output_equals_dense_einsum_of_contracted_tensor(Model, output_site):
     phi = embed(torch.randn(11, 4, dtype=torch.float64))
     W = model.dense()  # (p, p, p, C)
     expected = torch.einsum("ni,nj,nk,ijkc->nc", phi, phi, phi, W)
-    torch.testing.assert_close(model(phi), expected, rtol=1e-12, atol=1e-12)
+    assert_close(model(phi), expected)
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
@@ -26,7 +27,7 @@ def test_environment_is_the_linear_map_of_each_core(Model):
     phi = embed(torch.randn(9, 3, dtype=torch.float64))
     for unit in model.units:
         E = model.environment(unit, phi)
-        torch.testing.assert_close(E @ model.core(unit).reshape(-1), model(phi), rtol=1e-12, atol=1e-12)
+        assert_close(E @ model.core(unit).reshape(-1), model(phi))
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
@@ -34,7 +35,7 @@ def test_basis_environment_is_the_environment_on_every_basis_tuple(Model):
     model = Model(4, 3, 3, output_dim=2, output_site=1, init_strength=0.4, seed=2)
     basis = basis_inputs(4, 3, torch.float64, torch.device("cpu"))  # (81, 4, 3)
     for unit in model.units:
-        torch.testing.assert_close(model.basis_environment(unit), model.environment(unit, basis), rtol=1e-12, atol=0)
+        assert_close(model.basis_environment(unit), model.environment(unit, basis))
 
 
 def test_parameter_counts():
