@@ -1,6 +1,8 @@
 """Epoch time, peak RSS and achieved GFLOP/s of MPO2 (L=3, 9 inputs) training.
 
     python benchmarks/bench_ntn.py [--batch-size 4000]
+    python benchmarks/bench_ntn.py --device cuda     # the GPU table: CPU and CUDA side by side
+
 
 Each (N, bond_dim) runs in its own process so its peak RSS is its own. "moments s" is the one pass over
 the data that gathers its polynomial moments before the first epoch (`ntn.moments`; "-" where the
@@ -102,13 +104,84 @@ def paths() -> list[list]:
     return rows
 
 
+# (name, model, L, bond, rows, loss, run on the CPU too): the cases of the GPU issue, float64
+DEVICE_CASES = (
+    ("MPO2 L=3 bond 6", "MPO2", 3, 6, 14448, "mse", True),
+    ("MPO2 L=3 bond 16", "MPO2", 3, 16, 14448, "mse", True),
+    ("MPO2 L=3 bond 32", "MPO2", 3, 32, 14448, "mse", True),
+    ("MPO2 L=3 bond 64", "MPO2", 3, 64, 14448, "mse", False),
+    ("MPO2 L=4 bond 16 (batch path)", "MPO2", 4, 16, 14448, "mse", True),
+    ("LMPO2 L=3 bond 6", "LMPO2", 3, 6, 14448, "mse", True),
+    ("cross-entropy, 3 classes, 200k rows", "MPO2", 3, 6, 200_000, "cross_entropy", True),
+    ("synthetic regression, 20M rows, bond 8", "MPO2", 3, 8, 20_000_000, "mse", False),
+)
+
+
+def device_case(device: str, model: str, L: int, bond: int, rows: int, loss: str) -> dict:
+    """s/epoch (after one warm-up epoch), the moments pass, and the peak device memory of one case."""
+    import ntn
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(rows, FEATURES, generator=g, dtype=torch.float64)
+    target = X[:, 0] * X[:, 1] + X[:, 2] - X[:, 3] ** 2
+    y = target if loss == "mse" else (target > 0).long() + (target > 1).long()
+    C = 1 if loss == "mse" else 3
+    net = getattr(ntn, model)(L, bond, FEATURES + 1, C, 1, 0.1, seed=0)
+    trainer = ntn.NTN(net, X, y, loss=loss, batch_size=20_000, device=device)
+    del X, y
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    uses_moments = trainer._moments is not None
+    sync()
+    moments_s = time.perf_counter() - start
+    trainer.fit(1)
+    sync()
+    start = time.perf_counter()
+    trainer.fit(2)
+    sync()
+    epoch_s = (time.perf_counter() - start) / 2
+    peak = torch.cuda.max_memory_allocated() / 2**30 if trainer.device.type == "cuda" else None
+    return {"epoch_s": epoch_s, "moments_s": moments_s if uses_moments else None, "peak_gb": peak}
+
+
+def device_table(device: str) -> None:
+    import torch
+    from tabulate import tabulate
+
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
+    print(f"{name} against this machine's CPU ({torch.get_num_threads()} threads), float64, torch {torch.__version__}")
+    rows = []
+    for label, model, L, bond, n, loss, on_cpu in DEVICE_CASES:
+        gpu = device_case(device, model, L, bond, n, loss)
+        cpu = device_case("cpu", model, L, bond, n, loss) if on_cpu else None
+        rows.append(
+            [
+                label,
+                f"{gpu['epoch_s']:.3f}",
+                "-" if gpu["moments_s"] is None else f"{gpu['moments_s']:.3f}",
+                "-" if gpu["peak_gb"] is None else f"{gpu['peak_gb']:.1f}",
+                "-" if cpu is None else f"{cpu['epoch_s']:.3f}",
+            ]
+        )
+        print(tabulate(rows[-1:], tablefmt="plain"), flush=True)
+    headers = ["case", f"{device} s/epoch", "moments pass s", "peak GPU GB", "CPU s/epoch"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=4000)
+    parser.add_argument("--device", help="print the GPU table for this device (cuda, cuda:N) instead")
     parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, args.batch_size)))
+        return
+    if args.device:
+        device_table(args.device)
         return
     from tabulate import tabulate
 

@@ -4,6 +4,7 @@ their validation. A flag wins over its environment variable, which wins over the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ def real(low: float, high: float = float("inf"), low_open: bool = False) -> Call
             value = float(text)
         except ValueError:
             raise SettingError(f"must be {allowed}") from None
+        if not math.isfinite(value):
+            raise SettingError(f"must be a finite number: {allowed}")
         if not (value > low if low_open else value >= low) or not value <= high:
             raise SettingError(f"must be {allowed}")
         return value
@@ -63,7 +66,19 @@ def seeds(text: str) -> list[int]:
     parts = text.split(",")
     if not text.strip() or any(not p.strip().isdigit() for p in parts):
         raise SettingError("must be a comma-separated list of integers >= 0, e.g. 0,1,2")
-    return [int(p) for p in parts]
+    values = [int(p) for p in parts]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise SettingError(f"must not repeat a seed (repeated: {', '.join(map(str, repeated))})")
+    return values
+
+
+def device(text: str) -> str:
+    """The device's name as asked for; whether it exists here is checked before training."""
+    name = text.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise SettingError("must be auto, cpu, cuda or cuda:N")
 
 
 def boolean(text: str) -> bool:
@@ -104,10 +119,11 @@ SETTINGS = [
     Setting("REDUCTION_FACTOR", "0.5", real(0, 1, low_open=True), "LMPO2: rank = max(2, int(phys_dim × factor))"),
     Setting("BATCH_SIZE", "100", integer(1), "samples per mini-batch (memory only; results do not depend on it)"),
     Setting("N_EPOCHS", "10", integer(0), "sweeps over the cores"),
-    Setting("JITTER_START", "0.05", real(0), "ridge λ of epoch 0"),
+    Setting("JITTER_START", "0.2", real(0), "ridge λ of epoch 0, relative to each core's mean curvature"),
     Setting("JITTER_DECAY", "0.9", real(0, low_open=True), "λ_e = max(JITTER_START · JITTER_DECAY^e, JITTER_MIN)"),
     Setting("JITTER_MIN", "1e-6", real(0), "lower bound of λ"),
-    Setting("SELECT", "reg_loss", choice(("reg_loss", "val_loss", "last")), "which epoch's state to keep"),
+    Setting("SELECT", "val_loss", choice(("val_loss", "reg_loss", "last")), "which epoch's state to keep"),
+    Setting("DEVICE", "auto", device, "where to train: auto (CUDA when available, else cpu), cpu, cuda, cuda:N"),
     Setting("SEEDS", "0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each"),
     Setting("DATA_SEED", "0", integer(0), "seed of the subsample and the train/validation/test split"),
     Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),

@@ -35,6 +35,13 @@ def _writable_file(path: Path) -> None:
         ) from None
 
 
+def _device(name: str):
+    """The torch device DEVICE names, or ValueError when it is not available here."""
+    from ntn import resolve_device
+
+    return resolve_device(name)
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
 
@@ -76,7 +83,14 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
         | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss": loss}
     )
     trainer = NTN(
-        net, data.X_train, data.y_train, loss=loss, batch_size=s["batch_size"], X_val=data.X_val, y_val=data.y_val
+        net,
+        data.X_train,
+        data.y_train,
+        loss=loss,
+        batch_size=s["batch_size"],
+        X_val=data.X_val,
+        y_val=data.y_val,
+        device=s["device"],
     )
 
     def on_epoch(epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
@@ -94,11 +108,7 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
     )
     final = result["scores"]
     test = trainer.evaluate(data.X_test, data.y_test)
-    if data.task == "regression":
-        beats_trivial = test["r2"] > 0
-    else:
-        majority = np.bincount(data.y_train).argmax()
-        beats_trivial = test["accuracy"] > float(np.mean(data.y_test == majority))
+    failure = _failure(model, s, data, final, test)
     summary = {
         "seed": seed,
         "loss": final["loss"],
@@ -108,20 +118,48 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
         "test_loss": test["loss"],
         f"test_{quality}": test[quality],
         "best_epoch": result["best_epoch"],
-        "success": bool(beats_trivial),
-    }
+        "success": failure is None,
+    } | ({"error": failure} if failure else {})
     run.log_summary(summary)
     return {
         "seed": seed,
         "loss": test["loss"],
         quality: test[quality],
-        "success": bool(beats_trivial),
+        "success": summary["success"],
+        **({"error": failure} if failure else {}),
         "train_loss": final["loss"],
         f"train_{quality}": final[quality],
         "val_loss": final["val_loss"],
         f"val_{quality}": final[f"val_{quality}"],
         "best_epoch": result["best_epoch"],
     }
+
+
+COLLAPSE_R2 = 0.05  # a regression model whose training R² stays below this predicts (almost) a constant
+
+
+def _failure(model: str, s: dict[str, Any], data, final: dict[str, float], test: dict[str, float]) -> str | None:
+    """Why a trained seed does not count as a success, in one line; None when it does.
+
+    A seed fails when its held-out figure is no better than the trivial predictor (the training mean, or
+    the training majority class); when its training figure is no better either, the model collapsed to
+    a constant, which the ridge JITTER_START causes when it is too strong for the model."""
+    if data.task == "regression":
+        trivial, collapsed = test["r2"] <= 0, final["r2"] < COLLAPSE_R2
+        shown = f"test r2 {test['r2']:.3f}, train r2 {final['r2']:.3f}"
+    else:
+        majority_share = float(np.mean(data.y_train == np.bincount(data.y_train).argmax()))
+        test_share = float(np.mean(data.y_test == np.bincount(data.y_train).argmax()))
+        trivial, collapsed = test["accuracy"] <= test_share, final["accuracy"] <= majority_share
+        shown = f"test accuracy {test['accuracy']:.3f}, train accuracy {final['accuracy']:.3f}"
+    if collapsed:
+        return (
+            f"collapsed: {model.upper()} predicts (almost) a constant ({shown}); "
+            f"the ridge JITTER_START={s['jitter_start']:g} may be too strong for it"
+        )
+    if trivial:
+        return f"no better than the trivial predictor on the held-out test split ({shown})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(s["output_file"])
     try:
+        s["device"] = str(_device(s["device"]))
         backends = validate(s["tracker_backend"])
         _writable_file(output)
         data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
     except (TrackerSelectionError, TrackerValidationError, DatasetError, OSError) as err:
         return _fail(model, str(err))
+    except ValueError as err:  # the device
+        return _fail(model, f"DEVICE={s['device']!r}: {err}")
 
     quality = "r2" if data.task == "regression" else "accuracy"
     config = {"model": model.upper(), "experiment": s["experiment_name"], **s, "dataset_info": data.info}
@@ -192,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     progress.close()
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
+    collapsed = sum(str(r.get("error")).startswith("collapsed") for r in results)
     print(
-        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded; "
-        f"held-out test {quality} {held_out} -> {output}"
+        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded"
+        + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
+        + f"; held-out test {quality} {held_out} -> {output}"
     )
     return 1 if errors else 0
 

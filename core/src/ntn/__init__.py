@@ -16,6 +16,7 @@ _EXPORTS = {
     "NTN": "ntn.trainer",
     "NewtonStepError": "ntn.trainer",
     "jitter_schedule": "ntn.trainer",
+    "resolve_device": "ntn.trainer",
 }
 __all__ = sorted(_EXPORTS)
 

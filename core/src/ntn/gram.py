@@ -23,11 +23,12 @@ PACKED_CHUNK_ENTRIES = 2**21  # entries of the per-sample product ll ⊗ jj form
 
 def accumulate_system(
     model: TensorNetwork, unit: Unit, loss: MSE | CrossEntropy, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, float]:
     """Sums over all samples of the data loss's Hessian and gradient with respect to core `unit`.
 
     :param batches: (φ(x) (B, p), y) pairs covering the training set once
-    :return: (Σ_n E_nᵀ K_n E_n (P, P), Σ_n E_nᵀ r_n (P,)), with r_n = ∂ℓ_n/∂f and K_n = ∂²ℓ_n/∂f²
+    :return: (Σ_n E_nᵀ K_n E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F), with r_n = ∂ℓ_n/∂f and
+        K_n = ∂²ℓ_n/∂f²
     """
     if isinstance(loss, MSE) and model.is_kronecker(unit):
         return _accumulate_kronecker(model, unit, loss, batches)
@@ -35,17 +36,19 @@ def accumulate_system(
     P = len(theta)
     hessian = theta.new_zeros(P, P)
     gradient = theta.new_zeros(P)
+    environment_sq = theta.new_zeros(())
     for phi, y in batches:
         E = model.environment(unit, phi)  # (B, C, P)
         r, K = loss.derivatives(E @ theta, y)  # f = E θ: (B, C)
         gradient += torch.einsum("ncq,nc->q", E, r)
         E_rows = E.reshape(-1, P)  # (B·C, P)
+        environment_sq += E_rows.pow(2).sum()
         if isinstance(K, float):  # K_n = K·I
             hessian.addmm_(E_rows.T, E_rows, alpha=K)
         else:
             KE = torch.einsum("ncd,ndq->ncq", K, E).reshape(-1, P)
             hessian.addmm_(E_rows.T, KE)
-    return hessian, gradient
+    return hessian, gradient, environment_sq.item()
 
 
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -58,7 +61,7 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
 
 def _accumulate_kronecker(
     model: TensorNetwork, unit: Unit, loss: MSE, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, float]:
     """`accumulate_system` for E_n = l_n ⊗ φ_n ⊗ r_n and a curvature K that is the same scalar for all n."""
     theta = model.core(unit)[:, :, 0, :]  # (Dl, p, Dr)
     Dl, p, Dr = theta.shape
@@ -69,6 +72,7 @@ def _accumulate_kronecker(
     packed = theta.new_zeros(len(r_rows), len(l_rows) * len(j_rows))
     chunk = max(1, PACKED_CHUNK_ENTRIES // packed.shape[1])
     gradient = torch.zeros_like(theta)  # (Dl, p, Dr)
+    environment_sq = theta.new_zeros(())  # Σ_n ||l_n||² ||φ_n||² ||r_n||²
     curvature = 0.0
     for phi, y in batches:
         left, _, right = model.environment_factors(unit, phi)
@@ -77,6 +81,7 @@ def _accumulate_kronecker(
         f = (l_theta_r * phi).sum(dim=1, keepdim=True)  # (B, 1)
         residual, curvature = loss.derivatives(f, y)
         gradient += torch.einsum("na,nj,nb->ajb", l * residual, phi, r)
+        environment_sq += (l.pow(2).sum(1) * phi.pow(2).sum(1) * r.pow(2).sum(1)).sum()
         ll = l[:, l_rows] * l[:, l_cols]  # (B, Dl(Dl+1)/2)
         jj = phi[:, j_rows] * phi[:, j_cols]  # (B, p(p+1)/2)
         rr = r[:, r_rows] * r[:, r_cols]  # (B, Dr(Dr+1)/2)
@@ -88,4 +93,5 @@ def _accumulate_kronecker(
         j_rows
     ) + j_index[None, :, None, None, :, None]  # (Dl, p, Dr, Dl, p, Dr)
     P = theta.numel()
-    return curvature * packed.reshape(-1)[flat.reshape(-1)].reshape(P, P), gradient.reshape(P)
+    hessian = curvature * packed.reshape(-1)[flat.reshape(-1)].reshape(P, P)
+    return hessian, gradient.reshape(P), environment_sq.item()

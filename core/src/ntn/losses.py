@@ -38,8 +38,7 @@ class CrossEntropy:
 
     def derivatives(self, f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         p = torch.softmax(f, dim=1)  # (B, C)
-        gradient = p.clone()
-        gradient[torch.arange(len(y)), y] -= 1.0
+        gradient = p - torch.nn.functional.one_hot(y, f.shape[1]).to(p.dtype)
         curvature = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, C, C)
         return gradient, curvature
 

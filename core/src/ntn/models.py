@@ -132,6 +132,19 @@ class TensorNetwork:
         if self.input_cores is not None:
             self.input_cores = [c.clone() for c in state[self.L :]]
 
+    def norm_sq(self) -> float:
+        """Σ over the trainable rows of ||T||²_F, T the row's whole tensor (the contraction of its cores).
+        A row is a tensor train, so this is its transfer-matrix product: no p^L tensor is formed."""
+        rows = [self.top_cores, self.input_cores] if self.train_input else [self.top_cores]
+        total = 0.0
+        for row in rows:
+            env = row[0].new_ones(1, 1)  # (b, b'): the cores so far contracted with themselves
+            for core in row:
+                M = core.reshape(core.shape[0], -1, core.shape[-1])  # (a, phys, b)
+                env = torch.einsum("ac,apb,cpd->bd", env, M, M)
+            total += env.sum().item()
+        return total
+
     # ---- contraction ------------------------------------------------------------------------
 
     @staticmethod

@@ -10,6 +10,13 @@ monomial of degree ≤ L in x). Folding W onto them gives V (C, S, P) with E_n[c
 
 Z and Z_y are accumulated once, over mini-batches. After that a core's system costs 2·C·P·S·(S + P)
 flops whatever N is (p = 9, L = 3: S = 165, against Σ_n over 16k samples of a P² outer product).
+
+The training figures follow from the same sums: with a_c (S,) the coefficients of f_c on the monomials,
+Σ_n (f_nc − y_nc)² = a_cᵀ Z a_c − 2 a_cᵀ Z_y[:, c] + Σ_n y_nc², so an epoch's loss and R² on the training
+set cost no pass over it either.
+
+Only floating-point products are used: CUDA has no integer matrix product, so index arithmetic is
+written as sums of elementwise products.
 """
 
 from __future__ import annotations
@@ -43,6 +50,35 @@ def applies(model: TensorNetwork, loss: MSE | CrossEntropy, n_samples: int) -> b
     )
 
 
+class LowRankHessian:
+    """H = Vᵀ B (P, P) for factors V, B (R, P) with R < P, kept factored.
+
+    (H + μI)⁻¹ r = (r − Vᵀ (μI_R + B Vᵀ)⁻¹ B r) / μ, by the push-through identity
+    (μI_P + Vᵀ B)⁻¹ Vᵀ = Vᵀ (μI_R + B Vᵀ)⁻¹: an R × R solve in place of a P × P factorisation.
+    """
+
+    def __init__(self, V: Tensor, B: Tensor) -> None:
+        self.V, self.B = V, B
+
+    def __truediv__(self, divisor: float) -> LowRankHessian:
+        return LowRankHessian(self.V, self.B / divisor)
+
+    def diagonal(self) -> Tensor:
+        return (self.V * self.B).sum(dim=0)
+
+    def dense(self) -> Tensor:
+        return self.V.T @ self.B
+
+    def solve(self, shift: float, rhs: Tensor) -> Tensor | None:
+        """(H + shift·I)⁻¹ rhs, or None where that system is singular."""
+        if shift <= 0:
+            return None
+        small = self.B @ self.V.T  # (R, R)
+        small.diagonal().add_(shift)
+        inner, info = torch.linalg.solve_ex(small, (self.B @ rhs)[:, None])
+        return (rhs - self.V.T @ inner[:, 0]) / shift if info.item() == 0 else None
+
+
 class Moments:
     """Z, Z_y and the map from index tuples to monomials, for one training set and one model shape (L, p, C)."""
 
@@ -54,15 +90,21 @@ class Moments:
         S = len(self.monomials)
         self.Z = torch.zeros(S, S, dtype=dtype, device=device)
         self.Z_y = torch.zeros(S, model.output_dim, dtype=dtype, device=device)
+        self.y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
+        self.y_sq_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n² (C,)
+        self.n_samples = 0
         for phi, y in batches:
             z = phi[:, self.monomials].prod(dim=2)  # (B, S)
             self.Z.addmm_(z.T, z)
             self.Z_y.addmm_(z.T, y)
+            self.y_sum += y.sum(dim=0)
+            self.y_sq_sum += y.pow(2).sum(dim=0)
+            self.n_samples += len(y)
         # monomial_of[t] = the monomial of basis tuple t (row-major): its sorted tuple, found by its base-p number
-        powers = p ** torch.arange(L - 1, -1, -1, device=device)
+        powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
-        lookup[self.monomials @ powers] = torch.arange(S, device=device)
-        self.monomial_of = lookup[basis_tuples(L, p, device).sort(dim=1).values @ powers]  # (p^L,)
+        lookup[(self.monomials * powers).sum(dim=1)] = torch.arange(S, device=device)
+        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * powers).sum(dim=1)]  # (p^L,)
 
     def folded_environment(self, model: TensorNetwork, unit: Unit) -> Tensor:
         """V with E_n[c, q] = Σ_m V[c, m, q] z_n[m]: (C, S, P)."""
@@ -70,13 +112,29 @@ class Moments:
         V = E_basis.new_zeros(len(self.monomials), *E_basis.shape[1:]).index_add_(0, self.monomial_of, E_basis)
         return V.transpose(0, 1)
 
-    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor, Tensor]:
-        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,))."""
+    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
+        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
+
+        The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in that
+        factored form (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
         theta = model.core(unit).reshape(-1)  # (P,)
         V = self.folded_environment(model, unit)  # (C, S, P)
         C, S, P = V.shape
-        ZV = self.Z @ V  # (C, S, P)
-        gram = V.permute(2, 0, 1).reshape(P, C * S) @ ZV.reshape(C * S, P)  # Σ_c V_cᵀ Z V_c
-        Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
-        return K * gram, K * (gram @ theta - Ey)
+        V_rows = V.reshape(C * S, P)
+        B = K * (self.Z @ V).reshape(C * S, P)  # (C·S, P): the Hessian is V_rowsᵀ B
+        Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
+        gradient = V_rows.T @ (B @ theta) - K * Ey
+        environment_sq = (V_rows * B).sum().item() / K  # trace of Σ_c V_cᵀ Z V_c
+        hessian = LowRankHessian(V_rows, B) if C * S < P else V_rows.T @ B
+        return hessian, gradient, environment_sq
+
+    def scores(self, model: TensorNetwork) -> dict[str, float]:
+        """{"loss", "r2"} of the model on the training set, as `NTN.evaluate` defines them, from the sums."""
+        W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
+        a = W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)  # (S, C)
+        residual = ((self.Z @ a) * a).sum() - 2 * (a * self.Z_y).sum() + self.y_sq_sum.sum()
+        total = (self.y_sq_sum - self.y_sum.pow(2) / self.n_samples).sum()
+        residual, total = residual.item(), total.item()
+        r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
+        return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}

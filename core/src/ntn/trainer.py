@@ -1,15 +1,22 @@
 """NTN: Newton sweeps over the cores of a tensor network.
 
-One epoch sweeps the trainable cores left to right and back. Each core update is a Newton step on
+One epoch sweeps the trainable cores left to right and back. f is linear in each core θ = vec(A_k):
+f(x_n) = E_n θ with the environment E_n (C × P) from `TensorNetwork.environment`. Each core update is a
+Newton step on
 
-    J(A) = (1/N) Σ_n ℓ(f(x_n), y_n) + λ Σ_k ||A_k||²_F,          λ = the epoch's jitter,
+    J_k(θ) = (1/N) Σ_n ℓ(E_n θ, y_n) + λ h_k ||θ||²,      h_k = (2/C) · (1/(N P)) Σ_n ||E_n||²_F,
 
-over the whole training set. f is linear in one core θ = vec(A_k): f(x_n) = E_n θ with the
-environment E_n (C × P) from `TensorNetwork.environment`. So
+over the whole training set, λ = the epoch's jitter. h_k is the mean curvature per parameter of the core's
+data term under MSE (the mean of diag H below), so the ridge is λ times the data term's own scale and λ is
+dimensionless. That makes the update independent of how the model's weight is spread over its factors:
+rescaling the other cores by s scales E_n by s and h_k by s², the minimiser θ* by 1/s, and leaves
+f = E θ* unchanged. A ridge λ||θ||² on the raw core does not have this property: it weighs a core by the
+scale of all the others, and on a product of many small factors (LMPO2 multiplies six) it dominates every
+update until the sweep contracts the model to f = 0. So
 
-    g = (1/N) Σ_n E_nᵀ ∂ℓ_n/∂f + 2λθ,     H = (1/N) Σ_n E_nᵀ (∂²ℓ_n/∂f²) E_n + 2λI,     θ ← θ − H⁻¹ g,
+    g = (1/N) Σ_n E_nᵀ ∂ℓ_n/∂f + 2λh_kθ,     H = (1/N) Σ_n E_nᵀ (∂²ℓ_n/∂f²) E_n + 2λh_kI,     θ ← θ − H⁻¹ g,
 
-accumulated over mini-batches (memory bounded by batch_size, result independent of it). For MSE, J is
+accumulated over mini-batches (memory bounded by batch_size, result independent of it). For MSE, J_k is
 quadratic in θ and the step lands on its exact minimiser; the sums then come from the data's polynomial
 moments (`ntn.moments`), gathered in one pass, whenever that is cheaper than a pass per update.
 """
@@ -28,6 +35,7 @@ from torch import Tensor
 from ntn import moments
 from ntn.gram import accumulate_system
 from ntn.losses import MSE, get_loss
+from ntn.moments import LowRankHessian
 from ntn.models import TensorNetwork, Unit
 
 Scores = dict[str, float]
@@ -44,25 +52,31 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
     return [max(start * decay**e, minimum) for e in range(n_epochs)]
 
 
-def newton_step(theta: Tensor, hessian: Tensor, gradient: Tensor, jitter: float, regularize: bool, name: str) -> Tensor:
+def newton_step(
+    theta: Tensor, hessian: Tensor | LowRankHessian, gradient: Tensor, jitter: float, regularize: bool, name: str
+) -> Tensor:
     """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`).
 
     :param theta: the core, flattened (P,)
-    :param hessian: Hessian of the mean data loss (P, P)
+    :param hessian: Hessian of the mean data loss (P, P), dense or factored (`moments.LowRankHessian`)
     :param gradient: gradient of the mean data loss (P,)
     :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
         finite, the damping λ is raised tenfold, up to JITTER_RETRIES times.
     """
     rhs = gradient + 2 * jitter * theta if regularize else gradient
-    identity = torch.eye(len(theta), dtype=theta.dtype, device=theta.device)
     damping = jitter
-    floor = 1e-12 * max(hessian.diagonal().abs().mean().item(), 1.0) if torch.isfinite(hessian).all() else 1.0
+    diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
+    floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
     for _ in range(JITTER_RETRIES + 1):
-        factor, info = torch.linalg.cholesky_ex(hessian + 2 * damping * identity)
-        if info.item() == 0:
-            updated = theta - torch.cholesky_solve(rhs[:, None], factor)[:, 0]
-            if torch.isfinite(updated).all():
-                return updated
+        if isinstance(hessian, LowRankHessian):
+            step = hessian.solve(2 * damping, rhs)
+        else:
+            damped = hessian.clone()
+            damped.diagonal().add_(2 * damping)
+            factor, info = torch.linalg.cholesky_ex(damped)
+            step = torch.cholesky_solve(rhs[:, None], factor)[:, 0] if info.item() == 0 else None
+        if step is not None and torch.isfinite(step).all():
+            return theta - step
         damping = max(10 * damping, floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
@@ -85,6 +99,28 @@ def _as_tensor(name: str, value: Any, dtype: torch.dtype, device: torch.device) 
     return tensor
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """A torch device from "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N".
+
+    :raises ValueError: one line naming the device, when it is malformed or not available here
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use auto or cpu)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r} asked for, but only {count} CUDA device(s) exist")
+    return device
+
+
 class NTN:
     """Trains a TensorNetwork with Newton sweeps on fixed training data.
 
@@ -94,7 +130,10 @@ class NTN:
     :param loss: "mse" or "cross_entropy"
     :param batch_size: samples per mini-batch when accumulating gradient and Hessian
     :param X_val, y_val: optional validation data; its scores appear as val_* in the callbacks
-    :param dtype: float64 by default; the device follows X
+    :param dtype: float64 by default
+    :param device: where the data, the model and every computation live ("cpu", "cuda", "cuda:1",
+        "auto"); by default the device of X when X is a tensor, else the CPU. Inputs given as numpy
+        arrays or tensors on another device are copied there once.
     """
 
     def __init__(
@@ -107,12 +146,16 @@ class NTN:
         X_val: Any = None,
         y_val: Any = None,
         dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
     ) -> None:
         self.loss = get_loss(loss)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.batch_size, self.dtype = model, batch_size, dtype
-        self.device = X.device if isinstance(X, Tensor) else torch.device("cpu")
+        if device is None:
+            self.device = X.device if isinstance(X, Tensor) else torch.device("cpu")
+        else:
+            self.device = resolve_device(device)
         self.X, self.y = self._data("X", X, "y", y)
         self.validation = self._data("X_val", X_val, "y_val", y_val) if X_val is not None or y_val is not None else None
         model.to(self.device, dtype)
@@ -175,8 +218,9 @@ class NTN:
         return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
 
     def scores(self) -> Scores:
-        """Training scores, plus val_* ones when validation data was given."""
-        scores = self.evaluate(self.X, self.y)
+        """Training scores (from the moments when the trainer uses them: no pass over the data), plus
+        val_* ones when validation data was given."""
+        scores = self._moments.scores(self.model) if self._moments is not None else self.evaluate(self.X, self.y)
         if self.validation is not None:
             scores |= {f"val_{k}": v for k, v in self.evaluate(*self.validation).items()}
         return scores
@@ -196,22 +240,27 @@ class NTN:
         """Newton step on one core over the whole training set."""
         theta = self.model.core(unit)
         if self._moments is not None:
-            hessian, gradient = self._moments.system(self.model, unit, self.loss)
+            hessian, gradient, environment_sq = self._moments.system(self.model, unit, self.loss)
         else:
-            hessian, gradient = accumulate_system(self.model, unit, self.loss, self._batches(self.X, self.y))
-        N = len(self.X)
+            hessian, gradient, environment_sq = accumulate_system(
+                self.model, unit, self.loss, self._batches(self.X, self.y)
+            )
+        N, P, C = len(self.X), theta.numel(), self.model.output_dim
+        scale = 2 / C * environment_sq / (N * P)  # h_k
+        scale = scale if math.isfinite(scale) else 1.0  # an overflowing system fails in newton_step, with its site
         name = f"{unit.layer} core at site {unit.site}"
-        updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter, regularize, name)
+        updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter * scale, regularize, name)
         self.model.set_core(unit, updated.reshape(theta.shape))
 
     def weight_norm_sq(self) -> float:
-        """Σ_k ||A_k||²_F over the trainable cores."""
-        return sum(c.pow(2).sum().item() for c in self.model.trainable_cores)
+        """Σ over the trainable rows of ||T_row||²_F (`TensorNetwork.norm_sq`): unlike Σ_k ||A_k||², it
+        does not depend on how the weight is spread over the factors."""
+        return self.model.norm_sq()
 
     def fit(
         self,
         n_epochs: int = 10,
-        jitter_start: float = 0.05,
+        jitter_start: float = 0.2,
         jitter_decay: float = 0.9,
         jitter_min: float = 1e-6,
         jitter: Sequence[float] | None = None,
