@@ -247,10 +247,20 @@ class TensorNetwork:
         return unit.layer == TOP and self.input_cores is None and self.output_dim == 1
 
     def dense(self) -> Tensor:
-        """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only)."""
-        # W[i, c] = f with the basis vector e_{i_k} in place of φ at each site k
-        f = self(basis_inputs(self.L, self.phys_dim, self.top_cores[0].dtype, self.top_cores[0].device))
-        return f.reshape(*[self.phys_dim] * self.L, self.output_dim)
+        """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only):
+        the ladder's columns, each (D_left·d_left, p, C_k, D_right·d_right), multiplied along the chain."""
+        C, p = self.output_dim, self.phys_dim
+        W = self.top_cores[0].new_ones(1, C, 1)  # (index tuples so far, c, bond)
+        for k, top in enumerate(self.top_cores):
+            if self.input_cores is None:
+                column = top  # (D_left, p, C_k, D_right)
+            else:
+                column = torch.einsum("ajcb,sijt->asicbt", top, self.input_cores[k])
+                a, s, i, c, b, t = column.shape
+                column = column.reshape(a * s, i, c, b * t)
+            column = column.expand(-1, -1, C, -1)
+            W = torch.einsum("ncl,licr->nicr", W, column).reshape(-1, C, column.shape[3])
+        return W.reshape(*[p] * self.L, C)
 
 
 def basis_tuples(L: int, p: int, device: torch.device) -> Tensor:

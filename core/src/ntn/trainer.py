@@ -35,8 +35,8 @@ from torch import Tensor
 from ntn import moments
 from ntn.gram import accumulate_system
 from ntn.losses import MSE, get_loss
-from ntn.moments import LowRankHessian
 from ntn.models import TensorNetwork, Unit
+from ntn.moments import LowRankHessian
 
 Scores = dict[str, float]
 SELECTIONS = ("reg_loss", "val_loss", "last")
