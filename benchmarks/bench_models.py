@@ -38,7 +38,7 @@ def run(model: str, dataset: str, n_samples: str) -> dict:
         wall = time.perf_counter() - start
         if done.returncode not in (0, 1):
             raise SystemExit(f"run_{model}.sh failed: {done.stderr.strip()}")
-        results = json.loads((pathlib.Path(scratch) / f"results_{model}.json").read_text())
+        results = json.loads((pathlib.Path(scratch) / f"results_{model}_experiment.json").read_text())
     quality = "r2" if "r2_mean" in results else "accuracy"
     mean, std = results[f"{quality}_mean"], results[f"{quality}_std"]
     shown = "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"

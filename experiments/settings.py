@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from experiments.dataset_loader import DATASETS, PREPROCESSING
+
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # characters of EXPERIMENT_NAME kept out of OUTPUT_FILE's default
 
 
 class SettingError(ValueError):
@@ -127,7 +130,7 @@ SETTINGS = [
     Setting("SEEDS", "0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each"),
     Setting("DATA_SEED", "0", integer(0), "seed of the subsample and the train/validation/test split"),
     Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),
-    Setting("OUTPUT_FILE", "results_{model}.json", text, "multi-seed results file"),
+    Setting("OUTPUT_FILE", "results_{experiment}.json", text, "multi-seed results file, one per experiment name"),
     Setting("VERBOSE", "false", boolean, "print one line per epoch"),
     Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
     Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend"),
@@ -165,6 +168,9 @@ def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
             values[s.dest] = s.parse(raw)
         except SettingError as err:
             raise SettingError(f"{source}={raw!r} {err}") from None
+    values["output_file"] = values["output_file"].replace(
+        "{experiment}", _FILE_UNSAFE.sub("_", values["experiment_name"])
+    )
     if not values["output_site"] < values["l"]:
         raise SettingError(f"OUTPUT_SITE={values['output_site']} must be in [0, L) = [0, {values['l']})")
     return values

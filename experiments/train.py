@@ -5,9 +5,13 @@ The shell scripts run_mpo2.sh, run_lmpo2.sh and run_mmpo2.sh call this; `--help`
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ def _fail(model: str, message: str) -> int:
 
 def _writable_file(path: Path) -> None:
     """Fail now, before training, if `path` cannot be written later; creates nothing that stays."""
+    if path.is_dir():
+        raise OSError(f"OUTPUT_FILE={str(path)!r} is a directory; name a file")
     directory = path.parent
     if not directory.is_dir():
         raise OSError(f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} does not exist")
@@ -162,7 +168,65 @@ def _failure(model: str, s: dict[str, Any], data, final: dict[str, float], test:
     return None
 
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    from ntn.tracking import Interrupted
+
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _hold_experiment(s: dict[str, Any], output: Path, backends: list) -> Iterator[None]:
+    """Lock what this process will write, before training: the experiment's name in TRACKER_DIR (with
+    the file backend) and the results file. A second process with the same ones is refused (ntn.files.Held)."""
+    from ntn.files import hold, release
+
+    locks = []
+    if any(b.name == "file" for b in backends):
+        tracker_dir = Path(s["tracker_dir"])
+        try:
+            tracker_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"TRACKER_DIR {str(tracker_dir)!r} is not a writable directory ({err.strerror})") from None
+        digest = hashlib.sha256(s["experiment_name"].encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        locks.append(tracker_dir / f".experiment-{digest}.lock")
+    locks.append(output.parent / f".{output.name}.lock")
+    held = []
+    try:
+        for path in locks:
+            held.append((path, hold(path)))
+        yield
+    finally:
+        for path, fd in reversed(held):
+            release(path, fd)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train every seed; a signal (Ctrl-C, SIGTERM, SIGHUP) ends it with one line and 128 + its number."""
+    previous = {name: signal.signal(getattr(signal, name), _raise_interrupted) for name in ("SIGTERM", "SIGHUP")}
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as err:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C (during an exit wait) leaves at once
+        name = getattr(err, "signal_name", "SIGINT")
+        print(f"interrupted by {name}{_where_records_are()}", file=sys.stderr)
+        return EXIT_CODES[name]
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+_RECORDS: list[str] = []  # where the run being trained keeps its records, for the interrupt's line
+
+
+def _where_records_are() -> str:
+    return f": {_RECORDS[-1]}" if _RECORDS else " before any run started; nothing was recorded"
+
+
+def _main(argv: list[str] | None = None) -> int:
+    _RECORDS.clear()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in MODELS:
         print(f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]", file=sys.stderr)
@@ -179,18 +243,34 @@ def main(argv: list[str] | None = None) -> int:
     # the plugins read their settings from the environment
     os.environ["TRACKER_DIR"], os.environ["AIM_REPO"] = s["tracker_dir"], s["aim_repo"]
 
-    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, start_run, validate
+    from ntn.files import Held
+    from ntn.tracking import TrackerSelectionError, TrackerValidationError, validate
 
     output = Path(s["output_file"])
+    held = contextlib.ExitStack()
     try:
         s["device"] = str(_device(s["device"]))
         backends = validate(s["tracker_backend"])
         _writable_file(output)
         data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
+        held.enter_context(_hold_experiment(s, output, backends))
+    except Held as err:
+        return _fail(
+            model,
+            f"EXPERIMENT_NAME={s['experiment_name']!r} (results {str(output)!r}) is being trained by {err}; "
+            "wait for it, or give this run another EXPERIMENT_NAME",
+        )
     except (TrackerSelectionError, TrackerValidationError, DatasetError, OSError) as err:
         return _fail(model, str(err))
     except ValueError as err:  # the device
         return _fail(model, f"DEVICE={s['device']!r}: {err}")
+    with held:
+        return _train(model, s, data, backends, output)
+
+
+def _train(model: str, s: dict[str, Any], data, backends: list, output: Path) -> int:
+    """Every seed, one tracked run each, and the results file after each; the exit code."""
+    from ntn.tracking import TrackerConfigError, start_run
 
     quality = "r2" if data.task == "regression" else "accuracy"
     config = {"model": model.upper(), "experiment": s["experiment_name"], **s, "dataset_info": data.info}
@@ -199,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     errors = 0
     for seed in s["seeds"]:
         name = f"{s['experiment_name']}_seed{seed}"
+        _RECORDS.append(
+            f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); the seeds before it in {output}"
+        )
         try:
             with start_run(name, config, backend=backends) as run:
                 try:
@@ -210,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                     entry = {"seed": seed, "loss": None, quality: None, "success": False, "error": error}
         except TrackerConfigError as err:
             return _fail(model, str(err))
+        except KeyboardInterrupt:
+            progress.close()
+            raise
         results.append(entry)
         progress.seed_done(seed, entry)
         ok = [r for r in results if r["success"]]
@@ -240,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         + f"; held-out test {quality} {held_out} -> {output}"
     )
     return 1 if errors else 0
+
+
+def _backends_shown(backends: list, s: dict[str, Any]) -> str:
+    """Where each backend keeps the run, in a few words."""
+    where = {"file": f"file: {s['tracker_dir']}/", "aim": f"aim: {s['aim_repo']}, spooled in .ntn-aim-spool/"}
+    return ", ".join(where.get(b.name, b.name) for b in backends) or "no tracker"
 
 
 class _Progress:

@@ -3,8 +3,10 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_script, tmp_path):
     done = run_script("mpo2", N_EPOCHS="4")
     assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert results["model"] == "MPO2" and results["n_total"] == 2 and results["n_success"] == 2
     test_r2 = [r["r2"] for r in results["results"]]
     assert results["r2_mean"] == pytest.approx(np.mean(test_r2)) and results["r2_std"] == pytest.approx(np.std(test_r2))
@@ -67,6 +69,13 @@ def test_sweep_loop_from_the_seed(tmp_path):
     subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=True, capture_output=True)
     for bond in (2, 3):
         assert load(tmp_path / "experiment_logs" / f"bond_sweep_{bond}_seed0.json")["hparams"]["bond_dim"] == bond
+        # failed on main: both steps wrote results_mpo2.json, and only the last bond dimension survived
+        results = json.loads((tmp_path / f"results_bond_sweep_{bond}.json").read_text())
+        assert results["config"]["bond_dim"] == bond and results["n_total"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "experiment_logs",
+        *(f"results_bond_sweep_{b}.json" for b in (2, 3)),
+    ]
 
 
 def test_flags_win_over_environment_and_scripts_work_from_any_directory(run_script, tmp_path):
@@ -86,7 +95,7 @@ def test_help_documents_every_setting(run_script):
 def test_classification_uses_accuracy(run_script, tmp_path):
     done = run_script("mpo2", DATASET="iris", N_SAMPLES="all", N_EPOCHS="3", BOND_DIM="3")
     assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert "accuracy_mean" in results and "r2_mean" not in results
     assert all(0 <= r["accuracy"] <= 1 for r in results["results"])
     run = load(tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json")
@@ -96,7 +105,7 @@ def test_classification_uses_accuracy(run_script, tmp_path):
 def test_n_samples_takes_effect(run_script, tmp_path):
     done = run_script("mpo2", DATASET="diabetes", N_SAMPLES="100", N_EPOCHS="1", SEEDS="0")
     assert done.returncode == 0, done.stderr
-    info = json.loads((tmp_path / "results_mpo2.json").read_text())["dataset_info"]
+    info = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["dataset_info"]
     assert info["n_total"] == 100 and info["n_train"] + info["n_val"] + info["n_test"] == 100
 
 
@@ -104,7 +113,7 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
     # an absurd initial scale makes seed computations overflow to non-finite values
     done = run_script("mpo2", INIT_STRENGTH="1e200", N_EPOCHS="1")
     assert done.returncode == 1
-    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert results["n_total"] == 2 and results["n_success"] == 0 and results["r2_mean"] is None
     for entry in results["results"]:
         assert entry["success"] is False and entry["error"]
@@ -123,15 +132,23 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
         ({"TRACKER_BACKEND": "bogus"}, "unknown tracker backend 'bogus'; installed backends:"),
         ({"OUTPUT_FILE": "no/such/dir/results.json"}, "directory 'no/such/dir' does not exist"),
         ({"TRACKER_DIR": "results_is_a_file/logs"}, "TRACKER_DIR 'results_is_a_file/logs' is not a writable"),
+        # each of these failed on main: accepted, then a traceback or a silently merged run
+        ({"SEEDS": "0,0"}, "SEEDS='0,0' must not repeat a seed (repeated: 0)"),
+        ({"JITTER_START": "inf"}, "JITTER_START='inf' must be a finite number"),
+        ({"INIT_STRENGTH": "1e999"}, "INIT_STRENGTH='1e999' must be a finite number"),
+        ({"OUTPUT_FILE": "results_dir"}, "OUTPUT_FILE='results_dir' is a directory"),
+        ({"DEVICE": "gpu"}, "DEVICE='gpu' must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_gets_one_line_and_no_files(run_script, tmp_path, env, message):
     (tmp_path / "results_is_a_file").write_text("")
+    (tmp_path / "results_dir").mkdir()
     done = run_script("mpo2", **env)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("run_mpo2.sh: error: ") and message in done.stderr, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results_is_a_file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results_dir", "results_is_a_file"]
+    assert list((tmp_path / "results_dir").iterdir()) == []
 
 
 def test_unwritable_output_directory_is_refused(run_script, tmp_path):
@@ -144,7 +161,7 @@ def test_unwritable_output_directory_is_refused(run_script, tmp_path):
 def test_default_california_run_beats_the_held_out_target(run_script, tmp_path):
     done = run_script("mpo2", DATASET="california_housing", N_SAMPLES="500", SEEDS="0,1,2,3,4")
     assert done.returncode == 0, done.stderr
-    results = json.loads((tmp_path / "results_mpo2.json").read_text())
+    results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert results["n_success"] == 5 and results["r2_mean"] >= 0.55
     assert results["dataset_info"]["source"].endswith("cal_housing.data")
 
@@ -194,7 +211,7 @@ def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_
 
     runs = aim_runs(tmp_path)
     assert sorted(runs) == ["bond_sweep_4_seed0", "bond_sweep_4_seed1"]
-    results = {r["seed"]: r for r in json.loads((tmp_path / "results_mpo2.json").read_text())["results"]}
+    results = {r["seed"]: r for r in json.loads((tmp_path / "results_bond_sweep_4.json").read_text())["results"]}
     for name, run in runs.items():
         assert run.experiment == "bond_sweep_4" and run["hparams"]["bond_dim"] == 4
         seed = run["summary"]["seed"]
@@ -213,7 +230,7 @@ def test_both_writes_the_same_run_to_the_json_file_and_to_aim(run_script, tmp_pa
     document = load(tmp_path / "experiment_logs" / "mmpo2_experiment_seed5.json")
     run = aim_runs(tmp_path)["mmpo2_experiment_seed5"]
     assert run["hparams"] == document["hparams"]
-    assert {k: v for k, v in document["summary"].items() if k != "status"} == run["summary"]
+    assert document["summary"] == run["summary"] and run["summary"]["status"] == "finished"
     curves = series(run)
     for entry in document["metrics_log"]:
         phase, step = ("init", 0) if entry["step"] == -1 else ("", entry["step"])
@@ -247,6 +264,79 @@ def test_every_model_learns_on_every_data_set_at_the_defaults(run_script, tmp_pa
     n_samples = "500" if dataset == "california_housing" else "all"
     done = run_script(model, DATASET=dataset, N_SAMPLES=n_samples, SEEDS="0", TRACKER_BACKEND="none")
     assert done.returncode == 0, done.stderr
-    (entry,) = json.loads((tmp_path / f"results_{model}.json").read_text())["results"]
+    (entry,) = json.loads((tmp_path / f"results_{model}_experiment.json").read_text())["results"]
     assert entry["success"], entry
     assert entry[quality] > FLOORS[dataset, quality][model], entry
+
+
+def _runs_parse_and_hold_every_step(directory, names, n_epochs):
+    for name in names:
+        run = json.loads((directory / f"{name}.json").read_text())  # a complete, valid document
+        assert [m["step"] for m in run["metrics_log"]] == list(range(-1, n_epochs)), name
+        assert run["summary"]["status"] == "finished" and run["summary"]["success"] is True, name
+
+
+@pytest.mark.slow
+def test_concurrent_launches_with_one_experiment_name_never_corrupt_or_lose_a_run(tmp_path):
+    """Failed on main in 7 of 7 tries: two processes spliced their entries into one run file, which no
+    longer parsed, both exited 0, and the results file kept only the last writer's results."""
+    env = dict(os.environ, PYTHON=sys.executable, DATASET="synthetic", N_SAMPLES="300", SEEDS="0,1", N_EPOCHS="3")
+    env |= {"TRACKER_BACKEND": "both", "EXPERIMENT_NAME": "same", "AIM_REPO": str(tmp_path)}
+    script = str(REPO / "experiments" / "run_mpo2.sh")
+    launches = [
+        subprocess.Popen(
+            ["bash", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in launches]
+    trained = [err for code, err in outcomes if code == 0]
+    refused = [err for code, err in outcomes if code == 2]
+    assert len(trained) >= 1 and len(trained) + len(refused) == 4, outcomes
+    for err in refused:  # refused before training, in one line naming the process that holds the experiment
+        assert err.count("\n") == 1 and "is being trained by process " in err and "Traceback" not in err, err
+    _runs_parse_and_hold_every_step(tmp_path / "experiment_logs", ["same_seed0", "same_seed1"], 3)
+    results = json.loads((tmp_path / "results_same.json").read_text())
+    assert results["n_total"] == 2 and results["n_success"] == 2
+    aim = aim_runs(tmp_path)  # every process that trained delivered both of its runs, complete
+    assert sorted(r.name for r in aim.values()).count("same_seed0") == len(trained)
+    summary = subprocess.run(
+        [sys.executable, "-m", "ntn.tracking", "summary", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = json.loads(summary.stdout)
+    assert row["experiment"] == "same" and row["runs"] == 2 and row["successful"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")] == []  # the locks are released
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupted_run_says_so_in_one_line_and_in_its_records(tmp_path, signum, code, name):
+    """Failed on main: Ctrl-C printed a traceback and left status "finished"; SIGTERM left "running"."""
+    env = dict(os.environ, PYTHON=sys.executable, DATASET="synthetic", N_SAMPLES="300", SEEDS="0,1")
+    env |= {"N_EPOCHS": "100000", "TRACKER_BACKEND": "file"}
+    process = subprocess.Popen(
+        ["bash", str(REPO / "experiments" / "run_mpo2.sh")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_file = tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until epochs are being recorded
+        if run_file.exists() and len(json.loads(run_file.read_text())["metrics_log"]) >= 3:
+            break
+        time.sleep(0.1)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == code
+    err = process.stderr.read()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"interrupted by {name}: run mpo2_experiment_seed0 recorded as interrupted"), err
+    summary = json.loads(run_file.read_text())["summary"]
+    assert summary["status"] == "interrupted" and summary["error"].startswith(f"interrupted by {name}")
+    assert not (tmp_path / "experiment_logs" / "mpo2_experiment_seed1.json").exists()

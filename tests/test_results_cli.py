@@ -50,7 +50,7 @@ def test_summary_numbers_match_an_independent_computation(logs):
     assert sorted(rows) == sorted(EXPERIMENTS)
     for name, seeds in EXPERIMENTS.items():
         row = rows[name]
-        assert row["runs"] == row["successful"] == len(seeds) and row["failed"] == {} and row["running"] == []
+        assert row["runs"] == row["successful"] == len(seeds) and row["failed"] == {} and row["running"] == {}
         for metric in ("test_r2", "test_loss", "r2"):
             values = np.array([s[metric] for s in seeds])
             stats = row[metric]
@@ -82,11 +82,13 @@ def test_running_and_failed_runs_are_never_counted_as_successes(logs):
     done = ntn_trackers("summary", "--format", "json", cwd=logs)
     row = next(r for r in json.loads(done.stdout) if r["experiment"] == "bond_sweep_4")
     assert row["runs"] == 6 and row["successful"] == 4
-    assert row["running"] == ["bond_sweep_4_seed9"]
+    ((name, updated),) = row["running"].items()
+    run_file = logs / "experiment_logs" / "bond_sweep_4_seed9.json"
+    assert name == "bond_sweep_4_seed9" and updated == pytest.approx(run_file.stat().st_mtime)
     assert row["failed"] == {"bond_sweep_4_seed10": "RuntimeError: singular system at site 1"}
     assert row["test_r2"]["max"] < 0.99  # the running run's figures are not in the statistics
     table = ntn_trackers("summary", cwd=logs).stdout
-    assert "running: bond_sweep_4_seed9" in table
+    assert "running: bond_sweep_4_seed9, last record 0 min ago" in table
     assert "failed: bond_sweep_4_seed10: RuntimeError: singular system at site 1" in table
 
 

@@ -35,6 +35,9 @@ class FailingTracker(BaseTracker):
         if step >= 1:
             raise RuntimeError(f"disk full at step {step}")
 
+    def finalize(self):
+        CALLS.append((self.experiment_name, "failing.finalize", {}))
+
 
 class FailingInit(BaseTracker):
     def __init__(self, experiment_name, config):

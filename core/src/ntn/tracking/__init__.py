@@ -12,10 +12,11 @@ from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.manager import TrackerValidationError
-from ntn.tracking.run import TrackedRun, TrackerWarning, start_run, validate
+from ntn.tracking.run import Interrupted, TrackedRun, TrackerWarning, start_run, validate
 
 __all__ = [
     "BaseTracker",
+    "Interrupted",
     "TrackedRun",
     "TrackerConfigError",
     "TrackerSelectionError",

@@ -2,8 +2,9 @@
 
 A reader is a function `read_runs(source: str) -> (records, problems)`. Each record has the shape of
 the seed's run file — `experiment_name`, `config`, `hparams`, `metrics_log` (a list of `{"step": ...,
-metric: value}`, step -1 for the initial evaluation) and `summary` (with `status` "running" or
-"finished") — and each problem is a one-line description of a source that could not be read.
+metric: value}`, step -1 for the initial evaluation) and `summary` (with `status` "running",
+"finished", "failed" or "interrupted", and for a running run optionally `updated`, the Unix time of its
+last record) — and each problem is a one-line description of a source that could not be read.
 """
 
 from __future__ import annotations

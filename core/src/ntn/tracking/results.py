@@ -17,7 +17,7 @@ from typing import Any
 from ntn.tracking.readers import Record
 
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
-NOT_METRICS = {"seed", "success", "status", "best_epoch", "error"}
+NOT_METRICS = {"seed", "success", "status", "best_epoch", "error", "updated"}
 
 
 def experiment_of(record: Record) -> str:
@@ -104,7 +104,9 @@ def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
             "experiment": exp.name,
             "runs": len(exp.runs),
             "successful": len(exp.by_status("ok")),
-            "running": [r.get("experiment_name") for r in exp.by_status("running")],
+            "running": {
+                r.get("experiment_name"): (r.get("summary") or {}).get("updated") for r in exp.by_status("running")
+            },
             "failed": {
                 r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in exp.by_status("failed")
             },

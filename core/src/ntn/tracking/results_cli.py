@@ -6,8 +6,10 @@ import argparse
 import csv
 import io
 import json
+import math
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,15 @@ def _emit(rows: list[dict[str, Any]], fmt: str, table: str) -> None:
         print(table)
 
 
+def _age(updated: Any) -> str:
+    """ ", last record 3 h 5 min ago" for a Unix time; a run that stays running was killed, or still trains."""
+    if not isinstance(updated, int | float) or not math.isfinite(updated):
+        return ""
+    minutes = max(0, int(time.time() - updated)) // 60
+    shown = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return f", last record {shown} ago (a process killed with SIGKILL leaves its run running)"
+
+
 def _summary(args: argparse.Namespace) -> int:
     experiments = group(_records(args))
     rows = summary_rows(experiments)
@@ -88,7 +99,7 @@ def _summary(args: argparse.Namespace) -> int:
         for r in rows
     ]
     text = tabulate(table, headers=["experiment", "runs", "ok", "running", "failed", *metrics, "best epoch"])
-    notes = [f"running: {name}" for r in rows for name in r["running"]]
+    notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
     _emit(rows, args.format, "\n".join([text, "", *notes]) if notes else text)
     return 0

@@ -16,6 +16,22 @@ class TrackerWarning(UserWarning):
     """A tracker failed and was disabled for the rest of the run; training goes on."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM, SIGHUP; SIGINT raises KeyboardInterrupt)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def status_after(err: BaseException | None, summary: dict[str, Any]) -> str:
+    """A finished run's status: "interrupted" (a signal), "failed" (an exception, or success: false)
+    or "finished"."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return "failed" if err is not None or summary.get("success") is False else "finished"
+
+
 class TrackedRun:
     """One run (one seed) and the tracker instances that record it.
 
@@ -31,6 +47,7 @@ class TrackedRun:
         self.failures: list[dict[str, str]] = []
         self.summary: dict[str, Any] = {}
         self.active: list[str] = []  # names of the trackers still receiving calls
+        self._finalizers: list[tuple[str, Callable[[], Any]]] = []  # every tracker built, failed or not
         # hook → (tracker name, its method, the arguments it takes), for the active trackers
         self._impls: dict[str, list[tuple[str, Callable[..., Any], tuple[str, ...]]]] = {hook: [] for hook in HOOKS}
         for backend in backends:
@@ -44,7 +61,10 @@ class TrackedRun:
                 self._fail(backend.name, "__init__", err)
                 continue
             for hook, argnames in arguments.items():
-                self._impls[hook].append((backend.name, getattr(tracker, hook), argnames))
+                if hook == "finalize":
+                    self._finalizers.append((backend.name, tracker.finalize))
+                else:
+                    self._impls[hook].append((backend.name, getattr(tracker, hook), argnames))
             self.active.append(backend.name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
@@ -78,7 +98,14 @@ class TrackedRun:
         self._call("log_summary", summary=summary)
 
     def finalize(self) -> None:
-        self._call("finalize")
+        """Call `finalize` once on every tracker that was built, also on those disabled by a failure in
+        another hook; each call is isolated (a failing one is reported, the others still run)."""
+        finalizers, self._finalizers = self._finalizers, []
+        for name, function in finalizers:
+            try:
+                function()
+            except Exception as err:
+                self._fail(name, "finalize", err)
         self.active = []
         self._impls = {hook: [] for hook in HOOKS}
 
@@ -105,15 +132,25 @@ def start_run(
     :param backend: backend names, or the Backends that `validate` returned (many runs of one
         experiment then look up and import the plugins once)
 
-    If the body raises, the summary records success: false and error: "<Type>: <message>" before
-    `finalize`, and the exception propagates. `finalize` always runs.
+    Before `finalize`, the summary gets the run's `status` (`status_after`): "finished", "failed" (the
+    body raised, or the summary says success: false) or "interrupted" (KeyboardInterrupt, `Interrupted`).
+    If the body raises, the summary also records success: false and error: "<Type>: <message>", and the
+    exception propagates. `finalize` always runs, on every tracker that was built.
     """
     run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     try:
         yield run
     except BaseException as err:
-        run.log_summary({"success": False, "error": f"{type(err).__name__}: {err}"})
+        if isinstance(err, Interrupted):
+            error = f"interrupted by {err.signal_name}"
+        elif isinstance(err, KeyboardInterrupt):
+            error = "interrupted by SIGINT (Ctrl-C)"
+        else:
+            error = f"{type(err).__name__}: {err}"
+        run.log_summary({"status": status_after(err, run.summary), "success": False, "error": error})
         raise
+    else:
+        run.log_summary({"status": status_after(None, run.summary)})
     finally:
         run.finalize()
 

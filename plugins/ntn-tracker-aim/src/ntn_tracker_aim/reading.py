@@ -31,6 +31,13 @@ def series(run) -> dict[tuple[str, str], list[tuple[int, float]]]:
     return out
 
 
+def _summary(summary: dict, active: bool) -> dict:
+    """The recorded summary, with the status a reader should show: "running" while Aim holds the run
+    open, else the recorded one ("finished", "failed", "interrupted"); runs of older versions, which
+    recorded none, are "finished"."""
+    return summary | {"status": "running" if active else summary.get("status", "finished")}
+
+
 def to_record(run) -> dict:
     """An aim Run in the shape of a run file: metrics per step, the init context back at step -1."""
     log: dict[int, dict] = {}
@@ -50,7 +57,7 @@ def to_record(run) -> dict:
         "config": param("config"),
         "hparams": param("hparams"),
         "metrics_log": [log[s] for s in sorted(log)],
-        "summary": param("summary") | {"status": "running" if run.active else "finished"},
+        "summary": _summary(param("summary"), run.active),
         "aim": {"hash": run.hash, "experiment": run.experiment},
     }
 

@@ -33,5 +33,7 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
         if wrong:
             problems.append(f"{file}: not an ntn run file (no {', '.join(wrong)})")
             continue
+        if record["summary"].get("status") == "running":  # when its last record was written
+            record["summary"]["updated"] = file.stat().st_mtime
         records.append(record)
     return records, problems

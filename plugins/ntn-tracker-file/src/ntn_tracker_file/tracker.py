@@ -10,7 +10,9 @@ hparams, the next metrics entry, or the summary) to its end:
 A run's first document overwrites an earlier run's file of the same name the same way. In place is
 the rule because it is cheap: on ext4, renaming over a file forces a writeback of the new one (~0.2 ms,
 more than all the in-place writes of a default run).
-While the run is going, `summary.status` is "running"; `finalize` sets it to "finished".
+While the run is going, `summary.status` is "running"; `finalize` sets it to "finished" unless the core
+has recorded another status ("failed", "interrupted") first. A process killed with SIGKILL leaves
+"running", with the file's modification time as the age of its last record.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ class FileTracker:
         self._write_summary()
 
     def finalize(self) -> None:
-        self.summary["status"] = "finished"
+        if self.summary.get("status") == "running":
+            self.summary["status"] = "finished"
         try:
             self._write_summary()
         finally:
