@@ -22,8 +22,15 @@ MODELS = ("mpo2", "lmpo2", "mmpo2")
 
 
 def _fail(model: str, message: str) -> int:
-    print(f"run_{model}.sh: error: {message}", file=sys.stderr)
+    print(f"run_{model}.sh: error: {_redact(message)}", file=sys.stderr)
     return 2
+
+
+def _redact(text: str) -> str:
+    """`text` without the secrets of the environment (ntn.tracking.redact), for stderr."""
+    from ntn.tracking.redact import Redactor
+
+    return Redactor().text(text)
 
 
 def _writable_file(path: Path) -> None:
@@ -49,7 +56,9 @@ def _device(name: str):
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
+    from ntn.tracking.redact import Redactor
+
+    write_atomic(path, json.dumps(Redactor()(document), indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -211,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C (during an exit wait) leaves at once
         name = getattr(err, "signal_name", "SIGINT")
-        print(f"interrupted by {name}{_where_records_are()}", file=sys.stderr)
+        print(_redact(f"interrupted by {name}{_where_records_are()}"), file=sys.stderr)
         return EXIT_CODES[name]
     finally:
         for name, handler in previous.items():
@@ -240,11 +249,13 @@ def _main(argv: list[str] | None = None) -> int:
         s = resolve(model, argv)
     except SettingError as err:
         return _fail(model, str(err))
+    # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
+    s["experiment_name"], s["output_file"] = _redact(s["experiment_name"]), _redact(s["output_file"])
     # the plugins read their settings from the environment
     os.environ["TRACKER_DIR"], os.environ["AIM_REPO"] = s["tracker_dir"], s["aim_repo"]
 
     from ntn.files import Held
-    from ntn.tracking import TrackerSelectionError, TrackerValidationError, validate
+    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
 
     output = Path(s["output_file"])
     held = contextlib.ExitStack()
@@ -260,7 +271,7 @@ def _main(argv: list[str] | None = None) -> int:
             f"EXPERIMENT_NAME={s['experiment_name']!r} (results {str(output)!r}) is being trained by {err}; "
             "wait for it, or give this run another EXPERIMENT_NAME",
         )
-    except (TrackerSelectionError, TrackerValidationError, DatasetError, OSError) as err:
+    except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
         return _fail(model, str(err))
     except ValueError as err:  # the device
         return _fail(model, f"DEVICE={s['device']!r}: {err}")

@@ -340,3 +340,54 @@ def test_an_interrupted_run_says_so_in_one_line_and_in_its_records(tmp_path, sig
     summary = json.loads(run_file.read_text())["summary"]
     assert summary["status"] == "interrupted" and summary["error"].startswith(f"interrupted by {name}")
     assert not (tmp_path / "experiment_logs" / "mpo2_experiment_seed1.json").exists()
+
+
+SECRET = "s3cr3t-Value-42xyz"
+
+
+@pytest.mark.slow
+def test_a_secret_never_leaves_the_process(tmp_path):
+    """Failed on main: a secret inside EXPERIMENT_NAME reached the run file's name, the results file, the
+    Aim run name and the spool; a generic secret variable (MY_SERVICE_TOKEN) was not redacted at all."""
+    env = dict(os.environ, PYTHON=sys.executable, DATASET="synthetic", N_SAMPLES="200", SEEDS="0", N_EPOCHS="2")
+    env |= {"MY_SERVICE_TOKEN": SECRET, "EXPERIMENT_NAME": f"exp_{SECRET}", "TRACKER_BACKEND": "both"}
+    env |= {"AIM_REPO": str(tmp_path / "repo")}
+    done = subprocess.run(
+        ["bash", str(REPO / "experiments" / "run_mpo2.sh")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    files = [p for p in tmp_path.rglob("*")]
+    assert files and not [p for p in files if SECRET in str(p)]
+    leaks = [p for p in files if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaks == []
+    (name,) = aim_runs(tmp_path / "repo")
+    assert name == "exp_[REDACTED]_seed0"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AIM_REPO": "http://example.org:43800"}, "AIM_REPO='http://example.org:43800': only aim:// servers"),
+        ({"AIM_REPO": "aim://127.0.0.1:99999"}, "is not aim://host:port with a port in 1-65535"),
+        ({"AIM_REPO": "a_file"}, "is a file, not a directory"),
+        (
+            {"AIM_REPO": "aim://127.0.0.1:9", "AIM_CUSTOM_HEADERS": json.dumps({"X-Key": f"{SECRET}\r\nX-Evil: 1"})},
+            "header 'X-Key' of AIM_CUSTOM_HEADERS holds a control character",
+        ),
+        (
+            {"AIM_REPO": "aim://127.0.0.1:9", "AIM_AUTH_TOKEN": f"{SECRET}\n"},
+            "AIM_AUTH_TOKEN holds a control character",
+        ),
+        ({"AIM_REPO": "aim://127.0.0.1:9", "AIM_CUSTOM_HEADERS": '{"Bad Name": "v"}'}, "header name 'Bad Name'"),
+    ],
+)
+def test_bad_aim_settings_are_refused_in_one_line_before_anything_is_written(run_script, tmp_path, env, message):
+    """Failed on main: http:// made a local directory `http:`, a file as AIM_REPO waited 30 s, and a CR/LF
+    header value ended in a traceback that printed the raw token, with exit code 0."""
+    (tmp_path / "a_file").write_text("")
+    done = run_script("mpo2", TRACKER_BACKEND="both", **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and SECRET not in done.stderr
+    assert message in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -74,7 +74,7 @@ def test_a_failed_run_records_success_false_and_the_error():
     assert flush()
     (run_hash,) = index_runs(".")
     summary = Run(run_hash, repo=".", read_only=True)["summary"]
-    assert summary == {"success": False, "error": "FloatingPointError: overflow at site 2"}
+    assert summary == {"status": "failed", "success": False, "error": "FloatingPointError: overflow at site 2"}
 
 
 def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():

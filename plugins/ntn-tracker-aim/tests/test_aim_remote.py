@@ -45,7 +45,7 @@ def test_runs_land_in_the_remote_servers_repository(aim_server, monkeypatch):
     assert sorted(runs) == ["remote_seed0", "remote_seed1"]
     for run in runs.values():
         assert run.experiment == "remote" and run["hparams"] == {"bond_dim": 6}
-        assert run["summary"] == {"success": True}
+        assert run["summary"] == {"success": True, "status": "finished"}
         assert series(run)[("loss", "")] == [(s, 1.0 / (s + 1)) for s in range(4)]
         assert series(run)[("loss", "init")] == [(0, 9.0)]
     assert not Path(".aim").exists()  # nothing local
@@ -118,7 +118,7 @@ def test_on_a_slow_link_the_probe_never_delays_training_and_a_refusal_stops_the_
                 pytest.fail("the run must not start")
         journals = [read_records(p) for p in Path(".ntn-aim-spool").glob("*.jsonl")]
         (kept,) = [records for records in journals if records[0]["name"] == "slowlink_seed0"]
-        assert [r["op"] for r in kept] == ["open", "metrics", "finalize"]  # kept for `ntn-trackers sync`
+        assert [r["op"] for r in kept] == ["open", "metrics", "summary", "finalize"]  # kept for `ntn-trackers sync`
         assert slow.accepted == {"http": 0, "websocket": 0}  # nothing was delivered with the wrong credentials
     finally:
         slow.close()

@@ -3,10 +3,12 @@
 Two rules, applied recursively to dicts, lists, tuples and sets:
 - by name: the value of a key that looks secret (`*secret*`, `*token*`, `*password*`, `*_key`,
   `authorization`, `*headers*`) is replaced whole;
-- by value: any occurrence of a current secret from the environment (`CF_ACCESS_CLIENT_SECRET`,
-  `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`, every value in the JSON object `AIM_CUSTOM_HEADERS`)
-  inside any string is replaced; any other value (a path, an array, an object) whose text holds one
-  becomes that text, redacted. Values shorter than 4 characters are not searched for.
+- by value: any occurrence of a current secret from the environment inside any string is replaced;
+  any other value (a path, an array, an object) whose text holds one becomes that text, redacted.
+  The secrets are the values of `CF_ACCESS_CLIENT_SECRET`, `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`,
+  every value in the JSON object `AIM_CUSTOM_HEADERS` (4 characters or more), and the value of every
+  variable whose name marks it as secret (TOKEN, SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL, AUTH,
+  COOKIE, PRIVATE; 8 characters or more, so that short flags such as "true" stay readable).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ REDACTED = "[REDACTED]"
 SECRET_ENV_VARS = ("CF_ACCESS_CLIENT_SECRET", "CF_ACCESS_CLIENT_ID", "AIM_AUTH_TOKEN")
 SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4
+SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.IGNORECASE)
+MIN_GENERIC_SECRET_LENGTH = 8
 _PLAIN = frozenset({float, int, bool, type(None)})  # values with nothing to redact
 
 
@@ -40,7 +44,9 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
         headers = {}
     if isinstance(headers, dict):
         values += [str(v) for v in headers.values()]
-    return sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+    values = [v for v in values if len(v) >= MIN_SECRET_LENGTH]
+    values += [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= MIN_GENERIC_SECRET_LENGTH]
+    return sorted(set(values), key=len, reverse=True)
 
 
 def _blank(value: Any) -> bool:

@@ -41,7 +41,7 @@ class TrackedRun:
 
     def __init__(self, experiment_name: str, config: dict[str, Any], backends: Sequence[Backend]) -> None:
         self.redact = Redactor()
-        self.experiment_name = experiment_name
+        experiment_name = self.experiment_name = self.redact.text(experiment_name)  # it names files and runs
         self.config = self.redact(config)
         self.backends = [b.name for b in backends]
         self.failures: list[dict[str, str]] = []
@@ -162,12 +162,21 @@ def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Ba
 
 
 def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
-    """Select the backends and check each tracker class against the hookspecs, before any training.
+    """Select the backends and check each tracker class against the hookspecs, before any training; a
+    factory with a `check_environment()` (class)method has it called, to refuse its configuration now.
 
     Factories that are not classes can only be checked when a run builds them.
+
+    :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted
     """
     backends = select(backend)
     for b in backends:
         if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
             hook_arguments(b.factory, b.name)
+        check = getattr(b.factory, "check_environment", None)
+        if callable(check):
+            try:
+                check()
+            except TrackerConfigError as err:
+                raise TrackerConfigError(Redactor().text(str(err))) from None
     return backends

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +47,31 @@ def headers_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]
                 'AIM_CUSTOM_HEADERS must be a JSON object of header names to values, e.g. {"X-Key": "..."}'
             )
         headers |= {str(k): str(v) for k, v in custom.items()}
+    for name, value in headers.items():
+        _check_header(name, value, environ)
     return headers
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # the characters HTTP allows in a header name
+_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but tab: CR, LF, NUL, ...
+
+
+def _check_header(name: str, value: str, environ: Mapping[str, str]) -> None:
+    """Refuse what HTTP forbids, naming the variable it came from and never the value.
+
+    :raises TrackerConfigError: a header name with characters outside HTTP's token, or a value with CR,
+        LF, NUL or another control character
+    """
+    source = {
+        "CF-Access-Client-Id": "CF_ACCESS_CLIENT_ID",
+        "CF-Access-Client-Secret": "CF_ACCESS_CLIENT_SECRET",
+        "Authorization": "AIM_AUTH_TOKEN" if environ.get("AIM_AUTH_TOKEN") else "AIM_CUSTOM_HEADERS",
+    }.get(name, "AIM_CUSTOM_HEADERS")
+    if not _TOKEN.fullmatch(name):
+        raise TrackerConfigError(f"{source}: header name {name!r} has characters HTTP does not allow in a name")
+    if _FORBIDDEN_IN_VALUE.search(value):
+        where = f"header {name!r} of {source}" if source == "AIM_CUSTOM_HEADERS" else source
+        raise TrackerConfigError(f"{where} holds a control character (CR, LF, NUL, ...), which HTTP forbids")
 
 
 class _RequestHeaders:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 from pathlib import Path
 
 from ntn.tracking import TrackerConfigError
@@ -20,12 +21,21 @@ def aim_repo_argument(setting: str | None = None) -> str:
     local path is a root directory, and its repository is `<path>/.aim` (as `aim init` makes it).
     """
     setting = (setting if setting is not None else os.environ.get("AIM_REPO", "")).strip() or DEFAULT_REPO
+    allowed = "a local directory or aim://host:port"
     if setting.startswith(REMOTE_PREFIX):
-        if not setting[len(REMOTE_PREFIX) :].strip("/"):
-            raise TrackerConfigError(f"AIM_REPO={setting!r} names no server; use aim://host:port")
+        address = setting[len(REMOTE_PREFIX) :].rstrip("/")
+        host, _, port = address.rpartition(":")
+        if not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+            raise TrackerConfigError(f"AIM_REPO={setting!r} is not aim://host:port with a port in 1-65535")
         return setting.rstrip("/")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", setting):
+        raise TrackerConfigError(f"AIM_REPO={setting!r}: only aim:// servers are supported; use {allowed}")
     path = Path(setting).expanduser().absolute()  # absolute: the uploader may work from another directory
-    return str(path.parent if path.name == ".aim" else path)
+    root = path.parent if path.name == ".aim" else path
+    for part in (root, root / ".aim"):
+        if part.exists() and not part.is_dir():
+            raise TrackerConfigError(f"AIM_REPO={setting!r}: {str(part)!r} is a file, not a directory; use {allowed}")
+    return str(root)
 
 
 def probe_server(remote: str, headers: dict[str, str]) -> None:

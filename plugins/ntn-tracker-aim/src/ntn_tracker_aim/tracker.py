@@ -49,6 +49,14 @@ class AimTracker:
         )
         process.track(self.journal.path, key)
 
+    @classmethod
+    def check_environment(cls) -> None:
+        """AIM_REPO and the authentication variables, checked before any run starts.
+
+        :raises TrackerConfigError: one line naming the variable at fault
+        """
+        process.key_of(aim_repo_argument())
+
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self.journal.append({"op": "hparams", "hparams": self.redact(to_builtin(hparams))})
 
