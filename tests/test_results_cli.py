@@ -104,6 +104,47 @@ def test_damaged_and_foreign_files_are_reported_in_one_line_each_and_skipped(log
     assert sorted(r["experiment"] for r in json.loads(done.stdout)) == sorted(EXPERIMENTS)
 
 
+HOSTILE = {
+    "log_not_objects.json": {"experiment_name": "h1", "metrics_log": [1, 2], "summary": {}},
+    "step_not_number.json": {"experiment_name": "h2", "metrics_log": [{"step": "x", "loss": 1}], "summary": {}},
+    "config_not_object.json": {"experiment_name": "h3", "config": [1], "metrics_log": [], "summary": {}},
+    "error_not_text.json": {"experiment_name": "h4", "metrics_log": [], "summary": {"success": False, "error": [1]}},
+    "best_epoch_text.json": {
+        "experiment_name": "h5",
+        "metrics_log": [],
+        "summary": {"success": True, "best_epoch": "2"},
+    },
+}
+
+
+def test_malformed_and_hostile_run_files_never_crash_the_results_commands(logs):
+    """Failed on main: each of these files made summary/plot crash with a traceback, hiding the good runs."""
+    runs = logs / "experiment_logs"
+    for name, document in HOSTILE.items():
+        (runs / name).write_text(json.dumps(document))
+    (runs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    (runs / "evil.json").write_text(
+        json.dumps(
+            {
+                "experiment_name": f"evil{escape}_seed0",
+                "metrics_log": [{"step": 0, "loss": 1.0}],
+                "summary": {"status": "finished", "success": False, "error": f"boom{escape}"},
+            }
+        )
+    )
+    for command in (("summary",), ("summary", "--format", "csv"), ("compare", "bond_sweep_4", "bond_sweep_8")):
+        done = ntn_trackers(*command, cwd=logs)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "\x1b" not in done.stdout + done.stderr and "bond_sweep_8" in done.stdout
+        skipped = done.stderr.splitlines()
+        assert len(skipped) == len(HOSTILE) + 1 and all(line.startswith("ntn-trackers: skipped ") for line in skipped)
+    table = ntn_trackers("summary", cwd=logs).stdout
+    assert "failed: evil\\x1b]0;owned\\x07\\x1b[2J_seed0: boom\\x1b" in table
+    plot = ntn_trackers("plot", "--metric", "loss", "-o", "curves.png", cwd=logs)
+    assert plot.returncode == 0 and (logs / "curves.png").stat().st_size > 0, plot.stderr
+
+
 def test_explicit_paths_and_missing_sources(logs):
     one = ntn_trackers("summary", "--format", "json", "experiment_logs/bond_sweep_8_seed0.json", cwd=logs)
     assert [r["runs"] for r in json.loads(one.stdout)] == [1]

@@ -263,3 +263,24 @@ def test_singular_system_is_rescued_by_adaptive_jitter():
     trainer = NTN(MPO2(3, 2, 5, 1, 1, seed=0), X, np.ones(10))
     trainer.fit(2, jitter=[0.0, 0.0], regularize=False)
     assert trainer.evaluate(X, np.ones(10))["loss"] < 1e-8
+
+
+def test_memory_and_start_up_do_not_grow_with_n_epochs():
+    """Failed on main: fit(10**9) built a list of a billion jitters before its first epoch (gigabytes)."""
+    import tracemalloc
+
+    X, y = regression_data(n=100, seed=6)
+    trainer = NTN(MPO2(3, 2, 5, 1, 1, 0.2, seed=0), X, y)
+
+    class FirstEpochDone(Exception):
+        pass
+
+    def stop(epoch, scores, info):
+        raise FirstEpochDone
+
+    tracemalloc.start()
+    with pytest.raises(FirstEpochDone):
+        trainer.fit(10**9, callback_epoch=stop)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20, peak

@@ -47,9 +47,41 @@ class NewtonStepError(RuntimeError):
     """A core's Newton system stayed singular or non-finite up to the jitter bound."""
 
 
-def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -> list[float]:
+class JitterSchedule(Sequence[float]):
+    """jitter[e] = max(start · decay^e, minimum), e < n_epochs: computed on demand, so that its memory and
+    its making do not grow with n_epochs."""
+
+    def __init__(self, n_epochs: int, start: float, decay: float, minimum: float) -> None:
+        for name, value in (("jitter_start", start), ("jitter_decay", decay), ("jitter_min", minimum)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.n_epochs, self.start, self.decay, self.minimum = n_epochs, start, decay, minimum
+
+    def __len__(self) -> int:
+        return self.n_epochs
+
+    def __getitem__(self, epoch):  # type: ignore[override]
+        if isinstance(epoch, slice):
+            return [self[e] for e in range(*epoch.indices(self.n_epochs))]
+        if not -self.n_epochs <= epoch < self.n_epochs:
+            raise IndexError(epoch)
+        epoch %= self.n_epochs
+        try:
+            value = self.start * self.decay**epoch
+        except OverflowError:  # decay > 1 over very many epochs
+            value = math.inf
+        return max(value, self.minimum)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"JitterSchedule({self.n_epochs}, start={self.start}, decay={self.decay}, minimum={self.minimum})"
+
+
+def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -> JitterSchedule:
     """jitter[e] = max(start · decay^e, minimum)."""
-    return [max(start * decay**e, minimum) for e in range(n_epochs)]
+    return JitterSchedule(n_epochs, start, decay, minimum)
 
 
 def newton_step(
@@ -283,11 +315,12 @@ class NTN:
             raise ValueError(f"select must be one of {list(SELECTIONS)}, got {select!r}")
         if select == "val_loss" and self.validation is None:
             raise ValueError("select='val_loss' needs validation data (X_val, y_val)")
-        schedule = (
-            list(jitter) if jitter is not None else jitter_schedule(n_epochs, jitter_start, jitter_decay, jitter_min)
-        )
-        if len(schedule) != n_epochs or not all(math.isfinite(j) and j >= 0 for j in schedule):
-            raise ValueError(f"jitter must hold {n_epochs} finite values >= 0, got {schedule!r}")
+        if jitter is None:
+            schedule: Sequence[float] = JitterSchedule(n_epochs, jitter_start, jitter_decay, jitter_min)
+        else:
+            schedule = list(jitter)
+            if len(schedule) != n_epochs or not all(math.isfinite(j) and j >= 0 for j in schedule):
+                raise ValueError(f"jitter must hold {n_epochs} finite values >= 0, got {schedule!r}")
 
         scores = self.scores()
         if callback_init is not None:

@@ -17,8 +17,44 @@ Record = dict[str, Any]
 
 
 def read_runs(backend: str, source: str) -> tuple[list[Record], list[str]]:
-    """Records from `source` through the reader of `backend` (e.g. "file" or "aim")."""
+    """Records from `source` through the reader of `backend` (e.g. "file" or "aim"); a record whose shape
+    is wrong anywhere (`problem_of`) is left out, with a one-line problem instead."""
     readers = {ep.name: ep for ep in entry_points(group=READERS_GROUP)}
     if backend not in readers:
         raise ValueError(f"reading {backend!r} runs needs the {backend} plugin: pip install ntn-tracker-{backend}")
-    return readers[backend].load()(source)
+    found, problems = readers[backend].load()(source)
+    records = []
+    for record in found:
+        problem = problem_of(record)
+        if problem is None:
+            records.append(record)
+        else:
+            name = record.get("experiment_name") if isinstance(record, dict) else None
+            problems.append(f"{source}: run {name!r} is malformed ({problem})")
+    return records, problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def problem_of(record: Any) -> str | None:
+    """What is wrong with a record's shape, in a few words; None for a well-formed one."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    if not isinstance(record.get("experiment_name"), str):
+        return "experiment_name is not a string"
+    for key in ("config", "hparams", "summary"):
+        if not isinstance(record.get(key, {}), dict):
+            return f"{key} is not an object"
+    log = record.get("metrics_log", [])
+    if not isinstance(log, list) or not all(isinstance(m, dict) and _number(m.get("step")) for m in log):
+        return "metrics_log is not a list of objects with a numeric step"
+    summary = record.get("summary", {})
+    if not isinstance(summary.get("error", ""), str | type(None)):
+        return "summary.error is not a string"
+    if "best_epoch" in summary and not isinstance(summary["best_epoch"], int | type(None)):
+        return "summary.best_epoch is not an integer"
+    if not isinstance(record.get("config", {}).get("experiment", ""), str | type(None)):
+        return "config.experiment is not a string"
+    return None

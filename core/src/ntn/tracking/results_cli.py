@@ -38,10 +38,16 @@ def _records(args: argparse.Namespace) -> list[Record]:
     for found, problems in batches:
         records += found
         for problem in problems:
-            print(f"ntn-trackers: skipped {problem}", file=sys.stderr)
+            print(_printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
     return records
+
+
+def _printable(text: Any) -> str:
+    """`text` with every control character escaped (\\x1b, \\n, ...): names and errors come from files
+    anyone may have written, and a terminal must not act on them."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def _stat_cell(stats: dict[str, float]) -> str:
@@ -72,7 +78,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, table: str) -> None:
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
-        print(buffer.getvalue(), end="")
+        print("\n".join(_printable(line) for line in buffer.getvalue().splitlines()))
     else:
         print(table)
 
@@ -93,14 +99,16 @@ def _summary(args: argparse.Namespace) -> int:
     if args.metrics:
         metrics = [m for m in args.metrics.split(",") if m]
     table = [
-        [r["experiment"], r["runs"], r["successful"], len(r["running"]), len(r["failed"])]
+        [_printable(r["experiment"]), r["runs"], r["successful"], len(r["running"]), len(r["failed"])]
         + [_stat_cell(r[m]) if m in r else "-" for m in metrics]
         + [_best_epoch_cell(r["best_epoch"])]
         for r in rows
     ]
-    text = tabulate(table, headers=["experiment", "runs", "ok", "running", "failed", *metrics, "best epoch"])
+    headers = ["experiment", "runs", "ok", "running", "failed", *map(_printable, metrics), "best epoch"]
+    text = tabulate(table, headers=headers)
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
+    notes = [_printable(note) for note in notes]
     _emit(rows, args.format, "\n".join([text, "", *notes]) if notes else text)
     return 0
 
@@ -109,13 +117,13 @@ def _compare(args: argparse.Namespace) -> int:
     experiments = group(_records(args))
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
-        raise ValueError(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}")
+        raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
     chosen: list[Experiment] = [experiments[name] for name in args.experiments]
     rows = comparison_rows(chosen)
     ref = chosen[0].name
-    headers = ["metric", *[e.name for e in chosen], *[f"{e.name} − {ref}" for e in chosen[1:]]]
+    headers = [_printable(h) for h in ["metric", *[e.name for e in chosen], *[f"{e.name} − {ref}" for e in chosen[1:]]]]
     table = [
-        [r["metric"]]
+        [_printable(r["metric"])]
         + [f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g} (n={r[e.name]['n']})" for e in chosen]
         + [f"{r[f'{e.name} - {ref}']['difference']:+.4g} ± {r[f'{e.name} - {ref}']['spread']:.2g}" for e in chosen[1:]]
         for r in rows

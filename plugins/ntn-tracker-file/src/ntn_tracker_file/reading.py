@@ -24,8 +24,8 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
     for file in files:
         try:
             record = load(file)
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            problems.append(f"{file}: not valid JSON ({type(err).__name__}: {str(err).splitlines()[0]})")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as err:
+            problems.append(f"{file}: not valid JSON ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})")
             continue
         wrong = [
             k for k, kind in REQUIRED.items() if not isinstance(record, dict) or not isinstance(record.get(k), kind)
