@@ -121,6 +121,7 @@ def test_server_never_started_training_goes_on_then_sync(tmp_path):
     (warning,) = [line for line in stderr.splitlines() if line.startswith("ntn-tracker-aim:")]
     records = 1 + 1 + 1 + EPOCHS + 1 + 1 + 1  # open, hparams, init metrics, epochs, summary, status, finalize
     assert warning.startswith(f"ntn-tracker-aim: {SEEDS * records} records of {SEEDS} runs were not delivered to {url}")
+    assert f"{url} (the server cannot be reached" in warning  # failed on main: no reason was given
     server = AimServer(tmp_path / "repo")
     try:
         done = sync(tmp_path, server.url)
@@ -151,6 +152,55 @@ def test_sigkill_while_the_server_is_down_loses_nothing_logged(tmp_path):
     }
     assert series(runs["resilience_seed0"])[("loss", "")] == [(e, 1.0 / (e + 1)) for e in range(EPOCHS)]
     assert [s for s, _ in series(runs["resilience_seed1"])[("loss", "")]][:8] == list(range(8))
+    # failed on main: the killed run was listed as "failed: None"
+    killed = runs["resilience_seed1"]["summary"]
+    assert killed["status"] == "interrupted" and killed["error"].startswith("the training process ended before")
+    assert runs["resilience_seed0"]["summary"]["status"] == "finished"
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and never answers (a hung server, a black-holing firewall)."""
+
+    def __init__(self):
+        import socket
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.url = f"aim://127.0.0.1:{self.socket.getsockname()[1]}"
+
+
+def test_sync_gives_up_on_a_server_that_never_answers_or_is_not_aim_in_one_line(tmp_path):
+    """Failed on main: ~95 s per journal with no output against a silent server, and a bare
+    JSONDecodeError against one that answers with something else than Aim."""
+    training = start_training(tmp_path, f"aim://127.0.0.1:{free_port()}", seeds=2, epochs=2, pause=0.0, bound=1.0)
+    finish(training)
+    silent = SilentServer()
+    start = time.monotonic()
+    done = subprocess.run(
+        [NTN_TRACKERS, "sync", "--spool", str(tmp_path / "spool"), "--repo", silent.url, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and time.monotonic() - start < 20
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and all(f"Aim server at {silent.url} is unreachable" in line for line in lines), lines
+    other = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        port = other.stdout.readline().split("port ")[1].split()[0]
+        done = subprocess.run(
+            [NTN_TRACKERS, "sync", "--spool", str(tmp_path / "spool"), "--repo", f"aim://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        other.kill()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert all("HTTP 404 on /status/: not an Aim server" in line for line in done.stderr.splitlines()), done.stderr
+    assert len(list((tmp_path / "spool").glob("*.jsonl"))) == 2  # still there for a later sync
 
 
 def test_sync_replayed_from_the_start_creates_no_duplicate_runs_or_steps(tmp_path):

@@ -210,18 +210,37 @@ def _at_exit() -> None:
             uploader.stdin.close()  # no more runs: deliver and leave
         except OSError:
             pass
+    timed_out = False
     for uploader in _all_uploaders():
         try:
             uploader.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             uploader.kill()
             uploader.wait()
+            timed_out = True
     records, runs = journal.pending(_journals)
     if records:
         where = ", ".join(sorted(_repos))
         spool = _journals[0].parent
         print(
-            f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where}; they are kept in "
+            f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where} "
+            f"({_why_undelivered(spool, timed_out)}); they are kept in "
             f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}",
             file=sys.stderr,
         )
+
+
+def _why_undelivered(spool: Path, timed_out: bool) -> str:
+    """Why records stayed in the spool, in a few words."""
+    outcomes = [probe.outcome for probe in _probes.values()]
+    if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
+        return "the server refused the credentials"
+    if False in outcomes:
+        return "the server cannot be reached, or is not an Aim server"
+    if timed_out:
+        return f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
+    try:
+        lines = (spool / "uploader.log").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    return f"last error: {lines[-1].split('retrying: ', 1)[-1]}" if lines else "the uploader ended early"

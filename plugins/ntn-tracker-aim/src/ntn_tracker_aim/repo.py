@@ -38,7 +38,7 @@ def aim_repo_argument(setting: str | None = None) -> str:
     return str(root)
 
 
-def probe_server(remote: str, headers: dict[str, str]) -> None:
+def probe_server(remote: str, headers: dict[str, str], timeout: float = PROBE_TIMEOUT_S) -> None:
     """One quick request to the server, with our headers; only the status line is read.
 
     :raises TrackerConfigError: the server (or a proxy in front of it) refused the credentials
@@ -47,7 +47,7 @@ def probe_server(remote: str, headers: dict[str, str]) -> None:
     address = remote[len(REMOTE_PREFIX) :]
     last_error: Exception | None = None
     for connection_class in (http.client.HTTPConnection, http.client.HTTPSConnection):
-        connection = connection_class(address, timeout=PROBE_TIMEOUT_S)
+        connection = connection_class(address, timeout=timeout)
         try:
             connection.request("GET", "/status/", headers=headers)
             status = connection.getresponse().status
@@ -66,5 +66,6 @@ def probe_server(remote: str, headers: dict[str, str]) -> None:
             )
         if 200 <= status < 300:
             return
-        last_error = ConnectionError(f"HTTP {status}")
+        last_error = ConnectionError(f"HTTP {status} on /status/: not an Aim server")
+        break  # it speaks this protocol: the other one would not answer better
     raise ConnectionError(f"Aim server at {remote} is unreachable ({type(last_error).__name__}: {last_error})")

@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from ntn_tracker_aim import journal
@@ -32,8 +31,15 @@ POLL_S = 0.05
 RETRY_S = 0.25
 
 
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+_logged: set[str] = set()
+
+
+def _log_once(what: str, err: Exception) -> None:
+    """One line per distinct failure in the uploader log, not one traceback per retry."""
+    reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    if reason not in _logged:
+        _logged.add(reason)
+        print(f"[{time.strftime('%H:%M:%S')}] {what}, retrying: {reason}", file=sys.stderr, flush=True)
 
 
 def _yield_to_training() -> None:
@@ -78,14 +84,14 @@ def main() -> int:
             try:
                 deliveries[path] = Delivery(path)
                 del waiting[path]
-            except Exception:
-                _log(f"cannot open the run of {path.name}, retrying: {traceback.format_exc(limit=1).strip()}")
+            except Exception as err:
+                _log_once("cannot open a run", err)
                 waiting[path] = now + RETRY_S
         for path, delivery in list(deliveries.items()):
             try:
                 finished = delivery.step()
-            except Exception:
-                _log(f"delivering {path.name} failed, retrying: {traceback.format_exc(limit=1).strip()}")
+            except Exception as err:
+                _log_once("delivering a run failed", err)
                 del deliveries[path]
                 waiting[path] = now + RETRY_S
                 continue
