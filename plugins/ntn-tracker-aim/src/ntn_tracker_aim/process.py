@@ -201,6 +201,19 @@ def _all_uploaders() -> list[subprocess.Popen]:
 
 
 def _at_exit() -> None:
+    """Deliver what is left within the exit bound; a Ctrl-C during the wait ends it at once, in one line
+    (what is not delivered stays in the spool, as after the bound)."""
+    try:
+        _deliver_at_exit()
+    except KeyboardInterrupt:
+        for uploader in _all_uploaders():
+            uploader.kill()
+        spool = _journals[0].parent
+        print(f"ntn-tracker-aim: delivery stopped; undelivered records stay in {spool}/ for ntn-trackers sync",
+              file=sys.stderr)  # fmt: skip
+
+
+def _deliver_at_exit() -> None:
     for probe in _probes.values():
         probe.join()  # an answer comes within the probe's timeout
     _start_uploaders(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
