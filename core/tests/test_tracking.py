@@ -53,42 +53,22 @@ def test_unknown_backend_lists_installed_and_suggests_pip(test_trackers):
     assert "pip install ntn-tracker-bogus" in message
 
 
-def test_the_fast_lookup_finds_what_importlib_metadata_finds(test_trackers, monkeypatch, tmp_path):
-    import ntn.tracking.discovery as discovery
-    from ntn.tracking.entrypoints import cache_file, on_sys_path
+def test_a_name_declared_twice_resolves_to_the_first_distribution_on_sys_path(test_trackers, monkeypatch):
+    from ntn.tracking.entrypoints import plugins
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    full = {name: ep.value for name, ep in discovery.installed().items()}
-    for lookup in ("first, filling the cache", "from the cache"):
-        fast = on_sys_path(discovery.GROUP)
-        assert {name: ep.value for name, ep in fast.items()} == full, lookup
-        assert {"record", "broken"} <= set(fast)
-    assert cache_file(discovery.GROUP).is_file()
-    monkeypatch.setattr(discovery, "on_sys_path", lambda group: {})  # a plugin the fast lookup cannot see...
-    assert [b.name for b in validate("record")] == ["record"]  # ...is still found
-
-
-def test_the_lookup_cache_follows_installs_and_survives_damage(test_trackers, monkeypatch, tmp_path):
-    from ntn.tracking.discovery import GROUP
-    from ntn.tracking.entrypoints import cache_file, on_sys_path
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert "late" not in on_sys_path(GROUP)
-    site = Path(test_trackers.__file__).parent  # a distribution installed there after the cache was written
-    (site / "ntn_late-1.0.dist-info").mkdir()
-    (site / "ntn_late-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-late\nVersion: 1.0\n")
-    (site / "ntn_late-1.0.dist-info" / "entry_points.txt").write_text("[ntn.trackers]\nlate = ntn_late:Tracker\n")
-    assert on_sys_path(GROUP)["late"].value == "ntn_late:Tracker"
-    declaration = site / "ntn_late-1.0.dist-info" / "entry_points.txt"  # reinstalled: same name, new file
-    declaration.write_text("[ntn.trackers]\nlate = ntn_late.v2:Tracker\n")
-    os.utime(declaration, ns=(1, 1))
-    assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
-    wrong_shapes = json.dumps({"listings": {str(site): 5}, "declared": [["late"]]})
-    for damaged in ("{not json", "[]", wrong_shapes):
-        cache_file(GROUP).write_text(damaged)
-        assert on_sys_path(GROUP)["late"].value == "ntn_late.v2:Tracker"
-    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")  # cannot be written: still found
-    assert on_sys_path(GROUP)["record"].value == "ntn_test_trackers:RecordingTracker"
+    site = Path(test_trackers.__file__).parent
+    later = site.parent / "later-site"
+    later.mkdir()
+    (later / "ntn_other-1.0.dist-info").mkdir()
+    (later / "ntn_other-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-other\nVersion: 1\n")
+    (later / "ntn_other-1.0.dist-info" / "entry_points.txt").write_text(
+        "[ntn.trackers]\nrecord = ntn_other:Tracker\nlate = ntn_other:Late\n"
+    )
+    monkeypatch.syspath_prepend(str(later))  # now first on sys.path
+    assert plugins("ntn.trackers")["record"].value == "ntn_other:Tracker"
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(later)] + [str(later)])  # now last
+    found = plugins("ntn.trackers")
+    assert found["record"].value == "ntn_test_trackers:RecordingTracker" and found["late"].value == "ntn_other:Late"
 
 
 def test_broken_plugin_fails_only_when_selected(test_trackers):
@@ -171,7 +151,6 @@ def test_runs_accept_the_backends_validate_returned_without_looking_them_up_agai
     import ntn.tracking.discovery as discovery
 
     monkeypatch.setattr(discovery, "installed", lambda: pytest.fail("entry points looked up again"))
-    monkeypatch.setattr(discovery, "on_sys_path", lambda group: pytest.fail("entry points looked up again"))
     for seed in range(2):
         with start_run(f"reuse_seed{seed}", {}, backend=backends) as run:
             run.log_metrics({"seed": seed}, step=0)

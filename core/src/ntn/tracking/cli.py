@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import entry_points
 
 from tabulate import tabulate
 
 from ntn.tracking import results_cli
 from ntn.tracking.discovery import TrackerSelectionError, describe, installed, load
+from ntn.tracking.entrypoints import plugins
 
 COMMANDS_GROUP = "ntn.trackers.commands"
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="installed tracker backends and whether they load").set_defaults(func=_list)
     results_cli.register(sub)
-    for ep in entry_points(group=COMMANDS_GROUP):
+    for ep in plugins(COMMANDS_GROUP).values():
         try:
             ep.load()(sub)
         except Exception as err:  # a broken plugin must not take the other commands down

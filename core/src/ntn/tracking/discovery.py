@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Any
 
-from ntn.tracking.entrypoints import first_of_each, on_sys_path
+from ntn.tracking.entrypoints import plugins
 
 GROUP = "ntn.trackers"
 DEFAULT_BACKEND = "file"
@@ -44,7 +44,7 @@ def installed() -> dict[str, EntryPoint]:
 
     A name declared twice resolves to the distribution found first on sys.path, as imports do.
     """
-    return first_of_each(entry_points(group=GROUP))
+    return plugins(GROUP)
 
 
 def parse(selection: str | Sequence[str] | None) -> list[str]:
@@ -91,9 +91,7 @@ def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
     names = parse(selection)
     if not names:
         return []
-    available = on_sys_path(GROUP)
-    if any(name not in available for name in names):  # perhaps provided through another finder
-        available = installed()
+    available = installed()
     for name in names:
         if name not in available:
             listed = ", ".join(sorted(available)) or "none"

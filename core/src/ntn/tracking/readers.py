@@ -9,8 +9,9 @@ last record) — and each problem is a one-line description of a source that cou
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
+
+from ntn.tracking.entrypoints import plugins
 
 READERS_GROUP = "ntn.trackers.readers"
 Record = dict[str, Any]
@@ -19,7 +20,7 @@ Record = dict[str, Any]
 def read_runs(backend: str, source: str) -> tuple[list[Record], list[str]]:
     """Records from `source` through the reader of `backend` (e.g. "file" or "aim"); a record whose shape
     is wrong anywhere (`problem_of`) is left out, with a one-line problem instead."""
-    readers = {ep.name: ep for ep in entry_points(group=READERS_GROUP)}
+    readers = plugins(READERS_GROUP)
     if backend not in readers:
         raise ValueError(f"reading {backend!r} runs needs the {backend} plugin: pip install ntn-tracker-{backend}")
     found, problems = readers[backend].load()(source)
