@@ -13,6 +13,7 @@ import pytest
 from ntn_tracker_file import load
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here runs the shell scripts
 
 
 def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_script, tmp_path):
@@ -255,7 +256,6 @@ FLOORS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mpo2", "lmpo2", "mmpo2"])
 @pytest.mark.parametrize(("dataset", "quality"), list(FLOORS))
 def test_every_model_learns_on_every_data_set_at_the_defaults(run_script, tmp_path, model, dataset, quality):
@@ -276,7 +276,6 @@ def _runs_parse_and_hold_every_step(directory, names, n_epochs):
         assert run["summary"]["status"] == "finished" and run["summary"]["success"] is True, name
 
 
-@pytest.mark.slow
 def test_concurrent_launches_with_one_experiment_name_never_corrupt_or_lose_a_run(tmp_path):
     """Failed on main in 7 of 7 tries: two processes spliced their entries into one run file, which no
     longer parsed, both exited 0, and the results file kept only the last writer's results."""
@@ -312,7 +311,6 @@ def test_concurrent_launches_with_one_experiment_name_never_corrupt_or_lose_a_ru
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")] == []  # the locks are released
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_an_interrupted_run_says_so_in_one_line_and_in_its_records(tmp_path, signum, code, name):
     """Failed on main: Ctrl-C printed a traceback and left status "finished"; SIGTERM left "running"."""
@@ -345,7 +343,6 @@ def test_an_interrupted_run_says_so_in_one_line_and_in_its_records(tmp_path, sig
 SECRET = "s3cr3t-Value-42xyz"
 
 
-@pytest.mark.slow
 def test_a_secret_never_leaves_the_process(tmp_path):
     """Failed on main: a secret inside EXPERIMENT_NAME reached the run file's name, the results file, the
     Aim run name and the spool; a generic secret variable (MY_SERVICE_TOKEN) was not redacted at all."""
