@@ -127,6 +127,18 @@ def test_rerunning_an_experiment_replaces_its_file():
     assert load(the_file("again"))["metrics_log"] == [{"step": 0, "loss": 2.0}]
 
 
+def test_without_positional_writes_every_hook_renames_a_complete_document_in():
+    """Run with NTN_FILE_NO_PWRITE=1 (the file session does): failed on main, which could not be
+    imported without os.pwrite."""
+    assert ntn_tracker_file.tracker.IN_PLACE == (not os.environ.get("NTN_FILE_NO_PWRITE"))
+    with start_run("portable", {}) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_metrics({"loss": 0.5}, step=1)
+        assert [m["step"] for m in strict_json(the_file("portable"))["metrics_log"]] == [0, 1]
+    assert strict_json(the_file("portable"))["summary"]["status"] == "finished"
+
+
+@pytest.mark.skipif(not ntn_tracker_file.tracker.IN_PLACE, reason="in-place writes need os.pwrite")
 def test_a_rerun_overwrites_the_earlier_file_in_place_and_pads_what_it_no_longer_needs():
     with start_run("again", {"note": "x" * 500}) as run:
         run.log_metrics({"loss": 1.0}, step=0)
@@ -165,7 +177,8 @@ def test_the_file_is_complete_after_every_hook_call():
         tracker.log_metrics({"loss": float(step), "note": "x" * 100}, step)
         assert [e["step"] for e in strict_json(tracker.path)["metrics_log"]] == list(range(step + 1))
         replaced += os.stat(tracker.path).st_ino != inode
-    assert 1 <= replaced <= 4, replaced
+    # in place, a replacement only where a write crosses a page; without positional writes, every time
+    assert 1 <= replaced <= 4 if ntn_tracker_file.tracker.IN_PLACE else replaced == 60, replaced
     tracker.log_summary({"success": True})
     assert strict_json(tracker.path)["summary"] == {"status": "running", "success": True}
     tracker.finalize()

@@ -31,7 +31,10 @@ from ntn_tracker_file.jsonsafe import to_json
 from ntn_tracker_file.paths import file_stem
 
 DEFAULT_DIR = "experiment_logs"
-PAGE = os.sysconf("SC_PAGE_SIZE")
+# Writing in place needs positional writes and the page size (POSIX); elsewhere (Windows) every hook
+# replaces the file through a new one and an atomic rename, which keeps the same promise, slower.
+IN_PLACE = all(hasattr(os, name) for name in ("pwrite", "pread", "sysconf"))
+PAGE = os.sysconf("SC_PAGE_SIZE") if IN_PLACE else 0
 NAME_OPEN = '{"experiment_name": '
 METRICS_OPEN = b', "metrics_log": ['
 
@@ -89,12 +92,15 @@ class FileTracker:
         """Write the run's first document: over an earlier run's file of this name, in place when both fit
         in one page, else through a new file."""
         try:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = os.open(self.path, os.O_RDWR) if IN_PLACE else None
         except FileNotFoundError:
             self.directory.mkdir(parents=True, exist_ok=True)
             return self._replace(self._document())
         except PermissionError:  # a read-only file in a writable directory: renamed over
             fd = None
+        if fd is None and not self.path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return self._replace(self._document())
         old = self.path.read_bytes() if fd is None else os.pread(fd, os.fstat(fd).st_size, 0)
         previous = _experiment_of(old)  # None: a damaged file, replaced
         if previous is not None and previous != self.experiment_name:
@@ -123,6 +129,9 @@ class FileTracker:
             tmp.unlink(missing_ok=True)
             raise
         self._close()
+        if not IN_PLACE:  # nothing to write in place later; an open file could not be renamed over (Windows)
+            os.close(fd)
+            fd = None
         self._fd, self._size = fd, len(document)
         self._tail_offset = len(document) - len(self._tail)
 
@@ -134,7 +143,8 @@ class FileTracker:
             data = data[:-1] + b" " * (self._size - end) + b"\n"
         if self._fd is None or offset // PAGE != (offset + len(data) - 1) // PAGE:
             return self._replace(self._document())
-        os.pwrite(self._fd, data, offset)
+        if os.pwrite(self._fd, data, offset) != len(data):  # a short write: the whole document, renamed in
+            return self._replace(self._document())
         self._size = offset + len(data)
         self._tail_offset = end - len(self._tail)
 
