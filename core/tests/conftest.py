@@ -67,6 +67,41 @@ def make_tracker(experiment_name, config):
 
 class Noop(BaseTracker):
     pass
+
+
+class WrapperTracker(BaseTracker):
+    @hookimpl(wrapper=True)
+    def log_metrics(self, metrics, step):
+        return (yield)
+
+
+class SpecnameTracker:
+    def __init__(self, experiment_name, config):
+        self.name = experiment_name
+
+    @hookimpl(specname="log_metrics")
+    def record_step(self, step):
+        CALLS.append((self.name, "specname", {"step": step}))
+
+
+class FirstTracker(BaseTracker):
+    @hookimpl(tryfirst=True)
+    def log_metrics(self, metrics, step):
+        CALLS.append((self.experiment_name, "first", {}))
+
+
+class Misspelled(BaseTracker):
+    def log_metric(self, metrics, step):
+        pass
+
+    def finalise(self):
+        pass
+
+
+class NoSuchHook:
+    @hookimpl(specname="log_everything")
+    def everything(self):
+        pass
 '''
 
 ENTRY_POINTS = """
@@ -81,6 +116,11 @@ broken = ntn_broken_tracker:Tracker
 noop1 = ntn_test_trackers:Noop
 noop2 = ntn_test_trackers:Noop
 noop3 = ntn_test_trackers:Noop
+wrapper = ntn_test_trackers:WrapperTracker
+specname = ntn_test_trackers:SpecnameTracker
+first = ntn_test_trackers:FirstTracker
+misspelled = ntn_test_trackers:Misspelled
+nosuchhook = ntn_test_trackers:NoSuchHook
 """
 
 

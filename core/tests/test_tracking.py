@@ -83,6 +83,39 @@ def test_hook_with_wrong_argument_names_is_rejected_at_selection(test_trackers):
         validate("record,badsig")
 
 
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("wrapper", "tracker 'wrapper': 'log_metrics' is a hook wrapper; trackers implement plain hooks only"),
+        ("nosuchhook", "tracker 'nosuchhook': 'everything' implements 'log_everything', which is no hook"),
+    ],
+)
+def test_pluggy_options_trackers_cannot_have_are_refused_when_loaded(test_trackers, backend, message):
+    """Failed on main: a wrapper was accepted and its body never ran; an unknown specname was dropped."""
+    with pytest.raises(TrackerValidationError, match=message):
+        validate(backend)
+
+
+def test_specname_and_tryfirst_are_honoured(test_trackers):
+    """Failed on main: the core called the methods named after the hooks itself, so a `specname`
+    implementation never ran and `tryfirst` changed nothing."""
+    with start_run("opts", {}, backend="first,record,specname") as run:
+        run.log_metrics({"loss": 1.0}, step=3)
+    hooks = [hook for hook, _ in calls_of(test_trackers, "opts") if hook != "__init__"]
+    assert hooks[:3] == ["first", "specname", "log_metrics"]  # tryfirst first, then pluggy's LIFO order
+    assert ("specname", {"step": 3}) in calls_of(test_trackers, "opts")
+
+
+def test_a_method_that_looks_like_a_misspelled_hook_is_named_in_a_warning(test_trackers):
+    with pytest.warns(TrackerWarning) as caught:
+        validate("misspelled")
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        "tracker 'misspelled': method 'finalise' is not a hook; did you mean 'finalize'?",
+        "tracker 'misspelled': method 'log_metric' is not a hook; did you mean 'log_metrics'?",
+    ]
+
+
 # ---- the run lifecycle -----------------------------------------------------------------------
 
 

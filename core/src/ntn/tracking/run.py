@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
-from ntn.tracking.manager import HOOKS, TrackerValidationError, hook_arguments
+from ntn.tracking.manager import TrackerManager, TrackerValidationError
 from ntn.tracking.redact import Redactor
 
 
@@ -33,10 +33,11 @@ def status_after(err: BaseException | None, summary: dict[str, Any]) -> str:
 
 
 class TrackedRun:
-    """One run (one seed) and the tracker instances that record it.
+    """One run (one seed) and the tracker instances that record it, registered with a plugin manager.
 
-    Every hook call goes to each tracker separately: a tracker that raises is disabled for the rest of
-    the run, a TrackerWarning names it, and `failures` lists it; the other trackers and training go on.
+    Every hook call goes to each tracker's implementation separately: a tracker that raises is disabled
+    for the rest of the run, a TrackerWarning names it, and `failures` lists it; the other trackers and
+    training go on. `finalize` still reaches it.
     """
 
     def __init__(self, experiment_name: str, config: dict[str, Any], backends: Sequence[Backend]) -> None:
@@ -47,24 +48,17 @@ class TrackedRun:
         self.failures: list[dict[str, str]] = []
         self.summary: dict[str, Any] = {}
         self.active: list[str] = []  # names of the trackers still receiving calls
-        self._finalizers: list[tuple[str, Callable[[], Any]]] = []  # every tracker built, failed or not
-        # hook → (tracker name, its method, the arguments it takes), for the active trackers
-        self._impls: dict[str, list[tuple[str, Callable[..., Any], tuple[str, ...]]]] = {hook: [] for hook in HOOKS}
+        self.manager = TrackerManager()
         for backend in backends:
             try:
                 tracker = backend.factory(experiment_name=experiment_name, config=self.config)
-                arguments = hook_arguments(tracker, backend.name)
+                self.manager.add_tracker(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
                 self.finalize()  # the trackers built so far
                 raise type(err)(self.redact.text(str(err))) from None
             except Exception as err:
                 self._fail(backend.name, "__init__", err)
                 continue
-            for hook, argnames in arguments.items():
-                if hook == "finalize":
-                    self._finalizers.append((backend.name, tracker.finalize))
-                else:
-                    self._impls[hook].append((backend.name, getattr(tracker, hook), argnames))
             self.active.append(backend.name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
@@ -75,16 +69,14 @@ class TrackedRun:
         )
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        for name, function, argnames in self._impls[hook]:
+        for impl in self.manager.implementations(hook):
+            if impl.plugin_name not in self.active:
+                continue
             try:
-                function(**(kwargs if len(argnames) == len(kwargs) else {k: kwargs[k] for k in argnames}))
+                impl.function(*[kwargs[name] for name in impl.argnames])
             except Exception as err:
-                self._fail(name, hook, err)
-                self._disable(name)
-
-    def _disable(self, name: str) -> None:
-        self.active.remove(name)
-        self._impls = {hook: [impl for impl in impls if impl[0] != name] for hook, impls in self._impls.items()}
+                self._fail(impl.plugin_name, hook, err)
+                self.active.remove(impl.plugin_name)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._call("log_hparams", hparams=self.redact(hparams))
@@ -100,14 +92,14 @@ class TrackedRun:
     def finalize(self) -> None:
         """Call `finalize` once on every tracker that was built, also on those disabled by a failure in
         another hook; each call is isolated (a failing one is reported, the others still run)."""
-        finalizers, self._finalizers = self._finalizers, []
-        for name, function in finalizers:
+        for impl in self.manager.implementations("finalize"):
             try:
-                function()
+                impl.function()
             except Exception as err:
-                self._fail(name, "finalize", err)
+                self._fail(impl.plugin_name, "finalize", err)
+        for name in list(self.manager.list_name_plugin()):
+            self.manager.unregister(name=name[0])
         self.active = []
-        self._impls = {hook: [] for hook in HOOKS}
 
     # ---- the two NTN.fit callbacks ----------------------------------------------------------
 
@@ -172,7 +164,7 @@ def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
     backends = select(backend)
     for b in backends:
         if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
-            hook_arguments(b.factory, b.name)
+            TrackerManager().add_tracker(b.factory, b.name)
         check = getattr(b.factory, "check_environment", None)
         if callable(check):
             try:
