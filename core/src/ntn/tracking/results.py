@@ -21,6 +21,8 @@ NOT_METRICS = {"seed", "success", "status", "best_epoch", "error", "updated"}
 
 
 def experiment_of(record: Record) -> str:
+    """The experiment a run belongs to: config["experiment"], else its name without `_seed<N>` (public:
+    trackers that group runs by experiment use it too)."""
     name = str(record.get("experiment_name", ""))
     return str((record.get("config") or {}).get("experiment") or _SEED_SUFFIX.sub("", name) or name)
 
@@ -83,10 +85,6 @@ class Experiment:
     @property
     def best_epochs(self) -> list[int]:
         return [e for e in (best_epoch_of(r) for r in self.by_status("ok")) if e is not None]
-
-
-def _errors(records: list[Record]) -> dict[str, Any]:
-    return {r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in records}
 
 
 def group(records: list[Record]) -> dict[str, Experiment]:

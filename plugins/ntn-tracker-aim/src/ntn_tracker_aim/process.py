@@ -52,20 +52,23 @@ _lock = threading.Lock()
 _due = threading.Event()  # set once the first delivery round is due
 
 
+def _seconds(variable: str, default: float) -> float:
+    """A number of seconds >= 0 from the environment variable, else `default`."""
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        return default
+    return max(0.0, value) if value == value else default  # NaN: the default
+
+
 def delivery_interval() -> float:
     """Seconds between delivery rounds: $NTN_AIM_DELIVERY_INTERVAL, default 10."""
-    try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S)))
-    except ValueError:
-        return DEFAULT_INTERVAL_S
+    return _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
 
 
 def exit_timeout() -> float:
     """Seconds to wait for delivery at exit: $NTN_AIM_EXIT_TIMEOUT, default 30."""
-    try:
-        return max(0.0, float(os.environ.get(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)))
-    except ValueError:
-        return DEFAULT_EXIT_TIMEOUT_S
+    return _seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
 
 
 class Probe(threading.Thread):

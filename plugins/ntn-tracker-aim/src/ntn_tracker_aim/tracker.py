@@ -16,21 +16,19 @@ In the repository:
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 from ntn.tracking.payload import to_builtin
 from ntn.tracking.redact import Redactor
+from ntn.tracking.results import experiment_of
 
 from ntn_tracker_aim import journal, process
 from ntn_tracker_aim.repo import aim_repo_argument
 
-_SEED_SUFFIX = re.compile(r"_seed\d+$")
-
 
 def base_name(experiment_name: str, config: dict[str, Any]) -> str:
-    return str(config.get("experiment") or _SEED_SUFFIX.sub("", experiment_name) or experiment_name)
+    return experiment_of({"experiment_name": experiment_name, "config": config})
 
 
 class AimTracker:
