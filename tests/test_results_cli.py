@@ -145,6 +145,16 @@ def test_malformed_and_hostile_run_files_never_crash_the_results_commands(logs):
     assert plot.returncode == 0 and (logs / "curves.png").stat().st_size > 0, plot.stderr
 
 
+def test_from_backend_location_reads_through_any_installed_reader(logs):
+    default = json.loads(ntn_trackers("summary", "--format", "json", cwd=logs).stdout)
+    explicit = ntn_trackers("summary", "--format", "json", "--from", "file:experiment_logs", cwd=logs)
+    assert json.loads(explicit.stdout) == default
+    plot = ntn_trackers("plot", "--from", "file:experiment_logs", "-o", "from.png", cwd=logs)
+    assert plot.returncode == 0 and (logs / "from.png").stat().st_size > 0, plot.stderr
+    unknown = ntn_trackers("summary", "--from", "nosuchbackend:somewhere", cwd=logs)  # a path then: none there
+    assert unknown.returncode == 2 and "nosuchbackend:somewhere: no such file or directory" in unknown.stderr
+
+
 def test_explicit_paths_and_missing_sources(logs):
     one = ntn_trackers("summary", "--format", "json", "experiment_logs/bond_sweep_8_seed0.json", cwd=logs)
     assert [r["runs"] for r in json.loads(one.stdout)] == [1]
@@ -192,10 +202,10 @@ def test_aim_repo_gives_the_same_summary_as_the_run_files(tmp_path, monkeypatch)
 
     assert flush()  # aim runs are delivered by the uploader process
     from_files = json.loads(ntn_trackers("summary", "--format", "json", cwd=tmp_path).stdout)
-    done = ntn_trackers("summary", "--format", "json", "--aim-repo", ".aim", cwd=tmp_path)
+    done = ntn_trackers("summary", "--format", "json", "--from", "aim:.aim", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == from_files
-    compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--aim-repo", ".aim", cwd=tmp_path)
+    compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--from", "aim:.aim", cwd=tmp_path)
     assert compared.returncode == 0 and "test_r2" in compared.stdout
 
 

@@ -15,25 +15,40 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ntn.tracking.readers import Record, read_runs
+from ntn.tracking.entrypoints import plugins
+from ntn.tracking.readers import READERS_GROUP, Record, read_runs
 from ntn.tracking.results import Experiment, comparison_rows, group, summary_rows
 
 DEFAULT_DIR = "experiment_logs"
 
 
-def _sources(parser: argparse.ArgumentParser, aim: bool = True) -> None:
-    parser.add_argument("paths", nargs="*", help="run files or directories of run files")
+def _sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument("paths", nargs="*", help="run files or directories of run files")
     parser.add_argument("--dir", help=f"a directory of run files (default {DEFAULT_DIR} when nothing else is given)")
-    if aim:
-        parser.add_argument("--aim-repo", help="read from an Aim repository (a path or aim://host:port) instead")
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="BACKEND:LOCATION",
+        help="read runs through an installed plugin's reader (entry-point group ntn.trackers.readers), e.g. "
+        "file:experiment_logs, aim:.aim, aim:aim://host:53800; a plain path is a run file or directory; "
+        "repeatable",
+    )
+
+
+def _source(text: str) -> tuple[str, str]:
+    """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, else a file path."""
+    backend, _, location = text.partition(":")
+    return (backend, location) if location and backend in plugins(READERS_GROUP) else ("file", text)
 
 
 def _records(args: argparse.Namespace) -> list[Record]:
     """Every readable run; each unreadable source is reported in one line on stderr and skipped."""
-    if getattr(args, "aim_repo", None):
-        batches = [read_runs("aim", args.aim_repo)]
-    else:
-        batches = [read_runs("file", p) for p in (args.paths + ([args.dir] if args.dir else []) or [DEFAULT_DIR])]
+    sources = [_source(text) for text in args.sources]
+    sources += [("file", p) for p in getattr(args, "paths", []) + ([args.dir] if args.dir else [])]
+    batches = [read_runs(backend, location) for backend, location in sources or [("file", DEFAULT_DIR)]]
     records = []
     for found, problems in batches:
         records += found
@@ -149,14 +164,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     compare = sub.add_parser("compare", help="experiments side by side, with differences of means")
     compare.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="two or more experiment names")
-    compare.add_argument("--from", dest="paths", action="append", default=[], help="a run file or directory")
-    compare.add_argument("--dir", help=f"a directory of run files (default {DEFAULT_DIR})")
-    compare.add_argument("--aim-repo", help="read from an Aim repository (a path or aim://host:port) instead")
+    _sources(compare, positional=False)
     compare.add_argument("--format", choices=("table", "csv", "json"), default="table")
     compare.set_defaults(func=_compare)
 
     plot = sub.add_parser("plot", help="learning curves (train solid, validation dashed) to a PNG")
-    _sources(plot, aim=False)
+    _sources(plot)
     plot.add_argument("-o", "--output", default="curves.png", help="PNG file to write (default curves.png)")
     plot.add_argument("--metric", default="loss", help="metric to plot, e.g. loss, r2, accuracy (default loss)")
     plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
