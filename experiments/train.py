@@ -261,7 +261,8 @@ def _main(argv: list[str] | None = None) -> int:
     held = contextlib.ExitStack()
     try:
         s["device"] = str(_device(s["device"]))
-        backends = validate(s["tracker_backend"])
+        run_names = [f"{s['experiment_name']}_seed{seed}" for seed in s["seeds"]]
+        backends = validate(s["tracker_backend"], run_names)
         _writable_file(output)
         data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
         held.enter_context(_hold_experiment(s, output, backends))

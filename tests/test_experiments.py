@@ -388,3 +388,16 @@ def test_bad_aim_settings_are_refused_in_one_line_before_anything_is_written(run
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and SECRET not in done.stderr
     assert message in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_run_file_of_another_experiment_in_the_way_is_refused_before_training(run_script, tmp_path):
+    """Failed on main: seed 0 trained and was written, then the run of seed 1 stopped at the stale file."""
+    logs = tmp_path / "experiment_logs"
+    logs.mkdir()
+    stale = logs / "mpo2_experiment_seed1.json"
+    stale.write_text(json.dumps({"experiment_name": "other", "metrics_log": [], "summary": {}}))
+    done = run_script("mpo2")  # seeds 0 and 1
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "mpo2_experiment_seed1.json already holds experiment 'other', not 'mpo2_experiment_seed1'" in done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["experiment_logs", "mpo2_experiment_seed1.json"]
+    assert json.loads(stale.read_text())["experiment_name"] == "other"

@@ -153,12 +153,14 @@ def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Ba
     return select(backend)
 
 
-def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
+def validate(backend: str | Sequence[str] | None = None, run_names: Sequence[str] = ()) -> list[Backend]:
     """Select the backends and check each tracker class against the hookspecs, before any training; a
-    factory with a `check_environment()` (class)method has it called, to refuse its configuration now.
+    factory with a `check_environment(run_names)` (class)method has it called, to refuse its
+    configuration, or the runs about to be recorded, now.
 
     Factories that are not classes can only be checked when a run builds them.
 
+    :param run_names: the runs that will be started (e.g. one per seed), for `check_environment`
     :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted
     """
     backends = select(backend)
@@ -168,7 +170,7 @@ def validate(backend: str | Sequence[str] | None = None) -> list[Backend]:
         check = getattr(b.factory, "check_environment", None)
         if callable(check):
             try:
-                check()
+                check([Redactor().text(name) for name in run_names])
             except TrackerConfigError as err:
                 raise TrackerConfigError(Redactor().text(str(err))) from None
     return backends

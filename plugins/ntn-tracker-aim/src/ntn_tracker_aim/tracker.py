@@ -17,6 +17,7 @@ In the repository:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from ntn.tracking.payload import to_builtin
@@ -48,7 +49,7 @@ class AimTracker:
         process.track(self.journal.path, key)
 
     @classmethod
-    def check_environment(cls) -> None:
+    def check_environment(cls, run_names: Sequence[str] = ()) -> None:
         """AIM_REPO and the authentication variables, checked before any run starts.
 
         :raises TrackerConfigError: one line naming the variable at fault

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ def _experiment_of(document: bytes) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _check_not_another(path: Path, document: bytes, experiment_name: str) -> None:
+    """Refuse to overwrite the run file of another experiment (a damaged file is replaced)."""
+    previous = _experiment_of(document)
+    if previous is not None and previous != experiment_name:
+        raise TrackerConfigError(f"{path} already holds experiment {previous!r}, not {experiment_name!r}")
+
+
 class FileTracker:
     """The `file` backend. Directory: `directory`, else $TRACKER_DIR, else ./experiment_logs."""
 
@@ -88,6 +96,21 @@ class FileTracker:
                 "set TRACKER_DIR to a directory you can write to"
             ) from None
 
+    @classmethod
+    def check_environment(cls, run_names: Sequence[str] = ()) -> None:
+        """Before any run: none of `run_names` would overwrite another experiment's file in TRACKER_DIR.
+
+        :raises TrackerConfigError: naming the file and the experiment it holds
+        """
+        directory = Path(os.environ.get("TRACKER_DIR") or DEFAULT_DIR)
+        for name in run_names:
+            path = directory / f"{file_stem(name)}.json"
+            try:
+                document = path.read_bytes()
+            except OSError:  # none yet, or unreadable: the run's start says so
+                continue
+            _check_not_another(path, document, name)
+
     def _start(self) -> None:
         """Write the run's first document: over an earlier run's file of this name, in place when both fit
         in one page, else through a new file."""
@@ -102,11 +125,12 @@ class FileTracker:
             self.directory.mkdir(parents=True, exist_ok=True)
             return self._replace(self._document())
         old = self.path.read_bytes() if fd is None else os.pread(fd, os.fstat(fd).st_size, 0)
-        previous = _experiment_of(old)  # None: a damaged file, replaced
-        if previous is not None and previous != self.experiment_name:
+        try:
+            _check_not_another(self.path, old, self.experiment_name)
+        except TrackerConfigError:
             if fd is not None:
                 os.close(fd)
-            raise TrackerConfigError(f"{self.path} already holds experiment {previous!r}, not {self.experiment_name!r}")
+            raise
         if fd is None:
             return self._replace(self._document())
         self._fd, self._size = fd, len(old)
