@@ -271,3 +271,27 @@ def test_a_journal_removed_once_delivered_is_neither_waiting_nor_pending(tmp_pat
     assert finished_and_waiting(path) and pending([path]) == (2, 1)
     path.unlink()  # what the uploader does after delivering it, at any moment of a check
     assert not finished_and_waiting(path) and pending([path]) == (0, 0)
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_a_run_delivered_later_shows_when_it_trained(tmp_path, where):
+    """Failed on main: a run delivered by `sync` showed the delivery's date in Aim and a duration of a few
+    milliseconds. Read through Run.creation_time / end_time / duration, which the UI's run list shows."""
+    pause, epochs = 0.05, 10
+    started = time.time()
+    training = start_training(
+        tmp_path, f"aim://127.0.0.1:{free_port()}", seeds=1, epochs=epochs, pause=pause, bound=1.0
+    )
+    finish(training)
+    trained = time.time()
+    time.sleep(2.0)  # the delivery comes clearly later
+    server = AimServer(tmp_path / "repo") if where == "remote" else None
+    try:
+        done = sync(tmp_path, server.url if server else str(tmp_path / "repo"))
+    finally:
+        if server:
+            server.stop()
+    assert done.returncode == 0, done.stderr
+    (run,) = [Run(h, repo=str(tmp_path / "repo"), read_only=True) for h in index_runs(tmp_path / "repo")]
+    assert started - 1 <= run.creation_time <= trained  # not the delivery's time
+    assert run.end_time <= trained + 0.5 and run.duration >= epochs * pause * 0.9

@@ -4,6 +4,7 @@ journal again changes nothing: delivery and `sync` are idempotent."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ INIT_CONTEXT = {"phase": "init"}
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
 
 
-def open_run(repo: str, run_hash: str, experiment: str):
-    """The aim Run with this hash: resumed if the repository has it, else created with it."""
+def open_run(repo: str, run_hash: str, experiment: str, started: float | None = None):
+    """The aim Run with this hash: resumed if the repository has it, else created with it, dated `started`
+    (the Unix time training began: a run delivered later still shows when it trained)."""
     import aim.sdk.base_run as base_run
     from aim import Repo, Run
 
@@ -29,12 +31,28 @@ def open_run(repo: str, run_hash: str, experiment: str):
         run = Run(run_hash=run_hash, repo=repo, force_resume=True, **RUN_OPTIONS)
         run.experiment = experiment  # again: a writer ended mid-creation may have left the run without it
         return run
-    generate = base_run.generate_run_hash
+    generate, request_props = base_run.generate_run_hash, Repo.request_props
+
+    def dated_props(self, hash_: str, read_only: bool, created_at=None):  # aim's own copy passes created_at so
+        if created_at is None and started is not None and hash_ == run_hash:
+            created_at = datetime.fromtimestamp(started, tz=timezone.utc)  # the server takes an aware time
+            created_at = created_at if self.is_remote_repo else created_at.replace(tzinfo=None)  # sqlite: naive UTC
+        return request_props(self, hash_, read_only, created_at)
+
     base_run.generate_run_hash = lambda: run_hash  # aim offers no other way to choose a new run's hash
+    Repo.request_props = dated_props  # nor to date a new run
     try:
         return Run(repo=repo, experiment=experiment, **RUN_OPTIONS)
     finally:
-        base_run.generate_run_hash = generate
+        base_run.generate_run_hash, Repo.request_props = generate, request_props
+
+
+def close_run(run, ended: float | None) -> None:
+    """Close the aim Run with its end time `ended` (the Unix time the run ended in training), not now."""
+    if ended is not None:
+        resources = run._resources  # aim sets end_time to now in close(), through this object
+        resources.set_run_end_time = lambda: resources.meta_run_tree.__setitem__("end_time", ended)
+    run.close()
 
 
 class RunState:
@@ -85,7 +103,7 @@ class Delivery:
         records = journal.read_records(path)
         header = records[0]
         self.repo = repo or header["repo"]
-        self.run = open_run(self.repo, path.stem, header["experiment"])
+        self.run = open_run(self.repo, path.stem, header["experiment"], header.get("time"))
         self.state = RunState()
         apply(self.run, self.state, header)  # name and config, again on a resumed run
         for record in records[: journal.delivered(path)]:  # rebuild summary state without sending
@@ -102,6 +120,6 @@ class Delivery:
             wait_until_stored(self.run)
             journal.set_delivered(self.path, len(records))
         if journal.is_finalized(records):
-            self.run.close()
+            close_run(self.run, records[-1].get("time"))
             return True
         return False

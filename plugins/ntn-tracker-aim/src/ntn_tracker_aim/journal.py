@@ -1,7 +1,8 @@
 """The spool: one append-only journal per run, written by the training process before a hook returns.
 
     <spool>/<run_hash>.jsonl        one JSON record per line: {"op": "open" | "hparams" | "metrics" |
-                                    "summary" | "finalize", ...}; the first line is the "open" record
+                                    "summary" | "finalize", ...}; the first line is the "open" record;
+                                    "open" and "finalize" carry the Unix "time" of the run's start and end
     <spool>/<run_hash>.delivered    how many of those records have reached the Aim repository
 
 The spool directory is $NTN_AIM_SPOOL, else ./.ntn-aim-spool. Each record is appended with one
@@ -16,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,13 @@ class JournalWriter:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.append({"op": "open", **header})
+        self.append({"op": "open", "time": time.time(), **header})  # when training started
 
     def append(self, record: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(record, allow_nan=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def close(self) -> None:
-        self.append({"op": "finalize"})
+        self.append({"op": "finalize", "time": time.time()})  # when the run ended
         os.close(self._fd)  # releases the flock
 
 

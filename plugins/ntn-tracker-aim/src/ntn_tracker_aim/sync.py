@@ -10,7 +10,7 @@ from pathlib import Path
 from ntn.tracking import TrackerConfigError
 
 from ntn_tracker_aim import auth, journal
-from ntn_tracker_aim.delivery import Delivery
+from ntn_tracker_aim.delivery import Delivery, close_run
 from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -27,7 +27,7 @@ def _deliver(path: Path, repo: str | None) -> str | None:
             if not delivery.step():  # its writer died before finalize: nothing more will come
                 ended = {"status": "interrupted", "success": False, "error": KILLED}
                 delivery.run["summary"] = delivery.state.summary | ended
-                delivery.run.close()
+                close_run(delivery.run, path.stat().st_mtime)  # its last record: as far as it got
             return None
         except Exception as err:
             error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
