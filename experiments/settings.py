@@ -20,14 +20,19 @@ class SettingError(ValueError):
     """A setting's value is not allowed; the message names the variable and what is allowed."""
 
 
+MAX_INTEGER = 2**31 - 1  # every count and seed fits a C int (torch, numpy), so none overflows mid-run
+
+
 def integer(minimum: int) -> Callable[[str], int]:
+    allowed = f"must be an integer >= {minimum} and <= {MAX_INTEGER}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise SettingError(f"must be an integer >= {minimum}") from None
-        if value < minimum:
-            raise SettingError(f"must be an integer >= {minimum}")
+            raise SettingError(allowed) from None
+        if not minimum <= value <= MAX_INTEGER:
+            raise SettingError(allowed)
         return value
 
     return parse
@@ -70,6 +75,8 @@ def seeds(text: str) -> list[int]:
     if not text.strip() or any(not p.strip().isdigit() for p in parts):
         raise SettingError("must be a comma-separated list of integers >= 0, e.g. 0,1,2")
     values = [int(p) for p in parts]
+    if max(values) > MAX_INTEGER:
+        raise SettingError(f"must hold integers <= {MAX_INTEGER}")
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise SettingError(f"must not repeat a seed (repeated: {', '.join(map(str, repeated))})")

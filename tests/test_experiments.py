@@ -135,6 +135,8 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
         ({"TRACKER_DIR": "results_is_a_file/logs"}, "TRACKER_DIR 'results_is_a_file/logs' is not a writable"),
         # each of these failed on main: accepted, then a traceback or a silently merged run
         ({"SEEDS": "0,0"}, "SEEDS='0,0' must not repeat a seed (repeated: 0)"),
+        ({"SEEDS": "0,99999999999999999999"}, "must hold integers <= 2147483647"),
+        ({"BOND_DIM": "10000000000"}, "BOND_DIM='10000000000' must be an integer >= 1 and <= 2147483647"),
         ({"JITTER_START": "inf"}, "JITTER_START='inf' must be a finite number"),
         ({"INIT_STRENGTH": "1e999"}, "INIT_STRENGTH='1e999' must be a finite number"),
         ({"OUTPUT_FILE": "results_dir"}, "OUTPUT_FILE='results_dir' is a directory"),

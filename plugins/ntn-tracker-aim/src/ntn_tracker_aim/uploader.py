@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from ntn.tracking.redact import Redactor
+
 from ntn_tracker_aim import journal
 from ntn_tracker_aim.delivery import Delivery
 from ntn_tracker_aim.process import delivery_interval, exit_timeout
@@ -36,7 +38,7 @@ _logged: set[str] = set()
 
 def _log_once(what: str, err: Exception) -> None:
     """One line per distinct failure in the uploader log, not one traceback per retry."""
-    reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    reason = Redactor().text(f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
     if reason not in _logged:
         _logged.add(reason)
         print(f"[{time.strftime('%H:%M:%S')}] {what}, retrying: {reason}", file=sys.stderr, flush=True)
