@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ntn.tracking import TrackerConfigError
+from ntn.tracking.redact import Redactor
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
@@ -238,12 +239,12 @@ def _deliver_at_exit() -> None:
     if records:
         where = ", ".join(sorted(_repos))
         spool = _journals[0].parent
-        print(
+        line = (
             f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where} "
             f"({_why_undelivered(spool, timed_out)}); they are kept in "
-            f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}",
-            file=sys.stderr,
+            f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}"
         )
+        print(Redactor().text(line), file=sys.stderr)
 
 
 def _why_undelivered(spool: Path, timed_out: bool) -> str:
