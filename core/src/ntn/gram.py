@@ -15,14 +15,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ntn.losses import MSE, CrossEntropy
+from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit
 
 PACKED_CHUNK_ENTRIES = 2**21  # entries of the per-sample product ll ⊗ jj formed at once (16 MB)
 
 
 def accumulate_system(
-    model: TensorNetwork, unit: Unit, loss: MSE | CrossEntropy, batches: Iterable[tuple[Tensor, Tensor]]
+    model: TensorNetwork, unit: Unit, loss: Loss, batches: Iterable[tuple[Tensor, Tensor]]
 ) -> tuple[Tensor, Tensor, float]:
     """Sums over all samples of the data loss's Hessian and gradient with respect to core `unit`.
 
@@ -30,7 +30,7 @@ def accumulate_system(
     :return: (Σ_n E_nᵀ K_n E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F), with r_n = ∂ℓ_n/∂f and
         K_n = ∂²ℓ_n/∂f²
     """
-    if isinstance(loss, MSE) and model.is_kronecker(unit):
+    if loss.quadratic and model.is_kronecker(unit):
         return _accumulate_kronecker(model, unit, loss, batches)
     theta = model.core(unit).reshape(-1)  # (P,)
     P = len(theta)

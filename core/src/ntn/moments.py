@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ntn.losses import MSE, CrossEntropy
+from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit, basis_tuples
 
 MAX_BASIS_ENTRIES = 2**23  # entries of a core's environment on all p^L basis tuples (64 MB)
@@ -38,15 +38,13 @@ def monomial_count(L: int, p: int) -> int:
     return math.comb(p + L - 1, L)
 
 
-def applies(model: TensorNetwork, loss: MSE | CrossEntropy, n_samples: int) -> bool:
-    """Whether the moment form is exact (MSE), bounded in memory, and cheaper than a pass over the
+def applies(model: TensorNetwork, loss: Loss, n_samples: int) -> bool:
+    """Whether the moment form is exact (a quadratic loss: MSE), bounded in memory, and cheaper than a pass over the
     samples (measured in benchmarks/bench_ntn.py: so from N ≥ S on)."""
     basis = model.phys_dim**model.L
     largest = max(model.core(unit).numel() for unit in model.units) * model.output_dim
     return (
-        isinstance(loss, MSE)
-        and monomial_count(model.L, model.phys_dim) <= n_samples
-        and basis * largest <= MAX_BASIS_ENTRIES
+        loss.quadratic and monomial_count(model.L, model.phys_dim) <= n_samples and basis * largest <= MAX_BASIS_ENTRIES
     )
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn import moments
 from ntn.gram import accumulate_system
-from ntn.losses import MSE, get_loss
+from ntn.losses import get_loss
 from ntn.models import TensorNetwork, Unit
 from ntn.moments import LowRankHessian
 
@@ -205,16 +205,16 @@ class NTN:
                 f"(phys_dim = n_features + 1), got {tuple(X.shape)}"
             )
         C = self.model.output_dim
-        if isinstance(self.loss, MSE):
+        if self.loss.labels:
+            y = _as_tensor(y_name, y, torch.float64, self.device)
+            if y.ndim != 1 or (y != y.round()).any() or (y < 0).any() or (y >= C).any():
+                raise ValueError(f"{y_name} must be class labels (N,) with values in [0, {C}) for {self.loss.name}")
+            y = y.long()
+        else:
             y = _as_tensor(y_name, y, self.dtype, self.device)
             y = y[:, None] if y.ndim == 1 else y
             if y.ndim != 2 or y.shape[1] != C:
                 raise ValueError(f"{y_name} must have shape (N,) or (N, {C}) for output_dim={C}, got {tuple(y.shape)}")
-        else:
-            y = _as_tensor(y_name, y, torch.float64, self.device)
-            if y.ndim != 1 or (y != y.round()).any() or (y < 0).any() or (y >= C).any():
-                raise ValueError(f"{y_name} must be class labels (N,) with values in [0, {C}) for cross_entropy")
-            y = y.long()
         if len(y) != len(X):
             raise ValueError(f"{x_name} has {len(X)} rows but {y_name} has {len(y)}")
         if len(X) == 0:
@@ -242,12 +242,12 @@ class NTN:
         X, y = (X, y) if (X is self.X and y is self.y) else self._data("X", X, "y", y)
         f = torch.cat([self.model(phi) for phi, _ in self._batches(X, y)])
         loss = self.loss.per_sample(f, y).mean().item()
-        if isinstance(self.loss, MSE):
-            total = (y - y.mean(dim=0)).pow(2).sum().item()
-            residual = (y - f).pow(2).sum().item()
-            r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
-            return {"loss": loss, "r2": r2}
-        return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
+        if self.loss.labels:
+            return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
+        total = (y - y.mean(dim=0)).pow(2).sum().item()
+        residual = (y - f).pow(2).sum().item()
+        r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
+        return {"loss": loss, "r2": r2}
 
     def scores(self) -> Scores:
         """Training scores (from the moments when the trainer uses them: no pass over the data), plus
