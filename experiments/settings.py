@@ -109,6 +109,7 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
+    has_flag: bool = True  # False: a plugin's own variable, which the plugin reads from the environment
 
     @property
     def flag(self) -> str:
@@ -140,8 +141,8 @@ SETTINGS = [
     Setting("OUTPUT_FILE", "results_{experiment}.json", text, "multi-seed results file, one per experiment name"),
     Setting("VERBOSE", "false", boolean, "print one line per epoch"),
     Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
-    Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend"),
-    Setting("AIM_REPO", ".aim", text, "Aim repository: a path or aim://host:port"),
+    Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend", has_flag=False),
+    Setting("AIM_REPO", ".aim", text, "Aim repository: a path or aim://host:port", has_flag=False),
     Setting("EXPERIMENT_NAME", "{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}"),
 ]
 
@@ -152,12 +153,18 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         description=f"Train {model.upper()} for each seed and track every run. Each flag's environment "
         "variable is given in brackets; a flag wins over its variable.",
         epilog="Exit codes: 0 every seed trained; 1 some seed failed (recorded as failed, the others went on); "
-        "2 bad input, nothing trained.",
+        "2 bad input or the experiment already being trained, nothing trained; 130/143/129 stopped by "
+        "SIGINT/SIGTERM/SIGHUP, the run recorded as interrupted.",
     )
     for s in SETTINGS:
-        parser.add_argument(
-            s.flag, dest=s.dest, default=None, metavar=s.env, help=f"{s.help} [{s.env}, default {s.default}]"
-        )
+        if s.has_flag:
+            parser.add_argument(
+                s.flag, dest=s.dest, default=None, metavar=s.env, help=f"{s.help} [{s.env}, default {s.default}]"
+            )
+    plugins = [s for s in SETTINGS if not s.has_flag]
+    parser.epilog += " The tracker plugins read their own variables: " + "; ".join(
+        f"{s.env} ({s.help}, default {s.default})" for s in plugins
+    )
     return parser
 
 
@@ -166,7 +173,7 @@ def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser(model).parse_args(argv)
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        flag_value = getattr(args, s.dest)
+        flag_value = getattr(args, s.dest, None)
         source, raw = (s.flag, flag_value) if flag_value is not None else (s.env, os.environ.get(s.env))
         if raw is None or raw == "":
             source, raw = s.env, s.default

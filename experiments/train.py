@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -251,8 +250,6 @@ def _main(argv: list[str] | None = None) -> int:
         return _fail(model, str(err))
     # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
     s["experiment_name"], s["output_file"] = _redact(s["experiment_name"]), _redact(s["output_file"])
-    # the plugins read their settings from the environment
-    os.environ["TRACKER_DIR"], os.environ["AIM_REPO"] = s["tracker_dir"], s["aim_repo"]
 
     from ntn.files import Held
     from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
