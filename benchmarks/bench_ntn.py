@@ -48,7 +48,12 @@ def one(n: int, bond: int, batch_size: int) -> dict:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, FEATURES, generator=g, dtype=torch.float64)
     y = X[:, 0] * X[:, 1] + X[:, 2] - X[:, 3] ** 2
-    trainer = NTN(MPO2(3, bond, FEATURES + 1, 1, 1, 0.1, seed=0), X, y, batch_size=batch_size)
+    trainer = NTN(
+        MPO2(L=3, bond_dim=bond, phys_dim=FEATURES + 1, output_dim=1, output_site=1, init_strength=0.1, seed=0),
+        X,
+        y,
+        batch_size=batch_size,
+    )
     start = time.perf_counter()
     uses_moments = trainer._moments is not None  # the one pass over the data that gathers them
     moments_s = time.perf_counter() - start
@@ -94,7 +99,14 @@ def paths() -> list[list]:
         for Model in (MPO2, LMPO2, MMPO2):
             seconds = []
             for use_moments in (False, True):
-                trainer = NTN(Model(3, 6, FEATURES + 1, 1, 1, 0.1, seed=0), X, y, batch_size=100)
+                trainer = NTN(
+                    Model(
+                        L=3, bond_dim=6, phys_dim=FEATURES + 1, output_dim=1, output_site=1, init_strength=0.1, seed=0
+                    ),
+                    X,
+                    y,
+                    batch_size=100,
+                )
                 start = time.perf_counter()
                 chosen = Moments(trainer.model, trainer._batches(trainer.X, trainer.y)) if use_moments else None
                 trainer.__dict__["_moments"] = chosen  # overrides the trainer's own choice

@@ -40,7 +40,7 @@ def test_moments_use_no_integer_matrix_product(Model):
     """Failed on main, seeing ['matmul', ...]: `monomials @ powers` is an integer matmul, which
     CUDA does not have (NotImplementedError: "addmv_impl_cuda" not implemented for 'Long')."""
     X, y = regression()
-    trainer = NTN(Model(3, 3, 5, 1, 1, 0.3, seed=0), X, y)
+    trainer = NTN(Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=0), X, y)
     with IntegerMatrixProducts() as mode:
         system = Moments(trainer.model, trainer._batches(X, y))
         system.system(trainer.model, trainer.model.units[0], trainer.loss)
@@ -58,7 +58,12 @@ def test_the_integer_matrix_product_detector_sees_one():
 @pytest.mark.parametrize("outputs", [1, 2])
 def test_training_scores_from_the_moments_match_a_direct_evaluation(Model, outputs):
     X, y = regression(n=300, outputs=outputs, seed=1)
-    trainer = NTN(Model(3, 3, 5, outputs, 1, 0.3, seed=2), X, y, batch_size=64)
+    trainer = NTN(
+        Model(L=3, bond_dim=3, phys_dim=5, output_dim=outputs, output_site=1, init_strength=0.3, seed=2),
+        X,
+        y,
+        batch_size=64,
+    )
     assert trainer._moments is not None
     trainer.fit(2)
     from_moments, direct = trainer.scores(), trainer.evaluate(X.clone(), y.clone())
@@ -80,9 +85,9 @@ def _fit_everywhere(device, Model, loss, n):
     X, y = regression(n=n, seed=3)
     if loss == "cross_entropy":
         y = (y[:, 0] > y[:, 0].median()).long() + (y[:, 0] > y[:, 0].quantile(0.8)).long()
-        model = Model(3, 3, 5, 3, 1, 0.3, seed=4)
+        model = Model(L=3, bond_dim=3, phys_dim=5, output_dim=3, output_site=1, init_strength=0.3, seed=4)
     else:
-        model = Model(3, 3, 5, 1, 1, 0.3, seed=4)
+        model = Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=4)
     cut = n * 3 // 4
     trainer = NTN(model, X[:cut].numpy(), y[:cut].numpy(), loss=loss, X_val=X[cut:], y_val=y[cut:], device=device)
     result = trainer.fit(3)

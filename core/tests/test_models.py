@@ -14,7 +14,7 @@ def embed(X):
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 @pytest.mark.parametrize("output_site", [0, 1, 2])
 def test_output_equals_dense_einsum_of_contracted_tensor(Model, output_site):
-    model = Model(3, 4, 5, output_dim=2, output_site=output_site, init_strength=0.3, seed=0)
+    model = Model(L=3, bond_dim=4, phys_dim=5, output_dim=2, output_site=output_site, init_strength=0.3, seed=0)
     phi = embed(torch.randn(11, 4, dtype=torch.float64))
     W = model.dense()  # (p, p, p, C)
     expected = torch.einsum("ni,nj,nk,ijkc->nc", phi, phi, phi, W)
@@ -23,7 +23,7 @@ def test_output_equals_dense_einsum_of_contracted_tensor(Model, output_site):
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 def test_environment_is_the_linear_map_of_each_core(Model):
-    model = Model(4, 3, 4, output_dim=3, output_site=2, init_strength=0.4, seed=1)
+    model = Model(L=4, bond_dim=3, phys_dim=4, output_dim=3, output_site=2, init_strength=0.4, seed=1)
     phi = embed(torch.randn(9, 3, dtype=torch.float64))
     for unit in model.units:
         E = model.environment(unit, phi)
@@ -32,22 +32,25 @@ def test_environment_is_the_linear_map_of_each_core(Model):
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 def test_basis_environment_is_the_environment_on_every_basis_tuple(Model):
-    model = Model(4, 3, 3, output_dim=2, output_site=1, init_strength=0.4, seed=2)
+    model = Model(L=4, bond_dim=3, phys_dim=3, output_dim=2, output_site=1, init_strength=0.4, seed=2)
     basis = basis_inputs(4, 3, torch.float64, torch.device("cpu"))  # (81, 4, 3)
     for unit in model.units:
         assert_close(model.basis_environment(unit), model.environment(unit, basis))
 
 
 def test_parameter_counts():
-    assert MPO2(3, 6, 9, 1, 1).n_parameters == 432
-    assert MMPO2(3, 6, 9, 1, 1).n_parameters == 432
+    assert MPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432
+    assert MMPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432
     # rank = max(2, int(9 * 0.5)) = 4: reduction 216 + 1296 + 216, top 24 + 144 + 24
-    assert LMPO2(3, 6, 9, 1, 1).n_parameters == 1920
-    assert LMPO2(3, 6, 9, 1, 1, rank=2).n_parameters == 9 * 2 * 6 * 2 + 6 * 9 * 2 * 6 + 2 * 6 + 6 * 2 * 6 + 6 * 2
+    assert LMPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 1920
+    assert (
+        LMPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1, rank=2).n_parameters
+        == 9 * 2 * 6 * 2 + 6 * 9 * 2 * 6 + 2 * 6 + 6 * 2 * 6 + 6 * 2
+    )
 
 
 def test_mmpo2_mask_keeps_each_monomial_once():
-    model = MMPO2(3, 2, 4, 1, 1, init_strength=0.5, seed=3)
+    model = MMPO2(L=3, bond_dim=2, phys_dim=4, output_dim=1, output_site=1, init_strength=0.5, seed=3)
     W = model.dense()[..., 0]
     for index in itertools.product(range(4), repeat=3):
         if list(index) != sorted(index):

@@ -36,7 +36,9 @@ def regression_data(n=200, features=4, seed=0):
 @pytest.mark.parametrize("n", [30, 200])  # 30 < 35 monomials: summed over the batches; 200: from the moments
 def test_gradient_of_J_vanishes_after_a_core_update(Model, n):
     X, y = regression_data(n=n)
-    trainer = NTN(Model(3, 3, 5, 1, 1, 0.3, seed=0), X, y, batch_size=37)
+    trainer = NTN(
+        Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=0), X, y, batch_size=37
+    )
     assert (trainer._moments is None) == (n == 30)
     jitter = 1e-3
     for unit in trainer.model.units:
@@ -51,7 +53,9 @@ def test_gradient_of_J_vanishes_after_a_core_update(Model, n):
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 def test_J_k_never_increases_across_core_updates(Model):
     X, y = regression_data(seed=1)
-    trainer = NTN(Model(3, 4, 5, 1, 1, 0.2, seed=1), X, y, batch_size=50)
+    trainer = NTN(
+        Model(L=3, bond_dim=4, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=1), X, y, batch_size=50
+    )
     jitter = 1e-2
     units = trainer.model.units
     for _ in range(2):
@@ -69,7 +73,7 @@ def test_an_update_does_not_depend_on_the_scale_of_the_other_cores(Model, n):
     X, y = regression_data(n=n, seed=4)
     outputs = []
     for s in (1.0, 1e-3):
-        model = Model(3, 3, 5, 1, 1, 0.3, seed=5)
+        model = Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=5)
         first = model.units[0]
         model.set_core(first, model.core(first) * s)
         trainer = NTN(model, X, y, batch_size=64)
@@ -84,7 +88,12 @@ def test_moments_give_the_same_newton_system_as_the_batches(Model, L, output_dim
     g = torch.Generator().manual_seed(7)
     X = torch.randn(120, 3, generator=g, dtype=torch.float64)
     y = torch.randn(120, output_dim, generator=g, dtype=torch.float64)
-    trainer = NTN(Model(L, 3, 4, output_dim, output_site, 0.4, seed=3), X, y, batch_size=50)
+    trainer = NTN(
+        Model(L=L, bond_dim=3, phys_dim=4, output_dim=output_dim, output_site=output_site, init_strength=0.4, seed=3),
+        X,
+        y,
+        batch_size=50,
+    )
     system = Moments(trainer.model, trainer._batches(X, y))
     for unit in trainer.model.units:
         expected = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
@@ -112,7 +121,12 @@ def test_batch_size_does_not_change_the_result():
     X, y = regression_data(n=300, seed=2)
     weights = []
     for batch_size in (7, 1000):
-        trainer = NTN(MPO2(3, 3, 5, 1, 1, 0.2, seed=2), X, y, batch_size=batch_size)
+        trainer = NTN(
+            MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=2),
+            X,
+            y,
+            batch_size=batch_size,
+        )
         trainer.fit(3, jitter_start=0.05, jitter_decay=0.5)
         weights.append(torch.cat([core.reshape(-1) for core in trainer.model.trainable_cores]))
     assert_close(*weights, rtol=1e-10)
@@ -123,7 +137,13 @@ def test_batch_size_does_not_change_the_result_for_cross_entropy_and_lmpo2():
     labels = (y > y.median()).long() + (y > y.quantile(0.8)).long()
     weights = []
     for batch_size in (7, 1000):
-        trainer = NTN(LMPO2(3, 2, 5, 3, 1, 0.3, seed=2), X, labels, loss="cross_entropy", batch_size=batch_size)
+        trainer = NTN(
+            LMPO2(L=3, bond_dim=2, phys_dim=5, output_dim=3, output_site=1, init_strength=0.3, seed=2),
+            X,
+            labels,
+            loss="cross_entropy",
+            batch_size=batch_size,
+        )
         trainer.fit(2, jitter_start=0.05)
         weights.append(torch.cat([core.reshape(-1) for core in trainer.model.trainable_cores]))
     assert_close(*weights, rtol=1e-10)
@@ -137,7 +157,13 @@ def test_iris_cross_entropy_reaches_held_out_accuracy():
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     mean, std = X_train.mean(axis=0), X_train.std(axis=0)
     X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
-    trainer = NTN(MPO2(3, 4, 5, 3, 1, 0.1, seed=0), X_train, y_train, loss="cross_entropy", batch_size=32)
+    trainer = NTN(
+        MPO2(L=3, bond_dim=4, phys_dim=5, output_dim=3, output_site=1, init_strength=0.1, seed=0),
+        X_train,
+        y_train,
+        loss="cross_entropy",
+        batch_size=32,
+    )
     trainer.fit(10, jitter_start=0.05)
     assert trainer.evaluate(X_test, y_test)["accuracy"] >= 0.9
 
@@ -147,7 +173,9 @@ def test_two_layer_models_fit_a_degree_3_polynomial(Model):
     g = torch.Generator().manual_seed(4)
     X = torch.randn(1000, 4, generator=g, dtype=torch.float64)
     y = X[:, 0] * X[:, 1] * X[:, 2] + 0.5 * X[:, 3] ** 2 - X[:, 1] + 0.3
-    trainer = NTN(Model(3, 6, 5, 1, 1, 0.1, seed=0), X, y, batch_size=250)
+    trainer = NTN(
+        Model(L=3, bond_dim=6, phys_dim=5, output_dim=1, output_site=1, init_strength=0.1, seed=0), X, y, batch_size=250
+    )
     result = trainer.fit(10, jitter_start=1e-3, jitter_decay=0.5, jitter_min=1e-10)
     assert result["scores"]["r2"] > 0.99
 
@@ -159,7 +187,9 @@ def rss_bytes():
 
 def test_memory_does_not_grow_across_epochs():
     X, y = regression_data(n=4000, seed=5)
-    trainer = NTN(MPO2(3, 6, 5, 1, 1, 0.1, seed=0), X, y, batch_size=500)
+    trainer = NTN(
+        MPO2(L=3, bond_dim=6, phys_dim=5, output_dim=1, output_site=1, init_strength=0.1, seed=0), X, y, batch_size=500
+    )
     trainer.fit(2)
     before = rss_bytes()
     trainer.fit(20)
@@ -170,7 +200,13 @@ def test_memory_does_not_grow_across_epochs():
 
 def test_callbacks_receive_the_documented_keys_and_reg_loss_formula():
     X, y = regression_data(seed=6)
-    trainer = NTN(MPO2(3, 3, 5, 1, 1, 0.2, seed=0), X[:150], y[:150], X_val=X[150:], y_val=y[150:])
+    trainer = NTN(
+        MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0),
+        X[:150],
+        y[:150],
+        X_val=X[150:],
+        y_val=y[150:],
+    )
     seen = {}
 
     def callback_init(scores, info):
@@ -201,7 +237,13 @@ def test_callbacks_receive_the_documented_keys_and_reg_loss_formula():
 
 def test_selection_by_validation_loss_restores_that_state():
     X, y = regression_data(seed=7)
-    trainer = NTN(MPO2(3, 4, 5, 1, 1, 0.2, seed=0), X[:100], y[:100], X_val=X[100:], y_val=y[100:])
+    trainer = NTN(
+        MPO2(L=3, bond_dim=4, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0),
+        X[:100],
+        y[:100],
+        X_val=X[100:],
+        y_val=y[100:],
+    )
     epochs = []
     result = trainer.fit(6, jitter_start=1e-6, select="val_loss", callback_epoch=lambda e, s, i: epochs.append(s))
     best = min(range(6), key=lambda e: epochs[e]["val_loss"])
@@ -213,7 +255,7 @@ def test_same_seed_gives_identical_results():
     X, y = regression_data(seed=8)
     cores = []
     for _ in range(2):
-        trainer = NTN(LMPO2(3, 3, 5, 1, 1, 0.2, seed=11), X, y)
+        trainer = NTN(LMPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=11), X, y)
         trainer.fit(2)
         cores.append(trainer.model.trainable_cores)
     for a, b in zip(*cores):
@@ -233,12 +275,12 @@ def test_same_seed_gives_identical_results():
 )
 def test_bad_training_data_names_the_argument(X, y, message):
     with pytest.raises(ValueError, match=message):
-        NTN(MPO2(3, 2, 5, 1, 1), X, y)
+        NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1), X, y)
 
 
 def test_bad_fit_arguments():
     X, y = regression_data(n=20)
-    trainer = NTN(MPO2(3, 2, 5, 1, 1), X, y)
+    trainer = NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1), X, y)
     with pytest.raises(ValueError, match="n_epochs must be an integer >= 0, got -1"):
         trainer.fit(-1)
     with pytest.raises(ValueError, match="select='val_loss' needs validation data"):
@@ -246,21 +288,21 @@ def test_bad_fit_arguments():
     with pytest.raises(ValueError, match="jitter must hold 2 finite values"):
         trainer.fit(2, jitter=[0.1])
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
-        NTN(MPO2(3, 2, 5, 1, 1), X, y, batch_size=0)
+        NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1), X, y, batch_size=0)
     with pytest.raises(ValueError, match=r"loss must be one of \['cross_entropy', 'mse'\], got 'l1'"):
-        NTN(MPO2(3, 2, 5, 1, 1), X, y, loss="l1")
+        NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1), X, y, loss="l1")
 
 
 def test_a_system_that_stays_non_finite_raises_a_clear_error_naming_the_site():
     X = np.full((10, 4), 1e120)  # finite inputs whose degree-3 products overflow
-    trainer = NTN(MPO2(3, 2, 5, 1, 1, seed=0), X, np.ones(10))
+    trainer = NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1, seed=0), X, np.ones(10))
     with pytest.raises(NewtonStepError, match=r"top core at site 0 failed: .* even with jitter \d"):
         trainer.update(Unit(TOP, 0), 0.01)
 
 
 def test_singular_system_is_rescued_by_adaptive_jitter():
     X = np.zeros((10, 4))  # every environment is identical: a rank-one Gram matrix
-    trainer = NTN(MPO2(3, 2, 5, 1, 1, seed=0), X, np.ones(10))
+    trainer = NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1, seed=0), X, np.ones(10))
     trainer.fit(2, jitter=[0.0, 0.0], regularize=False)
     assert trainer.evaluate(X, np.ones(10))["loss"] < 1e-8
 
@@ -270,7 +312,7 @@ def test_memory_and_start_up_do_not_grow_with_n_epochs():
     import tracemalloc
 
     X, y = regression_data(n=100, seed=6)
-    trainer = NTN(MPO2(3, 2, 5, 1, 1, 0.2, seed=0), X, y)
+    trainer = NTN(MPO2(L=3, bond_dim=2, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0), X, y)
 
     class FirstEpochDone(Exception):
         pass

@@ -33,6 +33,14 @@ from torch import Tensor
 TOP, INPUT = "top", "input"
 
 
+@dataclass
+class InputLayer:
+    """The input row: one core per site, (d_left, p, r, d_right), and whether the trainer updates it."""
+
+    cores: list[Tensor]
+    trainable: bool
+
+
 @dataclass(frozen=True)
 class Unit:
     """One trainable core: its row (`"top"` or `"input"`) and its site."""
@@ -56,14 +64,14 @@ class TensorNetwork:
 
     def __init__(
         self,
+        *,
         L: int,
         bond_dim: int,
         phys_dim: int,
         output_dim: int,
         output_site: int,
         init_strength: float,
-        input_cores: list[Tensor] | None,
-        train_input: bool,
+        input_layer: InputLayer | None,
         seed: int | None,
     ) -> None:
         _check("L", L, 2)
@@ -76,10 +84,10 @@ class TensorNetwork:
             raise ValueError(f"init_strength must be > 0, got {init_strength!r}")
         self.L, self.bond_dim, self.phys_dim = L, bond_dim, phys_dim
         self.output_dim, self.output_site = output_dim, output_site
-        self.input_cores = input_cores
-        self.train_input = train_input
+        self.input_cores = None if input_layer is None else input_layer.cores  # None: φ feeds the top row
+        self.train_input = input_layer is not None and input_layer.trainable
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        r = phys_dim if input_cores is None else input_cores[0].shape[2]
+        r = phys_dim if self.input_cores is None else self.input_cores[0].shape[2]
         D = _bond_dims(L, bond_dim)
         self.top_cores = [
             init_strength
@@ -300,6 +308,7 @@ def _ordering_mask_cores(L: int, phys_dim: int) -> list[Tensor]:
 
 
 def MPO2(
+    *,
     L: int,
     bond_dim: int,
     phys_dim: int,
@@ -313,10 +322,12 @@ def MPO2(
     Parameters: Σ_k D_k·p·D_{k+1}, times output_dim on `output_site` (D_0 = D_L = 1). For L=3,
     bond_dim=6, phys_dim=9, output_dim=1: 54 + 324 + 54 = 432.
     """
-    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, None, False, seed)
+    shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
+    return TensorNetwork(**shape, init_strength=init_strength, input_layer=None, seed=seed)
 
 
 def LMPO2(
+    *,
     L: int,
     bond_dim: int,
     phys_dim: int,
@@ -340,11 +351,13 @@ def LMPO2(
     _check("rank", rank, 1)
     _check("L", L, 2)
     _check("bond_dim", bond_dim, 1)
-    cores = _reduction_cores(L, bond_dim, phys_dim, rank, init_strength, seed)
-    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, cores, True, seed)
+    reduction = InputLayer(_reduction_cores(L, bond_dim, phys_dim, rank, init_strength, seed), trainable=True)
+    shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
+    return TensorNetwork(**shape, init_strength=init_strength, input_layer=reduction, seed=seed)
 
 
 def MMPO2(
+    *,
     L: int,
     bond_dim: int,
     phys_dim: int,
@@ -360,5 +373,6 @@ def MMPO2(
     """
     _check("L", L, 2)
     _check("phys_dim", phys_dim, 2)
-    mask = _ordering_mask_cores(L, phys_dim)
-    return TensorNetwork(L, bond_dim, phys_dim, output_dim, output_site, init_strength, mask, False, seed)
+    mask = InputLayer(_ordering_mask_cores(L, phys_dim), trainable=False)
+    shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
+    return TensorNetwork(**shape, init_strength=init_strength, input_layer=mask, seed=seed)
