@@ -39,8 +39,8 @@ def run(model: str, dataset: str, n_samples: str) -> dict:
         if done.returncode not in (0, 1):
             raise SystemExit(f"run_{model}.sh failed: {done.stderr.strip()}")
         results = json.loads((pathlib.Path(scratch) / f"results_{model}_experiment.json").read_text())
-    quality = "r2" if "r2_mean" in results else "accuracy"
-    mean, std = results[f"{quality}_mean"], results[f"{quality}_std"]
+    quality = "r2" if "test_r2_mean" in results else "accuracy"
+    mean, std = results[f"test_{quality}_mean"], results[f"test_{quality}_std"]
     shown = "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"
     return {"success": f"{results['n_success']}/{results['n_total']}", "held_out": f"{quality} {shown}", "wall": wall}
 

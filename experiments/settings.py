@@ -168,7 +168,36 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """One experiment's settings, parsed and checked (`resolve`); names as in SETTINGS, lower case."""
+
+    dataset: str
+    n_samples: int
+    l: int
+    bond_dim: int
+    output_site: int
+    init_strength: float
+    reduction_factor: float
+    batch_size: int
+    n_epochs: int
+    jitter_start: float
+    jitter_decay: float
+    jitter_min: float
+    select: str
+    device: str
+    seeds: list[int]
+    data_seed: int
+    preprocessing: str
+    output_file: str
+    verbose: bool
+    tracker_backend: str
+    tracker_dir: str
+    aim_repo: str
+    experiment_name: str
+
+
+def resolve(model: str, argv: list[str] | None = None) -> Settings:
     """Every setting's value, parsed and checked; SettingError names the variable (or flag) at fault."""
     args = build_parser(model).parse_args(argv)
     values: dict[str, Any] = {}
@@ -187,4 +216,4 @@ def resolve(model: str, argv: list[str] | None = None) -> dict[str, Any]:
     )
     if not values["output_site"] < values["l"]:
         raise SettingError(f"OUTPUT_SITE={values['output_site']} must be in [0, L) = [0, {values['l']})")
-    return values
+    return Settings(**values)

@@ -6,16 +6,20 @@ The shell scripts run_mpo2.sh, run_lmpo2.sh and run_mmpo2.sh call this; `--help`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ntn.files import check_writable, write_atomic
+
+if TYPE_CHECKING:
+    from experiments.settings import Settings
 
 MODELS = ("mpo2", "lmpo2", "mmpo2")
 
@@ -66,24 +70,24 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def build_model(model: str, s: dict[str, Any], phys_dim: int, output_dim: int, seed: int):
+def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: int):
     from ntn import LMPO2, MMPO2, MPO2
 
     common = dict(
-        L=s["l"],
-        bond_dim=s["bond_dim"],
+        L=s.l,
+        bond_dim=s.bond_dim,
         phys_dim=phys_dim,
         output_dim=output_dim,
-        output_site=s["output_site"],
-        init_strength=s["init_strength"],
+        output_site=s.output_site,
+        init_strength=s.init_strength,
         seed=seed,
     )
     if model == "lmpo2":
-        return LMPO2(**common, reduction_factor=s["reduction_factor"])
+        return LMPO2(**common, reduction_factor=s.reduction_factor)
     return {"mpo2": MPO2, "mmpo2": MMPO2}[model](**common)
 
 
-def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> dict[str, Any]:
+def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
     """Train one seed inside its tracked run; returns its entry of the results file."""
     from ntn import NTN
 
@@ -91,20 +95,20 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
     loss = "mse" if data.task == "regression" else "cross_entropy"
     net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
     run.log_hparams(
-        {k: s[k] for k in ("l", "bond_dim", "output_site", "init_strength", "batch_size", "n_epochs")}
-        | {k: s[k] for k in ("jitter_start", "jitter_decay", "jitter_min", "select")}
-        | ({"reduction_factor": s["reduction_factor"]} if model == "lmpo2" else {})
-        | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss": loss}
+        {k: getattr(s, k) for k in ("l", "bond_dim", "output_site", "init_strength", "batch_size", "n_epochs")}
+        | {k: getattr(s, k) for k in ("jitter_start", "jitter_decay", "jitter_min", "select")}
+        | ({"reduction_factor": s.reduction_factor} if model == "lmpo2" else {})
+        | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss_function": loss}
     )
     trainer = NTN(
         net,
         data.X_train,
         data.y_train,
         loss=loss,
-        batch_size=s["batch_size"],
+        batch_size=s.batch_size,
         X_val=data.X_val,
         y_val=data.y_val,
-        device=s["device"],
+        device=s.device,
     )
 
     def on_epoch(epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
@@ -112,11 +116,11 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
         progress(seed, epoch, scores, info)
 
     result = trainer.fit(
-        s["n_epochs"],
-        jitter_start=s["jitter_start"],
-        jitter_decay=s["jitter_decay"],
-        jitter_min=s["jitter_min"],
-        select=s["select"],
+        s.n_epochs,
+        jitter_start=s.jitter_start,
+        jitter_decay=s.jitter_decay,
+        jitter_min=s.jitter_min,
+        select=s.select,
         callback_init=run.callback_init,
         callback_epoch=on_epoch,
     )
@@ -137,8 +141,8 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
     run.log_summary(summary)
     return {
         "seed": seed,
-        "loss": test["loss"],
-        quality: test[quality],
+        "test_loss": test["loss"],
+        f"test_{quality}": test[quality],
         "success": summary["success"],
         **({"error": failure} if failure else {}),
         "train_loss": final["loss"],
@@ -152,7 +156,7 @@ def run_seed(model: str, s: dict[str, Any], data, seed: int, run, progress) -> d
 COLLAPSE_R2 = 0.05  # a regression model whose training R² stays below this predicts (almost) a constant
 
 
-def _failure(model: str, s: dict[str, Any], data, final: dict[str, float], test: dict[str, float]) -> str | None:
+def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[str, float]) -> str | None:
     """Why a trained seed does not count as a success, in one line; None when it does.
 
     A seed fails when its held-out figure is no better than the trivial predictor (the training mean, or
@@ -169,7 +173,7 @@ def _failure(model: str, s: dict[str, Any], data, final: dict[str, float], test:
     if collapsed:
         return (
             f"collapsed: {model.upper()} predicts (almost) a constant ({shown}); "
-            f"the ridge JITTER_START={s['jitter_start']:g} may be too strong for it"
+            f"the ridge JITTER_START={s.jitter_start:g} may be too strong for it"
         )
     if trivial:
         return f"no better than the trivial predictor on the held-out test split ({shown})"
@@ -186,19 +190,19 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _hold_experiment(s: dict[str, Any], output: Path, backends: list) -> Iterator[None]:
+def _hold_experiment(s: Settings, output: Path, backends: list) -> Iterator[None]:
     """Lock what this process will write, before training: the experiment's name in TRACKER_DIR (with
     the file backend) and the results file. A second process with the same ones is refused (ntn.files.Held)."""
     from ntn.files import hold, release
 
     locks = []
     if any(b.name == "file" for b in backends):
-        tracker_dir = Path(s["tracker_dir"])
+        tracker_dir = Path(s.tracker_dir)
         try:
             tracker_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OSError(f"TRACKER_DIR {str(tracker_dir)!r} is not a writable directory ({err.strerror})") from None
-        digest = hashlib.sha256(s["experiment_name"].encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        digest = hashlib.sha256(s.experiment_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         locks.append(tracker_dir / f".experiment-{digest}.lock")
     locks.append(output.parent / f".{output.name}.lock")
     held = []
@@ -249,45 +253,50 @@ def _main(argv: list[str] | None = None) -> int:
     except SettingError as err:
         return _fail(model, str(err))
     # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
-    s["experiment_name"], s["output_file"] = _redact(s["experiment_name"]), _redact(s["output_file"])
+    s = dataclasses.replace(s, experiment_name=_redact(s.experiment_name), output_file=_redact(s.output_file))
 
     from ntn.files import Held
     from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
 
-    output = Path(s["output_file"])
+    output = Path(s.output_file)
     held = contextlib.ExitStack()
     try:
-        s["device"] = str(_device(s["device"]))
-        run_names = [f"{s['experiment_name']}_seed{seed}" for seed in s["seeds"]]
-        backends = validate(s["tracker_backend"], run_names)
+        s = dataclasses.replace(s, device=str(_device(s.device)))
+        run_names = [f"{s.experiment_name}_seed{seed}" for seed in s.seeds]
+        backends = validate(s.tracker_backend, run_names)
         _writable_file(output)
-        data = load_dataset(s["dataset"], s["n_samples"], s["data_seed"], s["preprocessing"])
+        data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         held.enter_context(_hold_experiment(s, output, backends))
     except Held as err:
         return _fail(
             model,
-            f"EXPERIMENT_NAME={s['experiment_name']!r} (results {str(output)!r}) is being trained by {err}; "
+            f"EXPERIMENT_NAME={s.experiment_name!r} (results {str(output)!r}) is being trained by {err}; "
             "wait for it, or give this run another EXPERIMENT_NAME",
         )
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
         return _fail(model, str(err))
     except ValueError as err:  # the device
-        return _fail(model, f"DEVICE={s['device']!r}: {err}")
+        return _fail(model, f"DEVICE={s.device!r}: {err}")
     with held:
         return _train(model, s, data, backends, output)
 
 
-def _train(model: str, s: dict[str, Any], data, backends: list, output: Path) -> int:
+def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
     from ntn.tracking import TrackerConfigError, start_run
 
     quality = "r2" if data.task == "regression" else "accuracy"
-    config = {"model": model.upper(), "experiment": s["experiment_name"], **s, "dataset_info": data.info}
+    config = {
+        "model": model.upper(),
+        "experiment": s.experiment_name,
+        **dataclasses.asdict(s),
+        "dataset_info": data.info,
+    }
     progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
     errors = 0
-    for seed in s["seeds"]:
-        name = f"{s['experiment_name']}_seed{seed}"
+    for seed in s.seeds:
+        name = f"{s.experiment_name}_seed{seed}"
         _RECORDS.append(
             f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); the seeds before it in {output}"
         )
@@ -299,7 +308,7 @@ def _train(model: str, s: dict[str, Any], data, backends: list, output: Path) ->
                     errors += 1
                     error = f"{type(err).__name__}: {err}"
                     run.log_summary({"seed": seed, "success": False, "error": error})
-                    entry = {"seed": seed, "loss": None, quality: None, "success": False, "error": error}
+                    entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
         except TrackerConfigError as err:
             return _fail(model, str(err))
         except KeyboardInterrupt:
@@ -308,19 +317,18 @@ def _train(model: str, s: dict[str, Any], data, backends: list, output: Path) ->
         results.append(entry)
         progress.seed_done(seed, entry)
         ok = [r for r in results if r["success"]]
-        loss_mean, loss_std = _stats([r["loss"] for r in ok])
-        q_mean, q_std = _stats([r[quality] for r in ok])
+        loss_mean, loss_std = _stats([r["test_loss"] for r in ok])
+        q_mean, q_std = _stats([r[f"test_{quality}"] for r in ok])
         _write_json(
             output,
             {
                 "model": model.upper(),
                 "n_total": len(results),
                 "n_success": len(ok),
-                "loss_mean": loss_mean,
-                "loss_std": loss_std,
-                f"{quality}_mean": q_mean,
-                f"{quality}_std": q_std,
-                "metrics_on": "test split (held out); train_* and val_* beside each result",
+                "test_loss_mean": loss_mean,
+                "test_loss_std": loss_std,
+                f"test_{quality}_mean": q_mean,
+                f"test_{quality}_std": q_std,
                 "results": results,
                 "config": config,
                 "dataset_info": data.info,
@@ -337,22 +345,22 @@ def _train(model: str, s: dict[str, Any], data, backends: list, output: Path) ->
     return 1 if errors else 0
 
 
-def _backends_shown(backends: list, s: dict[str, Any]) -> str:
+def _backends_shown(backends: list, s: Settings) -> str:
     """Where each backend keeps the run, in a few words."""
-    where = {"file": f"file: {s['tracker_dir']}/", "aim": f"aim: {s['aim_repo']}, spooled in .ntn-aim-spool/"}
+    where = {"file": f"file: {s.tracker_dir}/", "aim": f"aim: {s.aim_repo}, spooled in .ntn-aim-spool/"}
     return ", ".join(where.get(b.name, b.name) for b in backends) or "no tracker"
 
 
 class _Progress:
     """tqdm bars over seeds and epochs on a terminal; one line per epoch with VERBOSE."""
 
-    def __init__(self, s: dict[str, Any], info: dict[str, Any]) -> None:
-        self.verbose = s["verbose"]
+    def __init__(self, s: Settings, info: dict[str, Any]) -> None:
+        self.verbose = s.verbose
         self.bar = None
         if sys.stderr.isatty() and not self.verbose:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=len(s["seeds"]) * s["n_epochs"], unit="epoch", desc=info["name"], file=sys.stderr)
+            self.bar = tqdm(total=len(s.seeds) * s.n_epochs, unit="epoch", desc=info["name"], file=sys.stderr)
 
     def __call__(self, seed: int, epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
         if self.verbose:

@@ -21,8 +21,9 @@ def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_s
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert results["model"] == "MPO2" and results["n_total"] == 2 and results["n_success"] == 2
-    test_r2 = [r["r2"] for r in results["results"]]
-    assert results["r2_mean"] == pytest.approx(np.mean(test_r2)) and results["r2_std"] == pytest.approx(np.std(test_r2))
+    test_r2 = [r["test_r2"] for r in results["results"]]
+    assert results["test_r2_mean"] == pytest.approx(np.mean(test_r2))
+    assert results["test_r2_std"] == pytest.approx(np.std(test_r2))
     assert (
         results["dataset_info"]["n_train"] == 210 and results["dataset_info"]["preprocessing"]["fitted_on"] == "train"
     )
@@ -39,7 +40,7 @@ def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_s
         assert [m["jitter"] for m in run["metrics_log"][1:]] == pytest.approx([0.2 * 0.9**e for e in range(4)])
         summary = run["summary"]
         assert summary["status"] == "finished" and summary["success"] is True
-        assert summary["test_r2"] == pytest.approx(entry["r2"]) and summary["seed"] == seed
+        assert summary["test_r2"] == pytest.approx(entry["test_r2"]) and summary["seed"] == seed
         assert entry["train_r2"] == pytest.approx(summary["r2"])
 
 
@@ -97,7 +98,7 @@ def test_classification_uses_accuracy(run_script, tmp_path):
     done = run_script("mpo2", DATASET="iris", N_SAMPLES="all", N_EPOCHS="3", BOND_DIM="3")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
-    assert "accuracy_mean" in results and "r2_mean" not in results
+    assert "test_accuracy_mean" in results and "test_r2_mean" not in results
     assert all(0 <= r["accuracy"] <= 1 for r in results["results"])
     run = load(tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json")
     assert {"accuracy", "val_accuracy"} <= set(run["metrics_log"][1]) and "test_accuracy" in run["summary"]
@@ -115,7 +116,7 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
     done = run_script("mpo2", INIT_STRENGTH="1e200", N_EPOCHS="1")
     assert done.returncode == 1
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
-    assert results["n_total"] == 2 and results["n_success"] == 0 and results["r2_mean"] is None
+    assert results["n_total"] == 2 and results["n_success"] == 0 and results["test_r2_mean"] is None
     for entry in results["results"]:
         assert entry["success"] is False and entry["error"]
         summary = load(tmp_path / "experiment_logs" / f"mpo2_experiment_seed{entry['seed']}.json")["summary"]
@@ -165,7 +166,7 @@ def test_default_california_run_beats_the_held_out_target(run_script, tmp_path):
     done = run_script("mpo2", DATASET="california_housing", N_SAMPLES="500", SEEDS="0,1,2,3,4")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
-    assert results["n_success"] == 5 and results["r2_mean"] >= 0.55
+    assert results["n_success"] == 5 and results["test_r2_mean"] >= 0.55
     assert results["dataset_info"]["source"].endswith("cal_housing.data")
 
 
@@ -218,7 +219,7 @@ def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_
     for name, run in runs.items():
         assert run.experiment == "bond_sweep_4" and run["hparams"]["bond_dim"] == 4
         seed = run["summary"]["seed"]
-        assert name.endswith(f"seed{seed}") and run["summary"]["test_r2"] == pytest.approx(results[seed]["r2"])
+        assert name.endswith(f"seed{seed}") and run["summary"]["test_r2"] == pytest.approx(results[seed]["test_r2"])
         curves = series(run)
         assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2] and len(curves[("loss", "init")]) == 1
         assert {"r2", "val_loss", "val_r2", "reg_loss", "jitter", "weight_norm_sq"} <= {n for n, _ in curves}
@@ -268,7 +269,7 @@ def test_every_model_learns_on_every_data_set_at_the_defaults(run_script, tmp_pa
     assert done.returncode == 0, done.stderr
     (entry,) = json.loads((tmp_path / f"results_{model}_experiment.json").read_text())["results"]
     assert entry["success"], entry
-    assert entry[quality] > FLOORS[dataset, quality][model], entry
+    assert entry[f"test_{quality}"] > FLOORS[dataset, quality][model], entry
 
 
 def _runs_parse_and_hold_every_step(directory, names, n_epochs):
