@@ -99,7 +99,7 @@ def test_classification_uses_accuracy(run_script, tmp_path):
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert "test_accuracy_mean" in results and "test_r2_mean" not in results
-    assert all(0 <= r["accuracy"] <= 1 for r in results["results"])
+    assert all(0 <= r["test_accuracy"] <= 1 for r in results["results"])
     run = load(tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json")
     assert {"accuracy", "val_accuracy"} <= set(run["metrics_log"][1]) and "test_accuracy" in run["summary"]
 
