@@ -183,12 +183,6 @@ def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    from ntn.tracking import Interrupted
-
-    raise Interrupted(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
 def _hold_experiment(s: Settings, output: Path, backends: list) -> Iterator[None]:
     """Lock what this process will write, before training: the experiment's name in TRACKER_DIR (with
@@ -217,7 +211,9 @@ def _hold_experiment(s: Settings, output: Path, backends: list) -> Iterator[None
 
 def main(argv: list[str] | None = None) -> int:
     """Train every seed; a signal (Ctrl-C, SIGTERM, SIGHUP) ends it with one line and 128 + its number."""
-    previous = {name: signal.signal(getattr(signal, name), _raise_interrupted) for name in ("SIGTERM", "SIGHUP")}
+    from ntn.tracking import stop_on_signals
+
+    previous = stop_on_signals()
     try:
         return _main(argv)
     except KeyboardInterrupt as err:
@@ -226,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_redact(f"interrupted by {name}{_where_records_are()}"), file=sys.stderr)
         return EXIT_CODES[name]
     finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+        for signum, handler in previous.items():
+            if signum != signal.SIGINT:
+                signal.signal(signum, handler)
 
 
 _RECORDS: list[str] = []  # where the run being trained keeps its records, for the interrupt's line

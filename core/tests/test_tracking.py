@@ -208,7 +208,7 @@ def test_failing_body_records_the_error_then_finalizes_and_propagates(test_track
     ("body_raises", "status", "error"),
     [
         (None, "finished", None),
-        (KeyboardInterrupt, "interrupted", "interrupted by SIGINT (Ctrl-C)"),
+        (KeyboardInterrupt, "interrupted", "interrupted by SIGINT"),
         (Interrupted("SIGTERM"), "interrupted", "interrupted by SIGTERM"),
         (ValueError("bad"), "failed", "ValueError: bad"),
     ],
@@ -224,6 +224,41 @@ def test_the_summary_says_how_the_run_ended_before_finalize(test_trackers, body_
     last_summary = hooks[-2][1]["summary"]
     assert hooks[-1] == ("finalize", {}) and last_summary["status"] == status
     assert run.summary["status"] == status and run.summary.get("error") == error
+
+
+def test_a_signal_during_a_hook_is_raised_when_the_hook_returns(test_trackers):
+    """Failed on main (SIGTERM then left the run "running"), and in CI with the first fix: SIGTERM raised
+    between the file tracker's write and its bookkeeping, and its next write left a stray tail after the
+    document. Now the exception waits until the tracker's code has returned."""
+    import signal
+
+    from ntn.tracking import stop_on_signals
+
+    class SignalledMidHook:
+        def __init__(self, experiment_name, config):
+            self.steps = []
+
+        def log_metrics(self, metrics, step):
+            self.steps.append(("before", step))
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered now, in the middle of this hook
+            for _ in range(1000):  # bytecodes enough for Python to run its handler here, were it not deferred
+                pass
+            self.steps.append(("after", step))
+
+    from ntn.tracking.discovery import Backend
+
+    tracker = {}
+    backend = [Backend("mid", lambda **kw: tracker.setdefault("t", SignalledMidHook(**kw)), "test:mid")]
+    previous = stop_on_signals()
+    try:
+        with pytest.raises(Interrupted) as raised, start_run("mid", {}, backend=backend) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+            pytest.fail("the interrupt should have been raised when log_metrics returned")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert tracker["t"].steps == [("before", 0), ("after", 0)]
+    assert raised.value.signal_name == "SIGTERM" and run.summary["status"] == "interrupted"
 
 
 def test_finalize_reaches_a_tracker_that_failed_in_another_hook_exactly_once(test_trackers):

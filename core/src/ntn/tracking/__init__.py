@@ -12,7 +12,7 @@ from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.manager import TrackerValidationError
-from ntn.tracking.run import Interrupted, TrackedRun, TrackerWarning, start_run, validate
+from ntn.tracking.run import Interrupted, TrackedRun, TrackerWarning, start_run, stop_on_signals, validate
 
 __all__ = [
     "BaseTracker",
@@ -28,5 +28,6 @@ __all__ = [
     "parse",
     "select",
     "start_run",
+    "stop_on_signals",
     "validate",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,11 +18,47 @@ class TrackerWarning(UserWarning):
 
 
 class Interrupted(KeyboardInterrupt):
-    """The process was asked to stop by a signal (SIGTERM, SIGHUP; SIGINT raises KeyboardInterrupt)."""
+    """The process was asked to stop by a signal: SIGINT (Ctrl-C), SIGTERM or SIGHUP."""
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+class _Deferral:
+    """While tracker code runs, a signal's exception waits until it returns: an exception raised between
+    two of a tracker's statements (a write done, its bookkeeping not) would leave its records corrupt."""
+
+    depth = 0
+    pending: Interrupted | None = None
+
+    @classmethod
+    @contextmanager
+    def around_trackers(cls) -> Iterator[None]:
+        cls.depth += 1
+        try:
+            yield
+        finally:
+            cls.depth -= 1
+            if cls.depth == 0 and cls.pending is not None:
+                pending, cls.pending = cls.pending, None
+                raise pending
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    error = Interrupted(signal.Signals(signum).name)
+    if _Deferral.depth:
+        _Deferral.pending = _Deferral.pending or error
+        return
+    raise error
+
+
+def stop_on_signals() -> dict[int, Any]:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` (a KeyboardInterrupt), raised in the main thread
+    where no tracker is running: one that arrives during a hook is raised when the hook returns. A run
+    ended that way records status "interrupted". Returns the previous handlers (for `signal.signal`)."""
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    return {getattr(signal, name): signal.signal(getattr(signal, name), _interrupt) for name in names}
 
 
 def status_after(err: BaseException | None, summary: dict[str, Any]) -> str:
@@ -51,8 +88,9 @@ class TrackedRun:
         self.manager = TrackerManager()
         for backend in backends:
             try:
-                tracker = backend.factory(experiment_name=experiment_name, config=self.config)
-                self.manager.add_tracker(tracker, backend.name)
+                with _Deferral.around_trackers():
+                    tracker = backend.factory(experiment_name=experiment_name, config=self.config)
+                    self.manager.add_tracker(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
                 self.finalize()  # the trackers built so far
                 raise type(err)(self.redact.text(str(err))) from None
@@ -69,14 +107,15 @@ class TrackedRun:
         )
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        for impl in self.manager.implementations(hook):
-            if impl.plugin_name not in self.active:
-                continue
-            try:
-                impl.function(*[kwargs[name] for name in impl.argnames])
-            except Exception as err:
-                self._fail(impl.plugin_name, hook, err)
-                self.active.remove(impl.plugin_name)
+        with _Deferral.around_trackers():
+            for impl in self.manager.implementations(hook):
+                if impl.plugin_name not in self.active:
+                    continue
+                try:
+                    impl.function(*[kwargs[name] for name in impl.argnames])
+                except Exception as err:
+                    self._fail(impl.plugin_name, hook, err)
+                    self.active.remove(impl.plugin_name)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._call("log_hparams", hparams=self.redact(hparams))
@@ -92,14 +131,15 @@ class TrackedRun:
     def finalize(self) -> None:
         """Call `finalize` once on every tracker that was built, also on those disabled by a failure in
         another hook; each call is isolated (a failing one is reported, the others still run)."""
-        for impl in self.manager.implementations("finalize"):
-            try:
-                impl.function()
-            except Exception as err:
-                self._fail(impl.plugin_name, "finalize", err)
-        for name in list(self.manager.list_name_plugin()):
-            self.manager.unregister(name=name[0])
-        self.active = []
+        with _Deferral.around_trackers():
+            for impl in self.manager.implementations("finalize"):
+                try:
+                    impl.function()
+                except Exception as err:
+                    self._fail(impl.plugin_name, "finalize", err)
+            for name, _ in self.manager.list_name_plugin():
+                self.manager.unregister(name=name)
+            self.active = []
 
     # ---- the two NTN.fit callbacks ----------------------------------------------------------
 
@@ -133,10 +173,8 @@ def start_run(
     try:
         yield run
     except BaseException as err:
-        if isinstance(err, Interrupted):
-            error = f"interrupted by {err.signal_name}"
-        elif isinstance(err, KeyboardInterrupt):
-            error = "interrupted by SIGINT (Ctrl-C)"
+        if isinstance(err, KeyboardInterrupt):
+            error = f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"
         else:
             error = f"{type(err).__name__}: {err}"
         run.log_summary({"status": status_after(err, run.summary), "success": False, "error": error})
