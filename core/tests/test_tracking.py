@@ -360,6 +360,22 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
     assert init["in_a_path"] == f"/run/secrets/{REDACTED}" and init["data"] == Path("/data/cal_housing.data")
 
 
+def test_redaction_never_turns_a_number_into_text_and_removes_passwords_from_urls():
+    """Failed on main: {"tokens_per_s": 1.5} became "[REDACTED]" inside a payload documented as
+    dict[str, float], and http://user:pw@host passed through."""
+    from ntn.tracking.redact import Redactor
+
+    payload = {"tokens_per_s": 1.5, "sort_key": 2, "use_auth": True, "api_key": "abc12345"}
+    payload |= {"url": "see https://alice:s3cr3t-pw@example.org:8080/x and ftp://bob:pw2@h/"}
+    assert Redactor({})(payload) == {
+        "tokens_per_s": 1.5,
+        "sort_key": 2,
+        "use_auth": True,
+        "api_key": REDACTED,
+        "url": f"see https://alice:{REDACTED}@example.org:8080/x and ftp://bob:{REDACTED}@h/",
+    }
+
+
 # ---- conformance kit and CLI -----------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 """Removing secrets from payloads before any tracker sees them.
 
-Two rules, applied recursively to dicts, lists, tuples and sets:
+Rules applied recursively to dicts, lists, tuples and sets:
 - by name: the value of a key that looks secret (`*secret*`, `*token*`, `*password*`, `*_key`,
-  `authorization`, `*headers*`) is replaced whole;
+  `authorization`, `*headers*`) is replaced whole, unless it is a number or a boolean (a metric such as
+  `tokens_per_s` stays a number);
+- in URLs: the password of `scheme://user:password@host` is replaced;
 - by value: any occurrence of a current secret from the environment inside any string is replaced;
   any other value (a path, an array, an object) whose text holds one becomes that text, redacted.
   The secrets are the values of `CF_ACCESS_CLIENT_SECRET`, `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`,
@@ -24,6 +26,7 @@ REDACTED = "[REDACTED]"
 SECRET_ENV_VARS = ("CF_ACCESS_CLIENT_SECRET", "CF_ACCESS_CLIENT_ID", "AIM_AUTH_TOKEN")
 SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
 SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.IGNORECASE)
 MIN_GENERIC_SECRET_LENGTH = 8
 _PLAIN = frozenset({float, int, bool, type(None)})  # values with nothing to redact
@@ -66,6 +69,8 @@ class Redactor:
         self._pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
 
     def text(self, value: str) -> str:
+        if "://" in value:  # a password in a URL (scheme://user:password@host)
+            value = _URL_PASSWORD.sub(rf"\1{REDACTED}@", value)
         return self._pattern.sub(REDACTED, value) if self._pattern is not None else value
 
     def __call__(self, payload: Any) -> Any:
@@ -78,7 +83,7 @@ class Redactor:
                 {
                     self.text(k) if isinstance(k, str) else k: (
                         REDACTED
-                        if isinstance(k, str) and _secret_key(k) and not _blank(v)
+                        if isinstance(k, str) and _secret_key(k) and not _blank(v) and type(v) not in _PLAIN
                         else (v if type(v) in _PLAIN else self(v))
                     )
                     for k, v in payload.items()
