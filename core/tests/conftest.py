@@ -98,6 +98,11 @@ class Misspelled(BaseTracker):
         pass
 
 
+def declared_secrets(environ):
+    """The `ntn.secrets` declaration of this test distribution: a variable the generic rule cannot know."""
+    return [environ.get("NTN_TEST_SESSION", "")]
+
+
 class NoSuchHook:
     @hookimpl(specname="log_everything")
     def everything(self):
@@ -121,6 +126,9 @@ specname = ntn_test_trackers:SpecnameTracker
 first = ntn_test_trackers:FirstTracker
 misspelled = ntn_test_trackers:Misspelled
 nosuchhook = ntn_test_trackers:NoSuchHook
+
+[ntn.secrets]
+test = ntn_test_trackers:declared_secrets
 """
 
 

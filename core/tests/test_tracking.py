@@ -360,6 +360,24 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
     assert init["in_a_path"] == f"/run/secrets/{REDACTED}" and init["data"] == Path("/data/cal_housing.data")
 
 
+def test_a_plugin_declares_its_own_secret_variables(test_trackers, monkeypatch):
+    """The core names no plugin's variables: NTN_TEST_SESSION looks harmless to the generic rule, and is
+    redacted because the installed test distribution declares it in the group ntn.secrets."""
+    from ntn.tracking import redact
+
+    monkeypatch.setenv("NTN_TEST_SESSION", "sess-4242")
+    monkeypatch.setenv("SOME_CLIENT_ID", "client-id-0123456789")  # generic: CLIENT_ID
+    monkeypatch.setenv("X_HEADERS", json.dumps({"X-One": "header-one-value"}))  # generic: a JSON object's values
+    redact._declarations.cache_clear()
+    try:
+        with start_run("declared", {"note": "sess-4242 client-id-0123456789 header-one-value"}, backend="record"):
+            pass
+    finally:
+        redact._declarations.cache_clear()
+    config = calls_of(test_trackers, "declared")[0][1]["config"]
+    assert config["note"] == f"{REDACTED} {REDACTED} {REDACTED}"
+
+
 def test_redaction_never_turns_a_number_into_text_and_removes_passwords_from_urls():
     """Failed on main: {"tokens_per_s": 1.5} became "[REDACTED]" inside a payload documented as
     dict[str, float], and http://user:pw@host passed through."""

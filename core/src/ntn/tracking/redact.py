@@ -7,10 +7,12 @@ Rules applied recursively to dicts, lists, tuples and sets:
 - in URLs: the password of `scheme://user:password@host` is replaced;
 - by value: any occurrence of a current secret from the environment inside any string is replaced;
   any other value (a path, an array, an object) whose text holds one becomes that text, redacted.
-  The secrets are the values of `CF_ACCESS_CLIENT_SECRET`, `CF_ACCESS_CLIENT_ID`, `AIM_AUTH_TOKEN`,
-  every value in the JSON object `AIM_CUSTOM_HEADERS` (4 characters or more), and the value of every
-  variable whose name marks it as secret (TOKEN, SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL, AUTH,
-  COOKIE, PRIVATE; 8 characters or more, so that short flags such as "true" stay readable).
+  The secrets are, generically, the value of every variable whose name marks it as secret (TOKEN,
+  SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL, AUTH, COOKIE, PRIVATE, HEADERS, CLIENT_ID; 8 characters or
+  more, so that short flags such as "true" stay readable) and, where that value is a JSON object (as
+  AIM_CUSTOM_HEADERS is), each of its values; plus whatever installed plugins declare: an entry point
+  in the group `ntn.secrets` names a function `(environ) -> iterable of secret strings` (4 characters or
+  more). The core names no plugin's variables.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache, lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
-SECRET_ENV_VARS = ("CF_ACCESS_CLIENT_SECRET", "CF_ACCESS_CLIENT_ID", "AIM_AUTH_TOKEN")
+SECRETS_GROUP = "ntn.secrets"
 SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
-MIN_SECRET_LENGTH = 4
+SECRET_ENV_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE|HEADERS|CLIENT_ID", re.IGNORECASE
+)
+MIN_SECRET_LENGTH = 4  # a value named secret by a plugin, or inside a secret JSON object
+MIN_GENERIC_SECRET_LENGTH = 8  # the whole value of a variable with a secret-looking name
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
-SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE", re.IGNORECASE)
-MIN_GENERIC_SECRET_LENGTH = 8
 _PLAIN = frozenset({float, int, bool, type(None)})  # values with nothing to redact
 
 
@@ -37,18 +41,32 @@ def _secret_key(key: str) -> bool:
     return SECRET_KEY.search(key) is not None
 
 
+@cache
+def _declarations() -> list[Callable[[Mapping[str, str]], Iterable[str]]]:
+    """The `ntn.secrets` functions of the installed plugins, loaded once per process."""
+    from ntn.tracking.entrypoints import plugins
+
+    return [entry_point.load() for entry_point in plugins(SECRETS_GROUP).values()]
+
+
+def _object_values(text: str) -> list[str]:
+    """The values of `text` read as a JSON object (e.g. a header map); [] for anything else."""
+    if not text.lstrip().startswith("{"):
+        return []
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return []
+    return [str(v) for v in found.values()] if isinstance(found, dict) else []
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The secret strings currently in the environment, longest first."""
     environ = os.environ if environ is None else environ
-    values = [environ.get(name, "") for name in SECRET_ENV_VARS]
-    try:
-        headers = json.loads(environ.get("AIM_CUSTOM_HEADERS") or "{}")
-    except ValueError:
-        headers = {}
-    if isinstance(headers, dict):
-        values += [str(v) for v in headers.values()]
-    values = [v for v in values if len(v) >= MIN_SECRET_LENGTH]
-    values += [v for k, v in environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= MIN_GENERIC_SECRET_LENGTH]
+    named = [(k, v) for k, v in environ.items() if SECRET_ENV_NAME.search(k)]
+    values = [v for _, v in named if len(v) >= MIN_GENERIC_SECRET_LENGTH]
+    declared = [str(v) for declare in _declarations() for v in declare(environ)]
+    values += [v for v in declared + [x for _, v in named for x in _object_values(v)] if len(v) >= MIN_SECRET_LENGTH]
     return sorted(set(values), key=len, reverse=True)
 
 
