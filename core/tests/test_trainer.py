@@ -198,15 +198,15 @@ def test_memory_does_not_grow_across_epochs():
     assert all(not c.requires_grad and c.grad_fn is None for c in trainer.model.trainable_cores)
 
 
+def mpo2_with_validation(bond_dim, n_train, seed):
+    """An MPO2 trainer on regression_data(seed), the rows after n_train held out for validation."""
+    X, y = regression_data(seed=seed)
+    model = MPO2(L=3, bond_dim=bond_dim, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0)
+    return NTN(model, X[:n_train], y[:n_train], X_val=X[n_train:], y_val=y[n_train:])
+
+
 def test_callbacks_receive_the_documented_keys_and_reg_loss_formula():
-    X, y = regression_data(seed=6)
-    trainer = NTN(
-        MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0),
-        X[:150],
-        y[:150],
-        X_val=X[150:],
-        y_val=y[150:],
-    )
+    trainer = mpo2_with_validation(bond_dim=3, n_train=150, seed=6)
     seen = {}
 
     def callback_init(scores, info):
@@ -236,14 +236,7 @@ def test_callbacks_receive_the_documented_keys_and_reg_loss_formula():
 
 
 def test_selection_by_validation_loss_restores_that_state():
-    X, y = regression_data(seed=7)
-    trainer = NTN(
-        MPO2(L=3, bond_dim=4, phys_dim=5, output_dim=1, output_site=1, init_strength=0.2, seed=0),
-        X[:100],
-        y[:100],
-        X_val=X[100:],
-        y_val=y[100:],
-    )
+    trainer = mpo2_with_validation(bond_dim=4, n_train=100, seed=7)
     epochs = []
     result = trainer.fit(6, jitter_start=1e-6, select="val_loss", callback_epoch=lambda e, s, i: epochs.append(s))
     best = min(range(6), key=lambda e: epochs[e]["val_loss"])
