@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
-from ntn.tracking.manager import TrackerManager, TrackerValidationError
+from ntn.tracking.manager import HOOKS, TrackerManager, TrackerValidationError
 from ntn.tracking.redact import Redactor
 
 
@@ -33,16 +33,21 @@ class _Deferral:
     pending: Interrupted | None = None
 
     @classmethod
+    def leave(cls) -> None:
+        """The end of tracker code (entered with `depth += 1`): raise what arrived meanwhile."""
+        cls.depth -= 1
+        if cls.depth == 0 and cls.pending is not None:
+            pending, cls.pending = cls.pending, None
+            raise pending
+
+    @classmethod
     @contextmanager
     def around_trackers(cls) -> Iterator[None]:
         cls.depth += 1
         try:
             yield
         finally:
-            cls.depth -= 1
-            if cls.depth == 0 and cls.pending is not None:
-                pending, cls.pending = cls.pending, None
-                raise pending
+            cls.leave()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -98,6 +103,7 @@ class TrackedRun:
                 self._fail(backend.name, "__init__", err)
                 continue
             self.active.append(backend.name)
+        self._impls = {hook: self.manager.implementations(hook) for hook in HOOKS}  # registrations are final
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
@@ -107,8 +113,9 @@ class TrackedRun:
         )
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        with _Deferral.around_trackers():
-            for impl in self.manager.implementations(hook):
+        _Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
+        try:
+            for impl in self._impls[hook]:
                 if impl.plugin_name not in self.active:
                     continue
                 try:
@@ -116,6 +123,8 @@ class TrackedRun:
                 except Exception as err:
                     self._fail(impl.plugin_name, hook, err)
                     self.active.remove(impl.plugin_name)
+        finally:
+            _Deferral.leave()
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._call("log_hparams", hparams=self.redact(hparams))
