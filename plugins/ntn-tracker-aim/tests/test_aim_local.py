@@ -81,13 +81,8 @@ def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(150, 4, generator=g, dtype=torch.float64)
     y = X[:, 0] * X[:, 1] + X[:, 2]
-    trainer = NTN(
-        MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, seed=0),
-        X[:100],
-        y[:100],
-        X_val=X[100:],
-        y_val=y[100:],
-    )
+    model = MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, seed=0)
+    trainer = NTN(model, X[:100], y[:100], X_val=X[100:], y_val=y[100:])
     logged = []
     with start_run("fit_seed0", {"experiment": "fit"}) as tracked:
         trainer.fit(
