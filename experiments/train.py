@@ -166,8 +166,8 @@ def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[
         trivial, collapsed = test["r2"] <= 0, final["r2"] < COLLAPSE_R2
         shown = f"test r2 {test['r2']:.3f}, train r2 {final['r2']:.3f}"
     else:
-        majority_share = float(np.mean(data.y_train == np.bincount(data.y_train).argmax()))
-        test_share = float(np.mean(data.y_test == np.bincount(data.y_train).argmax()))
+        majority = np.bincount(data.y_train).argmax()
+        majority_share, test_share = float(np.mean(data.y_train == majority)), float(np.mean(data.y_test == majority))
         trivial, collapsed = test["accuracy"] <= test_share, final["accuracy"] <= majority_share
         shown = f"test accuracy {test['accuracy']:.3f}, train accuracy {final['accuracy']:.3f}"
     if collapsed:
@@ -227,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signum, handler)
 
 
-_RECORDS: list[str] = []  # where the run being trained keeps its records, for the interrupt's line
+_RECORDS = {"now": ""}  # where the run being trained keeps its records, for the interrupt's line
 
 
 def _where_records_are() -> str:
-    return f": {_RECORDS[-1]}" if _RECORDS else " before any run started; nothing was recorded"
+    return f": {_RECORDS['now']}" if _RECORDS["now"] else " before any run started; nothing was recorded"
 
 
 def _main(argv: list[str] | None = None) -> int:
-    _RECORDS.clear()
+    _RECORDS["now"] = ""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in MODELS:
         print(f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]", file=sys.stderr)
@@ -294,7 +294,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     errors = 0
     for seed in s.seeds:
         name = f"{s.experiment_name}_seed{seed}"
-        _RECORDS.append(
+        _RECORDS["now"] = (
             f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); the seeds before it in {output}"
         )
         try:

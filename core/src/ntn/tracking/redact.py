@@ -63,10 +63,11 @@ def _object_values(text: str) -> list[str]:
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The secret strings currently in the environment, longest first."""
     environ = os.environ if environ is None else environ
-    named = [(k, v) for k, v in environ.items() if SECRET_ENV_NAME.search(k)]
-    values = [v for _, v in named if len(v) >= MIN_GENERIC_SECRET_LENGTH]
+    named = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k)]
+    inside = [x for v in named for x in _object_values(v)]  # e.g. the values of a header map
     declared = [str(v) for declare in _declarations() for v in declare(environ)]
-    values += [v for v in declared + [x for _, v in named for x in _object_values(v)] if len(v) >= MIN_SECRET_LENGTH]
+    values = [v for v in named if len(v) >= MIN_GENERIC_SECRET_LENGTH]
+    values += [v for v in inside + declared if len(v) >= MIN_SECRET_LENGTH]
     return sorted(set(values), key=len, reverse=True)
 
 
