@@ -294,9 +294,8 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     errors = 0
     for seed in s.seeds:
         name = f"{s.experiment_name}_seed{seed}"
-        _RECORDS["now"] = (
-            f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); the seeds before it in {output}"
-        )
+        before = f"the {len(results)} seeds before it in {output}" if results else "no seed finished before it"
+        _RECORDS["now"] = f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); {before}"
         try:
             with start_run(name, config, backend=backends) as run:
                 try:
