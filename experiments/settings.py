@@ -200,12 +200,23 @@ class Settings:
 def resolve(model: str, argv: list[str] | None = None) -> Settings:
     """Every setting's value, parsed and checked; SettingError names the variable (or flag) at fault."""
     args = build_parser(model).parse_args(argv)
-    values: dict[str, Any] = {}
+    raws: dict[str, tuple[str, str]] = {}
     for s in SETTINGS:
         flag_value = getattr(args, s.dest, None)
         source, raw = (s.flag, flag_value) if flag_value is not None else (s.env, os.environ.get(s.env))
-        if raw is None or raw == "":
-            source, raw = s.env, s.default
+        if raw is not None and raw != "":
+            raws[s.dest] = (source, raw)
+    return settings_of(model, raws)
+
+
+def settings_of(model: str, raws: dict[str, tuple[str, str]]) -> Settings:
+    """Settings from raw values, `dest` → (where it came from, text); a setting not given takes its default.
+
+    :raises SettingError: names where the value at fault came from and what is allowed
+    """
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        source, raw = raws.get(s.dest, (s.env, s.default))
         raw = raw.replace("{model}", model)
         try:
             values[s.dest] = s.parse(raw)

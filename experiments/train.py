@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import signal
@@ -180,6 +181,49 @@ def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[
     return None
 
 
+def run_config(model: str, s: Settings, data) -> dict[str, Any]:
+    """The config of every run of an experiment: its settings, the grouping key `experiment`, the data set."""
+    return {"model": model.upper(), "experiment": s.experiment_name, **dataclasses.asdict(s), "dataset_info": data.info}
+
+
+def train_seed(model: str, s: Settings, data, seed: int, backends: list, config: dict[str, Any], progress) -> dict:
+    """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
+    whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
+    and its entry has no test figures."""
+    from ntn.tracking import start_run
+
+    with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
+        try:
+            return run_seed(model, s, data, seed, run, progress)
+        except (ArithmeticError, RuntimeError, ValueError) as err:
+            error = f"{type(err).__name__}: {err}"
+            run.log_summary({"seed": seed, "success": False, "error": error})
+            quality = "r2" if data.task == "regression" else "accuracy"
+            return {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
+    """A data set loaded once per process (a sweep's worker trains many runs on the same few)."""
+    from experiments.dataset_loader import load_dataset
+
+    return load_dataset(name, n_samples, data_seed, preprocessing)
+
+
+def train_run(model: str, s: Settings, seed: int) -> dict[str, Any]:
+    """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
+    trackers get `config["run_id"]`, the run's name: a run trained again (its worker died, its sweep was
+    interrupted) replaces its earlier attempt in a tracker that keys its runs by it."""
+    from ntn.tracking import validate
+
+    s = dataclasses.replace(s, device=str(_device(s.device)))
+    data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
+    name = f"{s.experiment_name}_seed{seed}"
+    backends = validate(s.tracker_backend, [name])
+    config = run_config(model, s, data) | {"run_id": name}
+    return train_seed(model, s, data, seed, backends, config, lambda *_: None)
+
+
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
 
 
@@ -280,15 +324,10 @@ def _main(argv: list[str] | None = None) -> int:
 
 def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
-    from ntn.tracking import TrackerConfigError, start_run
+    from ntn.tracking import TrackerConfigError
 
     quality = "r2" if data.task == "regression" else "accuracy"
-    config = {
-        "model": model.upper(),
-        "experiment": s.experiment_name,
-        **dataclasses.asdict(s),
-        "dataset_info": data.info,
-    }
+    config = run_config(model, s, data)
     progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
     errors = 0
@@ -297,19 +336,13 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         before = f"the {len(results)} seeds before it in {output}" if results else "no seed finished before it"
         _RECORDS["now"] = f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); {before}"
         try:
-            with start_run(name, config, backend=backends) as run:
-                try:
-                    entry = run_seed(model, s, data, seed, run, progress)
-                except (ArithmeticError, RuntimeError, ValueError) as err:  # a numerical failure of this seed
-                    errors += 1
-                    error = f"{type(err).__name__}: {err}"
-                    run.log_summary({"seed": seed, "success": False, "error": error})
-                    entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+            entry = train_seed(model, s, data, seed, backends, config, progress)
         except TrackerConfigError as err:
             return _fail(model, str(err))
         except KeyboardInterrupt:
             progress.close()
             raise
+        errors += entry["test_loss"] is None  # training raised: a singular system, non-finite values
         results.append(entry)
         progress.seed_done(seed, entry)
         ok = [r for r in results if r["success"]]

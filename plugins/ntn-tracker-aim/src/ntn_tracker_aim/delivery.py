@@ -65,7 +65,8 @@ class RunState:
 
 def apply(run, state: RunState, record: dict[str, Any]) -> None:
     op = record["op"]
-    if op == "open":
+    if op == "open":  # a run's first attempt, or a new one that replaces what the earlier recorded
+        state.__init__()
         run.name = record["name"]
         run["config"] = record["config"]
     elif op == "hparams":
@@ -107,7 +108,9 @@ class Delivery:
         self.state = RunState()
         apply(self.run, self.state, header)  # name and config, again on a resumed run
         for record in records[: journal.delivered(path)]:  # rebuild summary state without sending
-            if record["op"] == "summary":
+            if record["op"] == "open":
+                self.state = RunState()
+            elif record["op"] == "summary":
                 self.state.summary.update(record["summary"])
 
     def step(self) -> bool:

@@ -5,6 +5,10 @@
                                     "open" and "finalize" carry the Unix "time" of the run's start and end
     <spool>/<run_hash>.delivered    how many of those records have reached the Aim repository
 
+A run trained again with the same run_id (`tracker.run_hash`) appends its records, from a new "open"
+on, to its earlier attempt's journal if that is still in the spool; delivery replays both in order, so
+the new attempt's records win.
+
 The spool directory is $NTN_AIM_SPOOL, else ./.ntn-aim-spool. Each record is appended with one
 `write` to a file opened with O_APPEND, so a process killed at any moment loses none of the records
 whose hook had returned. The writer holds an exclusive flock on its journal for as long as it lives;
@@ -35,8 +39,12 @@ class JournalWriter:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _is_at(self._fd, path):
+                break
+            os.close(self._fd)  # an uploader removed the journal between open and flock: open it anew
         self.append({"op": "open", "time": time.time(), **header})  # when training started
 
     def append(self, record: dict[str, Any]) -> None:
@@ -85,9 +93,27 @@ def is_abandoned(path: Path) -> bool:
         os.close(fd)
 
 
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    delivered_path(path).unlink(missing_ok=True)
+    """Remove a delivered journal, unless a new attempt of its run is writing to it again."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+        delivered_path(path).unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def pending(paths: list[Path]) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from ntn.tracking import TrackerConfigError
+from ntn.tracking import TrackerConfigError, pending
 from ntn.tracking.redact import Redactor
 
 from ntn_tracker_aim import auth, journal
@@ -153,6 +153,7 @@ def track(path: Path, key: Key) -> None:
     """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
     if not _journals:
         atexit.register(_at_exit)
+        pending.register(flush)  # a long-lived process (a sweep's worker) waits for delivery through the core
         timer = threading.Timer(delivery_interval(), _start_uploaders)
         timer.daemon = True
         timer.start()

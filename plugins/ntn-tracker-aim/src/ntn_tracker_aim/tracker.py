@@ -11,11 +11,15 @@ In the repository:
 - every numeric metric is tracked under its own name with step = epoch; the initial evaluation
   (step -1) is tracked at step 0 in the context {"phase": "init"}, so it never mixes with epoch 0;
   non-numeric metric values are kept in run["nonnumeric_metrics"]["<step>"];
+- a run with config["run_id"] has a hash derived from it: trained again (a sweep's worker died, an
+  interrupted sweep was run again), it continues the same Aim run, whose records the new attempt's
+  replace, instead of adding a second run of that name;
 - nothing about the machine is stored: system params, terminal logs and resource tracking are off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +36,15 @@ def base_name(experiment_name: str, config: dict[str, Any]) -> str:
     return experiment_of({"experiment_name": experiment_name, "config": config})
 
 
+def run_hash(run_id: Any) -> str:
+    """The Aim run's hash, chosen here so that replays are idempotent: derived from config["run_id"] when
+    the caller gives one (a run trained again then continues its earlier attempt's Aim run and journal,
+    and replaces what it recorded), else new for every run."""
+    if run_id is None:
+        return uuid.uuid4().hex[:24]
+    return hashlib.sha256(f"ntn-run-id:{run_id}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 class AimTracker:
     """The `aim` backend. Repository: `repo`, else $AIM_REPO, else ./.aim."""
 
@@ -41,7 +54,7 @@ class AimTracker:
         self.repo = aim_repo_argument(repo)
         key = process.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
         process.check(key)
-        self.run_hash = uuid.uuid4().hex[:24]  # the Aim run's hash, chosen here so replays are idempotent
+        self.run_hash = run_hash(config.get("run_id"))
         header = {"repo": self.repo, "experiment": base_name(experiment_name, config), "name": experiment_name}
         self.journal = journal.JournalWriter(
             journal.spool_dir() / f"{self.run_hash}.jsonl", header | {"config": config}

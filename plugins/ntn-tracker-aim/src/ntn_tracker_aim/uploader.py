@@ -86,12 +86,17 @@ def main() -> int:
             try:
                 deliveries[path] = Delivery(path)
                 del waiting[path]
+            except FileNotFoundError:  # delivered by another uploader (an earlier attempt's of the same run)
+                del waiting[path]
             except Exception as err:
                 _log_once("cannot open a run", err)
                 waiting[path] = now + RETRY_S
         for path, delivery in list(deliveries.items()):
             try:
                 finished = delivery.step()
+            except FileNotFoundError:  # delivered by another uploader, which removed the journal
+                del deliveries[path]
+                continue
             except Exception as err:
                 _log_once("delivering a run failed", err)
                 del deliveries[path]
