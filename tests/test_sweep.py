@@ -92,7 +92,8 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
             values = [s[key] for s in summaries if s["success"]]
             assert configuration[f"{key}_mean"] == pytest.approx(np.mean(values), rel=1e-12, abs=1e-12)
             assert configuration[f"{key}_std"] == pytest.approx(np.std(values), rel=1e-9, abs=1e-12)
-        val_means[configuration["experiment"]] = np.mean([s["val_r2"] for s in summaries if s["success"]])
+        if configuration["n_success"]:
+            val_means[configuration["experiment"]] = np.mean([s["val_r2"] for s in summaries if s["success"]])
     assert results["best"]["experiment"] == max(val_means, key=val_means.get)
     if aim_root is not None:
         records, problems = read_runs("aim", str(aim_root))

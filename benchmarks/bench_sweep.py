@@ -1,0 +1,141 @@
+"""Sweeps: the README's bash loop against run_sweep.sh, the Dask path's cost, and delivery into one aim server.
+
+    NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py
+
+Workload: 4 bond dimensions × 5 seeds of MPO2 on California housing at N_SAMPLES=500 (the README's loop),
+file backend. Targets: run_sweep.sh local (2 workers) >= 3× faster than the loop; a Dask LocalCluster
+(2 workers) <= 1.3× the local executor; Dask's per-run overhead over training in-process <= 50 ms;
+delivery into one `aim server` >= 2 runs/s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = """
+name = "bench"
+model = "mpo2"
+seeds = [0, 1, 2, 3, 4]
+[settings]
+dataset = "california_housing"
+n_samples = 500
+[grid]
+bond_dim = {bond_dims}
+"""
+BOND_DIMS = [4, 6, 8, 10]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO)) | extra
+
+
+def timed(command: list[str], cwd: Path, **env: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=_env(**env), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bash_loop(cwd: Path) -> float:
+    loop = (
+        "for b in 4 6 8 10; do EXPERIMENT_NAME=bond_sweep_$b BOND_DIM=$b "
+        f"bash {REPO}/experiments/run_mpo2.sh || exit 1; done"
+    )
+    return timed(["bash", "-c", loop], cwd)
+
+
+def run_sweep(cwd: Path, *args: str, bond_dims: list[int] = BOND_DIMS, **env: str) -> float:
+    (cwd / "bench.toml").write_text(SWEEP.format(bond_dims=bond_dims))
+    return timed(["bash", str(REPO / "experiments" / "run_sweep.sh"), "bench.toml", *args], cwd, **env)
+
+
+def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
+    """Mean s per run: trained in this process, and submitted one at a time to a 1-worker LocalCluster."""
+    sys.path.insert(0, str(REPO))
+    from distributed import Client, LocalCluster
+
+    from experiments.sweepfile import load
+    from experiments.train import train_run
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "bench.toml"
+        path.write_text(SWEEP.format(bond_dims=[6]))
+        (configuration,) = load(path, tracker_backend="none").configurations
+        train_run("mpo2", configuration.settings, 0)  # warm: imports, data set
+        start = time.perf_counter()
+        for seed in range(n_runs):
+            train_run("mpo2", configuration.settings, seed)
+        in_process = (time.perf_counter() - start) / n_runs
+        import torch
+
+        threads = torch.get_num_threads()
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
+            c.run(lambda: __import__("torch").set_num_threads(threads))  # the same threads as in-process
+            c.submit(train_run, "mpo2", configuration.settings, 0, pure=False).result()
+            start = time.perf_counter()
+            for seed in range(n_runs):
+                c.submit(train_run, "mpo2", configuration.settings, seed, pure=False).result()
+            through_dask = (time.perf_counter() - start) / n_runs
+    return in_process, through_dask
+
+
+def aim_delivery(cwd: Path) -> list[list]:
+    """30 runs into one `aim server`: 6 concurrent run_mpo2.sh × 5 seeds (the issue's measurement) and a
+    6 bond dimensions × 5 seeds sweep on a 2-worker LocalCluster; each waits until everything is delivered."""
+    sys.path.insert(0, str(REPO / "plugins/ntn-tracker-aim/tests"))
+    from conftest import AimServer
+
+    rows = []
+    server = AimServer(cwd / "server")
+    try:
+        remote = {"TRACKER_BACKEND": "aim", "AIM_REPO": server.url}
+        start = time.perf_counter()
+        launches = [
+            subprocess.Popen(
+                ["bash", str(REPO / "experiments/run_mpo2.sh")],
+                cwd=cwd,
+                env=_env(EXPERIMENT_NAME=f"concurrent_{b}", BOND_DIM=str(b), **remote),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for b in range(3, 9)
+        ]
+        assert all(p.wait() == 0 for p in launches)
+        seconds = time.perf_counter() - start
+        rows.append(["6 concurrent run_mpo2.sh, 5 seeds each", 30, f"{seconds:.1f}", f"{30 / seconds:.2f}"])
+        seconds = run_sweep(cwd, "--executor", "dask", "--workers", "2", bond_dims=list(range(3, 9)), **remote)
+        rows.append(["run_sweep.sh --executor dask --workers 2", 30, f"{seconds:.1f}", f"{30 / seconds:.2f}"])
+    finally:
+        server.stop()
+    return rows
+
+
+if __name__ == "__main__":
+    rows = []
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c:
+        loop = bash_loop(Path(a))
+        local = run_sweep(Path(b), "--workers", "2")
+        dask = run_sweep(Path(c), "--executor", "dask", "--workers", "2")
+    rows.append(["bash loop of run_mpo2.sh (README)", f"{loop:.1f}", "1.00"])
+    rows.append(["run_sweep.sh, local, 2 workers", f"{local:.1f}", f"{loop / local:.2f}"])
+    rows.append(["run_sweep.sh, dask LocalCluster, 2 workers", f"{dask:.1f}", f"{loop / dask:.2f}"])
+    print("4 bond dimensions × 5 seeds, N_SAMPLES=500, file backend (wall s, whole command):")
+    print(tabulate(rows, headers=["how", "wall s", "speed-up over the loop"]))
+    print(f"Dask LocalCluster ÷ local executor: {dask / local:.2f}\n")
+    in_process, through_dask = dask_overhead()
+    print(
+        tabulate(
+            [["trained in-process", f"{in_process * 1e3:.0f}"], ["submitted to Dask", f"{through_dask * 1e3:.0f}"]],
+            headers=["one run (bond 6, 10 epochs, no tracker)", "ms"],
+        )
+    )
+    print(f"Dask overhead per run: {(through_dask - in_process) * 1e3:.0f} ms\n")
+    with tempfile.TemporaryDirectory() as d:
+        print(tabulate(aim_delivery(Path(d)), headers=["into one aim server", "runs", "wall s", "runs/s"]))
