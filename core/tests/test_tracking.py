@@ -413,3 +413,26 @@ def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):
     assert "ntn-test-trackers" in lines["record"] and "0.1" in lines["record"]
     assert "ntn_test_trackers:RecordingTracker" in lines["record"] and lines["record"].rstrip().endswith("yes")
     assert "no: tracker backend 'broken'" in lines["broken"] and "ImportError" in lines["broken"]
+
+
+def test_pending_waits_for_every_registered_tracker_within_one_bound():
+    from ntn.tracking import pending
+
+    given = []
+
+    def done(timeout: float) -> bool:
+        given.append(timeout)
+        return True
+
+    def late(timeout: float) -> bool:
+        given.append(timeout)
+        return False
+
+    pending.register(done)
+    pending.register(done)  # once
+    try:
+        assert pending.wait(5.0) is True and len(given) == 1 and 0 < given[0] <= 5.0
+        pending.register(late)
+        assert pending.wait(1.0) is False and len(given) == 3 and all(t <= 1.0 for t in given[1:])
+    finally:
+        pending._waits.clear()

@@ -127,3 +127,24 @@ def test_no_secret_reaches_the_local_repository(monkeypatch):
     assert grep_tree(Path(".aim"), values) == [] and grep_tree(Path(".ntn-aim-spool"), values) == []
     runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
     assert all("__system_params" not in r.meta_run_tree.keys() for r in runs)
+
+
+def test_a_run_trained_again_with_its_run_id_replaces_its_earlier_attempt():
+    """A sweep's retry (config["run_id"]) continues the Aim run of the attempt whose process died."""
+    config = {"experiment": "sweep_a", "run_id": "sweep_a_seed0"}
+    killed = AimTracker("sweep_a_seed0", config)
+    killed.log_metrics({"loss": 9.0, "r2": -1.0}, step=0)
+    killed.log_summary({"seed": 0, "status": "running", "error": "left by the dead attempt"})
+    os.close(killed.journal._fd)  # the process died here: no finalize, its journal's lock released
+    with start_run("sweep_a_seed0", config) as tracked:
+        for step in range(2):
+            tracked.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        tracked.log_summary({"seed": 0, "success": True})
+    others = [AimTracker("sweep_a_seed1", config | {"run_id": "sweep_a_seed1"}), AimTracker("x_seed0", {})]
+    assert all(other.run_hash != killed.run_hash for other in others)
+    for other in others:
+        other.finalize()
+    run = read(".", killed.run_hash)
+    assert [Run(h, repo=".", read_only=True).name for h in index_runs(".")].count("sweep_a_seed0") == 1
+    assert run["summary"] == {"seed": 0, "success": True, "status": "finished"}  # nothing of the dead attempt
+    assert series(run)[("loss", "")] == [(0, 1.0), (1, 0.5)] and not run.active
