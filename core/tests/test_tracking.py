@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from ntn import MPO2, NTN
 from ntn.tracking import (
+    BaseTracker,
     Interrupted,
     TrackerSelectionError,
     TrackerValidationError,
@@ -18,6 +20,7 @@ from ntn.tracking import (
     start_run,
     validate,
 )
+from ntn.tracking.discovery import Backend
 from ntn.tracking.redact import REDACTED
 from ntn.tracking.testing import run_conformance
 
@@ -436,3 +439,33 @@ def test_pending_waits_for_every_registered_tracker_within_one_bound():
         assert pending.wait(1.0) is False and len(given) == 3 and all(t <= 1.0 for t in given[1:])
     finally:
         pending._waits.clear()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(None, "finished"), (RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")],
+)
+def test_finalize_receives_the_status_and_end_time_and_old_trackers_still_work(body, status):
+    got = {}
+
+    class New:
+        def finalize(self, status: str, end_time: float) -> None:
+            got["new"] = (status, end_time)
+
+    class OnlyStatus:
+        def finalize(self, status: str) -> None:
+            got["only_status"] = status
+
+    class Old(BaseTracker):  # the seed's example: finalize(self)
+        def finalize(self) -> None:
+            got["old"] = True
+
+    made = (("new", New), ("only", OnlyStatus), ("old", Old))
+    backends = [Backend(n, lambda c=c, **_: c(), f"tests:{c.__name__}") for n, c in made]
+    before = time.time()
+    with contextlib.suppress(RuntimeError, KeyboardInterrupt):
+        with start_run("x_seed0", {}, backend=backends):
+            if body is not None:
+                raise body
+    assert got["new"][0] == got["only_status"] == status and got["old"] is True
+    assert before <= got["new"][1] <= time.time()

@@ -24,5 +24,6 @@ class BaseTracker:
     def log_summary(self, summary: dict[str, Any]) -> None:
         pass
 
-    def finalize(self) -> None:
-        pass
+    def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
+        """The run is over; `status` is "finished", "failed" or "interrupted", `end_time` a Unix time.
+        An override may leave both out: `def finalize(self)`."""

@@ -43,5 +43,10 @@ def log_summary(summary: dict[str, Any]) -> None:
 
 
 @hookspec
-def finalize() -> None:
-    """The run is over: flush, close and release resources. Called exactly once, even after errors."""
+def finalize(status: str, end_time: float) -> None:
+    """The run is over: flush, close and release resources. Called exactly once, even after errors.
+    An implementation may take both arguments, either, or neither (`finalize(self)`).
+
+    :param status: "finished", "failed" (an exception, or success: false) or "interrupted" (a signal)
+    :param end_time: when the run ended, as Unix time (`time.time()`)
+    """

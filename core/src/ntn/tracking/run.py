@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,7 +98,7 @@ class TrackedRun:
                     tracker = backend.factory(experiment_name=experiment_name, config=self.config)
                     self.manager.add_tracker(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
-                self.finalize()  # the trackers built so far
+                self.finalize("failed")  # the trackers built so far
                 raise type(err)(self.redact.text(str(err))) from None
             except Exception as err:
                 self._fail(backend.name, "__init__", err)
@@ -137,13 +138,15 @@ class TrackedRun:
         self.summary.update(summary)
         self._call("log_summary", summary=summary)
 
-    def finalize(self) -> None:
+    def finalize(self, status: str = "finished") -> None:
         """Call `finalize` once on every tracker that was built, also on those disabled by a failure in
-        another hook; each call is isolated (a failing one is reported, the others still run)."""
+        another hook, with the run's status and end time; each call is isolated (a failing one is
+        reported, the others still run)."""
+        arguments = {"status": status, "end_time": time.time()}
         with _Deferral.around_trackers():
             for impl in self.manager.implementations("finalize"):
                 try:
-                    impl.function()
+                    impl.function(*[arguments[name] for name in impl.argnames])
                 except Exception as err:
                     self._fail(impl.plugin_name, "finalize", err)
             for name, _ in self.manager.list_name_plugin():
@@ -176,9 +179,11 @@ def start_run(
     Before `finalize`, the summary gets the run's `status` (`status_after`): "finished", "failed" (the
     body raised, or the summary says success: false) or "interrupted" (KeyboardInterrupt, `Interrupted`).
     If the body raises, the summary also records success: false and error: "<Type>: <message>", and the
-    exception propagates. `finalize` always runs, on every tracker that was built.
+    exception propagates. `finalize` always runs, on every tracker that was built, and receives that
+    status and the end time.
     """
     run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
+    status = "failed"  # until the body has ended one way or another
     try:
         yield run
     except BaseException as err:
@@ -186,12 +191,14 @@ def start_run(
             error = f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"
         else:
             error = f"{type(err).__name__}: {err}"
-        run.log_summary({"status": status_after(err, run.summary), "success": False, "error": error})
+        status = status_after(err, run.summary)
+        run.log_summary({"status": status, "success": False, "error": error})
         raise
     else:
-        run.log_summary({"status": status_after(None, run.summary)})
+        status = status_after(None, run.summary)
+        run.log_summary({"status": status})
     finally:
-        run.finalize()
+        run.finalize(status)
 
 
 def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Backend]:

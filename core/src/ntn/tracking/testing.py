@@ -69,7 +69,7 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
     calls: list[tuple[str, dict[str, Any]]] = [("log_hparams", {"hparams": dict(HPARAMS)})]
     calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
     calls += [("log_summary", {"summary": dict(SUMMARY)}), ("log_summary", {"summary": dict(FAILED_SUMMARY)})]
-    calls += [("finalize", {})]
+    calls += [("finalize", {"status": "failed", "end_time": 1767225600.0})]
     for hook, kwargs in calls:
         try:
             getattr(manager.hook, hook)(**kwargs)
