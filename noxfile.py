@@ -5,7 +5,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "core", "file", "aim", "example", "experiments"]
+nox.options.sessions = ["lint", "core", "file", "aim", "mlflow", "example", "experiments"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -46,6 +46,14 @@ def aim(session: nox.Session) -> None:
     """ntn-tracker-aim next to the core, against real `aim server` processes and an authenticating proxy."""
     _install(session, "./core[test]", "./plugins/ntn-tracker-aim[test]")
     session.run(*PYTEST, "plugins/ntn-tracker-aim/tests", *session.posargs)
+
+
+@nox.session
+def mlflow(session: nox.Session) -> None:
+    """ntn-tracker-mlflow next to the core and the file backend, against a real `mlflow server`."""
+    plugin = "./plugins/ntn-tracker-mlflow[test]"
+    _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", plugin)
+    session.run(*PYTEST, "plugins/ntn-tracker-mlflow/tests", *session.posargs)
 
 
 @nox.session

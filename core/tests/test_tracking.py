@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -469,3 +470,75 @@ def test_finalize_receives_the_status_and_end_time_and_old_trackers_still_work(b
                 raise body
     assert got["new"][0] == got["only_status"] == status and got["old"] is True
     assert before <= got["new"][1] <= time.time()
+
+
+def _background_run(tracker_class, timeout=5.0):
+    """One run whose only tracker is `Background(tracker_class)`; returns (run, seconds the body took)."""
+    from ntn.tracking.background import Background
+
+    backend = Backend("slow", lambda **_: Background(tracker_class, timeout=timeout, name="slow"), "tests:slow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackerWarning)
+        with start_run("b_seed0", {}, backend=[backend]) as run:
+            start = time.monotonic()
+            for step in range(3):
+                run.log_metrics({"loss": float(step)}, step=step)
+            run.log_summary({"success": True})
+            body = time.monotonic() - start
+    return run, body
+
+
+def test_background_hooks_never_hold_training_and_keep_their_order():
+    calls, threads = [], set()
+
+    class Slow:
+        def log_metrics(self, metrics, step):
+            time.sleep(0.2)
+            calls.append(("log_metrics", step, metrics["loss"]))
+            threads.add(threading.get_ident())
+
+        def log_summary(self, summary):
+            calls.append(("log_summary", summary["status"] if "status" in summary else summary["success"]))
+
+        def finalize(self, status, end_time):
+            calls.append(("finalize", status))
+
+    run, body = _background_run(Slow)
+    assert body < 0.2 and run.failures == []  # the hooks queued; the 0.6 s of sending came after
+    assert calls == [("log_metrics", s, float(s)) for s in range(3)] + [
+        ("log_summary", True),
+        ("log_summary", "finished"),
+        ("finalize", "finished"),
+    ]
+    assert threading.get_ident() not in threads
+
+
+def test_background_failures_are_reported_like_any_tracker_failure():
+    class Broken:
+        def log_metrics(self, metrics, step):
+            raise ConnectionError("server went away")
+
+        def finalize(self, status, end_time):
+            raise AssertionError("finalize still reaches a failed tracker")
+
+    run, _ = _background_run(Broken)
+    assert len(run.failures) == 1 and "ConnectionError: server went away" in run.failures[0]["error"]
+
+    class Unreachable:
+        def __init__(self):
+            raise ConnectionError("refused")
+
+    run, _ = _background_run(Unreachable)
+    assert [f["error"] for f in run.failures] == ["ConnectionError: refused"]
+
+
+def test_background_finalize_waits_a_bounded_time_and_counts_what_is_lost():
+    class Hung:
+        def log_metrics(self, metrics, step):
+            time.sleep(30)
+
+    start = time.monotonic()
+    run, _ = _background_run(Hung, timeout=0.5)
+    assert time.monotonic() - start < 5
+    (failure,) = run.failures
+    assert failure["hook"] == "finalize" and "TimeoutError: still sending after 0.5 s" in failure["error"]

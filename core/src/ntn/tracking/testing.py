@@ -42,6 +42,7 @@ METRICS = [
 ]
 SUMMARY = {"seed": 0, "loss": 0.26, "r2": 0.81, "success": True}
 FAILED_SUMMARY = {"success": False, "error": "NewtonStepError: Newton step on top core at site 1 failed"}
+END_TIME = 1767225600.0  # the run's end passed to finalize (2026-01-01 00:00 UTC), to read back
 
 
 @dataclass
@@ -69,7 +70,7 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
     calls: list[tuple[str, dict[str, Any]]] = [("log_hparams", {"hparams": dict(HPARAMS)})]
     calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
     calls += [("log_summary", {"summary": dict(SUMMARY)}), ("log_summary", {"summary": dict(FAILED_SUMMARY)})]
-    calls += [("finalize", {"status": "failed", "end_time": 1767225600.0})]
+    calls += [("finalize", {"status": "failed", "end_time": END_TIME})]
     for hook, kwargs in calls:
         try:
             getattr(manager.hook, hook)(**kwargs)

@@ -1,0 +1,83 @@
+"""Hooks off the training thread, for trackers that talk to a server.
+
+`Background(factory)` is a tracker whose hooks only queue their call and return. One thread of its own
+builds the real tracker with `factory()` and makes the calls on it, in order, so a slow or unreachable
+server never holds training. What goes wrong on that thread is reported like any tracker failure: the
+next hook call on the training thread (or `finalize`) raises it, and the core disables the tracker,
+warns, and lists it in `run.failures`. `finalize` waits at most `timeout` seconds for the calls still
+queued; the calls not made by then are lost, and `finalize` raises a TimeoutError that counts them.
+
+    class MyTracker(Background):
+        def __init__(self, experiment_name, config=None):
+            super().__init__(lambda: MyServerRun(experiment_name, config or {}), timeout=30, name="mine")
+
+The real tracker implements any of the four hooks, with their full signatures (`finalize(status, end_time)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_DONE = None
+
+
+class Background:
+    """A tracker that runs `factory()`'s tracker on one thread of its own (see the module)."""
+
+    def __init__(self, factory: Callable[[], Any], timeout: float = 30.0, name: str = "tracker") -> None:
+        self.timeout = timeout
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._reported = False
+        self._thread = threading.Thread(target=self._work, args=(factory,), daemon=True, name=f"ntn-{name}")
+        self._thread.start()
+
+    def _work(self, factory: Callable[[], Any]) -> None:
+        tracker = None
+        try:
+            tracker = factory()
+        except BaseException as err:
+            self._error = err
+        while (call := self._calls.get()) is not _DONE:
+            hook, args = call
+            if tracker is None or (self._error is not None and hook != "finalize"):
+                continue  # after a failure only finalize still reaches the tracker
+            try:
+                method = getattr(tracker, hook, None)
+                if method is not None:  # a hook the tracker leaves out
+                    method(*args)
+            except BaseException as err:
+                self._error = self._error or err
+
+    def _put(self, hook: str, *args: Any) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True  # the core disables this tracker now: only finalize comes after
+            raise self._error
+        self._calls.put((hook, copy.deepcopy(args)))  # the caller may change its dicts after we return
+
+    def log_hparams(self, hparams: dict[str, Any]) -> None:
+        self._put("log_hparams", hparams)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._put("log_metrics", metrics, step)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        self._put("log_summary", summary)
+
+    def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
+        """Queue `finalize`, then wait at most `timeout` seconds for every queued call to be made.
+
+        :raises TimeoutError: calls were still queued when the wait ran out (they are lost)
+        """
+        self._calls.put(("finalize", (status, end_time)))
+        self._calls.put(_DONE)
+        self._thread.join(self.timeout)
+        if self._thread.is_alive():
+            left = max(0, self._calls.qsize() - 1)
+            raise TimeoutError(f"still sending after {self.timeout:g} s; {left} more calls were not made (lost)")
+        if self._error is not None and not self._reported:
+            raise self._error

@@ -1,0 +1,85 @@
+"""Reading MLflow runs back for `ntn-trackers summary/compare/plot --from mlflow:TRACKING_URI`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+STATUS = {
+    "RUNNING": "running",
+    "SCHEDULED": "running",
+    "FINISHED": "finished",
+    "FAILED": "failed",
+    "KILLED": "interrupted",
+}
+
+
+def _artifact(client, run_id: str, name: str, directory: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, f"ntn/{name}.json", directory)).read_text())
+    except Exception:  # an MLflow run that ntn did not write, or one still being written
+        return None
+
+
+def _unclamped(value: float) -> float:
+    """MLflow stores ±Inf as ±the largest float; a metric of exactly that value is read back as ±Inf."""
+    return value if abs(value) != sys.float_info.max else float("inf") if value > 0 else float("-inf")
+
+
+def to_record(client, run, directory: str) -> dict[str, Any]:
+    """An MLflow run in the shape of a run file (ntn.tracking.readers)."""
+    run_id = run.info.run_id
+    log: dict[int, dict[str, Any]] = {}
+    for name in run.data.metrics:
+        if not name.startswith("summary/"):
+            for point in client.get_metric_history(run_id, name):
+                log.setdefault(point.step, {"step": point.step})[name] = _unclamped(point.value)
+    summary = _artifact(client, run_id, "summary", directory)
+    if summary is None:  # not finalized: what the metrics and tags say so far
+        summary = {k.removeprefix("summary/"): v for k, v in run.data.metrics.items() if k.startswith("summary/")}
+        summary |= {
+            k.removeprefix("summary/"): json.loads(v) for k, v in run.data.tags.items() if k.startswith("summary/")
+        }
+    status = STATUS.get(run.info.status, "running")
+    summary["status"] = summary.get("status", status) if status != "running" else "running"
+    if status == "running":
+        summary["updated"] = (run.info.start_time or 0) / 1000
+    return {
+        "experiment_name": run.info.run_name,
+        "config": _artifact(client, run_id, "config", directory) or {},
+        "hparams": _artifact(client, run_id, "hparams", directory) or dict(run.data.params),
+        "metrics_log": [log[step] for step in sorted(log)],
+        "summary": summary,
+        "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id},
+    }
+
+
+def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `mlflow` reader: every active run of every experiment at the tracking URI `source`."""
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
+    client = MlflowClient(tracking_uri=source)
+    try:
+        experiments = client.search_experiments()
+    except Exception as err:
+        return [], [f"{source}: cannot list MLflow experiments ({type(err).__name__}: {str(err).splitlines()[0]})"]
+    records, problems = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        runs, token = [], None
+        while True:
+            page = client.search_runs([e.experiment_id for e in experiments], max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                break
+        for run in runs:
+            try:
+                records.append(to_record(client, run, directory))
+            except Exception as err:  # a damaged run must not hide the others
+                problems.append(f"{source} run {run.info.run_id}: {type(err).__name__}: {err}")
+    return records, problems

@@ -1,0 +1,180 @@
+"""MlflowTracker: one MLflow run per tracked run (one per seed), through MLflow's own client.
+
+- Where: $MLFLOW_TRACKING_URI (`http://host:5000`, a local path, `sqlite:///...`), else MLflow's
+  default. Credentials: MLflow's own variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
+  MLFLOW_TRACKING_PASSWORD), read by MLflow; their values never reach a payload (`secret_values`).
+- The MLflow experiment is config["experiment"] (else the run name without its `_seed<N>`); the run is
+  named after the tracked run, `{experiment}_seed{seed}`.
+- params: the hparams, flattened (`outer.inner`), as MLflow keeps them, text; the exact JSON of config,
+  hparams and summary is kept as the artifacts ntn/config.json, ntn/hparams.json, ntn/summary.json.
+- metrics: every number of every step, at its step (the initial evaluation at step -1, which MLflow
+  allows); summary numbers as metrics `summary/<key>`, the other summary values as tags
+  `summary/<key>` (JSON text). Non-numeric metric values are left out.
+- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
+- A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
+  same one: they are deleted when the new one starts.
+
+Every call runs on a thread of its own (`ntn.tracking.background.Background`): training never waits for
+the server. At the end of a run, `finalize` waits at most $NTN_MLFLOW_EXIT_TIMEOUT seconds (default 30)
+for the calls still queued. What a server that dies mid-run costs: each run from then on waits that
+bound once, at its end, and what it had not sent is lost (MLflow keeps no local copy); the core warns and
+lists the failure in `run.failures`. A server that does not answer before training is a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ntn.tracking import TrackerConfigError
+from ntn.tracking.background import Background
+
+EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
+DEFAULT_EXIT_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 5.0
+SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
+STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+RUN_KEY_TAG = "ntn.run_key"  # a digest of config["run_id"], safe in a search filter
+MAX_PARAM = 6000  # characters of a param's value that MLflow keeps
+
+
+def secret_values(environ: Mapping[str, str]) -> Iterable[str]:
+    """The `ntn.secrets` declaration: MLflow's credential variables, whatever the core's name rule says."""
+    return [environ[name] for name in SECRET_VARIABLES if environ.get(name)]
+
+
+def uri_from_env() -> str | None:
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def exit_timeout() -> float:
+    try:
+        value = float(os.environ.get(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_EXIT_TIMEOUT_S
+    return max(0.0, value) if value == value else DEFAULT_EXIT_TIMEOUT_S
+
+
+def experiment_of(run_name: str, config: Mapping[str, Any]) -> str:
+    experiment = config.get("experiment")
+    return experiment if isinstance(experiment, str) and experiment else re.sub(r"_seed\d+$", "", run_name)
+
+
+def run_key(run_id: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"ntn-run-id:{run_id}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = (value if isinstance(value, str) else json.dumps(value, default=str))[:MAX_PARAM]
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class MlflowRun:
+    """The MLflow run of one tracked run; its methods run on the Background thread."""
+
+    def __init__(self, uri: str | None, run_name: str, config: dict[str, Any], started: float) -> None:
+        from mlflow import MlflowClient
+
+        # MLflow prints each run's URL on stdout when it ends, which would cut into the experiment's own
+        # output from this thread; a user who wants them sets the variable to false
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        experiment = experiment_of(run_name, config)
+        experiment_id = self._experiment_id(experiment)
+        tags = {"ntn.experiment": experiment}
+        if config.get("run_id") is not None:
+            tags[RUN_KEY_TAG] = run_key(config["run_id"])
+            for earlier in self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}'"):
+                self.client.delete_run(earlier.info.run_id)
+        run = self.client.create_run(experiment_id, start_time=int(started * 1000), tags=tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        self.summary: dict[str, Any] = {}
+        self.client.log_dict(self.run_id, config, "ntn/config.json")
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:  # another process created it meanwhile
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def log_hparams(self, hparams: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, value) for key, value in _flat(hparams).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.log_dict(self.run_id, hparams, "ntn/hparams.json")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items() if _number(value)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        self.summary.update(summary)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"summary/{k}", float(v), now, 0) for k, v in summary.items() if _number(v)]
+        tags = [
+            RunTag(f"summary/{k}", json.dumps(v, default=str)[:MAX_PARAM]) for k, v in summary.items() if not _number(v)
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+
+    def finalize(self, status: str, end_time: float | None) -> None:
+        self.client.log_dict(self.run_id, self.summary, "ntn/summary.json")
+        ended = int((end_time or time.time()) * 1000)
+        self.client.set_terminated(self.run_id, status=STATUS.get(status, "FINISHED"), end_time=ended)
+
+
+class MlflowTracker(Background):
+    """The `mlflow` backend. Tracking URI: `tracking_uri`, else $MLFLOW_TRACKING_URI, else MLflow's default."""
+
+    def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, tracking_uri: str | None = None):
+        uri = tracking_uri or uri_from_env()
+        started = time.time()  # when training began, not when the thread got to it
+        super().__init__(
+            lambda: MlflowRun(uri, experiment_name, dict(config or {}), started), timeout=exit_timeout(), name="mlflow"
+        )
+
+    @classmethod
+    def check_environment(cls, run_names: Sequence[str] = ()) -> None:
+        """A tracking server named by MLFLOW_TRACKING_URI must answer before any run starts.
+
+        :raises TrackerConfigError: one line naming the URI and why
+        """
+        uri = uri_from_env()
+        if uri is None or not uri.startswith(("http://", "https://")):
+            return
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
+        except requests.RequestException as err:
+            reason = type(err).__name__ if not isinstance(err, requests.HTTPError) else str(err)
+            raise TrackerConfigError(
+                f"MLFLOW_TRACKING_URI={uri!r}: no MLflow server answers there ({reason})"
+            ) from None

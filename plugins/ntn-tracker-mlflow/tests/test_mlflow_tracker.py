@@ -1,0 +1,130 @@
+"""The mlflow backend against a real `mlflow server` on 127.0.0.1, read back with MLflow's own client."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from conftest import free_port
+from mlflow import MlflowClient
+from ntn.tracking import TrackerWarning, installed, start_run
+from ntn.tracking.discovery import Backend
+from ntn.tracking.readers import read_runs
+from ntn.tracking.testing import END_TIME, METRICS, run_conformance
+from ntn_tracker_mlflow import MlflowTracker
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _runs(server) -> dict[str, dict]:
+    records, problems = read_runs("mlflow", server.url)
+    assert problems == []
+    return {r["experiment_name"]: r for r in records}
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_entry_points_are_installed():
+    assert installed()["mlflow"].value == "ntn_tracker_mlflow:MlflowTracker"
+
+
+def test_passes_the_conformance_kit_and_mlflow_holds_what_it_was_sent(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    sent = run_conformance(MlflowTracker, experiment_name="kit_seed0")
+    record = _runs(mlflow_server)["kit_seed0"]
+    assert record["hparams"] == sent.hparams and record["config"] == json.loads(json.dumps(sent.config))
+    assert record["summary"] == sent.summary | {"status": "failed"}  # the kit ends with a failed run
+    by_step = {entry["step"]: entry for entry in record["metrics_log"]}
+    for step, metrics in METRICS:  # step -1 kept; NaN and ±Inf read back as sent
+        for name, value in metrics.items():
+            if isinstance(value, int | float):
+                assert _same(by_step[step][name], float(value)), (step, name)
+    run = MlflowClient(mlflow_server.url).get_run(record["mlflow"]["run_id"])
+    assert run.info.status == "FAILED" and run.info.end_time == int(END_TIME * 1000)
+    assert run.data.params["nested.depth.level"] == "2"
+    assert run.data.tags["summary/error"] == json.dumps(sent.summary["error"])
+
+
+def _script(tmp_path, server_url, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "EXPERIMENT_NAME")}
+    environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "200", "SEEDS": "0,1", "N_EPOCHS": "2"}
+    environ |= {"TRACKER_BACKEND": "file,mlflow", "MLFLOW_TRACKING_URI": server_url, "EXPERIMENT_NAME": "ml"} | env
+    return subprocess.run(
+        ["bash", str(REPO / "experiments" / "run_mpo2.sh")], cwd=tmp_path, env=environ, capture_output=True, text=True
+    )
+
+
+def test_an_experiment_reads_back_from_mlflow_equal_to_the_file_tracker(mlflow_server, tmp_path):
+    done = _script(tmp_path, mlflow_server.url)
+    assert done.returncode == 0, done.stderr
+    assert "View run" not in done.stdout  # MLflow's own URL lines stay out of the experiment's output
+    files, problems = read_runs("file", str(tmp_path / "experiment_logs"))
+    assert problems == []
+    mlflow = _runs(mlflow_server)
+    for document in files:
+        record = mlflow[document["experiment_name"]]
+        assert record["summary"] == document["summary"] and record["summary"]["status"] == "finished"
+        assert record["hparams"] == document["hparams"] and record["config"]["experiment"] == "ml"
+        assert len(record["metrics_log"]) == len(document["metrics_log"])
+        for ours, theirs in zip(record["metrics_log"], document["metrics_log"]):
+            assert ours.keys() == theirs.keys() and all(_same(ours[k], theirs[k]) for k in ours)
+    experiment = MlflowClient(mlflow_server.url).get_experiment_by_name("ml")
+    assert experiment is not None
+    summary = subprocess.run(
+        [sys.executable, "-m", "ntn.tracking", "summary", "--from", f"mlflow:{mlflow_server.url}", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = [r for r in json.loads(summary.stdout) if r["experiment"] == "ml"]
+    assert row["runs"] == 2 and row["successful"] == 2
+
+
+def test_a_server_that_does_not_answer_is_one_line_before_training(tmp_path):
+    start = time.monotonic()
+    done = _script(tmp_path, f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no MLflow server answers there" in done.stderr and time.monotonic() - start < 60
+    assert not (tmp_path / "experiment_logs").exists()
+
+
+def test_a_server_lost_mid_run_never_holds_training_and_costs_at_most_the_exit_bound(monkeypatch):
+    monkeypatch.setenv("NTN_MLFLOW_EXIT_TIMEOUT", "1")
+    dead = f"http://127.0.0.1:{free_port()}"
+    backend = Backend("mlflow", lambda **kw: MlflowTracker(tracking_uri=dead, **kw), "ntn_tracker_mlflow:MlflowTracker")
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrackerWarning)
+        with start_run("lost_seed0", {}, backend=[backend]) as run:
+            for step in range(50):
+                run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            hooks = time.monotonic() - start
+    assert hooks < 1.0 and time.monotonic() - start < 10
+    assert run.failures and any("mlflow" in str(w.message) for w in caught)
+
+
+def test_a_run_trained_again_with_its_run_id_replaces_the_earlier_attempt(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    for attempt in (1, 2):
+        with start_run("again_seed0", {"experiment": "again", "run_id": "again_seed0"}, backend="mlflow") as run:
+            run.log_metrics({"loss": float(attempt)}, step=0)
+            run.log_summary({"seed": 0, "success": True, "attempt": attempt})
+    (record,) = [r for r in _runs(mlflow_server).values() if r["experiment_name"] == "again_seed0"]
+    assert record["summary"]["attempt"] == 2 and record["metrics_log"] == [{"step": 0, "loss": 2.0}]
+
+
+def test_mlflow_credentials_never_reach_the_server(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-4711-very-secret")  # sent as a header, never recorded
+    with start_run("secret_seed0", {"token": "tok-4711-very-secret"}, backend="mlflow") as run:
+        run.log_summary({"note": "called with tok-4711-very-secret", "tokens_per_s": 1.5})
+    record = _runs(mlflow_server)["secret_seed0"]
+    assert record["config"]["token"] == "[REDACTED]" and record["summary"]["tokens_per_s"] == 1.5
+    leaked = [p for p in mlflow_server.root.rglob("*") if p.is_file() and b"tok-4711" in p.read_bytes()]
+    assert leaked == []
