@@ -140,6 +140,7 @@ SETTINGS = [
     Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),
     Setting("OUTPUT_FILE", "results_{experiment}.json", text, "multi-seed results file, one per experiment name"),
     Setting("VERBOSE", "false", boolean, "print one line per epoch"),
+    Setting("SAVE_MODEL", "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"),
     Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
     Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend", has_flag=False),
     Setting("AIM_REPO", ".aim", text, "Aim repository: a path or aim://host:port", has_flag=False),
@@ -191,6 +192,7 @@ class Settings:
     preprocessing: str
     output_file: str
     verbose: bool
+    save_model: bool
     tracker_backend: str
     tracker_dir: str
     aim_repo: str

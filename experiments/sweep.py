@@ -37,7 +37,7 @@ EXECUTORS = ("local", "dask")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 SPLITS = ("train", "val", "test")
 # a run's settings that do not change what it trains: a recorded run with other values still counts
-NOT_TRAINING = ("seeds", "output_file", "verbose", "tracker_backend", "tracker_dir", "aim_repo", "device")
+NOT_TRAINING = ("seeds", "output_file", "verbose", "save_model", "tracker_backend", "tracker_dir", "aim_repo", "device")
 SCHEDULER_TIMEOUT_S = 10
 WORKER_WAIT_S = 60
 TRACKER_WAIT_S = 120  # at the end, for the workers' trackers to deliver in the background

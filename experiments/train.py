@@ -127,6 +127,8 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
     )
     final = result["scores"]
     test = trainer.evaluate(data.X_test, data.y_test)
+    if s.save_model:
+        _attach_model(run, net, seed)
     failure = _failure(model, s, data, final, test)
     summary = {
         "seed": seed,
@@ -186,20 +188,39 @@ def run_config(model: str, s: Settings, data) -> dict[str, Any]:
     return {"model": model.upper(), "experiment": s.experiment_name, **dataclasses.asdict(s), "dataset_info": data.info}
 
 
-def train_seed(model: str, s: Settings, data, seed: int, backends: list, config: dict[str, Any], progress) -> dict:
+def train_seed(
+    model: str, s: Settings, data, seed: int, backends: list, config: dict[str, Any], progress, on_entry=None
+) -> dict:
     """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
     whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
-    and its entry has no test figures."""
+    and its entry has no test figures. `on_entry(entry)`, called before the run ends, returns a file to
+    attach to the run (the results file), or None."""
     from ntn.tracking import start_run
 
     with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
         try:
-            return run_seed(model, s, data, seed, run, progress)
+            entry = run_seed(model, s, data, seed, run, progress)
         except (ArithmeticError, RuntimeError, ValueError) as err:
             error = f"{type(err).__name__}: {err}"
             run.log_summary({"seed": seed, "success": False, "error": error})
             quality = "r2" if data.task == "regression" else "accuracy"
-            return {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+            entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+        attached = on_entry(entry) if on_entry is not None else None
+        if attached is not None:
+            run.log_artifact(attached)
+        return entry
+
+
+def _attach_model(run, net, seed: int) -> None:
+    """The trained model as the run's file `model_seed{seed}.pt` (ntn.load_model reads it back)."""
+    import tempfile
+
+    from ntn import save_model
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"model_seed{seed}.pt"
+        save_model(net, path)
+        run.log_artifact(path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -331,20 +352,10 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
     errors = 0
-    for seed in s.seeds:
-        name = f"{s.experiment_name}_seed{seed}"
-        before = f"the {len(results)} seeds before it in {output}" if results else "no seed finished before it"
-        _RECORDS["now"] = f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); {before}"
-        try:
-            entry = train_seed(model, s, data, seed, backends, config, progress)
-        except TrackerConfigError as err:
-            return _fail(model, str(err))
-        except KeyboardInterrupt:
-            progress.close()
-            raise
-        errors += entry["test_loss"] is None  # training raised: a singular system, non-finite values
+
+    def write_results(entry: dict[str, Any]) -> Path:
+        """The results file with this seed's entry, attached to the seed's run."""
         results.append(entry)
-        progress.seed_done(seed, entry)
         ok = [r for r in results if r["success"]]
         loss_mean, loss_std = _stats([r["test_loss"] for r in ok])
         q_mean, q_std = _stats([r[f"test_{quality}"] for r in ok])
@@ -363,7 +374,24 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
                 "dataset_info": data.info,
             },
         )
+        return output
+
+    for seed in s.seeds:
+        name = f"{s.experiment_name}_seed{seed}"
+        before = f"the {len(results)} seeds before it in {output}" if results else "no seed finished before it"
+        _RECORDS["now"] = f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); {before}"
+        try:
+            entry = train_seed(model, s, data, seed, backends, config, progress, on_entry=write_results)
+        except TrackerConfigError as err:
+            return _fail(model, str(err))
+        except KeyboardInterrupt:
+            progress.close()
+            raise
+        errors += entry["test_loss"] is None  # training raised: a singular system, non-finite values
+        progress.seed_done(seed, entry)
     progress.close()
+    ok = [r for r in results if r["success"]]
+    q_mean, q_std = _stats([r[f"test_{quality}"] for r in ok])
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
     collapsed = sum(str(r.get("error")).startswith("collapsed") for r in results)
     print(

@@ -404,3 +404,22 @@ def test_a_run_file_of_another_experiment_in_the_way_is_refused_before_training(
     assert "mpo2_experiment_seed1.json already holds experiment 'other', not 'mpo2_experiment_seed1'" in done.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["experiment_logs", "mpo2_experiment_seed1.json"]
     assert json.loads(stale.read_text())["experiment_name"] == "other"
+
+
+def test_save_model_attaches_each_seed_s_model_and_the_results_file(run_script, tmp_path):
+    done = run_script("lmpo2", SAVE_MODEL="1", N_EPOCHS="2", SEEDS="3")
+    assert done.returncode == 0, done.stderr
+    import torch
+    from ntn import NTN, load_model
+
+    from experiments.dataset_loader import load_dataset
+
+    attached = tmp_path / "experiment_logs" / "lmpo2_experiment_seed3.artifacts"
+    results = json.loads((tmp_path / "results_lmpo2_experiment.json").read_text())
+    assert json.loads((attached / "results_lmpo2_experiment.json").read_text()) == results
+    model = load_model(attached / "model_seed3.pt")
+    assert model.recipe["model"] == "LMPO2"
+    data = load_dataset("synthetic", 300, 0, "clip")
+    X = torch.as_tensor(data.X_train)
+    test = NTN(model, X, torch.as_tensor(data.y_train), loss="mse").evaluate(data.X_test, data.y_test)
+    assert test["r2"] == pytest.approx(results["results"][0]["test_r2"], rel=1e-9, abs=1e-12)

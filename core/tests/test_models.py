@@ -71,3 +71,22 @@ def test_bad_model_arguments_name_the_argument(kwargs, message):
     for Model in (MPO2, LMPO2, MMPO2):
         with pytest.raises(ValueError, match=message):
             Model(**args)
+
+
+@pytest.mark.parametrize("factory", ["MPO2", "LMPO2", "MMPO2"])
+def test_a_saved_model_loads_back_and_predicts_the_same(tmp_path, factory):
+    import ntn
+
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    y = (X[:, :1] * X[:, 1:2] - X[:, 2:3]).squeeze(1)
+    model = getattr(ntn, factory)(L=3, bond_dim=3, phys_dim=4, seed=1)
+    trainer = ntn.NTN(model, X, y, loss="mse", batch_size=60)
+    trainer.fit(2)
+    ntn.save_model(model, tmp_path / "model.pt")
+    loaded = ntn.load_model(tmp_path / "model.pt")
+    assert loaded.recipe == model.recipe and loaded.n_parameters == model.n_parameters
+    phi = torch.cat([X, torch.ones(60, 1, dtype=torch.float64)], dim=1)
+    expected = model(phi)
+    assert_close(loaded(phi), expected, rtol=1e-12)
+    assert_close(ntn.NTN(loaded, X, y, loss="mse", batch_size=60).predict(X), trainer.predict(X), rtol=1e-12)

@@ -13,6 +13,8 @@ _EXPORTS = {
     "MMPO2": "ntn.models",
     "MPO2": "ntn.models",
     "TensorNetwork": "ntn.models",
+    "load_model": "ntn.saving",
+    "save_model": "ntn.saving",
     "NTN": "ntn.trainer",
     "NewtonStepError": "ntn.trainer",
     "jitter_schedule": "ntn.trainer",

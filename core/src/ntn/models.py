@@ -26,6 +26,7 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,6 +83,7 @@ class TensorNetwork:
             raise ValueError(f"output_site must be an integer in [0, {L}), got {output_site!r}")
         if not init_strength > 0:
             raise ValueError(f"init_strength must be > 0, got {init_strength!r}")
+        self.recipe: dict[str, Any] = {}  # the factory and its arguments (set by MPO2, LMPO2, MMPO2): see saving.py
         self.L, self.bond_dim, self.phys_dim = L, bond_dim, phys_dim
         self.output_dim, self.output_site = output_dim, output_site
         self.input_cores = None if input_layer is None else input_layer.cores  # None: φ feeds the top row
@@ -323,7 +325,9 @@ def MPO2(
     bond_dim=6, phys_dim=9, output_dim=1: 54 + 324 + 54 = 432.
     """
     shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
-    return TensorNetwork(**shape, init_strength=init_strength, input_layer=None, seed=seed)
+    net = TensorNetwork(**shape, init_strength=init_strength, input_layer=None, seed=seed)
+    net.recipe = {"model": "MPO2", **shape}
+    return net
 
 
 def LMPO2(
@@ -353,7 +357,9 @@ def LMPO2(
     _check("bond_dim", bond_dim, 1)
     reduction = InputLayer(_reduction_cores(L, bond_dim, phys_dim, rank, init_strength, seed), trainable=True)
     shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
-    return TensorNetwork(**shape, init_strength=init_strength, input_layer=reduction, seed=seed)
+    net = TensorNetwork(**shape, init_strength=init_strength, input_layer=reduction, seed=seed)
+    net.recipe = {"model": "LMPO2", **shape, "rank": rank}
+    return net
 
 
 def MMPO2(
@@ -375,4 +381,6 @@ def MMPO2(
     _check("phys_dim", phys_dim, 2)
     mask = InputLayer(_ordering_mask_cores(L, phys_dim), trainable=False)
     shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
-    return TensorNetwork(**shape, init_strength=init_strength, input_layer=mask, seed=seed)
+    net = TensorNetwork(**shape, init_strength=init_strength, input_layer=mask, seed=seed)
+    net.recipe = {"model": "MMPO2", **shape}
+    return net

@@ -37,6 +37,9 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     assert curves[("r2", "")][1] == (1, -math.inf) and curves[("reg_loss", "")][1] == (1, math.inf)
     assert curves[("μ-metric", "")] == [(1, 1.0)]
     assert Path(".aim").is_dir()  # AIM_REPO defaults to ./.aim, created as `aim init` would
+    name, content = sent.artifact
+    assert list(run.artifacts) == [name]
+    assert (Path("aim-artifacts") / run.hash / name).read_bytes() == content  # beside the repository
 
 
 def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):

@@ -53,8 +53,11 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     for entry, (_, metrics) in zip(doc["metrics_log"], run.metrics):
         for key, value in metrics.items():
             assert entry[key] == value or (math.isnan(value) and math.isnan(entry[key]))
-    assert doc["summary"] == run.summary | {"status": "finished"}
+    assert doc["summary"] == run.summary | {"status": "failed"}  # finalize's status
     strict_json(the_file(run.experiment_name))
+    name, content = run.artifact
+    (copy,) = the_file(run.experiment_name).with_suffix(".artifacts").iterdir()
+    assert copy.read_bytes() == content and name.replace(" ", "_").split("✓")[0] in copy.name
 
 
 def test_document_has_exactly_the_seed_structure():

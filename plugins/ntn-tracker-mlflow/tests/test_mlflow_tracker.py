@@ -49,6 +49,8 @@ def test_passes_the_conformance_kit_and_mlflow_holds_what_it_was_sent(mlflow_ser
     assert run.info.status == "FAILED" and run.info.end_time == int(END_TIME * 1000)
     assert run.data.params["nested.depth.level"] == "2"
     assert run.data.tags["summary/error"] == json.dumps(sent.summary["error"])
+    name, content = sent.artifact
+    assert Path(MlflowClient(mlflow_server.url).download_artifacts(run.info.run_id, name)).read_bytes() == content
 
 
 def _script(tmp_path, server_url, **env):

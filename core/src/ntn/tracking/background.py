@@ -17,6 +17,7 @@ The real tracker implements any of the four hooks, with their full signatures (`
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -67,6 +68,14 @@ class Background:
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         self._put("log_summary", summary)
+
+    def log_artifact(self, path: str, name: str) -> None:
+        """Queue a copy of the file (the caller may change or remove it once this returns)."""
+        import shutil
+        import tempfile
+
+        copy_dir = tempfile.mkdtemp(prefix="ntn-artifact-")
+        self._put("log_artifact", shutil.copy(path, os.path.join(copy_dir, name)), name)
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
         """Queue `finalize`, then wait at most `timeout` seconds for every queued call to be made.

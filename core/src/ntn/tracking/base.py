@@ -6,7 +6,7 @@ from typing import Any
 
 
 class BaseTracker:
-    """Override any of the four methods; the core calls them for each run.
+    """Override any of these methods; the core calls them for each run.
 
     The core builds one instance per run as `YourTracker(experiment_name=..., config=...)`.
     """
@@ -22,6 +22,9 @@ class BaseTracker:
         pass
 
     def log_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str, name: str) -> None:
         pass
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:

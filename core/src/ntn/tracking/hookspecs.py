@@ -43,6 +43,15 @@ def log_summary(summary: dict[str, Any]) -> None:
 
 
 @hookspec
+def log_artifact(path: str, name: str) -> None:
+    """Attach a file to the run: the results file, a trained model (optional for a tracker).
+
+    :param path: the file; it may change or go once the hook returns, so copy what you keep
+    :param name: its name in the run, a file name without directories, e.g. "model_seed0.pt"
+    """
+
+
+@hookspec
 def finalize(status: str, end_time: float) -> None:
     """The run is over: flush, close and release resources. Called exactly once, even after errors.
     An implementation may take both arguments, either, or neither (`finalize(self)`).

@@ -10,7 +10,7 @@ import pluggy
 
 from ntn.tracking import hookspecs
 
-HOOKS = ("log_hparams", "log_metrics", "log_summary", "finalize")
+HOOKS = ("log_hparams", "log_metrics", "log_summary", "log_artifact", "finalize")
 PLAIN = pluggy.HookimplOpts(
     wrapper=False, hookwrapper=False, optionalhook=False, tryfirst=False, trylast=False, specname=None
 )

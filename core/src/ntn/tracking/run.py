@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import warnings
@@ -137,6 +138,13 @@ class TrackedRun:
         summary = self.redact(summary)
         self.summary.update(summary)
         self._call("log_summary", summary=summary)
+
+    def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> None:
+        """Attach the file at `path` to the run as `name` (default: its file name), in the trackers that keep files."""
+        name = os.path.basename(path) if name is None else name
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"artifact name {name!r} must be a file name without directories")
+        self._call("log_artifact", path=os.fspath(path), name=name)
 
     def finalize(self, status: str = "finished") -> None:
         """Call `finalize` once on every tracker that was built, also on those disabled by a failure in

@@ -5,16 +5,21 @@
     def test_my_tracker_conforms(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         run = run_conformance(MyTracker)
-        # then read back what MyTracker wrote and compare it with run.expected
+        # then read back what MyTracker wrote and compare it with what the kit sent: run.config,
+        # run.hparams, run.metrics, run.summary, run.artifact (name, content), END_TIME
 
 It builds the tracker the way the core does and drives it through a full run with realistic
-payloads: nested config, NaN and ±Inf metrics, unicode names, step -1, and a failed run's summary.
+payloads: nested config, NaN and ±Inf metrics, unicode names, step -1, a failed run's summary, a file
+attached (and removed once the hook returned) and finalize(status="failed", end_time=END_TIME).
 Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,7 @@ METRICS = [
 ]
 SUMMARY = {"seed": 0, "loss": 0.26, "r2": 0.81, "success": True}
 FAILED_SUMMARY = {"success": False, "error": "NewtonStepError: Newton step on top core at site 1 failed"}
+ARTIFACT_NAME, ARTIFACT = "results ✓.json", b'{"test_r2_mean": 0.81}\n'
 END_TIME = 1767225600.0  # the run's end passed to finalize (2026-01-01 00:00 UTC), to read back
 
 
@@ -55,6 +61,7 @@ class ConformanceRun:
     hparams: dict[str, Any] = field(default_factory=lambda: dict(HPARAMS))
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=lambda: list(METRICS))
     summary: dict[str, Any] = field(default_factory=lambda: SUMMARY | FAILED_SUMMARY)
+    artifact: tuple[str, bytes] = (ARTIFACT_NAME, ARTIFACT)  # name, content; removed once the hook returned
 
 
 def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIMENT_NAME) -> ConformanceRun:
@@ -70,10 +77,17 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
     calls: list[tuple[str, dict[str, Any]]] = [("log_hparams", {"hparams": dict(HPARAMS)})]
     calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
     calls += [("log_summary", {"summary": dict(SUMMARY)}), ("log_summary", {"summary": dict(FAILED_SUMMARY)})]
+    directory = tempfile.mkdtemp()
+    artifact = os.path.join(directory, "to-attach.json")
+    with open(artifact, "wb") as f:
+        f.write(ARTIFACT)
+    calls += [("log_artifact", {"path": artifact, "name": ARTIFACT_NAME})]
     calls += [("finalize", {"status": "failed", "end_time": END_TIME})]
     for hook, kwargs in calls:
         try:
             getattr(manager.hook, hook)(**kwargs)
         except Exception as err:
             raise AssertionError(f"{hook}({kwargs!r}) raised {type(err).__name__}: {err}") from err
+        if hook == "log_artifact":
+            shutil.rmtree(directory)  # a tracker keeps its own copy
     return ConformanceRun(tracker, experiment_name)

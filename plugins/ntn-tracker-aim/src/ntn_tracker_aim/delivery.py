@@ -4,6 +4,7 @@ journal again changes nothing: delivery and `sync` are idempotent."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,15 @@ class RunState:
         self.nonnumeric: dict[str, dict[str, Any]] = {}
 
 
-def apply(run, state: RunState, record: dict[str, Any]) -> None:
+def artifacts_uri(repo: str) -> str | None:
+    """Where Aim stores the files attached to runs of `repo`: $AIM_ARTIFACTS_URI, else beside a local
+    repository; None for a remote one without it (an `aim server` stores no files)."""
+    if os.environ.get("AIM_ARTIFACTS_URI"):
+        return os.environ["AIM_ARTIFACTS_URI"]
+    return None if repo.startswith(REMOTE_PREFIX) else (Path(repo).resolve() / "aim-artifacts").as_uri()
+
+
+def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = None) -> None:
     op = record["op"]
     if op == "open":  # a run's first attempt, or a new one that replaces what the earlier recorded
         state.__init__()
@@ -85,6 +94,10 @@ def apply(run, state: RunState, record: dict[str, Any]) -> None:
     elif op == "summary":
         state.summary.update(record["summary"])
         run["summary"] = state.summary
+    elif op == "artifact" and artifacts is not None:
+        if run.artifacts_uri is None:
+            run.set_artifacts_uri(artifacts)
+        run.log_artifact(record["path"], name=record["name"], block=True)
 
 
 def wait_until_stored(run) -> None:
@@ -118,7 +131,7 @@ class Delivery:
         records = journal.read_records(self.path)
         done = journal.delivered(self.path)
         for record in records[done:]:
-            apply(self.run, self.state, record)
+            apply(self.run, self.state, record, artifacts_uri(self.repo))
         if len(records) > done:
             wait_until_stored(self.run)
             journal.set_delivered(self.path, len(records))

@@ -4,6 +4,7 @@
                                     "summary" | "finalize", ...}; the first line is the "open" record;
                                     "open" and "finalize" carry the Unix "time" of the run's start and end
     <spool>/<run_hash>.delivered    how many of those records have reached the Aim repository
+    <spool>/<run_hash>.artifacts/   copies of the files attached to the run, until it is delivered
 
 A run trained again with the same run_id (`tracker.run_hash`) appends its records, from a new "open"
 on, to its earlier attempt's journal if that is still in the spool; delivery replays both in order, so
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,11 @@ def _is_at(fd: int, path: Path) -> bool:
         return False
 
 
+def artifacts_dir(path: Path) -> Path:
+    """Where the files attached to the journal's run wait for delivery."""
+    return path.with_suffix(".artifacts")
+
+
 def remove(path: Path) -> None:
     """Remove a delivered journal, unless a new attempt of its run is writing to it again."""
     try:
@@ -110,6 +117,7 @@ def remove(path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path.unlink(missing_ok=True)
         delivered_path(path).unlink(missing_ok=True)
+        shutil.rmtree(artifacts_dir(path), ignore_errors=True)
     except BlockingIOError:
         pass
     finally:

@@ -14,12 +14,17 @@ In the repository:
 - a run with config["run_id"] has a hash derived from it: trained again (a sweep's worker died, an
   interrupted sweep was run again), it continues the same Aim run, whose records the new attempt's
   replace, instead of adding a second run of that name;
+- files attached to a run (`log_artifact`) are stored where Aim 3.29 keeps artifacts, outside the
+  repository: under <repository>/aim-artifacts/ for a local repository, and for a remote one only at
+  $AIM_ARTIFACTS_URI (e.g. s3://bucket/prefix, which Aim uploads to from the delivering machine; an
+  `aim server` does not receive files). Without it, a remote run gets no files;
 - nothing about the machine is stored: system params, terminal logs and resource tracking are off.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +82,13 @@ class AimTracker:
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         self.journal.append({"op": "summary", "summary": self.redact(to_builtin(summary))})
+
+    def log_artifact(self, path: str, name: str) -> None:
+        """Copy the file into the spool beside the run's journal; delivery attaches it (see delivery.py)."""
+        copy = journal.artifacts_dir(self.journal.path) / name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, copy)
+        self.journal.append({"op": "artifact", "name": name, "path": str(copy.resolve())})
 
     def finalize(self) -> None:
         self.journal.close()

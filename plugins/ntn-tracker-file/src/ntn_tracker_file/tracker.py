@@ -10,8 +10,9 @@ hparams, the next metrics entry, or the summary) to its end:
 A run's first document overwrites an earlier run's file of the same name the same way. In place is
 the rule because it is cheap: on ext4, renaming over a file forces a writeback of the new one (~0.2 ms,
 more than all the in-place writes of a default run).
-While the run is going, `summary.status` is "running"; `finalize` sets it to "finished" unless the core
-has recorded another status ("failed", "interrupted") first. A process killed with SIGKILL leaves
+Files attached to the run (`log_artifact`) are copied into <TRACKER_DIR>/<file stem>.artifacts/.
+While the run is going, `summary.status` is "running"; `finalize` sets the run's status ("finished",
+"failed", "interrupted") unless the core has recorded it first. A process killed with SIGKILL leaves
 "running", with the file's modification time as the age of its last record.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -191,9 +193,18 @@ class FileTracker:
         self.summary.update(self.redact(summary))
         self._write_summary()
 
-    def finalize(self) -> None:
-        if self.summary.get("status") == "running":
-            self.summary["status"] = "finished"
+    def log_artifact(self, path: str, name: str) -> None:
+        """Copy the file to <TRACKER_DIR>/<run file stem>.artifacts/<name> (renamed into place whole)."""
+        directory = self.path.with_suffix(".artifacts")
+        directory.mkdir(exist_ok=True)
+        target = directory / file_stem(name)
+        partial = directory / f".{target.name}.partial"
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+
+    def finalize(self, status: str = "finished") -> None:
+        if self.summary.get("status") == "running":  # the core's last summary has it; a direct caller's may not
+            self.summary["status"] = status
         try:
             self._write_summary()
         finally:

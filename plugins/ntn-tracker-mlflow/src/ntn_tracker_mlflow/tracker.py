@@ -10,6 +10,7 @@
 - metrics: every number of every step, at its step (the initial evaluation at step -1, which MLflow
   allows); summary numbers as metrics `summary/<key>`, the other summary values as tags
   `summary/<key>` (JSON text). Non-numeric metric values are left out.
+- files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name;
 - status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
@@ -143,6 +144,9 @@ class MlflowRun:
             RunTag(f"summary/{k}", json.dumps(v, default=str)[:MAX_PARAM]) for k, v in summary.items() if not _number(v)
         ]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+
+    def log_artifact(self, path: str, name: str) -> None:
+        self.client.log_artifact(self.run_id, path)  # Background's copy of the file is named `name`
 
     def finalize(self, status: str, end_time: float | None) -> None:
         self.client.log_dict(self.run_id, self.summary, "ntn/summary.json")
