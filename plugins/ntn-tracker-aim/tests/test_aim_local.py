@@ -8,7 +8,7 @@ from aim import Run
 from conftest import grep_tree
 from ntn import MPO2, NTN
 from ntn.tracking import installed, start_run
-from ntn.tracking.testing import run_conformance
+from ntn.tracking.testing import check_reader, run_conformance
 from ntn_tracker_aim import INIT_CONTEXT, AimTracker, flush, index_runs, series
 
 
@@ -29,7 +29,7 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     assert run.experiment == sent.experiment_name.removesuffix("_seed0")
     assert run["hparams"] == sent.hparams
     assert run["config"]["jitter"] == sent.config["jitter"] and run["config"]["seeds"] == [0, 1, 2]
-    assert run["summary"] == sent.summary
+    assert run["summary"] == sent.summary | {"status": "failed"}  # finalize's status
     curves = series(run)
     assert curves[("loss", "init")] == [(0, 6.64)] and curves[("r2", "init")] == [(0, -3.88)]
     loss = curves[("loss", "")]
@@ -40,6 +40,7 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     name, content = sent.artifact
     assert list(run.artifacts) == [name]
     assert (Path("aim-artifacts") / run.hash / name).read_bytes() == content  # beside the repository
+    check_reader("aim", ".", sent)
 
 
 def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):

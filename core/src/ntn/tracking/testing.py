@@ -43,8 +43,8 @@ METRICS = [
     (-1, {"loss": 6.64, "r2": -3.88}),
     (0, {"loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05, "weight_norm_sq": 11.8}),
     (1, {"loss": math.nan, "r2": -math.inf, "reg_loss": math.inf, "jitter": 0.045, "μ-metric": 1.0}),
-    (2, {"loss": 0.26, "r2": 0.81, "reg_loss": 0.80, "jitter": 0.0405, "weight_norm_sq": 12.1}),
-]
+    (2, {"loss": 0.26, "r2": 0.81, "reg_loss": 0.80, "jitter": 0.0405, "weight_norm_sq": 12.1, "tokens_per_s": 1.5}),
+]  # tokens_per_s: a number under a secret-looking name stays a number
 SUMMARY = {"seed": 0, "loss": 0.26, "r2": 0.81, "success": True}
 FAILED_SUMMARY = {"success": False, "error": "NewtonStepError: Newton step on top core at site 1 failed"}
 ARTIFACT_NAME, ARTIFACT = "results ✓.json", b'{"test_r2_mean": 0.81}\n'
@@ -91,3 +91,28 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
         if hook == "log_artifact":
             shutil.rmtree(directory)  # a tracker keeps its own copy
     return ConformanceRun(tracker, experiment_name)
+
+
+def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, Any]:
+    """Read the kit's run back through `backend`'s reader (entry-point group ntn.trackers.readers) and
+    compare it with what the kit sent: hparams, every metric at its step (NaN and ±Inf included), the
+    summary with status "failed". Returns the record.
+
+    :raises AssertionError: naming what differs
+    """
+    from ntn.tracking.readers import read_runs
+
+    records, problems = read_runs(backend, source)
+    assert problems == [], problems
+    found = [r for r in records if r["experiment_name"] == sent.experiment_name]
+    assert len(found) == 1, f"{len(found)} runs named {sent.experiment_name!r} in {source}"
+    record = found[0]
+    assert record["hparams"] == sent.hparams, record["hparams"]
+    by_step = {entry["step"]: entry for entry in record["metrics_log"]}
+    for step, metrics in sent.metrics:
+        for name, value in metrics.items():
+            got = by_step.get(step, {}).get(name)
+            same = got == value or (isinstance(got, float) and math.isnan(got) and math.isnan(value))
+            assert same, f"metric {name!r} at step {step}: sent {value!r}, read back {got!r}"
+    assert record["summary"] == sent.summary | {"status": "failed"}, record["summary"]
+    return record

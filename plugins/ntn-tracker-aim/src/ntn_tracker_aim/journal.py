@@ -52,8 +52,8 @@ class JournalWriter:
     def append(self, record: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(record, allow_nan=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
-    def close(self) -> None:
-        self.append({"op": "finalize", "time": time.time()})  # when the run ended
+    def close(self, status: str = "finished") -> None:
+        self.append({"op": "finalize", "time": time.time(), "status": status})  # when and how the run ended
         os.close(self._fd)  # releases the flock
 
 

@@ -90,5 +90,5 @@ class AimTracker:
         shutil.copyfile(path, copy)
         self.journal.append({"op": "artifact", "name": name, "path": str(copy.resolve())})
 
-    def finalize(self) -> None:
-        self.journal.close()
+    def finalize(self, status: str = "finished") -> None:
+        self.journal.close(status)
