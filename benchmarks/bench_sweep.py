@@ -57,32 +57,37 @@ def run_sweep(cwd: Path, *args: str, bond_dims: list[int] = BOND_DIMS, **env: st
 
 
 def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
-    """Mean s per run: trained in this process, and submitted one at a time to a 1-worker LocalCluster."""
+    """Mean s per run, one torch thread each: trained in this process, and submitted one at a time to the
+    sweep's Dask executor with one worker (a LocalCluster, as `--executor dask` starts it)."""
     sys.path.insert(0, str(REPO))
-    from distributed import Client, LocalCluster
+    import torch
 
+    from experiments.sweep import DaskExecutor
     from experiments.sweepfile import load
     from experiments.train import train_run
 
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(SWEEP.format(bond_dims=[6]))
         (configuration,) = load(path, tracker_backend="none").configurations
         train_run("mpo2", configuration.settings, 0)  # warm: imports, data set
-        start = time.perf_counter()
-        for seed in range(n_runs):
-            train_run("mpo2", configuration.settings, seed)
-        in_process = (time.perf_counter() - start) / n_runs
-        import torch
-
-        threads = torch.get_num_threads()
-        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
-            c.run(lambda: __import__("torch").set_num_threads(threads))  # the same threads as in-process
-            c.submit(train_run, "mpo2", configuration.settings, 0, pure=False).result()
-            start = time.perf_counter()
-            for seed in range(n_runs):
-                c.submit(train_run, "mpo2", configuration.settings, seed, pure=False).result()
-            through_dask = (time.perf_counter() - start) / n_runs
+        executor = DaskExecutor(1, None, "none")
+        in_process, through_dask = [], []
+        try:
+            executor.submit("mpo2", configuration, 0).result()
+            for _ in range(3):  # interleaved rounds: both sides see the same drift of this machine
+                start = time.perf_counter()
+                for seed in range(n_runs):
+                    train_run("mpo2", configuration.settings, seed)
+                in_process.append((time.perf_counter() - start) / n_runs)
+                start = time.perf_counter()
+                for seed in range(n_runs):
+                    executor.submit("mpo2", configuration, seed).result()
+                through_dask.append((time.perf_counter() - start) / n_runs)
+        finally:
+            executor.close()
+    in_process, through_dask = sorted(in_process)[1], sorted(through_dask)[1]  # medians
     return in_process, through_dask
 
 
@@ -133,7 +138,7 @@ if __name__ == "__main__":
     print(
         tabulate(
             [["trained in-process", f"{in_process * 1e3:.0f}"], ["submitted to Dask", f"{through_dask * 1e3:.0f}"]],
-            headers=["one run (bond 6, 10 epochs, no tracker)", "ms"],
+            headers=["one run (bond 6, 10 epochs, no tracker, 1 torch thread)", "ms"],
         )
     )
     print(f"Dask overhead per run: {(through_dask - in_process) * 1e3:.0f} ms\n")

@@ -199,9 +199,15 @@ class DaskExecutor:
             except (OSError, TimeoutError) as err:
                 raise SettingError(f"cannot reach the Dask scheduler at {scheduler!r}: {err}") from None
         else:
-            self.cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
-            )
+            import dask
+
+            # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers, which makes glibc return
+            # memory at every free: torch's many small tensors then cost a third more time per run
+            # (docs/benchmarks.md). None unsets it, as Dask's configuration allows.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                self.cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+                )
             self.client = Client(self.cluster)
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)

@@ -181,8 +181,12 @@ def _start_uploaders(remote_parallel: int = 1) -> None:
 
 
 def _send(uploader: subprocess.Popen, path: Path) -> None:
+    _send_line(uploader, str(path.resolve()))
+
+
+def _send_line(uploader: subprocess.Popen, line: str) -> None:
     try:
-        uploader.stdin.write(f"{path.resolve()}\n")
+        uploader.stdin.write(f"{line}\n")
         uploader.stdin.flush()
     except OSError:  # the uploader died: the journal stays in the spool for `sync`
         pass
@@ -191,10 +195,15 @@ def _send(uploader: subprocess.Popen, path: Path) -> None:
 def flush(timeout: float = 60.0) -> bool:
     """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
     deadline = time.monotonic() + timeout
+    asked: set[int] = set()
     while time.monotonic() < deadline:
         if not any(journal.finished_and_waiting(p) for p in _journals):
             return True
         _start_uploaders()  # a caller waiting for delivery need not wait for the interval
+        for uploader in _all_uploaders():
+            if uploader.pid not in asked and uploader.poll() is None:
+                asked.add(uploader.pid)
+                _send_line(uploader, "")  # deliver now, round after round
         if all(u.poll() is not None for u in _all_uploaders()):
             return False
         time.sleep(0.05)

@@ -9,8 +9,9 @@ stdin closes (the training process has exited, however), it delivers what it can
 the same bound; undelivered journals stay in the spool for `ntn-trackers sync`.
 
 It also keeps its CPU use out of training's way: it delivers in rounds, at most every
-$NTN_AIM_DELIVERY_INTERVAL seconds (default 10) while training runs, and at once when training is
-over, and it runs only on otherwise idle CPUs. (Delivering continuously — importing aim alone takes
+$NTN_AIM_DELIVERY_INTERVAL seconds (default 10) while training runs, at once when training is over,
+and back to back when its process asks (an empty line on stdin: `process.flush`, which a sweep's
+worker calls at the end), and it runs only on otherwise idle CPUs. (Delivering continuously — importing aim alone takes
 1-2 s of CPU — made a short default experiment train 3× slower on a 2-core machine, whose torch
 threads share the cores.)
 """
@@ -59,9 +60,13 @@ def main() -> int:
     incoming: list[Path] = []
     lock = threading.Lock()
     stdin_closed = threading.Event()
+    now_asked = threading.Event()  # an empty line: deliver in back-to-back rounds until nothing is left
 
     def read_stdin() -> None:
         for line in sys.stdin:
+            if not line.strip():
+                now_asked.set()
+                continue
             with lock:
                 incoming.append(Path(line.strip()))
         stdin_closed.set()
@@ -74,7 +79,7 @@ def main() -> int:
     interval = delivery_interval()
     next_round = time.monotonic() + interval
     while True:
-        if not stdin_closed.is_set() and time.monotonic() < next_round:
+        if not stdin_closed.is_set() and not now_asked.is_set() and time.monotonic() < next_round:
             time.sleep(POLL_S)
             continue
         next_round = time.monotonic() + interval
@@ -108,6 +113,8 @@ def main() -> int:
         with lock:
             if stdin_closed.is_set() and not incoming and not deliveries and not waiting:
                 return 0
+            if not incoming and not waiting and not any(journal.finished_and_waiting(p) for p in deliveries):
+                now_asked.clear()  # only runs still training are left: back to rounds every interval
         time.sleep(POLL_S)
 
 
