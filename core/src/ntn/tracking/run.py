@@ -76,6 +76,13 @@ def status_after(err: BaseException | None, summary: dict[str, Any]) -> str:
     return "failed" if err is not None or summary.get("success") is False else "finished"
 
 
+def _invoke(impl: Any, arguments: dict[str, Any]) -> None:
+    """Call one hook implementation as pluggy would: the arguments it names, those with a default too."""
+    impl.function(
+        *[arguments[name] for name in impl.argnames], **{n: arguments[n] for n in impl.kwargnames if n in arguments}
+    )
+
+
 class TrackedRun:
     """One run (one seed) and the tracker instances that record it, registered with a plugin manager.
 
@@ -121,7 +128,7 @@ class TrackedRun:
                 if impl.plugin_name not in self.active:
                     continue
                 try:
-                    impl.function(*[kwargs[name] for name in impl.argnames])
+                    _invoke(impl, kwargs)
                 except Exception as err:
                     self._fail(impl.plugin_name, hook, err)
                     self.active.remove(impl.plugin_name)
@@ -154,7 +161,7 @@ class TrackedRun:
         with _Deferral.around_trackers():
             for impl in self.manager.implementations("finalize"):
                 try:
-                    impl.function(*[arguments[name] for name in impl.argnames])
+                    _invoke(impl, arguments)
                 except Exception as err:
                     self._fail(impl.plugin_name, "finalize", err)
             for name, _ in self.manager.list_name_plugin():

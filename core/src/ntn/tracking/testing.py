@@ -10,7 +10,9 @@
 
 It builds the tracker the way the core does and drives it through a full run with realistic
 payloads: nested config, NaN and ±Inf metrics, unicode names, step -1, a failed run's summary, a file
-attached (and removed once the hook returned) and finalize(status="failed", end_time=END_TIME).
+attached (and removed once the hook returned) and finalize(status="failed", end_time=END_TIME); then a
+second run in the same process, through the core, whose log_metrics fails: its finalize must still
+succeed. `check_reader` reads both back through the plugin's reader.
 Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
 """
 
@@ -20,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +93,40 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
             raise AssertionError(f"{hook}({kwargs!r}) raised {type(err).__name__}: {err}") from err
         if hook == "log_artifact":
             shutil.rmtree(directory)  # a tracker keeps its own copy
+    _second_run(factory, experiment_name)
     return ConformanceRun(tracker, experiment_name)
+
+
+def second_name(experiment_name: str) -> str:
+    """The name of the kit's second run in the same process (seed 0 → seed 1)."""
+    return experiment_name.removesuffix("_seed0") + "_seed1"
+
+
+def _second_run(factory: Callable[..., Any], experiment_name: str) -> None:
+    """A second run in the same process whose tracker fails in `log_metrics` (as a server that went away
+    would make it), through the core as a user's run goes: the core disables it, and its finalize must
+    still succeed and record the run as failed."""
+    from ntn.tracking.discovery import Backend
+    from ntn.tracking.run import TrackedRun
+
+    def failing(**kwargs: Any) -> Any:
+        tracker = factory(**kwargs)
+
+        def log_metrics(metrics: dict[str, float], step: int) -> None:
+            raise ConnectionError("the server went away")
+
+        tracker.log_metrics = log_metrics
+        return tracker
+
+    run = TrackedRun(second_name(experiment_name), dict(CONFIG), [Backend("under-test", failing, "kit:failing")])
+    run.log_hparams(dict(HPARAMS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run.log_metrics({"loss": 1.0}, step=0)
+    run.log_summary({"seed": 1, "success": False, "error": "ConnectionError: the server went away"})
+    run.finalize("failed")
+    hooks = [failure["hook"] for failure in run.failures]
+    assert hooks == ["log_metrics"], f"after a failing log_metrics, the tracker also failed in {hooks[1:]}"
 
 
 def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, Any]:
@@ -115,4 +151,7 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
             same = got == value or (isinstance(got, float) and math.isnan(got) and math.isnan(value))
             assert same, f"metric {name!r} at step {step}: sent {value!r}, read back {got!r}"
     assert record["summary"] == sent.summary | {"status": "failed"}, record["summary"]
+    second = [r for r in records if r["experiment_name"] == second_name(sent.experiment_name)]
+    assert len(second) == 1, f"the kit's second run {second_name(sent.experiment_name)!r} was not recorded once"
+    assert second[0]["summary"].get("status") == "failed", second[0]["summary"]
     return record
