@@ -8,7 +8,7 @@ from aim import Run
 from conftest import grep_tree
 from ntn import MPO2, NTN
 from ntn.tracking import installed, start_run
-from ntn.tracking.testing import check_reader, run_conformance
+from ntn.tracking.testing import check_config_error, check_reader, run_conformance
 from ntn_tracker_aim import INIT_CONTEXT, AimTracker, flush, index_runs, series
 
 
@@ -41,6 +41,7 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     assert list(run.artifacts) == [name]
     assert (Path("aim-artifacts") / run.hash / name).read_bytes() == content  # beside the repository
     check_reader("aim", ".", sent)
+    check_config_error("aim", {"AIM_REPO": "aim://no-port"}, "AIM_REPO")
 
 
 def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ntn.tracking import TrackerConfigError, start_run
-from ntn.tracking.testing import check_reader, run_conformance
+from ntn.tracking.testing import check_config_error, check_reader, run_conformance
 from ntn_tracker_file import FileTracker, file_stem, load
 
 
@@ -56,6 +56,8 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     assert doc["summary"] == run.summary | {"status": "failed"}  # finalize's status
     strict_json(the_file(run.experiment_name))
     check_reader("file", "experiment_logs", run)
+    pathlib.Path("a-file").write_text("")
+    check_config_error("file", {"TRACKER_DIR": "a-file"}, "TRACKER_DIR")
     name, content = run.artifact
     (copy,) = the_file(run.experiment_name).with_suffix(".artifacts").iterdir()
     assert copy.read_bytes() == content and name.replace(" ", "_").split("✓")[0] in copy.name

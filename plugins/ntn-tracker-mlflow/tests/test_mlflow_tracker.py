@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from ntn.tracking import TrackerWarning, installed, start_run
 from ntn.tracking.discovery import Backend
 from ntn.tracking.readers import read_runs
-from ntn.tracking.testing import END_TIME, check_reader, run_conformance
+from ntn.tracking.testing import END_TIME, check_config_error, check_reader, run_conformance
 from ntn_tracker_mlflow import MlflowTracker
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,6 +38,7 @@ def test_passes_the_conformance_kit_and_mlflow_holds_what_it_was_sent(mlflow_ser
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     sent = run_conformance(MlflowTracker, experiment_name="kit_seed0")
     record = check_reader("mlflow", mlflow_server.url, sent)
+    check_config_error("mlflow", {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, "MLFLOW_TRACKING_URI")
     assert record["config"] == json.loads(json.dumps(sent.config))
     run = MlflowClient(mlflow_server.url).get_run(record["mlflow"]["run_id"])
     assert run.info.status == "FAILED" and run.info.end_time == int(END_TIME * 1000)

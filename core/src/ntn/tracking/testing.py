@@ -155,3 +155,31 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
     assert len(second) == 1, f"the kit's second run {second_name(sent.experiment_name)!r} was not recorded once"
     assert second[0]["summary"].get("status") == "failed", second[0]["summary"]
     return record
+
+
+def check_config_error(backend: str, environ: dict[str, str], names: str) -> str:
+    """With the plugin's own settings `environ` (one of them bad), selecting `backend` and starting a run
+    must stop before any hook with a TrackerConfigError of one line that names `names`. Returns it.
+
+    :raises AssertionError: no TrackerConfigError, or one that is not a single line naming `names`
+    """
+    from ntn.tracking import TrackerConfigError, start_run, validate
+
+    saved = {name: os.environ.get(name) for name in environ}
+    os.environ.update(environ)
+    try:
+        validate(backend, ["kit_seed0"])
+        with start_run("kit_seed0", {}, backend=backend):
+            pass
+    except TrackerConfigError as err:
+        message = str(err)
+    else:
+        raise AssertionError(f"{backend!r} accepted {environ!r}: no TrackerConfigError before the run")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert "\n" not in message and names in message, f"not one line naming {names!r}: {message!r}"
+    return message
