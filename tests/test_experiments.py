@@ -47,8 +47,10 @@ def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_s
 def test_seed_examples_experiment_name_and_jq(run_script, tmp_path):
     done = run_script("mmpo2", EXPERIMENT_NAME="california_housing_L3_bond6", N_EPOCHS="2")
     assert done.returncode == 0, done.stderr
-    files = sorted(p.name for p in (tmp_path / "experiment_logs").iterdir())
-    assert files == ["california_housing_L3_bond6_seed0.json", "california_housing_L3_bond6_seed1.json"]
+    files = sorted(p.name for p in (tmp_path / "experiment_logs").iterdir())  # as `ls -a` shows them
+    assert files == [".artifacts", "california_housing_L3_bond6_seed0.json", "california_housing_L3_bond6_seed1.json"]
+    attached = sorted(p.name for p in (tmp_path / "experiment_logs" / ".artifacts").iterdir())
+    assert attached == ["california_housing_L3_bond6_seed0", "california_housing_L3_bond6_seed1"]  # results file
     jq = subprocess.run(
         "jq '.summary.r2' experiment_logs/california_housing_L3_bond6_seed*.json",
         shell=True,
@@ -414,7 +416,7 @@ def test_save_model_attaches_each_seed_s_model_and_the_results_file(run_script, 
 
     from experiments.dataset_loader import load_dataset
 
-    attached = tmp_path / "experiment_logs" / "lmpo2_experiment_seed3.artifacts"
+    attached = tmp_path / "experiment_logs" / ".artifacts" / "lmpo2_experiment_seed3"
     results = json.loads((tmp_path / "results_lmpo2_experiment.json").read_text())
     assert json.loads((attached / "results_lmpo2_experiment.json").read_text()) == results
     model = load_model(attached / "model_seed3.pt")

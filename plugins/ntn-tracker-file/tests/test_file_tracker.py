@@ -59,7 +59,7 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     pathlib.Path("a-file").write_text("")
     check_config_error("file", {"TRACKER_DIR": "a-file"}, "TRACKER_DIR")
     name, content = run.artifact
-    (copy,) = the_file(run.experiment_name).with_suffix(".artifacts").iterdir()
+    (copy,) = (the_file(run.experiment_name).parent / ".artifacts" / the_file(run.experiment_name).stem).iterdir()
     assert copy.read_bytes() == content and name.replace(" ", "_").split("✓")[0] in copy.name
 
 

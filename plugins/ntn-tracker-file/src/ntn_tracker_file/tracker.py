@@ -10,7 +10,8 @@ hparams, the next metrics entry, or the summary) to its end:
 A run's first document overwrites an earlier run's file of the same name the same way. In place is
 the rule because it is cheap: on ext4, renaming over a file forces a writeback of the new one (~0.2 ms,
 more than all the in-place writes of a default run).
-Files attached to the run (`log_artifact`) are copied into <TRACKER_DIR>/<file stem>.artifacts/.
+Files attached to the run (`log_artifact`) are copied into <TRACKER_DIR>/.artifacts/<file stem>/ (a
+hidden directory: TRACKER_DIR itself holds run files only, as the seed shows it).
 While the run is going, `summary.status` is "running"; `finalize` sets the run's status ("finished",
 "failed", "interrupted") unless the core has recorded it first. A process killed with SIGKILL leaves
 "running", with the file's modification time as the age of its last record.
@@ -194,9 +195,9 @@ class FileTracker:
         self._write_summary()
 
     def log_artifact(self, path: str, name: str) -> None:
-        """Copy the file to <TRACKER_DIR>/<run file stem>.artifacts/<name> (renamed into place whole)."""
-        directory = self.path.with_suffix(".artifacts")
-        directory.mkdir(exist_ok=True)
+        """Copy the file to <TRACKER_DIR>/.artifacts/<run file stem>/<name> (renamed into place whole)."""
+        directory = self.directory / ".artifacts" / self.path.stem
+        directory.mkdir(parents=True, exist_ok=True)
         target = directory / file_stem(name)
         partial = directory / f".{target.name}.partial"
         shutil.copyfile(path, partial)
