@@ -32,6 +32,7 @@ import numpy as np
 
 from experiments.settings import SettingError, integer
 from experiments.sweepfile import Configuration, Sweep, SweepError
+from experiments.train import _stats, failed_entry
 
 EXECUTORS = ("local", "dask")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -256,10 +257,6 @@ class DaskExecutor:
 def _identity(configuration: Configuration) -> dict[str, Any]:
     settings = dataclasses.asdict(configuration.settings)
     return {"model": configuration.model} | {k: v for k, v in settings.items() if k not in NOT_TRAINING}
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    return (float(np.mean(values)), float(np.std(values))) if values else (None, None)
 
 
 def quality_of(configuration: Configuration) -> str:
@@ -537,9 +534,7 @@ def _train_all(executor, missing: list[tuple[Configuration, int]], record: Recor
             except (concurrent.futures.CancelledError, concurrent.futures.process.BrokenProcessPool):
                 entry = None
             except Exception as err:  # the run raised outside training (a tracker's setup, a killed worker)
-                quality = quality_of(configuration)
-                error = f"{type(err).__name__}: {err}"
-                entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+                entry = failed_entry(seed, quality_of(configuration), f"{type(err).__name__}: {err}")
             if entry is None:
                 not_run += 1
                 continue

@@ -203,12 +203,16 @@ def train_seed(
         except (ArithmeticError, RuntimeError, ValueError) as err:
             error = f"{type(err).__name__}: {err}"
             run.log_summary({"seed": seed, "success": False, "error": error})
-            quality = "r2" if data.task == "regression" else "accuracy"
-            entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+            entry = failed_entry(seed, "r2" if data.task == "regression" else "accuracy", error)
         attached = on_entry(entry) if on_entry is not None else None
         if attached is not None:
             run.log_artifact(attached)
         return entry
+
+
+def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:
+    """The results entry of a seed whose training raised: no figures, its error."""
+    return {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
 
 
 def _attach_model(run, net, seed: int) -> None:
