@@ -32,7 +32,7 @@ def _fail(model: str, message: str) -> int:
 
 def _redact(text: str) -> str:
     """`text` without the secrets of the environment (ntn.tracking.redact), for stderr."""
-    from ntn.tracking.redact import Redactor
+    from ntn.tracking import Redactor
 
     return Redactor().text(text)
 
@@ -60,7 +60,7 @@ def _device(name: str):
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    from ntn.tracking.redact import Redactor
+    from ntn.tracking import Redactor
 
     write_atomic(path, json.dumps(Redactor()(document), indent=2, allow_nan=False, default=str) + "\n")
 

@@ -3,10 +3,10 @@ import pathlib
 
 import numpy as np
 import torch
-from ntn.tracking.payload import to_builtin
+from ntn.tracking.redact import Redactor
 
 
-def test_to_builtin_converts_what_backends_cannot_store_and_keeps_nonfinite_floats():
+def test_payloads_are_made_plain_and_keep_nonfinite_floats():
     value = {
         1: np.float32(0.5),
         "int": np.int64(7),
@@ -18,7 +18,7 @@ def test_to_builtin_converts_what_backends_cannot_store_and_keeps_nonfinite_floa
         "nan": math.nan,
         "object": object,
     }
-    out = to_builtin(value)
+    out = Redactor({})(value)
     assert out["1"] == 0.5 and out["int"] == 7 and type(out["int"]) is int
     assert out["array"] == [0, 1, 2] and out["tensor"] == [1.5, 2.5] and out["scalar_tensor"] == math.inf
     assert out["path"] == "/tmp/x" and out["nested"] == [{"t": [1, 2]}, [3]]

@@ -8,20 +8,26 @@ with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
     run.log_summary({"seed": 0, "loss": ..., "r2": ..., "success": True})
 """
 
+from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.manager import TrackerValidationError
+from ntn.tracking.redact import Redactor
+from ntn.tracking.results import experiment_of
 from ntn.tracking.run import Interrupted, TrackedRun, TrackerWarning, start_run, stop_on_signals, validate
 
 __all__ = [
+    "Background",
     "BaseTracker",
     "Interrupted",
+    "Redactor",
     "TrackedRun",
     "TrackerConfigError",
     "TrackerSelectionError",
     "TrackerValidationError",
     "TrackerWarning",
+    "experiment_of",
     "hookimpl",
     "hookspec",
     "installed",

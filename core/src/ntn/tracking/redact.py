@@ -1,6 +1,10 @@
-"""Removing secrets from payloads before any tracker sees them.
+"""What trackers receive: payloads made plain and stripped of secrets, once, by the core.
 
-Rules applied recursively to dicts, lists, tuples and sets:
+Plain: dicts (str keys), lists, str, int, float (NaN and ±Inf kept), bool and None. numpy and torch
+values become numbers and lists, paths become strings, tuples and sets become lists, and anything else
+becomes its `str()`, never silently dropped.
+
+Secrets, by rules applied recursively:
 - by name: the value of a key that looks secret (`*secret*`, `*token*`, `*password*`, `*_key`,
   `authorization`, `*headers*`) is replaced whole, unless it is a number or a boolean (a metric such as
   `tokens_per_s` stays a number);
@@ -22,6 +26,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache, lru_cache
+from os import PathLike
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -33,7 +38,7 @@ SECRET_ENV_NAME = re.compile(
 MIN_SECRET_LENGTH = 4  # a value named secret by a plugin, or inside a secret JSON object
 MIN_GENERIC_SECRET_LENGTH = 8  # the whole value of a variable with a secret-looking name
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
-_PLAIN = frozenset({float, int, bool, type(None)})  # values with nothing to redact
+_NUMBERS = frozenset({float, int, bool, type(None)})  # values with nothing to redact or convert
 
 
 @lru_cache(maxsize=4096)  # a run repeats its keys every step
@@ -71,17 +76,8 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(set(values), key=len, reverse=True)
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value)
-
-
-class Redacted(dict):
-    """A dict the Redactor made: redacting it again returns it as it is (plugins that also redact, for
-    callers that use them without the core, do not walk the core's payloads a second time)."""
-
-
 class Redactor:
-    """Applies both rules with the secrets of one environment, read once."""
+    """Applies the rules with the secrets of one environment, read once."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         secrets = secret_values(environ)
@@ -93,27 +89,32 @@ class Redactor:
         return self._pattern.sub(REDACTED, value) if self._pattern is not None else value
 
     def __call__(self, payload: Any) -> Any:
-        if type(payload) in _PLAIN or type(payload) is Redacted:
+        """A plain copy of `payload` without secrets."""
+        if type(payload) in _NUMBERS:  # the set: a fast path for metrics
             return payload
         if isinstance(payload, str):
             return self.text(payload)
+        if isinstance(payload, bool | int | float):
+            return payload
         if isinstance(payload, Mapping):
-            return Redacted(
-                {
-                    self.text(k) if isinstance(k, str) else k: (
-                        REDACTED
-                        if isinstance(k, str) and _secret_key(k) and not _blank(v) and type(v) not in _PLAIN
-                        else (v if type(v) in _PLAIN else self(v))
-                    )
-                    for k, v in payload.items()
-                }
-            )
+            return {self.text(str(k)): self._item(str(k), v) for k, v in payload.items()}
         if isinstance(payload, list | tuple | set | frozenset):
-            return type(payload)(self(v) for v in payload)
-        if self._pattern is None:
-            return payload
-        try:  # a path, an array, any object: trackers store its text, so its text must not hold a secret
-            text = str(payload)
-        except Exception:  # its text cannot be made, so no tracker can store it either
-            return payload
-        return self.text(text) if self._pattern.search(text) else payload
+            return [self(v) for v in payload]
+        if not isinstance(payload, PathLike):
+            tolist = getattr(payload, "tolist", None)  # numpy scalars and arrays, torch tensors
+            if callable(tolist):
+                try:
+                    return self(tolist())
+                except Exception:  # an object whose tolist() is something else entirely
+                    pass
+        try:
+            return self.text(str(payload))
+        except Exception:  # its text cannot be made, so no tracker could store it either
+            return f"<unprintable {type(payload).__name__}>"
+
+    def _item(self, key: str, value: Any) -> Any:
+        if type(value) in _NUMBERS:
+            return value
+        value = self(value)
+        secret = _secret_key(key) and value not in ("", None) and not isinstance(value, bool | int | float)
+        return REDACTED if secret else value

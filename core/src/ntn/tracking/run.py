@@ -139,7 +139,7 @@ class TrackedRun:
         self._call("log_hparams", hparams=self.redact(hparams))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call("log_metrics", metrics=self.redact(metrics), step=step)
+        self._call("log_metrics", metrics=self.redact(metrics), step=int(step))
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         summary = self.redact(summary)

@@ -25,8 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from ntn.tracking import TrackerConfigError, pending
-from ntn.tracking.redact import Redactor
+from ntn.tracking import Redactor, TrackerConfigError, pending
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server

@@ -29,9 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ntn.tracking.payload import to_builtin
-from ntn.tracking.redact import Redactor
-from ntn.tracking.results import experiment_of
+from ntn.tracking import experiment_of
 
 from ntn_tracker_aim import journal, process
 from ntn_tracker_aim.repo import aim_repo_argument
@@ -54,8 +52,7 @@ class AimTracker:
     """The `aim` backend. Repository: `repo`, else $AIM_REPO, else ./.aim."""
 
     def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, repo: str | None = None) -> None:
-        self.redact = Redactor()  # also here, for callers that use this class without the core
-        config = self.redact(to_builtin(config or {}))
+        config = config or {}
         self.repo = aim_repo_argument(repo)
         key = process.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
         process.check(key)
@@ -75,13 +72,13 @@ class AimTracker:
         process.key_of(aim_repo_argument())
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
-        self.journal.append({"op": "hparams", "hparams": self.redact(to_builtin(hparams))})
+        self.journal.append({"op": "hparams", "hparams": hparams})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.journal.append({"op": "metrics", "step": int(step), "metrics": self.redact(to_builtin(metrics))})
+        self.journal.append({"op": "metrics", "step": int(step), "metrics": metrics})
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        self.journal.append({"op": "summary", "summary": self.redact(to_builtin(summary))})
+        self.journal.append({"op": "summary", "summary": summary})
 
     def log_artifact(self, path: str, name: str) -> None:
         """Copy the file into the spool beside the run's journal; delivery attaches it (see delivery.py)."""

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from ntn.tracking.redact import Redactor
+from ntn.tracking import Redactor
 
 from ntn_tracker_aim import journal
 from ntn_tracker_aim.delivery import Delivery

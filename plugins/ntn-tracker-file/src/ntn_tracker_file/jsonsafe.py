@@ -1,16 +1,14 @@
 """Turning tracker payloads into strict JSON, and back.
 
-Values are first made plain with the core's `to_builtin` (numpy/torch values, paths, tuples, ...).
-Then NaN and ±Inf become null, and the dict holding them gets `"nonfinite": {key: "NaN" |
-"Infinity" | "-Infinity"}` beside the value, so `from_json` can restore them.
+Payloads arrive plain from the core (dicts, lists, str, int, float, bool, None). NaN and ±Inf become
+null, and the dict holding them gets `"nonfinite": {key: "NaN" | "Infinity" | "-Infinity"}` beside the
+value, so `from_json` can restore them.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-
-from ntn.tracking.payload import to_builtin
 
 NONFINITE = "nonfinite"
 _SPELLING = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -36,7 +34,7 @@ def _nulls_for_nonfinite(value: Any) -> Any:
 
 def to_json(value: Any) -> Any:
     """A structure of dict, list, str, int, finite float, bool and None."""
-    return _nulls_for_nonfinite(to_builtin(value))
+    return _nulls_for_nonfinite(value)
 
 
 def from_json(value: Any) -> Any:

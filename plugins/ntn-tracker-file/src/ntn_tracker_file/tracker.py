@@ -28,8 +28,6 @@ from typing import Any
 
 from ntn.files import create_beside, write_all
 from ntn.tracking import TrackerConfigError
-from ntn.tracking.payload import to_builtin
-from ntn.tracking.redact import Redactor
 
 from ntn_tracker_file.jsonsafe import to_json
 from ntn_tracker_file.paths import file_stem
@@ -43,7 +41,7 @@ NAME_OPEN = '{"experiment_name": '
 METRICS_OPEN = b', "metrics_log": ['
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=to_builtin)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=str)  # payloads come plain from the core
 
 
 def _dumps(value: Any) -> bytes:
@@ -74,14 +72,13 @@ class FileTracker:
     """The `file` backend. Directory: `directory`, else $TRACKER_DIR, else ./experiment_logs."""
 
     def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, directory: str | None = None):
-        self.redact = Redactor()  # also here, for callers that use this class without the core
         self.experiment_name = experiment_name
         self.directory = Path(directory or os.environ.get("TRACKER_DIR") or DEFAULT_DIR)
         self.path = self.directory / f"{file_stem(experiment_name)}.json"
         # the document: head + hparams + METRICS_OPEN + ", ".join(entries) + tail
         self._head = (
-            NAME_OPEN.encode() + _dumps(self.redact(experiment_name))
-            + b', "config": ' + _dumps(self.redact(config or {})) + b', "hparams": '
+            NAME_OPEN.encode() + _dumps(experiment_name)
+            + b', "config": ' + _dumps(config or {}) + b', "hparams": '
         )  # fmt: skip
         self._hparams = b"{}"
         self._entries: list[bytes] = []  # each metrics entry serialised once
@@ -181,17 +178,17 @@ class FileTracker:
             self._fd = None
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
-        self._hparams = _dumps(self.redact(hparams))
+        self._hparams = _dumps(hparams)
         self._put(len(self._head), self._document()[len(self._head) :])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        entry = _dumps({"step": step} | self.redact(metrics))
+        entry = _dumps({"step": step} | metrics)
         piece = b", " + entry if self._entries else entry
         self._entries.append(entry)
         self._put(self._tail_offset, piece + self._tail)
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        self.summary.update(self.redact(summary))
+        self.summary.update(summary)
         self._write_summary()
 
     def log_artifact(self, path: str, name: str) -> None:

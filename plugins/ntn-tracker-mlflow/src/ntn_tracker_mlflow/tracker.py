@@ -15,7 +15,7 @@
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
 
-Every call runs on a thread of its own (`ntn.tracking.background.Background`): training never waits for
+Every call runs on a thread of its own (`ntn.tracking.Background`): training never waits for
 the server. At the end of a run, `finalize` waits at most $NTN_MLFLOW_EXIT_TIMEOUT seconds (default 30)
 for the calls still queued. What a server that dies mid-run costs: each run from then on waits that
 bound once, at its end, and what it had not sent is lost (MLflow keeps no local copy); the core warns and
@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ntn.tracking import TrackerConfigError
-from ntn.tracking.background import Background
+from ntn.tracking import Background, TrackerConfigError, experiment_of
 
 EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
@@ -58,11 +56,6 @@ def exit_timeout() -> float:
     except ValueError:
         return DEFAULT_EXIT_TIMEOUT_S
     return max(0.0, value) if value == value else DEFAULT_EXIT_TIMEOUT_S
-
-
-def experiment_of(run_name: str, config: Mapping[str, Any]) -> str:
-    experiment = config.get("experiment")
-    return experiment if isinstance(experiment, str) and experiment else re.sub(r"_seed\d+$", "", run_name)
 
 
 def run_key(run_id: Any) -> str:
@@ -95,7 +88,7 @@ class MlflowRun:
         # output from this thread; a user who wants them sets the variable to false
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=uri)
-        experiment = experiment_of(run_name, config)
+        experiment = experiment_of({"experiment_name": run_name, "config": config})
         experiment_id = self._experiment_id(experiment)
         tags = {"ntn.experiment": experiment}
         if config.get("run_id") is not None:
