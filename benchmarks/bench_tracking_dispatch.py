@@ -23,7 +23,7 @@ class Noop(BaseTracker):
 
 
 def per_call(n_trackers: int) -> float:
-    backends = [Backend(f"noop{i}", Noop, "bench:Noop") for i in range(n_trackers)]
+    backends = [Backend(f"noop{i}", Noop) for i in range(n_trackers)]
     run = TrackedRun("bench_seed0", {"model": "MPO2"}, backends)
     best = float("inf")
     for _ in range(5):

@@ -58,7 +58,7 @@ def test_unknown_backend_lists_installed_and_suggests_pip(test_trackers):
 
 
 def test_a_name_declared_twice_resolves_to_the_first_distribution_on_sys_path(test_trackers, monkeypatch):
-    from ntn.tracking.entrypoints import plugins
+    from ntn.tracking.discovery import plugins
 
     site = Path(test_trackers.__file__).parent
     later = site.parent / "later-site"
@@ -83,7 +83,7 @@ def test_broken_plugin_fails_only_when_selected(test_trackers):
 
 
 def test_hook_with_wrong_argument_names_is_rejected_at_selection(test_trackers):
-    with pytest.raises(TrackerValidationError, match=r"tracker 'badsig' does not match hook 'log_metrics'.*data"):
+    with pytest.raises(TrackerValidationError, match=r"tracker 'badsig': 'log_metrics' does not match hook.*data"):
         validate("record,badsig")
 
 
@@ -159,7 +159,7 @@ def test_objects_with_hooks_of_their_own_are_checked_each_time():
     seen = []
 
     def backend(tracker):
-        return [Backend("ns", lambda experiment_name, config: tracker, "test:tracker")]
+        return [Backend("ns", lambda experiment_name, config: tracker)]
 
     takes_step = SimpleNamespace(log_metrics=lambda metrics, step: seen.append(step))
     with start_run("ns", {}, backend=backend(takes_step)) as run:
@@ -252,7 +252,7 @@ def test_a_signal_during_a_hook_is_raised_when_the_hook_returns(test_trackers):
     from ntn.tracking.discovery import Backend
 
     tracker = {}
-    backend = [Backend("mid", lambda **kw: tracker.setdefault("t", SignalledMidHook(**kw)), "test:mid")]
+    backend = [Backend("mid", lambda **kw: tracker.setdefault("t", SignalledMidHook(**kw)))]
     previous = stop_on_signals()
     try:
         with pytest.raises(Interrupted) as raised, start_run("mid", {}, backend=backend) as run:
@@ -464,7 +464,7 @@ def test_finalize_receives_the_status_and_end_time_and_old_trackers_still_work(b
             got["old"] = True
 
     made = (("new", New), ("only", OnlyStatus), ("old", Old))
-    backends = [Backend(n, lambda c=c, **_: c(), f"tests:{c.__name__}") for n, c in made]
+    backends = [Backend(n, lambda c=c, **_: c()) for n, c in made]
     before = time.time()
     with contextlib.suppress(RuntimeError, KeyboardInterrupt):
         with start_run("x_seed0", {}, backend=backends):
@@ -478,7 +478,7 @@ def _background_run(tracker_class, timeout=5.0):
     """One run whose only tracker is `Background(tracker_class)`; returns (run, seconds the body took)."""
     from ntn.tracking.background import Background
 
-    backend = Backend("slow", lambda **_: Background(tracker_class, timeout=timeout, name="slow"), "tests:slow")
+    backend = Backend("slow", lambda **_: Background(tracker_class, timeout=timeout, name="slow"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TrackerWarning)
         with start_run("b_seed0", {}, backend=[backend]) as run:

@@ -94,7 +94,7 @@ def test_a_server_that_does_not_answer_is_one_line_before_training(tmp_path):
 def test_a_server_lost_mid_run_never_holds_training_and_costs_at_most_the_exit_bound(monkeypatch):
     monkeypatch.setenv("NTN_MLFLOW_EXIT_TIMEOUT", "1")
     dead = f"http://127.0.0.1:{free_port()}"
-    backend = Backend("mlflow", lambda **kw: MlflowTracker(tracking_uri=dead, **kw), "ntn_tracker_mlflow:MlflowTracker")
+    backend = Backend("mlflow", lambda **kw: MlflowTracker(tracking_uri=dead, **kw))
     start = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TrackerWarning)

@@ -12,10 +12,11 @@ from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
-from ntn.tracking.manager import TrackerValidationError
+from ntn.tracking.manager import TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
 from ntn.tracking.results import experiment_of
-from ntn.tracking.run import Interrupted, TrackedRun, TrackerWarning, start_run, stop_on_signals, validate
+from ntn.tracking.run import TrackedRun, start_run, validate
+from ntn.tracking.signals import Interrupted, stop_on_signals
 
 __all__ = [
     "Background",

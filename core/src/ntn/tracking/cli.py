@@ -12,8 +12,7 @@ import sys
 from tabulate import tabulate
 
 from ntn.tracking import results_cli
-from ntn.tracking.discovery import TrackerSelectionError, describe, installed, load
-from ntn.tracking.entrypoints import plugins
+from ntn.tracking.discovery import TrackerSelectionError, installed, load, plugins
 
 COMMANDS_GROUP = "ntn.trackers.commands"
 
@@ -26,7 +25,8 @@ def _list(args: argparse.Namespace) -> int:
             loads = "yes"
         except TrackerSelectionError as err:
             loads = f"no: {err}"
-        rows.append([name, *describe(ep), ep.value, loads])
+        dist = ep.dist
+        rows.append([name, dist.metadata["Name"] if dist else "?", dist.version if dist else "?", ep.value, loads])
     if not rows:
         print("no tracker backends installed; try: pip install ntn-tracker-file")
         return 0

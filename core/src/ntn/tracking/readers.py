@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ntn.tracking.entrypoints import plugins
+from ntn.tracking.discovery import plugins
 
 READERS_GROUP = "ntn.trackers.readers"
 Record = dict[str, Any]

@@ -49,7 +49,7 @@ def _secret_key(key: str) -> bool:
 @cache
 def _declarations() -> list[Callable[[Mapping[str, str]], Iterable[str]]]:
     """The `ntn.secrets` functions of the installed plugins, loaded once per process."""
-    from ntn.tracking.entrypoints import plugins
+    from ntn.tracking.discovery import plugins
 
     return [entry_point.load() for entry_point in plugins(SECRETS_GROUP).values()]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ntn.tracking.entrypoints import plugins
+from ntn.tracking.discovery import plugins
 from ntn.tracking.readers import READERS_GROUP, Record, read_runs
 from ntn.tracking.results import Experiment, comparison_rows, group, summary_rows
 

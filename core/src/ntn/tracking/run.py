@@ -1,9 +1,8 @@
-"""The life of one tracked run: build its trackers, hand them redacted payloads, contain their failures."""
+"""The life of one tracked run: build its trackers, hand them plain redacted payloads, contain their failures."""
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -11,69 +10,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
-from ntn.tracking.manager import HOOKS, TrackerManager, TrackerValidationError
+from ntn.tracking.manager import HOOKS, TrackerManager, TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
-
-
-class TrackerWarning(UserWarning):
-    """A tracker failed and was disabled for the rest of the run; training goes on."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The process was asked to stop by a signal: SIGINT (Ctrl-C), SIGTERM or SIGHUP."""
-
-    def __init__(self, signal_name: str) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-
-
-class _Deferral:
-    """While tracker code runs, a signal's exception waits until it returns: an exception raised between
-    two of a tracker's statements (a write done, its bookkeeping not) would leave its records corrupt."""
-
-    depth = 0
-    pending: Interrupted | None = None
-
-    @classmethod
-    def leave(cls) -> None:
-        """The end of tracker code (entered with `depth += 1`): raise what arrived meanwhile."""
-        cls.depth -= 1
-        if cls.depth == 0 and cls.pending is not None:
-            pending, cls.pending = cls.pending, None
-            raise pending
-
-    @classmethod
-    @contextmanager
-    def around_trackers(cls) -> Iterator[None]:
-        cls.depth += 1
-        try:
-            yield
-        finally:
-            cls.leave()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    error = Interrupted(signal.Signals(signum).name)
-    if _Deferral.depth:
-        _Deferral.pending = _Deferral.pending or error
-        return
-    raise error
-
-
-def stop_on_signals() -> dict[int, Any]:
-    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` (a KeyboardInterrupt), raised in the main thread
-    where no tracker is running: one that arrives during a hook is raised when the hook returns. A run
-    ended that way records status "interrupted". Returns the previous handlers (for `signal.signal`)."""
-    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    return {getattr(signal, name): signal.signal(getattr(signal, name), _interrupt) for name in names}
-
-
-def status_after(err: BaseException | None, summary: dict[str, Any]) -> str:
-    """A finished run's status: "interrupted" (a signal), "failed" (an exception, or success: false)
-    or "finished"."""
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted"
-    return "failed" if err is not None or summary.get("success") is False else "finished"
+from ntn.tracking.signals import Deferral
 
 
 def _invoke(impl: Any, arguments: dict[str, Any]) -> None:
@@ -86,9 +25,9 @@ def _invoke(impl: Any, arguments: dict[str, Any]) -> None:
 class TrackedRun:
     """One run (one seed) and the tracker instances that record it, registered with a plugin manager.
 
-    Every hook call goes to each tracker's implementation separately: a tracker that raises is disabled
-    for the rest of the run, a TrackerWarning names it, and `failures` lists it; the other trackers and
-    training go on. `finalize` still reaches it.
+    Each hook call reaches each tracker on its own: one that raises is disabled for the rest of the run,
+    named in a TrackerWarning and listed in `failures`; the others and training go on. `finalize` still
+    reaches it.
     """
 
     def __init__(self, experiment_name: str, config: dict[str, Any], backends: Sequence[Backend]) -> None:
@@ -102,7 +41,7 @@ class TrackedRun:
         self.manager = TrackerManager()
         for backend in backends:
             try:
-                with _Deferral.around_trackers():
+                with Deferral.around_trackers():
                     tracker = backend.factory(experiment_name=experiment_name, config=self.config)
                     self.manager.add_tracker(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
@@ -122,7 +61,7 @@ class TrackedRun:
         )
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        _Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
+        Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
         try:
             for impl in self._impls[hook]:
                 if impl.plugin_name not in self.active:
@@ -133,7 +72,7 @@ class TrackedRun:
                     self._fail(impl.plugin_name, hook, err)
                     self.active.remove(impl.plugin_name)
         finally:
-            _Deferral.leave()
+            Deferral.leave()
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._call("log_hparams", hparams=self.redact(hparams))
@@ -154,11 +93,10 @@ class TrackedRun:
         self._call("log_artifact", path=os.fspath(path), name=name)
 
     def finalize(self, status: str = "finished") -> None:
-        """Call `finalize` once on every tracker that was built, also on those disabled by a failure in
-        another hook, with the run's status and end time; each call is isolated (a failing one is
-        reported, the others still run)."""
+        """Call `finalize` once on every tracker built, also those disabled by a failure in another hook, with
+        the run's status and end time; each call is isolated."""
         arguments = {"status": status, "end_time": time.time()}
-        with _Deferral.around_trackers():
+        with Deferral.around_trackers():
             for impl in self.manager.implementations("finalize"):
                 try:
                     _invoke(impl, arguments)
@@ -191,55 +129,50 @@ def start_run(
     :param backend: backend names, or the Backends that `validate` returned (many runs of one
         experiment then look up and import the plugins once)
 
-    Before `finalize`, the summary gets the run's `status` (`status_after`): "finished", "failed" (the
-    body raised, or the summary says success: false) or "interrupted" (KeyboardInterrupt, `Interrupted`).
-    If the body raises, the summary also records success: false and error: "<Type>: <message>", and the
-    exception propagates. `finalize` always runs, on every tracker that was built, and receives that
-    status and the end time.
+    The last summary before `finalize` records the run's `status`: "interrupted" (a KeyboardInterrupt,
+    `Interrupted` included), "failed" (the body raised, or the summary says success: false) or
+    "finished". If the body raises, it also records success: false and error: "<Type>: <message>", and
+    the exception propagates. `finalize` always runs, with that status and the end time.
     """
-    run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
+    if backend is None or isinstance(backend, str) or not all(isinstance(b, Backend) for b in backend):
+        backend = select(backend)
+    run = TrackedRun(experiment_name, dict(config or {}), backend)
     status = "failed"  # until the body has ended one way or another
     try:
         yield run
+    except KeyboardInterrupt as err:
+        status = "interrupted"
+        run.log_summary(
+            {"status": status, "success": False, "error": f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"}
+        )
+        raise
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt):
-            error = f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"
-        else:
-            error = f"{type(err).__name__}: {err}"
-        status = status_after(err, run.summary)
-        run.log_summary({"status": status, "success": False, "error": error})
+        run.log_summary({"status": status, "success": False, "error": f"{type(err).__name__}: {err}"})
         raise
     else:
-        status = status_after(None, run.summary)
+        status = "failed" if run.summary.get("success") is False else "finished"
         run.log_summary({"status": status})
     finally:
         run.finalize(status)
 
 
-def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Backend]:
-    if backend is not None and not isinstance(backend, str) and all(isinstance(b, Backend) for b in backend):
-        return list(backend)
-    return select(backend)
-
-
 def validate(backend: str | Sequence[str] | None = None, run_names: Sequence[str] = ()) -> list[Backend]:
     """Select the backends and check each tracker class against the hookspecs, before any training; a
     factory with a `check_environment(run_names)` (class)method has it called, to refuse its
-    configuration, or the runs about to be recorded, now.
-
-    Factories that are not classes can only be checked when a run builds them.
+    configuration, or the runs about to be recorded, now. (A factory that is no class is checked when a
+    run builds it.)
 
     :param run_names: the runs that will be started (e.g. one per seed), for `check_environment`
     :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted
     """
-    backends = select(backend)
+    backends, redact = select(backend), Redactor()
     for b in backends:
         if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
             TrackerManager().add_tracker(b.factory, b.name)
         check = getattr(b.factory, "check_environment", None)
         if callable(check):
             try:
-                check([Redactor().text(name) for name in run_names])
+                check([redact.text(name) for name in run_names])
             except TrackerConfigError as err:
-                raise TrackerConfigError(Redactor().text(str(err))) from None
+                raise TrackerConfigError(redact.text(str(err))) from None
     return backends

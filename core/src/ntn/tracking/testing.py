@@ -118,7 +118,7 @@ def _second_run(factory: Callable[..., Any], experiment_name: str) -> None:
         tracker.log_metrics = log_metrics
         return tracker
 
-    run = TrackedRun(second_name(experiment_name), dict(CONFIG), [Backend("under-test", failing, "kit:failing")])
+    run = TrackedRun(second_name(experiment_name), dict(CONFIG), [Backend("under-test", failing)])
     run.log_hparams(dict(HPARAMS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
