@@ -1,10 +1,5 @@
-"""Authentication headers for a remote `aim server` behind a proxy (e.g. Cloudflare Access).
-
-Aim 3.29's client keeps `request_headers = {}` and its WebSocket reconnect (`refresh_ws`) sends no
-headers at all. `install` closes both gaps for every aim Client in this process: `request_headers`
-becomes a property that always includes the configured headers, and `refresh_ws` reconnects through
-the `ws` property, which passes them.
-"""
+"""Authentication headers for a remote `aim server` behind a proxy (e.g. Cloudflare Access), from the
+environment (they are never written anywhere); `aim_internals.send_headers` makes aim send them."""
 
 from __future__ import annotations
 
@@ -15,8 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from ntn.tracking import TrackerConfigError
-
-_CONFIGURED: dict[str, str] = {}
 
 
 def headers_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -72,32 +65,3 @@ def _check_header(name: str, value: str, environ: Mapping[str, str]) -> None:
     if _FORBIDDEN_IN_VALUE.search(value):
         where = f"header {name!r} of {source}" if source == "AIM_CUSTOM_HEADERS" else source
         raise TrackerConfigError(f"{where} holds a control character (CR, LF, NUL, ...), which HTTP forbids")
-
-
-class _RequestHeaders:
-    """Data descriptor for aim's Client.request_headers: the client's own headers plus ours."""
-
-    def __get__(self, client: Any, owner: type | None = None) -> Any:
-        if client is None:
-            return self
-        return {**client.__dict__.get("_ntn_own_headers", {}), **_CONFIGURED}
-
-    def __set__(self, client: Any, value: dict[str, str]) -> None:
-        client.__dict__["_ntn_own_headers"] = dict(value)
-
-
-def _refresh_ws(client: Any) -> None:
-    """aim's refresh_ws, but through the `ws` property, which sends request_headers."""
-    client._ws = None
-    client.ws  # noqa: B018 - the property connects
-
-
-def install(headers: Mapping[str, str]) -> None:
-    """Send `headers` on every HTTP request and WebSocket connection of aim's remote client."""
-    from aim.ext.transport.client import Client
-
-    _CONFIGURED.clear()
-    _CONFIGURED.update(headers)
-    if not isinstance(Client.__dict__.get("request_headers"), _RequestHeaders):
-        Client.request_headers = _RequestHeaders()
-        Client.refresh_ws = _refresh_ws

@@ -5,26 +5,24 @@ journal again changes nothing: delivery and `sync` are idempotent."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ntn_tracker_aim import auth, journal
+from aim import Repo, Run
+
+from ntn_tracker_aim import aim_internals, auth, journal
+from ntn_tracker_aim.reading import INIT_CONTEXT
 from ntn_tracker_aim.repo import REMOTE_PREFIX
 
-INIT_CONTEXT = {"phase": "init"}
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
 
 
 def open_run(repo: str, run_hash: str, experiment: str, started: float | None = None):
     """The aim Run with this hash: resumed if the repository has it, else created with it, dated `started`
     (the Unix time training began: a run delivered later still shows when it trained)."""
-    import aim.sdk.base_run as base_run
-    from aim import Repo, Run
-
     remote = repo.startswith(REMOTE_PREFIX)
     if remote:
-        auth.install(auth.headers_from_env())
+        aim_internals.send_headers(auth.headers_from_env())
     # init only a repository that is not complete yet (aim writes VERSION last): opening with init=True
     # takes the write lock of the shared index, which makes parallel writers fail (cf. aimhubio/aim#2869)
     create = not remote and not (Path(repo) / ".aim" / "VERSION").is_file()
@@ -32,28 +30,7 @@ def open_run(repo: str, run_hash: str, experiment: str, started: float | None = 
         run = Run(run_hash=run_hash, repo=repo, force_resume=True, **RUN_OPTIONS)
         run.experiment = experiment  # again: a writer ended mid-creation may have left the run without it
         return run
-    generate, request_props = base_run.generate_run_hash, Repo.request_props
-
-    def dated_props(self, hash_: str, read_only: bool, created_at=None):  # aim's own copy passes created_at so
-        if created_at is None and started is not None and hash_ == run_hash:
-            created_at = datetime.fromtimestamp(started, tz=timezone.utc)  # the server takes an aware time
-            created_at = created_at if self.is_remote_repo else created_at.replace(tzinfo=None)  # sqlite: naive UTC
-        return request_props(self, hash_, read_only, created_at)
-
-    base_run.generate_run_hash = lambda: run_hash  # aim offers no other way to choose a new run's hash
-    Repo.request_props = dated_props  # nor to date a new run
-    try:
-        return Run(repo=repo, experiment=experiment, **RUN_OPTIONS)
-    finally:
-        base_run.generate_run_hash, Repo.request_props = generate, request_props
-
-
-def close_run(run, ended: float | None) -> None:
-    """Close the aim Run with its end time `ended` (the Unix time the run ended in training), not now."""
-    if ended is not None:
-        resources = run._resources  # aim sets end_time to now in close(), through this object
-        resources.set_run_end_time = lambda: resources.meta_run_tree.__setitem__("end_time", ended)
-    run.close()
+    return aim_internals.new_run(repo, run_hash, started, experiment=experiment, **RUN_OPTIONS)
 
 
 class RunState:
@@ -103,15 +80,6 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
         run.log_artifact(record["path"], name=record["name"], block=True)
 
 
-def wait_until_stored(run) -> None:
-    """For a remote repository, until the server has acknowledged everything sent so far (this also
-    keeps aim's in-memory queue to one batch; aim's own bound, __AIM_CLIENT_QUEUE_MAX_MEMORY__, breaks
-    its queue when set)."""
-    client = getattr(run.repo, "_client", None)
-    if client is not None:
-        client.get_queue().wait_for_finish()
-
-
 class Delivery:
     """One journal's run, open in the repository, fed the journal's new records."""
 
@@ -136,9 +104,13 @@ class Delivery:
         for record in records[done:]:
             apply(self.run, self.state, record, artifacts_uri(self.repo))
         if len(records) > done:
-            wait_until_stored(self.run)
+            aim_internals.wait_until_stored(self.run)
             journal.set_delivered(self.path, len(records))
         if journal.is_finalized(records):
-            close_run(self.run, records[-1].get("time"))
+            self.close(records[-1].get("time"))
             return True
         return False
+
+    def close(self, ended: float | None) -> None:
+        """Close the run with its end time `ended` (the Unix time it ended in training), not now."""
+        aim_internals.close_run(self.run, ended)

@@ -1,4 +1,4 @@
-"""The training process's side of delivery: one uploader per process, one probe per server, a bounded exit.
+"""The training process's side of delivery, in one `Uploads`: uploaders, server probes, a bounded exit.
 
 - A remote server is probed once per process, in the background. The first run waits for the answer
   at most PROBE_WAIT_S (20 ms: a server on the LAN has answered by then), so a slow link never
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ntn.tracking import Redactor, TrackerConfigError, pending
@@ -42,14 +43,6 @@ REMOTE_UPLOADERS_AT_EXIT = 8
 PROBE_WAIT_S = 0.02
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
-
-_probes: dict[Key, Probe] = {}
-_journals: list[Path] = []
-_repos: set[str] = set()
-_uploaders: dict[Key, list[subprocess.Popen]] = {}
-_waiting: dict[Key, list[Path]] = {}  # journals not yet handed over
-_lock = threading.Lock()
-_due = threading.Event()  # set once the first delivery round is due
 
 
 def _seconds(variable: str, default: float) -> float:
@@ -71,14 +64,24 @@ def exit_timeout() -> float:
     return _seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
 
 
+def key_of(repo: str) -> Key:
+    """Runs go to one uploader per repository and credentials (a remote one's, from the environment).
+
+    :raises TrackerConfigError: malformed authentication variables
+    """
+    headers = auth.headers_from_env() if repo.startswith(REMOTE_PREFIX) else {}
+    return repo, tuple(sorted(headers.items()))
+
+
 class Probe(threading.Thread):
     """One background request to a remote server: `outcome` is None until it answers, then True
     (reachable), False (unreachable) or the TrackerConfigError of refused credentials. A refusal
-    that comes after training went on is said at once, in one line on stderr."""
+    that comes after training went on is said at once, in one line on stderr; `answered` is called
+    with the outcome."""
 
-    def __init__(self, key: Key) -> None:
+    def __init__(self, key: Key, answered: Callable[[], None]) -> None:
         super().__init__(daemon=True, name=f"ntn-aim-probe {key[0]}")
-        self.repo, self.headers = key[0], dict(key[1])
+        self.repo, self.headers, self.answered = key[0], dict(key[1]), answered
         self.outcome: bool | TrackerConfigError | None = None
         self._went_on = False  # the first run stopped waiting for the answer
         self._lock = threading.Lock()
@@ -105,35 +108,7 @@ class Probe(threading.Thread):
                 file=sys.stderr,
                 flush=True,
             )
-        if _due.is_set():  # delivery began while this server was being asked
-            _start_uploaders()
-
-
-def key_of(repo: str) -> Key:
-    """Runs go to one uploader per repository and credentials (a remote one's, from the environment).
-
-    :raises TrackerConfigError: malformed authentication variables
-    """
-    headers = auth.headers_from_env() if repo.startswith(REMOTE_PREFIX) else {}
-    return repo, tuple(sorted(headers.items()))
-
-
-def check(key: Key) -> None:
-    """Start probing a remote repository (once per process and credentials); raise its refusal once known.
-
-    :raises TrackerConfigError: the server refused the credentials
-    """
-    if not key[0].startswith(REMOTE_PREFIX):
-        return
-    if key not in _probes:
-        _probes[key] = Probe(key)  # waits for the answer at most PROBE_WAIT_S
-    if isinstance(_probes[key].outcome, TrackerConfigError):
-        raise _probes[key].outcome
-
-
-def _deliverable(key: Key) -> bool:
-    """Whether to start an uploader: for a local repository always, for a remote one once its probe said so."""
-    return key not in _probes or _probes[key].outcome is True
+        self.answered()
 
 
 def _start_uploader(spool: Path) -> subprocess.Popen:
@@ -148,42 +123,8 @@ def _start_uploader(spool: Path) -> subprocess.Popen:
         )
 
 
-def track(path: Path, key: Key) -> None:
-    """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
-    if not _journals:
-        atexit.register(_at_exit)
-        pending.register(flush)  # a long-lived process (a sweep's worker) waits for delivery through the core
-        timer = threading.Timer(delivery_interval(), _start_uploaders)
-        timer.daemon = True
-        timer.start()
-    _journals.append(path)
-    _repos.add(key[0])
-    with _lock:
-        _waiting.setdefault(key, []).append(path)
-    if _due.is_set():  # delivery has begun: this run need not wait
-        _start_uploaders()
-
-
-def _start_uploaders(remote_parallel: int = 1) -> None:
-    """Hand every waiting journal whose repository is deliverable to an uploader, starting uploaders as
-    needed: one per repository and credentials, or up to `remote_parallel` for a remote repository."""
-    _due.set()
-    with _lock:
-        for key in [key for key in _waiting if _deliverable(key)]:
-            paths = _waiting.pop(key)
-            alive = [u for u in _uploaders.get(key, []) if u.poll() is None]
-            wanted = min(len(paths), remote_parallel) if key[0].startswith(REMOTE_PREFIX) else 1
-            alive += [_start_uploader(paths[0].parent) for _ in range(max(1, wanted) - len(alive))]
-            _uploaders[key] = alive
-            for i, path in enumerate(paths):
-                _send(alive[i % len(alive)], path)
-
-
-def _send(uploader: subprocess.Popen, path: Path) -> None:
-    _send_line(uploader, str(path.resolve()))
-
-
-def _send_line(uploader: subprocess.Popen, line: str) -> None:
+def _send(uploader: subprocess.Popen, line: str) -> None:
+    """One line to an uploader: a journal's path, or "" for "deliver now"."""
     try:
         uploader.stdin.write(f"{line}\n")
         uploader.stdin.flush()
@@ -191,82 +132,153 @@ def _send_line(uploader: subprocess.Popen, line: str) -> None:
         pass
 
 
-def flush(timeout: float = 60.0) -> bool:
-    """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
-    deadline = time.monotonic() + timeout
-    asked: set[int] = set()
-    while time.monotonic() < deadline:
-        if not any(journal.finished_and_waiting(p) for p in _journals):
-            return True
-        _start_uploaders()  # a caller waiting for delivery need not wait for the interval
-        for uploader in _all_uploaders():
-            if uploader.pid not in asked and uploader.poll() is None:
-                asked.add(uploader.pid)
-                _send_line(uploader, "")  # deliver now, round after round
-        if all(u.poll() is not None for u in _all_uploaders()):
-            return False
-        time.sleep(0.05)
-    return False
+class Uploads:
+    """This process's runs on their way to Aim: probes, uploader processes, and what waits for them.
 
+    Life cycle: `start` at the first run (a timer for the first delivery round, the exit hook, the core's
+    `pending` wait), `stop` at exit (deliver what is left within the exit bound).
+    """
 
-def _all_uploaders() -> list[subprocess.Popen]:
-    return [uploader for uploaders in _uploaders.values() for uploader in uploaders]
+    def __init__(self) -> None:
+        self.probes: dict[Key, Probe] = {}
+        self.journals: list[Path] = []
+        self.repos: set[str] = set()
+        self.uploaders: dict[Key, list[subprocess.Popen]] = {}
+        self.waiting: dict[Key, list[Path]] = {}  # journals not yet handed over
+        self.lock = threading.Lock()
+        self.due = threading.Event()  # set once the first delivery round is due
+        self.timer: threading.Timer | None = None
 
+    def start(self) -> None:
+        atexit.register(self.stop)
+        pending.register(self.flush)  # a long-lived process (a sweep's worker) waits for delivery through the core
+        self.timer = threading.Timer(delivery_interval(), self.hand_over)
+        self.timer.daemon = True
+        self.timer.start()
 
-def _at_exit() -> None:
-    """Deliver what is left within the exit bound; a Ctrl-C during the wait ends it at once, in one line
-    (what is not delivered stays in the spool, as after the bound)."""
-    try:
-        _deliver_at_exit()
-    except KeyboardInterrupt:
-        for uploader in _all_uploaders():
-            uploader.kill()
-        spool = _journals[0].parent
-        print(f"ntn-tracker-aim: delivery stopped; undelivered records stay in {spool}/ for ntn-trackers sync",
-              file=sys.stderr)  # fmt: skip
+    def check(self, key: Key) -> None:
+        """Start probing a remote repository (once per process and credentials); raise its refusal once known.
 
+        :raises TrackerConfigError: the server refused the credentials
+        """
+        if not key[0].startswith(REMOTE_PREFIX):
+            return
+        if key not in self.probes:
+            self.probes[key] = Probe(key, self._answered)  # waits for the answer at most PROBE_WAIT_S
+        if isinstance(self.probes[key].outcome, TrackerConfigError):
+            raise self.probes[key].outcome
 
-def _deliver_at_exit() -> None:
-    for probe in _probes.values():
-        probe.join()  # an answer comes within the probe's timeout
-    _start_uploaders(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
-    deadline = time.monotonic() + exit_timeout()
-    for uploader in _all_uploaders():
+    def _answered(self) -> None:
+        if self.due.is_set():  # delivery began while a server was being asked
+            self.hand_over()
+
+    def track(self, path: Path, key: Key) -> None:
+        """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
+        if self.timer is None:
+            self.start()
+        self.journals.append(path)
+        self.repos.add(key[0])
+        with self.lock:
+            self.waiting.setdefault(key, []).append(path)
+        if self.due.is_set():  # delivery has begun: this run need not wait
+            self.hand_over()
+
+    def _deliverable(self, key: Key) -> bool:
+        """For a local repository always, for a remote one once its probe said it is reachable."""
+        return key not in self.probes or self.probes[key].outcome is True
+
+    def hand_over(self, remote_parallel: int = 1) -> None:
+        """Hand every waiting journal whose repository is deliverable to an uploader, starting uploaders as
+        needed: one per repository and credentials, or up to `remote_parallel` for a remote repository."""
+        self.due.set()
+        with self.lock:
+            for key in [key for key in self.waiting if self._deliverable(key)]:
+                paths = self.waiting.pop(key)
+                alive = [u for u in self.uploaders.get(key, []) if u.poll() is None]
+                wanted = min(len(paths), remote_parallel) if key[0].startswith(REMOTE_PREFIX) else 1
+                alive += [_start_uploader(paths[0].parent) for _ in range(max(1, wanted) - len(alive))]
+                self.uploaders[key] = alive
+                for i, path in enumerate(paths):
+                    _send(alive[i % len(alive)], str(path.resolve()))
+
+    def all_uploaders(self) -> list[subprocess.Popen]:
+        return [uploader for uploaders in self.uploaders.values() for uploader in uploaders]
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
+        deadline = time.monotonic() + timeout
+        asked: set[int] = set()
+        while time.monotonic() < deadline:
+            if not any(journal.finished_and_waiting(p) for p in self.journals):
+                return True
+            self.hand_over()  # a caller waiting for delivery need not wait for the interval
+            for uploader in self.all_uploaders():
+                if uploader.pid not in asked and uploader.poll() is None:
+                    asked.add(uploader.pid)
+                    _send(uploader, "")  # deliver now, round after round
+            if all(u.poll() is not None for u in self.all_uploaders()):
+                return False
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Deliver what is left within the exit bound; a Ctrl-C during the wait ends it at once, in one line
+        (what is not delivered stays in the spool, as after the bound)."""
+        if self.timer is not None:
+            self.timer.cancel()
         try:
-            uploader.stdin.close()  # no more runs: deliver and leave
+            self._deliver_at_exit()
+        except KeyboardInterrupt:
+            for uploader in self.all_uploaders():
+                uploader.kill()
+            spool = self.journals[0].parent
+            print(f"ntn-tracker-aim: delivery stopped; undelivered records stay in {spool}/ for ntn-trackers sync",
+                  file=sys.stderr)  # fmt: skip
+
+    def _deliver_at_exit(self) -> None:
+        for probe in self.probes.values():
+            probe.join()  # an answer comes within the probe's timeout
+        self.hand_over(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
+        deadline = time.monotonic() + exit_timeout()
+        for uploader in self.all_uploaders():
+            try:
+                uploader.stdin.close()  # no more runs: deliver and leave
+            except OSError:
+                pass
+        timed_out = False
+        for uploader in self.all_uploaders():
+            try:
+                uploader.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                uploader.kill()
+                uploader.wait()
+                timed_out = True
+        records, runs = journal.pending(self.journals)
+        if records:
+            where = ", ".join(sorted(self.repos))
+            spool = self.journals[0].parent
+            line = (
+                f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where} "
+                f"({self._why_undelivered(spool, timed_out)}); they are kept in "
+                f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}"
+            )
+            print(Redactor().text(line), file=sys.stderr)
+
+    def _why_undelivered(self, spool: Path, timed_out: bool) -> str:
+        """Why records stayed in the spool, in a few words."""
+        outcomes = [probe.outcome for probe in self.probes.values()]
+        if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
+            return "the server refused the credentials"
+        if False in outcomes:
+            return "the server cannot be reached, or is not an Aim server"
+        if timed_out:
+            return f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
+        try:
+            lines = (spool / "uploader.log").read_text(errors="replace").splitlines()
         except OSError:
-            pass
-    timed_out = False
-    for uploader in _all_uploaders():
-        try:
-            uploader.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            uploader.kill()
-            uploader.wait()
-            timed_out = True
-    records, runs = journal.pending(_journals)
-    if records:
-        where = ", ".join(sorted(_repos))
-        spool = _journals[0].parent
-        line = (
-            f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where} "
-            f"({_why_undelivered(spool, timed_out)}); they are kept in "
-            f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}"
-        )
-        print(Redactor().text(line), file=sys.stderr)
+            lines = []
+        return f"last error: {lines[-1].split('retrying: ', 1)[-1]}" if lines else "the uploader ended early"
 
 
-def _why_undelivered(spool: Path, timed_out: bool) -> str:
-    """Why records stayed in the spool, in a few words."""
-    outcomes = [probe.outcome for probe in _probes.values()]
-    if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
-        return "the server refused the credentials"
-    if False in outcomes:
-        return "the server cannot be reached, or is not an Aim server"
-    if timed_out:
-        return f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
-    try:
-        lines = (spool / "uploader.log").read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    return f"last error: {lines[-1].split('retrying: ', 1)[-1]}" if lines else "the uploader ended early"
+UPLOADS = Uploads()  # the one of this process
+flush = UPLOADS.flush

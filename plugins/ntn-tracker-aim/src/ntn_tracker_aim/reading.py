@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+INIT_CONTEXT = {"phase": "init"}  # the Aim context of the metrics at step -1 (the initial evaluation)
+
 
 def index_runs(root: str | Path) -> list[str]:
     """Index every run stored under `root` (the directory holding `.aim`); returns their hashes."""
     from aim import Repo
-    from aim.sdk.index_manager import RepoIndexManager
+
+    from ntn_tracker_aim import aim_internals
 
     repo = Repo(str(root))
-    manager = RepoIndexManager.get_index_manager(repo)
     hashes = sorted(p.name for p in (Path(repo.path) / "meta" / "chunks").iterdir() if p.is_dir())
-    for run_hash in hashes:
-        manager.index(run_hash)
+    aim_internals.index(repo, hashes)
     return hashes
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from ntn.tracking import TrackerConfigError
 
 from ntn_tracker_aim import auth, journal
-from ntn_tracker_aim.delivery import Delivery, close_run
 from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -20,6 +19,8 @@ ATTEMPTS = 3  # resuming a run whose lock aim had to force-release can fail once
 
 def _deliver(path: Path, repo: str | None) -> str | None:
     """Deliver one journal completely and close its run; the last error, if every attempt failed."""
+    from ntn_tracker_aim.delivery import Delivery  # imports aim
+
     error = None
     for attempt in range(ATTEMPTS):
         try:
@@ -27,7 +28,7 @@ def _deliver(path: Path, repo: str | None) -> str | None:
             if not delivery.step():  # its writer died before finalize: nothing more will come
                 ended = {"status": "interrupted", "success": False, "error": KILLED}
                 delivery.run["summary"] = delivery.state.summary | ended
-                close_run(delivery.run, path.stat().st_mtime)  # its last record: as far as it got
+                delivery.close(path.stat().st_mtime)  # its last record: as far as it got
             return None
         except Exception as err:
             error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

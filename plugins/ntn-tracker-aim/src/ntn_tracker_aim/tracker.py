@@ -55,13 +55,13 @@ class AimTracker:
         config = config or {}
         self.repo = aim_repo_argument(repo)
         key = process.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
-        process.check(key)
+        process.UPLOADS.check(key)
         self.run_hash = run_hash(config.get("run_id"))
         header = {"repo": self.repo, "experiment": base_name(experiment_name, config), "name": experiment_name}
         self.journal = journal.JournalWriter(
             journal.spool_dir() / f"{self.run_hash}.jsonl", header | {"config": config}
         )
-        process.track(self.journal.path, key)
+        process.UPLOADS.track(self.journal.path, key)
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
