@@ -22,7 +22,7 @@ class TrackerSelectionError(ValueError):
 
 
 class TrackerConfigError(ValueError):
-    """A user's setting for a tracker is invalid (e.g. an unwritable TRACKER_DIR): raised by a tracker's
+    """A user's setting for a tracker is invalid (e.g. an unwritable directory): raised by a tracker's
     constructor or `check_environment`, it stops the run before training, in one line."""
 
 

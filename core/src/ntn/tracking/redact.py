@@ -14,7 +14,7 @@ Secrets, by rules applied recursively:
   The secrets are, generically, the value of every variable whose name marks it as secret (TOKEN,
   SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL, AUTH, COOKIE, PRIVATE, HEADERS, CLIENT_ID; 8 characters or
   more, so that short flags such as "true" stay readable) and, where that value is a JSON object (as
-  AIM_CUSTOM_HEADERS is), each of its values; plus whatever installed plugins declare: an entry point
+  a header map is), each of its values; plus whatever installed plugins declare: an entry point
   in the group `ntn.secrets` names a function `(environ) -> iterable of secret strings` (4 characters or
   more). The core names no plugin's variables.
 """
