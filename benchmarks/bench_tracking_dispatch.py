@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ntn.tracking import BaseTracker
-from ntn.tracking.discovery import Backend
+from ntn.tracking import Backend, BaseTracker
 from ntn.tracking.run import TrackedRun
 from tabulate import tabulate
 

@@ -31,7 +31,7 @@ def _fail(model: str, message: str) -> int:
 
 
 def _redact(text: str) -> str:
-    """`text` without the secrets of the environment (ntn.tracking.redact), for stderr."""
+    """`text` without the secrets of the environment (ntn.tracking.Redactor), for stderr."""
     from ntn.tracking import Redactor
 
     return Redactor().text(text)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from conftest import free_port
 from mlflow import MlflowClient
-from ntn.tracking import TrackerWarning, installed, start_run
-from ntn.tracking.discovery import Backend
+from ntn.tracking import Backend, TrackerWarning, installed, start_run
 from ntn.tracking.readers import read_runs
 from ntn.tracking.testing import END_TIME, check_config_error, check_reader, run_conformance
 from ntn_tracker_mlflow import MlflowTracker

@@ -10,7 +10,7 @@ with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
 
 from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
-from ntn.tracking.discovery import TrackerConfigError, TrackerSelectionError, installed, parse, select
+from ntn.tracking.discovery import Backend, TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.manager import TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
@@ -19,6 +19,7 @@ from ntn.tracking.run import TrackedRun, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals
 
 __all__ = [
+    "Backend",
     "Background",
     "BaseTracker",
     "Interrupted",
