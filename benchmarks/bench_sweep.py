@@ -34,7 +34,10 @@ BOND_DIMS = [4, 6, 8, 10]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO)) | extra
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO)) | extra
+    if env.get("NTN_DATA_DIR"):  # the commands run in scratch directories
+        env["NTN_DATA_DIR"] = os.path.abspath(env["NTN_DATA_DIR"])
+    return env
 
 
 def timed(command: list[str], cwd: Path, **env: str) -> float:
