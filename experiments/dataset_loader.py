@@ -107,8 +107,19 @@ def _fit_inputs(X_train: np.ndarray, method: str):
     return lambda X: np.clip((X - mean) / std, -CLIP_SIGMA, CLIP_SIGMA)
 
 
+def _rank_within_class(y: np.ndarray) -> np.ndarray:
+    """(position of each sample among its class + 1/2) / the class's size: sorting by it interleaves the
+    classes in proportion, so every contiguous split holds each class's share."""
+    rank = np.empty(len(y))
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return rank
+
+
 def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessing: str = "clip") -> Dataset:
-    """Load, subsample (n_samples > 0: a seeded subsample; 0: all rows), split and scale a data set."""
+    """Load, subsample (n_samples > 0: a seeded subsample; 0: all rows), split (stratified for
+    classification) and scale a data set."""
     if name not in DATASETS:
         raise DatasetError(f"DATASET={name!r} is not known; known data sets: {', '.join(DATASETS)}")
     if preprocessing not in PREPROCESSING:
@@ -118,6 +129,8 @@ def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessin
     order = rng.permutation(len(X))
     if n_samples and n_samples < len(X):
         order = order[:n_samples]
+    if name in CLASSIFICATION:  # stratified: each split keeps every class's share, to within one sample
+        order = order[np.argsort(_rank_within_class(y[order]), kind="stable")]
     X, y = X[order].astype(np.float64), y[order]
     n_train = round(SPLIT[0] * len(X))
     n_val = round(SPLIT[1] * len(X))
