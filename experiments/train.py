@@ -235,6 +235,15 @@ def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
     return load_dataset(name, n_samples, data_seed, preprocessing)
 
 
+@functools.lru_cache(maxsize=8)
+def _backends(selection: str) -> tuple:
+    """The tracker plugins selected, looked up once per process: reading the installed distributions'
+    entry points costs ~10 ms, 4 % of a sweep's run (docs/benchmarks.md)."""
+    from ntn.tracking import select
+
+    return tuple(select(selection))
+
+
 def train_run(model: str, s: Settings, seed: int) -> dict[str, Any]:
     """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
     trackers get `config["run_id"]`, the run's name: a run trained again (its worker died, its sweep was
@@ -244,7 +253,7 @@ def train_run(model: str, s: Settings, seed: int) -> dict[str, Any]:
     s = dataclasses.replace(s, device=str(_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
-    backends = validate(s.tracker_backend, [name])
+    backends = validate(_backends(s.tracker_backend), [name])
     config = run_config(model, s, data) | {"run_id": name}
     return train_seed(model, s, data, seed, backends, config, lambda *_: None)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from ntn import MPO2, NTN
 from ntn.tracking import (
+    Backend,
     BaseTracker,
     Interrupted,
     TrackerSelectionError,
@@ -21,7 +22,6 @@ from ntn.tracking import (
     start_run,
     validate,
 )
-from ntn.tracking.discovery import Backend
 from ntn.tracking.redact import REDACTED
 from ntn.tracking.testing import run_conformance
 
@@ -154,8 +154,6 @@ def test_factory_function_and_decorated_partial_tracker(test_trackers):
 def test_objects_with_hooks_of_their_own_are_checked_each_time():
     from types import SimpleNamespace
 
-    from ntn.tracking.discovery import Backend
-
     seen = []
 
     def backend(tracker):
@@ -195,6 +193,15 @@ def test_runs_accept_the_backends_validate_returned_without_looking_them_up_agai
     assert hooks == ["__init__", "log_metrics", "log_summary", "finalize"]
     with start_run("reuse_none", {}, backend=nothing) as run:
         assert run.active == []
+    checked = []
+
+    class Checked(BaseTracker):
+        @classmethod
+        def check_environment(cls, run_names):
+            checked.append(list(run_names))
+
+    given = [Backend("not-installed", Checked)]  # a name select() would refuse: these are not looked up
+    assert validate(given, ["a_seed0"]) == given and checked == [["a_seed0"]]
 
 
 def test_failing_body_records_the_error_then_finalizes_and_propagates(test_trackers):
@@ -248,8 +255,6 @@ def test_a_signal_during_a_hook_is_raised_when_the_hook_returns(test_trackers):
             for _ in range(1000):  # bytecodes enough for Python to run its handler here, were it not deferred
                 pass
             self.steps.append(("after", step))
-
-    from ntn.tracking.discovery import Backend
 
     tracker = {}
     backend = [Backend("mid", lambda **kw: tracker.setdefault("t", SignalledMidHook(**kw)))]

@@ -134,9 +134,7 @@ def start_run(
     "finished". If the body raises, it also records success: false and error: "<Type>: <message>", and
     the exception propagates. `finalize` always runs, with that status and the end time.
     """
-    if backend is None or isinstance(backend, str) or not all(isinstance(b, Backend) for b in backend):
-        backend = select(backend)
-    run = TrackedRun(experiment_name, dict(config or {}), backend)
+    run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     status = "failed"  # until the body has ended one way or another
     try:
         yield run
@@ -156,16 +154,25 @@ def start_run(
         run.finalize(status)
 
 
-def validate(backend: str | Sequence[str] | None = None, run_names: Sequence[str] = ()) -> list[Backend]:
-    """Select the backends and check each tracker class against the hookspecs, before any training; a
-    factory with a `check_environment(run_names)` (class)method has it called, to refuse its
-    configuration, or the runs about to be recorded, now. (A factory that is no class is checked when a
-    run builds it.)
+def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Backend]:
+    """The Backends given, else those selected by name."""
+    if backend is None or isinstance(backend, str) or not all(isinstance(b, Backend) for b in backend):
+        return select(backend)
+    return list(backend)
+
+
+def validate(
+    backend: str | Sequence[str] | Sequence[Backend] | None = None, run_names: Sequence[str] = ()
+) -> list[Backend]:
+    """Select the backends (or take those given) and check each tracker class against the hookspecs,
+    before any training; a factory with a `check_environment(run_names)` (class)method has it called, to
+    refuse its configuration, or the runs about to be recorded, now. (A factory that is no class is
+    checked when a run builds it.)
 
     :param run_names: the runs that will be started (e.g. one per seed), for `check_environment`
     :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted
     """
-    backends, redact = select(backend), Redactor()
+    backends, redact = _resolve(backend), Redactor()
     for b in backends:
         if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
             TrackerManager().add_tracker(b.factory, b.name)
