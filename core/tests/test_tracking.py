@@ -495,6 +495,27 @@ def _background_run(tracker_class, timeout=5.0):
     return run, body
 
 
+def test_background_attaches_a_copy_of_the_file_and_removes_the_copy_once_sent(tmp_path):
+    """Failed before: every attached file left its copy in a temporary directory for good."""
+    from ntn.tracking.background import Background
+
+    received = []
+
+    class Keeps:
+        def log_artifact(self, path, name):
+            time.sleep(0.1)  # the caller has removed its file by now
+            received.append((Path(path), name, Path(path).read_bytes()))
+
+    attached = tmp_path / "results.json"
+    attached.write_bytes(b"{}")
+    tracker = Background(Keeps, name="keeps")
+    tracker.log_artifact(str(attached), "results.json")
+    attached.unlink()
+    tracker.finalize()
+    ((copy, name, content),) = received
+    assert (name, content) == ("results.json", b"{}") and not copy.parent.exists()
+
+
 def test_background_hooks_never_hold_training_and_keep_their_order():
     calls, threads = [], set()
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import os
 import queue
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -45,14 +47,17 @@ class Background:
             self._error = err
         while (call := self._calls.get()) is not _DONE:
             hook, args = call
-            if tracker is None or (self._error is not None and hook != "finalize"):
-                continue  # after a failure only finalize still reaches the tracker
             try:
-                method = getattr(tracker, hook, None)
-                if method is not None:  # a hook the tracker leaves out
-                    method(*args)
+                # after a failure only finalize still reaches the tracker; a hook it leaves out is skipped
+                if tracker is not None and (self._error is None or hook == "finalize"):
+                    method = getattr(tracker, hook, None)
+                    if method is not None:
+                        method(*args)
             except BaseException as err:
                 self._error = self._error or err
+            finally:
+                if hook == "log_artifact":  # the tracker has had the queued copy: remove it
+                    shutil.rmtree(os.path.dirname(args[0]), ignore_errors=True)
 
     def _put(self, hook: str, *args: Any) -> None:
         if self._error is not None and not self._reported:
@@ -70,12 +75,14 @@ class Background:
         self._put("log_summary", summary)
 
     def log_artifact(self, path: str, name: str) -> None:
-        """Queue a copy of the file (the caller may change or remove it once this returns)."""
-        import shutil
-        import tempfile
-
+        """Queue a copy of the file (the caller may change or remove it once this returns); the thread
+        removes the copy once the real tracker has had it."""
         copy_dir = tempfile.mkdtemp(prefix="ntn-artifact-")
-        self._put("log_artifact", shutil.copy(path, os.path.join(copy_dir, name)), name)
+        try:
+            self._put("log_artifact", shutil.copy(path, os.path.join(copy_dir, name)), name)
+        except BaseException:
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            raise
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
         """Queue `finalize`, then wait at most `timeout` seconds for every queued call to be made.
