@@ -33,5 +33,4 @@ def load_model(path: str | PathLike, device: str | torch.device = "cpu") -> Tens
     cores = saved["cores"]
     model.to(cores[0].device, cores[0].dtype)
     model.load_state(cores)
-    model.recipe = dict(saved["recipe"])
     return model

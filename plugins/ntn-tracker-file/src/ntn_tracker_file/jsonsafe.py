@@ -18,23 +18,20 @@ def _spell(x: float) -> str:
     return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
-def _nulls_for_nonfinite(value: Any) -> Any:
+def to_json(value: Any) -> Any:
+    """A plain payload with NaN and ±Inf as null, named beside them: dict, list, str, int, finite float,
+    bool and None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        out = {k: _nulls_for_nonfinite(v) for k, v in value.items()}
+        out = {k: to_json(v) for k, v in value.items()}
         nonfinite = {k: _spell(v) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)}
         if nonfinite:
             out[NONFINITE] = nonfinite
         return out
     if isinstance(value, list):
-        return [_nulls_for_nonfinite(v) for v in value]
+        return [to_json(v) for v in value]
     return value
-
-
-def to_json(value: Any) -> Any:
-    """A structure of dict, list, str, int, finite float, bool and None."""
-    return _nulls_for_nonfinite(value)
 
 
 def from_json(value: Any) -> Any:
