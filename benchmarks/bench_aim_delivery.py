@@ -54,7 +54,7 @@ def deliver(n_runs: int, uploaders: int) -> tuple[float, float]:
             os.environ["NTN_AIM_DELIVERY_INTERVAL"] = "0"  # the uploaders started now deliver at once
             before = _cpu(server.process.pid)
             start = time.perf_counter()
-            process._start_uploaders(uploaders)
+            process.UPLOADS.hand_over(uploaders)
             assert flush(600)
             return time.perf_counter() - start, _cpu(server.process.pid) - before
         finally:
