@@ -185,8 +185,8 @@ SCRIPT = textwrap.dedent(
 def test_a_training_process_logs_through_the_proxy_and_no_secret_is_stored(proxy, aim_server, tmp_path):
     env = dict(os.environ, AIM_REPO=f"aim://127.0.0.1:{proxy.port}", TRACKER_BACKEND="aim", **CF)
     subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True, cwd=tmp_path, timeout=120)
-    run = server_runs(aim_server)["subprocess_seed0"]
-    assert run["hparams"] == {"where": "subprocess"}
+    run = server_runs(aim_server)["subprocess_seed0"]  # at once: the process ended once the server had it all
+    assert run["hparams"] == {"where": "subprocess"} and not run.active and run.end_time is not None
     assert series(run)[("loss", "")] == [(s, s * 0.5) for s in range(5)]
     assert grep_tree(aim_server.root, list(CF.values())) == []
     assert grep_tree(tmp_path, list(CF.values())) == []

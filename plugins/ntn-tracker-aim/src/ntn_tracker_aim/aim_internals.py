@@ -90,6 +90,7 @@ def close_run(run: Run, ended: float | None) -> None:
         resources = run._resources  # aim sets end_time to now in close(), through this object
         resources.set_run_end_time = lambda: resources.meta_run_tree.__setitem__("end_time", ended)
     run.close()
+    wait_until_stored(run)  # a remote server has what close() sent: a removed journal is a closed run
 
 
 def wait_until_stored(run: Run) -> None:

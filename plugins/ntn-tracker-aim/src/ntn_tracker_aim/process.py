@@ -11,8 +11,9 @@
   inherits the environment, which is where it takes the authentication headers from (they are never
   written to the spool), so runs with other credentials get another uploader.
 - At exit, runs not yet handed over are, for a remote server, spread over up to REMOTE_UPLOADERS_AT_EXIT
-  uploaders. The process waits for its uploaders at most $NTN_AIM_EXIT_TIMEOUT seconds (default 30),
-  then ends them, and says in one line how many records stay in the spool and how to upload them.
+  uploaders. The process waits until they have delivered everything, at most $NTN_AIM_EXIT_TIMEOUT
+  seconds (default 30), then ends them, and says in one line how many records stay in the spool and how
+  to upload them. (It does not wait for a remote server's uploader to end: aim's clean-up takes ~1 s more.)
 """
 
 from __future__ import annotations
@@ -245,14 +246,17 @@ class Uploads:
                 uploader.stdin.close()  # no more runs: deliver and leave
             except OSError:
                 pass
-        timed_out = False
-        for uploader in self.all_uploaders():
-            try:
-                uploader.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        # Wait until every run is delivered, and until each local repository's uploader has ended (it writes
+        # the repository until then). A remote server's uploader, its runs delivered and acknowledged, ends on
+        # its own: aim's clean-up takes it another second (aim's heartbeat thread sleeps in 1 s steps).
+        local = [u for key, us in self.uploaders.items() if not key[0].startswith(REMOTE_PREFIX) for u in us]
+        while time.monotonic() < deadline and self._busy(local):
+            time.sleep(0.05)
+        timed_out = self._busy(local)
+        if timed_out:
+            for uploader in self.all_uploaders():
                 uploader.kill()
                 uploader.wait()
-                timed_out = True
         records, runs = journal.pending(self.journals)
         if records:
             where = ", ".join(sorted(self.repos))
@@ -263,6 +267,13 @@ class Uploads:
                 f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}"
             )
             print(Redactor().text(line), file=sys.stderr)
+
+    def _busy(self, local: list[subprocess.Popen]) -> bool:
+        """Whether an uploader is still at work: a local repository's, or any while runs wait for delivery."""
+        if any(u.poll() is None for u in local):
+            return True
+        waiting = any(journal.finished_and_waiting(p) for p in self.journals) or journal.pending(self.journals)[0]
+        return bool(waiting) and any(u.poll() is None for u in self.all_uploaders())
 
     def _why_undelivered(self, spool: Path, timed_out: bool) -> str:
         """Why records stayed in the spool, in a few words."""
