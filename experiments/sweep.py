@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,7 @@ def options(args: argparse.Namespace, sweep: Sweep) -> Options:
 # ---- in the worker processes ---------------------------------------------------------------------------
 
 _stopping = {"signal": ""}  # a local worker's: the sweep is being stopped, start no other run
+_every_worker: list[Any] = []  # a local worker's: the barrier that sends one tracker wait to each worker
 
 
 def prepare_worker(backend: str, threads: int | None = None) -> str:
@@ -121,10 +123,20 @@ def _wait_for_trackers(timeout: float) -> bool:
     return pending.wait(timeout)
 
 
-def _start_local_worker(backend: str, threads: int) -> None:
+def _start_local_worker(backend: str, threads: int, every_worker: Any) -> None:
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # between runs a signal only stops the worker's next run
         signal.signal(getattr(signal, name), _note_stop)
+    _every_worker.append(every_worker)
     prepare_worker(backend, threads)
+
+
+def _wait_for_trackers_locally(timeout: float) -> bool:
+    """One worker's wait, held at the barrier until every worker has taken one, so that each waits once."""
+    try:
+        _every_worker[0].wait(timeout)
+    except threading.BrokenBarrierError:
+        return False
+    return _wait_for_trackers(timeout)
 
 
 def _note_stop(signum: int, frame: Any) -> None:
@@ -159,11 +171,13 @@ class LocalExecutor:
 
     def __init__(self, workers: int, backend: str) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
+        self.workers = workers
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers,
-            mp_context=multiprocessing.get_context("spawn"),  # never fork a process that may hold threads
+            mp_context=context,
             initializer=_start_local_worker,
-            initargs=(backend, threads),
+            initargs=(backend, threads, context.Barrier(workers)),
         )
 
     def submit(self, model: str, configuration: Configuration, seed: int):
@@ -173,7 +187,14 @@ class LocalExecutor:
         return concurrent.futures.as_completed(futures)
 
     def wait_for_trackers(self) -> None:
-        """Nothing to do: the workers end with the sweep, and each waits for its trackers as it exits."""
+        """Until every worker's trackers have delivered what they recorded (bounded), as on Dask. (Each would
+        also wait as it exits, but for at most its trackers' exit bound, and the aim plugin then spreads what
+        is left over several new uploaders per process: for a fast server, only more CPU spent starting them.)"""
+        try:
+            waits = [self.pool.submit(_wait_for_trackers_locally, TRACKER_WAIT_S) for _ in range(self.workers)]
+            _report_late(sum(not w.result() for w in waits))
+        except concurrent.futures.process.BrokenProcessPool:  # a worker ended: the others wait as they exit
+            pass
 
     def stop(self) -> None:
         """Start no other run; let the runs in progress record that they were interrupted."""
@@ -234,13 +255,7 @@ class DaskExecutor:
     def wait_for_trackers(self) -> None:
         """Until every worker's trackers have delivered what they recorded (bounded), so that the runs are
         in their trackers when the sweep says so, also on a cluster whose workers live on."""
-        late = [w for w, done in self.client.run(_wait_for_trackers, TRACKER_WAIT_S).items() if not done]
-        if late:
-            print(
-                f"trackers of {len(late)} workers were still delivering after {TRACKER_WAIT_S} s; they go on "
-                "there, or keep what is left for `ntn-trackers sync`",
-                file=sys.stderr,
-            )
+        _report_late(sum(not done for done in self.client.run(_wait_for_trackers, TRACKER_WAIT_S).values()))
 
     def stop(self) -> None:
         self.client.cancel(list(self.client.futures.values()) if self.client.futures else [])
@@ -249,6 +264,15 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _report_late(late: int) -> None:
+    if late:
+        print(
+            f"trackers of {late} workers were still delivering after {TRACKER_WAIT_S} s; they go on "
+            "there, or keep what is left for `ntn-trackers sync`",
+            file=sys.stderr,
+        )
 
 
 # ---- the record ---------------------------------------------------------------------------------------
@@ -484,12 +508,13 @@ def _run(sweep: Sweep, opts: Options, record: Record, backend: str) -> int:
     total = len(sweep.configurations) * len(sweep.seeds)
     not_run = failed = 0
     if missing:
+        workers = min(opts.workers, len(missing))  # of a LocalCluster or local; a cluster's are its own
         executor = (
-            LocalExecutor(opts.workers, backend)
+            LocalExecutor(workers, backend)
             if opts.executor == "local"
-            else DaskExecutor(opts.workers, opts.scheduler, backend)
+            else DaskExecutor(workers, opts.scheduler, backend)
         )
-        where = f"a Dask cluster at {opts.scheduler}" if opts.scheduler else f"{opts.workers} {opts.executor} workers"
+        where = f"a Dask cluster at {opts.scheduler}" if opts.scheduler else f"{workers} {opts.executor} workers"
         print(
             f"sweep {sweep.name}: {len(missing)} of {total} runs to train ({record.n_recorded} already recorded "
             f"in {opts.output}) on {where}",

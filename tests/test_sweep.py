@@ -200,21 +200,19 @@ def cluster(tmp_path):
         c.stop()
 
 
-def test_a_sweep_on_a_cluster_delivers_every_run_to_one_aim_server(tmp_path, cluster):
-    servers = _aim_servers()
-    server = servers.AimServer(tmp_path / "server-repo")
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_every_run_is_in_one_aim_server_when_the_sweep_ends(tmp_path, cluster, where):
+    server = _aim_servers().AimServer(tmp_path / "server-repo")
     try:
-        remote = {"AIM_REPO": server.url, "NTN_AIM_DELIVERY_INTERVAL": "1"}
-        dask = cluster(**remote)
-        done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address, **remote)
+        remote = {"AIM_REPO": server.url}  # the default delivery interval: the sweep's end asks for delivery
+        args = ("--workers", "2") if where == "local" else ("--scheduler", cluster(**remote).address)
+        done = sweep(tmp_path, str(_write_sweep(tmp_path)), *args, **remote)
         assert done.returncode == 0, done.stderr
-        assert f"on a Dask cluster at {dask.address}" in done.stderr
-        deadline = time.monotonic() + 120  # the workers' uploaders deliver in the background
-        while time.monotonic() < deadline:
-            records, _ = read_runs("aim", str(server.root))
-            if len([r for r in records if r["summary"]["status"] == "finished"]) == 8:
-                break
-            time.sleep(1)
+        if where == "cluster":
+            assert f"on a Dask cluster at {args[1]}" in done.stderr
+        records, problems = read_runs("aim", str(server.root))  # at once: the sweep waited for delivery
+        assert problems == [] and sorted(r["experiment_name"] for r in records) == NAMES
+        assert all(r["summary"]["status"] in ("finished", "failed") for r in records)
     finally:
         server.stop()
     check_sweep(tmp_path, server.root)
