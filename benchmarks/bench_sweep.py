@@ -1,6 +1,6 @@
 """Sweeps: the README's bash loop against run_sweep.sh, the Dask path's cost, and delivery into one aim server.
 
-    NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py
+    NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py [--rounds 3] [--bond-dims 4,6,8,10]
 
 Workload: 4 bond dimensions × 5 seeds of MPO2 on California housing at N_SAMPLES=500 (the README's loop),
 file backend. Targets: run_sweep.sh local (2 workers) >= 3× faster than the loop; a Dask LocalCluster
@@ -10,7 +10,9 @@ delivery into one `aim server` >= 2 runs/s.
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,9 +48,9 @@ def timed(command: list[str], cwd: Path, **env: str) -> float:
     return time.perf_counter() - start
 
 
-def bash_loop(cwd: Path) -> float:
+def bash_loop(cwd: Path, bond_dims: list[int] = BOND_DIMS) -> float:
     loop = (
-        "for b in 4 6 8 10; do EXPERIMENT_NAME=bond_sweep_$b BOND_DIM=$b "
+        f"for b in {' '.join(map(str, bond_dims))}; do EXPERIMENT_NAME=bond_sweep_$b BOND_DIM=$b "
         f"bash {REPO}/experiments/run_mpo2.sh || exit 1; done"
     )
     return timed(["bash", "-c", loop], cwd)
@@ -95,20 +97,18 @@ def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
 
 
 def aim_delivery(cwd: Path) -> list[list]:
-    """30 runs into one `aim server`: 6 concurrent run_mpo2.sh × 5 seeds (the issue's measurement) and a
-    6 bond dimensions × 5 seeds sweep on a 2-worker LocalCluster; each waits until everything is delivered."""
+    """30 runs into one `aim server`, each way on a fresh server, until everything is delivered: 6 concurrent
+    run_mpo2.sh × 5 seeds (the issue's measurement), and a 6 bond dimensions × 5 seeds sweep on 2 local
+    workers and on a 2-worker LocalCluster."""
     sys.path.insert(0, str(REPO / "plugins/ntn-tracker-aim/tests"))
     from conftest import AimServer
 
-    rows = []
-    server = AimServer(cwd / "server")
-    try:
-        remote = {"TRACKER_BACKEND": "aim", "AIM_REPO": server.url}
+    def concurrent_scripts(where: Path, remote: dict[str, str]) -> float:
         start = time.perf_counter()
         launches = [
             subprocess.Popen(
                 ["bash", str(REPO / "experiments/run_mpo2.sh")],
-                cwd=cwd,
+                cwd=where,
                 env=_env(EXPERIMENT_NAME=f"concurrent_{b}", BOND_DIM=str(b), **remote),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -116,25 +116,63 @@ def aim_delivery(cwd: Path) -> list[list]:
             for b in range(3, 9)
         ]
         assert all(p.wait() == 0 for p in launches)
-        seconds = time.perf_counter() - start
-        rows.append(["6 concurrent run_mpo2.sh, 5 seeds each", 30, f"{seconds:.1f}", f"{30 / seconds:.2f}"])
-        seconds = run_sweep(cwd, "--executor", "dask", "--workers", "2", bond_dims=list(range(3, 9)), **remote)
-        rows.append(["run_sweep.sh --executor dask --workers 2", 30, f"{seconds:.1f}", f"{30 / seconds:.2f}"])
-    finally:
-        server.stop()
+        return time.perf_counter() - start
+
+    ways = {
+        "6 concurrent run_mpo2.sh, 5 seeds each": concurrent_scripts,
+        "run_sweep.sh, local, 2 workers": lambda where, remote: run_sweep(
+            where, "--workers", "2", bond_dims=list(range(3, 9)), **remote
+        ),
+        "run_sweep.sh --executor dask --workers 2": lambda where, remote: run_sweep(
+            where, "--executor", "dask", "--workers", "2", bond_dims=list(range(3, 9)), **remote
+        ),
+    }
+    rows = []
+    for i, (how, way) in enumerate(ways.items()):
+        where = cwd / str(i)
+        where.mkdir()
+        server = AimServer(where / "server")
+        try:
+            seconds = way(where, {"TRACKER_BACKEND": "aim", "AIM_REPO": server.url})
+        finally:
+            server.stop()
+        rows.append([how, 30, f"{seconds:.1f}", f"{30 / seconds:.2f}"])
     return rows
 
 
+def medians(rounds: int, bond_dims: list[int]) -> tuple[float, float, float]:
+    """Median wall s of the loop, the local executor and a Dask LocalCluster over `rounds` interleaved
+    rounds (each side sees the same drift of the machine)."""
+    times: list[tuple[float, float, float]] = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c:
+            times.append(
+                (
+                    bash_loop(Path(a), bond_dims),
+                    run_sweep(Path(b), "--workers", "2", bond_dims=bond_dims),
+                    run_sweep(Path(c), "--executor", "dask", "--workers", "2", bond_dims=bond_dims),
+                )
+            )
+    loop, local, dask = (statistics.median(column) for column in zip(*times))
+    return loop, local, dask
+
+
 if __name__ == "__main__":
-    rows = []
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c:
-        loop = bash_loop(Path(a))
-        local = run_sweep(Path(b), "--workers", "2")
-        dask = run_sweep(Path(c), "--executor", "dask", "--workers", "2")
-    rows.append(["bash loop of run_mpo2.sh (README)", f"{loop:.1f}", "1.00"])
-    rows.append(["run_sweep.sh, local, 2 workers", f"{local:.1f}", f"{loop / local:.2f}"])
-    rows.append(["run_sweep.sh, dask LocalCluster, 2 workers", f"{dask:.1f}", f"{loop / dask:.2f}"])
-    print("4 bond dimensions × 5 seeds, N_SAMPLES=500, file backend (wall s, whole command):")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three commands (medians)")
+    parser.add_argument("--bond-dims", default="4,6,8,10", help="the swept values (default: the README's loop)")
+    args = parser.parse_args()
+    bond_dims = [int(b) for b in args.bond_dims.split(",")]
+    loop, local, dask = medians(args.rounds, bond_dims)
+    rows = [
+        ["bash loop of run_mpo2.sh (README)", f"{loop:.1f}", "1.00"],
+        ["run_sweep.sh, local, 2 workers", f"{local:.1f}", f"{loop / local:.2f}"],
+        ["run_sweep.sh, dask LocalCluster, 2 workers", f"{dask:.1f}", f"{loop / dask:.2f}"],
+    ]
+    print(
+        f"{len(bond_dims)} bond dimensions × 5 seeds, N_SAMPLES=500, file backend "
+        f"(wall s of the whole command, median of {args.rounds}):"
+    )
     print(tabulate(rows, headers=["how", "wall s", "speed-up over the loop"]))
     print(f"Dask LocalCluster ÷ local executor: {dask / local:.2f}\n")
     in_process, through_dask = dask_overhead()
