@@ -302,8 +302,14 @@ def test_concurrent_launches_with_one_experiment_name_never_corrupt_or_lose_a_ru
     _runs_parse_and_hold_every_step(tmp_path / "experiment_logs", ["same_seed0", "same_seed1"], 3)
     results = json.loads((tmp_path / "results_same.json").read_text())
     assert results["n_total"] == 2 and results["n_success"] == 2
-    aim = aim_runs(tmp_path)  # every process that trained delivered both of its runs, complete
-    assert sorted(r.name for r in aim.values()).count("same_seed0") == len(trained)
+    from aim import Run
+    from ntn_tracker_aim import index_runs
+
+    # every process that trained (more than one when a launch started after the first had ended) delivered
+    # both of its runs, complete; aim_runs() keys by name, which would fold those attempts into one
+    runs = [Run(h, repo=str(tmp_path), read_only=True) for h in index_runs(tmp_path)]
+    assert sorted(r.name for r in runs) == sorted(["same_seed0", "same_seed1"] * len(trained))
+    assert all(r["summary"]["status"] == "finished" and not r.active for r in runs)
     summary = subprocess.run(
         [sys.executable, "-m", "ntn.tracking", "summary", "--format", "json"],
         cwd=tmp_path,
