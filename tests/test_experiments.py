@@ -204,10 +204,13 @@ def test_seed_import_path_for_base_tracker_is_the_core_class(tmp_path):
 
 
 def aim_runs(root):
+    """The Aim runs under `root` by name, each name once (twice would be a run delivered twice)."""
     from aim import Run
     from ntn_tracker_aim import index_runs
 
-    return {r.name: r for r in (Run(h, repo=str(root), read_only=True) for h in index_runs(root))}
+    runs = [Run(h, repo=str(root), read_only=True) for h in index_runs(root)]
+    assert len({r.name for r in runs}) == len(runs), sorted(r.name for r in runs)
+    return {r.name: r for r in runs}
 
 
 def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_path):
