@@ -264,13 +264,19 @@ def test_four_processes_logging_into_one_repository_at_once(tmp_path, where):
 
 
 def test_a_journal_removed_once_delivered_is_neither_waiting_nor_pending(tmp_path):
-    from ntn_tracker_aim.journal import finished_and_waiting, pending
+    from ntn_tracker_aim.journal import finished_and_waiting, in_delivery, pending, set_delivered
 
     path = tmp_path / "run.jsonl"
     path.write_text('{"op": "metrics", "step": 0}\n{"op": "finalize"}\n')
-    assert finished_and_waiting(path) and pending([path]) == (2, 1)
+    assert finished_and_waiting(path) and in_delivery(path) and pending([path]) == (2, 1)
+    set_delivered(path, 2)  # every record sent, the run not closed yet: its uploader is still at work
+    assert in_delivery(path) and pending([path]) == (0, 0)
+    training = tmp_path / "training.jsonl"
+    training.write_text('{"op": "metrics", "step": 0}\n')
+    set_delivered(training, 1)  # a run still training, delivered so far: nothing for its uploader to do
+    assert not in_delivery(training)
     path.unlink()  # what the uploader does after delivering it, at any moment of a check
-    assert not finished_and_waiting(path) and pending([path]) == (0, 0)
+    assert not finished_and_waiting(path) and not in_delivery(path) and pending([path]) == (0, 0)
 
 
 @pytest.mark.parametrize("where", ["local", "remote"])

@@ -143,3 +143,13 @@ def finished_and_waiting(path: Path) -> bool:
         return is_finalized(read_records(path))
     except FileNotFoundError:
         return False
+
+
+def in_delivery(path: Path) -> bool:
+    """Whether the journal at `path` still needs its uploader: records not yet delivered, or a finished run
+    not yet closed (its uploader removes the journal then)."""
+    try:
+        records = read_records(path)
+    except FileNotFoundError:
+        return False
+    return is_finalized(records) or len(records) > delivered(path)

@@ -272,8 +272,8 @@ class Uploads:
         """Whether an uploader is still at work: a local repository's, or any while runs wait for delivery."""
         if any(u.poll() is None for u in local):
             return True
-        waiting = any(journal.finished_and_waiting(p) for p in self.journals) or journal.pending(self.journals)[0]
-        return bool(waiting) and any(u.poll() is None for u in self.all_uploaders())
+        waiting = any(journal.in_delivery(p) for p in self.journals)
+        return waiting and any(u.poll() is None for u in self.all_uploaders())
 
     def _why_undelivered(self, spool: Path, timed_out: bool) -> str:
         """Why records stayed in the spool, in a few words."""
