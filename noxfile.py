@@ -37,8 +37,6 @@ def file(session: nox.Session) -> None:
     """ntn-tracker-file next to the core, and nothing else."""
     _install(session, "./core[test]", "./plugins/ntn-tracker-file")
     session.run(*PYTEST, "plugins/ntn-tracker-file/tests", *session.posargs)
-    # again as on a platform without positional writes (Windows): the rename path alone
-    session.run(*PYTEST, "plugins/ntn-tracker-file/tests", *session.posargs, env={"NTN_FILE_NO_PWRITE": "1"})
 
 
 @nox.session

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.dataset_loader import DATASETS, PREPROCESSING
+from ntn.files import file_stem
+from ntn.tracking import Redactor
 
-_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # characters of EXPERIMENT_NAME kept out of OUTPUT_FILE's default
+from experiments.dataset_loader import DATASETS, PREPROCESSING
 
 
 class SettingError(ValueError):
@@ -72,7 +73,7 @@ def n_samples(text: str) -> int:
 
 def seeds(text: str) -> list[int]:
     parts = text.split(",")
-    if not text.strip() or any(not p.strip().isdigit() for p in parts):
+    if not text.strip() or any(not re.fullmatch(r"[0-9]+", p.strip()) for p in parts):
         raise SettingError("must be a comma-separated list of integers >= 0, e.g. 0,1,2")
     values = [int(p) for p in parts]
     if max(values) > MAX_INTEGER:
@@ -138,7 +139,13 @@ SETTINGS = [
     Setting("SEEDS", "0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each"),
     Setting("DATA_SEED", "0", integer(0), "seed of the subsample and the train/validation/test split"),
     Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),
-    Setting("OUTPUT_FILE", "results_{experiment}.json", text, "multi-seed results file, one per experiment name"),
+    Setting(
+        "OUTPUT_FILE",
+        "results_{experiment}.json",
+        text,
+        "multi-seed results file, one per experiment name (odd "
+        "characters replaced and a hash of the name appended, as for run files)",
+    ),
     Setting("VERBOSE", "false", boolean, "print one line per epoch"),
     Setting("SAVE_MODEL", "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"),
     Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
@@ -224,9 +231,9 @@ def settings_of(model: str, raws: dict[str, tuple[str, str]]) -> Settings:
             values[s.dest] = s.parse(raw)
         except SettingError as err:
             raise SettingError(f"{source}={raw!r} {err}") from None
-    values["output_file"] = values["output_file"].replace(
-        "{experiment}", _FILE_UNSAFE.sub("_", values["experiment_name"])
-    )
+    # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
+    values["experiment_name"] = Redactor().text(values["experiment_name"])
+    values["output_file"] = values["output_file"].replace("{experiment}", file_stem(values["experiment_name"]))
     if not values["output_site"] < values["l"]:
         raise SettingError(f"OUTPUT_SITE={values['output_site']} must be in [0, L) = [0, {values['l']})")
     return Settings(**values)

@@ -8,16 +8,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ntn.files import check_writable, write_atomic
+
+from experiments.outputs import check_output, held, redact, stats, write_json
 
 if TYPE_CHECKING:
     from experiments.settings import Settings
@@ -26,30 +24,8 @@ MODELS = ("mpo2", "lmpo2", "mmpo2")
 
 
 def _fail(model: str, message: str) -> int:
-    print(f"run_{model}.sh: error: {_redact(message)}", file=sys.stderr)
+    print(f"run_{model}.sh: error: {redact(message)}", file=sys.stderr)
     return 2
-
-
-def _redact(text: str) -> str:
-    """`text` without the secrets of the environment (ntn.tracking.Redactor), for stderr."""
-    from ntn.tracking import Redactor
-
-    return Redactor().text(text)
-
-
-def _writable_file(path: Path) -> None:
-    """Fail now, before training, if `path` cannot be written later; creates nothing that stays."""
-    if path.is_dir():
-        raise OSError(f"OUTPUT_FILE={str(path)!r} is a directory; name a file")
-    directory = path.parent
-    if not directory.is_dir():
-        raise OSError(f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} does not exist")
-    try:
-        check_writable(directory)
-    except OSError as err:
-        raise OSError(
-            f"OUTPUT_FILE={str(path)!r}: directory {str(directory)!r} is not writable ({err.strerror})"
-        ) from None
 
 
 def _device(name: str):
@@ -57,18 +33,6 @@ def _device(name: str):
     from ntn import resolve_device
 
     return resolve_device(name)
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    from ntn.tracking import Redactor
-
-    write_atomic(path, json.dumps(Redactor()(document), indent=2, allow_nan=False, default=str) + "\n")
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values))
 
 
 def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: int):
@@ -193,21 +157,30 @@ def train_seed(
 ) -> dict:
     """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
     whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
-    and its entry has no test figures. `on_entry(entry)`, called before the run ends, returns a file to
-    attach to the run (the results file), or None."""
-    from ntn.tracking import start_run
+    and its entry has no test figures; so is a seed whose records a tracker could not complete. `on_entry(entry)`
+    returns a file to attach to the run (the results file), or None. From the entry to the run's end a
+    signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
+    from ntn.tracking import start_run, uninterrupted
 
-    with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
-        try:
-            entry = run_seed(model, s, data, seed, run, progress)
-        except (ArithmeticError, RuntimeError, ValueError) as err:
-            error = f"{type(err).__name__}: {err}"
-            run.log_summary({"seed": seed, "success": False, "error": error})
-            entry = failed_entry(seed, "r2" if data.task == "regression" else "accuracy", error)
-        attached = on_entry(entry) if on_entry is not None else None
-        if attached is not None:
-            run.log_artifact(attached)
-        return entry
+    quality = "r2" if data.task == "regression" else "accuracy"
+    with contextlib.ExitStack() as seed_end:
+        with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
+            try:
+                entry = run_seed(model, s, data, seed, run, progress)
+            except (ArithmeticError, RuntimeError, ValueError) as err:
+                error = f"{type(err).__name__}: {err}"
+                run.log_summary({"seed": seed, "success": False, "error": error})
+                entry = failed_entry(seed, quality, error)
+            if run.failures:  # the run trained, but some tracker's record of it is incomplete
+                lost = "; ".join(f"tracker {f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in run.failures)
+                error = f"{entry['error']}; {lost}" if entry.get("error") else lost
+                entry |= {"success": False, "error": error}
+                run.log_summary({"success": False, "error": error})
+            seed_end.enter_context(uninterrupted())
+            attached = on_entry(entry) if on_entry is not None else None
+            if attached is not None:
+                run.log_artifact(attached)
+    return entry
 
 
 def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:
@@ -244,47 +217,22 @@ def _backends(selection: str) -> tuple:
     return tuple(select(selection))
 
 
-def train_run(model: str, s: Settings, seed: int) -> dict[str, Any]:
+def train_run(model: str, s: Settings, seed: int, run_id: str) -> dict[str, Any]:
     """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
-    trackers get `config["run_id"]`, the run's name: a run trained again (its worker died, its sweep was
-    interrupted) replaces its earlier attempt in a tracker that keys its runs by it."""
+    trackers get `config["run_id"]` (`ntn.tracking.run_id`: the run's name and the sweep's id): a run
+    trained again (its worker died, its sweep was interrupted) replaces its earlier attempt in a tracker
+    that keys its runs by it, and never a run of another sweep."""
     from ntn.tracking import validate
 
     s = dataclasses.replace(s, device=str(_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
     backends = validate(_backends(s.tracker_backend), [name])
-    config = run_config(model, s, data) | {"run_id": name}
+    config = run_config(model, s, data) | {"run_id": run_id}
     return train_seed(model, s, data, seed, backends, config, lambda *_: None)
 
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
-
-
-@contextlib.contextmanager
-def _hold_experiment(s: Settings, output: Path, backends: list) -> Iterator[None]:
-    """Lock what this process will write, before training: the experiment's name in TRACKER_DIR (with
-    the file backend) and the results file. A second process with the same ones is refused (ntn.files.Held)."""
-    from ntn.files import hold, release
-
-    locks = []
-    if any(b.name == "file" for b in backends):
-        tracker_dir = Path(s.tracker_dir)
-        try:
-            tracker_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(f"TRACKER_DIR {str(tracker_dir)!r} is not a writable directory ({err.strerror})") from None
-        digest = hashlib.sha256(s.experiment_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        locks.append(tracker_dir / f".experiment-{digest}.lock")
-    locks.append(output.parent / f".{output.name}.lock")
-    held = []
-    try:
-        for path in locks:
-            held.append((path, hold(path)))
-        yield
-    finally:
-        for path, fd in reversed(held):
-            release(path, fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C (during an exit wait) leaves at once
         name = getattr(err, "signal_name", "SIGINT")
-        print(_redact(f"interrupted by {name}{_where_records_are()}"), file=sys.stderr)
+        print(redact(f"interrupted by {name}{_where_records_are()}"), file=sys.stderr)
         return EXIT_CODES[name]
     finally:
         for signum, handler in previous.items():
@@ -327,52 +275,55 @@ def _main(argv: list[str] | None = None) -> int:
         s = resolve(model, argv)
     except SettingError as err:
         return _fail(model, str(err))
-    # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
-    s = dataclasses.replace(s, experiment_name=_redact(s.experiment_name), output_file=_redact(s.output_file))
+    s = dataclasses.replace(s, output_file=redact(s.output_file))
 
-    from ntn.files import Held
-    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
+    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, hold, validate
 
     output = Path(s.output_file)
-    held = contextlib.ExitStack()
+    holding = contextlib.ExitStack()
     try:
         s = dataclasses.replace(s, device=str(_device(s.device)))
         run_names = [f"{s.experiment_name}_seed{seed}" for seed in s.seeds]
         backends = validate(s.tracker_backend, run_names)
-        _writable_file(output)
+        check_output(output, "OUTPUT_FILE", lambda d: _results_of(d, s.experiment_name), "this experiment's results")
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
-        held.enter_context(_hold_experiment(s, output, backends))
-    except Held as err:
-        return _fail(
-            model,
-            f"EXPERIMENT_NAME={s.experiment_name!r} (results {str(output)!r}) is being trained by {err}; "
-            "wait for it, or give this run another EXPERIMENT_NAME",
-        )
+        holding.enter_context(hold(backends, run_names))
+        holding.enter_context(held(output, "OUTPUT_FILE"))
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
+        holding.close()
         return _fail(model, str(err))
     except ValueError as err:  # the device
         return _fail(model, f"DEVICE={s.device!r}: {err}")
-    with held:
+    with holding:
         return _train(model, s, data, backends, output)
+
+
+def _results_of(document: Any, experiment: str) -> bool:
+    """Whether `document` is the results file of `experiment` (which a new launch replaces)."""
+    if not isinstance(document, dict) or "results" not in document:
+        return False
+    return (document.get("config") or {}).get("experiment") == experiment
 
 
 def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
-    from ntn.tracking import TrackerConfigError
+    from ntn.tracking import TrackerConfigError, new_id, run_id
 
     quality = "r2" if data.task == "regression" else "accuracy"
     config = run_config(model, s, data)
+    launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
     progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
-    errors = 0
 
     def write_results(entry: dict[str, Any]) -> Path:
         """The results file with this seed's entry, attached to the seed's run."""
+        name = f"{s.experiment_name}_seed{entry['seed']}"
+        _RECORDS["now"] = f"run {name} finished and recorded ({where}), with its entry in {output}"
         results.append(entry)
         ok = [r for r in results if r["success"]]
-        loss_mean, loss_std = _stats([r["test_loss"] for r in ok])
-        q_mean, q_std = _stats([r[f"test_{quality}"] for r in ok])
-        _write_json(
+        loss_mean, loss_std = stats([r["test_loss"] for r in ok])
+        q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
+        write_json(
             output,
             {
                 "model": model.upper(),
@@ -389,22 +340,24 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         )
         return output
 
+    where = ", ".join(_where(b) for b in backends) or "no tracker"
     for seed in s.seeds:
         name = f"{s.experiment_name}_seed{seed}"
         before = f"the {len(results)} seeds before it in {output}" if results else "no seed finished before it"
-        _RECORDS["now"] = f"run {name} recorded as interrupted ({_backends_shown(backends, s)}); {before}"
+        _RECORDS["now"] = f"run {name} recorded as interrupted ({where}); {before}"
+        seed_config = config | {"run_id": run_id(name, launch)}
         try:
-            entry = train_seed(model, s, data, seed, backends, config, progress, on_entry=write_results)
-        except TrackerConfigError as err:
-            return _fail(model, str(err))
+            entry = train_seed(model, s, data, seed, backends, seed_config, progress, on_entry=write_results)
+        except (TrackerConfigError, OSError) as err:  # a tracker refused the run; the results file cannot be written
+            progress.close()
+            return _fail(model, f"{err}; the {len(results)} seeds before seed {seed} are recorded in {output}")
         except KeyboardInterrupt:
             progress.close()
             raise
-        errors += entry["test_loss"] is None  # training raised: a singular system, non-finite values
         progress.seed_done(seed, entry)
     progress.close()
     ok = [r for r in results if r["success"]]
-    q_mean, q_std = _stats([r[f"test_{quality}"] for r in ok])
+    q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
     collapsed = sum(str(r.get("error")).startswith("collapsed") for r in results)
     print(
@@ -412,13 +365,13 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
         + f"; held-out test {quality} {held_out} -> {output}"
     )
-    return 1 if errors else 0
+    return 0 if len(ok) == len(results) else 1
 
 
-def _backends_shown(backends: list, s: Settings) -> str:
-    """Where each backend keeps the run, in a few words."""
-    where = {"file": f"file: {s.tracker_dir}/", "aim": f"aim: {s.aim_repo}, spooled in .ntn-aim-spool/"}
-    return ", ".join(where.get(b.name, b.name) for b in backends) or "no tracker"
+def _where(backend) -> str:
+    """Where a backend keeps its runs, in its own words (a factory's `where()`), else its name."""
+    where = getattr(backend.factory, "where", None)
+    return where() if callable(where) else backend.name
 
 
 class _Progress:

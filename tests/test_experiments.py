@@ -84,7 +84,7 @@ def test_sweep_loop_from_the_seed(tmp_path):
 
 def test_flags_win_over_environment_and_scripts_work_from_any_directory(run_script, tmp_path):
     done = run_script("lmpo2", "--bond-dim", "2", "--seeds", "3", "--n-epochs", "1", BOND_DIM="5", JITTER_START="0.001")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in (0, 1), done.stderr  # 1 epoch of a tiny LMPO2 may not beat the trivial predictor
     run = load(tmp_path / "experiment_logs" / "lmpo2_experiment_seed3.json")
     assert run["hparams"]["bond_dim"] == 2 and run["hparams"]["reduction_factor"] == 0.5
 
@@ -108,7 +108,9 @@ def test_classification_uses_accuracy(run_script, tmp_path):
 
 def test_n_samples_takes_effect(run_script, tmp_path):
     done = run_script("mpo2", DATASET="diabetes", N_SAMPLES="100", N_EPOCHS="1", SEEDS="0")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in (0, 1), done.stderr  # 1 exactly when the seed is no better than the trivial predictor
+    entry = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["results"][0]
+    assert done.returncode == (0 if entry["success"] else 1)
     info = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["dataset_info"]
     assert info["n_total"] == 100 and info["n_train"] + info["n_val"] + info["n_test"] == 100
 

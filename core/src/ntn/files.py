@@ -1,9 +1,13 @@
-"""Writing files so that a crash never leaves half of one, checking a directory before relying on it, and
-keeping two processes from writing the same files at once."""
+"""Files that every writer of this project shares: safe file names, writes that a crash never leaves half
+done, checks that refuse symlinks and device nodes, and locks that keep two processes from writing the
+same files at once."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -13,9 +17,39 @@ try:
 except ImportError:  # Windows: no advisory locks; `hold` then guards nothing
     fcntl = None
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_STEM = 150
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
 
 class Held(OSError):
     """Another live process holds the lock; the message names it (process id, since when)."""
+
+
+def file_stem(name: str) -> str:
+    """A file name (without extension) for `name`, the same for the same name and never for two names.
+
+    Names made only of letters, digits, '.', '_' and '-' (not starting with '.') map to themselves.
+    Any other name (with '/', '..', spaces, ':', NUL, unicode, or too long) has its odd characters
+    replaced by '_' and gets a hash of the whole name appended.
+    """
+    if name and not _UNSAFE.search(name) and not name.startswith(".") and len(name) <= MAX_STEM:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    readable = _UNSAFE.sub("_", name).lstrip(".")[:MAX_STEM]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def check_regular(path: str | os.PathLike[str], what: str = "") -> None:
+    """Raise OSError, in one line, when `path` exists and is not a regular file (a symlink, a directory,
+    a device node, a FIFO): such a path is never written through or replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a file"
+        raise OSError(f"{what or 'path'} {str(path)!r} is {kind}; refusing to write through it or replace it")
 
 
 def hold(path: str | os.PathLike[str]) -> int | None:
@@ -23,11 +57,13 @@ def hold(path: str | os.PathLike[str]) -> int | None:
     `release`, or until this process ends: the kernel drops the lock of a process that dies, however it dies.
 
     :raises Held: another process holds it
+    :raises OSError: `path` is a symlink or not a regular file
     """
     if fcntl is None:
         return None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        check_regular(path, "lock file")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -35,7 +71,7 @@ def hold(path: str | os.PathLike[str]) -> int | None:
             os.close(fd)
             raise Held(holder) from None
         try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.path.samestat(os.lstat(path), os.fstat(fd)):
                 break
         except FileNotFoundError:
             pass
@@ -68,24 +104,23 @@ def create_beside(path: str | os.PathLike[str]) -> tuple[int, Path]:
     while True:
         tmp = path.with_name(f".{path.name[:40]}.{os.urandom(4).hex()}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666), tmp
         except FileExistsError:
             continue
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """os.write until all of `data` is written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Replace `path` with `data` through a new file in the same directory and an atomic rename:
+    a process killed at any moment leaves either the old or the new content.
 
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace `path` with `text` through a new file in the same directory and an atomic rename:
-    a process killed at any moment leaves either the old or the new content."""
+    :raises OSError: `path` is a symlink, a directory or a device (never replaced), or the write failed
+    """
+    check_regular(path)
     fd, tmp = create_beside(path)
     try:
-        write_all(fd, text.encode())
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -12,11 +12,12 @@ from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import Backend, TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
+from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.manager import TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
 from ntn.tracking.results import experiment_of
-from ntn.tracking.run import TrackedRun, start_run, validate
-from ntn.tracking.signals import Interrupted, stop_on_signals
+from ntn.tracking.run import TrackedRun, hold, start_run, validate
+from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
 
 __all__ = [
     "Backend",
@@ -30,12 +31,17 @@ __all__ = [
     "TrackerValidationError",
     "TrackerWarning",
     "experiment_of",
+    "hold",
     "hookimpl",
     "hookspec",
     "installed",
+    "new_id",
     "parse",
+    "run_id",
+    "run_key",
     "select",
     "start_run",
     "stop_on_signals",
+    "uninterrupted",
     "validate",
 ]

@@ -11,12 +11,12 @@ Secrets, by rules applied recursively:
 - in URLs: the password of `scheme://user:password@host` is replaced;
 - by value: any occurrence of a current secret from the environment inside any string is replaced;
   any other value (a path, an array, an object) whose text holds one becomes that text, redacted.
-  The secrets are, generically, the value of every variable whose name marks it as secret (TOKEN,
-  SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL, AUTH, COOKIE, PRIVATE, HEADERS, CLIENT_ID; 8 characters or
-  more, so that short flags such as "true" stay readable) and, where that value is a JSON object (as
-  a header map is), each of its values; plus whatever installed plugins declare: an entry point
-  in the group `ntn.secrets` names a function `(environ) -> iterable of secret strings` (4 characters or
-  more). The core names no plugin's variables.
+  The secrets are, generically, the value of every variable whose name has a part (between
+  underscores) that marks it as secret: TOKEN, SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL(S), AUTH,
+  COOKIE, PRIVATE, HEADERS (also as the end of a part: APIKEY, MYTOKEN), or CLIENT_ID; where that value
+  is a JSON object (as a header map is), each of its values; plus whatever installed plugins declare: an
+  entry point in the group `ntn.secrets` names a function `(environ) -> iterable of secret strings`.
+  Every such value is redacted whatever its length. The core names no plugin's variables.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ REDACTED = "[REDACTED]"
 SECRETS_GROUP = "ntn.secrets"
 SECRET_KEY = re.compile(r"secret|token|password|passwd|_key$|^key$|authorization|headers?$|cookie", re.IGNORECASE)
 SECRET_ENV_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE|HEADERS|CLIENT_ID", re.IGNORECASE
+    r"(?:^|_)(?:[A-Z0-9]*(?:TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIALS?|COOKIE|HEADERS)|AUTH|PRIVATE|CLIENT_ID)(?:_|$)",
+    re.IGNORECASE,
 )
-MIN_SECRET_LENGTH = 4  # a value named secret by a plugin, or inside a secret JSON object
-MIN_GENERIC_SECRET_LENGTH = 8  # the whole value of a variable with a secret-looking name
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
 _NUMBERS = frozenset({float, int, bool, type(None)})  # values with nothing to redact or convert
 
@@ -71,9 +70,7 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     named = [v for k, v in environ.items() if SECRET_ENV_NAME.search(k)]
     inside = [x for v in named for x in _object_values(v)]  # e.g. the values of a header map
     declared = [str(v) for declare in _declarations() for v in declare(environ)]
-    values = [v for v in named if len(v) >= MIN_GENERIC_SECRET_LENGTH]
-    values += [v for v in inside + declared if len(v) >= MIN_SECRET_LENGTH]
-    return sorted(set(values), key=len, reverse=True)
+    return sorted({v for v in named + inside + declared if v}, key=len, reverse=True)
 
 
 class Redactor:

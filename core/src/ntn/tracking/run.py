@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -94,10 +95,14 @@ class TrackedRun:
 
     def finalize(self, status: str = "finished") -> None:
         """Call `finalize` once on every tracker built, also those disabled by a failure in another hook, with
-        the run's status and end time; each call is isolated."""
-        arguments = {"status": status, "end_time": time.time()}
+        the run's status and end time ("failed" for a disabled tracker of a run otherwise "finished": its
+        record misses what came after its failure); each call is isolated."""
+        end_time = time.time()
         with Deferral.around_trackers():
             for impl in self.manager.implementations("finalize"):
+                # a tracker disabled by a failure holds an incomplete record: it is never "finished"
+                complete = impl.plugin_name in self.active or status != "finished"
+                arguments = {"status": status if complete else "failed", "end_time": end_time}
                 try:
                     _invoke(impl, arguments)
                 except Exception as err:
@@ -183,3 +188,24 @@ def validate(
             except TrackerConfigError as err:
                 raise TrackerConfigError(redact.text(str(err))) from None
     return backends
+
+
+@contextlib.contextmanager
+def hold(backends: Sequence[Backend], run_names: Sequence[str]) -> Iterator[None]:
+    """Hold the runs about to be recorded, for as long as the block lasts, in every backend that keeps
+    them where another process could write them too: a factory with a `hold_runs(run_names)` (class)method
+    (a context manager) locks them there (the file backend: the experiments in TRACKER_DIR).
+
+    :raises TrackerConfigError: another process holds one of them (the message names it), secrets redacted
+    """
+    redact = Redactor()
+    names = [redact.text(name) for name in run_names]
+    with contextlib.ExitStack() as held:
+        for b in backends:
+            hold_runs = getattr(b.factory, "hold_runs", None)
+            if callable(hold_runs):
+                try:
+                    held.enter_context(hold_runs(names))
+                except TrackerConfigError as err:
+                    raise TrackerConfigError(redact.text(str(err))) from None
+        yield

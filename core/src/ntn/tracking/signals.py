@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,12 @@ class Deferral:
             yield
         finally:
             cls.leave()
+
+
+def uninterrupted() -> contextlib.AbstractContextManager[None]:
+    """A block that a signal does not cut: its `Interrupted` is raised when the block ends (e.g. from a
+    seed's results entry to the end of its run, so that both say the same whenever the signal comes)."""
+    return Deferral.around_trackers()
 
 
 def _interrupt(signum: int, frame: Any) -> None:

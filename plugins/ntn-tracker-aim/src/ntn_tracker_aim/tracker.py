@@ -23,13 +23,12 @@ In the repository:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ntn.tracking import experiment_of
+from ntn.tracking import experiment_of, run_key
 
 from ntn_tracker_aim import journal, process
 from ntn_tracker_aim.repo import aim_repo_argument
@@ -43,9 +42,7 @@ def run_hash(run_id: Any) -> str:
     """The Aim run's hash, chosen here so that replays are idempotent: derived from config["run_id"] when
     the caller gives one (a run trained again then continues its earlier attempt's Aim run and journal,
     and replaces what it recorded), else new for every run."""
-    if run_id is None:
-        return uuid.uuid4().hex[:24]
-    return hashlib.sha256(f"ntn-run-id:{run_id}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return uuid.uuid4().hex[:24] if run_id is None else run_key(run_id, 24)
 
 
 class AimTracker:
@@ -70,6 +67,11 @@ class AimTracker:
         :raises TrackerConfigError: one line naming the variable at fault
         """
         process.key_of(aim_repo_argument())
+
+    @classmethod
+    def where(cls) -> str:
+        """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
+        return f"aim: {aim_repo_argument()}, spooled in {journal.spool_dir()}/"
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self.journal.append({"op": "hparams", "hparams": hparams})

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ntn.tracking import Background, TrackerConfigError, experiment_of
+from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key
 
 EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
@@ -56,12 +56,6 @@ def exit_timeout() -> float:
     except ValueError:
         return DEFAULT_EXIT_TIMEOUT_S
     return max(0.0, value) if value == value else DEFAULT_EXIT_TIMEOUT_S
-
-
-def run_key(run_id: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(f"ntn-run-id:{run_id}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -92,7 +86,7 @@ class MlflowRun:
         experiment_id = self._experiment_id(experiment)
         tags = {"ntn.experiment": experiment}
         if config.get("run_id") is not None:
-            tags[RUN_KEY_TAG] = run_key(config["run_id"])
+            tags[RUN_KEY_TAG] = run_key(config["run_id"], 32)
             for earlier in self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}'"):
                 self.client.delete_run(earlier.info.run_id)
         run = self.client.create_run(experiment_id, start_time=int(started * 1000), tags=tags, run_name=run_name)
@@ -156,6 +150,11 @@ class MlflowTracker(Background):
         super().__init__(
             lambda: MlflowRun(uri, experiment_name, dict(config or {}), started), timeout=exit_timeout(), name="mlflow"
         )
+
+    @classmethod
+    def where(cls) -> str:
+        """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
+        return f"mlflow: {uri_from_env() or 'the default tracking URI'}"
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
