@@ -56,7 +56,7 @@ def check_output(path: Path, setting: str, owns: Callable[[Any], bool], what: st
     shown = f"{setting}={str(path)!r}"
     if path.is_dir():
         raise OSError(f"{shown} is a directory; name a file")
-    check_regular(path, setting)
+    check_regular(path, shown)
     directory = path.parent
     if not directory.is_dir():
         raise OSError(f"{shown}: directory {str(directory)!r} does not exist")

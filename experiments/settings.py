@@ -16,6 +16,8 @@ from ntn.tracking import Redactor
 
 from experiments.dataset_loader import DATASETS, PREPROCESSING
 
+MODELS = ("mpo2", "lmpo2", "mmpo2")
+
 
 class SettingError(ValueError):
     """A setting's value is not allowed; the message names the variable and what is allowed."""

@@ -18,16 +18,22 @@ variable: the file alone says what the sweep trains). Every value is checked as 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from ntn.tracking import Redactor
 
-from experiments.settings import SETTINGS, SettingError, Settings, seeds, settings_of
-from experiments.train import MODELS
+from experiments.dataset_loader import REGRESSION
+from experiments.settings import MODELS, SETTINGS, SettingError, Settings, seeds, settings_of
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, released as tomli
+    import tomli as tomllib
 
 # settings a sweep file may fix or sweep; the others belong to the sweep itself (seeds, its output) or
 # come from the environment as for run_*.sh (the tracker variables)
@@ -37,6 +43,7 @@ SWEEPABLE = tuple(
     if s.has_flag and s.dest not in ("seeds", "output_file", "experiment_name", "verbose", "tracker_backend")
 )
 KEYS = ("name", "model", "seeds", "settings", "grid")
+MAX_CONFIGURATIONS = 10_000  # a larger grid is refused before it is expanded
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -51,6 +58,11 @@ class Configuration:
     model: str
     values: dict[str, Any]  # the grid's values at this point, `model` included when it is an axis
     settings: Settings  # experiment_name: the sweep's name and these values
+
+    @property
+    def quality(self) -> str:
+        """The figure its runs are ranked by: r2 (regression) or accuracy (classification)."""
+        return "r2" if self.settings.dataset in REGRESSION else "accuracy"
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ def _sweep(document: dict[str, Any], tracker_backend: str) -> Sweep:
     name = document.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SettingError(f"name={name!r} must be a non-empty string of letters, digits, '.', '_' or '-'")
+    if Redactor().text(name) != name:  # it names files, runs and messages: refused, never shown
+        raise SettingError("name holds the value of a secret variable (a token, a password); name the sweep otherwise")
     fixed, grid = document.get("settings", {}), document.get("grid", {})
     if not isinstance(fixed, dict) or not isinstance(grid, dict):
         raise SettingError("[settings] and [grid] must be tables")
@@ -112,6 +126,11 @@ def _sweep(document: dict[str, Any], tracker_backend: str) -> Sweep:
             raise SettingError(f"grid.{key} must be a non-empty list of values, e.g. {key} = [4, 8]")
         if len(set(map(_text, values))) < len(values):
             raise SettingError(f"grid.{key}={values!r} repeats a value")
+    size = math.prod(len(values) for values in grid.values())
+    if size > MAX_CONFIGURATIONS:
+        raise SettingError(
+            f"[grid] makes {size} configurations, more than {MAX_CONFIGURATIONS}; split it into several sweeps"
+        )
     for key in fixed:
         if key not in SWEEPABLE:
             raise SettingError(f"settings.{key} is not a setting; allowed: {', '.join(SWEEPABLE)}")
@@ -143,4 +162,9 @@ def _sweep(document: dict[str, Any], tracker_backend: str) -> Sweep:
         given["experiment_name"] = ("name", experiment)
         given["seeds"] = ("seeds", ",".join(map(str, seed_values)))
         configurations.append(Configuration(point_model, values, settings_of(point_model, given)))
+    if len({c.quality for c in configurations}) > 1:
+        raise SettingError(
+            "the grid mixes regression and classification data sets, whose figures (r2, accuracy) cannot be "
+            "ranked together; make one sweep of each"
+        )
     return Sweep(name, seed_values, grid, configurations)

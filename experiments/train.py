@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from experiments.outputs import check_output, held, redact, stats, write_json
+from experiments.settings import MODELS
 
 if TYPE_CHECKING:
     from experiments.settings import Settings
-
-MODELS = ("mpo2", "lmpo2", "mmpo2")
 
 
 def _fail(model: str, message: str) -> int:
@@ -318,26 +317,27 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     def write_results(entry: dict[str, Any]) -> Path:
         """The results file with this seed's entry, attached to the seed's run."""
         name = f"{s.experiment_name}_seed{entry['seed']}"
-        _RECORDS["now"] = f"run {name} finished and recorded ({where}), with its entry in {output}"
-        results.append(entry)
-        ok = [r for r in results if r["success"]]
+        done = [*results, entry]
+        ok = [r for r in done if r["success"]]
         loss_mean, loss_std = stats([r["test_loss"] for r in ok])
         q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
         write_json(
             output,
             {
                 "model": model.upper(),
-                "n_total": len(results),
+                "n_total": len(done),
                 "n_success": len(ok),
                 "test_loss_mean": loss_mean,
                 "test_loss_std": loss_std,
                 f"test_{quality}_mean": q_mean,
                 f"test_{quality}_std": q_std,
-                "results": results,
+                "results": done,
                 "config": config,
                 "dataset_info": data.info,
             },
         )
+        results.append(entry)
+        _RECORDS["now"] = f"run {name} finished and recorded ({where}), with its entry in {output}"
         return output
 
     where = ", ".join(_where(b) for b in backends) or "no tracker"

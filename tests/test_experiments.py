@@ -146,15 +146,21 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
         ({"INIT_STRENGTH": "1e999"}, "INIT_STRENGTH='1e999' must be a finite number"),
         ({"OUTPUT_FILE": "results_dir"}, "OUTPUT_FILE='results_dir' is a directory"),
         ({"DEVICE": "gpu"}, "DEVICE='gpu' must be auto, cpu, cuda or cuda:N"),
+        # each of these failed on main: a traceback, or a file that was not this experiment's overwritten
+        ({"SEEDS": "²"}, "SEEDS='²' must be a comma-separated list of integers"),
+        ({"OUTPUT_FILE": "results_is_a_file"}, "OUTPUT_FILE='results_is_a_file' holds something other than"),
+        ({"TRACKER_DIR": "results_dir", "OUTPUT_FILE": "results_dir/mpo2_experiment_seed0.json"}, "inside TRACKER_DIR"),
+        ({"NTN_AIM_EXIT_TIMEOUT": "inf", "TRACKER_BACKEND": "aim"}, "NTN_AIM_EXIT_TIMEOUT='inf' must be a number"),
+        ({"TRACKER_BACKEND": "aim", "AIM_REPO": "aim://127.0.0.1:9", "AIM_AUTH_TOKEN": "€uro"}, "only Latin-1"),
     ],
 )
-def test_bad_input_gets_one_line_and_no_files(run_script, tmp_path, env, message):
+def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message):
     (tmp_path / "results_is_a_file").write_text("")
     (tmp_path / "results_dir").mkdir()
-    done = run_script("mpo2", **env)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("run_mpo2.sh: error: ") and message in done.stderr, done.stderr
+    code, _, err = train_here("mpo2", **env)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("run_mpo2.sh: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results_dir", "results_is_a_file"]
     assert list((tmp_path / "results_dir").iterdir()) == []
 

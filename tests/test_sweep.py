@@ -65,6 +65,15 @@ def _results(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "results_sweep_grid.json").read_text())
 
 
+def _exit_code(tmp_path: Path) -> int:
+    """What the sweep must exit with: 1 while any recorded run failed (no better than the trivial
+    predictor, at these tiny settings some may be), else 0."""
+    results = _results(tmp_path)
+    failed = sum(not r["success"] for c in results["configurations"] for r in c["runs"])
+    assert failed == results["n_failed"]
+    return 1 if failed else 0
+
+
 def _file_runs(directory: Path) -> dict[str, dict]:
     records, problems = read_runs("file", str(directory))
     assert problems == []
@@ -80,7 +89,7 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
     assert sorted(runs) == NAMES
     for name, run in runs.items():  # trained to the end: finished, or failed as no better than trivial
         assert run["summary"]["status"] == ("finished" if run["summary"]["success"] else "failed")
-        assert run["config"]["run_id"] == name
+        assert run["config"]["run_id"] == f"{name}@{results['sweep_id']}"
     val_means = {}
     for configuration in results["configurations"]:
         entries = {e["seed"]: e for e in configuration["runs"]}
@@ -107,7 +116,7 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
 @pytest.mark.parametrize("executor", ["local", "dask"])
 def test_a_grid_sweep_trains_and_tracks_every_run_once(tmp_path, executor):
     done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--executor", executor, "--workers", "2")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == _exit_code(tmp_path), done.stderr
     check_sweep(tmp_path, tmp_path / "aim")
     assert "best on validation: " in done.stdout and (tmp_path / "results_sweep_grid.png").stat().st_size > 1000
     lines = done.stdout.splitlines()  # the table, best first
@@ -116,10 +125,10 @@ def test_a_grid_sweep_trains_and_tracks_every_run_once(tmp_path, executor):
 
 def test_a_sweep_run_trains_exactly_as_the_script(tmp_path, run_script):
     done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--workers", "2", TRACKER_BACKEND="none")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == _exit_code(tmp_path), done.stderr
     (configuration,) = [c for c in _results(tmp_path)["configurations"] if c["values"] == {"bond_dim": 4, "l": 3}]
     script = run_script("mpo2", BOND_DIM="4", L="3", N_SAMPLES="200", N_EPOCHS="3", TRACKER_BACKEND="none")
-    assert script.returncode == 0, script.stderr
+    assert script.returncode == (0 if configuration["n_success"] == 2 else 1), script.stderr
     by_script = {r["seed"]: r for r in json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["results"]}
     for entry in configuration["runs"]:
         for key in ("test_r2", "val_r2", "train_loss"):  # torch's thread count may change summation orders
@@ -149,11 +158,15 @@ def test_an_interrupted_sweep_run_again_trains_only_the_missing_runs(tmp_path):
     assert first.returncode == 130 and err.strip().count("\n") <= 1, err
     recorded = _results(tmp_path)["n_recorded"]
     assert 2 <= recorded < 8 and f"interrupted by SIGINT: {recorded} of 8 runs recorded" in err
-    kept = {c["experiment"] + f"_seed{r['seed']}" for c in _results(tmp_path)["configurations"] for r in c["runs"]}
+    first_runs = [(c["experiment"] + f"_seed{r['seed']}", r["success"]) for c in _results(tmp_path)["configurations"]
+                  for r in c["runs"]]  # fmt: skip
+    kept = {name for name, success in first_runs if success}  # a run recorded as failed is trained again
+    again = len(first_runs) - len(kept)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "experiment_logs").glob("*.json")}
     second = sweep(tmp_path, path, "--workers", "2")
-    assert second.returncode == 0, second.stderr
-    assert f"{8 - recorded} of 8 runs to train ({recorded} already recorded" in second.stderr
+    assert second.returncode == _exit_code(tmp_path), second.stderr
+    expected = f"{8 - len(kept)} of 8 runs to train ({len(kept)} already recorded in results_sweep_grid.json"
+    assert expected + (f"; {again} recorded as failed, trained again)" if again else ")") in second.stderr
     retrained = {
         p.stem for p in (tmp_path / "experiment_logs").glob("*.json") if before.get(p.name) != p.stat().st_mtime_ns
     }
@@ -207,7 +220,7 @@ def test_every_run_is_in_one_aim_server_when_the_sweep_ends(tmp_path, cluster, w
         remote = {"AIM_REPO": server.url}  # the default delivery interval: the sweep's end asks for delivery
         args = ("--workers", "2") if where == "local" else ("--scheduler", cluster(**remote).address)
         done = sweep(tmp_path, str(_write_sweep(tmp_path)), *args, **remote)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == _exit_code(tmp_path), done.stderr
         if where == "cluster":
             assert f"on a Dask cluster at {args[1]}" in done.stderr
         records, problems = read_runs("aim", str(server.root))  # at once: the sweep waited for delivery
@@ -225,28 +238,58 @@ def test_a_killed_worker_s_runs_finish_exactly_once(tmp_path, cluster):
     _started(tmp_path, 1, process)
     dask.workers[0].kill()  # SIGKILL, mid-run: Dask runs its runs again on the other worker
     _, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err
+    assert process.returncode == _exit_code(tmp_path), err
     check_sweep(tmp_path, tmp_path / "aim")
 
 
+SECRET = "s3cr3t-Value-42xyz"
+MIXED = SWEEP.replace('dataset = "synthetic"\n', "").replace("l = [2, 3]", 'dataset = ["synthetic", "iris"]')
+HUGE = SWEEP.replace("[2, 4]", str(list(range(1, 1001)))).replace("l = [2, 3]", "l = [2, 3]\ninit_strength = " + str(
+    [0.1 * (i + 1) for i in range(1000)]))  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "text, args, message",
+    "text, args, env, message",
     [
-        (SWEEP.replace("n_samples", "samples"), (), "settings.samples is not a setting; allowed: dataset, n_samples"),
-        (SWEEP.replace("[2, 4]", "[0, 4]"), (), "grid.bond_dim='0' must be an integer >= 1"),
-        (SWEEP.split("[grid]")[0], (), "[grid] is empty"),
-        ("name = ", (), "not a TOML file"),
-        (SWEEP.replace('"synthetic"', '"mnist"'), (), "settings.dataset='mnist' must be one of: california_housing"),
-        (SWEEP, ("--executor", "slurm"), "--executor='slurm' must be one of: local, dask"),
-        (SWEEP, ("--workers", "0"), "--workers='0' must be an integer >= 1"),
-        (SWEEP, ("--scheduler", "tcp://127.0.0.1:9"), "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
+        (SWEEP.replace("n_samples", "samples"), (), {}, "settings.samples is not a setting; allowed: dataset"),
+        (SWEEP.replace("[2, 4]", "[0, 4]"), (), {}, "grid.bond_dim='0' must be an integer >= 1"),
+        (SWEEP.split("[grid]")[0], (), {}, "[grid] is empty"),
+        ("name = ", (), {}, "not a TOML file"),
+        (SWEEP.replace('"synthetic"', '"mnist"'), (), {}, "settings.dataset='mnist' must be one of: california"),
+        (SWEEP, ("--executor", "slurm"), {}, "--executor='slurm' must be one of: local, dask"),
+        (SWEEP, ("--workers", "0"), {}, "--workers='0' must be an integer >= 1"),
+        (SWEEP, ("--scheduler", "tcp://127.0.0.1:9"), {}, "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
+        # each of these failed on main: a traceback, a run of every configuration that failed, or files lost
+        (SWEEP, ("--scheduler", "garbage"), {}, "--scheduler='garbage' must be a Dask scheduler's address"),
+        (SWEEP, ("--scheduler", "inproc://x"), {}, "--scheduler='inproc://x' must be a Dask scheduler's address"),
+        (SWEEP, ("--scheduler", "tls://"), {}, "--scheduler='tls://' must be a Dask scheduler's address"),
+        (SWEEP, ("--scheduler", f"tcp://me:{SECRET}@127.0.0.1:9"), {}, "--scheduler='tcp://me:[REDACTED]@127.0.0.1:9'"),
+        (SWEEP, ("--output", "res.png"), {}, "--output='res.png' must be a .json file"),
+        (SWEEP.replace("[settings]", '[settings]\ndevice = "cuda"'), (), {}, "device='cuda': "),
+        (SWEEP.replace('"synthetic"', '"california_housing"'), (), {"NTN_DATA_DIR": "no"}, "NTN_DATA_DIR='no'"),
+        (SWEEP, (), {"TRACKER_DIR": "grid.toml/logs"}, "TRACKER_DIR 'grid.toml/logs' is not a writable directory"),
+        (MIXED, (), {}, "mixes regression and classification"),
+        (HUGE, (), {}, "[grid] makes 2000000 configurations, more than 10000"),
+        (SWEEP.replace('name = "grid"', f'name = "grid-{SECRET}"'), (), {"MY_TOKEN": SECRET}, "name holds the"),
     ],
 )
-def test_bad_input_is_one_line_before_any_run(tmp_path, text, args, message):
-    done = sweep(tmp_path, str(_write_sweep(tmp_path, text=text)), *args)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-    assert message in done.stderr, done.stderr
+def test_bad_input_is_one_line_before_any_run(sweep_here, tmp_path, text, args, env, message):
+    path = _write_sweep(tmp_path, text=text)
+    code, out, err = sweep_here(str(path), *args, **env)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and out == "", err
+    assert message in err and SECRET not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ['{"sweep": "grid", "configurations": 3}', '{"sweep": "grid", "configurations": [{"runs": 5}]}', "[1, 2"],
+)
+def test_a_damaged_results_file_is_one_line_and_kept(sweep_here, tmp_path, damage):
+    (tmp_path / "results_sweep_grid.json").write_text(damage)
+    code, _, err = sweep_here(str(_write_sweep(tmp_path)))
+    assert code == 2 and err.count("\n") == 1 and "results_sweep_grid.json" in err and "move it away" in err, err
+    assert (tmp_path / "results_sweep_grid.json").read_text() == damage
 
 
 def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
@@ -259,3 +302,75 @@ def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
         assert configuration["n_total"] == 2 and configuration["n_success"] == 0
     for _name, run in _file_runs(tmp_path / "experiment_logs").items():
         assert run["summary"]["status"] == "failed" and run["summary"]["error"]
+    # run again: the failed runs are trained again, and the sweep still says they failed
+    again = sweep(tmp_path, str(tmp_path / "grid.toml"), "--workers", "2")
+    assert again.returncode == 1 and "4 of 4 runs to train (0 already recorded" in again.stderr, again.stderr
+    assert "4 recorded as failed, trained again" in again.stderr and "4 runs are recorded as failed" in again.stderr
+    kept = sweep(tmp_path, str(tmp_path / "grid.toml"), "--keep-failed")
+    assert kept.returncode == 1 and "runs to train" not in kept.stderr, kept.stderr
+    assert _results(tmp_path)["n_failed"] == 4
+
+
+def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
+    """Failed on main: a sweep took no experiment lock, so run_mpo2.sh with one configuration's name wrote
+    the same run files at once (invalid JSON in 3 of 4 tries, both exit 0)."""
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=200)), "--workers", "1", background=True)
+    try:
+        _started(tmp_path, 1, process)
+        script = run_script("mpo2", EXPERIMENT_NAME="grid_bond_dim4_l3", TRACKER_BACKEND="file")
+        assert script.returncode == 2 and script.stderr.count("\n") == 1, script.stderr
+        assert f"is being trained by process {process.pid}" in script.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    for path in (tmp_path / "experiment_logs").glob("*.json"):
+        json.loads(path.read_text())  # every run file parses
+
+
+def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets_in_one_aim_repository(tmp_path):
+    """Failed on main: run_id was only the run's name, so the second sweep's runs replaced the first's."""
+    repo = tmp_path / "shared-aim"
+    for directory in ("alice", "bob"):
+        (tmp_path / directory).mkdir()
+        done = sweep(tmp_path / directory, str(_write_sweep(tmp_path / directory)), "--workers", "2",
+                     TRACKER_BACKEND="aim", AIM_REPO=str(repo))  # fmt: skip
+        assert done.returncode == _exit_code(tmp_path / directory), done.stderr
+    records, problems = read_runs("aim", str(repo))
+    assert problems == [] and sorted(r["experiment_name"] for r in records) == sorted(NAMES * 2)
+    ids = {_results(tmp_path / d)["sweep_id"] for d in ("alice", "bob")}
+    assert len(ids) == 2 and {r["config"]["run_id"].rpartition("@")[2] for r in records} == ids
+
+
+def test_a_value_removed_from_the_grid_keeps_its_runs(tmp_path):
+    """Failed on main: removing a value from [grid] and running again dropped its configurations' runs from
+    the results file without a word."""
+    full = _write_sweep(tmp_path, epochs=1)
+    assert sweep(tmp_path, str(full), "--workers", "2", TRACKER_BACKEND="none").returncode in (0, 1)
+    recorded = {c["experiment"]: c["runs"] for c in _results(tmp_path)["configurations"]}
+    full.write_text(SWEEP.format(epochs=1).replace("[2, 4]", "[2]"))
+    done = sweep(tmp_path, str(full), TRACKER_BACKEND="none")
+    assert "2 configurations recorded earlier are no longer in the grid" in done.stderr, done.stderr
+    assert "runs to train" not in done.stderr  # nothing new: bond_dim 2 is recorded
+    removed = {c["experiment"]: c["runs"] for c in _results(tmp_path)["removed"]}
+    assert removed == {name: runs for name, runs in recorded.items() if "bond_dim4" in name}
+    full.write_text(SWEEP.format(epochs=1))  # the value back: its runs come back, nothing is trained again
+    done = sweep(tmp_path, str(full), TRACKER_BACKEND="none")
+    assert "runs to train" not in done.stderr and "removed" not in _results(tmp_path), done.stderr
+    assert {c["experiment"]: c["runs"] for c in _results(tmp_path)["configurations"]} == recorded
+
+
+def test_workers_never_outlive_a_killed_sweep(tmp_path):
+    """Failed on main: SIGKILL of the sweep left its workers running for good (255 MB each)."""
+    import psutil
+
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=400)), "--workers", "2", background=True)
+    _started(tmp_path, 1, process)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers
+    process.kill()
+    process.communicate()
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert alive == [], alive
+    for path in (tmp_path / "experiment_logs").glob("*.json"):
+        summary = json.loads(path.read_text())["summary"]  # each run ended as far as it got, and says so
+        assert summary["status"] in ("finished", "failed", "interrupted"), summary

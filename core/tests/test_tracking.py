@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -22,7 +23,7 @@ from ntn.tracking import (
     start_run,
     validate,
 )
-from ntn.tracking.redact import REDACTED
+from ntn.tracking.redact import REDACTED, Redactor
 from ntn.tracking.testing import run_conformance
 
 
@@ -570,3 +571,131 @@ def test_background_finalize_waits_a_bounded_time_and_counts_what_is_lost():
     assert time.monotonic() - start < 5
     (failure,) = run.failures
     assert failure["hook"] == "finalize" and "TimeoutError: still sending after 0.5 s" in failure["error"]
+
+
+def test_background_leaves_no_copy_of_a_file_whose_call_was_lost(tmp_path, monkeypatch):
+    """Failed on main: a server lost mid-run left the queued copies of attached files in the temp directory."""
+    from ntn.tracking.background import Background
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    release = threading.Event()
+
+    class Hung:
+        def log_metrics(self, metrics, step):
+            release.wait(30)  # a server that stopped answering
+
+        def log_artifact(self, path, name):
+            pass
+
+    attached = tmp_path / "results.json"
+    attached.write_bytes(b"{}")
+    tracker = Background(Hung, timeout=0.3, name="hung")
+    tracker.log_metrics({"loss": 1.0}, 0)
+    for _ in range(3):
+        tracker.log_artifact(str(attached), "results.json")
+    assert len(list((tmp_path / "tmp").iterdir())) == 3  # the queued copies
+    with pytest.raises(TimeoutError, match="4 more calls were not made"):
+        tracker.finalize()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    release.set()
+
+
+def test_a_tracker_disabled_mid_run_never_finalizes_its_record_as_finished(test_trackers):
+    """Failed on main: a tracker that failed in log_metrics (a full disk) still got finalize('finished')."""
+    statuses = {}
+
+    class Recorder(BaseTracker):
+        def __init__(self, experiment_name, config, fails):
+            super().__init__(experiment_name, config)
+            self.fails = fails
+
+        def log_metrics(self, metrics, step):
+            if self.fails:
+                raise OSError(28, "No space left on device")
+
+        def finalize(self, status, end_time):
+            statuses[self.fails] = status
+
+    backends = [
+        Backend(f"b{i}", lambda fails=fails, **kw: Recorder(fails=fails, **kw)) for i, fails in enumerate((0, 1))
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrackerWarning)
+        with start_run("full_seed0", {}, backend=backends) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+    assert [f["hook"] for f in run.failures] == ["log_metrics"]
+    assert statuses == {0: "finished", 1: "failed"}
+
+
+@pytest.mark.parametrize("secret", ["x", "ab", "pw1234"])
+def test_every_value_of_a_secret_variable_is_redacted_whatever_its_length(test_trackers, monkeypatch, secret):
+    """Failed on main: values shorter than 8 characters were never redacted."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+    redact = Redactor()
+    assert secret not in redact.text(f"run_{secret}_1") and REDACTED in redact.text(f"run_{secret}_1")
+    assert redact({"note": f"called with {secret}", "loss": 0.5}) == {"note": f"called with {REDACTED}", "loss": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [("AIM_AUTH_TOKEN", True), ("CF_ACCESS_CLIENT_ID", True), ("OPENAI_API_KEY", True), ("DB_PASSWORD", True),
+     ("AIM_CUSTOM_HEADERS", True), ("AUTHOR", False), ("KEYBOARD", False), ("TOKENIZERS_PARALLELISM", False)],
+)  # fmt: skip
+def test_secret_variables_are_known_by_a_part_of_their_name(name, secret):
+    from ntn.tracking.redact import secret_values
+
+    assert (secret_values({name: "v4lue"}) == ["v4lue"]) is secret
+
+
+def test_numeric_knobs_are_checked_in_one_line(monkeypatch):
+    from ntn.tracking import TrackerConfigError, seconds
+
+    assert seconds("NTN_TEST_WAIT", 30.0) == 30.0
+    monkeypatch.setenv("NTN_TEST_WAIT", "2.5")
+    assert seconds("NTN_TEST_WAIT", 30.0) == 2.5
+    for bad in ("inf", "nan", "-1", "soon", "1e9"):
+        monkeypatch.setenv("NTN_TEST_WAIT", bad)
+        with pytest.raises(TrackerConfigError, match=r"NTN_TEST_WAIT='.*' must be a number of seconds from 0 to"):
+            seconds("NTN_TEST_WAIT", 30.0)
+
+
+def test_run_identity_is_unique_per_launch_and_stable_per_run():
+    from ntn.tracking import new_id, run_id, run_key
+
+    first, second = new_id(), new_id()
+    assert first != second and len(first) == 32
+    assert run_id("exp_seed0", first) == f"exp_seed0@{first}" != run_id("exp_seed0", second)
+    assert run_key(run_id("exp_seed0", first)) == run_key(run_id("exp_seed0", first))
+    assert len(run_key("x")) == 24 and len(run_key("x", 32)) == 32 and run_key("x", 32).startswith(run_key("x"))
+
+
+def test_hold_enters_each_backend_s_hold_runs_and_releases_on_exit(test_trackers):
+    from ntn.tracking import TrackerConfigError, hold
+
+    events = []
+
+    class Holds(BaseTracker):
+        @classmethod
+        @contextlib.contextmanager
+        def hold_runs(cls, run_names):
+            events.append(("hold", list(run_names)))
+            try:
+                yield
+            finally:
+                events.append(("release", list(run_names)))
+
+    class Refuses(BaseTracker):
+        @classmethod
+        def hold_runs(cls, run_names):
+            raise TrackerConfigError("is being trained by process 4242")
+
+    with hold([Backend("holds", Holds), Backend("plain", BaseTracker)], ["a_seed0", "a_seed1"]):
+        assert events == [("hold", ["a_seed0", "a_seed1"])]
+    assert events[-1] == ("release", ["a_seed0", "a_seed1"])
+    with (
+        pytest.raises(TrackerConfigError, match="4242"),
+        hold([Backend("holds", Holds), Backend("no", Refuses)], ["b"]),
+    ):
+        pytest.fail("the block must not run")
+    assert events[-1] == ("release", ["b"])  # what was held before the refusal is released

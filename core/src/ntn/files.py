@@ -40,16 +40,19 @@ def file_stem(name: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def check_regular(path: str | os.PathLike[str], what: str = "") -> None:
+def check_regular(path: str | os.PathLike[str], shown: str = "") -> None:
     """Raise OSError, in one line, when `path` exists and is not a regular file (a symlink, a directory,
-    a device node, a FIFO): such a path is never written through or replaced."""
+    a device node, a FIFO): such a path is never written through or replaced.
+
+    :param shown: how the message names it (default: the path)
+    """
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a file"
-        raise OSError(f"{what or 'path'} {str(path)!r} is {kind}; refusing to write through it or replace it")
+        raise OSError(f"{shown or repr(str(path))} is {kind}; refusing to write through it or replace it")
 
 
 def hold(path: str | os.PathLike[str]) -> int | None:
@@ -62,7 +65,7 @@ def hold(path: str | os.PathLike[str]) -> int | None:
     if fcntl is None:
         return None
     while True:
-        check_regular(path, "lock file")
+        check_regular(path, f"lock file {str(path)!r}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -124,3 +124,71 @@ def test_mlflow_credentials_never_reach_the_server(mlflow_server, monkeypatch):
     assert record["config"]["token"] == "[REDACTED]" and record["summary"]["tokens_per_s"] == 1.5
     leaked = [p for p in mlflow_server.root.rglob("*") if p.is_file() and b"tok-4711" in p.read_bytes()]
     assert leaked == []
+
+
+SWEEP = """
+name = "shared"
+model = "mpo2"
+seeds = [0, 1]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = 2
+[grid]
+bond_dim = [2, 3, 4]
+"""
+SWEEP_RUNS = sorted(f"shared_bond_dim{b}_seed{s}" for b in (2, 3, 4) for s in (0, 1))
+
+
+def _sweep(directory: Path, **env: str) -> subprocess.CompletedProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "shared.toml").write_text(SWEEP)
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "MLFLOW_TRACKING_URI")}
+    environ |= {"PYTHON": sys.executable, "TRACKER_BACKEND": "mlflow"} | env
+    return subprocess.run(
+        ["bash", str(REPO / "experiments" / "run_sweep.sh"), "shared.toml", "--workers", "2"],
+        cwd=directory,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_sweep_into_the_default_local_store_keeps_every_run(tmp_path):
+    """Failed on main: two workers raced on creating the SQLite schema (`duplicate column name: step`),
+    the tracker was disabled in those runs, and the sweep exited 0 with runs missing."""
+    done = _sweep(tmp_path)
+    assert done.returncode in (0, 1), done.stderr  # 1: a run no better than the trivial predictor, recorded
+    assert "TrackerWarning" not in done.stderr and "disabled" not in done.stderr, done.stderr
+    records, problems = read_runs("mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert problems == [] and sorted(r["experiment_name"] for r in records) == SWEEP_RUNS
+    results = json.loads((tmp_path / "results_sweep_shared.json").read_text())
+    entries = {f"{c['experiment']}_seed{e['seed']}": e for c in results["configurations"] for e in c["runs"]}
+    for record in records:
+        assert record["summary"]["status"] in ("finished", "failed")
+        assert record["summary"]["success"] == entries[record["experiment_name"]]["success"]
+
+
+def test_a_local_directory_as_tracking_uri_is_one_line_before_training(tmp_path):
+    """Failed on main: under MLflow 3 every run failed on the file store, and the script exited 0."""
+    done = _script(tmp_path, str(tmp_path / "mlruns"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is a directory (a file store)" in done.stderr and "sqlite:///" in done.stderr
+    assert not (tmp_path / "experiment_logs").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets(mlflow_server, tmp_path):
+    """Failed on main: the second sweep's runs deleted the first's (the run id was only the run's name)."""
+    for directory in ("alice", "bob"):
+        done = _sweep(tmp_path / directory, MLFLOW_TRACKING_URI=mlflow_server.url)
+        assert done.returncode in (0, 1), done.stderr
+    records, problems = read_runs("mlflow", mlflow_server.url)
+    assert problems == []
+    names = sorted(r["experiment_name"] for r in records if r["experiment_name"].startswith("shared_"))
+    assert names == sorted(SWEEP_RUNS * 2)
+    ids = {
+        json.loads((tmp_path / d / "results_sweep_shared.json").read_text())["sweep_id"] for d in ("alice", "bob")
+    }
+    run_ids = {r["config"]["run_id"].rpartition("@")[2] for r in records if r["experiment_name"] in SWEEP_RUNS}
+    assert len(ids) == 2 and run_ids == ids

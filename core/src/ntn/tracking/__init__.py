@@ -13,6 +13,7 @@ from ntn.tracking.base import BaseTracker
 from ntn.tracking.discovery import Backend, TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.identity import new_id, run_id, run_key
+from ntn.tracking.knobs import seconds
 from ntn.tracking.manager import TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
 from ntn.tracking.results import experiment_of
@@ -39,6 +40,7 @@ __all__ = [
     "parse",
     "run_id",
     "run_key",
+    "seconds",
     "select",
     "start_run",
     "stop_on_signals",

@@ -11,7 +11,9 @@ queued; the calls not made by then are lost, and `finalize` raises a TimeoutErro
         def __init__(self, experiment_name, config=None):
             super().__init__(lambda: MyServerRun(experiment_name, config or {}), timeout=30, name="mine")
 
-The real tracker implements any of the four hooks, with their full signatures (`finalize(status, end_time)`).
+The real tracker implements any of the five hooks, with their full signatures (`finalize(status, end_time)`).
+The copies of files queued for `log_artifact` are removed once the real tracker has had them, and at the
+latest when `finalize` returns, even when the calls for them were lost.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Background:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._reported = False
+        self._copies: set[str] = set()  # directories of the file copies still queued
         self._thread = threading.Thread(target=self._work, args=(factory,), daemon=True, name=f"ntn-{name}")
         self._thread.start()
 
@@ -58,6 +61,7 @@ class Background:
             finally:
                 if hook == "log_artifact":  # the tracker has had the queued copy: remove it
                     shutil.rmtree(os.path.dirname(args[0]), ignore_errors=True)
+                    self._copies.discard(os.path.dirname(args[0]))
 
     def _put(self, hook: str, *args: Any) -> None:
         if self._error is not None and not self._reported:
@@ -78,6 +82,7 @@ class Background:
         """Queue a copy of the file (the caller may change or remove it once this returns); the thread
         removes the copy once the real tracker has had it."""
         copy_dir = tempfile.mkdtemp(prefix="ntn-artifact-")
+        self._copies.add(copy_dir)
         try:
             self._put("log_artifact", shutil.copy(path, os.path.join(copy_dir, name)), name)
         except BaseException:
@@ -92,6 +97,8 @@ class Background:
         self._calls.put(("finalize", (status, end_time)))
         self._calls.put(_DONE)
         self._thread.join(self.timeout)
+        for copy_dir in list(self._copies):  # calls lost to the timeout leave none behind
+            shutil.rmtree(copy_dir, ignore_errors=True)
         if self._thread.is_alive():
             left = max(0, self._calls.qsize() - 1)
             raise TimeoutError(f"still sending after {self.timeout:g} s; {left} more calls were not made (lost)")

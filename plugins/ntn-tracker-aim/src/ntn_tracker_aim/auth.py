@@ -62,6 +62,12 @@ def _check_header(name: str, value: str, environ: Mapping[str, str]) -> None:
     }.get(name, "AIM_CUSTOM_HEADERS")
     if not _TOKEN.fullmatch(name):
         raise TrackerConfigError(f"{source}: header name {name!r} has characters HTTP does not allow in a name")
+    where = f"header {name!r} of {source}" if source == "AIM_CUSTOM_HEADERS" else source
     if _FORBIDDEN_IN_VALUE.search(value):
-        where = f"header {name!r} of {source}" if source == "AIM_CUSTOM_HEADERS" else source
         raise TrackerConfigError(f"{where} holds a control character (CR, LF, NUL, ...), which HTTP forbids")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise TrackerConfigError(
+            f"{where} holds a character HTTP headers cannot carry (only Latin-1: no €, no emoji)"
+        ) from None

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ntn.tracking import Redactor, TrackerConfigError, pending
+from ntn.tracking import Redactor, TrackerConfigError, pending, seconds
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
@@ -46,30 +46,22 @@ PROBE_WAIT_S = 0.02
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
 
 
-def _seconds(variable: str, default: float) -> float:
-    """A number of seconds >= 0 from the environment variable, else `default`."""
-    try:
-        value = float(os.environ.get(variable, default))
-    except ValueError:
-        return default
-    return max(0.0, value) if value == value else default  # NaN: the default
-
-
 def delivery_interval() -> float:
     """Seconds between delivery rounds: $NTN_AIM_DELIVERY_INTERVAL, default 10."""
-    return _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
+    return seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
 
 
 def exit_timeout() -> float:
     """Seconds to wait for delivery at exit: $NTN_AIM_EXIT_TIMEOUT, default 30."""
-    return _seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
+    return seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
 
 
 def key_of(repo: str) -> Key:
     """Runs go to one uploader per repository and credentials (a remote one's, from the environment).
 
-    :raises TrackerConfigError: malformed authentication variables
+    :raises TrackerConfigError: malformed authentication variables, or delivery timings
     """
+    delivery_interval(), exit_timeout()  # checked here, before training, not in the uploader
     headers = auth.headers_from_env() if repo.startswith(REMOTE_PREFIX) else {}
     return repo, tuple(sorted(headers.items()))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 from ntn.tracking import TrackerConfigError
+from ntn.tracking.knobs import MAX_SECONDS
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
@@ -85,6 +87,17 @@ def sync(
     return records, runs, problems
 
 
+def _timeout(text: str) -> float:
+    """--timeout: a number of seconds from 0 to a day (argparse says what is wrong in one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
+    return value
+
+
 def _command(args: argparse.Namespace) -> int:
     spool = Path(args.spool) if args.spool else journal.spool_dir()
     if not spool.is_dir():
@@ -107,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for a server's first answer before giving up on it (default {DEFAULT_TIMEOUT_S:g})",
     )

@@ -58,7 +58,7 @@ def _check_path(path: Path, experiment_name: str) -> None:
     """Refuse a run file that is not a regular file, or that holds another experiment's run (a damaged
     file is replaced)."""
     try:
-        check_regular(path, "run file")
+        check_regular(path, f"run file {str(path)!r}")
         document = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return

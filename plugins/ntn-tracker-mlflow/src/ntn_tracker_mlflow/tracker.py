@@ -1,7 +1,9 @@
 """MlflowTracker: one MLflow run per tracked run (one per seed), through MLflow's own client.
 
-- Where: $MLFLOW_TRACKING_URI (`http://host:5000`, a local path, `sqlite:///...`), else MLflow's
-  default. Credentials: MLflow's own variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
+- Where: $MLFLOW_TRACKING_URI (`http://host:5000`, `sqlite:///...`), else MLflow's default (a SQLite
+  database `mlflow.db` in the working directory). A local store is created once, before training
+  (`check_environment`), so that a sweep's workers never race on its schema; a local directory (MLflow's
+  file store, in maintenance mode since MLflow 3) is refused in one line. Credentials: MLflow's own variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
   MLFLOW_TRACKING_PASSWORD), read by MLflow; their values never reach a payload (`secret_values`).
 - The MLflow experiment is config["experiment"] (else the run name without its `_seed<N>`); the run is
   named after the tracked run, `{experiment}_seed{seed}`.
@@ -30,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key
+from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key, seconds
 
 EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
@@ -51,11 +53,8 @@ def uri_from_env() -> str | None:
 
 
 def exit_timeout() -> float:
-    try:
-        value = float(os.environ.get(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_EXIT_TIMEOUT_S
-    return max(0.0, value) if value == value else DEFAULT_EXIT_TIMEOUT_S
+    """Seconds a run's end waits for calls still queued: $NTN_MLFLOW_EXIT_TIMEOUT, default 30."""
+    return seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -158,19 +157,45 @@ class MlflowTracker(Background):
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
-        """A tracking server named by MLFLOW_TRACKING_URI must answer before any run starts.
+        """Before any run: a tracking server named by MLFLOW_TRACKING_URI must answer; a local store (a
+        SQLite database, MLflow's default) is made ready here, once, so that the processes that then write
+        to it (a sweep's workers) never race on creating its schema; a local directory (a file store, which
+        MLflow 3 no longer writes) is refused.
 
         :raises TrackerConfigError: one line naming the URI and why
         """
+        exit_timeout()
         uri = uri_from_env()
-        if uri is None or not uri.startswith(("http://", "https://")):
-            return
-        import requests
+        if uri is not None and uri.startswith(("http://", "https://")):
+            _probe_server(uri)
+        elif uri is None or "://" not in uri or uri.startswith(("sqlite:", "file:")):
+            _prepare_local_store(uri)
 
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
-        except requests.RequestException as err:
-            reason = type(err).__name__ if not isinstance(err, requests.HTTPError) else str(err)
+
+def _probe_server(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).raise_for_status()
+    except requests.RequestException as err:
+        reason = type(err).__name__ if not isinstance(err, requests.HTTPError) else str(err)
+        raise TrackerConfigError(f"MLFLOW_TRACKING_URI={uri!r}: no MLflow server answers there ({reason})") from None
+
+
+def _prepare_local_store(uri: str | None) -> None:
+    """Create (or migrate) a local store's schema now, in one process."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    shown = f"MLFLOW_TRACKING_URI={uri!r}" if uri else "MLflow's default local store"
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        if "maintenance mode" in str(err):
             raise TrackerConfigError(
-                f"MLFLOW_TRACKING_URI={uri!r}: no MLflow server answers there ({reason})"
+                f"{shown} is a directory (a file store), which this MLflow no longer writes; "
+                "use a database, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db, or a server"
             ) from None
+        raise TrackerConfigError(f"{shown} cannot be opened ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # SQLAlchemy's errors: a path that cannot be created, a damaged database
+        raise TrackerConfigError(f"{shown} cannot be opened ({type(err).__name__}: {err})") from None

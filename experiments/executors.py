@@ -1,0 +1,252 @@
+"""Where a sweep's runs train: worker processes of this machine (`LocalExecutor`) or a Dask cluster
+(`DaskExecutor`). Both take runs with `submit`, give them back with `as_completed`, wait for the workers'
+trackers at the end, and stop: a worker never outlives its sweep, however the sweep ends.
+
+Each worker process imports torch, the trainer and the tracker plugins once and checks its trackers'
+environment there (a cluster's workers have their own): Dask's `WorkerPlugin` does so on every worker,
+present and future; the local pool's initializer on each of its processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from experiments.outputs import redact
+from experiments.settings import SettingError
+from experiments.sweepfile import Configuration
+
+SCHEDULER_TIMEOUT_S = 10
+WORKER_WAIT_S = 60
+TRACKER_WAIT_S = 120  # at the end, for the workers' trackers to deliver in the background
+ORPHAN_CHECK_S = 1.0  # how often a local worker looks whether its sweep is still there
+ORPHAN_GRACE_S = 10.0  # after its sweep died: to record its run as interrupted, then it ends
+
+
+class WorkerSetupError(RuntimeError):
+    """A worker cannot train this sweep's runs; the message names the worker and why."""
+
+
+def prepare_worker(backend: str, threads: int | None = None) -> None:
+    """Import torch, the trainer and the tracker plugins once per worker process, and check the trackers'
+    environment there.
+
+    :raises WorkerSetupError: naming the worker (host:pid) and why it cannot train
+    """
+    import torch
+    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
+
+    import experiments.train  # noqa: F401  (the trainer and the data sets, once)
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        validate(backend, [])
+    except (TrackerSelectionError, TrackerValidationError, TrackerConfigError) as err:
+        raise WorkerSetupError(f"worker {os.uname().nodename}:{os.getpid()}: {err}") from None
+
+
+def wait_for_trackers(timeout: float) -> bool:
+    from ntn.tracking import pending
+
+    return pending.wait(timeout)
+
+
+def _report_late(late: int) -> None:
+    if late:
+        print(
+            f"trackers of {late} workers were still delivering after {TRACKER_WAIT_S} s; they go on "
+            "there, or keep what is left for `ntn-trackers sync`",
+            file=sys.stderr,
+        )
+
+
+# ---- local worker processes ------------------------------------------------------------------------------
+
+_stopping = {"signal": ""}  # a local worker's: the sweep is being stopped, start no other run
+_every_worker: list[Any] = []  # a local worker's: the barrier that sends one tracker wait to each worker
+
+
+def _note_stop(signum: int, frame: Any) -> None:
+    _stopping["signal"] = signal.Signals(signum).name
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker once its sweep is gone (killed, even with SIGKILL): first as a signal would, so that
+    a run in progress is recorded as interrupted, then for good after ORPHAN_GRACE_S."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _start_local_worker(backend: str, threads: int, every_worker: Any, parent: int) -> None:
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="ntn-orphan-watch").start()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # between runs a signal only stops the worker's next run
+        signal.signal(getattr(signal, name), _note_stop)
+    _every_worker.append(every_worker)
+    prepare_worker(backend, threads)
+
+
+def _wait_for_trackers_locally(timeout: float) -> bool:
+    """One worker's wait, held at the barrier until every worker has taken one, so that each waits once."""
+    try:
+        _every_worker[0].wait(timeout)
+    except threading.BrokenBarrierError:
+        return False
+    return wait_for_trackers(timeout)
+
+
+def _train_local(model: str, settings: Any, seed: int, run_id: str) -> dict[str, Any] | None:
+    """One run in a local worker; None when the sweep is being stopped (its run, if it had begun, is
+    recorded as interrupted by its trackers, and the sweep trains it again next time)."""
+    from ntn.tracking import stop_on_signals
+
+    from experiments.train import train_run
+
+    if _stopping["signal"]:
+        return None
+    previous = stop_on_signals()
+    try:
+        return train_run(model, settings, seed, run_id)
+    except KeyboardInterrupt as err:
+        _stopping["signal"] = getattr(err, "signal_name", "SIGINT")
+        return None
+    finally:
+        for signum in previous:
+            signal.signal(signum, _note_stop)
+
+
+class LocalExecutor:
+    """Worker processes on this machine, each with an equal share of the cores for torch."""
+
+    def __init__(self, workers: int, backend: str) -> None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
+        self.workers = workers
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_start_local_worker,
+            initargs=(backend, threads, context.Barrier(workers), os.getpid()),
+        )
+
+    def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
+        return self.pool.submit(_train_local, model, configuration.settings, seed, run_id)
+
+    def as_completed(self, futures):
+        return concurrent.futures.as_completed(futures)
+
+    def wait_for_trackers(self) -> None:
+        """Until every worker's trackers have delivered what they recorded (bounded), as on Dask. (Each would
+        also wait as it exits, but for at most its trackers' exit bound, and the aim plugin then spreads what
+        is left over several new uploaders per process: for a fast server, only more CPU spent starting them.)"""
+        try:
+            waits = [self.pool.submit(_wait_for_trackers_locally, TRACKER_WAIT_S) for _ in range(self.workers)]
+            _report_late(sum(not w.result() for w in waits))
+        except concurrent.futures.process.BrokenProcessPool:  # a worker ended: the others wait as they exit
+            pass
+
+    def stop(self) -> None:
+        """Start no other run; let the runs in progress record that they were interrupted."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(OSError):
+                os.kill(child.pid, signal.SIGINT)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- Dask -----------------------------------------------------------------------------------------------
+
+
+def _worker_plugin(backend: str):
+    """A Dask WorkerPlugin that prepares every worker of the cluster, present and future."""
+    from distributed import WorkerPlugin
+
+    class PrepareWorker(WorkerPlugin):
+        idempotent = True
+
+        def setup(self, worker) -> None:
+            prepare_worker(backend)
+
+    return PrepareWorker()
+
+
+class DaskExecutor:
+    """A Dask client: of a LocalCluster of `workers` single-threaded worker processes, or of the cluster
+    whose scheduler is at `scheduler`. Dask runs a dead worker's runs again on another worker."""
+
+    def __init__(self, workers: int, scheduler: str | None, backend: str) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster, self.workers = None, workers
+        if scheduler:
+            shown = redact(scheduler)
+            try:
+                self.client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+            except (OSError, TimeoutError, ValueError, TypeError) as err:
+                reason = redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                raise SettingError(f"cannot reach the Dask scheduler at {shown!r} ({reason})") from None
+        else:
+            import dask
+
+            # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 for their workers, which makes glibc return
+            # memory at every free: torch's many small tensors then cost a third more time per run
+            # (docs/benchmarks.md). None unsets it, as Dask's configuration allows.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                self.cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+                )
+            self.client = Client(self.cluster)
+        try:
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            self.close()
+            where = f"the scheduler at {redact(scheduler)!r}" if scheduler else "the LocalCluster"
+            raise SettingError(f"no Dask worker joined {where} in {WORKER_WAIT_S} s") from None
+        try:
+            self.client.register_plugin(_worker_plugin(backend), name="ntn-prepare-worker")
+        except WorkerSetupError as err:
+            self.close()
+            raise SettingError(str(err)) from None
+        except Exception as err:  # the worker could not even load the plugin: no `experiments` on its path
+            self.close()
+            raise SettingError(
+                f"a Dask worker cannot import this repository's experiments ({type(err).__name__}: {err}); "
+                "start the workers with PYTHONPATH=/path/to/ntn (README: a cluster by hand)"
+            ) from None
+
+    def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
+        from experiments.train import train_run
+
+        key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"
+        return self.client.submit(train_run, model, configuration.settings, seed, run_id, key=key, pure=False)
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+
+        return as_completed(list(futures))
+
+    def wait_for_trackers(self) -> None:
+        """Until every worker's trackers have delivered what they recorded (bounded), so that the runs are
+        in their trackers when the sweep says so, also on a cluster whose workers live on."""
+        _report_late(sum(not done for done in self.client.run(wait_for_trackers, TRACKER_WAIT_S).values()))
+
+    def stop(self) -> None:
+        self.client.cancel(list(self.client.futures.values()) if self.client.futures else [])
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

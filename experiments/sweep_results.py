@@ -1,0 +1,244 @@
+"""A sweep's results file (`results_sweep_{name}.json`): its own record of every run, per configuration,
+with statistics over seeds, the configurations ranked on validation, a table and a plot.
+
+The record is what makes a sweep resumable: run again, the sweep trains only the runs it does not hold as
+successful (a failed run is trained again unless asked to keep it). It keeps the sweep's id, from which
+every run's `config["run_id"]` is made, so that a resumed sweep replaces its own earlier attempts in the
+trackers and never another sweep's runs. Configurations recorded earlier that the grid no longer holds
+(a value removed, a setting changed) are never dropped: they are kept under `removed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from ntn.tracking import new_id, run_id
+
+from experiments.outputs import read_json, stats, write_json
+from experiments.settings import SettingError
+from experiments.sweepfile import Configuration, Sweep
+
+SPLITS = ("train", "val", "test")
+# a run's settings that do not change what it trains: a recorded run with other values still counts
+NOT_TRAINING = ("seeds", "output_file", "verbose", "save_model", "tracker_backend", "tracker_dir", "aim_repo", "device")
+
+
+def identity(configuration: Configuration) -> dict[str, Any]:
+    """The settings that decide what a configuration trains."""
+    settings = dataclasses.asdict(configuration.settings)
+    return {"model": configuration.model} | {k: v for k, v in settings.items() if k not in NOT_TRAINING}
+
+
+def _list(value: Any) -> list:
+    if not isinstance(value, list):
+        raise SettingError("not a list")
+    return value
+
+
+def _configuration_ok(configuration: Any) -> bool:
+    """Whether a recorded configuration has the shape this module writes (runs with a seed, a success flag
+    and numbers or nulls as figures)."""
+    if not isinstance(configuration, dict) or not isinstance(configuration.get("runs", []), list):
+        return False
+    return all(
+        isinstance(entry, dict)
+        and type(entry.get("seed")) is int
+        and isinstance(entry.get("success"), bool)
+        and all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            for k, v in entry.items()
+            if k.startswith(SPLITS)
+        )
+        for entry in configuration.get("runs", [])
+    )
+
+
+def belongs_to(document: Any, sweep: str) -> bool:
+    """Whether `document` is a results file of the sweep named `sweep`."""
+    return isinstance(document, dict) and document.get("sweep") == sweep
+
+
+class Record:
+    """The sweep's results file: every run recorded so far, per configuration, with its statistics."""
+
+    def __init__(self, sweep: Sweep, path: Path) -> None:
+        self.sweep, self.path = sweep, path
+        self.runs: dict[str, dict[int, dict[str, Any]]] = {c.settings.experiment_name: {} for c in sweep.configurations}
+        previous = self._previous()
+        self.sweep_id: str = previous.get("sweep_id") or new_id()
+        earlier = {c.get("experiment"): c for c in previous.get("configurations", []) if isinstance(c, dict)}
+        self.removed: list[dict[str, Any]] = [c for c in previous.get("removed", []) if isinstance(c, dict)]
+        for configuration in sweep.configurations:
+            kept = earlier.pop(configuration.settings.experiment_name, None)
+            if kept is None:  # a value put back into the grid gets its runs back
+                back = [c for c in self.removed if c.get("settings") == identity(configuration)]
+                kept = back[-1] if back else None
+                self.removed = [c for c in self.removed if c is not kept]
+            if kept is None:
+                continue
+            if kept.get("settings") != identity(configuration):  # same name, other settings: set aside
+                self.removed.append(kept)
+                continue
+            runs = self.runs[configuration.settings.experiment_name]
+            for entry in kept.get("runs", []):
+                if isinstance(entry, dict) and entry.get("seed") in sweep.seeds:
+                    runs[entry["seed"]] = entry
+        self.removed += [c for c in earlier.values() if c.get("runs")]  # values no longer in the grid
+
+    def _previous(self) -> dict[str, Any]:
+        """What an earlier call recorded in this results file ({} when there is none).
+
+        :raises SettingError: the file is damaged, or holds another sweep's results
+        """
+        try:
+            document = read_json(self.path)
+        except (OSError, ValueError) as err:
+            raise SettingError(f"{self.path}: cannot read the sweep's results file ({err}); move it away") from None
+        if document is None:
+            return {}
+        if not belongs_to(document, self.sweep.name):
+            raise SettingError(f"{self.path} holds no results of sweep {self.sweep.name!r}; name another --output")
+        try:
+            configurations = [c for key in ("configurations", "removed") for c in _list(document.get(key, []))]
+        except SettingError:
+            configurations = [None]
+        if not all(_configuration_ok(c) for c in configurations):
+            raise SettingError(f"{self.path}: the sweep's results file is damaged (its configurations); move it away")
+        return document
+
+    def run_id(self, configuration: Configuration, seed: int) -> str:
+        """The run's `config["run_id"]`: its name and this sweep's id."""
+        return run_id(f"{configuration.settings.experiment_name}_seed{seed}", self.sweep_id)
+
+    def missing(self, retry_failed: bool = True) -> list[tuple[Configuration, int]]:
+        """The runs to train: those not recorded, and (with `retry_failed`) those recorded as failed."""
+        return [
+            (c, seed)
+            for c in self.sweep.configurations
+            for seed in self.sweep.seeds
+            if (entry := self.runs[c.settings.experiment_name].get(seed)) is None
+            or (retry_failed and not entry.get("success"))
+        ]
+
+    def add(self, configuration: Configuration, entry: dict[str, Any]) -> None:
+        self.runs[configuration.settings.experiment_name][entry["seed"]] = entry
+
+    @property
+    def n_recorded(self) -> int:
+        return sum(len(runs) for runs in self.runs.values())
+
+    @property
+    def n_failed(self) -> int:
+        return sum(not entry.get("success") for runs in self.runs.values() for entry in runs.values())
+
+    def summary(self, configuration: Configuration) -> dict[str, Any]:
+        quality = configuration.quality
+        runs = [
+            self.runs[configuration.settings.experiment_name][s]
+            for s in sorted(self.runs[configuration.settings.experiment_name])
+        ]
+        ok = [r for r in runs if r["success"]]
+        figures = {}
+        for split in SPLITS:
+            for metric in ("loss", quality):
+                mean, std = stats([r[f"{split}_{metric}"] for r in ok if r.get(f"{split}_{metric}") is not None])
+                figures |= {f"{split}_{metric}_mean": mean, f"{split}_{metric}_std": std}
+        return {
+            "experiment": configuration.settings.experiment_name,
+            "model": configuration.model.upper(),
+            "values": configuration.values,
+            "metric": quality,
+            "n_total": len(runs),
+            "n_success": len(ok),
+            **figures,
+            "settings": identity(configuration),
+            "runs": runs,
+        }
+
+    def document(self) -> dict[str, Any]:
+        configurations = [self.summary(c) for c in self.sweep.configurations]
+        ranked = rank(configurations)
+        best = ranked[0] if ranked and ranked[0][f"val_{ranked[0]['metric']}_mean"] is not None else None
+        return {
+            "sweep": self.sweep.name,
+            "sweep_id": self.sweep_id,
+            "seeds": self.sweep.seeds,
+            "grid": self.sweep.grid,
+            "n_runs": len(self.sweep.configurations) * len(self.sweep.seeds),
+            "n_recorded": self.n_recorded,
+            "n_failed": self.n_failed,
+            "best": None if best is None else {k: v for k, v in best.items() if k not in ("settings", "runs")},
+            "configurations": configurations,
+        } | ({"removed": self.removed} if self.removed else {})
+
+    def write(self) -> dict[str, Any]:
+        document = self.document()
+        write_json(self.path, document)
+        return document
+
+
+def rank(configurations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first by validation mean of the main metric (r2 or accuracy; never the test split)."""
+    return sorted(
+        configurations, key=lambda c: -math.inf if (v := c[f"val_{c['metric']}_mean"]) is None else v, reverse=True
+    )
+
+
+def table(document: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    def shown(c: dict[str, Any], split: str) -> str:
+        mean, std = c[f"{split}_{c['metric']}_mean"], c[f"{split}_{c['metric']}_std"]
+        return "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"
+
+    rows = [
+        [c["experiment"], f"{c['n_success']}/{c['n_total']}", c["metric"]]
+        + [shown(c, s) for s in ("val", "test", "train")]
+        for c in rank(document["configurations"])
+    ]
+    return tabulate(rows, headers=["experiment (best first)", "seeds ok", "metric", "validation", "test", "train"])
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    """The validation mean ± std (over seeds) of the main metric against each swept setting, one line per
+    combination of the other settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = list(document["grid"])
+    figure, axes = plt.subplots(1, len(axes_names), figsize=(5 * len(axes_names), 4), squeeze=False)
+    configurations = document["configurations"]
+    for ax, name in zip(axes[0], axes_names):
+        values = document["grid"][name]
+        others = sorted({tuple((k, str(v)) for k, v in c["values"].items() if k != name) for c in configurations})
+        for other in others:
+            points = [
+                c for c in configurations if tuple((k, str(v)) for k, v in c["values"].items() if k != name) == other
+            ]
+            points = [p for p in points if p[f"val_{p['metric']}_mean"] is not None]
+            if not points:
+                continue
+            x = [values.index(p["values"][name]) for p in points]
+            metric = points[0]["metric"]
+            ax.errorbar(
+                x,
+                [p[f"val_{metric}_mean"] for p in points],
+                yerr=[p[f"val_{metric}_std"] for p in points],
+                marker="o",
+                capsize=3,
+                label=", ".join(f"{k}={v}" for k, v in other) or None,
+            )
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(name)
+        ax.set_ylabel("validation " + (configurations[0]["metric"] if configurations else ""))
+        if len(others) > 1:
+            ax.legend(fontsize="small")
+    figure.suptitle(f"sweep {document['sweep']}: mean ± std over seeds")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
