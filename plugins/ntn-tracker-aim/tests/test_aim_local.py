@@ -150,3 +150,24 @@ def test_a_run_trained_again_with_its_run_id_replaces_its_earlier_attempt():
     assert [Run(h, repo=".", read_only=True).name for h in index_runs(".")].count("sweep_a_seed0") == 1
     assert run["summary"] == {"seed": 0, "success": True, "status": "finished"}  # nothing of the dead attempt
     assert series(run)[("loss", "")] == [(0, 1.0), (1, 0.5)] and not run.active
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "soon"])
+def test_a_timeout_that_is_not_a_number_of_seconds_is_one_line(tmp_path, value):
+    """Failed on main: NTN_AIM_EXIT_TIMEOUT=inf and `sync --timeout inf` ended in tracebacks."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ntn.tracking", "sync", "--timeout", value, "--spool", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"--timeout={value!r} must be a number of seconds" in done.stderr
+    from ntn.tracking import TrackerConfigError
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NTN_AIM_DELIVERY_INTERVAL", value)
+        with pytest.raises(TrackerConfigError, match="NTN_AIM_DELIVERY_INTERVAL="):
+            AimTracker.check_environment()

@@ -201,8 +201,8 @@ def test_reader_reads_the_server_repository_once_it_is_indexed(tmp_path, monkeyp
         assert read_runs(server.url) == (
             [],
             [
-                f"{server.url}: no indexed runs (aim 3.29 indexes a server's runs only while `aim up` runs on "
-                "its repository, or after `aim storage reindex` there)"
+                f"{server.url}: 1 runs on the server are not indexed yet and cannot be read (aim 3.29 indexes a "
+                "server's runs only while `aim up` runs on its repository, or after `aim storage reindex` there)"
             ],
         )
         index_runs(server.root)  # what `aim up` does on the server's machine
@@ -211,5 +211,10 @@ def test_reader_reads_the_server_repository_once_it_is_indexed(tmp_path, monkeyp
         server.stop()
     assert problems == [] and [r["experiment_name"] for r in records] == ["readback_seed3"]
     record = records[0]
+    down = subprocess.run(
+        [sys.executable, "-m", "ntn.tracking", "summary", "--from", f"aim:{server.url}"], capture_output=True, text=True
+    )  # the server has stopped
+    assert down.returncode == 2 and down.stderr.count("\n") == 1 and "Traceback" not in down.stderr, down.stderr
+    assert f"ntn-trackers summary: Aim server at {server.url} is unreachable" in down.stderr
     assert record["hparams"] == {"bond_dim": 6} and record["summary"] == {"success": True, "status": "finished"}
     assert record["metrics_log"] == [{"step": -1, "loss": 9.0}] + [{"step": s, "loss": 1.0 / (s + 1)} for s in range(4)]

@@ -335,3 +335,11 @@ def test_load_is_the_public_reader():
     with start_run("reader", {}) as run:
         run.log_summary({"success": True})
     assert load(str(the_file("reader")))["summary"]["success"] is True
+
+
+def test_holding_thousands_of_experiments_at_once():
+    """A sweep of many configurations holds one lock per experiment: more than the usual 1024 open files."""
+    names = [f"exp{i}_seed0" for i in range(3000)]
+    with FileTracker.hold_runs(names):
+        assert len(list(pathlib.Path("experiment_logs").glob(".experiment-*.lock"))) == 3000
+    assert list(pathlib.Path("experiment_logs").glob(".experiment-*.lock")) == []

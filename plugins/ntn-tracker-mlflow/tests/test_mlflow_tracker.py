@@ -187,8 +187,6 @@ def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets(mlflow_serve
     assert problems == []
     names = sorted(r["experiment_name"] for r in records if r["experiment_name"].startswith("shared_"))
     assert names == sorted(SWEEP_RUNS * 2)
-    ids = {
-        json.loads((tmp_path / d / "results_sweep_shared.json").read_text())["sweep_id"] for d in ("alice", "bob")
-    }
+    ids = {json.loads((tmp_path / d / "results_sweep_shared.json").read_text())["sweep_id"] for d in ("alice", "bob")}
     run_ids = {r["config"]["run_id"].rpartition("@")[2] for r in records if r["experiment_name"] in SWEEP_RUNS}
     assert len(ids) == 2 and run_ids == ids

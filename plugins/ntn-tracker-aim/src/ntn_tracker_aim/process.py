@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import atexit
-import os
 import subprocess
 import sys
 import threading

@@ -63,25 +63,44 @@ def to_record(run) -> dict:
     }
 
 
+UNINDEXED = (
+    "aim 3.29 indexes a server's runs only while `aim up` runs on its repository, or after `aim storage reindex` there"
+)
+
+
 def read_runs(source: str) -> tuple[list[dict], list[str]]:
-    """The `aim` reader for `ntn-trackers summary/compare`: every run of a repository."""
+    """The `aim` reader for `ntn-trackers summary/compare`: every run of a repository; for a server, the runs
+    it holds but has not indexed yet are counted in a problem line, never silently left out.
+
+    :raises ValueError: one line, when a server cannot be reached (or refuses the credentials)
+    """
     from aim import Repo, Run
+    from ntn.tracking import TrackerConfigError
 
-    from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument
+    from ntn_tracker_aim import auth
+    from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
 
-    root = aim_repo_argument(source)
+    try:
+        root = aim_repo_argument(source)
+        if root.startswith(REMOTE_PREFIX):
+            probe_server(root, auth.headers_from_env())
+    except (ConnectionError, TrackerConfigError) as err:
+        raise ValueError(str(err)) from None
+    problems = []
     if root.startswith(REMOTE_PREFIX):
-        runs = list(Repo.from_path(root).iter_runs())
-        if not runs:
-            return [], [
-                f"{source}: no indexed runs (aim 3.29 indexes a server's runs only while `aim up` runs on its "
-                "repository, or after `aim storage reindex` there)"
-            ]
+        repo = Repo.from_path(root)
+        runs = list(repo.iter_runs())
+        # every run the server holds (aim caches that list for 0.5 s; runs still open are listed apart)
+        unseen = set(repo.list_all_runs()) | set(repo.list_active_runs())
+        unseen -= {run.hash for run in runs}
+        if unseen:
+            unread = f"{len(unseen)} runs on the server are not indexed yet and cannot be read"
+            problems.append(f"{source}: {unread} ({UNINDEXED})")
     else:
         if not (Path(root) / ".aim").is_dir():
             return [], [f"{source}: no Aim repository there"]
         runs = [Run(h, repo=root, read_only=True) for h in index_runs(root)]
-    records, problems = [], []
+    records = []
     for run in runs:
         try:
             records.append(to_record(run))

@@ -88,23 +88,27 @@ def sync(
 
 
 def _timeout(text: str) -> float:
-    """--timeout: a number of seconds from 0 to a day (argparse says what is wrong in one line)."""
+    """--timeout: a number of seconds from 0 to a day.
+
+    :raises ValueError: one line (ntn-trackers prints it, exit 2)
+    """
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
+        raise ValueError(f"--timeout={text!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
     return value
 
 
 def _command(args: argparse.Namespace) -> int:
+    timeout = _timeout(args.timeout)
     spool = Path(args.spool) if args.spool else journal.spool_dir()
     if not spool.is_dir():
         print(f"nothing to sync: no spool at {spool}")
         return 0
     repo = aim_repo_argument(args.repo) if args.repo else None
-    records, runs, problems = sync(spool, repo, args.timeout, progress=lambda line: print(line, flush=True))
+    records, runs, problems = sync(spool, repo, timeout, progress=lambda line: print(line, flush=True))
     for problem in problems:
         print(f"ntn-trackers sync: {problem}", file=sys.stderr)
     print(f"synced {records} records of {runs} runs from {spool}" + (f" to {repo}" if repo else ""))
@@ -120,8 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_timeout,
-        default=DEFAULT_TIMEOUT_S,
+        default=str(DEFAULT_TIMEOUT_S),
         help=f"seconds to wait for a server's first answer before giving up on it (default {DEFAULT_TIMEOUT_S:g})",
     )
     parser.set_defaults(func=_command)

@@ -69,6 +69,19 @@ def _check_path(path: Path, experiment_name: str) -> None:
         raise TrackerConfigError(f"{path} already holds experiment {previous!r}, not {experiment_name!r}")
 
 
+def _allow_open_files(count: int) -> None:
+    """Raise this process's limit of open files to `count` where the system allows (POSIX)."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 class FileTracker:
     """The `file` backend. Directory: `directory`, else $TRACKER_DIR, else ./experiment_logs."""
 
@@ -126,8 +139,10 @@ class FileTracker:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TrackerConfigError(f"TRACKER_DIR {str(directory)!r} cannot be made ({err.strerror})") from None
+        experiments = list(dict.fromkeys(experiment_of({"experiment_name": n}) for n in run_names))
+        _allow_open_files(len(experiments) + 256)  # one lock each: a sweep of many configurations
         with contextlib.ExitStack() as held:
-            for experiment in dict.fromkeys(experiment_of({"experiment_name": n}) for n in run_names):
+            for experiment in experiments:
                 digest = hashlib.sha256(experiment.encode("utf-8", "surrogatepass")).hexdigest()[:16]
                 path = directory / f".experiment-{digest}.lock"
                 try:

@@ -3,8 +3,9 @@
 - Where: $MLFLOW_TRACKING_URI (`http://host:5000`, `sqlite:///...`), else MLflow's default (a SQLite
   database `mlflow.db` in the working directory). A local store is created once, before training
   (`check_environment`), so that a sweep's workers never race on its schema; a local directory (MLflow's
-  file store, in maintenance mode since MLflow 3) is refused in one line. Credentials: MLflow's own variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
-  MLFLOW_TRACKING_PASSWORD), read by MLflow; their values never reach a payload (`secret_values`).
+  file store, in maintenance mode since MLflow 3) is refused in one line. Credentials: MLflow's own
+  variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), read by
+  MLflow; their values never reach a payload (`secret_values`).
 - The MLflow experiment is config["experiment"] (else the run name without its `_seed<N>`); the run is
   named after the tracked run, `{experiment}_seed{seed}`.
 - params: the hparams, flattened (`outer.inner`), as MLflow keeps them, text; the exact JSON of config,
