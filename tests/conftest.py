@@ -29,30 +29,41 @@ def run_script(tmp_path):
     return run
 
 
-@pytest.fixture
-def train_here(tmp_path, monkeypatch, capsys):
-    """Run `run_<model>.sh`'s Python entry point in this process (no torch import per case), from a scratch
-    working directory, with the tests' small defaults; returns (exit code, stdout, stderr)."""
+def _in_process(main, monkeypatch, capsys, model=None):
+    """A call of an entry point `main(argv)` with environment variables set for the test; returns (exit
+    code, stdout, stderr). The signal handlers it installs are put back."""
     import signal
 
-    from experiments.train import main
-
-    monkeypatch.chdir(tmp_path)
-    for name in ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "AIM_REPO", "TRACKER_DIR", "AIM_CUSTOM_HEADERS"):
-        monkeypatch.delenv(name, raising=False)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
-    def run(model="mpo2", *args, **env):
-        for name, value in ({"DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"} | env).items():
+    def run(*args, **env):
+        for name, value in env.items():
             monkeypatch.setenv(name, str(value))
         capsys.readouterr()
         try:
-            code = main([model, *args])
+            code = main([*([model] if model else []), *args])
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
         out, err = capsys.readouterr()
         return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def train_here(tmp_path, monkeypatch, capsys):
+    """Run `run_<model>.sh`'s Python entry point in this process (no torch import per case), from a scratch
+    working directory, with the tests' small defaults; returns (exit code, stdout, stderr)."""
+    from experiments.train import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "AIM_REPO", "TRACKER_DIR", "AIM_CUSTOM_HEADERS"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(model="mpo2", *args, **env):
+        defaults = {"DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"}
+        return _in_process(main, monkeypatch, capsys, model)(*args, **(defaults | env))
 
     return run
 
@@ -61,25 +72,9 @@ def train_here(tmp_path, monkeypatch, capsys):
 def sweep_here(tmp_path, monkeypatch, capsys):
     """`run_sweep.sh`'s Python entry point in this process, from a scratch working directory, for the cases
     that stop before any worker starts; returns (exit code, stdout, stderr)."""
-    import signal
-
     from experiments.sweep import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("TRACKER_BACKEND", "AIM_REPO", "TRACKER_DIR", "SWEEP_EXECUTOR", "DASK_SCHEDULER_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-    def run(*args, **env):
-        for name, value in env.items():
-            monkeypatch.setenv(name, str(value))
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return _in_process(main, monkeypatch, capsys)

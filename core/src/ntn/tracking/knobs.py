@@ -10,6 +10,20 @@ from ntn.tracking.discovery import TrackerConfigError
 MAX_SECONDS = 24 * 3600.0
 
 
+def parse_seconds(text: str, name: str, maximum: float = MAX_SECONDS) -> float:
+    """`text` as a number of seconds in [0, maximum].
+
+    :raises TrackerConfigError: one line naming the setting (`name`), its value and what is allowed
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= maximum):
+        raise TrackerConfigError(f"{name}={text!r} must be a number of seconds from 0 to {maximum:g}")
+    return value
+
+
 def seconds(variable: str, default: float, maximum: float = MAX_SECONDS) -> float:
     """A number of seconds in [0, maximum] from the environment variable `variable` (unset or empty:
     `default`).
@@ -17,12 +31,4 @@ def seconds(variable: str, default: float, maximum: float = MAX_SECONDS) -> floa
     :raises TrackerConfigError: one line naming the variable, its value and what is allowed
     """
     text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= maximum):
-        raise TrackerConfigError(f"{variable}={text!r} must be a number of seconds from 0 to {maximum:g}")
-    return value
+    return parse_seconds(text, variable, maximum) if text else default

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 from ntn.tracking import TrackerConfigError
-from ntn.tracking.knobs import MAX_SECONDS
+from ntn.tracking.knobs import parse_seconds
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
@@ -87,22 +86,8 @@ def sync(
     return records, runs, problems
 
 
-def _timeout(text: str) -> float:
-    """--timeout: a number of seconds from 0 to a day.
-
-    :raises ValueError: one line (ntn-trackers prints it, exit 2)
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
-        raise ValueError(f"--timeout={text!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
-    return value
-
-
 def _command(args: argparse.Namespace) -> int:
-    timeout = _timeout(args.timeout)
+    timeout = parse_seconds(args.timeout, "--timeout")
     spool = Path(args.spool) if args.spool else journal.spool_dir()
     if not spool.is_dir():
         print(f"nothing to sync: no spool at {spool}")
