@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_sweep.sh",
         description="Train every configuration of a sweep file for each of its seeds, one tracked run each, "
         "in parallel. The tracker variables (TRACKER_BACKEND, TRACKER_DIR, AIM_REPO, ...) are read as by run_*.sh.",
-        epilog="Exit codes: 0 every run trained; 1 some run failed (recorded as failed, the others went on) or "
-        "did not run; 2 bad input, nothing trained; 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP. Run the same "
-        "command again to train only the runs the results file does not hold yet.",
+        epilog="Exit codes: 0 every run succeeded; 1 some run failed (recorded as failed, the others went on; also "
+        "when an earlier call recorded it) or did not run; 2 bad input, nothing trained; 130/143/129 stopped by "
+        "SIGINT/SIGTERM/SIGHUP. Run the same command again to train only the runs the results file does not hold "
+        "as successful.",
     )
     parser.add_argument("sweep_file", help="the sweep's TOML file (see experiments/sweeps/)")
     parser.add_argument(
