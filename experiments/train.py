@@ -281,10 +281,10 @@ def _main(argv: list[str] | None = None) -> int:
     output = Path(s.output_file)
     holding = contextlib.ExitStack()
     try:
-        s = dataclasses.replace(s, device=str(_device(s.device)))
         run_names = [f"{s.experiment_name}_seed{seed}" for seed in s.seeds]
         backends = validate(s.tracker_backend, run_names)
         check_output(output, "OUTPUT_FILE", lambda d: _results_of(d, s.experiment_name), "this experiment's results")
+        s = dataclasses.replace(s, device=str(_device(s.device)))  # the first check that imports torch
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))

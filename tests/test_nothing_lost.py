@@ -180,3 +180,17 @@ def test_a_signal_at_any_step_of_a_seed_s_end_leaves_results_and_runs_agreeing(t
     assert 0 in in_results and not (tmp_path / "experiment_logs" / "mpo2_experiment_seed2.json").exists()
     expected = "finished and recorded" if 1 in in_results else "recorded as interrupted"
     assert f"run mpo2_experiment_seed1 {expected}" in err, err
+
+
+@pytest.mark.parametrize("env", [{"TRACKER_BACKEND": "bogus"}, {"OUTPUT_FILE": "no/such/dir/r.json"}])
+def test_a_bad_backend_or_output_file_is_refused_before_torch_is_imported(tmp_path, env):
+    """Failed on main: these one-line errors waited for torch's import (seconds) first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from experiments.train import main; rc = main(['mpo2']); print(rc, 'torch' in sys.modules)"
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "OUTPUT_FILE")}
+    environ |= {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "DATASET": "synthetic"} | env
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
