@@ -68,3 +68,36 @@ def test_index_makes_finished_runs_visible_to_readers():
     assert [r.hash for r in Repo(".").iter_runs()] == []  # what aim 3.29 gives readers without the index
     aim_internals.index(Repo("."), [HASH])
     assert [r.hash for r in Repo(".").iter_runs()] == [HASH]
+
+
+READ_THEN_WAIT = """
+import sys
+from ntn_tracker_aim import read_runs
+records, problems = read_runs(sys.argv[1])
+print(len(records), len(problems), flush=True)
+sys.stdin.read()  # the test stops the server meanwhile
+"""
+
+
+def test_run_hashes_lists_every_run_and_leaves_nothing_that_hangs_the_exit(tmp_path):
+    """`Repo.list_all_runs` kept the Repo alive until exit, where aim's clean-up, the server gone, hung the
+    process for good; `run_hashes` asks the server without that cache."""
+    import subprocess
+    import sys
+
+    from conftest import AimServer
+
+    server = AimServer(tmp_path / "repo")
+    try:
+        run = aim_internals.new_run(server.url, HASH, None, experiment="e", **RUN_OPTIONS)
+        run.track(1.0, name="loss", step=0)
+        aim_internals.close_run(run, None)
+        assert aim_internals.run_hashes(Repo.from_path(server.url)) == {HASH}
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READ_THEN_WAIT, server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert reader.stdout.readline().split() == ["0", "1"]  # one run, not indexed: counted, not read
+    finally:
+        server.stop()
+    reader.stdin.close()
+    assert reader.wait(timeout=60) == 0

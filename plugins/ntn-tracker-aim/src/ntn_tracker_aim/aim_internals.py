@@ -6,6 +6,7 @@
   so that replaying a journal is idempotent and a run delivered late still shows when it trained.
 - `close_run`: a run's end time set to when it ended in training, not to when it was delivered.
 - `wait_until_stored`: the remote client's queue, until the server acknowledged what was sent.
+- `run_hashes`: every run a server holds, indexed or not, without aim's cache of that list.
 - `index`: the repository index that serves finished runs to readers, which only `aim up` and
   `aim storage reindex` maintain.
 Each has a test of its own in tests/test_aim_internals.py.
@@ -106,3 +107,11 @@ def index(repo: Repo, run_hashes: list[str]) -> None:
     manager = RepoIndexManager.get_index_manager(repo)
     for run_hash in run_hashes:
         manager.index(run_hash)
+
+
+def run_hashes(repo: Repo) -> set[str]:
+    """Every run a remote `repo`'s server holds, indexed or not, open or closed. (`Repo.list_all_runs`
+    caches its answer with the Repo in the key: the Repo then lives until exit, where aim's clean-up
+    contacts the server, and hangs the process when the server has gone.)"""
+    proxy = repo._remote_repo_proxy
+    return set(proxy.list_all_runs()) | set(proxy.list_active_runs())

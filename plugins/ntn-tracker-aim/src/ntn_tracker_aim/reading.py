@@ -88,11 +88,11 @@ def read_runs(source: str) -> tuple[list[dict], list[str]]:
         raise ValueError(str(err)) from None
     problems = []
     if root.startswith(REMOTE_PREFIX):
+        from ntn_tracker_aim import aim_internals
+
         repo = Repo.from_path(root)
         runs = list(repo.iter_runs())
-        # every run the server holds (aim caches that list for 0.5 s; runs still open are listed apart)
-        unseen = set(repo.list_all_runs()) | set(repo.list_active_runs())
-        unseen -= {run.hash for run in runs}
+        unseen = aim_internals.run_hashes(repo) - {run.hash for run in runs}
         if unseen:
             unread = f"{len(unseen)} runs on the server are not indexed yet and cannot be read"
             problems.append(f"{source}: {unread} ({UNINDEXED})")
