@@ -101,3 +101,24 @@ def test_run_hashes_lists_every_run_and_leaves_nothing_that_hangs_the_exit(tmp_p
         server.stop()
     reader.stdin.close()
     assert reader.wait(timeout=60) == 0
+
+
+def test_clean_up_at_exit_ends_when_a_finalizer_raises():
+    """Without the patch, aim's clean-up thread died on the raising finalizer and the exit waited for ever."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ntn_tracker_aim.aim_internals\n"
+        "from aim.ext.cleanup import AutoClean\n"
+        "class Gone(AutoClean):\n"
+        "    def _close(self):\n"
+        "        raise ConnectionError('the server has gone')\n"
+        "class Resource:\n"
+        "    pass\n"
+        "resource = Resource()\n"
+        "Gone(resource)\n"
+        "print('ok', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr

@@ -7,6 +7,8 @@
 - `close_run`: a run's end time set to when it ended in training, not to when it was delivered.
 - `wait_until_stored`: the remote client's queue, until the server acknowledged what was sent.
 - `run_hashes`: every run a server holds, indexed or not, without aim's cache of that list.
+- `clean_up_at_exit`: aim's clean-up at exit, made to end: a finalizer that raises (its server has gone)
+  killed aim's clean-up thread before it signalled, and the process waited for it for ever.
 - `index`: the repository index that serves finished runs to readers, which only `aim up` and
   `aim storage reindex` maintain.
 Each has a test of its own in tests/test_aim_internals.py.
@@ -21,6 +23,7 @@ from typing import Any
 
 import aim.sdk.base_run as base_run
 from aim import Repo, Run
+from aim.ext.cleanup import AutoClean
 from aim.ext.transport.client import Client
 from aim.sdk.index_manager import RepoIndexManager
 
@@ -115,3 +118,19 @@ def run_hashes(repo: Repo) -> set[str]:
     contacts the server, and hangs the process when the server has gone.)"""
     proxy = repo._remote_repo_proxy
     return set(proxy.list_all_runs()) | set(proxy.list_active_runs())
+
+
+def clean_up_at_exit() -> None:
+    """aim's `AutoClean._cleanup` (each resource's finalizer, highest priority first), but a finalizer that
+    raises no longer stops the others or keeps the exit waiting: the done signal is always set."""
+    try:
+        for _, (_, finalizer) in reversed(sorted(AutoClean._finalizers.items(), key=lambda item: item[1][0])):
+            try:
+                finalizer()
+            except Exception:  # the server has gone: nothing left to release there
+                pass
+    finally:
+        AutoClean.stop_signal.set()
+
+
+AutoClean._cleanup = staticmethod(clean_up_at_exit)
