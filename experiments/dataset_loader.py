@@ -32,6 +32,11 @@ SPLIT = (0.7, 0.15, 0.15)  # train, validation, test
 CALIFORNIA_FEATURES = ["MedInc", "HouseAge", "AveRooms", "AveBedrms", "Population", "AveOccup", "Latitude", "Longitude"]
 
 
+def quality_of(name: str) -> str:
+    """The figure a data set's models are judged by: r2 (regression) or accuracy (classification)."""
+    return "r2" if name in REGRESSION else "accuracy"
+
+
 class DatasetError(ValueError):
     """A data set cannot be loaded as asked."""
 
@@ -47,6 +52,10 @@ class Dataset:
     task: str  # "regression" or "classification"
     n_outputs: int  # 1 for regression, the number of classes for classification
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> str:
+        return quality_of(self.info["name"])
 
 
 def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,12 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def check_output(path: Path, setting: str, owns: Callable[[Any], bool], what: str) -> None:
+def check_output(path: Path, setting: str, owns: Callable[[Any], bool], what: str, tracker_dir: str) -> None:
     """Fail now, before training, if `path` cannot take this run's results later; creates nothing.
 
     :param setting: the setting that named it (OUTPUT_FILE, --output), for the message
     :param owns: whether a document already at `path` is `what` (it is then replaced, or resumed)
+    :param tracker_dir: the TRACKER_DIR setting, whose run files OUTPUT_FILE may not sit among
     :raises OSError: one line naming the setting and why
     """
     shown = f"{setting}={str(path)!r}"
@@ -60,9 +60,8 @@ def check_output(path: Path, setting: str, owns: Callable[[Any], bool], what: st
     directory = path.parent
     if not directory.is_dir():
         raise OSError(f"{shown}: directory {str(directory)!r} does not exist")
-    tracker_dir = Path(os.environ.get("TRACKER_DIR") or "experiment_logs")
-    if tracker_dir.is_dir() and directory.resolve() == tracker_dir.resolve():
-        raise OSError(f"{shown} is inside TRACKER_DIR {str(tracker_dir)!r}, which holds run files; name another")
+    if Path(tracker_dir).is_dir() and directory.resolve() == Path(tracker_dir).resolve():
+        raise OSError(f"{shown} is inside TRACKER_DIR {tracker_dir!r}, which holds run files; name another")
     try:
         check_writable(directory)
     except OSError as err:

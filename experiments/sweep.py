@@ -164,7 +164,8 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         names = [f"{c.settings.experiment_name}_seed{seed}" for c in sweep.configurations for seed in sweep.seeds]
         backends = validate(backend, names)
         owns = lambda document: belongs_to(document, sweep.name)  # noqa: E731
-        check_output(opts.output, "--output", owns, f"results of sweep {sweep.name!r}")
+        tracker_dir = sweep.configurations[0].settings.tracker_dir
+        check_output(opts.output, "--output", owns, f"results of sweep {sweep.name!r}", tracker_dir)
         preflight(sweep)
         # the executor first: a scheduler that cannot be reached is bad input, refused before anything is made
         to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked

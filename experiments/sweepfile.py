@@ -27,7 +27,7 @@ from typing import Any
 
 from ntn.tracking import Redactor
 
-from experiments.dataset_loader import REGRESSION
+from experiments.dataset_loader import quality_of
 from experiments.settings import MODELS, SETTINGS, SettingError, Settings, seeds, settings_of
 
 try:
@@ -62,7 +62,7 @@ class Configuration:
     @property
     def quality(self) -> str:
         """The figure its runs are ranked by: r2 (regression) or accuracy (classification)."""
-        return "r2" if self.settings.dataset in REGRESSION else "accuracy"
+        return quality_of(self.settings.dataset)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
     """Train one seed inside its tracked run; returns its entry of the results file."""
     from ntn import NTN
 
-    quality = "r2" if data.task == "regression" else "accuracy"
+    quality = data.quality
     loss = "mse" if data.task == "regression" else "cross_entropy"
     net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
     run.log_hparams(
@@ -161,7 +161,7 @@ def train_seed(
     signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
     from ntn.tracking import start_run, uninterrupted
 
-    quality = "r2" if data.task == "regression" else "accuracy"
+    quality = data.quality
     with contextlib.ExitStack() as seed_end:
         with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
             try:
@@ -283,7 +283,8 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         run_names = [f"{s.experiment_name}_seed{seed}" for seed in s.seeds]
         backends = validate(s.tracker_backend, run_names)
-        check_output(output, "OUTPUT_FILE", lambda d: _results_of(d, s.experiment_name), "this experiment's results")
+        owns = lambda document: _results_of(document, s.experiment_name)  # noqa: E731
+        check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
         s = dataclasses.replace(s, device=str(_device(s.device)))  # the first check that imports torch
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
@@ -308,7 +309,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
     from ntn.tracking import TrackerConfigError, new_id, run_id
 
-    quality = "r2" if data.task == "regression" else "accuracy"
+    quality = data.quality
     config = run_config(model, s, data)
     launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
     progress = _Progress(s, data.info)
