@@ -4,7 +4,8 @@ trackers at the end, and stop: a worker never outlives its sweep, however the sw
 
 Each worker process imports torch, the trainer and the tracker plugins once and checks its trackers'
 environment there (a cluster's workers have their own): Dask's `WorkerPlugin` does so on every worker,
-present and future; the local pool's initializer on each of its processes.
+present and future; the local pool's initializer on each of its processes. `distributed` is imported
+only when a sweep uses Dask (importing it takes ~0.4 s).
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ import time
 import uuid
 from typing import Any
 
+from ntn.tracking import (
+    TrackerConfigError,
+    TrackerSelectionError,
+    TrackerValidationError,
+    pending,
+    stop_on_signals,
+    validate,
+)
+
 from experiments.outputs import redact
 from experiments.settings import SettingError
 from experiments.sweepfile import Configuration
+from experiments.train import train_run
 
 SCHEDULER_TIMEOUT_S = 10
 WORKER_WAIT_S = 60
@@ -41,10 +52,7 @@ def prepare_worker(backend: str, threads: int | None = None) -> None:
 
     :raises WorkerSetupError: naming the worker (host:pid) and why it cannot train
     """
-    import torch
-    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, validate
-
-    import experiments.train  # noqa: F401  (the trainer and the data sets, once)
+    import torch  # here, not at the top: the sweep's own process never needs it
 
     if threads:
         torch.set_num_threads(threads)
@@ -55,8 +63,6 @@ def prepare_worker(backend: str, threads: int | None = None) -> None:
 
 
 def wait_for_trackers(timeout: float) -> bool:
-    from ntn.tracking import pending
-
     return pending.wait(timeout)
 
 
@@ -109,10 +115,6 @@ def _wait_for_trackers_locally(timeout: float) -> bool:
 def _train_local(model: str, settings: Any, seed: int, run_id: str) -> dict[str, Any] | None:
     """One run in a local worker; None when the sweep is being stopped (its run, if it had begun, is
     recorded as interrupted by its trackers, and the sweep trains it again next time)."""
-    from ntn.tracking import stop_on_signals
-
-    from experiments.train import train_run
-
     if _stopping["signal"]:
         return None
     previous = stop_on_signals()
@@ -228,8 +230,6 @@ class DaskExecutor:
             ) from None
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
-        from experiments.train import train_run
-
         key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(train_run, model, configuration.settings, seed, run_id, key=key, pure=False)
 

@@ -8,7 +8,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ntn.files import file_stem
@@ -108,6 +108,8 @@ def text(value: str) -> str:
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting as the scripts take it: its variable, its flag, its default as text, its parser."""
+
     env: str
     default: str
     parse: Callable[[str], Any]
@@ -123,38 +125,50 @@ class Setting:
         return self.env.lower()
 
 
-SETTINGS = [
-    Setting("DATASET", "california_housing", choice(DATASETS), "data set"),
-    Setting("N_SAMPLES", "500", n_samples, "seeded subsample size; 0 or 'all' for every row"),
-    Setting("L", "3", integer(2), "number of sites (polynomial degree)"),
-    Setting("BOND_DIM", "6", integer(1), "bond dimension"),
-    Setting("OUTPUT_SITE", "1", integer(0), "site of the output index, in [0, L)"),
-    Setting("INIT_STRENGTH", "0.1", real(0, low_open=True), "standard deviation of the initial cores"),
-    Setting("REDUCTION_FACTOR", "0.5", real(0, 1, low_open=True), "LMPO2: rank = max(2, int(phys_dim × factor))"),
-    Setting("BATCH_SIZE", "100", integer(1), "samples per mini-batch (memory only; results do not depend on it)"),
-    Setting("N_EPOCHS", "10", integer(0), "sweeps over the cores"),
-    Setting("JITTER_START", "0.2", real(0), "ridge λ of epoch 0, relative to each core's mean curvature"),
-    Setting("JITTER_DECAY", "0.9", real(0, low_open=True), "λ_e = max(JITTER_START · JITTER_DECAY^e, JITTER_MIN)"),
-    Setting("JITTER_MIN", "1e-6", real(0), "lower bound of λ"),
-    Setting("SELECT", "val_loss", choice(("val_loss", "reg_loss", "last")), "which epoch's state to keep"),
-    Setting("DEVICE", "auto", device, "where to train: auto (CUDA when available, else cpu), cpu, cuda, cuda:N"),
-    Setting("SEEDS", "0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each"),
-    Setting("DATA_SEED", "0", integer(0), "seed of the subsample and the train/validation/test split"),
-    Setting("PREPROCESSING", "clip", choice(PREPROCESSING), "input scaling, fitted on the training split"),
-    Setting(
-        "OUTPUT_FILE",
+def setting(default: str, parse: Callable[[str], Any], help: str, has_flag: bool = True) -> Any:
+    """A field of `Settings`: its variable is the field's name in upper case."""
+    return field(metadata={"setting": (default, parse, help, has_flag)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One experiment's settings, parsed and checked (`resolve`). Each field declares its variable (the
+    field's name in upper case), its default, its parser and its help: `SETTINGS` is made from them."""
+
+    dataset: str = setting("california_housing", choice(DATASETS), "data set")
+    n_samples: int = setting("500", n_samples, "seeded subsample size; 0 or 'all' for every row")
+    l: int = setting("3", integer(2), "number of sites (polynomial degree)")
+    bond_dim: int = setting("6", integer(1), "bond dimension")
+    output_site: int = setting("1", integer(0), "site of the output index, in [0, L)")
+    init_strength: float = setting("0.1", real(0, low_open=True), "standard deviation of the initial cores")
+    reduction_factor: float = setting("0.5", real(0, 1, low_open=True), "LMPO2: rank = max(2, int(phys_dim × factor))")
+    batch_size: int = setting("100", integer(1), "samples per mini-batch (memory only; results do not depend on it)")
+    n_epochs: int = setting("10", integer(0), "sweeps over the cores")
+    jitter_start: float = setting("0.2", real(0), "ridge λ of epoch 0, relative to each core's mean curvature")
+    jitter_decay: float = setting("0.9", real(0, low_open=True), "λ_e = max(JITTER_START · JITTER_DECAY^e, JITTER_MIN)")
+    jitter_min: float = setting("1e-6", real(0), "lower bound of λ")
+    select: str = setting("val_loss", choice(("val_loss", "reg_loss", "last")), "which epoch's state to keep")
+    device: str = setting("auto", device, "where to train: auto (CUDA when available, else cpu), cpu, cuda, cuda:N")
+    seeds: list[int] = setting("0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each")  # noqa: RUF009
+    data_seed: int = setting("0", integer(0), "seed of the subsample and the train/validation/test split")
+    preprocessing: str = setting("clip", choice(PREPROCESSING), "input scaling, fitted on the training split")
+    output_file: str = setting(
         "results_{experiment}.json",
         text,
         "multi-seed results file, one per experiment name (odd "
         "characters replaced and a hash of the name appended, as for run files)",
-    ),
-    Setting("VERBOSE", "false", boolean, "print one line per epoch"),
-    Setting("SAVE_MODEL", "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"),
-    Setting("TRACKER_BACKEND", "file", text, "file, aim, both, none, or a comma-separated list of backends"),
-    Setting("TRACKER_DIR", "experiment_logs", text, "directory of the file backend", has_flag=False),
-    Setting("AIM_REPO", ".aim", text, "Aim repository: a path or aim://host:port", has_flag=False),
-    Setting("EXPERIMENT_NAME", "{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}"),
-]
+    )
+    verbose: bool = setting("false", boolean, "print one line per epoch")
+    save_model: bool = setting(
+        "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"
+    )
+    tracker_backend: str = setting("file", text, "file, aim, both, none, or a comma-separated list of backends")
+    tracker_dir: str = setting("experiment_logs", text, "directory of the file backend", has_flag=False)
+    aim_repo: str = setting(".aim", text, "Aim repository: a path or aim://host:port", has_flag=False)
+    experiment_name: str = setting("{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}")
+
+
+SETTINGS = [Setting(f.name.upper(), *f.metadata["setting"]) for f in fields(Settings)]
 
 
 def build_parser(model: str) -> argparse.ArgumentParser:
@@ -176,36 +190,6 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         f"{s.env} ({s.help}, default {s.default})" for s in plugins
     )
     return parser
-
-
-@dataclass(frozen=True)
-class Settings:
-    """One experiment's settings, parsed and checked (`resolve`); names as in SETTINGS, lower case."""
-
-    dataset: str
-    n_samples: int
-    l: int
-    bond_dim: int
-    output_site: int
-    init_strength: float
-    reduction_factor: float
-    batch_size: int
-    n_epochs: int
-    jitter_start: float
-    jitter_decay: float
-    jitter_min: float
-    select: str
-    device: str
-    seeds: list[int]
-    data_seed: int
-    preprocessing: str
-    output_file: str
-    verbose: bool
-    save_model: bool
-    tracker_backend: str
-    tracker_dir: str
-    aim_repo: str
-    experiment_name: str
 
 
 def resolve(model: str, argv: list[str] | None = None) -> Settings:

@@ -27,10 +27,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
+from ntn.tracking import (
+    TrackerConfigError,
+    TrackerSelectionError,
+    TrackerValidationError,
+    hold,
+    stop_on_signals,
+    validate,
+)
+from tqdm import tqdm
+
+from experiments.dataset_loader import DatasetError, load_dataset
+from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.outputs import check_output, held, redact
 from experiments.settings import SettingError, integer
 from experiments.sweep_results import Record, belongs_to, plot, table
-from experiments.sweepfile import Configuration, Sweep, SweepError
+from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import failed_entry
 
 EXECUTORS = ("local", "dask")
@@ -106,8 +119,6 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; a signal ends it with one line (what is recorded stays) and 128 + its number."""
-    from ntn.tracking import stop_on_signals
-
     stop_on_signals()
     state: dict[str, Any] = {}
     try:
@@ -134,13 +145,9 @@ def preflight(sweep: Sweep) -> None:
 
     :raises SettingError, DatasetError: naming the setting
     """
-    from experiments.dataset_loader import load_dataset
-
     for device in sorted({c.settings.device for c in sweep.configurations} - {"auto", "cpu"}):
-        from ntn import resolve_device
-
         try:
-            resolve_device(device)
+            ntn.resolve_device(device)
         except ValueError as err:
             raise SettingError(f"device={device!r}: {err}") from None
     for data in dict.fromkeys(
@@ -151,11 +158,6 @@ def preflight(sweep: Sweep) -> None:
 
 
 def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
-    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, hold, validate
-
-    from experiments.dataset_loader import DatasetError
-    from experiments.sweepfile import load
-
     args = build_parser().parse_args(argv)
     try:
         sweep = load(args.sweep_file)
@@ -192,8 +194,6 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
 
 def _executor(opts: Options, workers: int, backend: str):
     """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address."""
-    from experiments.executors import DaskExecutor, LocalExecutor
-
     if opts.executor == "local":
         return LocalExecutor(workers, backend)
     return DaskExecutor(workers, opts.scheduler, backend)
@@ -278,8 +278,6 @@ def _train_all(executor, missing: list[tuple[Configuration, int]], record: Recor
 def _progress(total: int) -> Iterator[Any]:
     """A bar counting runs on a terminal; nothing otherwise."""
     if sys.stderr.isatty():
-        from tqdm import tqdm
-
         with tqdm(total=total, unit="run", file=sys.stderr) as bar:
             yield bar
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ntn.tracking import new_id, run_id
+from tabulate import tabulate
 
 from experiments.outputs import read_json, stats, write_json
 from experiments.settings import SettingError
@@ -188,8 +189,6 @@ def rank(configurations: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(document: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
     def shown(c: dict[str, Any], split: str) -> str:
         mean, std = c[f"{split}_{c['metric']}_mean"], c[f"{split}_{c['metric']}_std"]
         return "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"

@@ -10,16 +10,30 @@ import dataclasses
 import functools
 import signal
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import ntn  # its models and trainer import torch on first use, after the cheap checks
 import numpy as np
+from ntn.tracking import (
+    TrackerConfigError,
+    TrackerSelectionError,
+    TrackerValidationError,
+    hold,
+    new_id,
+    run_id,
+    select,
+    start_run,
+    stop_on_signals,
+    uninterrupted,
+    validate,
+)
+from tqdm import tqdm
 
+from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, redact, stats, write_json
-from experiments.settings import MODELS
-
-if TYPE_CHECKING:
-    from experiments.settings import Settings
+from experiments.settings import MODELS, SettingError, Settings, resolve
 
 
 def _fail(model: str, message: str) -> int:
@@ -27,16 +41,7 @@ def _fail(model: str, message: str) -> int:
     return 2
 
 
-def _device(name: str):
-    """The torch device DEVICE names, or ValueError when it is not available here."""
-    from ntn import resolve_device
-
-    return resolve_device(name)
-
-
 def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: int):
-    from ntn import LMPO2, MMPO2, MPO2
-
     common = dict(
         L=s.l,
         bond_dim=s.bond_dim,
@@ -47,14 +52,12 @@ def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: i
         seed=seed,
     )
     if model == "lmpo2":
-        return LMPO2(**common, reduction_factor=s.reduction_factor)
-    return {"mpo2": MPO2, "mmpo2": MMPO2}[model](**common)
+        return ntn.LMPO2(**common, reduction_factor=s.reduction_factor)
+    return {"mpo2": ntn.MPO2, "mmpo2": ntn.MMPO2}[model](**common)
 
 
 def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
     """Train one seed inside its tracked run; returns its entry of the results file."""
-    from ntn import NTN
-
     quality = data.quality
     loss = "mse" if data.task == "regression" else "cross_entropy"
     net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
@@ -64,7 +67,7 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
         | ({"reduction_factor": s.reduction_factor} if model == "lmpo2" else {})
         | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss_function": loss}
     )
-    trainer = NTN(
+    trainer = ntn.NTN(
         net,
         data.X_train,
         data.y_train,
@@ -159,8 +162,6 @@ def train_seed(
     and its entry has no test figures; so is a seed whose records a tracker could not complete. `on_entry(entry)`
     returns a file to attach to the run (the results file), or None. From the entry to the run's end a
     signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
-    from ntn.tracking import start_run, uninterrupted
-
     quality = data.quality
     with contextlib.ExitStack() as seed_end:
         with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
@@ -189,21 +190,15 @@ def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:
 
 def _attach_model(run, net, seed: int) -> None:
     """The trained model as the run's file `model_seed{seed}.pt` (ntn.load_model reads it back)."""
-    import tempfile
-
-    from ntn import save_model
-
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"model_seed{seed}.pt"
-        save_model(net, path)
+        ntn.save_model(net, path)
         run.log_artifact(path)
 
 
 @functools.lru_cache(maxsize=8)
 def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
     """A data set loaded once per process (a sweep's worker trains many runs on the same few)."""
-    from experiments.dataset_loader import load_dataset
-
     return load_dataset(name, n_samples, data_seed, preprocessing)
 
 
@@ -211,8 +206,6 @@ def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
 def _backends(selection: str) -> tuple:
     """The tracker plugins selected, looked up once per process: reading the installed distributions'
     entry points costs ~10 ms, 4 % of a sweep's run (docs/benchmarks.md)."""
-    from ntn.tracking import select
-
     return tuple(select(selection))
 
 
@@ -221,9 +214,7 @@ def train_run(model: str, s: Settings, seed: int, run_id: str) -> dict[str, Any]
     trackers get `config["run_id"]` (`ntn.tracking.run_id`: the run's name and the sweep's id): a run
     trained again (its worker died, its sweep was interrupted) replaces its earlier attempt in a tracker
     that keys its runs by it, and never a run of another sweep."""
-    from ntn.tracking import validate
-
-    s = dataclasses.replace(s, device=str(_device(s.device)))
+    s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
     backends = validate(_backends(s.tracker_backend), [name])
@@ -236,8 +227,6 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal'
 
 def main(argv: list[str] | None = None) -> int:
     """Train every seed; a signal (Ctrl-C, SIGTERM, SIGHUP) ends it with one line and 128 + its number."""
-    from ntn.tracking import stop_on_signals
-
     previous = stop_on_signals()
     try:
         return _main(argv)
@@ -267,16 +256,11 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     model, argv = argv[0], argv[1:]
 
-    from experiments.dataset_loader import DatasetError, load_dataset
-    from experiments.settings import SettingError, resolve
-
     try:
         s = resolve(model, argv)
     except SettingError as err:
         return _fail(model, str(err))
     s = dataclasses.replace(s, output_file=redact(s.output_file))
-
-    from ntn.tracking import TrackerConfigError, TrackerSelectionError, TrackerValidationError, hold, validate
 
     output = Path(s.output_file)
     holding = contextlib.ExitStack()
@@ -285,7 +269,7 @@ def _main(argv: list[str] | None = None) -> int:
         backends = validate(s.tracker_backend, run_names)
         owns = lambda document: _results_of(document, s.experiment_name)  # noqa: E731
         check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
-        s = dataclasses.replace(s, device=str(_device(s.device)))  # the first check that imports torch
+        s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))  # the first check that imports torch
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))
@@ -307,8 +291,6 @@ def _results_of(document: Any, experiment: str) -> bool:
 
 def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
-    from ntn.tracking import TrackerConfigError, new_id, run_id
-
     quality = data.quality
     config = run_config(model, s, data)
     launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
@@ -382,8 +364,6 @@ class _Progress:
         self.verbose = s.verbose
         self.bar = None
         if sys.stderr.isatty() and not self.verbose:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=len(s.seeds) * s.n_epochs, unit="epoch", desc=info["name"], file=sys.stderr)
 
     def __call__(self, seed: int, epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
