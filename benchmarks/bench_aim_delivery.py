@@ -44,7 +44,7 @@ def deliver(n_runs: int, uploaders: int) -> tuple[float, float, float]:
         server = AimServer(Path(directory) / "server")
         try:
             os.environ |= {"AIM_REPO": server.url, "NTN_AIM_DELIVERY_INTERVAL": "1000"}
-            from ntn_tracker_aim import AimTracker, flush, process
+            from ntn_tracker_aim import AimTracker, flush, uploads
 
             for i in range(n_runs):
                 tracker = AimTracker(f"bench_seed{i}", {"experiment": "bench"})
@@ -57,8 +57,8 @@ def deliver(n_runs: int, uploaders: int) -> tuple[float, float, float]:
             os.environ["NTN_AIM_DELIVERY_INTERVAL"] = "0"  # the uploaders started now deliver at once
             before = _cpu(server.process.pid)
             start = time.perf_counter()
-            process.UPLOADS.hand_over(uploaders)
-            pids = [u.pid for u in process.UPLOADS.all_uploaders()]
+            uploads.UPLOADS.hand_over(uploaders)
+            pids = [u.pid for u in uploads.UPLOADS.all_uploaders()]
             assert flush(600)
             seconds = time.perf_counter() - start
             return seconds, _cpu(server.process.pid) - before, sum(_cpu(pid) for pid in pids)

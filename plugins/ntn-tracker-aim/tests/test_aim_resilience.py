@@ -170,6 +170,20 @@ class SilentServer:
         self.url = f"aim://127.0.0.1:{self.socket.getsockname()[1]}"
 
 
+def test_the_exit_line_gives_the_uploaders_last_error(tmp_path):
+    """The uploader reports its failures in a status file, which the exit line quotes (not a parsed log)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    process = start_training(tmp_path, str(repo), seeds=1, epochs=2, pause=0.5, bound=2)
+    wait_for_line(process, "logged 0 0")
+    (repo / ".aim").write_text("not a repository")  # from now on every attempt to open the run fails
+    _, err = finish(process)
+    line = err.strip().splitlines()[-1]
+    assert "records of 1 runs were not delivered" in line, err
+    assert "last error: cannot open a run: FileExistsError" in line, err
+    assert not list((tmp_path / "spool").glob("uploader-*.status"))  # read and removed
+
+
 def test_sync_gives_up_on_a_server_that_never_answers_or_is_not_aim_in_one_line(tmp_path):
     """Failed on main: ~95 s per journal with no output against a silent server, and a bare
     JSONDecodeError against one that answers with something else than Aim."""

@@ -5,6 +5,7 @@
                                     "open" and "finalize" carry the Unix "time" of the run's start and end
     <spool>/<run_hash>.delivered    how many of those records have reached the Aim repository
     <spool>/<run_hash>.artifacts/   copies of the files attached to the run, until it is delivered
+    <spool>/uploader-<pid>.status   {"error": ..., "time": ...}: an uploader's last failure, for the exit line
 
 A run trained again with the same run_id (`tracker.run_hash`) appends its records, from a new "open"
 on, to its earlier attempt's journal if that is still in the spool; delivery replays both in order, so
@@ -153,3 +154,9 @@ def in_delivery(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return is_finalized(records) or len(records) > delivered(path)
+
+
+def uploader_status(spool: Path, pid: int) -> Path:
+    """Where uploader `pid` reports its last failure: {"error": one line, "time": Unix time}; it removes the
+    file when it ends having delivered everything, else its training process does once it has read it."""
+    return spool / f"uploader-{pid}.status"

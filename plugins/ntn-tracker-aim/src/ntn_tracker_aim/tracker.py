@@ -30,7 +30,7 @@ from typing import Any
 
 from ntn.tracking import experiment_of, run_key
 
-from ntn_tracker_aim import journal, process
+from ntn_tracker_aim import journal, uploads
 from ntn_tracker_aim.repo import aim_repo_argument
 
 
@@ -51,14 +51,14 @@ class AimTracker:
     def __init__(self, experiment_name: str, config: dict[str, Any] | None = None, repo: str | None = None) -> None:
         config = config or {}
         self.repo = aim_repo_argument(repo)
-        key = process.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
-        process.UPLOADS.check(key)
+        key = uploads.key_of(self.repo)  # malformed auth variables: a one-line error now, before training
+        uploads.UPLOADS.check(key)
         self.run_hash = run_hash(config.get("run_id"))
         header = {"repo": self.repo, "experiment": base_name(experiment_name, config), "name": experiment_name}
         self.journal = journal.JournalWriter(
             journal.spool_dir() / f"{self.run_hash}.jsonl", header | {"config": config}
         )
-        process.UPLOADS.track(self.journal.path, key)
+        uploads.UPLOADS.track(self.journal.path, key)
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
@@ -66,7 +66,7 @@ class AimTracker:
 
         :raises TrackerConfigError: one line naming the variable at fault
         """
-        process.key_of(aim_repo_argument())
+        uploads.key_of(aim_repo_argument())
 
     @classmethod
     def where(cls) -> str:

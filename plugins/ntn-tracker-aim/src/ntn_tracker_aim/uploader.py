@@ -10,7 +10,7 @@ the same bound; undelivered journals stay in the spool for `ntn-trackers sync`.
 
 It also keeps its CPU use out of training's way: it delivers in rounds, at most every
 $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) while training runs, at once when training is over,
-and back to back when its process asks (an empty line on stdin: `process.flush`, which a sweep's
+and back to back when its process asks (an empty line on stdin: `uploads.flush`, which a sweep's
 worker calls at the end), and it runs only on otherwise idle CPUs. (Delivering continuously — importing aim alone takes
 1-2 s of CPU — made a short default experiment train 3× slower on a 2-core machine, whose torch
 threads share the cores.)
@@ -18,28 +18,38 @@ threads share the cores.)
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 
+from ntn.files import write_atomic
 from ntn.tracking import Redactor
 
 from ntn_tracker_aim import journal
 from ntn_tracker_aim.delivery import Delivery
-from ntn_tracker_aim.process import delivery_interval, exit_timeout
+from ntn_tracker_aim.timings import delivery_interval, exit_timeout
 
 POLL_S = 0.05
 RETRY_S = 0.25
 
 
 _logged: set[str] = set()
+_reported: set[Path] = set()  # the status files this uploader wrote
 
 
-def _log_once(what: str, err: Exception) -> None:
-    """One line per distinct failure in the uploader log, not one traceback per retry."""
+def _report(what: str, err: Exception, path: Path) -> None:
+    """A failure: in the status file beside the run's journal (for the training process's exit line), and
+    once per distinct failure in the uploader log (not one traceback per retry)."""
     reason = Redactor().text(f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+    status = journal.uploader_status(path.parent, os.getpid())
+    try:
+        write_atomic(status, json.dumps({"error": f"{what}: {reason}", "time": time.time()}))
+        _reported.add(status)
+    except OSError:
+        pass
     if reason not in _logged:
         _logged.add(reason)
         print(f"[{time.strftime('%H:%M:%S')}] {what}, retrying: {reason}", file=sys.stderr, flush=True)
@@ -94,7 +104,7 @@ def main() -> int:
             except FileNotFoundError:  # delivered by another uploader (an earlier attempt's of the same run)
                 del waiting[path]
             except Exception as err:
-                _log_once("cannot open a run", err)
+                _report("cannot open a run", err, path)
                 waiting[path] = now + RETRY_S
         for path, delivery in list(deliveries.items()):
             try:
@@ -103,7 +113,7 @@ def main() -> int:
                 del deliveries[path]
                 continue
             except Exception as err:
-                _log_once("delivering a run failed", err)
+                _report("delivering a run failed", err, path)
                 del deliveries[path]
                 waiting[path] = now + RETRY_S
                 continue
@@ -112,6 +122,8 @@ def main() -> int:
                 del deliveries[path]
         with lock:
             if stdin_closed.is_set() and not incoming and not deliveries and not waiting:
+                for status in _reported:  # everything delivered: no failure to explain
+                    status.unlink(missing_ok=True)
                 return 0
             if not incoming and not waiting and not any(journal.finished_and_waiting(p) for p in deliveries):
                 now_asked.clear()  # only runs still training are left: back to rounds every interval

@@ -1,6 +1,6 @@
 """The training process's side of delivery, in one `Uploads`: uploaders, server probes, a bounded exit.
 
-- A remote server is probed once per process, in the background. The first run waits for the answer
+- A remote server is probed once per process, on a thread of a pool. The first run waits for the answer
   at most PROBE_WAIT_S (20 ms: a server on the LAN has answered by then), so a slow link never
   delays training. A 401/403 stops the experiment with a one-line TrackerConfigError: before
   training when the answer came within the wait; else it is printed in one line when it comes, and
@@ -13,28 +13,28 @@
 - At exit, runs not yet handed over are, for a remote server, spread over up to REMOTE_UPLOADERS_AT_EXIT
   uploaders. The process waits until they have delivered everything, at most $NTN_AIM_EXIT_TIMEOUT
   seconds (default 30), then ends them, and says in one line how many records stay in the spool and how
-  to upload them. (It does not wait for a remote server's uploader to end: aim's clean-up takes ~1 s more.)
+  to upload them, and why (the probe's answer, the exit bound, or the last failure an uploader reported in
+its status file, `journal.uploader_status`). (It does not wait for a remote server's uploader to end: aim's
+clean-up takes ~1 s more.)
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from ntn.tracking import Redactor, TrackerConfigError, pending, seconds
+from ntn.tracking import Redactor, TrackerConfigError, pending
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
+from ntn_tracker_aim.timings import EXIT_TIMEOUT_ENV, delivery_interval, exit_timeout
 
-EXIT_TIMEOUT_ENV = "NTN_AIM_EXIT_TIMEOUT"
-DEFAULT_EXIT_TIMEOUT_S = 30.0
-INTERVAL_ENV = "NTN_AIM_DELIVERY_INTERVAL"
-DEFAULT_INTERVAL_S = 10.0
 # At exit, the runs still waiting for a remote server are spread over up to this many uploaders: aim
 # makes ~25 round trips to open a run and as many to fill it, so over a slow link one uploader
 # delivering runs one after another would not finish within the exit bound.
@@ -43,16 +43,6 @@ REMOTE_UPLOADERS_AT_EXIT = 8
 PROBE_WAIT_S = 0.02
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
-
-
-def delivery_interval() -> float:
-    """Seconds between delivery rounds: $NTN_AIM_DELIVERY_INTERVAL, default 10."""
-    return seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
-
-
-def exit_timeout() -> float:
-    """Seconds to wait for delivery at exit: $NTN_AIM_EXIT_TIMEOUT, default 30."""
-    return seconds(EXIT_TIMEOUT_ENV, DEFAULT_EXIT_TIMEOUT_S)
 
 
 def key_of(repo: str) -> Key:
@@ -65,42 +55,34 @@ def key_of(repo: str) -> Key:
     return repo, tuple(sorted(headers.items()))
 
 
-class Probe(threading.Thread):
-    """One background request to a remote server: `outcome` is None until it answers, then True
-    (reachable), False (unreachable) or the TrackerConfigError of refused credentials. A refusal
-    that comes after training went on is said at once, in one line on stderr; `answered` is called
-    with the outcome."""
+_PROBES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ntn-aim-probe")  # each ends within its timeout
 
-    def __init__(self, key: Key, answered: Callable[[], None]) -> None:
-        super().__init__(daemon=True, name=f"ntn-aim-probe {key[0]}")
-        self.repo, self.headers, self.answered = key[0], dict(key[1]), answered
-        self.outcome: bool | TrackerConfigError | None = None
-        self._went_on = False  # the first run stopped waiting for the answer
-        self._lock = threading.Lock()
-        self.start()
-        self.join(PROBE_WAIT_S)
-        with self._lock:
-            self._went_on = self.outcome is None
 
-    def run(self) -> None:
-        try:
-            probe_server(self.repo, self.headers)
-            outcome: bool | TrackerConfigError = True
-        except TrackerConfigError as err:
-            outcome = err
-        except ConnectionError:
-            outcome = False
-        with self._lock:
-            self.outcome = outcome
-            late_refusal = self._went_on and isinstance(outcome, TrackerConfigError)
-        if late_refusal:
-            print(
-                f"ntn-tracker-aim: {outcome}. The runs started so far stay in the spool; "
-                "the experiment stops when its next run starts.",
-                file=sys.stderr,
-                flush=True,
-            )
-        self.answered()
+def _probe(key: Key) -> bool | TrackerConfigError:
+    """True: the server answered; False: it cannot be reached; or the refusal of the credentials."""
+    try:
+        probe_server(key[0], dict(key[1]))
+        return True
+    except TrackerConfigError as err:
+        return err
+    except ConnectionError:
+        return False
+
+
+def _outcome(probe: concurrent.futures.Future) -> bool | TrackerConfigError | None:
+    """A probe's answer, or None while it is being asked."""
+    return probe.result() if probe.done() else None
+
+
+def _say_late_refusal(probe: concurrent.futures.Future) -> None:
+    """A refusal that comes after training went on is said at once, in one line on stderr."""
+    if isinstance(probe.result(), TrackerConfigError):
+        print(
+            f"ntn-tracker-aim: {probe.result()}. The runs started so far stay in the spool; "
+            "the experiment stops when its next run starts.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _start_uploader(spool: Path) -> subprocess.Popen:
@@ -132,7 +114,7 @@ class Uploads:
     """
 
     def __init__(self) -> None:
-        self.probes: dict[Key, Probe] = {}
+        self.probes: dict[Key, concurrent.futures.Future] = {}
         self.journals: list[Path] = []
         self.repos: set[str] = set()
         self.uploaders: dict[Key, list[subprocess.Popen]] = {}
@@ -156,11 +138,15 @@ class Uploads:
         if not key[0].startswith(REMOTE_PREFIX):
             return
         if key not in self.probes:
-            self.probes[key] = Probe(key, self._answered)  # waits for the answer at most PROBE_WAIT_S
-        if isinstance(self.probes[key].outcome, TrackerConfigError):
-            raise self.probes[key].outcome
+            probe = self.probes[key] = _PROBES.submit(_probe, key)
+            concurrent.futures.wait([probe], PROBE_WAIT_S)  # a server on the LAN has answered by then
+            if not probe.done():
+                probe.add_done_callback(_say_late_refusal)
+            probe.add_done_callback(self._answered)
+        if isinstance(outcome := _outcome(self.probes[key]), TrackerConfigError):
+            raise outcome
 
-    def _answered(self) -> None:
+    def _answered(self, probe: concurrent.futures.Future) -> None:
         if self.due.is_set():  # delivery began while a server was being asked
             self.hand_over()
 
@@ -177,7 +163,7 @@ class Uploads:
 
     def _deliverable(self, key: Key) -> bool:
         """For a local repository always, for a remote one once its probe said it is reachable."""
-        return key not in self.probes or self.probes[key].outcome is True
+        return key not in self.probes or _outcome(self.probes[key]) is True
 
     def hand_over(self, remote_parallel: int = 1) -> None:
         """Hand every waiting journal whose repository is deliverable to an uploader, starting uploaders as
@@ -228,8 +214,7 @@ class Uploads:
                   file=sys.stderr)  # fmt: skip
 
     def _deliver_at_exit(self) -> None:
-        for probe in self.probes.values():
-            probe.join()  # an answer comes within the probe's timeout
+        concurrent.futures.wait(self.probes.values())  # an answer comes within the probe's timeout
         self.hand_over(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
         deadline = time.monotonic() + exit_timeout()
         for uploader in self.all_uploaders():
@@ -268,18 +253,29 @@ class Uploads:
 
     def _why_undelivered(self, spool: Path, timed_out: bool) -> str:
         """Why records stayed in the spool, in a few words."""
-        outcomes = [probe.outcome for probe in self.probes.values()]
+        outcomes = [probe.result() for probe in self.probes.values()]
         if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
             return "the server refused the credentials"
         if False in outcomes:
             return "the server cannot be reached, or is not an Aim server"
+        error = self._last_uploader_error(spool)
+        last = f"last error: {error}" if error else ""
         if timed_out:
-            return f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
-        try:
-            lines = (spool / "uploader.log").read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        return f"last error: {lines[-1].split('retrying: ', 1)[-1]}" if lines else "the uploader ended early"
+            bound = f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
+            return f"{bound}; {last}" if last else bound
+        return last or "the uploader ended early"
+
+    def _last_uploader_error(self, spool: Path) -> str | None:
+        """The last failure this process's uploaders reported in their status files, which it removes."""
+        reports = []
+        for uploader in self.all_uploaders():
+            path = journal.uploader_status(spool, uploader.pid)
+            try:
+                reports.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+            path.unlink(missing_ok=True)
+        return max(reports, key=lambda report: report["time"])["error"] if reports else None
 
 
 UPLOADS = Uploads()  # the one of this process
