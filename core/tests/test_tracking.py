@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import warnings
@@ -571,6 +572,30 @@ def test_background_finalize_waits_a_bounded_time_and_counts_what_is_lost():
     assert time.monotonic() - start < 5
     (failure,) = run.failures
     assert failure["hook"] == "finalize" and "TimeoutError: still sending after 0.5 s" in failure["error"]
+
+
+def test_a_call_that_never_returns_does_not_hold_the_process_at_exit():
+    """Why Background keeps a daemon thread rather than a one-worker ThreadPoolExecutor: the executor's
+    thread is joined at interpreter exit, so a server call that never returns would hang the process."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from ntn.tracking.background import Background
+
+        class Hung:
+            def log_metrics(self, metrics, step):
+                threading.Event().wait()  # a server that never answers, with no timeout of its own
+
+        tracker = Background(Hung, timeout=0.2, name="hung")
+        tracker.log_metrics({"loss": 1.0}, 0)
+        try:
+            tracker.finalize()
+        except TimeoutError as err:
+            print(err)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "still sending after 0.2 s" in done.stdout, done.stderr
 
 
 def test_background_leaves_no_copy_of_a_file_whose_call_was_lost(tmp_path, monkeypatch):

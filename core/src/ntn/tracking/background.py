@@ -14,6 +14,10 @@ queued; the calls not made by then are lost, and `finalize` raises a TimeoutErro
 The real tracker implements any of the five hooks, with their full signatures (`finalize(status, end_time)`).
 The copies of files queued for `log_artifact` are removed once the real tracker has had them, and at the
 latest when `finalize` returns, even when the calls for them were lost.
+
+The thread is a daemon thread fed by a queue, not a one-worker `ThreadPoolExecutor` (MLflow's
+`AsyncLoggingQueue`): Python joins an executor's threads at exit, so one server call that never returns
+would hang the process for ever (tested: `test_a_call_that_never_returns_does_not_hold_the_process_at_exit`).
 """
 
 from __future__ import annotations
