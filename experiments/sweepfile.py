@@ -21,6 +21,7 @@ import itertools
 import math
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,6 @@ from ntn.tracking import Redactor
 
 from experiments.dataset_loader import quality_of
 from experiments.settings import MODELS, SETTINGS, SettingError, Settings, seeds, settings_of
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10: the same parser, released as tomli
-    import tomli as tomllib
 
 # settings a sweep file may fix or sweep; the others belong to the sweep itself (seeds, its output) or
 # come from the environment as for run_*.sh (the tracker variables)

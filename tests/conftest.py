@@ -8,6 +8,13 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow`: the tests that start the scripts or a cluster (the others run in this process, in ms to s)."""
+    for item in items:
+        if {"run_script", "cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def run_script(tmp_path):
     """Run experiments/run_<model>.sh as a user would, from a scratch working directory."""

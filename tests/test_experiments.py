@@ -13,7 +13,6 @@ import pytest
 from ntn_tracker_file import load
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # every test here runs the shell scripts
 
 
 def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_script, tmp_path):
@@ -62,6 +61,7 @@ def test_seed_examples_experiment_name_and_jq(run_script, tmp_path):
     assert len([float(x) for x in jq.stdout.split()]) == 2
 
 
+@pytest.mark.slow
 def test_sweep_loop_from_the_seed(tmp_path):
     script = f"""
     for bond_dim in 2 3; do
@@ -292,6 +292,7 @@ def _runs_parse_and_hold_every_step(directory, names, n_epochs):
         assert run["summary"]["status"] == "finished" and run["summary"]["success"] is True, name
 
 
+@pytest.mark.slow
 def test_concurrent_launches_with_one_experiment_name_never_corrupt_or_lose_a_run(tmp_path):
     """Failed on main in 7 of 7 tries: two processes spliced their entries into one run file, which no
     longer parsed, both exited 0, and the results file kept only the last writer's results."""
@@ -365,6 +366,7 @@ def test_an_interrupted_run_says_so_in_one_line_and_in_its_records(tmp_path, sig
 SECRET = "s3cr3t-Value-42xyz"
 
 
+@pytest.mark.slow
 def test_a_secret_never_leaves_the_process(tmp_path):
     """Failed on main: a secret inside EXPERIMENT_NAME reached the run file's name, the results file, the
     Aim run name and the spool; a generic secret variable (MY_SERVICE_TOKEN) was not redacted at all."""

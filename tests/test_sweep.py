@@ -16,7 +16,6 @@ from ntn.tracking.readers import read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")
-pytestmark = pytest.mark.slow
 
 SWEEP = """
 name = "grid"
@@ -114,6 +113,7 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
 
 
 @pytest.mark.parametrize("executor", ["local", "dask"])
+@pytest.mark.slow
 def test_a_grid_sweep_trains_and_tracks_every_run_once(tmp_path, executor):
     done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--executor", executor, "--workers", "2")
     assert done.returncode == _exit_code(tmp_path), done.stderr
@@ -149,6 +149,7 @@ def _started(tmp_path: Path, recorded: int, process: subprocess.Popen, timeout: 
     raise AssertionError("the sweep recorded nothing in time")
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_run_again_trains_only_the_missing_runs(tmp_path):
     path = str(_write_sweep(tmp_path, epochs=40))
     first = sweep(tmp_path, path, "--workers", "2", background=True)
@@ -292,6 +293,7 @@ def test_a_damaged_results_file_is_one_line_and_kept(sweep_here, tmp_path, damag
     assert (tmp_path / "results_sweep_grid.json").read_text() == damage
 
 
+@pytest.mark.slow
 def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
     text = SWEEP.replace("n_samples = 200", "n_samples = 200\ninit_strength = 1e200").replace("[2, 4]", "[2]")
     done = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=1, text=text)), "--workers", "2")
@@ -327,6 +329,7 @@ def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
         json.loads(path.read_text())  # every run file parses
 
 
+@pytest.mark.slow
 def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets_in_one_aim_repository(tmp_path):
     """Failed on main: run_id was only the run's name, so the second sweep's runs replaced the first's."""
     repo = tmp_path / "shared-aim"
@@ -341,6 +344,7 @@ def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets_in_one_aim_r
     assert len(ids) == 2 and {r["config"]["run_id"].rpartition("@")[2] for r in records} == ids
 
 
+@pytest.mark.slow
 def test_a_value_removed_from_the_grid_keeps_its_runs(tmp_path):
     """Failed on main: removing a value from [grid] and running again dropped its configurations' runs from
     the results file without a word."""
@@ -359,6 +363,7 @@ def test_a_value_removed_from_the_grid_keeps_its_runs(tmp_path):
     assert {c["experiment"]: c["runs"] for c in _results(tmp_path)["configurations"]} == recorded
 
 
+@pytest.mark.slow
 def test_workers_never_outlive_a_killed_sweep(tmp_path):
     """Failed on main: SIGKILL of the sweep left its workers running for good (255 MB each)."""
     import psutil

@@ -14,8 +14,9 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # Windows: no advisory locks; `hold` then guards nothing
+except ImportError:  # Windows: a byte-range lock instead (`lock_nowait`)
     fcntl = None
+    import msvcrt
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_STEM = 150
@@ -55,24 +56,49 @@ def check_regular(path: str | os.PathLike[str], shown: str = "") -> None:
         raise OSError(f"{shown or repr(str(path))} is {kind}; refusing to write through it or replace it")
 
 
-def hold(path: str | os.PathLike[str]) -> int | None:
+# Windows locks a byte range, and its locks are mandatory: the byte locked lies far past any content, so
+# that readers and appenders of a locked file are never refused.
+_WINDOWS_LOCKED_BYTE = 2**62
+
+
+def lock_nowait(fd: int) -> bool:
+    """Take the exclusive lock of the open file `fd`, unless another open file of it holds it (False).
+
+    This project's one lock primitive (the file backend's experiment locks, the results files, the aim
+    journals): flock on POSIX, a lock on one byte on Windows (written to the documented msvcrt API; this
+    project's tests run on Linux). The lock goes when `fd` is closed or its process ends, however it ends.
+    """
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    position = os.lseek(fd, 0, os.SEEK_CUR)
+    os.lseek(fd, _WINDOWS_LOCKED_BYTE, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
+    return True
+
+
+def hold(path: str | os.PathLike[str]) -> int:
     """Take the exclusive lock `path` (a small file naming its holder, created if missing) until
     `release`, or until this process ends: the kernel drops the lock of a process that dies, however it dies.
 
     :raises Held: another process holds it
     :raises OSError: `path` is a symlink or not a regular file
     """
-    if fcntl is None:
-        return None
     while True:
         check_regular(path, f"lock file {str(path)!r}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        if not lock_nowait(fd):
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise Held(holder) from None
+            raise Held(holder)
         try:
             if os.path.samestat(os.lstat(path), os.fstat(fd)):
                 break
@@ -80,15 +106,13 @@ def hold(path: str | os.PathLike[str]) -> int | None:
             pass
         os.close(fd)  # the holder we waited for removed this file on release: lock the new one
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    os.write(fd, f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return fd
 
 
-def release(path: str | os.PathLike[str], fd: int | None) -> None:
+def release(path: str | os.PathLike[str], fd: int) -> None:
     """Give up a lock taken with `hold` and remove its file (a process that opened it meanwhile sees the
     file gone and takes a new one)."""
-    if fd is None:
-        return
     Path(path).unlink(missing_ok=True)
     os.close(fd)
 

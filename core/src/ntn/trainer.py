@@ -87,7 +87,8 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 def newton_step(
     theta: Tensor, hessian: Tensor | LowRankHessian, gradient: Tensor, jitter: float, regularize: bool, name: str
 ) -> Tensor:
-    """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`).
+    """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`), where
+    `jitter` is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
 
     :param theta: the core, flattened (P,)
     :param hessian: Hessian of the mean data loss (P, P), dense or factored (`moments.LowRankHessian`)
@@ -304,7 +305,8 @@ class NTN:
         """Train for n_epochs sweeps and restore the best state.
 
         :param jitter: an explicit per-epoch list; otherwise max(jitter_start·jitter_decay^e, jitter_min)
-        :param regularize: λ·Σ||A_k||² is part of the objective; if False, λ only damps the Newton step
+        :param regularize: each core's step minimises data loss + λ·h_k·||A_k||², λ the epoch's jitter and
+            h_k the core's mean curvature (`update`); if False, λ·h_k only damps the Newton step
         :param select: which state to keep at the end: lowest "reg_loss" (the seed's choice), lowest
             "val_loss" (needs validation data), or the "last" one
         :return: {"scores": scores of the kept state, "best_epoch": its epoch, "history": per-epoch records}

@@ -17,7 +17,7 @@ Each has a test of its own in tests/test_aim_internals.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
@@ -76,7 +76,7 @@ def new_run(repo: str, run_hash: str, created: float | None, **options: Any) -> 
 
     def dated_props(self: Repo, hash_: str, read_only: bool, created_at: datetime | None = None) -> Any:
         if created_at is None and created is not None and hash_ == run_hash:
-            created_at = datetime.fromtimestamp(created, tz=timezone.utc)  # the server takes an aware time
+            created_at = datetime.fromtimestamp(created, tz=UTC)  # the server takes an aware time
             created_at = created_at if self.is_remote_repo else created_at.replace(tzinfo=None)  # sqlite: naive UTC
         return request_props(self, hash_, read_only, created_at)
 

@@ -13,14 +13,14 @@ the new attempt's records win.
 
 The spool directory is $NTN_AIM_SPOOL, else ./.ntn-aim-spool. Each record is appended with one
 `write` to a file opened with O_APPEND, so a process killed at any moment loses none of the records
-whose hook had returned. The writer holds an exclusive flock on its journal for as long as it lives;
-the kernel drops it when the process ends, however it ends, which is how `sync` tells an abandoned
-journal from one still being written.
+whose hook had returned. The writer holds an exclusive lock (`ntn.files.lock_nowait`) on its journal
+for as long as it lives; the kernel drops it when the process ends, however it ends, which is how `sync`
+tells an abandoned journal from one still being written.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import os
 import shutil
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ntn.files import write_atomic
+from ntn.files import lock_nowait, write_atomic
 
 SPOOL_ENV = "NTN_AIM_SPOOL"
 DEFAULT_SPOOL = ".ntn-aim-spool"
@@ -44,7 +44,9 @@ class JournalWriter:
         self.path = path
         while True:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock_nowait(self._fd):
+                os.close(self._fd)
+                raise BlockingIOError(errno.EWOULDBLOCK, "another live process is writing this run", str(path))
             if _is_at(self._fd, path):
                 break
             os.close(self._fd)  # an uploader removed the journal between open and flock: open it anew
@@ -55,7 +57,7 @@ class JournalWriter:
 
     def close(self, status: str = "finished") -> None:
         self.append({"op": "finalize", "time": time.time(), "status": status})  # when and how the run ended
-        os.close(self._fd)  # releases the flock
+        os.close(self._fd)  # releases the lock
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -88,10 +90,7 @@ def is_abandoned(path: Path) -> bool:
     """No live process is writing this journal."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+        return lock_nowait(fd)
     finally:
         os.close(fd)
 
@@ -115,12 +114,10 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        path.unlink(missing_ok=True)
-        delivered_path(path).unlink(missing_ok=True)
-        shutil.rmtree(artifacts_dir(path), ignore_errors=True)
-    except BlockingIOError:
-        pass
+        if lock_nowait(fd):
+            path.unlink(missing_ok=True)
+            delivered_path(path).unlink(missing_ok=True)
+            shutil.rmtree(artifacts_dir(path), ignore_errors=True)
     finally:
         os.close(fd)
 

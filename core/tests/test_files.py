@@ -1,0 +1,59 @@
+"""ntn.files: the file names, atomic writes, checks and locks every writer of this project shares."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from ntn.files import Held, check_regular, file_stem, hold, lock_nowait, release, write_atomic
+
+
+def test_file_stem_keeps_plain_names_and_never_maps_two_names_to_one():
+    assert file_stem("mpo2_experiment") == "mpo2_experiment"
+    odd = ["bond 4", "bond:4", "../up", ".hidden", "é", "x" * 200, ""]
+    stems = [file_stem(name) for name in odd]
+    assert len(set(stems)) == len(odd)
+    assert all("/" not in s and not s.startswith(".") and len(s) <= 170 for s in stems)
+
+
+def test_write_atomic_replaces_the_content_and_refuses_what_is_not_a_file(tmp_path):
+    path = tmp_path / "results.json"
+    write_atomic(path, "old")
+    write_atomic(path, b"new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    (tmp_path / "link").symlink_to(path)
+    with pytest.raises(OSError, match="is a symbolic link; refusing"):
+        write_atomic(tmp_path / "link", "through")
+    with pytest.raises(OSError, match="is a directory"):
+        check_regular(tmp_path)
+    assert path.read_text() == "new"
+
+
+def test_lock_nowait_refuses_a_second_holder_until_the_first_closes(tmp_path):
+    path = tmp_path / "journal"
+    path.touch()
+    first, second = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+    try:
+        assert lock_nowait(first)
+        assert not lock_nowait(second)
+        os.close(first)
+        assert lock_nowait(second)
+    finally:
+        os.close(second)
+
+
+def test_hold_names_the_live_holder_and_is_free_again_once_it_dies(tmp_path):
+    lock = tmp_path / ".experiment.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from ntn.files import hold; hold({str(lock)!r}); print(1, flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "1\n"
+    with pytest.raises(Held, match=f"process {holder.pid} since "):
+        hold(lock)
+    holder.kill()  # however a holder ends, its lock goes with it
+    holder.wait()
+    fd = hold(lock)
+    release(lock, fd)
+    assert not lock.exists()
