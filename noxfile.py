@@ -11,6 +11,10 @@ nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
 PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider")
+# pytest-xdist, one test process per core, where the tests mostly wait on servers and subprocesses: the aim
+# session took 147 s in one process and 91 s in two, the experiments session 204 s and 151 s; the mlflow
+# session got slower (47 s → 63 s: each process starts its own server), so it keeps one (docs/benchmarks.md).
+PARALLEL = ("-n", "auto")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -43,7 +47,7 @@ def file(session: nox.Session) -> None:
 def aim(session: nox.Session) -> None:
     """ntn-tracker-aim next to the core, against real `aim server` processes and an authenticating proxy."""
     _install(session, "./core[test]", "./plugins/ntn-tracker-aim[test]")
-    session.run(*PYTEST, "plugins/ntn-tracker-aim/tests", *session.posargs)
+    session.run(*PYTEST, *PARALLEL, "plugins/ntn-tracker-aim/tests", *session.posargs)
 
 
 @nox.session
@@ -65,4 +69,4 @@ def example(session: nox.Session) -> None:
 def experiments(session: nox.Session) -> None:
     """What a user installs: the experiment scripts end to end, with the file and aim backends."""
     _install(session, "./core[experiments,plot,test]", "./plugins/ntn-tracker-file", "./plugins/ntn-tracker-aim")
-    session.run(*PYTEST, "tests", *session.posargs, env={"NTN_DATA_DIR": os.environ.get("NTN_DATA_DIR", "")})
+    session.run(*PYTEST, *PARALLEL, "tests", *session.posargs, env={"NTN_DATA_DIR": os.environ.get("NTN_DATA_DIR", "")})
