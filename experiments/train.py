@@ -57,7 +57,7 @@ def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: i
 
 
 def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
-    """Train one seed inside its tracked run; returns its entry of the results file."""
+    """Train one seed inside its tracked run; returns the run's summary (which the caller logs)."""
     quality = data.quality
     loss = "mse" if data.task == "regression" else "cross_entropy"
     net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
@@ -96,7 +96,7 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
     if s.save_model:
         _attach_model(run, net, seed)
     failure = _failure(model, s, data, final, test)
-    summary = {
+    return {
         "seed": seed,
         "loss": final["loss"],
         quality: final[quality],
@@ -107,18 +107,14 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
         "best_epoch": result["best_epoch"],
         "success": failure is None,
     } | ({"error": failure} if failure else {})
-    run.log_summary(summary)
-    return {
-        "seed": seed,
-        "test_loss": test["loss"],
-        f"test_{quality}": test[quality],
-        "success": summary["success"],
-        **({"error": failure} if failure else {}),
-        "train_loss": final["loss"],
-        f"train_{quality}": final[quality],
-        "val_loss": final["val_loss"],
-        f"val_{quality}": final[f"val_{quality}"],
-        "best_epoch": result["best_epoch"],
+
+
+def results_entry(summary: dict[str, Any], quality: str) -> dict[str, Any]:
+    """A seed's entry of the results file, from its run's summary: the held-out figures first."""
+    renamed = {"loss": "train_loss", quality: f"train_{quality}"}
+    first = ("seed", "test_loss", f"test_{quality}", "success", "error")
+    return {k: summary[k] for k in first if k in summary} | {
+        renamed.get(k, k): v for k, v in summary.items() if k not in first
     }
 
 
@@ -166,21 +162,31 @@ def train_seed(
     with contextlib.ExitStack() as seed_end:
         with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
             try:
-                entry = run_seed(model, s, data, seed, run, progress)
+                summary = run_seed(model, s, data, seed, run, progress)
             except (ArithmeticError, RuntimeError, ValueError) as err:
-                error = f"{type(err).__name__}: {err}"
-                run.log_summary({"seed": seed, "success": False, "error": error})
-                entry = failed_entry(seed, quality, error)
-            if run.failures:  # the run trained, but some tracker's record of it is incomplete
-                lost = "; ".join(f"tracker {f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in run.failures)
-                error = f"{entry['error']}; {lost}" if entry.get("error") else lost
-                entry |= {"success": False, "error": error}
-                run.log_summary({"success": False, "error": error})
+                summary = {"seed": seed, "success": False, "error": f"{type(err).__name__}: {err}"}
+            summary, before = _with_lost_records(summary, run.failures), len(run.failures)
+            run.log_summary(summary)  # the run's one summary
+            entry = _with_lost_records(
+                results_entry(summary, quality)
+                if "test_loss" in summary
+                else failed_entry(seed, quality, summary["error"]),
+                run.failures[before:],  # a tracker that failed in that log_summary
+            )
             seed_end.enter_context(uninterrupted())
             attached = on_entry(entry) if on_entry is not None else None
             if attached is not None:
                 run.log_artifact(attached)
     return entry
+
+
+def _with_lost_records(record: dict[str, Any], failures: list[dict[str, str]]) -> dict[str, Any]:
+    """`record` (a summary, a results entry) marked failed when a tracker could not complete its record of
+    the run (the training itself may have succeeded), with each tracker's failure in `error`."""
+    lost = "; ".join(f"tracker {f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in failures)
+    if not lost:
+        return record
+    return record | {"success": False, "error": f"{record['error']}; {lost}" if record.get("error") else lost}
 
 
 def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:

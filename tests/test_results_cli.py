@@ -151,8 +151,16 @@ def test_from_backend_location_reads_through_any_installed_reader(logs):
     assert json.loads(explicit.stdout) == default
     plot = ntn_trackers("plot", "--from", "file:experiment_logs", "-o", "from.png", cwd=logs)
     assert plot.returncode == 0 and (logs / "from.png").stat().st_size > 0, plot.stderr
-    unknown = ntn_trackers("summary", "--from", "nosuchbackend:somewhere", cwd=logs)  # a path then: none there
-    assert unknown.returncode == 2 and "nosuchbackend:somewhere: no such file or directory" in unknown.stderr
+    unknown = ntn_trackers("summary", "--from", "wandb:somewhere", cwd=logs)
+    assert unknown.returncode == 2 and "no reader named 'wandb'; installed: " in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "Traceback" not in unknown.stderr
+
+
+def test_from_a_reader_name_alone_reads_its_default_location(logs):
+    """Failed on main: `--from file` was taken as a path named "file"; now it is TRACKER_DIR's default."""
+    default = json.loads(ntn_trackers("summary", "--format", "json", cwd=logs).stdout)
+    alone = ntn_trackers("summary", "--format", "json", "--from", "file", cwd=logs)
+    assert alone.returncode == 0 and json.loads(alone.stdout) == default, alone.stderr
 
 
 def test_explicit_paths_and_missing_sources(logs):

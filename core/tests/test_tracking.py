@@ -93,23 +93,25 @@ def test_hook_with_wrong_argument_names_is_rejected_at_selection(test_trackers):
     ("backend", "message"),
     [
         ("wrapper", "tracker 'wrapper': 'log_metrics' is a hook wrapper; trackers implement plain hooks only"),
-        ("nosuchhook", "tracker 'nosuchhook': 'everything' implements 'log_everything', which is no hook"),
+        ("nosuchhook", r"tracker 'nosuchhook': 'everything' uses @hookimpl\(specname=...\); trackers implement"),
+        ("specname", r"tracker 'specname': 'record_step' uses @hookimpl\(specname=...\)"),
+        ("first", r"tracker 'first': 'log_metrics' uses @hookimpl\(tryfirst=...\); .* in the order TRACKER_BACKEND"),
     ],
 )
 def test_pluggy_options_trackers_cannot_have_are_refused_when_loaded(test_trackers, backend, message):
-    """Failed on main: a wrapper was accepted and its body never ran; an unknown specname was dropped."""
+    """Failed on main: a wrapper was accepted and its body never ran; an unknown specname was dropped.
+    Options no tracker needs (tryfirst, specname) are refused: trackers are called in the order named."""
     with pytest.raises(TrackerValidationError, match=message):
         validate(backend)
 
 
-def test_specname_and_tryfirst_are_honoured(test_trackers):
-    """Failed on main: the core called the methods named after the hooks itself, so a `specname`
-    implementation never ran and `tryfirst` changed nothing."""
-    with start_run("opts", {}, backend="first,record,specname") as run:
+@pytest.mark.parametrize("order", [["record", "onlymetrics"], ["onlymetrics", "record"]])
+def test_trackers_are_called_in_the_order_the_user_named_them(test_trackers, order):
+    """Failed on main: pluggy's LIFO order called TRACKER_BACKEND=file,aim as aim first."""
+    with start_run("order", {}, backend=",".join(order)) as run:
         run.log_metrics({"loss": 1.0}, step=3)
-    hooks = [hook for hook, _ in calls_of(test_trackers, "opts") if hook != "__init__"]
-    assert hooks[:3] == ["first", "specname", "log_metrics"]  # tryfirst first, then pluggy's LIFO order
-    assert ("specname", {"step": 3}) in calls_of(test_trackers, "opts")
+    called = [hook for _, hook, _ in test_trackers.CALLS if hook in ("log_metrics", "only_metrics")]
+    assert called == [{"record": "log_metrics", "onlymetrics": "only_metrics"}[name] for name in order]
 
 
 def test_a_method_that_looks_like_a_misspelled_hook_is_named_in_a_warning(test_trackers):
@@ -139,10 +141,9 @@ def test_plain_subclass_receives_every_call_in_order(test_trackers):
         ("log_metrics", {"metrics": {"loss": 1.0}, "step": -1}),
         ("log_metrics", {"metrics": {"loss": 0.5}, "step": 0}),
         ("log_summary", {"summary": {"seed": 0, "success": True}}),
-        ("log_summary", {"summary": {"status": "finished"}}),
         ("finalize", {}),
     ]
-    assert run.failures == [] and run.summary == {"seed": 0, "success": True, "status": "finished"}
+    assert run.failures == [] and run.summary == {"seed": 0, "success": True} and run.status == "finished"
 
 
 def test_factory_function_and_decorated_partial_tracker(test_trackers):
@@ -179,7 +180,7 @@ def test_each_run_gets_its_own_tracker_instances(test_trackers):
             run.log_metrics({"seed": seed}, step=0)
     for seed in range(3):
         calls = calls_of(test_trackers, f"exp_seed{seed}")
-        assert [hook for hook, _ in calls] == ["__init__", "log_metrics", "log_summary", "finalize"]
+        assert [hook for hook, _ in calls] == ["__init__", "log_metrics", "finalize"]
         assert calls[1][1]["metrics"] == {"seed": seed}
 
 
@@ -192,7 +193,7 @@ def test_runs_accept_the_backends_validate_returned_without_looking_them_up_agai
         with start_run(f"reuse_seed{seed}", {}, backend=backends) as run:
             run.log_metrics({"seed": seed}, step=0)
     hooks = [hook for hook, _ in calls_of(test_trackers, "reuse_seed1")]
-    assert hooks == ["__init__", "log_metrics", "log_summary", "finalize"]
+    assert hooks == ["__init__", "log_metrics", "finalize"]
     with start_run("reuse_none", {}, backend=nothing) as run:
         assert run.active == []
     checked = []
@@ -208,13 +209,11 @@ def test_runs_accept_the_backends_validate_returned_without_looking_them_up_agai
 
 def test_failing_body_records_the_error_then_finalizes_and_propagates(test_trackers):
     with pytest.raises(ZeroDivisionError), start_run("exp", {}, backend="record") as run:
-        run.log_summary({"seed": 4})
         1 / 0  # noqa: B018
     calls = calls_of(test_trackers, "exp")
-    failed = {"status": "failed", "success": False, "error": "ZeroDivisionError: division by zero"}
-    assert calls[-2] == ("log_summary", {"summary": failed})
-    assert calls[-1] == ("finalize", {})
-    assert run.summary == {"seed": 4} | failed
+    failed = {"success": False, "error": "ZeroDivisionError: division by zero"}
+    assert calls[-2:] == [("log_summary", {"summary": failed}), ("finalize", {})]
+    assert run.summary == failed and run.status == "failed"
 
 
 @pytest.mark.parametrize(
@@ -226,17 +225,34 @@ def test_failing_body_records_the_error_then_finalizes_and_propagates(test_track
         (ValueError("bad"), "failed", "ValueError: bad"),
     ],
 )
-def test_the_summary_says_how_the_run_ended_before_finalize(test_trackers, body_raises, status, error):
-    """Failed on main: an interrupted run's summary said nothing of it (the file tracker then wrote
-    status "finished"), and a finished one had no status from the core."""
-    with contextlib.suppress(BaseException), start_run("exp", {}, backend="record") as run:
-        run.log_summary({"seed": 1})
+@pytest.mark.parametrize("summary_first", [True, False])
+def test_a_seed_style_tracker_keeps_every_figure_and_gets_the_status_through_finalize(
+    body_raises, status, error, summary_first
+):
+    """Failed on main: the core sent a second log_summary ({"status": ...}), so a tracker written as the seed
+    shows (`self.summary = summary`) kept the status and lost every figure. Now a run gets one summary: the
+    body's, or, when the body raised before logging one, {"success": false, "error": ...}."""
+    kept = {}
+
+    class SeedStyle(BaseTracker):
+        def log_summary(self, summary):
+            self.summary = summary
+
+        def finalize(self, status, end_time):
+            kept.update(summary=getattr(self, "summary", None), status=status)
+
+    with contextlib.suppress(BaseException), start_run("exp", {}, backend=[Backend("seed", SeedStyle)]) as run:
+        if summary_first:
+            run.log_summary({"seed": 1, "loss": 0.25, "r2": 0.8, "success": True})
         if body_raises is not None:
             raise body_raises
-    hooks = calls_of(test_trackers, "exp")
-    last_summary = hooks[-2][1]["summary"]
-    assert hooks[-1] == ("finalize", {}) and last_summary["status"] == status
-    assert run.summary["status"] == status and run.summary.get("error") == error
+    if summary_first:
+        assert kept == {"summary": {"seed": 1, "loss": 0.25, "r2": 0.8, "success": True}, "status": status}
+    elif error is None:
+        assert kept == {"summary": None, "status": status}
+    else:
+        assert kept == {"summary": {"success": False, "error": error}, "status": status}
+    assert run.status == status
 
 
 def test_a_signal_during_a_hook_is_raised_when_the_hook_returns(test_trackers):
@@ -269,7 +285,7 @@ def test_a_signal_during_a_hook_is_raised_when_the_hook_returns(test_trackers):
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert tracker["t"].steps == [("before", 0), ("after", 0)]
-    assert raised.value.signal_name == "SIGTERM" and run.summary["status"] == "interrupted"
+    assert raised.value.signal_name == "SIGTERM" and run.status == "interrupted"
 
 
 def test_finalize_reaches_a_tracker_that_failed_in_another_hook_exactly_once(test_trackers):
@@ -352,7 +368,7 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
     with pytest.raises(RuntimeError), start_run("secret run", config, backend="record") as run:
         run.log_hparams({"token": "x" * 8, "args": config})
         run.log_metrics({"loss": 1.0}, step=0)
-        run.log_summary({"note": "auth header was " + SECRETS["CF_ACCESS_CLIENT_ID"]})
+        run.log_metrics({"note": "auth header was " + SECRETS["CF_ACCESS_CLIENT_ID"]}, step=1)
         raise RuntimeError("HTTP 403 for token " + SECRETS["AIM_AUTH_TOKEN"])
     recorded = json.dumps(test_trackers.CALLS, default=str)
     for value in [*list(SECRETS.values())[:3], "hdr-value-qwertyuiop", "team-asdfghjkl", "hunter22", "k-123456"]:
@@ -406,7 +422,7 @@ def test_redaction_never_turns_a_number_into_text_and_removes_passwords_from_url
 def test_conformance_kit_passes_a_good_tracker_and_fails_bad_ones(test_trackers):
     run = run_conformance(test_trackers.RecordingTracker)
     hooks = [hook for _, hook, _ in test_trackers.CALLS]
-    first = ["__init__", "log_hparams"] + ["log_metrics"] * 4 + ["log_summary"] * 2 + ["finalize"]
+    first = ["__init__", "log_hparams"] + ["log_metrics"] * 4 + ["log_summary", "finalize"]
     second = ["__init__", "log_hparams", "finalize"]  # its log_metrics failed: the core disabled it, but finalize
     assert hooks == first + second
     assert run.summary["success"] is False
@@ -537,7 +553,6 @@ def test_background_hooks_never_hold_training_and_keep_their_order():
     assert body < 0.2 and run.failures == []  # the hooks queued; the 0.6 s of sending came after
     assert calls == [("log_metrics", s, float(s)) for s in range(3)] + [
         ("log_summary", True),
-        ("log_summary", "finished"),
         ("finalize", "finished"),
     ]
     assert threading.get_ident() not in threads

@@ -10,11 +10,11 @@ with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
 
 from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
+from ntn.tracking.contract import TrackerValidationError, TrackerWarning
 from ntn.tracking.discovery import Backend, TrackerConfigError, TrackerSelectionError, installed, parse, select
 from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.knobs import seconds
-from ntn.tracking.manager import TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
 from ntn.tracking.results import experiment_of
 from ntn.tracking.run import TrackedRun, hold, start_run, validate

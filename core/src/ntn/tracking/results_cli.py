@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import math
+import os
+import re
 import statistics
 import sys
 import time
@@ -33,15 +35,27 @@ def _sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
         default=[],
         metavar="BACKEND:LOCATION",
         help="read runs through an installed plugin's reader (entry-point group ntn.trackers.readers), e.g. "
-        "file:experiment_logs, aim:.aim, aim:aim://host:53800; a plain path is a run file or directory; "
+        "file:experiment_logs, aim:.aim, aim:aim://host:53800, or BACKEND alone for its default location; a plain "
+        "path is a run file or directory; "
         "repeatable",
     )
 
 
 def _source(text: str) -> tuple[str, str]:
-    """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, else a file path."""
-    backend, _, location = text.partition(":")
-    return (backend, location) if location and backend in plugins(READERS_GROUP) else ("file", text)
+    """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, BACKEND alone for its
+    default location (location ""), else a file path.
+
+    :raises ValueError: BACKEND:... names no installed reader (and is no existing path)
+    """
+    readers = plugins(READERS_GROUP)
+    backend, colon, location = text.partition(":")
+    if backend in readers:
+        return backend, location
+    if colon and re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
+        raise ValueError(
+            _printable(f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}")
+        )
+    return "file", text
 
 
 def _records(args: argparse.Namespace) -> list[Record]:

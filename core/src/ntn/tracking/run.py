@@ -10,21 +10,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ntn.tracking.contract import Hook, TrackerValidationError, TrackerWarning, hooks_of
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
-from ntn.tracking.manager import HOOKS, TrackerManager, TrackerValidationError, TrackerWarning
 from ntn.tracking.redact import Redactor
 from ntn.tracking.signals import Deferral
 
 
-def _invoke(impl: Any, arguments: dict[str, Any]) -> None:
-    """Call one hook implementation as pluggy would: the arguments it names, those with a default too."""
-    impl.function(
-        *[arguments[name] for name in impl.argnames], **{n: arguments[n] for n in impl.kwargnames if n in arguments}
-    )
-
-
 class TrackedRun:
-    """One run (one seed) and the tracker instances that record it, registered with a plugin manager.
+    """One run (one seed) and the trackers that record it, called in the order their backends were named.
 
     Each hook call reaches each tracker on its own: one that raises is disabled for the rest of the run,
     named in a TrackerWarning and listed in `failures`; the others and training go on. `finalize` still
@@ -38,13 +31,15 @@ class TrackedRun:
         self.backends = [b.name for b in backends]
         self.failures: list[dict[str, str]] = []
         self.summary: dict[str, Any] = {}
+        self.summary_logged = False  # the body logged a summary: the core adds none
+        self.status = "running"  # then the status `finalize` gave the trackers
+        self.trackers: dict[str, dict[str, Hook]] = {}  # name → its hooks, in the order named
         self.active: list[str] = []  # names of the trackers still receiving calls
-        self.manager = TrackerManager()
         for backend in backends:
             try:
                 with Deferral.around_trackers():
                     tracker = backend.factory(experiment_name=experiment_name, config=self.config)
-                    self.manager.add_tracker(tracker, backend.name)
+                    self.trackers[backend.name] = hooks_of(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
                 self.finalize("failed")  # the trackers built so far
                 raise type(err)(self.redact.text(str(err))) from None
@@ -52,7 +47,6 @@ class TrackedRun:
                 self._fail(backend.name, "__init__", err)
                 continue
             self.active.append(backend.name)
-        self._impls = {hook: self.manager.implementations(hook) for hook in HOOKS}  # registrations are final
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
@@ -61,17 +55,18 @@ class TrackedRun:
             f"tracker {tracker!r} failed in {hook} and is disabled for this run: {error}", TrackerWarning, stacklevel=3
         )
 
-    def _call(self, hook: str, **kwargs: Any) -> None:
+    def _call(self, hook: str, **arguments: Any) -> None:
         Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
         try:
-            for impl in self._impls[hook]:
-                if impl.plugin_name not in self.active:
+            for name in list(self.active):
+                implementation = self.trackers[name].get(hook)
+                if implementation is None:
                     continue
                 try:
-                    _invoke(impl, kwargs)
+                    implementation(arguments)
                 except Exception as err:
-                    self._fail(impl.plugin_name, hook, err)
-                    self.active.remove(impl.plugin_name)
+                    self._fail(name, hook, err)
+                    self.active.remove(name)
         finally:
             Deferral.leave()
 
@@ -84,6 +79,7 @@ class TrackedRun:
     def log_summary(self, summary: dict[str, Any]) -> None:
         summary = self.redact(summary)
         self.summary.update(summary)
+        self.summary_logged = True
         self._call("log_summary", summary=summary)
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> None:
@@ -97,19 +93,18 @@ class TrackedRun:
         """Call `finalize` once on every tracker built, also those disabled by a failure in another hook, with
         the run's status and end time ("failed" for a disabled tracker of a run otherwise "finished": its
         record misses what came after its failure); each call is isolated."""
-        end_time = time.time()
+        end_time, self.status = time.time(), status
         with Deferral.around_trackers():
-            for impl in self.manager.implementations("finalize"):
+            for name, hooks in self.trackers.items():
                 # a tracker disabled by a failure holds an incomplete record: it is never "finished"
-                complete = impl.plugin_name in self.active or status != "finished"
-                arguments = {"status": status if complete else "failed", "end_time": end_time}
+                complete = name in self.active or status != "finished"
+                if "finalize" not in hooks:
+                    continue
                 try:
-                    _invoke(impl, arguments)
+                    hooks["finalize"]({"status": status if complete else "failed", "end_time": end_time})
                 except Exception as err:
-                    self._fail(impl.plugin_name, "finalize", err)
-            for name, _ in self.manager.list_name_plugin():
-                self.manager.unregister(name=name)
-            self.active = []
+                    self._fail(name, "finalize", err)
+            self.trackers, self.active = {}, []
 
     # ---- the two NTN.fit callbacks ----------------------------------------------------------
 
@@ -134,10 +129,11 @@ def start_run(
     :param backend: backend names, or the Backends that `validate` returned (many runs of one
         experiment then look up and import the plugins once)
 
-    The last summary before `finalize` records the run's `status`: "interrupted" (a KeyboardInterrupt,
-    `Interrupted` included), "failed" (the body raised, or the summary says success: false) or
-    "finished". If the body raises, it also records success: false and error: "<Type>: <message>", and
-    the exception propagates. `finalize` always runs, with that status and the end time.
+    Each tracker gets at most one `log_summary` from the core: none when the body logged the summary, else,
+    when the body raised, {"success": false, "error": "<Type>: <message>"} (then the exception propagates).
+    The run's status reaches the trackers through `finalize(status, end_time)` only: "interrupted" (a
+    KeyboardInterrupt, `Interrupted` included), "failed" (the body raised, or the summary says success:
+    false) or "finished".
     """
     run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     status = "failed"  # until the body has ended one way or another
@@ -145,16 +141,15 @@ def start_run(
         yield run
     except KeyboardInterrupt as err:
         status = "interrupted"
-        run.log_summary(
-            {"status": status, "success": False, "error": f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"}
-        )
+        if not run.summary_logged:
+            run.log_summary({"success": False, "error": f"interrupted by {getattr(err, 'signal_name', 'SIGINT')}"})
         raise
     except BaseException as err:
-        run.log_summary({"status": status, "success": False, "error": f"{type(err).__name__}: {err}"})
+        if not run.summary_logged:
+            run.log_summary({"success": False, "error": f"{type(err).__name__}: {err}"})
         raise
     else:
         status = "failed" if run.summary.get("success") is False else "finished"
-        run.log_summary({"status": status})
     finally:
         run.finalize(status)
 
@@ -179,8 +174,8 @@ def validate(
     """
     backends, redact = _resolve(backend), Redactor()
     for b in backends:
-        if isinstance(b.factory, type):  # pluggy reads the methods' signatures off the class itself
-            TrackerManager().add_tracker(b.factory, b.name)
+        if isinstance(b.factory, type):  # the methods' signatures, read off the class itself
+            hooks_of(b.factory, b.name)
         check = getattr(b.factory, "check_environment", None)
         if callable(check):
             try:

@@ -71,7 +71,7 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
     elif op == "summary":
         state.summary.update(record["summary"])
         run["summary"] = state.summary
-    elif op == "finalize" and "status" not in state.summary:  # a caller without the core's last summary
+    elif op == "finalize":  # the run's status comes from here only
         state.summary["status"] = record.get("status", "finished")
         run["summary"] = state.summary
     elif op == "artifact" and artifacts is not None:

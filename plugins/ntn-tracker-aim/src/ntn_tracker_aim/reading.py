@@ -81,7 +81,7 @@ def read_runs(source: str) -> tuple[list[dict], list[str]]:
     from ntn_tracker_aim.repo import REMOTE_PREFIX, aim_repo_argument, probe_server
 
     try:
-        root = aim_repo_argument(source)
+        root = aim_repo_argument(source or None)  # "": AIM_REPO, else .aim, as the tracker
         if root.startswith(REMOTE_PREFIX):
             probe_server(root, auth.headers_from_env())
     except (ConnectionError, TrackerConfigError) as err:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ntn_tracker_file import load
+from ntn_tracker_file.tracker import tracker_dir
 
 REQUIRED = {"experiment_name": str, "metrics_log": list, "summary": dict}
 
@@ -13,13 +14,13 @@ REQUIRED = {"experiment_name": str, "metrics_log": list, "summary": dict}
 def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Every run file at `source` (a file, or the *.json files of a directory), and one line per file
     that is damaged or is not a run file."""
-    path = Path(source)
+    path = Path(source) if source else tracker_dir()  # "": where the tracker writes (TRACKER_DIR)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
     elif path.is_file():
         files = [path]
     else:
-        return [], [f"{source}: no such file or directory"]
+        return [], [f"{path}: no such file or directory"]
     records, problems = [], []
     for file in files:
         try:

@@ -187,6 +187,5 @@ class FileTracker:
             write_atomic(directory / file_stem(name), source.read())
 
     def finalize(self, status: str = "finished") -> None:
-        if self.summary.get("status") == "running":  # the core's last summary has it; a direct caller's may not
-            self.summary["status"] = status
+        self.summary["status"] = status  # the run's status comes from here only
         self._write()

@@ -63,7 +63,9 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
-    client = MlflowClient(tracking_uri=source)
+    from ntn_tracker_mlflow.tracker import uri_from_env
+
+    client = MlflowClient(tracking_uri=source or uri_from_env())  # "": as the tracker, MLFLOW_TRACKING_URI
     try:
         experiments = client.search_experiments()
     except Exception as err:
