@@ -5,7 +5,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "core", "file", "aim", "mlflow", "example", "experiments"]
+nox.options.sessions = ["lint", "core", "file", "aim", "mlflow", "tensorboard", "example", "experiments"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -56,6 +56,15 @@ def mlflow(session: nox.Session) -> None:
     plugin = "./plugins/ntn-tracker-mlflow[test]"
     _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", plugin)
     session.run(*PYTEST, "plugins/ntn-tracker-mlflow/tests", *session.posargs)
+
+
+@nox.session
+def tensorboard(session: nox.Session) -> None:
+    """ntn-tracker-tensorboard next to the core and the file backend: a script run and a sweep read back with
+    TensorBoard's EventAccumulator, and a real `tensorboard` server asked over HTTP."""
+    plugin = "./plugins/ntn-tracker-tensorboard[test]"
+    _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", plugin)
+    session.run(*PYTEST, "plugins/ntn-tracker-tensorboard/tests", *session.posargs)
 
 
 @nox.session

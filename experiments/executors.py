@@ -112,14 +112,14 @@ def _wait_for_trackers_locally(timeout: float) -> bool:
     return wait_for_trackers(timeout)
 
 
-def _train_local(model: str, settings: Any, seed: int, run_id: str) -> dict[str, Any] | None:
+def _train_local(model: str, settings: Any, seed: int, run_id: str, tracked: dict[str, Any]) -> dict[str, Any] | None:
     """One run in a local worker; None when the sweep is being stopped (its run, if it had begun, is
     recorded as interrupted by its trackers, and the sweep trains it again next time)."""
     if _stopping["signal"]:
         return None
     previous = stop_on_signals()
     try:
-        return train_run(model, settings, seed, run_id)
+        return train_run(model, settings, seed, run_id, tracked)
     except KeyboardInterrupt as err:
         _stopping["signal"] = getattr(err, "signal_name", "SIGINT")
         return None
@@ -143,7 +143,7 @@ class LocalExecutor:
         )
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
-        return self.pool.submit(_train_local, model, configuration.settings, seed, run_id)
+        return self.pool.submit(_train_local, model, configuration.settings, seed, run_id, configuration.tracked)
 
     def as_completed(self, futures):
         return concurrent.futures.as_completed(futures)
@@ -231,7 +231,9 @@ class DaskExecutor:
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
         key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"
-        return self.client.submit(train_run, model, configuration.settings, seed, run_id, key=key, pure=False)
+        return self.client.submit(
+            train_run, model, configuration.settings, seed, run_id, configuration.tracked, key=key, pure=False
+        )
 
     def as_completed(self, futures):
         from distributed import as_completed

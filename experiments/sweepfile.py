@@ -54,6 +54,12 @@ class Configuration:
     model: str
     values: dict[str, Any]  # the grid's values at this point, `model` included when it is an axis
     settings: Settings  # experiment_name: the sweep's name and these values
+    sweep: str = ""  # the sweep's name
+
+    @property
+    def tracked(self) -> dict[str, Any]:
+        """What its runs' trackers get beside the settings: the sweep's name and the values swept here."""
+        return {"sweep": self.sweep, "swept": dict(self.values)}
 
     @property
     def quality(self) -> str:
@@ -157,7 +163,7 @@ def _sweep(document: dict[str, Any], tracker_backend: str) -> Sweep:
         given = raws | {k: (f"grid.{k}", _text(v)) for k, v in values.items() if k != "model"}
         given["experiment_name"] = ("name", experiment)
         given["seeds"] = ("seeds", ",".join(map(str, seed_values)))
-        configurations.append(Configuration(point_model, values, settings_of(point_model, given)))
+        configurations.append(Configuration(point_model, values, settings_of(point_model, given), name))
     if len({c.quality for c in configurations}) > 1:
         raise SettingError(
             "the grid mixes regression and classification data sets, whose figures (r2, accuracy) cannot be "

@@ -214,16 +214,17 @@ def _backends(selection: str) -> tuple:
     return tuple(select(selection))
 
 
-def train_run(model: str, s: Settings, seed: int, run_id: str) -> dict[str, Any]:
+def train_run(model: str, s: Settings, seed: int, run_id: str, tracked: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
     trackers get `config["run_id"]` (`ntn.tracking.run_id`: the run's name and the sweep's id): a run
     trained again (its worker died, its sweep was interrupted) replaces its earlier attempt in a tracker
-    that keys its runs by it, and never a run of another sweep."""
+    that keys its runs by it, and never a run of another sweep. `tracked` (the sweep's name and the values
+    swept, `Configuration.tracked`) goes into the runs' config beside the settings."""
     s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
     backends = validate(_backends(s.tracker_backend), [name])
-    config = run_config(model, s, data) | {"run_id": run_id}
+    config = run_config(model, s, data) | (tracked or {}) | {"run_id": run_id}
     return train_seed(model, s, data, seed, backends, config, lambda *_: None)
 
 
