@@ -114,7 +114,11 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
-    has_flag: bool = True  # False: a plugin's own variable, which the plugin reads from the environment
+    backend: str | None = None  # a plugin's own variable, which that plugin reads from the environment
+
+    @property
+    def has_flag(self) -> bool:
+        return self.backend is None
 
     @property
     def flag(self) -> str:
@@ -125,9 +129,10 @@ class Setting:
         return self.env.lower()
 
 
-def setting(default: str, parse: Callable[[str], Any], help: str, has_flag: bool = True) -> Any:
-    """A field of `Settings`: its variable is the field's name in upper case."""
-    return field(metadata={"setting": (default, parse, help, has_flag)})
+def setting(default: str, parse: Callable[[str], Any], help: str, backend: str | None = None) -> Any:
+    """A field of `Settings`: its variable is the field's name in upper case; `backend`: the tracker plugin
+    whose own variable it is (no flag; recorded only in the runs that backend tracks)."""
+    return field(metadata={"setting": (default, parse, help, backend)})
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,8 @@ class Settings:
         "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"
     )
     tracker_backend: str = setting("file", text, "file, aim, both, none, or a comma-separated list of backends")
-    tracker_dir: str = setting("experiment_logs", text, "directory of the file backend", has_flag=False)
-    aim_repo: str = setting(".aim", text, "Aim repository: a path or aim://host:port", has_flag=False)
+    tracker_dir: str = setting("experiment_logs", text, "directory of the file backend", backend="file")
+    aim_repo: str = setting(".aim", text, "Aim repository: a path or aim://host:port", backend="aim")
     experiment_name: str = setting("{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}")
 
 
@@ -192,9 +197,36 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether `b` is `a` with one character inserted, removed, replaced, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def check_spelling(environ: dict[str, str]) -> None:
+    """Refuse a variable that is one edit from a setting's (BOND_DIMM for BOND_DIM): it would be ignored, and
+    the run would silently train the default instead. Names of 4 characters or fewer are not compared.
+
+    :raises SettingError: naming the variable and the setting it looks like
+    """
+    known = {x.env for x in SETTINGS}
+    for name in sorted(environ):
+        close = [x for x in sorted(known) if len(x) > 4 and _one_edit_apart(name, x)]
+        if name not in known and close:
+            raise SettingError(f"{name} is not a setting; did you mean {close[0]}? (unset {name}, or rename it)")
+
+
 def resolve(model: str, argv: list[str] | None = None) -> Settings:
     """Every setting's value, parsed and checked; SettingError names the variable (or flag) at fault."""
     args = build_parser(model).parse_args(argv)
+    check_spelling(dict(os.environ))
     raws: dict[str, tuple[str, str]] = {}
     for s in SETTINGS:
         flag_value = getattr(args, s.dest, None)

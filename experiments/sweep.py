@@ -40,7 +40,7 @@ from ntn.tracking import (
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.outputs import check_output, held, redact
-from experiments.settings import SettingError, integer
+from experiments.settings import SettingError, check_spelling, integer
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import failed_entry
@@ -159,6 +159,7 @@ def preflight(sweep: Sweep) -> None:
 def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_spelling(dict(os.environ))  # the tracker variables are read from the environment, as by run_*.sh
         sweep = load(args.sweep_file)
         opts = options(args, sweep)
         backend = sweep.configurations[0].settings.tracker_backend

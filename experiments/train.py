@@ -32,7 +32,7 @@ from ntn.tracking import (
 
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, redact, stats, write_json
-from experiments.settings import MODELS, SettingError, Settings, resolve
+from experiments.settings import MODELS, SETTINGS, SettingError, Settings, resolve
 
 
 def _fail(model: str, message: str) -> int:
@@ -144,9 +144,14 @@ def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[
     return None
 
 
-def run_config(model: str, s: Settings, data) -> dict[str, Any]:
-    """The config of every run of an experiment: its settings, the grouping key `experiment`, the data set."""
-    return {"model": model.upper(), "experiment": s.experiment_name, **dataclasses.asdict(s), "dataset_info": data.info}
+def run_config(model: str, s: Settings, data, backends: list, left_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config of every run of an experiment: its settings, the grouping key `experiment`, the data set.
+    A tracker plugin's own setting (TRACKER_DIR, AIM_REPO) is there only when that backend tracks the run;
+    `left_out`: settings that mean nothing for these runs (a sweep's runs write no OUTPUT_FILE)."""
+    tracking = {b.name for b in backends}
+    unused = {x.dest for x in SETTINGS if x.backend is not None and x.backend not in tracking} | set(left_out)
+    settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in unused}
+    return {"model": model.upper(), "experiment": s.experiment_name, **settings, "dataset_info": data.info}
 
 
 def train_seed(
@@ -224,7 +229,7 @@ def train_run(model: str, s: Settings, seed: int, run_id: str, tracked: dict[str
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
     backends = validate(_backends(s.tracker_backend), [name])
-    config = run_config(model, s, data) | (tracked or {}) | {"run_id": run_id}
+    config = run_config(model, s, data, backends, left_out=("output_file",)) | (tracked or {}) | {"run_id": run_id}
     return train_seed(model, s, data, seed, backends, config, lambda *_: None)
 
 
@@ -298,7 +303,7 @@ def _results_of(document: Any, experiment: str) -> bool:
 def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     """Every seed, one tracked run each, and the results file after each; the exit code."""
     quality = data.quality
-    config = run_config(model, s, data)
+    config = run_config(model, s, data, backends)
     launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
     progress = _Progress(s, data.info)
     results: list[dict[str, Any]] = []
@@ -354,6 +359,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
         + f"; held-out test {quality} {held_out} -> {output}"
     )
+    print(redact(f"runs recorded by {where}; compare them: ntn-trackers summary"))
     return 0 if len(ok) == len(results) else 1
 
 

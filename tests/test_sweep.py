@@ -272,6 +272,7 @@ HUGE = SWEEP.replace("[2, 4]", str(list(range(1, 1001)))).replace("l = [2, 3]", 
         (MIXED, (), {}, "mixes regression and classification"),
         (HUGE, (), {}, "[grid] makes 2000000 configurations, more than 10000"),
         (SWEEP.replace('name = "grid"', f'name = "grid-{SECRET}"'), (), {"MY_TOKEN": SECRET}, "name holds the"),
+        (SWEEP, (), {"AIM_REPOS": ".aim"}, "AIM_REPOS is not a setting; did you mean AIM_REPO?"),
     ],
 )
 def test_bad_input_is_one_line_before_any_run(sweep_here, tmp_path, text, args, env, message):

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from ntn.tracking.testing import run_conformance
+from ntn.tracking.testing import END_TIME, run_conformance
 from ntn_tracker_jsonl import JsonlTracker
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -20,8 +20,9 @@ def test_passes_the_conformance_kit(tmp_path, monkeypatch):
     monkeypatch.setenv("JSONL_DIR", str(tmp_path))
     run = run_conformance(JsonlTracker, experiment_name="conformance")
     events = read(tmp_path / "conformance.jsonl")
-    assert [e["event"] for e in events] == ["config", "hparams"] + ["metrics"] * 4 + ["summary"] * 2 + ["finalize"]
+    assert [e["event"] for e in events] == ["config", "hparams"] + ["metrics"] * 4 + ["summary", "finalize"]
     assert [e["step"] for e in events if e["event"] == "metrics"] == [s for s, _ in run.metrics]
+    assert events[-1] == {"event": "finalize", "status": "failed", "end_time": END_TIME}
 
 
 def test_listed_by_ntn_trackers():

@@ -1,3 +1,4 @@
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -58,6 +59,17 @@ def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):
     assert len(index_runs(tmp_path / "elsewhere")) == 1 and len(index_runs(tmp_path / "named")) == 1
 
 
+def test_an_interrupted_run_is_tagged_and_a_finished_one_is_not():
+    for name, body in (("stopped_seed0", KeyboardInterrupt), ("done_seed0", None)):
+        with contextlib.suppress(KeyboardInterrupt), start_run(name, {}) as tracked:
+            tracked.log_metrics({"loss": 1.0}, step=0)
+            if body is not None:
+                raise body
+    assert flush()
+    tags = {r.name: r.tags for r in (Run(h, repo=".", read_only=True) for h in index_runs("."))}
+    assert tags == {"stopped_seed0": ["interrupted"], "done_seed0": []}
+
+
 def test_every_seed_is_a_run_grouped_under_the_experiment_base_name():
     for seed in range(3):
         with start_run(f"bond_sweep_4_seed{seed}", {"experiment": "bond_sweep_4", "seed": seed}) as tracked:
@@ -78,8 +90,9 @@ def test_a_failed_run_records_success_false_and_the_error():
         raise FloatingPointError("overflow at site 2")
     assert flush()
     (run_hash,) = index_runs(".")
-    summary = Run(run_hash, repo=".", read_only=True)["summary"]
-    assert summary == {"status": "failed", "success": False, "error": "FloatingPointError: overflow at site 2"}
+    run = Run(run_hash, repo=".", read_only=True)
+    assert run["summary"] == {"status": "failed", "success": False, "error": "FloatingPointError: overflow at site 2"}
+    assert run.tags == ["failed"]  # failed on main: only Aim's "Finished" badge showed in the Runs explorer
 
 
 def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():

@@ -35,6 +35,6 @@ class JsonlTracker:
         self._write("summary", summary=summary)
 
     @hookimpl
-    def finalize(self) -> None:
-        self._write("finalize")
+    def finalize(self, status: str, end_time: float) -> None:
+        self._write("finalize", status=status, end_time=end_time)  # the run's status comes only here
         self._file.close()

@@ -72,8 +72,10 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
         state.summary.update(record["summary"])
         run["summary"] = state.summary
     elif op == "finalize":  # the run's status comes from here only
-        state.summary["status"] = record.get("status", "finished")
+        status = state.summary["status"] = record.get("status", "finished")
         run["summary"] = state.summary
+        if status != "finished" and status not in run.tags:  # Aim's own "Finished" badge says nothing of it
+            run.add_tag(status)
     elif op == "artifact" and artifacts is not None:
         if run.artifacts_uri is None:
             run.set_artifacts_uri(artifacts)
