@@ -110,6 +110,14 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
         for record in records:
             assert record["summary"]["status"] == runs[record["experiment_name"]]["summary"]["status"]
             assert record["summary"]["test_r2"] == runs[record["experiment_name"]]["summary"]["test_r2"]
+        from aim import Run
+        from ntn_tracker_aim import index_runs
+
+        for run in (Run(h, repo=str(aim_root), read_only=True) for h in index_runs(aim_root)):
+            # failed on main: each configuration was an Aim experiment of its own, with nothing linking them
+            assert run.experiment == "grid" and run["sweep"]["name"] == "grid"
+            assert run["sweep"]["configuration"] == run["config"]["experiment"] == run.name.rsplit("_seed", 1)[0]
+            assert f"bond_dim{run['sweep']['bond_dim']}" in run.name
 
 
 @pytest.mark.parametrize("executor", ["local", "dask"])

@@ -168,6 +168,15 @@ def test_a_sweep_into_the_default_local_store_keeps_every_run(tmp_path):
     for record in records:
         assert record["summary"]["status"] in ("finished", "failed")
         assert record["summary"]["success"] == entries[record["experiment_name"]]["success"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("shared")  # failed on main: one MLflow experiment per configuration
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == SWEEP_RUNS
+    for run in runs:
+        params = run.data.params
+        assert params["sweep"] == "shared" and params["dataset"] == "synthetic" and params["n_samples"] == "200"
+        assert run.info.run_name.startswith(f"shared_bond_dim{params['swept.bond_dim']}_seed")
+        assert params["experiment"] == run.data.tags["ntn.experiment"] == run.info.run_name.rsplit("_seed", 1)[0]
 
 
 def test_a_local_directory_as_tracking_uri_is_one_line_before_training(tmp_path):

@@ -16,7 +16,7 @@ from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.knobs import seconds
 from ntn.tracking.redact import Redactor
-from ntn.tracking.results import experiment_of
+from ntn.tracking.results import experiment_of, study_of
 from ntn.tracking.run import TrackedRun, hold, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
 
@@ -44,6 +44,7 @@ __all__ = [
     "select",
     "start_run",
     "stop_on_signals",
+    "study_of",
     "uninterrupted",
     "validate",
 ]

@@ -27,6 +27,12 @@ def experiment_of(record: Record) -> str:
     return str((record.get("config") or {}).get("experiment") or _SEED_SUFFIX.sub("", name) or name)
 
 
+def study_of(record: Record) -> str:
+    """Where a backend groups a run (an Aim or MLflow experiment, a TensorBoard folder): its sweep's name
+    (config["sweep"]) in a sweep, so that the sweep reads as one study, else its experiment."""
+    return str((record.get("config") or {}).get("sweep") or experiment_of(record))
+
+
 def status_of(record: Record) -> str:
     summary = record.get("summary") or {}
     if summary.get("status") == "running":

@@ -54,7 +54,13 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
     if op == "open":  # a run's first attempt, or a new one that replaces what the earlier recorded
         state.__init__()
         run.name = record["name"]
-        run["config"] = record["config"]
+        run["config"] = config = record["config"]
+        if config.get("sweep"):  # top-level params the Runs explorer groups a sweep's runs by
+            run["sweep"] = {
+                "name": config["sweep"],
+                "configuration": config.get("experiment"),
+                **config.get("swept", {}),
+            }
     elif op == "hparams":
         run["hparams"] = record["hparams"]
     elif op == "metrics":

@@ -28,14 +28,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ntn.tracking import experiment_of, run_key
+from ntn.tracking import run_key, study_of
 
 from ntn_tracker_aim import journal, uploads
 from ntn_tracker_aim.repo import aim_repo_argument
 
 
 def base_name(experiment_name: str, config: dict[str, Any]) -> str:
-    return experiment_of({"experiment_name": experiment_name, "config": config})
+    return study_of({"experiment_name": experiment_name, "config": config})
 
 
 def run_hash(run_id: Any) -> str:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key, seconds
+from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key, seconds, study_of
 
 EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
@@ -41,6 +41,8 @@ PROBE_TIMEOUT_S = 5.0
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 RUN_KEY_TAG = "ntn.run_key"  # a digest of config["run_id"], safe in a search filter
+# the data settings and the sweep's names, as params a researcher searches by (beside the hparams)
+SEARCHABLE = ("dataset", "n_samples", "data_seed", "preprocessing", "device", "sweep", "experiment")
 MAX_PARAM = 6000  # characters of a param's value that MLflow keeps
 
 
@@ -82,9 +84,11 @@ class MlflowRun:
         # output from this thread; a user who wants them sets the variable to false
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=uri)
-        experiment = experiment_of({"experiment_name": run_name, "config": config})
-        experiment_id = self._experiment_id(experiment)
-        tags = {"ntn.experiment": experiment}
+        record = {"experiment_name": run_name, "config": config}
+        experiment_id = self._experiment_id(study_of(record))  # a sweep is one MLflow experiment
+        tags = {"ntn.experiment": experiment_of(record)} | (
+            {"ntn.sweep": config["sweep"]} if config.get("sweep") else {}
+        )
         if config.get("run_id") is not None:
             tags[RUN_KEY_TAG] = run_key(config["run_id"], 32)
             for earlier in self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}'"):
@@ -93,6 +97,13 @@ class MlflowRun:
         self.run_id = run.info.run_id
         self.summary: dict[str, Any] = {}
         self.client.log_dict(self.run_id, config, "ntn/config.json")
+        searchable = {k: config[k] for k in SEARCHABLE if config.get(k) is not None} | {
+            f"swept.{k}": v for k, v in (config.get("swept") or {}).items()
+        }
+        if searchable:
+            from mlflow.entities import Param
+
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in searchable.items()])
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ntn.files import check_writable, file_stem, write_atomic
-from ntn.tracking import TrackerConfigError, experiment_of, run_key
+from ntn.tracking import TrackerConfigError, run_key, study_of
 
 DEFAULT_DIR = "tb_logs"
 RECORD = "ntn-run.json"
@@ -37,7 +37,7 @@ def tensorboard_dir() -> Path:
 
 def run_dir(root: Path, experiment_name: str, config: dict[str, Any]) -> Path:
     """Where a run's events and record go: <root>/<sweep or experiment>/<run name>[@<run_id key>]."""
-    group = config.get("sweep") or experiment_of({"experiment_name": experiment_name, "config": config})
+    group = study_of({"experiment_name": experiment_name, "config": config})
     name = file_stem(experiment_name)
     if config.get("run_id"):
         name = f"{name}@{run_key(str(config['run_id']), 8)}"
