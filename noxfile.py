@@ -10,7 +10,7 @@ nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
-PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider")
+PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider", "--durations=5")  # the slowest, in every log
 # pytest-xdist, one test process per core, where the tests mostly wait on servers and subprocesses: the aim
 # session took 147 s in one process and 91 s in two, the experiments session 204 s and 151 s; the mlflow
 # session got slower (47 s → 63 s: each process starts its own server), so it keeps one (docs/benchmarks.md).

@@ -169,6 +169,18 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "env", [{"BOND_DIM": "abc"}, {"TRACKER_BACKEND": "bogus"}, {"OUTPUT_FILE": "no/such/dir/r.json"}, {"N_EPOCH": "1"}]
+)
+def test_bad_input_is_refused_before_torch_is_imported(tmp_path, env):
+    """A typo is answered at once, not after the seconds torch takes to import."""
+    code = "import sys, experiments.train as t; t.main(['mpo2']); print('torch' in sys.modules)"
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND",)} | env
+    environ["PYTHONPATH"] = str(REPO) + os.pathsep + environ.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert done.stdout == "False\n" and "run_mpo2.sh: error: " in done.stderr, done.stderr
+
+
 def test_unwritable_output_directory_is_refused(run_script, tmp_path):
     done = run_script("mpo2", OUTPUT_FILE="/proc/results_mpo2.json")  # no one may create files in /proc
     assert done.returncode == 2 and "directory '/proc' is not writable" in done.stderr, done.stderr
