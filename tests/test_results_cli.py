@@ -201,6 +201,26 @@ def test_plot_writes_a_non_blank_png_of_the_expected_size(logs):
     assert bad.returncode == 2 and "no run has the metric 'no_such_metric'" in bad.stderr
 
 
+def test_the_plot_starts_at_epoch_0_marks_the_kept_epoch_and_says_what_it_shows(logs):
+    """Failed on main: step -1 (the untrained model) squashed every curve, the legend had an entry per
+    split per experiment, no title, no mark of the kept epoch."""
+    from ntn.tracking.plot import draw_curves
+    from ntn.tracking.readers import read_runs
+    from ntn.tracking.results import group
+
+    records, _ = read_runs("file", str(logs / "experiment_logs"))
+    axes = draw_curves(group(records), "loss", log_y=False, band=False, source="experiment_logs").axes[0]
+    runs = {name: len(seeds) for name, seeds in EXPERIMENTS.items()}
+    title = f"loss of 2 experiments, {sum(runs.values())} runs from experiment_logs (one line per run)"
+    assert axes.get_title() == title
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels == [f"{name} ({n} runs)" for name, n in sorted(runs.items())] + ["train", "validation", "kept epoch"]
+    curves = [line for line in axes.get_lines() if line.get_linestyle() in ("-", "--")]
+    assert len(curves) == 2 * sum(runs.values()) and all(min(line.get_xdata()) == 0 for line in curves)
+    kept = [list(line.get_xdata()) for line in axes.get_lines() if line.get_marker() == "o"]
+    assert kept == [[2] * n for _, n in sorted(runs.items())]  # best_epoch 2 of every run
+
+
 def test_aim_repo_gives_the_same_summary_as_the_run_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TRACKER_DIR", raising=False)

@@ -13,17 +13,42 @@ WIDTH_IN, HEIGHT_IN, DPI = 9.0, 5.0, 100  # the PNG is 900 × 500 pixels
 
 
 def _curve(record: Record, metric: str) -> tuple[list[int], list[float]]:
+    """The metric over epochs 0, 1, ...: the initial evaluation (step -1) of an untrained model is left out,
+    as it would squash every curve (its loss is several times the trained one)."""
     points = [
         (m["step"], float(m[metric]))
         for m in record.get("metrics_log") or []
-        if isinstance(m.get(metric), int | float) and not isinstance(m.get(metric), bool) and math.isfinite(m[metric])
+        if m["step"] >= 0
+        and isinstance(m.get(metric), int | float)
+        and not isinstance(m.get(metric), bool)
+        and math.isfinite(m[metric])
     ]
     points.sort()
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_curves(experiments: dict[str, Experiment], metric: str, out: Path, log_y: bool, band: bool) -> Path:
-    """Train (solid) and validation (dashed) `metric` over epochs, step -1 being the initial evaluation.
+def _kept(record: Record, steps: list[int], values: list[float]) -> tuple[int, float] | None:
+    """The point of the epoch whose state the run kept (summary.best_epoch), if it is on the curve."""
+    epoch = (record.get("summary") or {}).get("best_epoch")
+    return (epoch, values[steps.index(epoch)]) if epoch in steps else None
+
+
+def plot_curves(
+    experiments: dict[str, Experiment], metric: str, out: Path, log_y: bool, band: bool, source: str = ""
+) -> Path:
+    """`draw_curves` into the PNG `out` (900 × 500 pixels)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(experiments, metric, log_y, band, source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, band: bool, source: str = ""):
+    """Train (solid) and validation (dashed) `metric` over epochs from 0, the kept epoch of each run marked
+    on its validation curve; one colour and one legend entry per experiment, a title saying what is shown.
 
     One line per run, or with `band` the mean ± std over an experiment's runs at each step.
     """
@@ -34,14 +59,20 @@ def plot_curves(experiments: dict[str, Experiment], metric: str, out: Path, log_
 
     fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    drawn = 0
+    drawn, labelled = 0, set()
     for i, exp in enumerate(experiments.values()):
         color = colors[i % len(colors)]
         for name, style in ((metric, "-"), (f"val_{metric}", "--")):
-            curves = [c for c in (_curve(r, name) for r in exp.runs) if c[0]]
+            runs = [(r, c) for r, c in ((r, _curve(r, name)) for r in exp.runs) if c[0]]
+            curves = [c for _, c in runs]
             if not curves:
                 continue
-            label = f"{exp.name} {'val' if name.startswith('val_') else 'train'}"
+            label = None if exp.name in labelled else f"{exp.name} ({len(exp.runs)} runs)"
+            labelled.add(exp.name)
+            if name.startswith("val_"):  # the epoch each run kept
+                kept = [k for k in (_kept(r, *c) for r, c in runs) if k is not None]
+                if kept:
+                    ax.plot(*zip(*kept), "o", color=color, markersize=5, markerfacecolor="none")
             if band:
                 by_step: dict[int, list[float]] = {}
                 for steps, values in curves:
@@ -65,17 +96,25 @@ def plot_curves(experiments: dict[str, Experiment], metric: str, out: Path, log_
     if not drawn:
         plt.close(fig)
         raise ValueError(f"no run has the metric {metric!r}")
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (-1: initial evaluation)")
+    ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     if log_y:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    runs = sum(len(exp.runs) for exp in experiments.values())
+    shown = "mean ± std over each experiment's runs" if band else "one line per run"
+    where = f" from {source}" if source else ""
+    ax.set_title(f"{metric} of {len(experiments)} experiments, {runs} runs{where} ({shown})", fontsize="medium")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="gray", linestyle="-", label="train"),
+        Line2D([], [], color="gray", linestyle="--", label="validation"),
+        Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="", label="kept epoch"),
+    ]
+    ax.legend(handles=handles, fontsize="small")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return fig

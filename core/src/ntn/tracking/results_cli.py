@@ -164,7 +164,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from ntn.tracking.plot import plot_curves
 
-    path = plot_curves(group(_records(args)), args.metric, Path(args.output), args.log_y, args.band)
+    sources = [*args.sources, *getattr(args, "paths", []), *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
+    path = plot_curves(group(_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
     print(path)
     return 0
 
