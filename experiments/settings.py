@@ -174,6 +174,13 @@ class Settings:
 
 
 SETTINGS = [Setting(f.name.upper(), *f.metadata["setting"]) for f in fields(Settings)]
+# the settings that do not change what a run trains: a recorded run with other values still counts
+NOT_TRAINING = ("seeds", "output_file", "verbose", "save_model", "tracker_backend", "tracker_dir", "aim_repo", "device")
+
+
+def training(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings (by field name) that decide what a run trains; the experiment's name among them."""
+    return {k: v for k, v in settings.items() if k in {f.name for f in fields(Settings)} and k not in NOT_TRAINING}
 
 
 def build_parser(model: str) -> argparse.ArgumentParser:

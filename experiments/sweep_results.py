@@ -19,18 +19,15 @@ from ntn.tracking import new_id, run_id
 from tabulate import tabulate
 
 from experiments.outputs import read_json, stats, write_json
-from experiments.settings import SettingError
+from experiments.settings import SettingError, training
 from experiments.sweepfile import Configuration, Sweep
 
 SPLITS = ("train", "val", "test")
-# a run's settings that do not change what it trains: a recorded run with other values still counts
-NOT_TRAINING = ("seeds", "output_file", "verbose", "save_model", "tracker_backend", "tracker_dir", "aim_repo", "device")
 
 
 def identity(configuration: Configuration) -> dict[str, Any]:
     """The settings that decide what a configuration trains."""
-    settings = dataclasses.asdict(configuration.settings)
-    return {"model": configuration.model} | {k: v for k, v in settings.items() if k not in NOT_TRAINING}
+    return {"model": configuration.model} | training(dataclasses.asdict(configuration.settings))
 
 
 def _list(value: Any) -> list:

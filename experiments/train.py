@@ -31,8 +31,8 @@ from ntn.tracking import (
 )
 
 from experiments.dataset_loader import DatasetError, load_dataset
-from experiments.outputs import check_output, held, redact, stats, write_json
-from experiments.settings import MODELS, SETTINGS, SettingError, Settings, resolve
+from experiments.outputs import check_output, held, read_json, redact, stats, write_json
+from experiments.settings import MODELS, SETTINGS, SettingError, Settings, resolve, training
 
 
 def _fail(model: str, message: str) -> int:
@@ -284,13 +284,34 @@ def _main(argv: list[str] | None = None) -> int:
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))
+        mixed = _mixed_with(read_json(output), model, s)
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
         holding.close()
         return _fail(model, str(err))
-    except ValueError as err:  # the device
+    except ValueError as err:  # the device (check_output has read the results file: it is JSON)
+        holding.close()
         return _fail(model, f"DEVICE={s.device!r}: {err}")
+    if mixed:
+        holding.close()
+        return _fail(
+            model,
+            f"EXPERIMENT_NAME={s.experiment_name!r} already holds runs trained with other settings: {mixed}; give "
+            f"this run its own EXPERIMENT_NAME, or remove {output} to start the experiment afresh",
+        )
     with holding:
         return _train(model, s, data, backends, output)
+
+
+def _mixed_with(document: Any, model: str, s: Settings) -> str:
+    """The training settings in which this experiment's results file (`document`) differs from this launch,
+    as `N_EPOCHS=10 (this run: 1)`; "" when none does (or there is no such file). Runs of other settings
+    under one name would be summarised as one experiment."""
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+        return ""
+    before = training(document["config"]) | {"model": document["config"].get("model")}
+    now = training(dataclasses.asdict(s)) | {"model": model.upper()}
+    differ = [k for k in now if k in before and before[k] != now[k]]
+    return ", ".join(f"{k.upper()}={before[k]!r} (this run: {now[k]!r})" for k in differ)
 
 
 def _results_of(document: Any, experiment: str) -> bool:

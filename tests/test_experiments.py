@@ -169,6 +169,19 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+def test_an_experiment_name_holding_runs_of_other_settings_is_refused_naming_them(train_here, tmp_path):
+    """Failed on main: a second launch with N_EPOCHS=1 under the default name replaced the first's results file
+    and seed 0's run, and `summary` then counted runs of 1 and of 2 epochs as one experiment."""
+    assert train_here("mpo2", N_EPOCHS="2", SEEDS="0", DATASET="synthetic")[0] == 0
+    before = (tmp_path / "results_mpo2_experiment.json").read_bytes()
+    code, _, err = train_here("mpo2", N_EPOCHS="1", SEEDS="0", DATASET="synthetic", BOND_DIM="4")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "EXPERIMENT_NAME='mpo2_experiment' already holds runs trained with other settings: " in err
+    assert "BOND_DIM=6 (this run: 4)" in err and "N_EPOCHS=2 (this run: 1)" in err and "remove results_mpo2" in err
+    assert (tmp_path / "results_mpo2_experiment.json").read_bytes() == before
+    assert train_here("mpo2", N_EPOCHS="2", SEEDS="1", DATASET="synthetic", BOND_DIM="6")[0] == 0  # more seeds
+
+
 @pytest.mark.parametrize(
     "env", [{"BOND_DIM": "abc"}, {"TRACKER_BACKEND": "bogus"}, {"OUTPUT_FILE": "no/such/dir/r.json"}, {"N_EPOCH": "1"}]
 )

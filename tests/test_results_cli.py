@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -64,14 +65,49 @@ def test_summary_table_and_csv(logs):
     table = ntn_trackers("summary", cwd=logs)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:5] == ["experiment", "runs", "ok", "running", "failed"]
+    assert lines[0].split()[:4] == ["experiment", "ok/runs", "best", "epoch"] and "test_r2 ↑" in lines[0]
     row = next(line for line in lines if line.startswith("bond_sweep_4"))
     mean = np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
-    assert row.split()[1:5] == ["4", "4", "0", "0"] and f"{mean:.4g}" in row
+    assert row.split()[1] == f"{len(EXPERIMENTS['bond_sweep_4'])}/{len(EXPERIMENTS['bond_sweep_4'])}"
+    assert f"{mean:.4f}" in row
     rows = list(csv.DictReader(io.StringIO(ntn_trackers("summary", "--format", "csv", cwd=logs).stdout)))
     assert {r["experiment"] for r in rows} == set(EXPERIMENTS)
     r8 = next(r for r in rows if r["experiment"] == "bond_sweep_8")
     assert float(r8["test_r2_mean"]) == pytest.approx(np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_8"]]))
+
+
+def test_tables_fit_120_columns_rank_best_first_show_what_differs_and_flag_mixed_settings(tmp_path, monkeypatch):
+    """Failed on main: `summary` was 179 characters wide and `compare` 170, unsorted, with no settings, and an
+    experiment whose runs had 1 and 10 epochs was summarised as one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    runs = {("long_experiment_name_bond_dim2", 2): [0.50, 0.52], ("long_experiment_name_bond_dim8", 8): [0.71, 0.69]}
+    for (name, bond), values in runs.items():
+        for seed, val in enumerate(values):
+            epochs = 10 if seed == 0 or bond == 8 else 1  # bond_dim2's seed 1 was trained with other settings
+            config = {"experiment": name, "bond_dim": bond, "n_epochs": epochs, "run_id": f"{name}_seed{seed}@x"}
+            with start_run(f"{name}_seed{seed}", config, backend="file") as run:
+                figures = {"val_r2": val, "test_r2": val - 0.01, "test_loss": 1 - val, "val_loss": 1 - val}
+                run.log_summary({"seed": seed, "success": True, "r2": val, "loss": 0.5, **figures})
+    env = dict(os.environ, COLUMNS="120")
+    for command in (["summary"], ["compare", *(name for name, _ in runs)]):
+        done = subprocess.run([*CLI, *command], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+        lines = done.stdout.splitlines()
+        assert done.returncode == 0 and max(map(len, lines)) <= 120, done.stdout
+        assert lines[0].startswith("best first on val_r2 (↑ higher is better, ↓ lower)")
+    table = subprocess.run([*CLI, "summary"], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    rows = [line for line in table.splitlines() if line.startswith("long_experiment")]
+    assert [r.split()[:2] for r in rows] == [  # best first, each with the settings that differ
+        ["long_experiment_name_bond_dim8", "bond_dim=8"],
+        ["long_experiment_name_bond_dim2", "bond_dim=2"],
+    ]
+    assert "mixed: long_experiment_name_bond_dim2's runs differ in n_epochs (10, 1): not one experiment" in table
+    compared = subprocess.run(
+        [*CLI, "compare", "long_experiment_name_bond_dim2", "long_experiment_name_bond_dim8"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    ).stdout  # fmt: skip
+    assert "Δ: difference of means to long_experiment_name_bond_dim8" in compared
+    assert "long_experiment_name_bond_dim2: bond_dim=2" in compared and "Δ -0.19 ± " in compared
 
 
 def test_running_and_failed_runs_are_never_counted_as_successes(logs):
@@ -181,7 +217,7 @@ def test_compare_gives_the_difference_of_means_and_its_spread(logs):
     assert diff["difference"] == pytest.approx(b.mean() - a.mean())
     assert diff["spread"] == pytest.approx(math.sqrt(a.var() / len(a) + b.var() / len(b)))
     table = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", cwd=logs).stdout
-    assert f"{b.mean() - a.mean():+.4g}" in table
+    assert f"Δ {b.mean() - a.mean():+.3g} ± " in table
     unknown = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_5", cwd=logs)
     assert unknown.returncode == 2 and "no runs of experiment 'bond_sweep_5'" in unknown.stderr
 

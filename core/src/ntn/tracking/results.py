@@ -18,6 +18,11 @@ from ntn.tracking.readers import Record
 
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
 NOT_METRICS = {"seed", "success", "status", "best_epoch", "error", "updated"}
+# config keys that name or place a run rather than set what it trains
+NOT_SETTINGS = {
+    "experiment", "experiment_name", "run_id", "sweep", "swept", "dataset_info", "output_file", "seeds", "seed",
+    "tracker_backend", "tracker_dir", "aim_repo", "device", "verbose", "save_model",
+}  # fmt: skip
 
 
 def experiment_of(record: Record) -> str:
@@ -100,10 +105,52 @@ def group(records: list[Record]) -> dict[str, Experiment]:
     return experiments
 
 
+def _settings(record: Record) -> dict[str, Any]:
+    """A run's settings: the scalar values of its config that set what it trains."""
+    config = record.get("config") or {}
+    return {k: v for k, v in config.items() if k not in NOT_SETTINGS and isinstance(v, str | int | float | bool)}
+
+
+def differing_settings(experiments: list[Experiment]) -> dict[str, dict[str, Any]]:
+    """For each experiment, the settings whose values differ between the experiments (a sweep's swept values)."""
+    first = {exp.name: _settings(exp.runs[0]) if exp.runs else {} for exp in experiments}
+    keys = sorted({k for s in first.values() for k in s})
+    differ = [k for k in keys if len({repr(s.get(k)) for s in first.values()}) > 1]
+    return {name: {k: s.get(k) for k in differ} for name, s in first.items()}
+
+
+def mixed_settings(exp: Experiment) -> dict[str, list[Any]]:
+    """The settings in which an experiment's own runs differ (runs of other settings under one name)."""
+    each = [_settings(r) for r in exp.runs]
+    keys = sorted({k for s in each for k in s})
+    values = {k: list(dict.fromkeys(repr(s.get(k)) for s in each)) for k in keys}
+    return {k: v for k, v in values.items() if len(v) > 1}
+
+
+def quality_of(experiments: list[Experiment]) -> str | None:
+    """The figure experiments are ranked by: r2 when the runs have one, else accuracy."""
+    names = {m for exp in experiments for m in exp.metrics}
+    return next((q for q in ("r2", "accuracy") if f"val_{q}" in names or f"test_{q}" in names), None)
+
+
+def ranked(experiments: dict[str, Experiment]) -> list[Experiment]:
+    """Best first on the validation figure (higher is better for r2 and accuracy); those without it last."""
+    q = quality_of(list(experiments.values()))
+
+    def key(exp: Experiment) -> float:
+        stats = exp.metrics.get(f"val_{q}")
+        return -stats.mean if stats is not None else math.inf
+
+    return sorted(experiments.values(), key=key) if q else list(experiments.values())
+
+
 def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
-    """One row per experiment: counts, statistics of each metric, best epochs, failures."""
+    """One row per experiment, best first: counts, the settings that differ between the experiments, the
+    settings its own runs differ in (`mixed`), statistics of each metric, best epochs, failures."""
     rows = []
-    for exp in experiments.values():
+    chosen = ranked(experiments)
+    differ = differing_settings(chosen)
+    for exp in chosen:
         row: dict[str, Any] = {
             "experiment": exp.name,
             "runs": len(exp.runs),
@@ -114,6 +161,8 @@ def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
             "failed": {
                 r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in exp.by_status("failed")
             },
+            "settings": differ[exp.name],
+            "mixed": mixed_settings(exp),
             "best_epoch": exp.best_epochs,
         }
         for name, stats in exp.metrics.items():

@@ -9,8 +9,10 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ from tabulate import tabulate
 
 from ntn.tracking.discovery import plugins
 from ntn.tracking.readers import READERS_GROUP, Record, read_runs
-from ntn.tracking.results import Experiment, comparison_rows, group, summary_rows
+from ntn.tracking.results import (
+    comparison_rows,
+    differing_settings,
+    group,
+    quality_of,
+    ranked,
+    summary_rows,
+)
 
 DEFAULT_DIR = "experiment_logs"
 
@@ -79,10 +88,6 @@ def _printable(text: Any) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
-def _stat_cell(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.4g} ± {stats['std']:.2g}\n[{stats['min']:.4g}, {stats['max']:.4g}]"
-
-
 def _best_epoch_cell(epochs: list[int]) -> str:
     return f"{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})" if epochs else "-"
 
@@ -121,24 +126,61 @@ def _age(updated: Any) -> str:
     return f", last record {shown} ago (a process killed with SIGKILL leaves its run running)"
 
 
+def _width() -> int:
+    """The terminal's width ($COLUMNS first), 120 when there is none (a pipe, a file)."""
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _settings_cell(settings: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items()) or "-"
+
+
+def _fit(rows: list[list[Any]], headers: list[str], keep: int, width: int) -> str:
+    """The table, its columns after the first `keep` dropped from the right until it fits `width` (a last
+    line then says how many; `--format csv` or a wider terminal shows them)."""
+    dropped = 0
+    while True:
+        text = tabulate(rows, headers=headers, disable_numparse=True)
+        if len(headers) <= keep or max(map(len, text.splitlines())) <= width:
+            return text + (f"\n({dropped} more columns: widen the terminal, or --format csv)" if dropped else "")
+        headers, rows, dropped = headers[:-1], [r[:-1] for r in rows], dropped + 1
+
+
+def _wrapped(notes: list[str]) -> list[str]:
+    return [textwrap.fill(_printable(n), _width(), subsequent_indent="    ") for n in notes]
+
+
 def _summary(args: argparse.Namespace) -> int:
     experiments = group(_records(args))
     rows = summary_rows(experiments)
+    q = quality_of(list(experiments.values()))
     metrics = list(dict.fromkeys(m for exp in experiments.values() for m in exp.metrics))
     if args.metrics:
         metrics = [m for m in args.metrics.split(",") if m]
+    elif q:  # the figures a researcher ranks by first, then the rest as the width allows
+        metrics = [m for m in (f"val_{q}", f"test_{q}", "test_loss") if m in metrics] + [
+            m for m in metrics if m not in (f"val_{q}", f"test_{q}", "test_loss")
+        ]
+    differ = any(r["settings"] for r in rows)
     table = [
-        [_printable(r["experiment"]), r["runs"], r["successful"], len(r["running"]), len(r["failed"])]
-        + [_stat_cell(r[m]) if m in r else "-" for m in metrics]
-        + [_best_epoch_cell(r["best_epoch"])]
+        [_printable(r["experiment"])]
+        + ([_printable(_settings_cell(r["settings"]))] if differ else [])
+        + [f"{r['successful']}/{r['runs']}", _best_epoch_cell(r["best_epoch"])]
+        + [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" if m in r else "-" for m in metrics]
         for r in rows
     ]
-    headers = ["experiment", "runs", "ok", "running", "failed", *map(_printable, metrics), "best epoch"]
-    text = tabulate(table, headers=headers)
+    better = {f"val_{q}": " ↑", f"test_{q}": " ↑", "test_loss": " ↓", "val_loss": " ↓", "loss": " ↓", q: " ↑"}
+    headers = ["experiment", *(["settings"] if differ else []), "ok/runs", "best epoch"]
+    headers += [_printable(m) + better.get(m, "") for m in metrics]
+    text = _fit(table, headers, len(headers) - len(metrics) + 1, _width())
+    if any(f"val_{q}" in r for r in rows):
+        text = f"best first on val_{q} (↑ higher is better, ↓ lower); mean ± std over the successful runs\n{text}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
-    notes = [_printable(note) for note in notes]
-    _emit(rows, args.format, "\n".join([text, "", *notes]) if notes else text)
+    for r in (r for r in rows if r["mixed"]):
+        differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
+        notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")
+    _emit(rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
 
 
@@ -147,17 +189,26 @@ def _compare(args: argparse.Namespace) -> int:
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
         raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
-    chosen: list[Experiment] = [experiments[name] for name in args.experiments]
+    chosen = ranked({name: experiments[name] for name in args.experiments})  # best first; the best is the reference
     rows = comparison_rows(chosen)
-    ref = chosen[0].name
-    headers = [_printable(h) for h in ["metric", *[e.name for e in chosen], *[f"{e.name} − {ref}" for e in chosen[1:]]]]
+    ref, q = chosen[0].name, quality_of(chosen)
+    headers = ["metric", *[_printable(f"{e.name} (n={len(e.by_status('ok'))})") for e in chosen]]
     table = [
-        [_printable(r["metric"])]
-        + [f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g} (n={r[e.name]['n']})" for e in chosen]
-        + [f"{r[f'{e.name} - {ref}']['difference']:+.4g} ± {r[f'{e.name} - {ref}']['spread']:.2g}" for e in chosen[1:]]
+        [_printable(r["metric"]) + (" ↑" if r["metric"].endswith(("r2", "accuracy")) else " ↓")]
+        + [f"{r[ref]['mean']:.4g} ± {r[ref]['std']:.2g}"]
+        + [
+            f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g}, "
+            f"Δ {r[f'{e.name} - {ref}']['difference']:+.3g} ± {r[f'{e.name} - {ref}']['spread']:.2g}"
+            for e in chosen[1:]
+        ]
         for r in rows
     ]
-    _emit(rows, args.format, tabulate(table, headers=headers))
+    ranked_by_val = any(f"val_{q}" in e.metrics for e in chosen)
+    ranking = f"best first on val_{q} (↑ higher is better, ↓ lower); " if ranked_by_val else ""
+    lines = [f"{ranking}Δ: difference of means to {ref}"]
+    lines += [f"{name}: {_settings_cell(s)}" for name, s in differing_settings(chosen).items() if s]
+    lines = [_printable(line) for line in lines if line]
+    _emit(rows, args.format, "\n".join([*lines, _fit(table, headers, 2, _width())]))
     return 0
 
 
