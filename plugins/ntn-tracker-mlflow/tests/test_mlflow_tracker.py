@@ -42,7 +42,12 @@ def test_passes_the_conformance_kit_and_mlflow_holds_what_it_was_sent(mlflow_ser
     run = MlflowClient(mlflow_server.url).get_run(record["mlflow"]["run_id"])
     assert run.info.status == "FAILED" and run.info.end_time == int(END_TIME * 1000)
     assert run.data.params["nested.depth.level"] == "2"
-    assert run.data.tags["summary/error"] == json.dumps(sent.summary["error"])
+    assert run.data.tags["summary/error"] == sent.summary["error"]  # failed on main: in JSON quotes
+    assert run.data.tags["summary/seed"] == "0" and "summary/seed" not in run.data.metrics  # no seed chart
+    history = MlflowClient(mlflow_server.url).get_metric_history(run.info.run_id, "loss")
+    assert run.data.params["initial.loss"] == "6.64" and min(m.step for m in history) == 0  # curves from epoch 0
+    experiment = MlflowClient(mlflow_server.url).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
     name, content = sent.artifact
     assert Path(MlflowClient(mlflow_server.url).download_artifacts(run.info.run_id, name)).read_bytes() == content
 

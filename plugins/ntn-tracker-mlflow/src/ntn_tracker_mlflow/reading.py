@@ -30,6 +30,14 @@ def _unclamped(value: float) -> float:
     return value if abs(value) != sys.float_info.max else float("inf") if value > 0 else float("-inf")
 
 
+def _value(text: str) -> Any:
+    """A summary tag's value: JSON (a number, true/false), else the plain text it holds."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def to_record(client, run, directory: str) -> dict[str, Any]:
     """An MLflow run in the shape of a run file (ntn.tracking.readers)."""
     run_id = run.info.run_id
@@ -38,12 +46,13 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
         if not name.startswith("summary/"):
             for point in client.get_metric_history(run_id, name):
                 log.setdefault(point.step, {"step": point.step})[name] = _unclamped(point.value)
+    initial = {k.removeprefix("initial."): float(v) for k, v in run.data.params.items() if k.startswith("initial.")}
+    if initial:  # the initial evaluation, kept as params
+        log[-1] = {"step": -1, **initial}
     summary = _artifact(client, run_id, "summary", directory)
     if summary is None:  # not finalized: what the metrics and tags say so far
         summary = {k.removeprefix("summary/"): v for k, v in run.data.metrics.items() if k.startswith("summary/")}
-        summary |= {
-            k.removeprefix("summary/"): json.loads(v) for k, v in run.data.tags.items() if k.startswith("summary/")
-        }
+        summary |= {k.removeprefix("summary/"): _value(v) for k, v in run.data.tags.items() if k.startswith("summary/")}
     status = STATUS.get(run.info.status, "running")
     summary["status"] = summary.get("status", status) if status != "running" else "running"
     if status == "running":
@@ -51,7 +60,8 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
     return {
         "experiment_name": run.info.run_name,
         "config": _artifact(client, run_id, "config", directory) or {},
-        "hparams": _artifact(client, run_id, "hparams", directory) or dict(run.data.params),
+        "hparams": _artifact(client, run_id, "hparams", directory)
+        or {k: v for k, v in run.data.params.items() if not k.startswith("initial.")},
         "metrics_log": [log[step] for step in sorted(log)],
         "summary": summary,
         "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id},

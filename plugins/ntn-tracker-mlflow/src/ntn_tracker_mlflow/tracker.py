@@ -10,9 +10,12 @@
   named after the tracked run, `{experiment}_seed{seed}`.
 - params: the hparams, flattened (`outer.inner`), as MLflow keeps them, text; the exact JSON of config,
   hparams and summary is kept as the artifacts ntn/config.json, ntn/hparams.json, ntn/summary.json.
-- metrics: every number of every step, at its step (the initial evaluation at step -1, which MLflow
-  allows); summary numbers as metrics `summary/<key>`, the other summary values as tags
-  `summary/<key>` (JSON text). Non-numeric metric values are left out.
+- metrics: every number of every epoch, at its step, so that MLflow's charts start at epoch 0; the
+  initial evaluation (step -1, the untrained model) as params `initial.<name>` instead, which would
+  otherwise squash every curve; the summary's figures as metrics `summary/<key>` (the held-out test
+  figures among them), its other values (`seed`, `best_epoch`, `success`, `error`) as tags
+  `summary/<key>` in plain text. Non-numeric metric values are left out.
+- The MLflow experiment is made as a classic ML experiment (`mlflow.experimentKind`), not a GenAI one.
 - files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name;
 - status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
@@ -40,6 +43,7 @@ DEFAULT_EXIT_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+NOT_FIGURES = ("seed", "best_epoch")  # numbers of the summary that are no figure to chart: tags
 RUN_KEY_TAG = "ntn.run_key"  # a digest of config["run_id"], safe in a search filter
 # the data settings and the sweep's names, as params a researcher searches by (beside the hparams)
 SEARCHABLE = ("dataset", "n_samples", "data_seed", "preprocessing", "device", "sweep", "experiment")
@@ -72,6 +76,11 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    """A tag's plain text: a string as it is (no JSON quotes), true/false, other values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 class MlflowRun:
@@ -112,7 +121,7 @@ class MlflowRun:
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # another process created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -125,8 +134,12 @@ class MlflowRun:
         self.client.log_dict(self.run_id, hparams, "ntn/hparams.json")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
 
+        if step < 0:  # the untrained model's figures: params, off the charts
+            params = [Param(f"initial.{k}", repr(float(v))) for k, v in metrics.items() if _number(v)]
+            self.client.log_batch(self.run_id, params=params)
+            return
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items() if _number(value)]
         if batch:
@@ -137,10 +150,9 @@ class MlflowRun:
 
         self.summary.update(summary)
         now = int(time.time() * 1000)
-        metrics = [Metric(f"summary/{k}", float(v), now, 0) for k, v in summary.items() if _number(v)]
-        tags = [
-            RunTag(f"summary/{k}", json.dumps(v, default=str)[:MAX_PARAM]) for k, v in summary.items() if not _number(v)
-        ]
+        figures = {k: v for k, v in summary.items() if _number(v) and k not in NOT_FIGURES}
+        metrics = [Metric(f"summary/{k}", float(v), now, 0) for k, v in figures.items()]
+        tags = [RunTag(f"summary/{k}", _text(v)[:MAX_PARAM]) for k, v in summary.items() if k not in figures]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
     def log_artifact(self, path: str, name: str) -> None:
