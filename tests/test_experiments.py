@@ -263,8 +263,10 @@ def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_
         seed = run["summary"]["seed"]
         assert name.endswith(f"seed{seed}") and run["summary"]["test_r2"] == pytest.approx(results[seed]["test_r2"])
         curves = series(run)
-        assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2] and len(curves[("loss", "init")]) == 1
+        assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2] and set(run["initial"]) >= {"loss", "r2"}
+        assert curves[("test_r2", "")] == [(0, pytest.approx(results[seed]["test_r2"]))]  # a column, a chart
         assert {"r2", "val_loss", "val_r2", "reg_loss", "jitter", "weight_norm_sq"} <= {n for n, _ in curves}
+        assert all(context == "" for _, context in curves)  # one line per run in the Metrics explorer
     assert not (tmp_path / "experiment_logs").exists()
 
 
@@ -278,11 +280,12 @@ def test_both_writes_the_same_run_to_the_json_file_and_to_aim(run_script, tmp_pa
     assert run["hparams"] == document["hparams"]
     assert document["summary"] == run["summary"] and run["summary"]["status"] == "finished"
     curves = series(run)
-    for entry in document["metrics_log"]:
-        phase, step = ("init", 0) if entry["step"] == -1 else ("", entry["step"])
-        for name, value in entry.items():
-            if name != "step":
-                assert (step, pytest.approx(value)) in curves[(name, phase)]
+    for entry in document["metrics_log"]:  # the seed's step -1 in the JSON; Aim's charts start at epoch 0
+        figures = {k: v for k, v in entry.items() if k != "step"}
+        if entry["step"] == -1:
+            assert run["initial"] == pytest.approx(figures)
+        for name, value in figures.items() if entry["step"] >= 0 else ():
+            assert (entry["step"], pytest.approx(value)) in curves[(name, "")]
 
 
 def test_bad_aim_headers_get_one_line_before_training(run_script, tmp_path):

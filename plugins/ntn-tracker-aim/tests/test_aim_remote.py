@@ -47,7 +47,7 @@ def test_runs_land_in_the_remote_servers_repository(aim_server, monkeypatch):
         assert run.experiment == "remote" and run["hparams"] == {"bond_dim": 6}
         assert run["summary"] == {"success": True, "status": "finished"}
         assert series(run)[("loss", "")] == [(s, 1.0 / (s + 1)) for s in range(4)]
-        assert series(run)[("loss", "init")] == [(0, 9.0)]
+        assert run["initial"] == {"loss": 9.0}
     assert not Path(".aim").exists()  # nothing local
 
 

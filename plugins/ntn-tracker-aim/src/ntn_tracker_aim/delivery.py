@@ -11,7 +11,7 @@ from typing import Any
 from aim import Repo, Run
 
 from ntn_tracker_aim import aim_internals, auth, journal
-from ntn_tracker_aim.reading import INIT_CONTEXT
+from ntn_tracker_aim.reading import INITIAL
 from ntn_tracker_aim.repo import REMOTE_PREFIX
 
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
@@ -41,6 +41,10 @@ class RunState:
         self.nonnumeric: dict[str, dict[str, Any]] = {}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def artifacts_uri(repo: str) -> str | None:
     """Where Aim stores the files attached to runs of `repo`: $AIM_ARTIFACTS_URI, else beside a local
     repository; None for a remote one without it (an `aim server` stores no files)."""
@@ -63,20 +67,24 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
             }
     elif op == "hparams":
         run["hparams"] = record["hparams"]
+    elif op == "metrics" and record["step"] < 0:  # the untrained model: a param, off the charts and tables
+        run[INITIAL] = record["metrics"]
     elif op == "metrics":
-        step, context = (0, INIT_CONTEXT) if record["step"] < 0 else (int(record["step"]), {})
         numbers = {
             k: float(v) for k, v in record["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)
         }
         others = {k: v for k, v in record["metrics"].items() if k not in numbers}
         if numbers:
-            run.track(numbers, step=step, context=context)  # one call: one message to a remote server
+            run.track(numbers, step=int(record["step"]), context={})  # one call: one message to a remote server
         if others:
-            state.nonnumeric["init" if context else str(step)] = others
+            state.nonnumeric[str(record["step"])] = others
             run["nonnumeric_metrics"] = state.nonnumeric
     elif op == "summary":
         state.summary.update(record["summary"])
         run["summary"] = state.summary
+        held_out = {k: float(v) for k, v in record["summary"].items() if k.startswith("test_") and _number(v)}
+        if held_out:  # the held-out figures as metrics too: columns of the Runs explorer, comparable in charts
+            run.track(held_out, step=0, context={})
     elif op == "finalize":  # the run's status comes from here only
         status = state.summary["status"] = record.get("status", "finished")
         run["summary"] = state.summary

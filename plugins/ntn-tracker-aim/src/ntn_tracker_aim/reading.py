@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-INIT_CONTEXT = {"phase": "init"}  # the Aim context of the metrics at step -1 (the initial evaluation)
+INITIAL = "initial"  # the param holding the initial evaluation (step -1) of the untrained model
+INIT_CONTEXT = {"phase": "init"}  # where runs delivered before 2026-12-03 hold it: metrics at step 0
 
 
 def index_runs(root: str | Path) -> list[str]:
@@ -40,12 +41,7 @@ def _summary(summary: dict, active: bool) -> dict:
 
 
 def to_record(run) -> dict:
-    """An aim Run in the shape of a run file: metrics per step, the init context back at step -1."""
-    log: dict[int, dict] = {}
-    for (name, phase), points in series(run).items():
-        for step, value in points:
-            step = -1 if phase == "init" else step
-            log.setdefault(step, {"step": step})[name] = float(value)
+    """An aim Run in the shape of a run file: metrics per step, the initial evaluation back at step -1."""
 
     def param(key: str) -> dict:
         try:
@@ -53,12 +49,26 @@ def to_record(run) -> dict:
         except KeyError:
             return {}
 
+    log: dict[int, dict] = {}
+    summary = param("summary")
+    for metric in run.metrics():
+        context = metric.context.to_dict()
+        if metric.name.startswith("test_") and metric.name in summary:  # the summary's held-out figures
+            continue
+        steps, (values, _epochs, _timestamps) = metric.data.items_list()
+        for step, value in zip(steps, values):
+            step = -1 if context == INIT_CONTEXT else step
+            log.setdefault(step, {"step": step})[metric.name] = float(value)
+
+    if param(INITIAL):
+        log[-1] = {"step": -1, **param(INITIAL)}
+
     return {
         "experiment_name": run.name,
         "config": param("config"),
         "hparams": param("hparams"),
         "metrics_log": [log[s] for s in sorted(log)],
-        "summary": _summary(param("summary"), run.active),
+        "summary": _summary(summary, run.active),
         "aim": {"hash": run.hash, "experiment": run.experiment},
     }
 
