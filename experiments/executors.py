@@ -226,7 +226,7 @@ class DaskExecutor:
             self.close()
             raise SettingError(
                 f"a Dask worker cannot import this repository's experiments ({type(err).__name__}: {err}); "
-                "start the workers with PYTHONPATH=/path/to/ntn (README: a cluster by hand)"
+                "start the workers with PYTHONPATH=/path/to/ntn (docs/experiments.md: a cluster by hand)"
             ) from None
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):

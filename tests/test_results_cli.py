@@ -199,6 +199,17 @@ def test_from_a_reader_name_alone_reads_its_default_location(logs):
     assert alone.returncode == 0 and json.loads(alone.stdout) == default, alone.stderr
 
 
+def test_positional_names_filter_and_an_unknown_name_is_one_line(logs):
+    """Failed on main: `plot --from mlflow:URI NAME` took NAME for a missing file and plotted everything."""
+    one = ntn_trackers("summary", "--format", "json", "--from", "file:experiment_logs", "bond_sweep_8", cwd=logs)
+    assert one.returncode == 0 and [r["experiment"] for r in json.loads(one.stdout)] == ["bond_sweep_8"], one.stderr
+    plot = ntn_trackers("plot", "--from", "file", "bond_sweep_4", "-o", "four.png", cwd=logs)
+    assert plot.returncode == 0 and (logs / "four.png").exists(), plot.stderr
+    unknown = ntn_trackers("summary", "bond_sweep_5", cwd=logs)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "Traceback" not in unknown.stderr
+    assert "no runs of experiment or sweep 'bond_sweep_5'; found: bond_sweep_4, bond_sweep_8" in unknown.stderr
+
+
 def test_explicit_paths_and_missing_sources(logs):
     one = ntn_trackers("summary", "--format", "json", "experiment_logs/bond_sweep_8_seed0.json", cwd=logs)
     assert [r["runs"] for r in json.loads(one.stdout)] == [1]

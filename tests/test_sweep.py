@@ -392,7 +392,7 @@ def test_workers_never_outlive_a_killed_sweep(tmp_path):
 
 def test_a_dask_worker_without_the_repository_is_one_line_before_any_run(tmp_path, cluster):
     """Failed on main: a worker that could not import `experiments` ended the sweep in a traceback."""
-    dask = cluster(PYTHONPATH="")  # as the README's cluster recipe, without PYTHONPATH on the worker's host
+    dask = cluster(PYTHONPATH="")  # as docs/experiments.md's cluster recipe, without PYTHONPATH on the worker's host
     done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "a Dask worker cannot import this repository's experiments" in done.stderr

@@ -24,6 +24,7 @@ from ntn.tracking.readers import READERS_GROUP, Record, read_runs
 from ntn.tracking.results import (
     comparison_rows,
     differing_settings,
+    experiment_of,
     group,
     quality_of,
     ranked,
@@ -35,7 +36,12 @@ DEFAULT_DIR = "experiment_logs"
 
 def _sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
-        parser.add_argument("paths", nargs="*", help="run files or directories of run files")
+        parser.add_argument(
+            "paths",
+            nargs="*",
+            metavar="NAME_OR_PATH",
+            help="experiments or sweeps to show (by name), or run files and directories of run files",
+        )
     parser.add_argument("--dir", help=f"a directory of run files (default {DEFAULT_DIR} when nothing else is given)")
     parser.add_argument(
         "--from",
@@ -68,9 +74,15 @@ def _source(text: str) -> tuple[str, str]:
 
 
 def _records(args: argparse.Namespace) -> list[Record]:
-    """Every readable run; each unreadable source is reported in one line on stderr and skipped."""
+    """Every readable run, of the experiments or sweeps named if any; each unreadable source is reported in
+    one line on stderr and skipped.
+
+    :raises ValueError: no runs, or a name that matches no experiment and no sweep
+    """
+    positional = getattr(args, "paths", [])
+    names = [p for p in positional if not os.path.exists(p)]
     sources = [_source(text) for text in args.sources]
-    sources += [("file", p) for p in getattr(args, "paths", []) + ([args.dir] if args.dir else [])]
+    sources += [("file", p) for p in positional if p not in names] + ([("file", args.dir)] if args.dir else [])
     batches = [read_runs(backend, location) for backend, location in sources or [("file", DEFAULT_DIR)]]
     records = []
     for found, problems in batches:
@@ -79,7 +91,20 @@ def _records(args: argparse.Namespace) -> list[Record]:
             print(_printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
-    return records
+    return _named(records, names) if names else records
+
+
+def _named(records: list[Record], names: list[str]) -> list[Record]:
+    """The runs of the experiments or sweeps named.
+
+    :raises ValueError: a name that is neither, naming the experiments there are
+    """
+    groups = [{experiment_of(r), (r.get("config") or {}).get("sweep")} for r in records]
+    unknown = [n for n in names if not any(n in g for g in groups)]
+    if unknown:
+        shown = ", ".join(sorted({experiment_of(r) for r in records}))
+        raise ValueError(_printable(f"no runs of experiment or sweep {unknown[0]!r}; found: {shown}"))
+    return [r for r, g in zip(records, groups) if g & set(names)]
 
 
 def _printable(text: Any) -> str:
@@ -215,7 +240,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from ntn.tracking.plot import plot_curves
 
-    sources = [*args.sources, *getattr(args, "paths", []), *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
+    paths = [p for p in args.paths if os.path.exists(p)]
+    sources = [*args.sources, *paths, *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
     path = plot_curves(group(_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
     print(path)
     return 0
