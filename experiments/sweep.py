@@ -221,7 +221,6 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
         )  # fmt: skip
         try:
             not_run = _train_all(executor, missing, record)
-            executor.wait_for_trackers()
         except KeyboardInterrupt:
             executor.stop()
             raise
@@ -253,9 +252,10 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
 
 
 def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> int:
-    """Submit every missing run, record each as it completes; how many did not run."""
+    """Submit every missing run, record each as it completes, then wait for the workers' trackers; how many
+    runs did not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
     futures = {executor.submit(c.model, c, seed, record.run_id(c, seed)): (c, seed) for c, seed in missing}
-    not_run = 0
+    not_run = failed = 0
     with _progress(len(futures)) as bar:
         for future in executor.as_completed(futures):
             configuration, seed = futures[future]
@@ -270,20 +270,26 @@ def _train_all(executor, missing: list[tuple[Configuration, int]], record: Recor
                 continue
             record.add(configuration, entry)
             record.write()
+            failed += not entry["success"]
+            bar.set_description("training")
+            bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
+        bar.set_description(f"trackers delivering {bar.n} runs")
+        bar.refresh()
+        executor.wait_for_trackers()
     return not_run
 
 
 @contextlib.contextmanager
 def _progress(total: int) -> Iterator[Any]:
-    """A bar counting runs on a terminal; nothing otherwise."""
+    """A bar counting runs on a terminal, which says what it waits for; nothing otherwise."""
     if sys.stderr.isatty():
         from tqdm import tqdm  # only on a terminal (importing it takes ~45 ms)
 
-        with tqdm(total=total, unit="run", file=sys.stderr) as bar:
+        with tqdm(total=total, unit="run", desc="workers starting", file=sys.stderr) as bar:
             yield bar
     else:
-        yield type("Silent", (), {"update": lambda self, n: None})()
+        yield type("Silent", (), {"n": 0, "__getattr__": lambda self, name: lambda *a, **k: None})()
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set_xlabel(name)
         ax.set_ylabel("validation " + (configurations[0]["metric"] if configurations else ""))
-        if len(others) > 1:
+        if len(others) > 1 and ax.get_legend_handles_labels()[1]:  # none when every run failed
             ax.legend(fontsize="small")
     figure.suptitle(f"sweep {document['sweep']}: mean ± std over seeds")
     figure.tight_layout()

@@ -303,6 +303,40 @@ def test_a_damaged_results_file_is_one_line_and_kept(sweep_here, tmp_path, damag
 
 
 @pytest.mark.slow
+def test_the_progress_bar_says_what_it_waits_for_and_counts_failures(tmp_path):
+    """Failed on main: the bar sat at 0 % without a word while workers started, and then waited for the
+    trackers at 100 % without a word; it showed no failures."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    text = SWEEP.replace("n_samples = 200", "n_samples = 200\ninit_strength = 1e200").replace("[2, 4]", "[2]")
+    path = _write_sweep(tmp_path, text=text)
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    command = ["bash", str(REPO / "experiments" / "run_sweep.sh"), path.name, "--workers", "1"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path, TRACKER_BACKEND="file"), stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed: the sweep ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(600) == 1
+    screens = shown.decode(errors="replace").replace("\r", "\n").splitlines()
+    assert any(s.startswith("workers starting:   0%") for s in screens)
+    assert any(s.startswith("training:") and "failed=" in s for s in screens)
+    n = _results(tmp_path)["n_runs"]
+    assert any(s.startswith(f"trackers delivering {n} runs: 100%") and f"failed={n}" in s for s in screens)
+    assert not any("Warning" in s for s in screens), screens
+
+
+@pytest.mark.slow
 def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
     text = SWEEP.replace("n_samples = 200", "n_samples = 200\ninit_strength = 1e200").replace("[2, 4]", "[2]")
     done = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=1, text=text)), "--workers", "2")
