@@ -67,7 +67,7 @@ def test_a_run_trained_again_with_its_run_id_replaces_the_earlier_attempt_only(t
     run("again_seed0@b", 3.0)
     runs = sorted((tmp_path / "tb_logs" / "again").iterdir())
     assert len(runs) == 2
-    assert sorted(events(r).Scalars("loss")[0].value for r in runs) == [2.0, 3.0]
+    assert sorted(events(r).Scalars("curves/loss")[0].value for r in runs) == [2.0, 3.0]
 
 
 def _script(tmp_path: Path, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -89,8 +89,8 @@ def test_a_script_run_reads_back_through_event_accumulator_and_equals_the_file_t
         written = json.loads((tmp_path / "experiment_logs" / f"{seed}.json").read_text())
         curves = events(run)
         epochs = [m for m in written["metrics_log"] if m["step"] >= 0]
-        assert [e.step for e in curves.Scalars("loss")] == [m["step"] for m in epochs] == [0, 1, 2]  # no step -1
-        for event, entry in zip(curves.Scalars("val_loss"), epochs, strict=True):
+        assert [e.step for e in curves.Scalars("curves/loss")] == [m["step"] for m in epochs] == [0, 1, 2]  # no -1
+        for event, entry in zip(curves.Scalars("curves/val_loss"), epochs, strict=True):
             assert event.value == pytest.approx(entry["val_loss"], rel=1e-6)  # float32
         final = curves.Scalars("final/test_r2")
         assert final[0].value == pytest.approx(written["summary"]["test_r2"], rel=1e-6)
@@ -172,8 +172,8 @@ def test_a_sweep_is_one_group_and_a_real_tensorboard_serves_its_scalars_and_hpar
             time.sleep(0.5)
         assert sorted(tags) == [str(r) for r in runs]
         for run in tags:
-            assert {"loss", "val_loss", "final/test_r2"} <= set(tags[run])
-            points = _get(f"{base}/scalars/scalars?run={urllib.parse.quote(run)}&tag=loss")
+            assert {"curves/loss", "curves/val_loss", "final/test_r2"} <= set(tags[run])
+            points = _get(f"{base}/scalars/scalars?run={urllib.parse.quote(run)}&tag=curves/loss")
             assert [p[1] for p in points] == [0, 1]  # (wall time, step, value): from epoch 0
         groups = _get(
             f"{base}/hparams/session_groups",

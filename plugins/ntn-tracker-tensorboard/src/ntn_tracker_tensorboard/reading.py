@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ntn_tracker_tensorboard.tracker import RECORD, tensorboard_dir
+from ntn_tracker_tensorboard.tracker import CURVES, RECORD, tensorboard_dir
 
 
 def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -28,9 +28,9 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         by_step: dict[int, dict[str, float]] = {}
         for tag in events.Tags()[SCALARS]:
-            if not tag.startswith("final/"):
+            if tag.startswith(CURVES):
                 for event in events.Scalars(tag):
-                    by_step.setdefault(event.step, {})[tag] = event.value
+                    by_step.setdefault(event.step, {})[tag.removeprefix(CURVES)] = event.value
         initial = [{"step": -1, **kept["initial"]}] if kept.get("initial") else []
         records.append(
             {

@@ -2,8 +2,9 @@
 
 - group: the sweep's name in a sweep (config["sweep"]), else the experiment (`{experiment}_seed{seed}` are
   its runs), so that TensorBoard's run selector lists a study's runs together;
-- SCALARS: each metric under its own name, from epoch 0 (the initial evaluation, step -1, is kept in the
-  run's record and in the TEXT tab: as a scalar it would squash every learning curve);
+- SCALARS: the learning curves first, each metric as `curves/<name>` from epoch 0 (the initial evaluation,
+  step -1, is kept in the run's record and in the TEXT tab: as a scalar it would squash every curve),
+  then the final figures as `final/<name>` (one point each, at step 0);
 - HPARAMS: one row per run, its hparams (and status) against its final figures (`final/<name>`);
 - the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
   text; attached files in the run's folder under `artifacts/`;
@@ -28,6 +29,7 @@ from ntn.tracking import TrackerConfigError, run_key, study_of
 
 DEFAULT_DIR = "tb_logs"
 RECORD = "ntn-run.json"
+CURVES = "curves/"  # the tag prefix of the per-epoch metrics: TensorBoard shows its groups in name order
 STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
 
 
@@ -100,7 +102,7 @@ class TensorBoardTracker:
         else:
             for name, value in metrics.items():
                 if _number(value):
-                    self.writer.add_scalar(name, value, step)
+                    self.writer.add_scalar(CURVES + name, value, step)
         self.writer.flush()  # a killed process keeps every epoch whose hook returned
 
     def log_summary(self, summary: dict[str, Any]) -> None:
