@@ -15,12 +15,16 @@ PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider", "--durations=5")  
 # session took 147 s in one process and 91 s in two, the experiments session 204 s and 151 s; the mlflow
 # session got slower (47 s → 63 s: each process starts its own server), so it keeps one (docs/benchmarks.md).
 PARALLEL = ("-n", "auto")
+# the aim tests mostly wait (exit bounds, uploaders, servers): 4 processes beat one per core on 2 cores
+# (79 s against 89 s); the experiments tests train, and 4 processes there were slower (176 s against 157 s)
+WAITING = ("-n", "4")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
-    """pip install, without byte-compiling every module up front: torch alone took 17 s to install that
-    way and 5 s without (what is imported is compiled on first import), in each of the sessions."""
-    session.install(*CONSTRAINTS, "--no-compile", *packages)
+    # Byte-compiled at install, as pip does by default: `--no-compile` made torch's install 12 s shorter
+    # per session, but where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machine) every test
+    # process then compiled what it imported, and the suite took a minute longer (docs/benchmarks.md).
+    session.install(*CONSTRAINTS, *packages)
 
 
 @nox.session
@@ -49,7 +53,7 @@ def file(session: nox.Session) -> None:
 def aim(session: nox.Session) -> None:
     """ntn-tracker-aim next to the core, against real `aim server` processes and an authenticating proxy."""
     _install(session, "./core[test]", "./plugins/ntn-tracker-aim[test]")
-    session.run(*PYTEST, *PARALLEL, "plugins/ntn-tracker-aim/tests", *session.posargs)
+    session.run(*PYTEST, *WAITING, "plugins/ntn-tracker-aim/tests", *session.posargs)
 
 
 @nox.session

@@ -169,6 +169,14 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+def test_a_backend_s_own_settings_are_recorded_only_in_the_runs_it_tracks(train_here, tmp_path):
+    """Failed on main: every run's config carried tracker_dir and aim_repo, whatever backend recorded it."""
+    assert train_here("mpo2", N_EPOCHS="1", SEEDS="0")[0] == 0
+    config = json.loads((tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json").read_text())["config"]
+    assert config["tracker_dir"] == "experiment_logs" and "aim_repo" not in config
+    assert config["output_file"] == "results_mpo2_experiment.json"  # a script run writes it; a sweep's runs do not
+
+
 def test_an_experiment_name_holding_runs_of_other_settings_is_refused_naming_them(train_here, tmp_path):
     """Failed on main: a second launch with N_EPOCHS=1 under the default name replaced the first's results file
     and seed 0's run, and `summary` then counted runs of 1 and of 2 epochs as one experiment."""

@@ -89,6 +89,7 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
     for name, run in runs.items():  # trained to the end: finished, or failed as no better than trivial
         assert run["summary"]["status"] == ("finished" if run["summary"]["success"] else "failed")
         assert run["config"]["run_id"] == f"{name}@{results['sweep_id']}"
+        assert run["config"]["sweep"] == "grid" and "output_file" not in run["config"]  # no file a sweep never writes
     val_means = {}
     for configuration in results["configurations"]:
         entries = {e["seed"]: e for e in configuration["runs"]}
