@@ -108,7 +108,8 @@ def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, ba
     runs = sum(len(exp.runs) for exp in experiments.values())
     shown = "mean ± std over each experiment's runs" if band else "one line per run"
     where = f" from {source}" if source else ""
-    ax.set_title(f"{metric} of {len(experiments)} experiments, {runs} runs{where} ({shown})", fontsize="medium")
+    counted = f"{len(experiments)} experiment{'s' * (len(experiments) != 1)}, {runs} run{'s' * (runs != 1)}"
+    ax.set_title(f"{metric} of {counted}{where} ({shown})", fontsize="medium")
     handles, _ = ax.get_legend_handles_labels()
     handles += [
         Line2D([], [], color="gray", linestyle="-", label="train"),
