@@ -497,20 +497,20 @@ def test_finalize_receives_the_status_and_end_time_and_old_trackers_still_work(b
     assert before <= got["new"][1] <= time.time()
 
 
-def _background_run(tracker_class, timeout=5.0):
-    """One run whose only tracker is `Background(tracker_class)`; returns (run, seconds the body took)."""
+def _background_run(tracker_class, timeout=5.0, body_done=lambda: None):
+    """One run whose only tracker is `Background(tracker_class)`; `body_done()` is called when the body has
+    logged everything, before the run ends. Returns the run."""
     from ntn.tracking.background import Background
 
     backend = Backend("slow", lambda **_: Background(tracker_class, timeout=timeout, name="slow"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TrackerWarning)
         with start_run("b_seed0", {}, backend=[backend]) as run:
-            start = time.monotonic()
             for step in range(3):
                 run.log_metrics({"loss": float(step)}, step=step)
             run.log_summary({"success": True})
-            body = time.monotonic() - start
-    return run, body
+            body_done()
+    return run
 
 
 def test_background_attaches_a_copy_of_the_file_and_removes_the_copy_once_sent(tmp_path):
@@ -535,11 +535,11 @@ def test_background_attaches_a_copy_of_the_file_and_removes_the_copy_once_sent(t
 
 
 def test_background_hooks_never_hold_training_and_keep_their_order():
-    calls, threads = [], set()
+    calls, threads, server_answers = [], set(), threading.Event()
 
     class Slow:
         def log_metrics(self, metrics, step):
-            time.sleep(0.2)
+            server_answers.wait(30)  # a server that has not answered yet
             calls.append(("log_metrics", step, metrics["loss"]))
             threads.add(threading.get_ident())
 
@@ -549,8 +549,12 @@ def test_background_hooks_never_hold_training_and_keep_their_order():
         def finalize(self, status, end_time):
             calls.append(("finalize", status))
 
-    run, body = _background_run(Slow)
-    assert body < 0.2 and run.failures == []  # the hooks queued; the 0.6 s of sending came after
+    def body_done():
+        assert calls == []  # every hook has returned, and none of the calls was made yet: they were queued
+        server_answers.set()
+
+    run = _background_run(Slow, body_done=body_done)
+    assert run.failures == []
     assert calls == [("log_metrics", s, float(s)) for s in range(3)] + [
         ("log_summary", True),
         ("finalize", "finished"),
@@ -566,25 +570,26 @@ def test_background_failures_are_reported_like_any_tracker_failure():
         def finalize(self, status, end_time):
             raise AssertionError("finalize still reaches a failed tracker")
 
-    run, _ = _background_run(Broken)
+    run = _background_run(Broken)
     assert len(run.failures) == 1 and "ConnectionError: server went away" in run.failures[0]["error"]
 
     class Unreachable:
         def __init__(self):
             raise ConnectionError("refused")
 
-    run, _ = _background_run(Unreachable)
+    run = _background_run(Unreachable)
     assert [f["error"] for f in run.failures] == ["ConnectionError: refused"]
 
 
 def test_background_finalize_waits_a_bounded_time_and_counts_what_is_lost():
+    never = threading.Event()
+
     class Hung:
         def log_metrics(self, metrics, step):
-            time.sleep(30)
+            never.wait(60)  # a server that stopped answering
 
-    start = time.monotonic()
-    run, _ = _background_run(Hung, timeout=0.5)
-    assert time.monotonic() - start < 5
+    run = _background_run(Hung, timeout=0.5)  # returns although the call never does: finalize gave up
+    never.set()
     (failure,) = run.failures
     assert failure["hook"] == "finalize" and "TimeoutError: still sending after 0.5 s" in failure["error"]
 
