@@ -55,7 +55,7 @@ def hooks_of(tracker: Any, name: str) -> dict[str, Hook]:
         method = getattr(tracker, attribute, None)
         if not callable(method) or attribute.startswith("_"):
             continue
-        opts = getattr(method, f"{hookspecs.PROJECT}_impl", None)
+        opts = _SPECS.parse_hookimpl_opts(tracker, attribute)  # pluggy's reading of @hookimpl
         if attribute in HOOKS or opts is not None:
             found[attribute] = Hook(method, _arguments(name, attribute, method, opts))
         for close in difflib.get_close_matches(attribute, HOOKS, n=1, cutoff=0.8):

@@ -12,6 +12,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ntn.tracking.readers import Record
@@ -82,7 +83,7 @@ class Experiment:
     def by_status(self, status: str) -> list[Record]:
         return [r for r in self.runs if status_of(r) == status]
 
-    @property
+    @cached_property  # the tables ask for it many times; `group` has added every run before
     def metrics(self) -> dict[str, Stats]:
         """Statistics of every numeric summary figure over the successful runs, held-out first."""
         values: dict[str, list[float]] = {}
@@ -111,20 +112,23 @@ def _settings(record: Record) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_SETTINGS and isinstance(v, str | int | float | bool)}
 
 
-def differing_settings(experiments: list[Experiment]) -> dict[str, dict[str, Any]]:
-    """For each experiment, the settings whose values differ between the experiments (a sweep's swept values)."""
-    first = {exp.name: _settings(exp.runs[0]) if exp.runs else {} for exp in experiments}
-    keys = sorted({k for s in first.values() for k in s})
-    differ = [k for k in keys if len({repr(s.get(k)) for s in first.values()}) > 1]
-    return {name: {k: s.get(k) for k in differ} for name, s in first.items()}
-
-
-def mixed_settings(exp: Experiment) -> dict[str, list[Any]]:
-    """The settings in which an experiment's own runs differ (runs of other settings under one name)."""
-    each = [_settings(r) for r in exp.runs]
+def _values(each: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """For each setting whose value is not the same in all of `each`, its distinct values (repr), in order."""
     keys = sorted({k for s in each for k in s})
     values = {k: list(dict.fromkeys(repr(s.get(k)) for s in each)) for k in keys}
     return {k: v for k, v in values.items() if len(v) > 1}
+
+
+def differing_settings(experiments: list[Experiment]) -> dict[str, dict[str, Any]]:
+    """For each experiment, the settings whose values differ between the experiments (a sweep's swept values)."""
+    first = {exp.name: _settings(exp.runs[0]) if exp.runs else {} for exp in experiments}
+    differ = _values(list(first.values()))
+    return {name: {k: s.get(k) for k in differ} for name, s in first.items()}
+
+
+def mixed_settings(exp: Experiment) -> dict[str, list[str]]:
+    """The settings in which an experiment's own runs differ (runs of other settings under one name)."""
+    return _values([_settings(r) for r in exp.runs])
 
 
 def quality_of(experiments: list[Experiment]) -> str | None:

@@ -22,6 +22,7 @@ from tabulate import tabulate
 from ntn.tracking.discovery import plugins
 from ntn.tracking.readers import READERS_GROUP, Record, read_runs
 from ntn.tracking.results import (
+    Experiment,
     comparison_rows,
     differing_settings,
     experiment_of,
@@ -73,16 +74,22 @@ def _source(text: str) -> tuple[str, str]:
     return "file", text
 
 
+def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The positional arguments as (paths, names): what exists is a run file or directory, the rest names
+    experiments or sweeps."""
+    positional = getattr(args, "paths", [])
+    return [p for p in positional if os.path.exists(p)], [p for p in positional if not os.path.exists(p)]
+
+
 def _records(args: argparse.Namespace) -> list[Record]:
     """Every readable run, of the experiments or sweeps named if any; each unreadable source is reported in
     one line on stderr and skipped.
 
     :raises ValueError: no runs, or a name that matches no experiment and no sweep
     """
-    positional = getattr(args, "paths", [])
-    names = [p for p in positional if not os.path.exists(p)]
+    paths, names = _positional(args)
     sources = [_source(text) for text in args.sources]
-    sources += [("file", p) for p in positional if p not in names] + ([("file", args.dir)] if args.dir else [])
+    sources += [("file", p) for p in paths] + ([("file", args.dir)] if args.dir else [])
     batches = [read_runs(backend, location) for backend, location in sources or [("file", DEFAULT_DIR)]]
     records = []
     for found, problems in batches:
@@ -160,6 +167,18 @@ def _settings_cell(settings: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items()) or "-"
 
 
+def _better(metric: str) -> str:
+    """Which way is better, for a table's header: ↑ for r2 and accuracy, ↓ for a loss."""
+    return " ↑" if metric.endswith(("r2", "accuracy")) else " ↓" if metric.endswith("loss") else ""
+
+
+def _ranking(experiments: list[Experiment], q: str | None) -> str:
+    """The line saying how a table is ordered, when it is (on the validation figure); "" when not."""
+    if not any(f"val_{q}" in exp.metrics for exp in experiments):
+        return ""
+    return f"best first on val_{q} (↑ higher is better, ↓ lower)"
+
+
 def _fit(rows: list[list[Any]], headers: list[str], keep: int, width: int) -> str:
     """The table, its columns after the first `keep` dropped from the right until it fits `width` (a last
     line then says how many; `--format csv` or a wider terminal shows them)."""
@@ -194,12 +213,11 @@ def _summary(args: argparse.Namespace) -> int:
         + [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" if m in r else "-" for m in metrics]
         for r in rows
     ]
-    better = {f"val_{q}": " ↑", f"test_{q}": " ↑", "test_loss": " ↓", "val_loss": " ↓", "loss": " ↓", q: " ↑"}
     headers = ["experiment", *(["settings"] if differ else []), "ok/runs", "best epoch"]
-    headers += [_printable(m) + better.get(m, "") for m in metrics]
+    headers += [_printable(m) + _better(m) for m in metrics]
     text = _fit(table, headers, len(headers) - len(metrics) + 1, _width())
-    if any(f"val_{q}" in r for r in rows):
-        text = f"best first on val_{q} (↑ higher is better, ↓ lower); mean ± std over the successful runs\n{text}"
+    if ranking := _ranking(list(experiments.values()), q):
+        text = f"{ranking}; mean ± std over the successful runs\n{text}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
     for r in (r for r in rows if r["mixed"]):
@@ -219,7 +237,7 @@ def _compare(args: argparse.Namespace) -> int:
     ref, q = chosen[0].name, quality_of(chosen)
     headers = ["metric", *[_printable(f"{e.name} (n={len(e.by_status('ok'))})") for e in chosen]]
     table = [
-        [_printable(r["metric"]) + (" ↑" if r["metric"].endswith(("r2", "accuracy")) else " ↓")]
+        [_printable(r["metric"]) + _better(r["metric"])]
         + [f"{r[ref]['mean']:.4g} ± {r[ref]['std']:.2g}"]
         + [
             f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g}, "
@@ -228,11 +246,11 @@ def _compare(args: argparse.Namespace) -> int:
         ]
         for r in rows
     ]
-    ranked_by_val = any(f"val_{q}" in e.metrics for e in chosen)
-    ranking = f"best first on val_{q} (↑ higher is better, ↓ lower); " if ranked_by_val else ""
-    lines = [f"{ranking}Δ: difference of means to {ref}"]
+    ranking = _ranking(chosen, q)
+    delta = f"Δ: difference of means to {ref}"
+    lines = [f"{ranking}; {delta}" if ranking else delta]
     lines += [f"{name}: {_settings_cell(s)}" for name, s in differing_settings(chosen).items() if s]
-    lines = [_printable(line) for line in lines if line]
+    lines = [_printable(line) for line in lines]
     _emit(rows, args.format, "\n".join([*lines, _fit(table, headers, 2, _width())]))
     return 0
 
@@ -240,7 +258,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from ntn.tracking.plot import plot_curves
 
-    paths = [p for p in args.paths if os.path.exists(p)]
+    paths, _ = _positional(args)
     sources = [*args.sources, *paths, *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
     path = plot_curves(group(_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
     print(path)

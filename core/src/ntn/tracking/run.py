@@ -96,10 +96,10 @@ class TrackedRun:
         end_time, self.status = time.time(), status
         with Deferral.around_trackers():
             for name, hooks in self.trackers.items():
-                # a tracker disabled by a failure holds an incomplete record: it is never "finished"
-                complete = name in self.active or status != "finished"
                 if "finalize" not in hooks:
                     continue
+                # a tracker disabled by a failure holds an incomplete record: it is never "finished"
+                complete = name in self.active or status != "finished"
                 try:
                     hooks["finalize"]({"status": status if complete else "failed", "end_time": end_time})
                 except Exception as err:

@@ -60,8 +60,8 @@ def to_record(run) -> dict:
             step = -1 if context == INIT_CONTEXT else step
             log.setdefault(step, {"step": step})[metric.name] = float(value)
 
-    if param(INITIAL):
-        log[-1] = {"step": -1, **param(INITIAL)}
+    if initial := param(INITIAL):  # one read: on a server, each is a round trip
+        log[-1] = {"step": -1, **initial}
 
     return {
         "experiment_name": run.name,
