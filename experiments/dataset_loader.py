@@ -16,6 +16,8 @@ Preprocessing, fitted on the training split only:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,18 +59,28 @@ class Dataset:
     def quality(self) -> str:
         return quality_of(self.info["name"])
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The data's part of a run's provenance: the data set, the SHA-256 it was read with, the split."""
+        keys = ("name", "source", "sha256", "n_total", "split", "data_seed")
+        return {k: self.info[k] for k in keys} | {"preprocessing": self.info["preprocessing"]["inputs"]}
 
-def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+
+def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str, str | None]:
     if data_dir:
         path = Path(data_dir) / "cal_housing.data"
         if not path.is_file():
             raise DatasetError(f"NTN_DATA_DIR={data_dir!r} has no cal_housing.data; point it at the folder holding it")
-        raw = np.loadtxt(path, delimiter=",")
-        lon, lat, age, rooms, bedrooms, population, households, income, value = raw.T
+        content = path.read_bytes()
+        try:
+            raw = np.loadtxt(io.BytesIO(content), delimiter=",", ndmin=2)
+            lon, lat, age, rooms, bedrooms, population, households, income, value = raw.T
+        except ValueError as err:
+            raise DatasetError(f"{path} is not the StatLib file of 9 numbers per line ({err})") from None
         X = np.column_stack(
             [income, age, rooms / households, bedrooms / households, population, population / households, lat, lon]
         )
-        return X, value / 100_000, str(path)
+        return X, value / 100_000, str(path), hashlib.sha256(content).hexdigest()
     try:
         from sklearn.datasets import fetch_california_housing
 
@@ -78,7 +90,7 @@ def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
             "california_housing needs the StatLib file: set NTN_DATA_DIR to the folder holding cal_housing.data "
             f"(scikit-learn's download failed: {type(err).__name__})"
         ) from None
-    return bunch.data, bunch.target, "sklearn.datasets.fetch_california_housing"
+    return bunch.data, bunch.target, "sklearn.datasets.fetch_california_housing", None
 
 
 def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,17 +100,27 @@ def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y + 0.1 * rng.standard_normal(n)
 
 
-def _raw(name: str, n_samples: int, data_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+def _arrays_sha256(X: np.ndarray, y: np.ndarray) -> str:
+    """The SHA-256 of a data set held as arrays (generated, or read by a library), as float64 and int64."""
+    digest = hashlib.sha256(np.ascontiguousarray(X, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(y, dtype=np.float64 if y.dtype.kind == "f" else np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _raw(name: str, n_samples: int, data_seed: int) -> tuple[np.ndarray, np.ndarray, list[str], str, str]:
+    """The data set's rows, its feature names, where it came from and a SHA-256 of it: of the file it was
+    read from, else of its arrays."""
     if name == "california_housing":
-        X, y, source = _california(os.environ.get("NTN_DATA_DIR") or None)
-        return X, y, CALIFORNIA_FEATURES, source
+        X, y, source, sha256 = _california(os.environ.get("NTN_DATA_DIR") or None)
+        return X, y, CALIFORNIA_FEATURES, source, sha256 or _arrays_sha256(X, y)
     if name == "synthetic":
         X, y = _synthetic(n_samples or 2000, data_seed)
-        return X, y, [f"x{i}" for i in range(8)], "synthetic degree-3 polynomial"
+        return X, y, [f"x{i}" for i in range(8)], "synthetic degree-3 polynomial", _arrays_sha256(X, y)
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
-    return bunch.data, bunch.target, [str(f) for f in bunch.feature_names], f"sklearn.datasets.load_{name}"
+    features = [str(f) for f in bunch.feature_names]
+    return bunch.data, bunch.target, features, f"sklearn.datasets.load_{name}", _arrays_sha256(bunch.data, bunch.target)
 
 
 def _fit_inputs(X_train: np.ndarray, method: str):
@@ -133,7 +155,7 @@ def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessin
         raise DatasetError(f"DATASET={name!r} is not known; known data sets: {', '.join(DATASETS)}")
     if preprocessing not in PREPROCESSING:
         raise DatasetError(f"PREPROCESSING={preprocessing!r} is not known; use one of {', '.join(PREPROCESSING)}")
-    X, y, features, source = _raw(name, n_samples, data_seed)
+    X, y, features, source, sha256 = _raw(name, n_samples, data_seed)
     rng = np.random.default_rng(data_seed)
     order = rng.permutation(len(X))
     if n_samples and n_samples < len(X):
@@ -162,6 +184,7 @@ def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessin
         "name": name,
         "task": task,
         "source": source,
+        "sha256": sha256,
         "n_total": len(X),
         "n_train": len(parts[0]),
         "n_val": len(parts[1]),
@@ -169,6 +192,7 @@ def load_dataset(name: str, n_samples: int = 0, data_seed: int = 0, preprocessin
         "n_features": int(X.shape[1]),
         "features": features,
         "data_seed": data_seed,
+        "split": dict(zip(("train", "val", "test"), SPLIT)),
         "preprocessing": {
             "inputs": preprocessing,
             **({"clip_sigma": CLIP_SIGMA} if preprocessing == "clip" else {}),

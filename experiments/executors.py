@@ -112,14 +112,16 @@ def _wait_for_trackers_locally(timeout: float) -> bool:
     return wait_for_trackers(timeout)
 
 
-def _train_local(model: str, settings: Any, seed: int, run_id: str, tracked: dict[str, Any]) -> dict[str, Any] | None:
+def _train_local(
+    model: str, settings: Any, seed: int, run_id: str, tracked: dict[str, Any], command: dict[str, Any]
+) -> dict[str, Any] | None:
     """One run in a local worker; None when the sweep is being stopped (its run, if it had begun, is
     recorded as interrupted by its trackers, and the sweep trains it again next time)."""
     if _stopping["signal"]:
         return None
     previous = stop_on_signals()
     try:
-        return train_run(model, settings, seed, run_id, tracked)
+        return train_run(model, settings, seed, run_id, tracked, command)
     except KeyboardInterrupt as err:
         _stopping["signal"] = getattr(err, "signal_name", "SIGINT")
         return None
@@ -131,7 +133,8 @@ def _train_local(model: str, settings: Any, seed: int, run_id: str, tracked: dic
 class LocalExecutor:
     """Worker processes on this machine, each with an equal share of the cores for torch."""
 
-    def __init__(self, workers: int, backend: str) -> None:
+    def __init__(self, workers: int, backend: str, command: dict[str, Any]) -> None:
+        self.command = command  # the sweep's, for its runs' provenance
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
         self.workers = workers
@@ -143,7 +146,8 @@ class LocalExecutor:
         )
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
-        return self.pool.submit(_train_local, model, configuration.settings, seed, run_id, configuration.tracked)
+        settings, tracked = configuration.settings, configuration.tracked
+        return self.pool.submit(_train_local, model, settings, seed, run_id, tracked, self.command)
 
     def as_completed(self, futures):
         return concurrent.futures.as_completed(futures)
@@ -189,7 +193,8 @@ class DaskExecutor:
     """A Dask client: of a LocalCluster of `workers` single-threaded worker processes, or of the cluster
     whose scheduler is at `scheduler`. Dask runs a dead worker's runs again on another worker."""
 
-    def __init__(self, workers: int, scheduler: str | None, backend: str) -> None:
+    def __init__(self, workers: int, scheduler: str | None, backend: str, command: dict[str, Any]) -> None:
+        self.command = command  # the sweep's, for its runs' provenance
         from distributed import Client, LocalCluster
 
         self.cluster, self.workers = None, workers
@@ -232,7 +237,15 @@ class DaskExecutor:
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
         key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(
-            train_run, model, configuration.settings, seed, run_id, configuration.tracked, key=key, pure=False
+            train_run,
+            model,
+            configuration.settings,
+            seed,
+            run_id,
+            configuration.tracked,
+            self.command,
+            key=key,
+            pure=False,
         )
 
     def as_completed(self, futures):

@@ -43,7 +43,7 @@ from experiments.outputs import check_output, held, redact
 from experiments.settings import SettingError, check_spelling, integer
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
-from experiments.train import failed_entry
+from experiments.train import command_of_this_process, failed_entry
 
 EXECUTORS = ("local", "dask")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -195,8 +195,8 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
 def _executor(opts: Options, workers: int, backend: str):
     """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address."""
     if opts.executor == "local":
-        return LocalExecutor(workers, backend)
-    return DaskExecutor(workers, opts.scheduler, backend)
+        return LocalExecutor(workers, backend, command_of_this_process())
+    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process())
 
 
 def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 import ntn  # its models and trainer import torch on first use, after the cheap checks
 import numpy as np
 from ntn.tracking import (
+    CannotReproduce,
     TrackerConfigError,
     TrackerSelectionError,
     TrackerValidationError,
@@ -29,10 +31,13 @@ from ntn.tracking import (
     uninterrupted,
     validate,
 )
+from ntn.tracking.provenance import Provenance, command, gather, machine
 
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
-from experiments.settings import MODELS, SETTINGS, SettingError, Settings, resolve, training
+from experiments.settings import MODELS, NOT_TRAINING, SETTINGS, SettingError, Settings, resolve, settings_of, training
+
+CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
 
 
 def _fail(model: str, message: str) -> int:
@@ -154,8 +159,40 @@ def run_config(model: str, s: Settings, data, backends: list, left_out: tuple[st
     return {"model": model.upper(), "experiment": s.experiment_name, **settings, "dataset_info": data.info}
 
 
+def command_of_this_process() -> dict[str, Any]:
+    """The command part of the runs' provenance: the command line, and the settings given as variables."""
+    given = {x.env: os.environ[x.env] for x in SETTINGS if os.environ.get(x.env)}
+    return command() | {"settings_from_environment": given}
+
+
+def provenance_of(s: Settings, data, command: dict[str, Any]) -> Provenance:
+    """What makes a run: this checkout's code (gathered once per process), `command`, the data, the device;
+    `ntn-trackers reproduce` re-trains the run with this module's `prepare_reproduction`."""
+    return gather(CODE).merged(
+        command=command | {"reproduce_with": __spec__.name, "reproduce_path": str(CODE.parent)},
+        machine=_device_of(s.device),
+        data=data.provenance,
+    )
+
+
+def _device_of(device: str) -> dict[str, str]:
+    if device.startswith("cuda"):
+        import torch
+
+        return {"device": device, "device_name": torch.cuda.get_device_name(torch.device(device))}
+    return {"device": device, "device_name": machine()["cpu"]}
+
+
 def train_seed(
-    model: str, s: Settings, data, seed: int, backends: list, config: dict[str, Any], progress, on_entry=None
+    model: str,
+    s: Settings,
+    data,
+    seed: int,
+    backends: list,
+    config: dict[str, Any],
+    progress,
+    provenance: Provenance,
+    on_entry=None,
 ) -> dict:
     """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
     whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
@@ -164,7 +201,7 @@ def train_seed(
     signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
     quality = data.quality
     with contextlib.ExitStack() as seed_end:
-        with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends) as run:
+        with start_run(f"{s.experiment_name}_seed{seed}", config, backend=backends, provenance=provenance) as run:
             try:
                 summary = run_seed(model, s, data, seed, run, progress)
             except (ArithmeticError, RuntimeError, ValueError) as err:
@@ -219,18 +256,83 @@ def _backends(selection: str) -> tuple:
     return tuple(select(selection))
 
 
-def train_run(model: str, s: Settings, seed: int, run_id: str, tracked: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_run(
+    model: str,
+    s: Settings,
+    seed: int,
+    run_id: str,
+    tracked: dict[str, Any] | None = None,
+    command: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
     trackers get `config["run_id"]` (`ntn.tracking.run_id`: the run's name and the sweep's id): a run
     trained again (its worker died, its sweep was interrupted) replaces its earlier attempt in a tracker
     that keys its runs by it, and never a run of another sweep. `tracked` (the sweep's name and the values
-    swept, `Configuration.tracked`) goes into the runs' config beside the settings."""
+    swept, `Configuration.tracked`) goes into the runs' config beside the settings; `command` (the sweep's,
+    `command_of_this_process()` in its driver) into their provenance."""
     s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
     name = f"{s.experiment_name}_seed{seed}"
     backends = validate(_backends(s.tracker_backend), [name])
     config = run_config(model, s, data, backends, left_out=("output_file",)) | (tracked or {}) | {"run_id": run_id}
-    return train_seed(model, s, data, seed, backends, config, lambda *_: None)
+    provenance = provenance_of(s, data, command or command_of_this_process())
+    return train_seed(model, s, data, seed, backends, config, lambda *_: None, provenance)
+
+
+def prepare_reproduction(record: dict[str, Any], device: str | None = None) -> tuple[dict[str, Any], Any]:
+    """For `ntn-trackers reproduce`: the provenance a re-run of `record` has here (this code, these
+    packages, the data as it is now, `device`: default the recorded one when this machine has it, else the
+    CPU), and a function that re-trains it with its recorded settings and seed, tracked nowhere, and
+    returns its summary. Settings the record lacks (added since) take their default.
+
+    :raises CannotReproduce: an unknown model, a setting this code no longer has, data that cannot be loaded
+    """
+    config = record.get("config") or {}
+    source = Path(str(((record.get("provenance") or {}).get("data") or {}).get("source")))
+    if not os.environ.get("NTN_DATA_DIR") and source.is_file():  # the data's directory, as recorded
+        os.environ["NTN_DATA_DIR"] = str(source.parent)
+    model = str(config.get("model", "")).lower()
+    if model not in MODELS:
+        raise CannotReproduce(f"unknown model {config.get('model')!r} (known: {', '.join(MODELS)})")
+    seed = (record.get("hparams") or {}).get("seed", (record.get("summary") or {}).get("seed"))
+    if not isinstance(seed, int):
+        raise CannotReproduce("the record holds no seed (hparams.seed)")
+    known = {x.dest for x in SETTINGS}
+    raws = {k: (k.upper(), _as_text(v)) for k, v in config.items() if k in known}
+    raws["seeds"] = ("SEEDS", str(seed))
+    try:
+        s = settings_of(model, raws)
+        s = dataclasses.replace(s, device=str(ntn.resolve_device(device or _available(s.device))))
+        data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
+    except (SettingError, DatasetError, ValueError) as err:
+        raise CannotReproduce(str(err)) from None
+    missing = sorted(k for k in known - set(config) if k not in NOT_TRAINING and k != "output_file")
+    provenance = provenance_of(s, data, {}).record | {
+        "settings_not_recorded": {k.upper(): getattr(s, k) for k in missing}
+    }
+
+    def train() -> dict[str, Any]:
+        with start_run(record["experiment_name"], {}, backend=[], provenance=Provenance({})) as run:
+            return run_seed(model, s, data, seed, run, lambda *_: None)
+
+    return provenance, train
+
+
+def _as_text(value: Any) -> str:
+    """A recorded setting's value as its variable would give it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _available(device: str) -> str:
+    """`device` when this machine has it, else the CPU."""
+    try:
+        return str(ntn.resolve_device(device))
+    except ValueError:
+        return "cpu"
 
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
@@ -327,6 +429,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
     config = run_config(model, s, data, backends)
     launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
     progress = _Progress(s, data.info)
+    provenance = provenance_of(s, data, command_of_this_process())
     results: list[dict[str, Any]] = []
 
     def write_results(entry: dict[str, Any]) -> Path:
@@ -362,7 +465,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         _RECORDS["now"] = f"run {name} recorded as interrupted ({where}); {before}"
         seed_config = config | {"run_id": run_id(name, launch)}
         try:
-            entry = train_seed(model, s, data, seed, backends, seed_config, progress, on_entry=write_results)
+            entry = train_seed(model, s, data, seed, backends, seed_config, progress, provenance, write_results)
         except (TrackerConfigError, OSError) as err:  # a tracker refused the run; the results file cannot be written
             progress.close()
             return _fail(model, f"{err}; the {len(results)} seeds before seed {seed} are recorded in {output}")

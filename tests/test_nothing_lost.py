@@ -5,6 +5,7 @@ end. In this process (`train_here`): run_*.sh's entry point, no torch import per
 import errno
 import json
 import os
+import pathlib
 import signal
 import stat
 
@@ -98,9 +99,10 @@ def test_a_tracker_disabled_mid_run_makes_the_seed_failed_everywhere(train_here,
     write_atomic, writes = ntn_tracker_file.tracker.write_atomic, []
 
     def fills_up(path, data):
-        writes.append(path)
-        if len(writes) == 4:  # the run file's first document, hparams, step -1, then epoch 0: full
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if pathlib.Path(path).parent.name == "experiment_logs":  # the run file, not the files attached
+            writes.append(path)
+            if len(writes) == 5:  # the first document, provenance, hparams, step -1, then epoch 0: full
+                raise OSError(errno.ENOSPC, "No space left on device")
         write_atomic(path, data)
 
     monkeypatch.setattr(ntn_tracker_file.tracker, "write_atomic", fills_up)

@@ -9,7 +9,13 @@ from aim import Run
 from conftest import grep_tree
 from ntn import MPO2, NTN
 from ntn.tracking import installed, start_run
-from ntn.tracking.testing import check_config_error, check_reader, run_conformance
+from ntn.tracking.testing import (
+    check_config_error,
+    check_provenance,
+    check_reader,
+    run_conformance,
+    run_in_dirty_repository,
+)
 from ntn_tracker_aim import AimTracker, flush, index_runs, series
 
 
@@ -28,7 +34,7 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     run = read(".", sent.tracker.run_hash)
     assert run.name == sent.experiment_name
     assert run.experiment == sent.experiment_name.removesuffix("_seed0")
-    assert run["hparams"] == sent.hparams
+    assert run["hparams"] == sent.hparams and run["provenance"] == sent.provenance
     assert run["config"]["jitter"] == sent.config["jitter"] and run["config"]["seeds"] == [0, 1, 2]
     assert run["summary"] == sent.summary | {"status": "failed"}  # finalize's status
     curves = series(run)
@@ -43,6 +49,18 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     assert (Path("aim-artifacts") / run.hash / name).read_bytes() == content  # beside the repository
     check_reader("aim", ".", sent)
     check_config_error("aim", {"AIM_REPO": "aim://no-port"}, "AIM_REPO")
+
+
+def test_the_code_that_made_a_run_is_in_its_params_and_the_diff_among_its_files(tmp_path):
+    commit, diff = run_in_dirty_repository("aim", tmp_path / "code")
+    assert flush()
+    provenance = check_provenance("aim", ".", commit, diff)
+    assert provenance["code"]["git_branch"] in ("main", "master")
+    (run,) = [
+        r for r in (Run(h, repo=".", read_only=True) for h in index_runs(".")) if r.name == "provenance_kit_seed0"
+    ]
+    assert (Path("aim-artifacts") / run.hash / "git.diff").read_bytes() == diff
+    assert (Path("aim-artifacts") / run.hash / "packages.txt").read_text().count("==") > 10
 
 
 def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):

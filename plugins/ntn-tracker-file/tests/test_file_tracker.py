@@ -1,3 +1,4 @@
+import importlib.metadata
 import json
 import math
 import os
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 from ntn.tracking import TrackerConfigError, start_run
-from ntn.tracking.testing import check_config_error, check_reader, run_conformance
+from ntn.tracking.testing import (
+    check_config_error,
+    check_provenance,
+    check_reader,
+    run_conformance,
+    run_in_dirty_repository,
+)
 from ntn_tracker_file import FileTracker, file_stem, load
 
 
@@ -48,6 +55,7 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     assert doc["config"]["jitter"] == run.config["jitter"]
     assert doc["config"]["seeds"] == [0, 1, 2]
     assert doc["hparams"] == run.hparams
+    assert doc["provenance"] == run.provenance
     assert [entry["step"] for entry in doc["metrics_log"]] == [step for step, _ in run.metrics]
     for entry, (_, metrics) in zip(doc["metrics_log"], run.metrics):
         for key, value in metrics.items():
@@ -62,13 +70,16 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     assert copy.read_bytes() == content and name.replace(" ", "_").split("✓")[0] in copy.name
 
 
-def test_document_has_exactly_the_seed_structure():
+def test_document_has_the_seed_structure_and_one_key_more():
     with start_run("mpo2_experiment_seed0", {"model": "MPO2", "L": 3}) as run:
         run.log_hparams({"bond_dim": 6})
         run.log_metrics({"loss": 6.64, "r2": -3.88}, step=-1)
         run.log_metrics({"loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05}, step=0)
         run.log_summary({"seed": 0, "loss": 0.27, "r2": 0.80, "success": True})
-    assert strict_json("experiment_logs/mpo2_experiment_seed0.json") == {
+    document = strict_json("experiment_logs/mpo2_experiment_seed0.json")
+    assert list(document) == ["experiment_name", "config", "provenance", "hparams", "metrics_log", "summary"]
+    assert set(document.pop("provenance")) == {"code", "command", "versions", "machine"}
+    assert document == {
         "experiment_name": "mpo2_experiment_seed0",
         "config": {"model": "MPO2", "L": 3},
         "hparams": {"bond_dim": 6},
@@ -77,6 +88,30 @@ def test_document_has_exactly_the_seed_structure():
             {"step": 0, "loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05},
         ],
         "summary": {"status": "finished", "seed": 0, "loss": 0.27, "r2": 0.80, "success": True},
+    }
+
+
+def test_the_code_that_made_a_run_is_in_its_file_and_the_diff_beside_it(tmp_path):
+    commit, diff = run_in_dirty_repository("file", tmp_path / "code")
+    provenance = check_provenance("file", "experiment_logs", commit, diff)
+    assert provenance["code"]["directory"] == str(tmp_path / "code") and b"not committed" in diff
+    files = pathlib.Path("experiment_logs/.artifacts/provenance_kit_seed0")
+    assert (files / "git.diff").read_bytes() == diff
+    listed = dict(line.split("==") for line in (files / "packages.txt").read_text().splitlines())
+    assert listed["numpy"] == np.__version__ and listed["pytest"] == pytest.__version__
+    assert provenance["versions"]["trackers"] == {
+        "file": f"ntn-tracker-file {importlib.metadata.version('ntn-tracker-file')}"
+    }
+
+
+def test_a_directory_outside_git_is_recorded_as_such(tmp_path):
+    from ntn.tracking.provenance import gather
+
+    with start_run("outside_seed0", {}, provenance=gather(tmp_path)):
+        pass
+    assert load(the_file("outside_seed0"))["provenance"]["code"] == {
+        "directory": str(tmp_path),
+        "git": "not a git repository",
     }
 
 
@@ -252,8 +287,10 @@ def test_sigkill_at_any_moment_leaves_a_parsable_file_with_every_returned_step(k
 def test_odd_names_map_to_a_file_inside_the_directory(name):
     with start_run(name, {}) as run:
         run.log_metrics({"loss": 1.0}, step=0)
-    files = list(pathlib.Path("experiment_logs").iterdir())
+    files = [f for f in pathlib.Path("experiment_logs").iterdir() if f.name != ".artifacts"]
     assert len(files) == 1 and files[0].suffix == ".json"
+    (artifacts,) = pathlib.Path("experiment_logs/.artifacts").iterdir()  # the run's packages.txt
+    assert artifacts.name == files[0].stem
     assert files[0].resolve().parent == pathlib.Path("experiment_logs").resolve()
     assert load(files[0])["experiment_name"] == name
 
@@ -298,7 +335,7 @@ def test_concurrent_processes_writing_to_one_directory_do_not_corrupt_each_other
     names = [f"writer{i}" for i in range(4)]
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, n]) for n in names]
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
-    assert sorted(p.name for p in pathlib.Path("experiment_logs").iterdir()) == [f"{n}.json" for n in names]
+    assert sorted(p.name for p in pathlib.Path("experiment_logs").glob("*.json")) == [f"{n}.json" for n in names]
     for n in names:
         doc = strict_json(the_file(n))
         assert doc["config"] == {"who": n}
@@ -323,7 +360,7 @@ def test_secret_values_never_reach_the_file(monkeypatch):
         run.log_hparams({"args": config, "cmd": f"--secret={SECRETS['CF_ACCESS_CLIENT_SECRET']}"})
         run.log_metrics({"loss": 1.0}, step=0)
         raise RuntimeError(f"proxy said no to {SECRETS['CF_ACCESS_CLIENT_ID']}")
-    for path in pathlib.Path("experiment_logs").iterdir():
+    for path in (p for p in pathlib.Path("experiment_logs").rglob("*") if p.is_file()):  # artifacts too
         text = path.read_text(encoding="utf-8")
         for value in [*list(SECRETS.values())[:3], "hdrsecret-abcdefgh"]:
             assert value not in text, (path, value)

@@ -12,7 +12,14 @@ from conftest import free_port
 from mlflow import MlflowClient
 from ntn.tracking import Backend, TrackerWarning, installed, start_run
 from ntn.tracking.readers import read_runs
-from ntn.tracking.testing import END_TIME, check_config_error, check_reader, run_conformance
+from ntn.tracking.testing import (
+    END_TIME,
+    check_config_error,
+    check_provenance,
+    check_reader,
+    run_conformance,
+    run_in_dirty_repository,
+)
 from ntn_tracker_mlflow import MlflowTracker
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,6 +56,30 @@ def test_passes_the_conformance_kit_and_mlflow_holds_what_it_was_sent(mlflow_ser
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
     name, content = sent.artifact
     assert Path(MlflowClient(mlflow_server.url).download_artifacts(run.info.run_id, name)).read_bytes() == content
+    assert record["provenance"] == sent.provenance
+    assert run.data.tags["mlflow.source.git.commit"] == "0" * 40 and run.data.tags["ntn.git.dirty"] == "true"
+
+
+def test_the_code_that_made_a_run_is_mlflows_source_and_the_diff_an_artifact(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    commit, diff = run_in_dirty_repository("mlflow", tmp_path / "code")
+    provenance = check_provenance("mlflow", mlflow_server.url, commit, diff)
+    (run,) = MlflowClient(mlflow_server.url).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_server.url).search_experiments()],
+        "attributes.run_name = 'provenance_kit_seed0'",
+    )
+    tags = run.data.tags
+    assert (
+        tags["mlflow.source.git.commit"] == commit
+        and tags["mlflow.source.git.branch"] == provenance["code"]["git_branch"]
+    )
+    assert tags["mlflow.source.name"] == " ".join(provenance["command"]["argv"][1:])
+    assert (
+        Path(
+            MlflowClient(mlflow_server.url).download_artifacts(run.info.run_id, "git.diff", str(tmp_path))
+        ).read_bytes()
+        == diff
+    )
 
 
 def _script(tmp_path, server_url, **env):

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from ntn.files import file_stem
-from ntn.tracking.testing import END_TIME, check_config_error, check_reader, run_conformance
+from ntn.tracking.testing import (
+    END_TIME,
+    check_config_error,
+    check_provenance,
+    check_reader,
+    run_conformance,
+    run_in_dirty_repository,
+)
 from ntn_tracker_tensorboard import TensorBoardTracker
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -43,6 +50,7 @@ def test_passes_the_conformance_kit_and_tensorboard_holds_what_it_was_sent(tmp_p
     sent = run_conformance(TensorBoardTracker)
     record = check_reader("tensorboard", "tb_logs", sent)
     assert record["config"] == json.loads(json.dumps(sent.config))
+    assert record["provenance"] == sent.provenance
     (run,) = [
         p.parent
         for p in (tmp_path / "tb_logs").rglob("ntn-run.json")
@@ -54,6 +62,19 @@ def test_passes_the_conformance_kit_and_tensorboard_holds_what_it_was_sent(tmp_p
     assert (run / "artifacts" / file_stem(name)).read_bytes() == content  # a safe file name, as the file backend
     (tmp_path / "file").write_text("not a directory")
     check_config_error("tensorboard", {"TENSORBOARD_DIR": str(tmp_path / "file" / "tb")}, "TENSORBOARD_DIR")
+
+
+def test_the_code_that_made_a_run_is_in_its_text_tab(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+
+    commit, diff = run_in_dirty_repository("tensorboard", tmp_path / "code")
+    check_provenance("tensorboard", "tb_logs", commit, diff)
+    (run,) = (tmp_path / "tb_logs").rglob("ntn-run.json")
+    assert (run.parent / "artifacts" / "git.diff").read_bytes() == diff
+    events = EventAccumulator(str(run.parent), size_guidance={TENSORS: 0})
+    events.Reload()
+    (text,) = events.Tensors("provenance/text_summary")
+    assert f"| code.git_commit | `{commit}` |" in text.tensor_proto.string_val[0].decode()
 
 
 def test_a_run_trained_again_with_its_run_id_replaces_the_earlier_attempt_only(tmp_path):

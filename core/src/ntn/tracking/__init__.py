@@ -16,6 +16,7 @@ from ntn.tracking.hookspecs import hookimpl, hookspec
 from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.knobs import seconds
 from ntn.tracking.redact import Redactor
+from ntn.tracking.reproduce import CannotReproduce
 from ntn.tracking.results import experiment_of, study_of
 from ntn.tracking.run import TrackedRun, hold, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
@@ -24,6 +25,7 @@ __all__ = [
     "Backend",
     "Background",
     "BaseTracker",
+    "CannotReproduce",
     "Interrupted",
     "Redactor",
     "TrackedRun",

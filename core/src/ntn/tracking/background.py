@@ -11,7 +11,7 @@ queued; the calls not made by then are lost, and `finalize` raises a TimeoutErro
         def __init__(self, experiment_name, config=None):
             super().__init__(lambda: MyServerRun(experiment_name, config or {}), timeout=30, name="mine")
 
-The real tracker implements any of the five hooks, with their full signatures (`finalize(status, end_time)`).
+The real tracker implements any of the six hooks, with their full signatures (`finalize(status, end_time)`).
 The copies of files queued for `log_artifact` are removed once the real tracker has had them, and at the
 latest when `finalize` returns, even when the calls for them were lost.
 
@@ -72,6 +72,9 @@ class Background:
             self._reported = True  # the core disables this tracker now: only finalize comes after
             raise self._error
         self._calls.put((hook, copy.deepcopy(args)))  # the caller may change its dicts after we return
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        self._put("log_provenance", provenance)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._put("log_hparams", hparams)

@@ -15,6 +15,9 @@ class BaseTracker:
         self.experiment_name = experiment_name
         self.config = config or {}
 
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        pass
+
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         pass
 

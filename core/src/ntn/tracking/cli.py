@@ -1,4 +1,4 @@
-"""`ntn-trackers` (also `python -m ntn.tracking`): inspect installed backends and recorded runs.
+"""`ntn-trackers` (also `python -m ntn.tracking`): inspect installed backends and recorded runs, reproduce one.
 
 Plugins add subcommands through the entry-point group `ntn.trackers.commands`: each entry point is a
 function `register(subparsers)` that adds its parser and sets `func` (args -> exit code) as a default.
@@ -11,7 +11,7 @@ import sys
 
 from tabulate import tabulate
 
-from ntn.tracking import results_cli
+from ntn.tracking import reproduce, results_cli
 from ntn.tracking.discovery import TrackerSelectionError, installed, load, plugins
 
 COMMANDS_GROUP = "ntn.trackers.commands"
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="installed tracker backends and whether they load").set_defaults(func=_list)
     results_cli.register(sub)
+    reproduce.register(sub)
     for ep in plugins(COMMANDS_GROUP).values():
         try:
             ep.load()(sub)

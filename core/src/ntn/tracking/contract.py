@@ -16,7 +16,7 @@ import pluggy
 
 from ntn.tracking import hookspecs
 
-HOOKS = ("log_hparams", "log_metrics", "log_summary", "log_artifact", "finalize")
+HOOKS = ("log_provenance", "log_hparams", "log_metrics", "log_summary", "log_artifact", "finalize")
 _SPECS = pluggy.PluginManager(hookspecs.PROJECT)
 _SPECS.add_hookspecs(hookspecs)
 _PLAIN = pluggy.HookimplOpts(

@@ -29,6 +29,7 @@ class TrackerConfigError(ValueError):
 class Backend(NamedTuple):
     name: str
     factory: Callable[..., Any]
+    distribution: str = ""  # "ntn-tracker-file 0.1.0": what the run's provenance names
 
 
 def plugins(group: str) -> dict[str, EntryPoint]:
@@ -70,7 +71,8 @@ def load(name: str, entry_point: EntryPoint) -> Backend:
         ) from err
     if not callable(factory):
         raise TrackerSelectionError(f"tracker backend {name!r} ({entry_point.value}) is not a class or factory")
-    return Backend(name, factory)
+    dist = entry_point.dist
+    return Backend(name, factory, f"{dist.name} {dist.version}" if dist is not None else "")
 
 
 def select(selection: str | Sequence[str] | None = None) -> list[Backend]:

@@ -18,6 +18,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
+def log_provenance(provenance: dict[str, Any]) -> None:
+    """Record what made the run, once, before `log_hparams` (optional for a tracker).
+
+    :param provenance: sections code (git commit, branch, dirty), command, versions, machine and data
+    """
+
+
+@hookspec
 def log_hparams(hparams: dict[str, Any]) -> None:
     """Record the run's hyperparameters; called once, before any metrics.
 
@@ -44,7 +52,7 @@ def log_summary(summary: dict[str, Any]) -> None:
 
 @hookspec
 def log_artifact(path: str, name: str) -> None:
-    """Attach a file to the run: the results file, a trained model (optional for a tracker).
+    """Attach a file to the run: the results file, a trained model, the uncommitted diff (optional for a tracker).
 
     :param path: the file; it may change or go once the hook returns, so copy what you keep
     :param name: its name in the run, a file name without directories, e.g. "model_seed0.pt"

@@ -35,7 +35,7 @@ from ntn.tracking.results import (
 DEFAULT_DIR = "experiment_logs"
 
 
-def _sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+def add_sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         parser.add_argument(
             "paths",
@@ -57,7 +57,7 @@ def _sources(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     )
 
 
-def _source(text: str) -> tuple[str, str]:
+def parse_source(text: str) -> tuple[str, str]:
     """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, BACKEND alone for its
     default location (location ""), else a file path.
 
@@ -81,14 +81,14 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [p for p in positional if os.path.exists(p)], [p for p in positional if not os.path.exists(p)]
 
 
-def _records(args: argparse.Namespace) -> list[Record]:
+def read_records(args: argparse.Namespace) -> list[Record]:
     """Every readable run, of the experiments or sweeps named if any; each unreadable source is reported in
     one line on stderr and skipped.
 
     :raises ValueError: no runs, or a name that matches no experiment and no sweep
     """
     paths, names = _positional(args)
-    sources = [_source(text) for text in args.sources]
+    sources = [parse_source(text) for text in args.sources]
     sources += [("file", p) for p in paths] + ([("file", args.dir)] if args.dir else [])
     batches = [read_runs(backend, location) for backend, location in sources or [("file", DEFAULT_DIR)]]
     records = []
@@ -195,7 +195,7 @@ def _wrapped(notes: list[str]) -> list[str]:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    experiments = group(_records(args))
+    experiments = group(read_records(args))
     rows = summary_rows(experiments)
     q = quality_of(list(experiments.values()))
     metrics = list(dict.fromkeys(m for exp in experiments.values() for m in exp.metrics))
@@ -228,7 +228,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    experiments = group(_records(args))
+    experiments = group(read_records(args))
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
         raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
@@ -260,26 +260,28 @@ def _plot(args: argparse.Namespace) -> int:
 
     paths, _ = _positional(args)
     sources = [*args.sources, *paths, *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
-    path = plot_curves(group(_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
+    path = plot_curves(
+        group(read_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources)
+    )
     print(path)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     summary = sub.add_parser("summary", help="one row per experiment: runs, successes, metrics over seeds")
-    _sources(summary)
+    add_sources(summary)
     summary.add_argument("--format", choices=("table", "csv", "json"), default="table")
     summary.add_argument("--metrics", help="comma-separated summary figures to show in the table (default: all)")
     summary.set_defaults(func=_summary)
 
     compare = sub.add_parser("compare", help="experiments side by side, with differences of means")
     compare.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="two or more experiment names")
-    _sources(compare, positional=False)
+    add_sources(compare, positional=False)
     compare.add_argument("--format", choices=("table", "csv", "json"), default="table")
     compare.set_defaults(func=_compare)
 
     plot = sub.add_parser("plot", help="learning curves (train solid, validation dashed) to a PNG")
-    _sources(plot)
+    add_sources(plot)
     plot.add_argument("-o", "--output", default="curves.png", help="PNG file to write (default curves.png)")
     plot.add_argument("--metric", default="loss", help="metric to plot, e.g. loss, r2, accuracy (default loss)")
     plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")

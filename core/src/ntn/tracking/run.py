@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 from ntn.tracking.contract import Hook, TrackerValidationError, TrackerWarning, hooks_of
 from ntn.tracking.discovery import Backend, TrackerConfigError, select
+from ntn.tracking.provenance import Provenance, gather
 from ntn.tracking.redact import Redactor
 from ntn.tracking.signals import Deferral
 
@@ -46,7 +48,27 @@ class TrackedRun:
             except Exception as err:
                 self._fail(backend.name, "__init__", err)
                 continue
+            except BaseException:  # a signal while they are built: those built so far end the run
+                self.finalize("interrupted")
+                raise
             self.active.append(backend.name)
+        self.distributions = {b.name: b.distribution for b in backends if b.name in self.trackers}
+
+    def log_provenance(self, provenance: Provenance) -> None:
+        """What made the run to `log_provenance` (with the trackers' distributions), its files (secrets
+        redacted from them too) to `log_artifact`; `start_run` calls it first."""
+        provenance = provenance.merged(versions={"trackers": self.distributions})
+        self._call("log_provenance", provenance=self.redact(provenance.record))
+        if not any("log_artifact" in self.trackers[name] for name in self.active):
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            for name, content in provenance.files.items():
+                path = os.path.join(directory, name)
+                with open(path, "wb") as file:
+                    file.write(
+                        self.redact.text(content.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+                    )
+                self.log_artifact(path, name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
@@ -123,11 +145,13 @@ def start_run(
     experiment_name: str,
     config: dict[str, Any] | None = None,
     backend: str | Sequence[str] | Sequence[Backend] | None = None,
+    provenance: Provenance | None = None,
 ) -> Iterator[TrackedRun]:
     """Track one run with the selected backends (argument, else TRACKER_BACKEND, else "file").
 
     :param backend: backend names, or the Backends that `validate` returned (many runs of one
         experiment then look up and import the plugins once)
+    :param provenance: what made the run (`ntn.tracking.provenance`); default: this process's, gathered once
 
     Each tracker gets at most one `log_summary` from the core: none when the body logged the summary, else,
     when the body raised, {"success": false, "error": "<Type>: <message>"} (then the exception propagates).
@@ -138,6 +162,7 @@ def start_run(
     run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     status = "failed"  # until the body has ended one way or another
     try:
+        run.log_provenance(provenance or gather())
         yield run
     except KeyboardInterrupt as err:
         status = "interrupted"

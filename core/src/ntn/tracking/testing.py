@@ -6,23 +6,26 @@
         monkeypatch.chdir(tmp_path)
         run = run_conformance(MyTracker)
         # then read back what MyTracker wrote and compare it with what the kit sent: run.config,
-        # run.hparams, run.metrics, run.summary, run.artifact (name, content), END_TIME
+        # run.provenance, run.hparams, run.metrics, run.summary, run.artifact (name, content), END_TIME
 
 It builds the tracker the way the core does and drives it through a full run with realistic
-payloads: nested config, NaN and ±Inf metrics, unicode names, step -1, one summary (a failed run's,
+payloads: its provenance, nested config, NaN and ±Inf metrics, unicode names, step -1, one summary (a failed run's,
 with no status in it: the status comes only through finalize), a file attached (and removed once the
 hook returned) and finalize(status="failed", end_time=END_TIME); then a second run in the same process,
 through the core, whose log_metrics fails: its finalize must still succeed. `check_reader` reads both
 back through the plugin's reader, comparing numbers to a relative tolerance of REL_TOL (float32
 storage passes).
 Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
+`run_in_dirty_repository` and `check_provenance` check what a backend keeps of a run's provenance.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -42,6 +45,13 @@ CONFIG = {
     "notes": "température ≥ 0 ✓",
     "missing": None,
     "flag": True,
+}
+PROVENANCE = {
+    "code": {"directory": "/home/ana/ntn", "git_commit": "0" * 40, "git_branch": "main", "git_dirty": True},
+    "command": {"argv": ["python", "-m experiments.train", "mpo2"], "cwd": "/home/ana/ntn"},
+    "versions": {"python": "3.11.9", "ntn": "0.1.0", "torch": "2.13.0", "numpy": "2.2.0"},
+    "machine": {"host": "node-ü1", "cores": 2, "device": "cpu"},
+    "data": {"name": "california_housing", "sha256": "ab" * 32, "data_seed": 42},
 }
 HPARAMS = {"bond_dim": 6, "jitter_start": 0.05, "batch_size": 100, "τ": 0.5, "nested": {"depth": {"level": 2}}}
 METRICS = [
@@ -63,6 +73,7 @@ class ConformanceRun:
     tracker: Any
     experiment_name: str = EXPERIMENT_NAME
     config: dict[str, Any] = field(default_factory=lambda: dict(CONFIG))
+    provenance: dict[str, Any] = field(default_factory=lambda: dict(PROVENANCE))
     hparams: dict[str, Any] = field(default_factory=lambda: dict(HPARAMS))
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=lambda: list(METRICS))
     summary: dict[str, Any] = field(default_factory=lambda: SUMMARY | FAILED_SUMMARY)
@@ -77,7 +88,8 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
     tracker = factory(experiment_name=experiment_name, config=dict(CONFIG))
     hooks = hooks_of(tracker, "under-test")
     assert hooks, f"{factory!r} implements none of the hooks {HOOKS}"
-    calls: list[tuple[str, dict[str, Any]]] = [("log_hparams", {"hparams": dict(HPARAMS)})]
+    calls: list[tuple[str, dict[str, Any]]] = [("log_provenance", {"provenance": dict(PROVENANCE)})]
+    calls += [("log_hparams", {"hparams": dict(HPARAMS)})]
     calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
     calls += [("log_summary", {"summary": SUMMARY | FAILED_SUMMARY})]  # one summary; no status in it
     directory = tempfile.mkdtemp()
@@ -132,8 +144,8 @@ def _second_run(factory: Callable[..., Any], experiment_name: str) -> None:
 
 def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, Any]:
     """Read the kit's run back through `backend`'s reader (entry-point group ntn.trackers.readers) and
-    compare it with what the kit sent: hparams, every metric at its step (NaN and ±Inf included), the
-    summary with status "failed". Returns the record.
+    compare it with what the kit sent: hparams, the provenance (when the tracker records it), every metric at its
+    step (NaN and ±Inf included), the summary with status "failed". Returns the record.
 
     :raises AssertionError: naming what differs
     """
@@ -145,6 +157,8 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
     assert len(found) == 1, f"{len(found)} runs named {sent.experiment_name!r} in {source}"
     record = found[0]
     differences = _differences("hparams", sent.hparams, record["hparams"])
+    if "provenance" in record:
+        differences += _differences("provenance", sent.provenance, record["provenance"])
     by_step = {entry["step"]: entry for entry in record["metrics_log"]}
     for step, metrics in sent.metrics:
         differences += _differences(f"metrics at step {step}:", metrics, by_step.get(step, {}), extra_ok=True)
@@ -212,3 +226,49 @@ def check_config_error(backend: str, environ: dict[str, str], names: str) -> str
                 os.environ[name] = value
     assert "\n" not in message and names in message, f"not one line naming {names!r}: {message!r}"
     return message
+
+
+PROVENANCE_RUN = "provenance_kit_seed0"
+
+
+def run_in_dirty_repository(backend: str, directory: str | os.PathLike) -> tuple[str, bytes]:
+    """Make a git repository at `directory` (one commit, then a tracked file changed and left uncommitted)
+    and record one run `PROVENANCE_RUN` with `backend`, its code there. Returns the commit and the diff."""
+    from ntn.tracking.provenance import gather
+    from ntn.tracking.run import start_run
+
+    def git(*arguments: str) -> bytes:
+        return subprocess.run(["git", "-C", str(directory), *arguments], check=True, capture_output=True).stdout
+
+    os.makedirs(directory, exist_ok=True)
+    git("init", "-q")
+    with open(os.path.join(directory, "train.py"), "w") as f:
+        f.write("JITTER_START = 0.01\n")
+    git("add", "train.py")
+    git("-c", "user.name=kit", "-c", "user.email=kit@example.org", "commit", "-q", "-m", "first")
+    with open(os.path.join(directory, "train.py"), "w") as f:
+        f.write("JITTER_START = 0.1  # not committed\n")
+    with start_run(PROVENANCE_RUN, {"model": "MPO2"}, backend=backend, provenance=gather(directory)) as run:
+        run.log_summary({"seed": 0, "success": True})
+    return git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD", "--binary")
+
+
+def check_provenance(backend: str, source: str, commit: str, diff: bytes) -> dict[str, Any]:
+    """Read `PROVENANCE_RUN` back through `backend`'s reader: its provenance must name `commit`, dirty, and
+    the SHA-256 of `diff`, with the versions and the machine. Returns the provenance read back.
+
+    :raises AssertionError: naming what differs
+    """
+    from ntn.tracking.readers import read_runs
+
+    records, problems = read_runs(backend, source)
+    found = [r for r in records if r["experiment_name"] == PROVENANCE_RUN]
+    assert len(found) == 1, f"{len(found)} runs named {PROVENANCE_RUN!r} in {source} ({problems})"
+    provenance = found[0].get("provenance")
+    assert isinstance(provenance, dict), f"no provenance read back: {found[0]!r}"
+    code = provenance["code"]
+    assert code["git_commit"] == commit and code["git_dirty"] is True, code
+    assert code["git_diff_sha256"] == hashlib.sha256(diff).hexdigest(), code
+    assert provenance["versions"]["python"] and provenance["versions"]["trackers"].get(backend), provenance
+    assert provenance["machine"]["cores"] >= 1, provenance
+    return provenance

@@ -65,8 +65,8 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
                 "configuration": config.get("experiment"),
                 **config.get("swept", {}),
             }
-    elif op == "hparams":
-        run["hparams"] = record["hparams"]
+    elif op in ("hparams", "provenance"):
+        run[op] = record[op]
     elif op == "metrics" and record["step"] < 0:  # the untrained model: a param, off the charts and tables
         run[INITIAL] = record["metrics"]
     elif op == "metrics":

@@ -63,9 +63,11 @@ def to_record(run) -> dict:
     if initial := param(INITIAL):  # one read: on a server, each is a round trip
         log[-1] = {"step": -1, **initial}
 
+    provenance = param("provenance")
     return {
         "experiment_name": run.name,
         "config": param("config"),
+        **({"provenance": provenance} if provenance else {}),
         "hparams": param("hparams"),
         "metrics_log": [log[s] for s in sorted(log)],
         "summary": _summary(summary, run.active),

@@ -7,7 +7,8 @@ Hooks never touch aim or the network: each appends one record to the run's journ
 In the repository:
 - the Run's experiment is the experiment's base name (config["experiment"], else the run name without
   its `_seed<N>` suffix); its name is the full run name;
-- run["hparams"], run["config"] and run["summary"] hold those payloads;
+- run["hparams"], run["config"], run["provenance"] (the code, command, versions, machine and data that made
+  the run) and run["summary"] hold those payloads;
 - every numeric metric is tracked under its own name with step = epoch; the initial evaluation
   (step -1) is tracked at step 0 in the context {"phase": "init"}, so it never mixes with epoch 0;
   non-numeric metric values are kept in run["nonnumeric_metrics"]["<step>"];
@@ -72,6 +73,9 @@ class AimTracker:
     def where(cls) -> str:
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         return f"aim: {aim_repo_argument()}, spooled in {journal.spool_dir()}/"
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        self.journal.append({"op": "provenance", "provenance": provenance})
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self.journal.append({"op": "hparams", "hparams": hparams})

@@ -89,8 +89,10 @@ class FileTracker:
         self.experiment_name = experiment_name
         self.directory = Path(directory) if directory else tracker_dir()
         self.path = self.directory / f"{file_stem(experiment_name)}.json"
-        # the document: head + hparams + ', "metrics_log": [' + ", ".join(entries) + '], "summary": ' + summary
-        self._head = f'{NAME_OPEN}{_dumps(experiment_name)}, "config": {_dumps(config or {})}, "hparams": '
+        # the document: head [+ ', "provenance": ' + provenance] + ', "hparams": ' + hparams + ', "metrics_log": ['
+        # + ", ".join(entries) + '], "summary": ' + summary
+        self._head = f'{NAME_OPEN}{_dumps(experiment_name)}, "config": {_dumps(config or {})}'
+        self._provenance = ""
         self._hparams = "{}"
         self._entries: list[str] = []  # each metrics entry serialised once
         self.summary: dict[str, Any] = {"status": "running"}
@@ -165,7 +167,13 @@ class FileTracker:
     def _write(self) -> None:
         summary = _dumps(self.summary)
         metrics = ", ".join(self._entries)
-        write_atomic(self.path, f'{self._head}{self._hparams}, "metrics_log": [{metrics}], "summary": {summary}}}\n')
+        document = f'{self._head}{self._provenance}, "hparams": {self._hparams}, "metrics_log": [{metrics}]'
+        write_atomic(self.path, f'{document}, "summary": {summary}}}\n')
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        """Under the run file's key "provenance" (beside the seed's keys); its files go to log_artifact."""
+        self._provenance = f', "provenance": {_dumps(provenance)}'
+        self._write()
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self._hparams = _dumps(hparams)

@@ -57,9 +57,11 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
     summary["status"] = summary.get("status", status) if status != "running" else "running"
     if status == "running":
         summary["updated"] = (run.info.start_time or 0) / 1000
+    provenance = _artifact(client, run_id, "provenance", directory)
     return {
         "experiment_name": run.info.run_name,
         "config": _artifact(client, run_id, "config", directory) or {},
+        **({"provenance": provenance} if provenance is not None else {}),
         "hparams": _artifact(client, run_id, "hparams", directory)
         or {k: v for k, v in run.data.params.items() if not k.startswith("initial.")},
         "metrics_log": [log[step] for step in sorted(log)],

@@ -16,6 +16,9 @@
   figures among them), its other values (`seed`, `best_epoch`, `success`, `error`) as tags
   `summary/<key>` in plain text. Non-numeric metric values are left out.
 - The MLflow experiment is made as a classic ML experiment (`mlflow.experimentKind`), not a GenAI one.
+- provenance: MLflow's own source tags (`mlflow.source.git.commit`, `mlflow.source.git.branch`,
+  `mlflow.source.name`: the command), which its UI shows as the run's Source, `ntn.git.dirty`, and the
+  whole record as the artifact ntn/provenance.json;
 - files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name;
 - status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
@@ -124,6 +127,21 @@ class MlflowRun:
             return self.client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # another process created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        code, command = provenance.get("code", {}), provenance.get("command", {})
+        tags = {
+            "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": " ".join(command.get("argv", [])[1:]),
+            "mlflow.source.git.commit": code.get("git_commit"),
+            "mlflow.source.git.branch": code.get("git_branch"),
+            "ntn.git.dirty": code.get("git_dirty"),
+        }
+        shown = [RunTag(k, _text(v)[:MAX_PARAM]) for k, v in tags.items() if v not in (None, "")]
+        self.client.log_batch(self.run_id, tags=shown)
+        self.client.log_dict(self.run_id, provenance, "ntn/provenance.json")
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -36,6 +36,7 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
             {
                 "experiment_name": kept["experiment_name"],
                 "config": kept["config"],
+                **({"provenance": kept["provenance"]} if "provenance" in kept else {}),
                 "hparams": kept["hparams"],
                 "metrics_log": initial + [{"step": step, **by_step[step]} for step in sorted(by_step)],
                 "summary": kept["summary"],

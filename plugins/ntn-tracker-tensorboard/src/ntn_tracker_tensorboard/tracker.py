@@ -8,7 +8,9 @@
 - HPARAMS: one row per run, its hparams (and status) against its final figures (`final/<name>`);
 - the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
   text; attached files in the run's folder under `artifacts/`;
-- `ntn-run.json` in the run's folder: config, hparams, summary and status (what TensorBoard has no place
+- provenance (the code, command, versions, machine and data that made the run) as the text `provenance`
+  (TEXT tab) and in `ntn-run.json`;
+- `ntn-run.json` in the run's folder: config, provenance, hparams, summary and status (what TensorBoard has no place
   for), rewritten whole at each hook, which `ntn-trackers --from tensorboard` reads with the event files.
 
 A run whose config carries a `run_id` gets a folder of its own (`<run name>@<key>`): a re-run with the same
@@ -89,6 +91,16 @@ class TensorBoardTracker:
 
     def _save(self) -> None:
         write_atomic(self.path / RECORD, json.dumps(self.record, allow_nan=True, ensure_ascii=False))
+
+    def log_provenance(self, provenance: dict[str, Any]) -> None:
+        self.record["provenance"] = provenance
+        self._save()
+        lines = [
+            f"| {section}.{key} | `{value}` |"
+            for section, values in provenance.items()
+            for key, value in values.items()
+        ]
+        self.writer.add_text("provenance", "\n".join(["| what | value |", "|---|---|", *lines]), 0)
 
     def log_hparams(self, hparams: dict[str, Any]) -> None:
         self.record["hparams"] = hparams

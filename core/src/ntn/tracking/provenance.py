@@ -1,0 +1,139 @@
+"""What made a run: its code, command, versions and machine, gathered once per process.
+
+`gather(directory)` is what every run of this process shares (a sweep's worker runs git once, not once
+per run); the caller adds what is its own (`Provenance.merged`: the data, the device). The core hands the
+record to each tracker's `log_provenance` and attaches `files` (the uncommitted diff, the package list)
+to the run. A directory outside git, or a machine without git, is recorded as such, never an error.
+Measured cost: docs/benchmarks.md ("Provenance").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DIFF_LIMIT = 1_000_000  # bytes of the uncommitted diff attached (its hash is of the whole diff)
+DIFF_FILE = "git.diff"
+PACKAGES_FILE = "packages.txt"
+GIT_TIMEOUT_S = 10.0
+_METADATA_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py[\d.]+)?\.(?:dist|egg)-info$")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """`record`: JSON-like sections code, command, versions, machine (and data); `files`: name → content
+    attached to each run."""
+
+    record: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def merged(self, **sections: dict[str, Any]) -> Provenance:
+        """A copy with each section given added to (or over) the one of that name."""
+        record = dict(self.record)
+        for name, values in sections.items():
+            record[name] = {**record.get(name, {}), **values}
+        return Provenance(record, self.files)
+
+
+def _git(directory: Path, *arguments: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(directory), *arguments], capture_output=True, check=True, timeout=GIT_TIMEOUT_S
+    ).stdout
+
+
+def code(directory: Path) -> tuple[dict[str, Any], bytes | None]:
+    """The git state of the working tree holding `directory`, and its uncommitted diff (None when clean).
+    Dirty means a tracked file differs from the commit; untracked files do not count."""
+    found: dict[str, Any] = {"directory": str(directory)}
+    try:
+        status = _git(directory, "status", "--porcelain=v2", "--branch", "--untracked-files=no").decode()
+    except FileNotFoundError:
+        return found | {"git": "git is not installed"}, None
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        return found | {"git": "not a git repository"}, None
+    headers = dict(line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# "))
+    commit = headers.get("branch.oid")
+    found |= {
+        "git_commit": None if commit == "(initial)" else commit,
+        "git_branch": None if headers.get("branch.head") == "(detached)" else headers.get("branch.head"),
+        "git_dirty": any(not line.startswith("#") for line in status.splitlines()),
+    }
+    if not found["git_dirty"]:
+        return found, None
+    try:
+        diff = _git(directory, "diff", "HEAD", "--binary") if found["git_commit"] else b""
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        diff = b""
+    found |= {"git_diff_sha256": hashlib.sha256(diff).hexdigest(), "git_diff_bytes": len(diff)}
+    if len(diff) > DIFF_LIMIT:
+        found["git_diff_attached_bytes"] = DIFF_LIMIT
+    return found | {"git_diff_file": DIFF_FILE}, diff[:DIFF_LIMIT]
+
+
+def packages() -> dict[str, str]:
+    """Every installed distribution → its version, read off the names of the metadata directories on
+    sys.path (`name-version.dist-info`), the first found of each name, as an import would; ~1 ms where
+    reading each distribution's metadata takes ~60 ms."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if match := _METADATA_DIR.match(name):
+                found.setdefault(match["name"].lower().replace("_", "-").replace(".", "-"), match["version"])
+    return dict(sorted(found.items()))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+    }
+
+
+def command() -> dict[str, Any]:
+    """This process's command line and working directory."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    argv = [f"-m {spec.name}" if spec is not None and spec.name != "__main__" else sys.argv[0], *sys.argv[1:]]
+    return {"argv": ["python", *argv], "cwd": os.getcwd()}
+
+
+@functools.lru_cache(maxsize=8)
+def gather(directory: str | os.PathLike | None = None) -> Provenance:
+    """This process's provenance, once per code directory: `directory` (default: the main script's, else
+    the working directory) for the code; the command, versions and machine of this process."""
+    if directory is None:
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        directory = Path(main).resolve().parent if main else Path.cwd()
+    code_record, diff = code(Path(directory))
+    installed = packages()
+    package_list = "".join(f"{name}=={version}\n" for name, version in installed.items()).encode()
+    versions = {"python": platform.python_version()} | {name: installed.get(name) for name in ("ntn", "torch", "numpy")}
+    versions |= {"packages_file": PACKAGES_FILE, "packages_sha256": hashlib.sha256(package_list).hexdigest()}
+    files = {PACKAGES_FILE: package_list} | ({DIFF_FILE: diff} if diff is not None else {})
+    record = {"code": code_record, "command": command(), "versions": versions, "machine": machine()}
+    return Provenance(record, files)

@@ -1,0 +1,154 @@
+"""Which code, data and machine made a run, and `ntn-trackers reproduce` (docs/tracking.md: Provenance)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ntn.tracking.cli import main as trackers
+
+REPO = Path(__file__).resolve().parents[1]
+TRACKERS = str(Path(sys.executable).parent / "ntn-trackers")
+SMALL = {"DATASET": "synthetic", "N_SAMPLES": "200", "SEEDS": "0", "N_EPOCHS": "2"}
+
+
+def git(checkout: Path, *arguments: str) -> str:
+    return subprocess.run(["git", "-C", str(checkout), *arguments], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A git repository holding a copy of the experiments, committed, then one file changed (uncommitted)."""
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "experiments", root / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    git(root, "init", "-q")
+    git(root, "add", "experiments")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "experiments")
+    with open(root / "experiments" / "train.py", "a") as f:
+        f.write("# an uncommitted change\n")
+    return root
+
+
+def in_checkout(checkout: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
+    ours = ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "TRACKER_DIR", "PYTHONPATH")
+    environ = {k: v for k, v in os.environ.items() if k not in ours} | SMALL | env
+    return subprocess.run(list(command), cwd=checkout, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout(checkout):
+    trained = in_checkout(checkout, sys.executable, "-m", "experiments.train", "mpo2")
+    assert trained.returncode == 0, trained.stderr
+    record = json.loads((checkout / "experiment_logs" / "mpo2_experiment_seed0.json").read_text())
+    provenance = record["provenance"]
+    diff = subprocess.run(["git", "-C", str(checkout), "diff", "HEAD", "--binary"], capture_output=True).stdout
+    assert provenance["code"]["git_commit"] == git(checkout, "rev-parse", "HEAD").strip()
+    assert (
+        provenance["code"]["git_dirty"] is True
+        and provenance["code"]["git_branch"] == git(checkout, "branch", "--show-current").strip()
+    )
+    assert (checkout / "experiment_logs" / ".artifacts" / "mpo2_experiment_seed0" / "git.diff").read_bytes() == diff
+    assert provenance["command"]["argv"] == ["python", "-m experiments.train", "mpo2"]
+    assert provenance["command"]["settings_from_environment"] == SMALL
+    assert provenance["data"]["name"] == "synthetic" and len(provenance["data"]["sha256"]) == 64
+    assert provenance["machine"]["device"] == "cpu" and provenance["machine"]["cores"] == os.cpu_count()
+
+    again = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "same code, packages, data and device" in again.stdout
+    assert again.stdout.rstrip().endswith("reproduced: all 7 figures identical")
+
+    # a setting's default changed since: the record holds the value the run used, so the figures come back
+    settings = checkout / "experiments" / "settings.py"
+    settings.write_text(
+        settings.read_text().replace('setting("10", integer(0), "sweeps', 'setting("3", integer(0), "sweeps')
+    )
+    changed = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    (line,) = [line for line in changed.stdout.splitlines() if "differs:" in line]
+    assert "code: uncommitted changes (diff SHA-256" in line and "recorded, uncommitted changes" in line
+    assert changed.returncode == 0 and "all 7 figures identical" in changed.stdout
+
+
+@pytest.fixture
+def recorded(train_here, tmp_path):
+    """One run trained in this process; (its run file, its record) to change and reproduce."""
+    code, _, err = train_here("mpo2", **SMALL)
+    assert code == 0, err
+    path = tmp_path / "experiment_logs" / "mpo2_experiment_seed0.json"
+    return path, json.loads(path.read_text())
+
+
+def reproduce(capsys, *arguments):
+    capsys.readouterr()
+    code = trackers(["reproduce", "mpo2_experiment_seed0", *arguments])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def changed(path, record, change):
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def test_another_package_version_is_one_line_and_the_figures_still_agree(recorded, capsys):
+    path, record = recorded
+    changed(path, record, lambda r: r["provenance"]["versions"].update(torch="2.0.0"))
+    code, out, _ = reproduce(capsys)
+    differs = [line for line in out.splitlines() if "differs:" in line]
+    assert differs == [f"  differs: versions: torch 2.0.0 recorded, {torch.__version__} now"]
+    assert code == 0 and "all 7 figures identical" in out
+
+
+def test_a_setting_missing_from_the_record_takes_its_default_says_so_and_the_figures_differ(recorded, capsys):
+    path, record = recorded
+    changed(path, record, lambda r: r["config"].pop("n_epochs"))  # as a record made before N_EPOCHS existed
+    code, out, _ = reproduce(capsys)
+    assert "  differs: settings: N_EPOCHS is not in the record (added since); its default 10 is used" in out
+    assert code == 1 and "not reproduced:" in out.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["config"].update(model="XYZ"), "unknown model 'XYZ' (known: mpo2, lmpo2, mmpo2)"),
+        (lambda r: r.pop("provenance"), "its record holds no provenance"),
+        (lambda r: r["provenance"]["command"].update(reproduce_with="no_such_module"), "module no_such_module cannot"),
+        (lambda r: r["config"].update(bond_dim=0), "BOND_DIM='0' must be an integer >= 1"),
+    ],
+)
+def test_a_record_that_cannot_be_reproduced_is_one_line_and_exit_2(recorded, capsys, change, message):
+    path, record = recorded
+    changed(path, record, change)
+    code, out, err = reproduce(capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("ntn-trackers reproduce: cannot reproduce mpo2_experiment_seed0: ") and message in err
+
+
+def test_a_run_that_is_not_recorded_is_one_line_and_exit_2(recorded, capsys):
+    capsys.readouterr()
+    assert trackers(["reproduce", "no_such_run"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "ntn-trackers reproduce: cannot reproduce no_such_run: no recorded run is named 'no_such_run'\n"
+    )
+
+
+@pytest.mark.skipif(not os.environ.get("NTN_DATA_DIR"), reason="needs NTN_DATA_DIR with cal_housing.data")
+def test_a_changed_data_file_is_one_line_and_exit_1_and_a_missing_one_exit_2(train_here, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(Path(os.environ["NTN_DATA_DIR"]) / "cal_housing.data", data)
+    code, _, err = train_here("mpo2", **(SMALL | {"DATASET": "california_housing", "NTN_DATA_DIR": str(data)}))
+    assert code == 0, err
+    rows = (data / "cal_housing.data").read_text().splitlines()
+    (data / "cal_housing.data").write_text("\n".join(reversed(rows)) + "\n")  # the same rows, in another order
+    code, out, err = reproduce(capsys)
+    (line,) = [line for line in out.splitlines() if "differs:" in line] or [err]
+    assert line.startswith("  differs: data: california_housing SHA-256 ") and str(data) in line
+    assert code == 1
+    (data / "cal_housing.data").unlink()
+    code, out, err = reproduce(capsys)
+    assert code == 2 and "has no cal_housing.data" in err and err.count("\n") == 1
