@@ -144,6 +144,42 @@ def test_a_sweep_run_trains_exactly_as_the_script(tmp_path, run_script):
             assert entry[key] == pytest.approx(by_script[entry["seed"]][key], rel=1e-6, abs=1e-9)
 
 
+def test_a_sweep_s_runs_name_its_command_run_git_once_per_worker_and_reproduce(tmp_path):
+    import shutil
+
+    calls, wrapper = tmp_path / "git-calls", tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {calls}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    path = _write_sweep(tmp_path)
+    done = sweep(
+        tmp_path, str(path), "--workers", "2", TRACKER_BACKEND="file", PATH=f"{wrapper.parent}:{os.environ['PATH']}"
+    )
+    assert done.returncode == _exit_code(tmp_path), done.stderr
+    records, _ = read_runs("file", str(tmp_path / "experiment_logs"))
+    assert sorted(r["experiment_name"] for r in records) == NAMES
+    for record in records:
+        assert record["provenance"]["command"]["argv"] == [
+            "python",
+            "-m experiments.sweep",
+            str(path),
+            "--workers",
+            "2",
+        ]
+        assert record["provenance"]["code"]["directory"] == str(REPO / "experiments")
+    statuses = [line for line in calls.read_text().splitlines() if " status " in f" {line} "]
+    assert 1 <= len(statuses) <= 2, statuses  # once per worker process, not once per run (8 runs)
+    again = subprocess.run(
+        [str(Path(sys.executable).parent / "ntn-trackers"), "reproduce", "grid_bond_dim4_l3_seed1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # identical, or within the tolerance when the workers' thread count summed in another order
+    assert again.returncode == 0 and "reproduced: all 7 figures" in again.stdout, again.stdout + again.stderr
+
+
 def _started(tmp_path: Path, recorded: int, process: subprocess.Popen, timeout: float = 300) -> None:
     """Wait until the sweep has recorded `recorded` runs."""
     deadline = time.monotonic() + timeout

@@ -367,6 +367,26 @@ def test_secret_values_never_reach_the_file(monkeypatch):
     assert load(the_file("secrets"))["summary"]["error"] == "RuntimeError: proxy said no to [REDACTED]"
 
 
+def test_a_secret_in_the_uncommitted_diff_never_reaches_the_attached_diff(tmp_path, monkeypatch):
+    from ntn.tracking.provenance import gather
+
+    monkeypatch.setenv("CF_ACCESS_CLIENT_SECRET", SECRETS["CF_ACCESS_CLIENT_SECRET"])
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("SECRET = None\n")
+    for command in (
+        ["init", "-q"],
+        ["add", "train.py"],
+        ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "a"],
+    ):
+        subprocess.run(["git", "-C", str(code), *command], check=True, capture_output=True)
+    (code / "train.py").write_text(f"SECRET = {SECRETS['CF_ACCESS_CLIENT_SECRET']!r}\n")
+    with start_run("leaky_seed0", {}, provenance=gather(code)):
+        pass
+    diff = pathlib.Path("experiment_logs/.artifacts/leaky_seed0/git.diff").read_text()
+    assert "+SECRET = '[REDACTED]'" in diff and SECRETS["CF_ACCESS_CLIENT_SECRET"] not in diff
+
+
 def test_load_is_the_public_reader():
     assert ntn_tracker_file.load is load
     with start_run("reader", {}) as run:

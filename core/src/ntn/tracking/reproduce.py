@@ -158,10 +158,11 @@ def reproduce(record: dict[str, Any], device: str | None = None) -> int:
         ok = new is not None and agrees(float(value), float(new))
         same = new is not None and (new == value or (math.isnan(value) and math.isnan(new)))
         disagree, identical = disagree + (not ok), identical + same
-        rows.append(
-            [name, repr(value), repr(new) if new is not None else "-", "identical" if same else "yes" if ok else "NO"]
-        )
-    print(tabulate(rows, headers=["figure", "recorded", "now", "agrees"], disable_numparse=True))
+        relative = "-" if new is None or same else f"{abs(new - value) / max(abs(value), abs(new)):.1e}"
+        shown = repr(new) if new is not None else "-"
+        rows.append([name, repr(value), shown, relative, "identical" if same else "yes" if ok else "NO"])
+    headers = ["figure", "recorded", "now", "relative difference", "agrees"]
+    print(tabulate(rows, headers=headers, disable_numparse=True))
     if disagree:
         print(f"not reproduced: {disagree} of {len(rows)} figures differ by more than {REL_TOL:g} relative")
         return 1

@@ -1,0 +1,91 @@
+"""Provenance gathered from real git checkouts, and what `reproduce` says differs."""
+
+import hashlib
+import subprocess
+
+from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE, code, gather
+from ntn.tracking.reproduce import agrees, differences, figures
+
+
+def git(directory, *arguments):
+    return subprocess.run(["git", "-C", str(directory), *arguments], check=True, capture_output=True).stdout
+
+
+def committed(directory):
+    git(directory, "init", "-q")
+    (directory / "a.py").write_text("x = 1\n")
+    git(directory, "add", "a.py")
+    git(directory, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "a")
+    return git(directory, "rev-parse", "HEAD").decode().strip()
+
+
+def test_a_clean_checkout_has_its_commit_and_no_diff(tmp_path):
+    commit = committed(tmp_path)
+    (tmp_path / "untracked.txt").write_text("scratch")  # untracked files do not make a checkout dirty
+    found, diff = code(tmp_path)
+    assert found["git_commit"] == commit and found["git_dirty"] is False and diff is None
+    assert "git_diff_sha256" not in found
+
+
+def test_a_dirty_checkout_has_the_hash_of_its_whole_diff_and_the_diff_is_cut_at_the_bound(tmp_path, monkeypatch):
+    committed(tmp_path)
+    (tmp_path / "a.py").write_text("x = 2\n" * 1000)
+    whole = git(tmp_path, "diff", "HEAD", "--binary")
+    monkeypatch.setattr("ntn.tracking.provenance.DIFF_LIMIT", 100)
+    found, diff = code(tmp_path)
+    assert found["git_dirty"] is True and found["git_diff_sha256"] == hashlib.sha256(whole).hexdigest()
+    assert found["git_diff_bytes"] == len(whole) and found["git_diff_attached_bytes"] == 100 and diff == whole[:100]
+
+
+def test_no_repository_and_no_git_are_recorded_never_raised(tmp_path, monkeypatch):
+    assert code(tmp_path)[0] == {"directory": str(tmp_path), "git": "not a git repository"}
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on it
+    assert code(tmp_path)[0] == {"directory": str(tmp_path), "git": "git is not installed"}
+
+
+def test_gather_lists_every_package_and_the_machine_once_per_process(tmp_path):
+    committed(tmp_path)
+    provenance = gather(tmp_path)
+    assert gather(tmp_path) is provenance  # a sweep's worker gathers once, not per run
+    listed = dict(line.split("==") for line in provenance.files[PACKAGES_FILE].decode().splitlines())
+    assert listed["pluggy"] == __import__("pluggy").__version__ and DIFF_FILE not in provenance.files
+    versions = provenance.record["versions"]
+    assert versions["packages_sha256"] == hashlib.sha256(provenance.files[PACKAGES_FILE]).hexdigest()
+    assert provenance.record["machine"]["cores"] >= 1 and provenance.record["machine"]["cpu"]
+
+
+RECORDED = {
+    "code": {"git_commit": "a" * 40, "git_dirty": True, "git_diff_sha256": "d" * 64},
+    "versions": {"python": "3.11.9", "torch": "2.13.0", "packages_sha256": "p" * 64, "trackers": {"file": "x"}},
+    "machine": {"host": "n1", "cpu": "Xeon", "device": "cpu", "device_name": "Xeon"},
+    "data": {"name": "california_housing", "sha256": "e" * 64, "data_seed": 0, "source": "/d/cal_housing.data"},
+}
+
+
+def test_the_same_provenance_differs_in_nothing_and_each_change_is_one_line():
+    assert differences(RECORDED, RECORDED) == []
+    now = {
+        "code": {"git_commit": "b" * 40, "git_dirty": False},
+        "versions": RECORDED["versions"] | {"torch": "2.14.0", "packages_sha256": "q" * 64},
+        "machine": {"host": "n2", "cpu": "Xeon", "device": "cuda:0", "device_name": "NVIDIA H200"},
+        "data": RECORDED["data"] | {"sha256": "f" * 64},
+        "settings_not_recorded": {"NEW": 3},
+    }
+    assert differences(RECORDED, now) == [
+        f"code: commit {'a' * 40} recorded, {'b' * 40} now",
+        "code: uncommitted changes (diff SHA-256 dddddddddddd…) recorded, no uncommitted changes now "
+        "(the recorded diff is the run's git.diff)",
+        "versions: torch 2.13.0 recorded, 2.14.0 now",
+        "versions: the installed packages differ from the recorded list (the run's packages.txt)",
+        "data: california_housing SHA-256 eeeeeeeeeeee… recorded, ffffffffffff… now (/d/cal_housing.data)",
+        "device: cpu (Xeon) recorded, cuda:0 (NVIDIA H200) now",
+        "machine: host n1 (Xeon) recorded, host n2 (Xeon) now",
+        "settings: NEW is not in the record (added since); its default 3 is used",
+    ]
+
+
+def test_figures_are_the_summary_s_numbers_and_agree_within_the_tolerance():
+    summary = {"seed": 0, "loss": 0.25, "test_r2": 0.73, "best_epoch": 9, "success": True, "error": None}
+    assert figures(summary) == {"loss": 0.25, "test_r2": 0.73, "best_epoch": 9}
+    assert agrees(0.73, 0.73 * (1 + 1e-9)) and not agrees(0.73, 0.73 * (1 + 1e-5))
+    assert agrees(0.0, 1e-12) and agrees(float("nan"), float("nan")) and not agrees(1.0, float("nan"))
