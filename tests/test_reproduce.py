@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from ntn.tracking.cli import main as trackers
+from ntn.tracking.readers import read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TRACKERS = str(Path(sys.executable).parent / "ntn-trackers")
@@ -40,10 +41,15 @@ def in_checkout(checkout: Path, *command: str, **env: str) -> subprocess.Complet
 
 
 def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout(checkout):
-    trained = in_checkout(checkout, sys.executable, "-m", "experiments.train", "mpo2")
+    aim = str(checkout.parent / "aim")
+    trained = in_checkout(
+        checkout, sys.executable, "-m", "experiments.train", "mpo2", TRACKER_BACKEND="file,aim", AIM_REPO=aim
+    )
     assert trained.returncode == 0, trained.stderr
     record = json.loads((checkout / "experiment_logs" / "mpo2_experiment_seed0.json").read_text())
     provenance = record["provenance"]
+    (in_aim,) = read_runs("aim", aim)[0]
+    assert in_aim["provenance"] == provenance  # the same record in both backends
     diff = subprocess.run(["git", "-C", str(checkout), "diff", "HEAD", "--binary"], capture_output=True).stdout
     assert provenance["code"]["git_commit"] == git(checkout, "rev-parse", "HEAD").strip()
     assert (
@@ -52,11 +58,14 @@ def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout
     )
     assert (checkout / "experiment_logs" / ".artifacts" / "mpo2_experiment_seed0" / "git.diff").read_bytes() == diff
     assert provenance["command"]["argv"] == ["python", "-m experiments.train", "mpo2"]
-    assert provenance["command"]["settings_from_environment"] == SMALL
+    assert provenance["command"]["settings_from_environment"] == SMALL | {
+        "TRACKER_BACKEND": "file,aim",
+        "AIM_REPO": aim,
+    }
     assert provenance["data"]["name"] == "synthetic" and len(provenance["data"]["sha256"]) == 64
     assert provenance["machine"]["device"] == "cpu" and provenance["machine"]["cores"] == os.cpu_count()
 
-    again = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    again = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0", "--from", f"aim:{aim}")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "same code, packages, data and device" in again.stdout
     assert again.stdout.rstrip().endswith("reproduced: all 7 figures identical")

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -82,17 +83,28 @@ def test_the_code_that_made_a_run_is_mlflows_source_and_the_diff_an_artifact(mlf
     )
 
 
-def _script(tmp_path, server_url, **env):
+def _script(tmp_path, server_url, repo=REPO, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "EXPERIMENT_NAME")}
     environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "200", "SEEDS": "0,1", "N_EPOCHS": "2"}
     environ |= {"TRACKER_BACKEND": "file,mlflow", "MLFLOW_TRACKING_URI": server_url, "EXPERIMENT_NAME": "ml"} | env
     return subprocess.run(
-        ["bash", str(REPO / "experiments" / "run_mpo2.sh")], cwd=tmp_path, env=environ, capture_output=True, text=True
+        ["bash", str(repo / "experiments" / "run_mpo2.sh")], cwd=tmp_path, env=environ, capture_output=True, text=True
     )
 
 
+def _dirty_checkout(root: Path) -> str:
+    """A git repository at `root` holding the experiments, committed, then changed; its commit."""
+    shutil.copytree(REPO / "experiments", root / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    for command in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "a"]):
+        subprocess.run(["git", "-C", str(root), *command], check=True, capture_output=True)
+    with open(root / "experiments" / "train.py", "a") as f:
+        f.write("# uncommitted\n")
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def test_an_experiment_reads_back_from_mlflow_equal_to_the_file_tracker(mlflow_server, tmp_path):
-    done = _script(tmp_path, mlflow_server.url)
+    commit = _dirty_checkout(tmp_path / "checkout")
+    done = _script(tmp_path, mlflow_server.url, repo=tmp_path / "checkout")  # from a checkout with a change
     assert done.returncode == 0, done.stderr
     assert "View run" not in done.stdout  # MLflow's own URL lines stay out of the experiment's output
     files, problems = read_runs("file", str(tmp_path / "experiment_logs"))
@@ -102,6 +114,9 @@ def test_an_experiment_reads_back_from_mlflow_equal_to_the_file_tracker(mlflow_s
         record = mlflow[document["experiment_name"]]
         assert record["summary"] == document["summary"] and record["summary"]["status"] == "finished"
         assert record["hparams"] == document["hparams"] and record["config"]["experiment"] == "ml"
+        assert record["provenance"] == document["provenance"] and record["provenance"]["code"]["git_dirty"] is True
+        run = MlflowClient(mlflow_server.url).get_run(record["mlflow"]["run_id"])
+        assert run.data.tags["mlflow.source.git.commit"] == commit == record["provenance"]["code"]["git_commit"]
         assert len(record["metrics_log"]) == len(document["metrics_log"])
         for ours, theirs in zip(record["metrics_log"], document["metrics_log"]):
             assert ours.keys() == theirs.keys() and all(_same(ours[k], theirs[k]) for k in ours)
