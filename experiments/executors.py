@@ -46,16 +46,14 @@ class WorkerSetupError(RuntimeError):
     """A worker cannot train this sweep's runs; the message names the worker and why."""
 
 
-def prepare_worker(backend: str, threads: int | None = None) -> None:
-    """Import torch, the trainer and the tracker plugins once per worker process, and check the trackers'
-    environment there.
+def prepare_worker(backend: str) -> None:
+    """Import torch and the tracker plugins once per worker process, and check the trackers' environment
+    there. (Each run trains at `ntn.threads.training_threads()`: one torch thread unless TORCH_THREADS says.)
 
     :raises WorkerSetupError: naming the worker (host:pid) and why it cannot train
     """
-    import torch  # here, not at the top: the sweep's own process never needs it
+    import torch  # noqa: F401  here, not at the top: the sweep's own process never needs it
 
-    if threads:
-        torch.set_num_threads(threads)
     try:
         validate(backend, [])
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError) as err:
@@ -95,12 +93,12 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _start_local_worker(backend: str, threads: int, every_worker: Any, parent: int) -> None:
+def _start_local_worker(backend: str, every_worker: Any, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="ntn-orphan-watch").start()
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # between runs a signal only stops the worker's next run
         signal.signal(getattr(signal, name), _note_stop)
     _every_worker.append(every_worker)
-    prepare_worker(backend, threads)
+    prepare_worker(backend)
 
 
 def _wait_for_trackers_locally(timeout: float) -> bool:
@@ -131,18 +129,17 @@ def _train_local(
 
 
 class LocalExecutor:
-    """Worker processes on this machine, each with an equal share of the cores for torch."""
+    """Worker processes on this machine, one torch thread each (`ntn.threads`)."""
 
     def __init__(self, workers: int, backend: str, command: dict[str, Any]) -> None:
         self.command = command  # the sweep's, for its runs' provenance
-        threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
         self.workers = workers
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers,
             mp_context=context,
             initializer=_start_local_worker,
-            initargs=(backend, threads, context.Barrier(workers), os.getpid()),
+            initargs=(backend, context.Barrier(workers), os.getpid()),
         )
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ntn.files import file_stem
+from ntn.threads import training_threads
 from ntn.tracking import Redactor
 
 from experiments.dataset_loader import DATASETS, PREPROCESSING
@@ -234,6 +235,10 @@ def resolve(model: str, argv: list[str] | None = None) -> Settings:
     """Every setting's value, parsed and checked; SettingError names the variable (or flag) at fault."""
     args = build_parser(model).parse_args(argv)
     check_spelling(dict(os.environ))
+    try:
+        training_threads()
+    except ValueError as err:
+        raise SettingError(str(err)) from None
     raws: dict[str, tuple[str, str]] = {}
     for s in SETTINGS:
         flag_value = getattr(args, s.dest, None)

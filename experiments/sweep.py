@@ -34,6 +34,7 @@ from ntn.tracking import (
     TrackerValidationError,
     hold,
     stop_on_signals,
+    uninterrupted,
     validate,
 )
 
@@ -176,7 +177,11 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 record = Record(sweep, opts.output)
                 state["record"] = record
-                return _run(sweep, opts, record, executor)
+                try:
+                    return _run(sweep, opts, record, executor)
+                finally:
+                    with uninterrupted():
+                        record.compact()  # the journal into the results file, also when interrupted
         finally:
             if executor is not None:
                 executor.close()
@@ -269,7 +274,6 @@ def _train_all(executor, missing: list[tuple[Configuration, int]], record: Recor
                 not_run += 1
                 continue
             record.add(configuration, entry)
-            record.write()
             failed += not entry["success"]
             bar.set_description("training")
             bar.set_postfix(failed=failed, refresh=False)

@@ -6,16 +6,24 @@ successful (a failed run is trained again unless asked to keep it). It keeps the
 every run's `config["run_id"]` is made, so that a resumed sweep replaces its own earlier attempts in the
 trackers and never another sweep's runs. Configurations recorded earlier that the grid no longer holds
 (a value removed, a setting changed) are never dropped: they are kept under `removed`.
+
+Each run is recorded as it completes by appending one line to a journal beside the results file
+(`results_sweep_{name}.journal.jsonl`): O(1) per run, where rewriting the whole results file after every
+run made a sweep's bookkeeping grow with the square of its size. The journal is compacted into the results
+file when it holds a quarter as many runs as the file (at least COMPACT_EVERY), at the end, when the sweep
+is interrupted, and when a sweep starts after one that was killed: a run is in one or the other, never lost,
+and replaying a journal line twice changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from ntn.tracking import new_id, run_id
+from ntn.tracking import Redactor, new_id, run_id
 from tabulate import tabulate
 
 from experiments.outputs import read_json, stats, write_json
@@ -23,6 +31,7 @@ from experiments.settings import SettingError, training
 from experiments.sweepfile import Configuration, Sweep
 
 SPLITS = ("train", "val", "test")
+COMPACT_EVERY = 16  # journal lines before the results file is rewritten, at least
 
 
 def identity(configuration: Configuration) -> dict[str, Any]:
@@ -85,6 +94,27 @@ class Record:
                 if isinstance(entry, dict) and entry.get("seed") in sweep.seeds:
                     runs[entry["seed"]] = entry
         self.removed += [c for c in earlier.values() if c.get("runs")]  # values no longer in the grid
+        self.journal = path.with_name(f"{path.stem}.journal.jsonl")
+        self._redact = Redactor()
+        self._journaled = self._replay()  # lines in the journal, not yet in the results file
+
+    def _replay(self) -> int:
+        """The runs a killed sweep journaled after its last compaction (a torn last line is skipped)."""
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            raise SettingError(f"{self.journal}: cannot read the sweep's journal ({err}); move it away") from None
+        for line in lines:
+            try:
+                name, entry = json.loads(line)
+            except (ValueError, TypeError):
+                continue
+            runs = self.runs.get(name)
+            if runs is not None and _configuration_ok({"runs": [entry]}) and entry["seed"] in self.sweep.seeds:
+                runs[entry["seed"]] = entry
+        return len(lines)
 
     def _previous(self) -> dict[str, Any]:
         """What an earlier call recorded in this results file ({} when there is none).
@@ -122,7 +152,14 @@ class Record:
         ]
 
     def add(self, configuration: Configuration, entry: dict[str, Any]) -> None:
-        self.runs[configuration.settings.experiment_name][entry["seed"]] = entry
+        """Record a run: in memory, a line in the journal, and now and then the whole results file."""
+        name = configuration.settings.experiment_name
+        self.runs[name][entry["seed"]] = entry
+        with open(self.journal, "a", encoding="utf-8") as journal:
+            journal.write(json.dumps([name, self._redact(entry)], allow_nan=False, default=str) + "\n")
+        self._journaled += 1
+        if self._journaled >= max(COMPACT_EVERY, self.n_recorded // 4):
+            self.write()
 
     @property
     def n_recorded(self) -> int:
@@ -172,9 +209,17 @@ class Record:
             "configurations": configurations,
         } | ({"removed": self.removed} if self.removed else {})
 
+    def compact(self) -> None:
+        """The results file rewritten when the journal holds runs it does not."""
+        if self._journaled:
+            self.write()
+
     def write(self) -> dict[str, Any]:
+        """The results file, whole, with every run recorded; the journal, now in it, removed."""
         document = self.document()
         write_json(self.path, document)
+        self.journal.unlink(missing_ok=True)
+        self._journaled = 0
         return document
 
 

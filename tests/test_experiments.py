@@ -146,6 +146,7 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
         ({"INIT_STRENGTH": "1e999"}, "INIT_STRENGTH='1e999' must be a finite number"),
         ({"OUTPUT_FILE": "results_dir"}, "OUTPUT_FILE='results_dir' is a directory"),
         ({"DEVICE": "gpu"}, "DEVICE='gpu' must be auto, cpu, cuda or cuda:N"),
+        ({"TORCH_THREADS": "0"}, "TORCH_THREADS='0' must be an integer >= 1"),
         # each of these failed on main: a traceback, or a file that was not this experiment's overwritten
         ({"SEEDS": "²"}, "SEEDS='²' must be a comma-separated list of integers"),
         ({"OUTPUT_FILE": "results_is_a_file"}, "OUTPUT_FILE='results_is_a_file' holds something other than"),

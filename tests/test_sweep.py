@@ -180,16 +180,25 @@ def test_a_sweep_s_runs_name_its_command_run_git_once_per_worker_and_reproduce(t
     assert again.returncode == 0 and "reproduced: all 7 figures" in again.stdout, again.stdout + again.stderr
 
 
+def _journaled(tmp_path: Path) -> int:
+    """Runs recorded in the sweep's journal since the results file was last written."""
+    try:
+        return len((tmp_path / "results_sweep_grid.journal.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
 def _started(tmp_path: Path, recorded: int, process: subprocess.Popen, timeout: float = 300) -> None:
     """Wait until the sweep has recorded `recorded` runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         try:
-            if _results(tmp_path)["n_recorded"] >= recorded:
+            if _results(tmp_path)["n_recorded"] + _journaled(tmp_path) >= recorded:
                 return
         except (FileNotFoundError, ValueError):
-            pass
+            if _journaled(tmp_path) >= recorded:
+                return
         time.sleep(0.05)
     raise AssertionError("the sweep recorded nothing in time")
 
@@ -471,3 +480,28 @@ def test_a_dask_worker_without_the_repository_is_one_line_before_any_run(tmp_pat
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "a Dask worker cannot import this repository's experiments" in done.stderr
     assert "PYTHONPATH=/path/to/ntn" in done.stderr and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_again(tmp_path):
+    from experiments.sweep_results import COMPACT_EVERY, Record
+    from experiments.sweepfile import load
+
+    grid = load(_write_sweep(tmp_path))
+    path = tmp_path / "results_sweep_grid.json"
+    record = Record(grid, path)
+    first, second = grid.configurations[:2]
+    for configuration, seed in ((first, 0), (first, 1), (second, 0)):
+        record.add(configuration, {"seed": seed, "test_r2": 0.5 + seed, "success": True})
+    assert not path.exists() and len(record.journal.read_text().splitlines()) == 3  # no rewrite per run
+    with open(record.journal, "a") as journal:
+        journal.write('["grid_bond_dim2_l2", {"seed": 1, "test')  # the line a SIGKILL tore
+    del record  # killed: nothing compacted
+    again = Record(grid, path)
+    assert (first, 0) not in again.missing() and (second, 0) not in again.missing() and len(again.missing()) == 5
+    again.compact()
+    assert not again.journal.exists()
+    document = json.loads(path.read_text())
+    assert document["n_recorded"] == 3 and {r["seed"] for r in document["configurations"][0]["runs"]} == {0, 1}
+    for seed in range(COMPACT_EVERY):  # the file is rewritten now and then, not after every run
+        again.add(grid.configurations[seed % 4], {"seed": seed % 2, "test_r2": 0.1, "success": True})
+    assert not again.journal.exists() and json.loads(path.read_text())["n_recorded"] == 6

@@ -319,3 +319,32 @@ def test_memory_and_start_up_do_not_grow_with_n_epochs():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 50 * 2**20, peak
+
+
+def _threads_seen_in_fit(**ntn_options):
+    """The torch thread count inside fit's epochs, and after it."""
+    rng = np.random.default_rng(0)
+    X, seen = rng.standard_normal((40, 2)), []
+    trainer = NTN(MPO2(L=2, bond_dim=2, phys_dim=3, output_dim=1, seed=0), X, X.sum(axis=1), **ntn_options)
+    trainer.fit(1, callback_epoch=lambda *_: seen.append(torch.get_num_threads()))
+    return seen[0], torch.get_num_threads()
+
+
+def test_fit_trains_at_one_thread_unless_asked_and_leaves_torch_as_it_was(monkeypatch):
+    for name in ("TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _threads_seen_in_fit() == (1, 2)
+        monkeypatch.setenv("TORCH_THREADS", "3")
+        assert _threads_seen_in_fit() == (3, 2)
+        assert _threads_seen_in_fit(threads=None) == (2, 2)  # torch's own setting
+        monkeypatch.delenv("TORCH_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torch's own variable: left to torch
+        assert _threads_seen_in_fit() == (2, 2)
+        monkeypatch.setenv("TORCH_THREADS", "two")
+        with pytest.raises(ValueError, match=r"^TORCH_THREADS='two' must be an integer >= 1$"):
+            _threads_seen_in_fit()
+    finally:
+        torch.set_num_threads(before)
