@@ -1,6 +1,14 @@
-"""Sweeps: the README's bash loop against run_sweep.sh, the Dask path's cost, and delivery into one aim server.
+"""Sweeps: what a run costs in a large sweep; the README's bash loop against run_sweep.sh, the Dask path's
+cost, and delivery into one aim server.
 
+    NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py --runs 1000 [--workers 2]
     NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py [--rounds 3] [--bond-dims 4,6,8,10]
+
+`--runs N`: one sweep of N runs (N/10 configurations × 10 seeds; bond 6, N_SAMPLES=500, 10 epochs, file
+backend) with its driver in this process: its wall time, the driver's CPU against its workers', the
+per-run floor (one run trained in-process, no tracker), and torch's thread policy against torch's
+default threads per run, on this machine idle and busy (a CPU-bound process per core beside it).
+Targets (issue #29): the N=1000 sweep in <= 2 min on 2 cores; driver CPU <= 5 % of the workers'.
 
 Workload: 4 bond dimensions × 5 seeds of MPO2 on California housing at N_SAMPLES=500 (the README's loop),
 file backend. Targets: run_sweep.sh local (2 workers) >= 3× faster than the loop; a Dask LocalCluster
@@ -11,6 +19,8 @@ delivery into one `aim server` >= 2 runs/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import statistics
 import subprocess
@@ -67,7 +77,7 @@ def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from experiments.sweep import DaskExecutor
+    from experiments.executors import DaskExecutor
     from experiments.sweepfile import load
     from experiments.train import train_run
 
@@ -76,19 +86,19 @@ def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
         path = Path(directory) / "bench.toml"
         path.write_text(SWEEP.format(bond_dims=[6]))
         (configuration,) = load(path, tracker_backend="none").configurations
-        train_run("mpo2", configuration.settings, 0)  # warm: imports, data set
-        executor = DaskExecutor(1, None, "none")
+        train_run("mpo2", configuration.settings, 0, "warm")  # warm: imports, data set
+        executor = DaskExecutor(1, None, "none", {})
         in_process, through_dask = [], []
         try:
-            executor.submit("mpo2", configuration, 0).result()
+            executor.submit("mpo2", configuration, 0, "warm").result()
             for _ in range(3):  # interleaved rounds: both sides see the same drift of this machine
                 start = time.perf_counter()
                 for seed in range(n_runs):
-                    train_run("mpo2", configuration.settings, seed)
+                    train_run("mpo2", configuration.settings, seed, f"p{seed}")
                 in_process.append((time.perf_counter() - start) / n_runs)
                 start = time.perf_counter()
                 for seed in range(n_runs):
-                    executor.submit("mpo2", configuration, seed).result()
+                    executor.submit("mpo2", configuration, seed, f"d{seed}").result()
                 through_dask.append((time.perf_counter() - start) / n_runs)
         finally:
             executor.close()
@@ -157,11 +167,122 @@ def medians(rounds: int, bond_dims: list[int]) -> tuple[float, float, float]:
     return loop, local, dask
 
 
+LARGE = """
+name = "large"
+model = "mpo2"
+seeds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+[settings]
+dataset = "california_housing"
+n_samples = 500
+n_epochs = 10
+bond_dim = 6
+[grid]
+init_strength = {values}
+"""
+
+
+def large_sweep(runs: int, workers: int) -> tuple[float, float, float]:
+    """One sweep of `runs` runs, its driver in this process: (wall s, the driver's CPU s, its workers' CPU s)."""
+    import resource
+
+    sys.path.insert(0, str(REPO))
+    from experiments.sweep import main
+
+    values = [round(0.1 + 0.0001 * i, 4) for i in range(max(1, runs // 10))]
+    with tempfile.TemporaryDirectory() as directory:
+        cwd = os.getcwd()
+        os.chdir(directory)
+        os.environ |= {"TRACKER_BACKEND": "file", "NTN_DATA_DIR": _env()["NTN_DATA_DIR"]}
+        Path("large.toml").write_text(LARGE.format(values=values))
+        self, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its table of N/10 configurations
+                assert main(["large.toml", "--workers", str(workers)]) == 0
+        finally:
+            os.chdir(cwd)
+        wall = time.perf_counter() - start
+    self_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = lambda a, b: (b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime)  # noqa: E731
+    return wall, cpu(self, self_after), cpu(children, children_after)
+
+
+def per_run(threads: str, n_runs: int = 10) -> tuple[float, float]:
+    """Median (wall s, CPU s) of one run trained in this process, no tracker, TORCH_THREADS=`threads`
+    ("" for the policy's default)."""
+    from experiments.sweepfile import load
+    from experiments.train import train_run
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "one.toml"
+        path.write_text(LARGE.format(values=[0.1]))
+        (configuration,) = load(path, tracker_backend="none").configurations
+    os.environ["TORCH_THREADS"] = threads
+    times = []
+    for seed in range(n_runs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        train_run("mpo2", configuration.settings, seed, f"floor{seed}")
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    os.environ.pop("TORCH_THREADS")
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def threads_side_by_side(rounds: int = 3) -> list[list[str]]:
+    """Per run: the policy (one thread) against torch's default (a thread per core), idle and busy."""
+    cores = str(os.cpu_count() or 1)
+    per_run("")  # warm: imports, the data set
+    rows = []
+    for load_name in ("idle", "busy"):
+        burners = []
+        if load_name == "busy":  # a CPU-bound process per core, as a laptop or a shared node has
+            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(cores))]
+        try:
+            sides: dict[str, list[tuple[float, float]]] = {"": [], cores: []}
+            for _ in range(rounds):  # interleaved
+                for threads in sides:
+                    sides[threads].append(per_run(threads, 5))
+        finally:
+            for burner in burners:
+                burner.kill()
+        one, many = (min(sides[t]) for t in ("", cores))
+        rows.append([load_name, f"{one[0] * 1e3:.0f}", f"{many[0] * 1e3:.0f}", f"{many[0] / one[0]:.2f}"])
+    return rows
+
+
+def report_large(runs: int, workers: int) -> None:
+    wall, driver, trained = large_sweep(runs, workers)
+    _, floor_cpu = per_run("", 20)
+    ideal = runs * floor_cpu / workers
+    print(f"{runs} runs (bond 6, N_SAMPLES=500, 10 epochs, file backend), {workers} local workers:")
+    print(
+        tabulate(
+            [
+                ["whole sweep, wall s", f"{wall:.1f}"],
+                ["driver CPU s", f"{driver:.1f}"],
+                ["workers' CPU s", f"{trained:.1f}"],
+                ["driver CPU ÷ workers' CPU", f"{driver / trained:.3f}"],
+                ["per-run floor (one run in-process, no tracker), CPU ms", f"{floor_cpu * 1e3:.0f}"],
+                ["floor × runs ÷ workers, s", f"{ideal:.1f}"],
+                ["sweep wall ÷ that floor", f"{wall / ideal:.2f}"],
+            ],
+            headers=["what", "value"],
+        )
+    )
+    print()
+    headers = ["machine", "one run, ms: policy (1 thread)", f"torch default ({os.cpu_count()} threads)", "ratio"]
+    print(tabulate(threads_side_by_side(), headers=headers))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, help="one sweep of this many runs (the driver's cost, the floor, threads)")
+    parser.add_argument("--workers", type=int, default=2, help="with --runs: local workers (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three commands (medians)")
     parser.add_argument("--bond-dims", default="4,6,8,10", help="the swept values (default: the README's loop)")
     args = parser.parse_args()
+    if args.runs:
+        report_large(args.runs, args.workers)
+        sys.exit(0)
     bond_dims = [int(b) for b in args.bond_dims.split(",")]
     loop, local, dask = medians(args.rounds, bond_dims)
     rows = [

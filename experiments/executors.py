@@ -26,6 +26,7 @@ from ntn.tracking import (
     TrackerSelectionError,
     TrackerValidationError,
     pending,
+    prepare,
     stop_on_signals,
     validate,
 )
@@ -52,12 +53,11 @@ def prepare_worker(backend: str) -> None:
 
     :raises WorkerSetupError: naming the worker (host:pid) and why it cannot train
     """
-    import torch  # noqa: F401  here, not at the top: the sweep's own process never needs it
-
     try:
-        validate(backend, [])
+        prepare(validate(backend, []))  # aim's uploader imports aim while this worker imports torch
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError) as err:
         raise WorkerSetupError(f"worker {os.uname().nodename}:{os.getpid()}: {err}") from None
+    import torch  # noqa: F401  here, not at the top: the sweep's own process never needs it
 
 
 def wait_for_trackers(timeout: float) -> bool:

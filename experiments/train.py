@@ -24,6 +24,7 @@ from ntn.tracking import (
     TrackerValidationError,
     hold,
     new_id,
+    prepare,
     run_id,
     select,
     start_run,
@@ -382,6 +383,7 @@ def _main(argv: list[str] | None = None) -> int:
         backends = validate(s.tracker_backend, run_names)
         owns = lambda document: _results_of(document, s.experiment_name)  # noqa: E731
         check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
+        prepare(backends)  # e.g. aim's uploader starts, and imports aim while this process imports torch
         s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))  # the first check that imports torch
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))

@@ -25,6 +25,7 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,6 +241,31 @@ class TensorNetwork:
         phi_k = spread(phi_k, 1)
         return self._assemble(unit, spread(left, 0), self._input(k, phi_k), spread(right, 2), phi_k)
 
+    def folded_basis_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
+        """`basis_environment` summed over the basis tuples of each monomial: V (C, S, numel(core)) with
+        V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`).
+
+        For a top core, E_basis[t, c, (a, j, b)] = Σ_{s,u} left[t_<k][c, a, s] G[t_k][s, j, u] right[t_>k][c, b, u],
+        G[i] the input row at φ_k = e_i: the products left ⊗ right (p^L · C·D_left·d_left·D_right·d_right
+        entries) are summed per (monomial, t_k) first, and G is applied once per monomial, instead of
+        forming E on all p^L tuples (p^L · C · numel(core)) and folding it."""
+        if unit.layer == INPUT:
+            E_basis = self.basis_environment(unit)  # (p^L, C, P)
+            V = E_basis.new_zeros(n_monomials, *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
+            return V.transpose(0, 1)
+        k, p, L, C = unit.site, self.phys_dim, self.L, self.output_dim
+        basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
+        left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
+        right = self._right_factor(k, basis[: p ** (L - k - 1)])  # per suffix i_>k: (p^(L-k-1), C, Dr, dr)
+        prefix, i_k, suffix = _tuple_parts(L, p, k, basis.device)  # of every tuple t, row-major: (p^L,) each
+        pairs = torch.einsum("tcas,tcbu->tcasbu", left[prefix], right[suffix])  # (p^L, C, Dl, dl, Dr, dr)
+        W = pairs.new_zeros(n_monomials * p, *pairs.shape[1:]).index_add_(0, monomial_of * p + i_k, pairs)
+        G = self._input(k, torch.eye(p, dtype=basis.dtype, device=basis.device))  # (p, dl, r, dr)
+        V = torch.einsum("micasbu,isju->cmajb", W.reshape(n_monomials, p, *pairs.shape[1:]), G)  # (C, S, Dl, r, Dr)
+        if k == self.output_site:  # top core carries c: V[c, m, a, j, c', b] = V[c, m, a, j, b] δ_cc'
+            V = _with_output_index(V, 4)
+        return V.reshape(C, n_monomials, -1)
+
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
         """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""
         B, C, k = phi_k.shape[0], self.output_dim, unit.site
@@ -249,7 +275,7 @@ class TensorNetwork:
             return E.reshape(B, C, -1)
         E = torch.einsum("ncas,nsjt,ncbt->ncajb", left, inp, right)
         if k == self.output_site:  # top core carries c: E[n, c, a, j, c', b] = E[n, c, a, j, b] δ_cc'
-            E = E.unsqueeze(4) * torch.eye(C, dtype=E.dtype, device=E.device)[None, :, None, None, :, None]
+            E = _with_output_index(E.transpose(0, 1), 4).transpose(0, 1)
         return E.reshape(B, C, -1)
 
     def is_kronecker(self, unit: Unit) -> bool:
@@ -278,9 +304,29 @@ def basis_tuples(L: int, p: int, device: torch.device) -> Tensor:
     return torch.cartesian_prod(*[torch.arange(p, device=device)] * L).reshape(-1, L)
 
 
+@functools.lru_cache(maxsize=32)
 def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p)."""
+    """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p); made once
+    per shape (every core update of a moments trainer reads it)."""
     return torch.eye(p, dtype=dtype, device=device)[basis_tuples(L, p, device)]
+
+
+def _with_output_index(T: Tensor, axis: int) -> Tensor:
+    """T (C, ...) with a second output index c' at `axis`, T'[c, ..., c', ...] = T[c, ...] δ_cc' (the top
+    core that carries the output): for one output a view, else the diagonal filled."""
+    C = T.shape[0]
+    if C == 1:
+        return T.unsqueeze(axis)
+    out = T.new_zeros(*T.shape[:axis], C, *T.shape[axis:])
+    out.diagonal(dim1=0, dim2=axis).copy_(T.movedim(0, -1))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _tuple_parts(L: int, p: int, k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """For every basis tuple t in row-major order, the numbers of its prefix i_<k and suffix i_>k, and i_k."""
+    t = torch.arange(p**L, device=device)
+    return t // p ** (L - k), t // p ** (L - k - 1) % p, t % p ** (L - k - 1)
 
 
 def _reduction_cores(

@@ -49,30 +49,30 @@ def applies(model: TensorNetwork, loss: Loss, n_samples: int) -> bool:
 
 
 class LowRankHessian:
-    """H = Vᵀ B (P, P) for factors V, B (R, P) with R < P, kept factored.
+    """H = s · Vᵀ B (P, P) for factors V, B (R, P) with R < P and a scalar s, kept factored.
 
-    (H + μI)⁻¹ r = (r − Vᵀ (μI_R + B Vᵀ)⁻¹ B r) / μ, by the push-through identity
+    (H + μI)⁻¹ r = (r − Vᵀ (μ/s · I_R + B Vᵀ)⁻¹ B r) / μ, by the push-through identity
     (μI_P + Vᵀ B)⁻¹ Vᵀ = Vᵀ (μI_R + B Vᵀ)⁻¹: an R × R solve in place of a P × P factorisation.
     """
 
-    def __init__(self, V: Tensor, B: Tensor) -> None:
-        self.V, self.B = V, B
+    def __init__(self, V: Tensor, B: Tensor, scale: float = 1.0) -> None:
+        self.V, self.B, self.scale = V, B, scale
 
     def __truediv__(self, divisor: float) -> LowRankHessian:
-        return LowRankHessian(self.V, self.B / divisor)
+        return LowRankHessian(self.V, self.B, self.scale / divisor)
 
     def diagonal(self) -> Tensor:
-        return (self.V * self.B).sum(dim=0)
+        return (self.V * self.B).sum(dim=0) * self.scale
 
     def dense(self) -> Tensor:
-        return self.V.T @ self.B
+        return self.scale * (self.V.T @ self.B)
 
     def solve(self, shift: float, rhs: Tensor) -> Tensor | None:
         """(H + shift·I)⁻¹ rhs, or None where that system is singular."""
         if shift <= 0:
             return None
         small = self.B @ self.V.T  # (R, R)
-        small.diagonal().add_(shift)
+        small.diagonal().add_(shift / self.scale)
         inner, info = torch.linalg.solve_ex(small, (self.B @ rhs)[:, None])
         return (rhs - self.V.T @ inner[:, 0]) / shift if info.item() == 0 else None
 
@@ -106,9 +106,7 @@ class Moments:
 
     def folded_environment(self, model: TensorNetwork, unit: Unit) -> Tensor:
         """V with E_n[c, q] = Σ_m V[c, m, q] z_n[m]: (C, S, P)."""
-        E_basis = model.basis_environment(unit)  # (p^L, C, P)
-        V = E_basis.new_zeros(len(self.monomials), *E_basis.shape[1:]).index_add_(0, self.monomial_of, E_basis)
-        return V.transpose(0, 1)
+        return model.folded_basis_environment(unit, self.monomial_of, len(self.monomials))
 
     def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
         """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
@@ -120,10 +118,10 @@ class Moments:
         C, S, P = V.shape
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
         V_rows = V.reshape(C * S, P)
-        B = K * (self.Z @ V).reshape(C * S, P)  # (C·S, P): the Hessian is V_rowsᵀ B
+        B = torch.matmul(self.Z, V).reshape(C * S, P).mul_(K)  # (C·S, P): the Hessian is V_rowsᵀ B
         Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
         gradient = V_rows.T @ (B @ theta) - K * Ey
-        environment_sq = (V_rows * B).sum().item() / K  # trace of Σ_c V_cᵀ Z V_c
+        environment_sq = torch.dot(V_rows.reshape(-1), B.reshape(-1)).item() / K  # trace of Σ_c V_cᵀ Z V_c
         hessian = LowRankHessian(V_rows, B) if C * S < P else V_rows.T @ B
         return hessian, gradient, environment_sq
 

@@ -1,6 +1,8 @@
 import contextlib
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from aim import Run
 from conftest import grep_tree
 from ntn import MPO2, NTN
 from ntn.tracking import installed, start_run
+from ntn.tracking.readers import read_runs
 from ntn.tracking.testing import (
     check_config_error,
     check_provenance,
@@ -163,6 +166,49 @@ def test_no_secret_reaches_the_local_repository(monkeypatch):
     assert grep_tree(Path(".aim"), values) == [] and grep_tree(Path(".ntn-aim-spool"), values) == []
     runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
     assert all("__system_params" not in r.meta_run_tree.keys() for r in runs)
+
+
+PREPARED = """
+import sys, time
+from ntn.tracking import prepare, select, start_run
+from ntn_tracker_aim import journal, uploads
+backends = select("aim")
+prepare(backends)
+print(*[u.pid for u in uploads.UPLOADS.all_uploaders()], flush=True)
+for seed in range(int(sys.argv[1])):
+    with start_run(f"early_seed{seed}", {}, backend=backends) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_summary({"seed": seed, "success": True})
+deadline = time.monotonic() + 60
+while list(journal.spool_dir().glob("*.jsonl")) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(len(list(journal.spool_dir().glob("*.jsonl"))), flush=True)
+"""
+
+
+def _prepared(runs: int) -> list[str]:
+    environ = dict(os.environ, NTN_AIM_DELIVERY_INTERVAL="3600")  # no delivery round would come in time
+    done = subprocess.run([sys.executable, "-c", PREPARED, str(runs)], env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\n")
+
+
+def test_a_prepared_process_delivers_each_run_as_it_ends_and_ends_an_unused_uploader():
+    uploader, left, _ = _prepared(2)
+    assert left == "0"  # both delivered while the process still ran, not after the 3600 s interval or at exit
+    runs, problems = read_runs("aim", ".")
+    assert problems == [] and sorted(r["experiment_name"] for r in runs) == ["early_seed0", "early_seed1"]
+    assert _gone(int(uploader))
+    uploader, left, _ = _prepared(0)  # prepared, then no run (bad input found after the check)
+    assert left == "0" and _gone(int(uploader))  # ended with its process, not left importing aim
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_a_run_trained_again_with_its_run_id_replaces_its_earlier_attempt():

@@ -18,7 +18,7 @@ from ntn.tracking.knobs import seconds
 from ntn.tracking.redact import Redactor
 from ntn.tracking.reproduce import CannotReproduce
 from ntn.tracking.results import experiment_of, study_of
-from ntn.tracking.run import TrackedRun, hold, start_run, validate
+from ntn.tracking.run import TrackedRun, hold, prepare, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "installed",
     "new_id",
     "parse",
+    "prepare",
     "run_id",
     "run_key",
     "seconds",

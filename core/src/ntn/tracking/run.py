@@ -210,6 +210,17 @@ def validate(
     return backends
 
 
+def prepare(backends: Sequence[Backend]) -> None:
+    """Before training, once per process: each factory with a `prepare()` (class)method starts what takes
+    long (the aim plugin its uploader, whose import of aim then overlaps the process's own start-up). A
+    failure there is no error: the runs are recorded as usual."""
+    for b in backends:
+        start = getattr(b.factory, "prepare", None)
+        if callable(start):
+            with contextlib.suppress(Exception):
+                start()
+
+
 @contextlib.contextmanager
 def hold(backends: Sequence[Backend], run_names: Sequence[str]) -> Iterator[None]:
     """Hold the runs about to be recorded, for as long as the block lasts, in every backend that keeps

@@ -17,6 +17,17 @@ from ntn_tracker_aim.repo import REMOTE_PREFIX
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
 
 
+def open_repository(repo: str):
+    """A local repository opened (made, when it is new: ~1 s for aim) ahead of the first run, by an uploader
+    started before training; None for a remote one, or when that fails (delivery then tries again)."""
+    if repo.startswith(REMOTE_PREFIX):
+        return None
+    try:
+        return Repo.from_path(repo, init=not (Path(repo) / ".aim" / "VERSION").is_file())
+    except Exception:
+        return None
+
+
 def open_run(repo: str, run_hash: str, experiment: str, started: float | None = None):
     """The aim Run with this hash: resumed if the repository has it, else created with it, dated `started`
     (the Unix time training began: a run delivered later still shows when it trained)."""

@@ -70,6 +70,16 @@ class AimTracker:
         uploads.key_of(aim_repo_argument())
 
     @classmethod
+    def prepare(cls) -> None:
+        """Before training: start the uploader now, so that its import of aim overlaps the training
+        process's own start-up (the scripts call this before they import torch), and deliver each run
+        as it ends."""
+        repo = aim_repo_argument()
+        key = uploads.key_of(repo)
+        journal.spool_dir().mkdir(parents=True, exist_ok=True)
+        uploads.UPLOADS.prepare(key)
+
+    @classmethod
     def where(cls) -> str:
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         return f"aim: {aim_repo_argument()}, spooled in {journal.spool_dir()}/"
@@ -95,3 +105,4 @@ class AimTracker:
 
     def finalize(self, status: str = "finished") -> None:
         self.journal.close(status)
+        uploads.UPLOADS.run_ended()

@@ -1,6 +1,6 @@
 """The uploader: a separate process that feeds the journals of one training process into Aim.
 
-    python -m ntn_tracker_aim.uploader        (started by the tracker; reads journal paths on stdin)
+    python -m ntn_tracker_aim.uploader [REPO]   (started by the tracker; reads journal paths on stdin)
 
 It runs apart from training so that whatever aim does on the network — probing, retrying forever,
 blocking when its queue is full, hanging in close() — never holds the training process: the trainer
@@ -29,7 +29,6 @@ from ntn.files import write_atomic
 from ntn.tracking import Redactor
 
 from ntn_tracker_aim import journal
-from ntn_tracker_aim.delivery import Delivery
 from ntn_tracker_aim.timings import delivery_interval, exit_timeout
 
 POLL_S = 0.05
@@ -67,6 +66,9 @@ def _yield_to_training() -> None:
 
 def main() -> int:
     _yield_to_training()
+    from ntn_tracker_aim.delivery import Delivery, open_repository  # imports aim (~0.7 s): on idle CPUs only
+
+    warm = open_repository(sys.argv[1]) if len(sys.argv) > 1 else None  # noqa: F841  kept open until the end
     incoming: list[Path] = []
     lock = threading.Lock()
     stdin_closed = threading.Event()
