@@ -9,7 +9,9 @@
 - When the scripts prepare the backends (`AimTracker.prepare`, before they import torch), an uploader
   process starts at once: its import of aim and the opening of a local repository (~0.7 s and ~1 s for
   a new one, on otherwise idle CPUs only) overlap the training process's own start-up, and each run is
-  delivered as soon as it ends, beside the next one's training (which uses one core: `ntn.threads`).
+  delivered as soon as it ends, beside the next one's training (which uses one core: `ntn.threads`);
+  for a remote server, only when its probe answered within FAST_LINK_S (over a slow link a run takes
+  ~50 round trips: its runs are then spread over several uploaders at exit, as below).
   Without `prepare` (the API), uploaders start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after
   the first run, or at exit if that comes first. An uploader
   inherits the environment, which is where it takes the authentication headers from (they are never
@@ -45,6 +47,7 @@ from ntn_tracker_aim.timings import EXIT_TIMEOUT_ENV, delivery_interval, exit_ti
 REMOTE_UPLOADERS_AT_EXIT = 8
 
 PROBE_WAIT_S = 0.02
+FAST_LINK_S = 0.05  # a prepared remote repository whose probe answered within this gets runs as they go
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
 
@@ -127,21 +130,27 @@ class Uploads:
         self.lock = threading.Lock()
         self.due = threading.Event()  # set once the first delivery round is due
         self.timer: threading.Timer | None = None
+        self.prepared: set[Key] = set()
+        # prepared repositories whose runs are delivered as they go: local ones, and remote ones whose
+        # probe answered within FAST_LINK_S (over a slow link, runs wait to be spread over uploaders at exit)
+        self.eager: set[Key] = set()
 
     def prepare(self, key: Key) -> None:
-        """Start the uploader of `key`'s repository now, before any run (it imports aim and opens the
-        repository meanwhile), and deliver from now on: each run is handed over when it starts."""
+        """Start the uploader of `key`'s repository now, before any run: it imports aim and opens the
+        repository meanwhile, then delivers each run as it ends (a remote one's, once it answered fast)."""
         if self.timer is None:
             self.start()
         with self.lock:
             if not any(u.poll() is None for u in self.uploaders.get(key, [])):
                 self.uploaders[key] = [_start_uploader(journal.spool_dir(), key[0])]
-        self.due.set()
+        self.prepared.add(key)
+        if not key[0].startswith(REMOTE_PREFIX):
+            self.eager.add(key)
 
     def run_ended(self) -> None:
-        """A run has ended: once delivery has begun, its uploaders deliver it now (on idle CPUs)."""
-        if self.due.is_set():
-            for uploader in self.all_uploaders():
+        """A run has ended: the uploaders that deliver as runs go deliver it now (on idle CPUs)."""
+        for key in self.eager if not self.due.is_set() else self.uploaders:
+            for uploader in self.uploaders.get(key, []):
                 if uploader.poll() is None:
                     _send(uploader, "")
 
@@ -160,17 +169,20 @@ class Uploads:
         if not key[0].startswith(REMOTE_PREFIX):
             return
         if key not in self.probes:
+            asked = time.monotonic()
             probe = self.probes[key] = _PROBES.submit(_probe, key)
             concurrent.futures.wait([probe], PROBE_WAIT_S)  # a server on the LAN has answered by then
             if not probe.done():
                 probe.add_done_callback(_say_late_refusal)
-            probe.add_done_callback(self._answered)
+            probe.add_done_callback(lambda probe: self._answered(key, time.monotonic() - asked))
         if isinstance(outcome := _outcome(self.probes[key]), TrackerConfigError):
             raise outcome
 
-    def _answered(self, probe: concurrent.futures.Future) -> None:
-        if self.due.is_set():  # delivery began while a server was being asked
-            self.hand_over()
+    def _answered(self, key: Key, seconds: float) -> None:
+        if key in self.prepared and self.probes[key].result() is True and seconds <= FAST_LINK_S:
+            self.eager.add(key)
+        if self.due.is_set() or key in self.eager:  # delivery began while the server was being asked
+            self.hand_over(keys={key})
 
     def track(self, path: Path, key: Key) -> None:
         """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
@@ -180,19 +192,21 @@ class Uploads:
         self.repos.add(key[0])
         with self.lock:
             self.waiting.setdefault(key, []).append(path)
-        if self.due.is_set():  # delivery has begun: this run need not wait
-            self.hand_over()
+        if self.due.is_set() or key in self.eager:  # delivery has begun: this run need not wait
+            self.hand_over(keys={key})
 
     def _deliverable(self, key: Key) -> bool:
         """For a local repository always, for a remote one once its probe said it is reachable."""
         return key not in self.probes or _outcome(self.probes[key]) is True
 
-    def hand_over(self, remote_parallel: int = 1) -> None:
-        """Hand every waiting journal whose repository is deliverable to an uploader, starting uploaders as
-        needed: one per repository and credentials, or up to `remote_parallel` for a remote repository."""
-        self.due.set()
+    def hand_over(self, remote_parallel: int = 1, keys: set[Key] | None = None) -> None:
+        """Hand every waiting journal (of `keys`; default all, and delivery is due from now on) whose
+        repository is deliverable to an uploader, starting uploaders as needed: one per repository and
+        credentials, or up to `remote_parallel` for a remote repository."""
+        if keys is None:
+            self.due.set()
         with self.lock:
-            for key in [key for key in self.waiting if self._deliverable(key)]:
+            for key in [key for key in self.waiting if self._deliverable(key) and (keys is None or key in keys)]:
                 paths = self.waiting.pop(key)
                 alive = [u for u in self.uploaders.get(key, []) if u.poll() is None]
                 wanted = min(len(paths), remote_parallel) if key[0].startswith(REMOTE_PREFIX) else 1
