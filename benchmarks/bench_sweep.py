@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -227,29 +228,34 @@ def per_run(threads: str, n_runs: int = 10) -> tuple[float, float]:
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
-def threads_side_by_side(rounds: int = 3) -> list[list[str]]:
-    """Per run: the policy (one thread) against torch's default (a thread per core), idle and busy."""
+BURNERS = {"python": [sys.executable, "-c", "while True: pass"], "yes": ["sh", "-c", "yes > /dev/null"]}
+
+
+def threads_side_by_side(rounds: int = 3, burner: str = "python") -> list[list[str]]:
+    """Per run: the policy (one thread) against torch's default (a thread per core), idle and busy (one
+    `burner` per core: a Python loop, or `yes`, which enters the kernel at every write)."""
     cores = str(os.cpu_count() or 1)
     per_run("")  # warm: imports, the data set
     rows = []
     for load_name in ("idle", "busy"):
         burners = []
         if load_name == "busy":  # a CPU-bound process per core, as a laptop or a shared node has
-            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(int(cores))]
+            burners = [subprocess.Popen(BURNERS[burner], start_new_session=True) for _ in range(int(cores))]
         try:
             sides: dict[str, list[tuple[float, float]]] = {"": [], cores: []}
             for _ in range(rounds):  # interleaved
                 for threads in sides:
                     sides[threads].append(per_run(threads, 5))
         finally:
-            for burner in burners:
-                burner.kill()
+            for process in burners:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         one, many = (min(sides[t]) for t in ("", cores))
         rows.append([load_name, f"{one[0] * 1e3:.0f}", f"{many[0] * 1e3:.0f}", f"{many[0] / one[0]:.2f}"])
     return rows
 
 
-def report_large(runs: int, workers: int) -> None:
+def report_large(runs: int, workers: int, burner: str) -> None:
     wall, driver, trained = large_sweep(runs, workers)
     _, floor_cpu = per_run("", 20)
     ideal = runs * floor_cpu / workers
@@ -270,18 +276,20 @@ def report_large(runs: int, workers: int) -> None:
     )
     print()
     headers = ["machine", "one run, ms: policy (1 thread)", f"torch default ({os.cpu_count()} threads)", "ratio"]
-    print(tabulate(threads_side_by_side(), headers=headers))
+    print(f"busy: one `{burner}` per core beside it")
+    print(tabulate(threads_side_by_side(burner=burner), headers=headers))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, help="one sweep of this many runs (the driver's cost, the floor, threads)")
     parser.add_argument("--workers", type=int, default=2, help="with --runs: local workers (default 2)")
+    parser.add_argument("--burner", choices=sorted(BURNERS), default="python", help="with --runs: what keeps it busy")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three commands (medians)")
     parser.add_argument("--bond-dims", default="4,6,8,10", help="the swept values (default: the README's loop)")
     args = parser.parse_args()
     if args.runs:
-        report_large(args.runs, args.workers)
+        report_large(args.runs, args.workers, args.burner)
         sys.exit(0)
     bond_dims = [int(b) for b in args.bond_dims.split(",")]
     loop, local, dask = medians(args.rounds, bond_dims)
