@@ -103,10 +103,10 @@ def _module(command: dict[str, Any]):
             sys.path.insert(0, path)
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is None or not name.startswith(err.name):
-                raise
-            continue
+        except Exception as err:
+            if isinstance(err, ModuleNotFoundError) and err.name and name.startswith(err.name):  # not on this path
+                continue
+            raise CannotReproduce(f"module {name} cannot be imported here ({type(err).__name__}: {err})") from None
         if not callable(getattr(module, "prepare_reproduction", None)):
             raise CannotReproduce(f"module {name} has no prepare_reproduction(record, device)")
         return module
