@@ -57,7 +57,7 @@ def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout
         and provenance["code"]["git_branch"] == git(checkout, "branch", "--show-current").strip()
     )
     assert (checkout / "experiment_logs" / ".artifacts" / "mpo2_experiment_seed0" / "git.diff").read_bytes() == diff
-    assert provenance["command"]["argv"] == ["python", "-m experiments.train", "mpo2"]
+    assert provenance["command"]["argv"] == ["python", "-m", "experiments.train", "mpo2"]
     assert provenance["command"]["settings_from_environment"] == SMALL | {
         "TRACKER_BACKEND": "file,aim",
         "AIM_REPO": aim,

@@ -161,7 +161,8 @@ def test_a_sweep_s_runs_name_its_command_run_git_once_per_worker_and_reproduce(t
     for record in records:
         assert record["provenance"]["command"]["argv"] == [
             "python",
-            "-m experiments.sweep",
+            "-m",
+            "experiments.sweep",
             str(path),
             "--workers",
             "2",

@@ -118,8 +118,8 @@ def command() -> dict[str, Any]:
     """This process's command line and working directory."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    argv = [f"-m {spec.name}" if spec is not None and spec.name != "__main__" else sys.argv[0], *sys.argv[1:]]
-    return {"argv": ["python", *argv], "cwd": os.getcwd()}
+    script = ["-m", spec.name] if spec is not None and spec.name != "__main__" else [sys.argv[0]]
+    return {"argv": ["python", *script, *sys.argv[1:]], "cwd": os.getcwd()}
 
 
 @functools.lru_cache(maxsize=8)

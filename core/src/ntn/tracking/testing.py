@@ -48,7 +48,7 @@ CONFIG = {
 }
 PROVENANCE = {
     "code": {"directory": "/home/ana/ntn", "git_commit": "0" * 40, "git_branch": "main", "git_dirty": True},
-    "command": {"argv": ["python", "-m experiments.train", "mpo2"], "cwd": "/home/ana/ntn"},
+    "command": {"argv": ["python", "-m", "experiments.train", "mpo2"], "cwd": "/home/ana/ntn"},
     "versions": {"python": "3.11.9", "ntn": "0.1.0", "torch": "2.13.0", "numpy": "2.2.0"},
     "machine": {"host": "node-ü1", "cores": 2, "device": "cpu"},
     "data": {"name": "california_housing", "sha256": "ab" * 32, "data_seed": 42},

@@ -96,7 +96,7 @@ class TensorBoardTracker:
         self.record["provenance"] = provenance
         self._save()
         lines = [
-            f"| {section}.{key} | `{value}` |"
+            f"| {section}.{key} | `{value if isinstance(value, str) else json.dumps(value)}` |"
             for section, values in provenance.items()
             for key, value in values.items()
         ]
