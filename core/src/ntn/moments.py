@@ -104,17 +104,13 @@ class Moments:
         lookup[(self.monomials * powers).sum(dim=1)] = torch.arange(S, device=device)
         self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * powers).sum(dim=1)]  # (p^L,)
 
-    def folded_environment(self, model: TensorNetwork, unit: Unit) -> Tensor:
-        """V with E_n[c, q] = Σ_m V[c, m, q] z_n[m]: (C, S, P)."""
-        return model.folded_basis_environment(unit, self.monomial_of, len(self.monomials))
-
     def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
         """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
 
         The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in that
         factored form (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
         theta = model.core(unit).reshape(-1)  # (P,)
-        V = self.folded_environment(model, unit)  # (C, S, P)
+        V = model.folded_basis_environment(unit, self.monomial_of, len(self.monomials))  # E_n = V z_n: (C, S, P)
         C, S, P = V.shape
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
         V_rows = V.reshape(C * S, P)
