@@ -18,26 +18,19 @@ RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_
 
 
 def open_repository(repo: str):
-    """A local repository opened (made, when it is new: ~1 s for aim) ahead of the first run, by an uploader
-    started before training; None for a remote one, or when that fails (delivery then tries again)."""
-    if repo.startswith(REMOTE_PREFIX):
-        return None
-    try:
-        return Repo.from_path(repo, init=not (Path(repo) / ".aim" / "VERSION").is_file())
-    except Exception:
-        return None
+    """The aim Repo at `repo`; a local one that is not complete yet (aim writes VERSION last) is made. Only
+    then with init=True: opening with it takes the write lock of the shared index, which makes parallel
+    writers fail (cf. aimhubio/aim#2869)."""
+    create = not repo.startswith(REMOTE_PREFIX) and not (Path(repo) / ".aim" / "VERSION").is_file()
+    return Repo.from_path(repo, init=create)
 
 
 def open_run(repo: str, run_hash: str, experiment: str, started: float | None = None):
     """The aim Run with this hash: resumed if the repository has it, else created with it, dated `started`
     (the Unix time training began: a run delivered later still shows when it trained)."""
-    remote = repo.startswith(REMOTE_PREFIX)
-    if remote:
+    if repo.startswith(REMOTE_PREFIX):
         aim_internals.send_headers(auth.headers_from_env())
-    # init only a repository that is not complete yet (aim writes VERSION last): opening with init=True
-    # takes the write lock of the shared index, which makes parallel writers fail (cf. aimhubio/aim#2869)
-    create = not remote and not (Path(repo) / ".aim" / "VERSION").is_file()
-    if Repo.from_path(repo, init=create).run_exists(run_hash):
+    if open_repository(repo).run_exists(run_hash):
         run = Run(run_hash=run_hash, repo=repo, force_resume=True, **RUN_OPTIONS)
         run.experiment = experiment  # again: a writer ended mid-creation may have left the run without it
         return run

@@ -18,6 +18,7 @@ threads share the cores.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ from ntn.files import write_atomic
 from ntn.tracking import Redactor
 
 from ntn_tracker_aim import journal
+from ntn_tracker_aim.repo import REMOTE_PREFIX
 from ntn_tracker_aim.timings import delivery_interval, exit_timeout
 
 POLL_S = 0.05
@@ -68,7 +70,10 @@ def main() -> int:
     _yield_to_training()
     from ntn_tracker_aim.delivery import Delivery, open_repository  # imports aim (~0.7 s): on idle CPUs only
 
-    warm = open_repository(sys.argv[1]) if len(sys.argv) > 1 else None  # noqa: F841  kept open until the end
+    warm = None  # a local repository given on the command line, opened (or made: ~1 s) before the first run
+    if len(sys.argv) > 1 and not sys.argv[1].startswith(REMOTE_PREFIX):
+        with contextlib.suppress(Exception):  # delivery opens it again, and says why if it cannot
+            warm = open_repository(sys.argv[1])  # noqa: F841  kept open until the end
     incoming: list[Path] = []
     lock = threading.Lock()
     stdin_closed = threading.Event()

@@ -149,7 +149,7 @@ class Uploads:
 
     def run_ended(self) -> None:
         """A run has ended: the uploaders that deliver as runs go deliver it now (on idle CPUs)."""
-        for key in self.eager if not self.due.is_set() else self.uploaders:
+        for key in self.eager:
             for uploader in self.uploaders.get(key, []):
                 if uploader.poll() is None:
                     _send(uploader, "")
