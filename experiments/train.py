@@ -32,7 +32,7 @@ from ntn.tracking import (
     uninterrupted,
     validate,
 )
-from ntn.tracking.provenance import Provenance, command, gather, machine
+from ntn.tracking.provenance import Provenance, command, gather
 
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
@@ -169,19 +169,20 @@ def command_of_this_process() -> dict[str, Any]:
 def provenance_of(s: Settings, data, command: dict[str, Any]) -> Provenance:
     """What makes a run: this checkout's code (gathered once per process), `command`, the data, the device;
     `ntn-trackers reproduce` re-trains the run with this module's `prepare_reproduction`."""
-    return gather(CODE).merged(
+    gathered = gather(CODE)
+    return gathered.merged(
         command=command | {"reproduce_with": __spec__.name, "reproduce_path": str(CODE.parent)},
-        machine=_device_of(s.device),
+        machine={"device": s.device, "device_name": _device_name(s.device, gathered.record["machine"]["cpu"])},
         data=data.provenance,
     )
 
 
-def _device_of(device: str) -> dict[str, str]:
+def _device_name(device: str, cpu: str) -> str:
     if device.startswith("cuda"):
         import torch
 
-        return {"device": device, "device_name": torch.cuda.get_device_name(torch.device(device))}
-    return {"device": device, "device_name": machine()["cpu"]}
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu
 
 
 def train_seed(

@@ -17,9 +17,11 @@ import os
 import sys
 from typing import Any
 
+from ntn.tracking.results import NOT_METRICS
+
 REL_TOL = 1e-6  # figures of float64 training on another BLAS, CPU or GPU agree to this, relatively
 ABS_TOL = 1e-9  # ... or absolutely, for a figure at zero
-NOT_FIGURES = {"seed", "success", "status", "error", "updated"}
+NOT_FIGURES = NOT_METRICS - {"best_epoch"}  # the summary's numbers that are not figures; the kept epoch is one
 
 
 class CannotReproduce(ValueError):
