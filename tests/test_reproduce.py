@@ -11,14 +11,11 @@ import pytest
 import torch
 from ntn.tracking.cli import main as trackers
 from ntn.tracking.readers import read_runs
+from ntn.tracking.testing import commit_all, git
 
 REPO = Path(__file__).resolve().parents[1]
 TRACKERS = str(Path(sys.executable).parent / "ntn-trackers")
 SMALL = {"DATASET": "synthetic", "N_SAMPLES": "200", "SEEDS": "0", "N_EPOCHS": "2"}
-
-
-def git(checkout: Path, *arguments: str) -> str:
-    return subprocess.run(["git", "-C", str(checkout), *arguments], check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
@@ -26,9 +23,7 @@ def checkout(tmp_path):
     """A git repository holding a copy of the experiments, committed, then one file changed (uncommitted)."""
     root = tmp_path / "checkout"
     shutil.copytree(REPO / "experiments", root / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
-    git(root, "init", "-q")
-    git(root, "add", "experiments")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "experiments")
+    commit_all(root)
     with open(root / "experiments" / "train.py", "a") as f:
         f.write("# an uncommitted change\n")
     return root
@@ -50,11 +45,11 @@ def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout
     provenance = record["provenance"]
     (in_aim,) = read_runs("aim", aim)[0]
     assert in_aim["provenance"] == provenance  # the same record in both backends
-    diff = subprocess.run(["git", "-C", str(checkout), "diff", "HEAD", "--binary"], capture_output=True).stdout
-    assert provenance["code"]["git_commit"] == git(checkout, "rev-parse", "HEAD").strip()
+    diff = git(checkout, "diff", "HEAD", "--binary")
+    assert provenance["code"]["git_commit"] == git(checkout, "rev-parse", "HEAD").decode().strip()
     assert (
         provenance["code"]["git_dirty"] is True
-        and provenance["code"]["git_branch"] == git(checkout, "branch", "--show-current").strip()
+        and provenance["code"]["git_branch"] == git(checkout, "branch", "--show-current").decode().strip()
     )
     assert (checkout / "experiment_logs" / ".artifacts" / "mpo2_experiment_seed0" / "git.diff").read_bytes() == diff
     assert provenance["command"]["argv"] == ["python", "-m", "experiments.train", "mpo2"]

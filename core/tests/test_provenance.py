@@ -1,22 +1,15 @@
 """Provenance gathered from real git checkouts, and what `reproduce` says differs."""
 
 import hashlib
-import subprocess
 
 from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE, code, gather
 from ntn.tracking.reproduce import agrees, differences, figures
-
-
-def git(directory, *arguments):
-    return subprocess.run(["git", "-C", str(directory), *arguments], check=True, capture_output=True).stdout
+from ntn.tracking.testing import commit_all, git
 
 
 def committed(directory):
-    git(directory, "init", "-q")
     (directory / "a.py").write_text("x = 1\n")
-    git(directory, "add", "a.py")
-    git(directory, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "a")
-    return git(directory, "rev-parse", "HEAD").decode().strip()
+    return commit_all(directory)
 
 
 def test_a_clean_checkout_has_its_commit_and_no_diff(tmp_path):

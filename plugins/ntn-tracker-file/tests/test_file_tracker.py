@@ -16,6 +16,7 @@ from ntn.tracking.testing import (
     check_config_error,
     check_provenance,
     check_reader,
+    commit_all,
     run_conformance,
     run_in_dirty_repository,
 )
@@ -374,12 +375,7 @@ def test_a_secret_in_the_uncommitted_diff_never_reaches_the_attached_diff(tmp_pa
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.py").write_text("SECRET = None\n")
-    for command in (
-        ["init", "-q"],
-        ["add", "train.py"],
-        ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "a"],
-    ):
-        subprocess.run(["git", "-C", str(code), *command], check=True, capture_output=True)
+    commit_all(code)
     (code / "train.py").write_text(f"SECRET = {SECRETS['CF_ACCESS_CLIENT_SECRET']!r}\n")
     with start_run("leaky_seed0", {}, provenance=gather(code)):
         pass

@@ -18,6 +18,7 @@ from ntn.tracking.testing import (
     check_config_error,
     check_provenance,
     check_reader,
+    commit_all,
     run_conformance,
     run_in_dirty_repository,
 )
@@ -95,11 +96,10 @@ def _script(tmp_path, server_url, repo=REPO, **env):
 def _dirty_checkout(root: Path) -> str:
     """A git repository at `root` holding the experiments, committed, then changed; its commit."""
     shutil.copytree(REPO / "experiments", root / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
-    for command in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "a"]):
-        subprocess.run(["git", "-C", str(root), *command], check=True, capture_output=True)
+    commit = commit_all(root)
     with open(root / "experiments" / "train.py", "a") as f:
         f.write("# uncommitted\n")
-    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return commit
 
 
 def test_an_experiment_reads_back_from_mlflow_equal_to_the_file_tracker(mlflow_server, tmp_path):

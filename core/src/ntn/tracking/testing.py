@@ -16,7 +16,8 @@ through the core, whose log_metrics fails: its finalize must still succeed. `che
 back through the plugin's reader, comparing numbers to a relative tolerance of REL_TOL (float32
 storage passes).
 Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
-`run_in_dirty_repository` and `check_provenance` check what a backend keeps of a run's provenance.
+`run_in_dirty_repository` and `check_provenance` check what a backend keeps of a run's provenance
+(`commit_all` and `git` make and read the git repositories they need).
 """
 
 from __future__ import annotations
@@ -231,26 +232,37 @@ def check_config_error(backend: str, environ: dict[str, str], names: str) -> str
 PROVENANCE_RUN = "provenance_kit_seed0"
 
 
+def git(directory: str | os.PathLike, *arguments: str) -> bytes:
+    """The output of `git -C directory ARGUMENTS`.
+
+    :raises subprocess.CalledProcessError: git failed
+    """
+    return subprocess.run(["git", "-C", str(directory), *arguments], check=True, capture_output=True).stdout
+
+
+def commit_all(directory: str | os.PathLike) -> str:
+    """Make `directory` a git repository with everything in it committed; the commit's hash."""
+    git(directory, "init", "-q")
+    git(directory, "add", "-A")
+    git(directory, "-c", "user.name=kit", "-c", "user.email=kit@example.org", "commit", "-q", "-m", "kit")
+    return git(directory, "rev-parse", "HEAD").decode().strip()
+
+
 def run_in_dirty_repository(backend: str, directory: str | os.PathLike) -> tuple[str, bytes]:
     """Make a git repository at `directory` (one commit, then a tracked file changed and left uncommitted)
     and record one run `PROVENANCE_RUN` with `backend`, its code there. Returns the commit and the diff."""
     from ntn.tracking.provenance import gather
     from ntn.tracking.run import start_run
 
-    def git(*arguments: str) -> bytes:
-        return subprocess.run(["git", "-C", str(directory), *arguments], check=True, capture_output=True).stdout
-
     os.makedirs(directory, exist_ok=True)
-    git("init", "-q")
     with open(os.path.join(directory, "train.py"), "w") as f:
         f.write("JITTER_START = 0.01\n")
-    git("add", "train.py")
-    git("-c", "user.name=kit", "-c", "user.email=kit@example.org", "commit", "-q", "-m", "first")
+    commit = commit_all(directory)
     with open(os.path.join(directory, "train.py"), "w") as f:
         f.write("JITTER_START = 0.1  # not committed\n")
     with start_run(PROVENANCE_RUN, {"model": "MPO2"}, backend=backend, provenance=gather(directory)) as run:
         run.log_summary({"seed": 0, "success": True})
-    return git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD", "--binary")
+    return commit, git(directory, "diff", "HEAD", "--binary")
 
 
 def check_provenance(backend: str, source: str, commit: str, diff: bytes) -> dict[str, Any]:
