@@ -56,18 +56,25 @@ def test_the_integer_matrix_product_detector_sees_one():
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 @pytest.mark.parametrize("outputs", [1, 2])
-def test_training_scores_from_the_moments_match_a_direct_evaluation(Model, outputs):
+def test_training_and_validation_scores_from_the_moments_match_a_direct_evaluation(Model, outputs):
     X, y = regression(n=300, outputs=outputs, seed=1)
+    X_val, y_val = regression(n=100, outputs=outputs, seed=3)
     trainer = NTN(
         Model(L=3, bond_dim=3, phys_dim=5, output_dim=outputs, output_site=1, init_strength=0.3, seed=2),
         X,
         y,
         batch_size=64,
+        X_val=X_val,
+        y_val=y_val,
     )
-    assert trainer._moments is not None
+    assert trainer._moments is not None and trainer._validation_moments is not None
     trainer.fit(2)
-    from_moments, direct = trainer.scores(), trainer.evaluate(X.clone(), y.clone())
-    for key in ("loss", "r2"):
+    from_moments = trainer.scores()
+    direct = trainer.evaluate(X.clone(), y.clone()) | {
+        f"val_{k}": v for k, v in trainer.evaluate(X_val.clone(), y_val.clone()).items()
+    }
+    assert from_moments.keys() == direct.keys() == {"loss", "r2", "val_loss", "val_r2"}
+    for key in direct:
         assert from_moments[key] == pytest.approx(direct[key], rel=1e-10)
 
 

@@ -261,22 +261,33 @@ class NTN:
         return {"loss": loss, "r2": r2}
 
     def scores(self) -> Scores:
-        """Training scores (from the moments when the trainer uses them: no pass over the data), plus
-        val_* ones when validation data was given."""
-        scores = self._moments.scores(self.model) if self._moments is not None else self.evaluate(self.X, self.y)
+        """Training scores, plus val_* ones when validation data was given; each from its data's moments
+        where they apply (no pass over the data), else by `evaluate`."""
+        scores = self._scores(self._moments, self.X, self.y)
         if self.validation is not None:
-            scores |= {f"val_{k}": v for k, v in self.evaluate(*self.validation).items()}
+            scores |= {f"val_{k}": v for k, v in self._scores(self._validation_moments, *self.validation).items()}
         return scores
+
+    def _scores(self, sums: moments.Moments | None, X: Tensor, y: Tensor) -> Scores:
+        return sums.scores(self.model) if sums is not None else self.evaluate(X, y)
 
     # ---- training ---------------------------------------------------------------------------
 
     @functools.cached_property
     def _moments(self) -> moments.Moments | None:
         """The training data's moments, when they give the MSE Newton systems faster than the batches."""
-        if not moments.applies(self.model, self.loss, len(self.X)):
+        return self._moments_of(self.X, self.y)
+
+    @functools.cached_property
+    def _validation_moments(self) -> moments.Moments | None:
+        """The validation data's moments, when they give its scores faster than a pass over it per epoch."""
+        return None if self.validation is None else self._moments_of(*self.validation)
+
+    def _moments_of(self, X: Tensor, y: Tensor) -> moments.Moments | None:
+        if not moments.applies(self.model, self.loss, len(X)):
             return None
         with torch.no_grad():
-            return moments.Moments(self.model, self._batches(self.X, self.y))
+            return moments.Moments(self.model, self._batches(X, y))
 
     @torch.no_grad()
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
