@@ -348,3 +348,18 @@ def test_fit_trains_at_one_thread_unless_asked_and_leaves_torch_as_it_was(monkey
             _threads_seen_in_fit()
     finally:
         torch.set_num_threads(before)
+
+
+def test_trainers_of_the_same_data_share_its_moments_and_never_those_of_changed_data():
+    """The seeds of an experiment train on the same data: its moments are made once (`moments.of`)."""
+    X, y = regression_data(n=200, seed=4)
+    model = lambda seed: MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, seed=seed)  # noqa: E731
+    first, again = NTN(model(0), X, y), NTN(model(1), X.clone(), y.clone())
+    assert again._moments is first._moments  # the same content, another tensor
+    X[0, 0] += 1.0  # changed in place: other moments, made from the data as it is now
+    changed = NTN(model(2), X, y)
+    assert changed._moments is not first._moments
+    direct = Moments(changed.model, changed._batches(changed.X, changed.y))
+    assert torch.equal(changed._moments.Z, direct.Z) and torch.equal(changed._moments.Z_y, direct.Z_y)
+    wider = NTN(MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=2, output_site=1, seed=0), X, torch.stack([y, y], 1))
+    assert wider._moments.Z_y.shape == (35, 2)  # another output count: its own moments

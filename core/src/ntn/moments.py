@@ -21,8 +21,10 @@ written as sums of elementwise products.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -75,6 +77,30 @@ class LowRankHessian:
         small.diagonal().add_(shift / self.scale)
         inner, info = torch.linalg.solve_ex(small, (self.B @ rhs)[:, None])
         return (rhs - self.V.T @ inner[:, 0]) / shift if info.item() == 0 else None
+
+
+RECENT = 4  # data sets whose moments are kept: an experiment's seeds, a sweep worker's runs, train on the same few
+
+
+def of(model: TensorNetwork, X: Tensor, y: Tensor, batches: Callable[[], Iterable[tuple[Tensor, Tensor]]]) -> Moments:
+    """The moments of (X, y) for the model's shape, from `batches()` or, for the same data and shape as one of
+    the RECENT ones, made before (in this process or before it forked). Keyed by the data's content, so
+    data changed in place since is never matched (measured: 26 ms of a 160 ms seed, all rows bond 12)."""
+    key = (model.L, model.phys_dim, model.output_dim, X.dtype, X.device, _digest(X), _digest(y))
+    if key not in _recent:
+        _recent[key] = Moments(model, batches())
+        while len(_recent) > RECENT:
+            _recent.popitem(last=False)
+    _recent.move_to_end(key)
+    return _recent[key]
+
+
+_recent: OrderedDict[tuple, Moments] = OrderedDict()
+
+
+def _digest(data: Tensor) -> tuple:
+    content = data.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()  # any dtype, as bytes
+    return data.shape, data.dtype, hashlib.blake2b(content, digest_size=16).digest()
 
 
 class Moments:

@@ -287,7 +287,7 @@ class NTN:
         if not moments.applies(self.model, self.loss, len(X)):
             return None
         with torch.no_grad():
-            return moments.Moments(self.model, self._batches(X, y))
+            return moments.of(self.model, X, y, lambda: self._batches(X, y))
 
     @torch.no_grad()
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
