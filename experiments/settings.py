@@ -74,6 +74,16 @@ def n_samples(text: str) -> int:
     return integer(0)(text)
 
 
+def workers(text: str) -> int:
+    """auto (recorded as 0) or a count of processes."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        return integer(0)(text)
+    except SettingError:
+        raise SettingError(f"must be auto (0) or an integer >= 1 and <= {MAX_INTEGER}") from None
+
+
 def seeds(text: str) -> list[int]:
     parts = text.split(",")
     if not text.strip() or any(not re.fullmatch(r"[0-9]+", p.strip()) for p in parts):
@@ -156,6 +166,12 @@ class Settings:
     select: str = setting("val_loss", choice(("val_loss", "reg_loss", "last")), "which epoch's state to keep")
     device: str = setting("auto", device, "where to train: auto (CUDA when available, else cpu), cpu, cuda, cuda:N")
     seeds: list[int] = setting("0,1,2,3,4", seeds, "comma-separated seeds; one tracked run each")  # noqa: RUF009
+    workers: int = setting(
+        "auto",
+        workers,
+        "processes training the seeds after the first, side by side on the CPU; auto (0): one per core when "
+        "the first seed's time says they would take over 0.3 s one after another, else 1",
+    )
     data_seed: int = setting("0", integer(0), "seed of the subsample and the train/validation/test split")
     preprocessing: str = setting("clip", choice(PREPROCESSING), "input scaling, fitted on the training split")
     output_file: str = setting(
@@ -176,7 +192,10 @@ class Settings:
 
 SETTINGS = [Setting(f.name.upper(), *f.metadata["setting"]) for f in fields(Settings)]
 # the settings that do not change what a run trains: a recorded run with other values still counts
-NOT_TRAINING = ("seeds", "output_file", "verbose", "save_model", "tracker_backend", "tracker_dir", "aim_repo", "device")
+NOT_TRAINING = (
+    *("seeds", "workers", "output_file", "verbose", "save_model"),
+    *("tracker_backend", "tracker_dir", "aim_repo", "device"),
+)
 
 
 def training(settings: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +255,7 @@ def resolve(model: str, argv: list[str] | None = None) -> Settings:
     args = build_parser(model).parse_args(argv)
     check_spelling(dict(os.environ))
     try:
-        training_threads()
+        threads = training_threads()
     except ValueError as err:
         raise SettingError(str(err)) from None
     raws: dict[str, tuple[str, str]] = {}
@@ -245,7 +264,11 @@ def resolve(model: str, argv: list[str] | None = None) -> Settings:
         source, raw = (s.flag, flag_value) if flag_value is not None else (s.env, os.environ.get(s.env))
         if raw is not None and raw != "":
             raws[s.dest] = (source, raw)
-    return settings_of(model, raws)
+    s = settings_of(model, raws)
+    if s.workers > 1 and threads != 1:
+        asked = f"TORCH_THREADS={threads}" if threads else "OMP_NUM_THREADS or MKL_NUM_THREADS"
+        raise SettingError(f"WORKERS={s.workers} trains each seed at one torch thread, but {asked} asks for more")
+    return s
 
 
 def settings_of(model: str, raws: dict[str, tuple[str, str]]) -> Settings:

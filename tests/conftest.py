@@ -20,7 +20,15 @@ def run_script(tmp_path):
     """Run experiments/run_<model>.sh as a user would, from a scratch working directory."""
 
     def run(model="mpo2", *args, **env):
-        ours = ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "AIM_REPO", "TRACKER_DIR", "AIM_CUSTOM_HEADERS")
+        ours = (
+            "TRACKER_BACKEND",
+            "EXPERIMENT_NAME",
+            "SEEDS",
+            "WORKERS",
+            "AIM_REPO",
+            "TRACKER_DIR",
+            "AIM_CUSTOM_HEADERS",
+        )
         environ = {k: v for k, v in os.environ.items() if k not in ours}
         environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"}
         environ |= {k: str(v) for k, v in env.items()}
@@ -65,7 +73,15 @@ def train_here(tmp_path, monkeypatch, capsys):
     from experiments.train import main
 
     monkeypatch.chdir(tmp_path)
-    for name in ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "AIM_REPO", "TRACKER_DIR", "AIM_CUSTOM_HEADERS"):
+    for name in (
+        "TRACKER_BACKEND",
+        "EXPERIMENT_NAME",
+        "SEEDS",
+        "WORKERS",
+        "AIM_REPO",
+        "TRACKER_DIR",
+        "AIM_CUSTOM_HEADERS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     def run(model="mpo2", *args, **env):

@@ -1,0 +1,131 @@
+"""run_*.sh trains the seeds after the first side by side in forked workers (WORKERS), and its own process
+records them: the records, the results file and the figures are those of the seeds trained one after
+another; a worker that dies, and a signal, leave every run recorded as what happened to it. In this process
+(`train_here`)."""
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+from ntn_tracker_file import load
+
+import experiments.train
+from experiments.parallel_seeds import PARALLEL_FROM_S, worker_count
+
+SEEDS = "3,0,2,1"  # in the results file in this order, whichever worker ends first
+
+
+def _records(directory, seeds):
+    runs = {s: load(directory / "experiment_logs" / f"mpo2_experiment_seed{s}.json") for s in seeds}
+    results = json.loads((directory / "results_mpo2_experiment.json").read_text())
+    return runs, results
+
+
+def test_seeds_side_by_side_are_recorded_as_one_after_another(train_here, tmp_path, monkeypatch):
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "side").mkdir()
+    monkeypatch.chdir(tmp_path / "serial")
+    assert train_here("mpo2", SEEDS=SEEDS, WORKERS="1", SAVE_MODEL="true")[0] == 0
+    serial, serial_results = _records(tmp_path / "serial", [3, 0, 2, 1])
+    monkeypatch.chdir(tmp_path / "side")
+    code, out, err = train_here("mpo2", SEEDS=SEEDS, WORKERS="2", SAVE_MODEL="true")
+    assert code == 0 and "4/4 seeds succeeded" in out, err
+    side, side_results = _records(tmp_path / "side", [3, 0, 2, 1])
+    assert [r["seed"] for r in side_results["results"]] == [3, 0, 2, 1]
+    for key in ("n_total", "n_success", "test_loss_mean", "test_r2_mean", "test_r2_std"):
+        assert side_results[key] == pytest.approx(serial_results[key], rel=1e-12), key
+    for a, b in zip(serial_results["results"], side_results["results"], strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12) for k in a)
+    for seed, run in side.items():
+        before = serial[seed]
+        assert run["hparams"] == before["hparams"] and run["summary"]["status"] == "finished"
+        assert [m["step"] for m in run["metrics_log"]] == [m["step"] for m in before["metrics_log"]]
+        for m, n in zip(run["metrics_log"], before["metrics_log"], strict=True):
+            assert {k: v for k, v in m.items() if k != "timestamp"} == pytest.approx(
+                {k: v for k, v in n.items() if k != "timestamp"}, rel=1e-12
+            )
+        files = sorted(p.name for p in (tmp_path / "side" / "experiment_logs" / ".artifacts").glob(f"*seed{seed}*/*"))
+        assert f"model_seed{seed}.pt" in files and "results_mpo2_experiment.json" in files, files
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_that_dies_leaves_its_seeds_failed_and_the_others_recorded(train_here, tmp_path, monkeypatch):
+    real = experiments.train.trained_seed
+
+    def dies_on_seed_2(model, s, data, seed, run, progress):
+        if seed == 2:
+            os._exit(7)  # in the worker, as a crash or the OOM killer would end it
+        return real(model, s, data, seed, run, progress)
+
+    monkeypatch.setattr(experiments.train, "trained_seed", dies_on_seed_2)
+    code, _, err = train_here("mpo2", SEEDS="0,1,2,3,4", WORKERS="2")
+    assert code == 1, err
+    runs, results = _records(tmp_path, [0, 1, 2, 3, 4])
+    by_seed = {r["seed"]: r for r in results["results"]}
+    assert [r["seed"] for r in results["results"]] == [0, 1, 2, 3, 4]
+    # seeds 1, 3 went to one worker; 2, 4 to the other, which died at seed 2 before seed 4
+    assert [s for s, r in by_seed.items() if r["success"]] == [0, 1, 3]
+    for seed in (2, 4):
+        assert by_seed[seed]["error"] == "the worker process training it ended with exit code 7"
+        assert runs[seed]["summary"]["status"] == "failed"
+    assert all(runs[s]["summary"]["status"] == "finished" for s in (0, 1, 3))
+
+
+def test_a_signal_while_seeds_train_side_by_side_ends_each_run_as_interrupted(train_here, tmp_path, monkeypatch):
+    real = experiments.train.trained_seed
+
+    def endless_after_seed_0(model, s, data, seed, run, progress):
+        if seed == 0:
+            return real(model, s, data, seed, run, progress)
+        run.log_hparams({"seed": seed})
+        for epoch in range(10**6):
+            run.callback_epoch(epoch, {"loss": 1.0}, {})
+            time.sleep(0.02)
+
+    def terminate_once_both_train():
+        files = [tmp_path / "experiment_logs" / f"mpo2_experiment_seed{s}.json" for s in (1, 2)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(f.exists() and len(load(f)["metrics_log"]) > 2 for f in files):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(experiments.train, "trained_seed", endless_after_seed_0)
+    threading.Thread(target=terminate_once_both_train, daemon=True).start()
+    code, _, err = train_here("mpo2", SEEDS="0,1,2", WORKERS="2")
+    assert code == 143 and err.count("\n") == 1, err
+    assert "runs mpo2_experiment_seed1, mpo2_experiment_seed2 recorded as interrupted" in err, err
+    assert "the 1 seeds before them in results_mpo2_experiment.json" in err, err
+    runs, results = _records(tmp_path, [0, 1, 2])
+    assert [r["seed"] for r in results["results"]] == [0]
+    assert runs[0]["summary"]["status"] == "finished"
+    for seed in (1, 2):
+        assert runs[seed]["summary"]["status"] == "interrupted"
+        assert runs[seed]["summary"]["error"] == "interrupted by SIGTERM"
+    assert multiprocessing.active_children() == []  # the workers were stopped
+
+
+def test_auto_trains_side_by_side_only_when_it_pays_and_workers_refuse_more_torch_threads(train_here):
+    cores = len(os.sched_getaffinity(0))
+    assert (
+        worker_count(
+            0,
+            4,
+            PARALLEL_FROM_S / 5,
+        )
+        == 1
+    )  # 4 seeds of this cost take under PARALLEL_FROM_S
+    assert worker_count(
+        0,
+        4,
+        PARALLEL_FROM_S,
+    ) == min(cores, 4)
+    assert worker_count(3, 2, 0.0) == 2 and worker_count(1, 4, 10.0) == 1
+    code, _, err = train_here("mpo2", WORKERS="2", TORCH_THREADS="2")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "WORKERS=2 trains each seed at one torch thread, but TORCH_THREADS=2 asks for more" in err
+    code, _, err = train_here("mpo2", WORKERS="some")
+    assert code == 2 and "WORKERS='some' must be auto (0) or an integer >= 1" in err, err
