@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-PARALLEL_FROM_S = 0.3  # auto: side by side once the seeds left would take this long one after another
+# auto: side by side once the seeds left would take this long one after another. Measured (docs/benchmarks.md,
+# "Seeds side by side"): at the defaults they take ~0.25 s, and two workers make the command 0.13 s faster
+PARALLEL_FROM_S = 0.1
 
 
 def worker_count(workers: int, seeds_left: int, seed_seconds: float) -> int:
@@ -69,8 +71,11 @@ def _work(
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
-    for seed in seeds:
-        connection.send((seed, "summary", (train(seed, Relay(connection, seed)),)))
+    try:
+        for seed in seeds:
+            connection.send((seed, "summary", (train(seed, Relay(connection, seed)),)))
+    except BrokenPipeError:  # the script's process is gone (killed): nobody to train for
+        return
     connection.close()
 
 

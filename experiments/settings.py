@@ -170,7 +170,7 @@ class Settings:
         "auto",
         workers,
         "processes training the seeds after the first, side by side on the CPU; auto (0): one per core when "
-        "the first seed's time says they would take over 0.3 s one after another, else 1",
+        "the first seed's time says they would take over 0.1 s one after another, else 1",
     )
     data_seed: int = setting("0", integer(0), "seed of the subsample and the train/validation/test split")
     preprocessing: str = setting("clip", choice(PREPROCESSING), "input scaling, fitted on the training split")

@@ -110,19 +110,8 @@ def test_a_signal_while_seeds_train_side_by_side_ends_each_run_as_interrupted(tr
 
 def test_auto_trains_side_by_side_only_when_it_pays_and_workers_refuse_more_torch_threads(train_here):
     cores = len(os.sched_getaffinity(0))
-    assert (
-        worker_count(
-            0,
-            4,
-            PARALLEL_FROM_S / 5,
-        )
-        == 1
-    )  # 4 seeds of this cost take under PARALLEL_FROM_S
-    assert worker_count(
-        0,
-        4,
-        PARALLEL_FROM_S,
-    ) == min(cores, 4)
+    assert worker_count(0, 4, PARALLEL_FROM_S / 5) == 1  # 4 seeds of this cost take under PARALLEL_FROM_S
+    assert worker_count(0, 4, PARALLEL_FROM_S) == min(cores, 4)
     assert worker_count(3, 2, 0.0) == 2 and worker_count(1, 4, 10.0) == 1
     code, _, err = train_here("mpo2", WORKERS="2", TORCH_THREADS="2")
     assert code == 2 and err.count("\n") == 1, err
