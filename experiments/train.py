@@ -417,7 +417,7 @@ def _main(argv: list[str] | None = None) -> int:
         backends = validate(s.tracker_backend, run_names)
         owns = lambda document: _results_of(document, s.experiment_name)  # noqa: E731
         check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
-        prepare(backends)  # e.g. aim's uploader starts, and imports aim while this process imports torch
+        helpers = prepare(backends)  # e.g. aim's uploader starts, and imports aim while this process imports torch
         s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))  # the first check that imports torch
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
@@ -437,7 +437,7 @@ def _main(argv: list[str] | None = None) -> int:
             f"this run its own EXPERIMENT_NAME, or remove {output} to start the experiment afresh",
         )
     with holding:
-        return _train(model, s, data, backends, output)
+        return _train(model, s, data, backends, output, helpers)
 
 
 def _mixed_with(document: Any, model: str, s: Settings) -> str:
@@ -459,8 +459,9 @@ def _results_of(document: Any, experiment: str) -> bool:
     return (document.get("config") or {}).get("experiment") == experiment
 
 
-def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
-    """Every seed, one tracked run each, and the results file after each; the exit code."""
+def _train(model: str, s: Settings, data, backends: list, output: Path, helpers: int = 0) -> int:
+    """Every seed, one tracked run each, and the results file after each; the exit code. `helpers`: backends'
+    processes that deliver beside training (`prepare`), each keeping a core from the seeds side by side."""
     quality = data.quality
     config = run_config(model, s, data, backends)
     launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
@@ -535,7 +536,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path) -> int:
         train_here(s.seeds[0])  # here, and timed: whether the others train side by side
         left, seconds = s.seeds[1:], time.perf_counter() - started
         one_thread = s.device == "cpu" and training_threads() == 1  # a forked worker trains at one thread, on the CPU
-        workers = worker_count(s.workers, len(left), seconds) if one_thread else 1
+        workers = worker_count(s.workers, len(left), seconds, helpers) if one_thread else 1
         if workers > 1:
             quiet = lambda *_: None  # noqa: E731  a worker's progress shows through its records
             train_side_by_side(

@@ -113,6 +113,7 @@ def test_auto_trains_side_by_side_only_when_it_pays_and_workers_refuse_more_torc
     assert worker_count(0, 4, PARALLEL_FROM_S / 5) == 1  # 4 seeds of this cost take under PARALLEL_FROM_S
     assert worker_count(0, 4, PARALLEL_FROM_S) == min(cores, 4)
     assert worker_count(3, 2, 0.0) == 2 and worker_count(1, 4, 10.0) == 1
+    assert worker_count(0, 4, 10.0, helpers=1) == max(1, min(cores - 1, 4))  # aim's uploader keeps a core
     code, _, err = train_here("mpo2", WORKERS="2", TORCH_THREADS="2")
     assert code == 2 and err.count("\n") == 1, err
     assert "WORKERS=2 trains each seed at one torch thread, but TORCH_THREADS=2 asks for more" in err

@@ -21,6 +21,7 @@ from ntn.tracking import (
     TrackerValidationError,
     TrackerWarning,
     parse,
+    prepare,
     start_run,
     validate,
 )
@@ -744,3 +745,24 @@ def test_hold_enters_each_backend_s_hold_runs_and_releases_on_exit(test_trackers
     ):
         pytest.fail("the block must not run")
     assert events[-1] == ("release", ["b"])  # what was held before the refusal is released
+
+
+def test_prepare_counts_the_backends_that_started_work_of_their_own():
+    """The scripts leave a core to each (aim's uploader), so seeds side by side do not starve it."""
+    started = []
+
+    class Prepares:
+        @classmethod
+        def prepare(cls):
+            started.append(cls)
+
+    class FailsToPrepare:
+        @classmethod
+        def prepare(cls):
+            raise OSError("no room for an uploader")
+
+    class Plain:
+        pass
+
+    backends = [Backend(n, f) for n, f in (("a", Prepares), ("b", FailsToPrepare), ("c", Plain), ("d", Prepares))]
+    assert prepare(backends) == 2 and started == [Prepares, Prepares]

@@ -210,15 +210,21 @@ def validate(
     return backends
 
 
-def prepare(backends: Sequence[Backend]) -> None:
+def prepare(backends: Sequence[Backend]) -> int:
     """Before training, once per process: each factory with a `prepare()` (class)method starts what takes
     long (the aim plugin its uploader, whose import of aim then overlaps the process's own start-up). A
-    failure there is no error: the runs are recorded as usual."""
+    failure there is no error: the runs are recorded as usual.
+
+    :return: how many backends prepared work of their own, which runs beside training (a core each)
+    """
+    prepared = 0
     for b in backends:
         start = getattr(b.factory, "prepare", None)
         if callable(start):
             with contextlib.suppress(Exception):
                 start()
+                prepared += 1
+    return prepared
 
 
 @contextlib.contextmanager

@@ -268,7 +268,7 @@ class Uploads:
         # its own: aim's clean-up takes it another second (aim's heartbeat thread sleeps in 1 s steps).
         local = [u for key, us in self.uploaders.items() if not key[0].startswith(REMOTE_PREFIX) for u in us]
         while time.monotonic() < deadline and self._busy(local):
-            time.sleep(0.05)
+            time.sleep(0.01)
         timed_out = self._busy(local)
         if timed_out:
             for uploader in self.all_uploaders():
