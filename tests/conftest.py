@@ -6,6 +6,16 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# the settings a test gives itself: a value in the environment of whoever runs the tests is not inherited
+SETTINGS_OF_TESTS = (
+    "TRACKER_BACKEND",
+    "EXPERIMENT_NAME",
+    "SEEDS",
+    "WORKERS",
+    "AIM_REPO",
+    "TRACKER_DIR",
+    "AIM_CUSTOM_HEADERS",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,16 +30,7 @@ def run_script(tmp_path):
     """Run experiments/run_<model>.sh as a user would, from a scratch working directory."""
 
     def run(model="mpo2", *args, **env):
-        ours = (
-            "TRACKER_BACKEND",
-            "EXPERIMENT_NAME",
-            "SEEDS",
-            "WORKERS",
-            "AIM_REPO",
-            "TRACKER_DIR",
-            "AIM_CUSTOM_HEADERS",
-        )
-        environ = {k: v for k, v in os.environ.items() if k not in ours}
+        environ = {k: v for k, v in os.environ.items() if k not in SETTINGS_OF_TESTS}
         environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"}
         environ |= {k: str(v) for k, v in env.items()}
         return subprocess.run(
@@ -73,15 +74,7 @@ def train_here(tmp_path, monkeypatch, capsys):
     from experiments.train import main
 
     monkeypatch.chdir(tmp_path)
-    for name in (
-        "TRACKER_BACKEND",
-        "EXPERIMENT_NAME",
-        "SEEDS",
-        "WORKERS",
-        "AIM_REPO",
-        "TRACKER_DIR",
-        "AIM_CUSTOM_HEADERS",
-    ):
+    for name in SETTINGS_OF_TESTS:
         monkeypatch.delenv(name, raising=False)
 
     def run(model="mpo2", *args, **env):
