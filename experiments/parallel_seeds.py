@@ -31,6 +31,8 @@ def worker_count(workers: int, seeds_left: int, seed_seconds: float, helpers: in
     0) one per core this process may use, less one per tracker `helpers` process (aim's uploader delivers
     runs as they end: measured, the command is 0.06 s faster with its own core than beside two workers),
     when they would take at least PARALLEL_FROM_S one after another."""
+    if "fork" not in multiprocessing.get_all_start_methods():  # Windows: one after another
+        return 1
     if workers > 0:
         return min(workers, seeds_left)
     if seeds_left * seed_seconds < PARALLEL_FROM_S:
