@@ -79,15 +79,18 @@ def main() -> int:
     lock = threading.Lock()
     stdin_closed = threading.Event()
     now_asked = threading.Event()  # an empty line: deliver in back-to-back rounds until nothing is left
+    woken = threading.Event()  # a line, or the end of stdin: the wait between rounds ends at once
 
     def read_stdin() -> None:
         for line in sys.stdin:
             if not line.strip():
                 now_asked.set()
-                continue
-            with lock:
-                incoming.append(Path(line.strip()))
+            else:
+                with lock:
+                    incoming.append(Path(line.strip()))
+            woken.set()
         stdin_closed.set()
+        woken.set()
         # aim can hang in a network call that never returns: the bound holds regardless
         threading.Timer(exit_timeout(), lambda: os._exit(3)).start()
 
@@ -97,8 +100,9 @@ def main() -> int:
     interval = delivery_interval()
     next_round = time.monotonic() + interval
     while True:
+        woken.clear()  # what the training process says from here on ends the next wait
         if not stdin_closed.is_set() and not now_asked.is_set() and time.monotonic() < next_round:
-            time.sleep(POLL_S)
+            woken.wait(POLL_S)
             continue
         next_round = time.monotonic() + interval
         with lock:
@@ -135,7 +139,7 @@ def main() -> int:
                 return 0
             if not incoming and not waiting and not any(journal.finished_and_waiting(p) for p in deliveries):
                 now_asked.clear()  # only runs still training are left: back to rounds every interval
-        time.sleep(POLL_S)
+        woken.wait(POLL_S)
 
 
 if __name__ == "__main__":
