@@ -65,10 +65,16 @@ class Relay:
 
 
 def _work(
-    connection: multiprocessing.connection.Connection, seeds: Sequence[int], train: Callable[[int, Relay], dict]
+    connection: multiprocessing.connection.Connection,
+    seeds: Sequence[int],
+    train: Callable[[int, Relay], dict],
+    readers: Sequence[multiprocessing.connection.Connection],
 ) -> None:
     """A worker: train each seed, send its summary. A signal ends it at once (the script's process records
-    the runs it was training as interrupted)."""
+    the runs it was training as interrupted); so does the end of the script's process (its next send fails:
+    the read ends it inherited, `readers`, are closed first, or it would hold its own pipe open)."""
+    for reader in readers:
+        reader.close()
     import torch  # loaded already, before the fork
 
     torch.set_num_threads(1)  # first: OpenMP's threads of the parent are not in this process (its pool would hang)
@@ -109,7 +115,8 @@ def train_side_by_side(
     try:
         for k in range(workers):
             reader, writer = context.Pipe(duplex=False)
-            process = context.Process(target=_work, args=(writer, seeds[k::workers], train), daemon=True)
+            inherited = [reader, *readers]  # the read ends open in this process, which the worker gets too
+            process = context.Process(target=_work, args=(writer, seeds[k::workers], train, inherited), daemon=True)
             process.start()
             writer.close()
             readers[reader] = (process, list(seeds[k::workers]))

@@ -6,7 +6,10 @@ another; a worker that dies, and a signal, leave every run recorded as what happ
 import json
 import multiprocessing
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,6 +19,7 @@ from ntn_tracker_file import load
 import experiments.train
 from experiments.parallel_seeds import PARALLEL_FROM_S, worker_count
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = "3,0,2,1"  # in the results file in this order, whichever worker ends first
 
 
@@ -119,3 +123,56 @@ def test_auto_trains_side_by_side_only_when_it_pays_and_workers_refuse_more_torc
     assert "WORKERS=2 trains each seed at one torch thread, but TORCH_THREADS=2 asks for more" in err
     code, _, err = train_here("mpo2", WORKERS="some")
     assert code == 2 and "WORKERS='some' must be auto (0) or an integer >= 1" in err, err
+
+
+ENDLESS = """
+import sys, time
+import experiments.train as train
+real = train.trained_seed
+def endless_after_seed_0(model, s, data, seed, run, progress):
+    if seed == 0:
+        return real(model, s, data, seed, run, progress)
+    while True:
+        run.callback_epoch(0, {"loss": 1.0}, {})
+        time.sleep(0.02)
+train.trained_seed = endless_after_seed_0
+sys.exit(train.main(["mpo2"]))
+"""
+
+
+def _children(pid):
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_the_script_s_process_is_killed(tmp_path):
+    """Failed before: each worker held its own pipe's read end (inherited at the fork), so its sends never
+    failed: killed with SIGKILL, the script left its workers training (and blocked) for good."""
+    (tmp_path / "endless.py").write_text(ENDLESS)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "EXPERIMENT_NAME", "WORKERS")}
+    env |= {"PYTHONPATH": str(REPO), "DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1,2", "WORKERS": "2"}
+    script = subprocess.Popen([sys.executable, "endless.py"], cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    files = [tmp_path / "experiment_logs" / f"mpo2_experiment_seed{s}.json" for s in (1, 2)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(f.exists() and load(f)["metrics_log"] for f in files):
+        time.sleep(0.05)
+    workers = _children(script.pid)
+    assert len(workers) == 2, workers
+    script.kill()
+    script.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(pathlib.Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
+    left = [pid for pid in workers if pathlib.Path(f"/proc/{pid}").exists()]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
