@@ -4,8 +4,9 @@ passes what it is told on to the seed's tracked run as it arrives, so the runs, 
 file and the progress bar are those of seeds trained one after another.
 
 Forked, the workers start in milliseconds with torch, the data and the plugins already loaded. They touch no
-tracker, file or terminal (inherited tracker threads, locks and connections stay the parent's), and run on
-the CPU only (a forked process cannot use CUDA set up before the fork).
+tracker, none of the experiment's files and no terminal (inherited tracker threads, locks and connections
+stay the parent's; a model file is written to a temporary directory and sent), and run on the CPU only (a
+forked process cannot use CUDA set up before the fork).
 """
 
 from __future__ import annotations
