@@ -190,6 +190,11 @@ class Settings:
     experiment_name: str = setting("{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}")
 
 
+def run_name(s: Settings, seed: int) -> str:
+    """The tracked run of `seed`: `{EXPERIMENT_NAME}_seed{seed}`."""
+    return f"{s.experiment_name}_seed{seed}"
+
+
 SETTINGS = [Setting(f.name.upper(), *f.metadata["setting"]) for f in fields(Settings)]
 # the settings that do not change what a run trains: a recorded run with other values still counts
 NOT_TRAINING = (

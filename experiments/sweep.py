@@ -41,7 +41,7 @@ from ntn.tracking import (
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.outputs import check_output, held, redact
-from experiments.settings import SettingError, check_spelling, integer
+from experiments.settings import SettingError, check_spelling, integer, run_name
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import command_of_this_process, failed_entry
@@ -164,7 +164,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         sweep = load(args.sweep_file)
         opts = options(args, sweep)
         backend = sweep.configurations[0].settings.tracker_backend
-        names = [f"{c.settings.experiment_name}_seed{seed}" for c in sweep.configurations for seed in sweep.seeds]
+        names = [run_name(c.settings, seed) for c in sweep.configurations for seed in sweep.seeds]
         backends = validate(backend, names)
         owns = lambda document: belongs_to(document, sweep.name)  # noqa: E731
         tracker_dir = sweep.configurations[0].settings.tracker_dir

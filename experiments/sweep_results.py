@@ -27,7 +27,7 @@ from ntn.tracking import Redactor, new_id, run_id
 from tabulate import tabulate
 
 from experiments.outputs import read_json, stats, write_json
-from experiments.settings import SettingError, training
+from experiments.settings import SettingError, run_name, training
 from experiments.sweepfile import Configuration, Sweep
 
 SPLITS = ("train", "val", "test")
@@ -139,7 +139,7 @@ class Record:
 
     def run_id(self, configuration: Configuration, seed: int) -> str:
         """The run's `config["run_id"]`: its name and this sweep's id."""
-        return run_id(f"{configuration.settings.experiment_name}_seed{seed}", self.sweep_id)
+        return run_id(run_name(configuration.settings, seed), self.sweep_id)
 
     def missing(self, retry_failed: bool = True) -> list[tuple[Configuration, int]]:
         """The runs to train: those not recorded, and (with `retry_failed`) those recorded as failed."""

@@ -40,7 +40,17 @@ from ntn.tracking.provenance import Provenance, command, gather
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
 from experiments.parallel_seeds import train_side_by_side, worker_count
-from experiments.settings import MODELS, NOT_TRAINING, SETTINGS, SettingError, Settings, resolve, settings_of, training
+from experiments.settings import (
+    MODELS,
+    NOT_TRAINING,
+    SETTINGS,
+    SettingError,
+    Settings,
+    resolve,
+    run_name,
+    settings_of,
+    training,
+)
 
 CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
 
@@ -224,7 +234,7 @@ class SeedRun:
 def open_seed_run(s: Settings, seed: int, backends: list, config: dict[str, Any], provenance: Provenance) -> SeedRun:
     with contextlib.ExitStack() as opening:  # a run that fails to start leaves nothing open
         until_end = opening.enter_context(contextlib.ExitStack())
-        run = opening.enter_context(start_run(f"{s.experiment_name}_seed{seed}", config, backends, provenance))
+        run = opening.enter_context(start_run(run_name(s, seed), config, backends, provenance))
         return SeedRun(run, opening.pop_all(), until_end)
 
 
@@ -307,7 +317,7 @@ def train_run(
     `command_of_this_process()` in its driver) into their provenance."""
     s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))
     data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
-    name = f"{s.experiment_name}_seed{seed}"
+    name = run_name(s, seed)
     backends = validate(_backends(s.tracker_backend), [name])
     config = run_config(model, s, data, backends, left_out=("output_file",)) | (tracked or {}) | {"run_id": run_id}
     provenance = provenance_of(s, data, command or command_of_this_process())
@@ -413,7 +423,7 @@ def _main(argv: list[str] | None = None) -> int:
     output = Path(s.output_file)
     holding = contextlib.ExitStack()
     try:
-        run_names = [f"{s.experiment_name}_seed{seed}" for seed in s.seeds]
+        run_names = [run_name(s, seed) for seed in s.seeds]
         backends = validate(s.tracker_backend, run_names)
         owns = lambda document: _results_of(document, s.experiment_name)  # noqa: E731
         check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
@@ -500,26 +510,23 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
 
     def note_records(finished: int | None = None) -> None:
         """What an interrupt would leave, for its one line."""
-        name = lambda seed: f"{s.experiment_name}_seed{seed}"  # noqa: E731
         said = (
             []
             if finished is None
-            else [f"run {name(finished)} finished and recorded ({where}), with its entry in {output}"]
+            else [f"run {run_name(s, finished)} finished and recorded ({where}), with its entry in {output}"]
         )
         if in_progress:
             them = "it" if len(in_progress) == 1 else "them"
-            names = ", ".join(name(seed) for seed in sorted(in_progress, key=s.seeds.index))
+            names = ", ".join(run_name(s, seed) for seed in sorted(in_progress, key=s.seeds.index))
             before = f"the {len(results)} seeds before {them} in {output}"
             before = before if results else f"no seed finished before {them}"
             said.append(f"run{'s' if len(in_progress) > 1 else ''} {names} recorded as interrupted ({where}); {before}")
         _RECORDS["now"] = "; ".join(said)
 
     def open_run(seed: int) -> SeedRun:
-        failing["seed"] = seed
         in_progress.append(seed)
         note_records()
-        name = f"{s.experiment_name}_seed{seed}"
-        return open_seed_run(s, seed, backends, config | {"run_id": run_id(name, launch)}, provenance)
+        return open_seed_run(s, seed, backends, config | {"run_id": run_id(run_name(s, seed), launch)}, provenance)
 
     def end_run(seed_run: SeedRun, summary: dict[str, Any]) -> None:
         entry = end_seed_run(seed_run, summary, quality, write_results)
@@ -530,7 +537,6 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
         with seed_run.stack:
             end_run(seed_run, trained_seed(model, s, data, seed, seed_run.run, progress))
 
-    failing = {"seed": s.seeds[0]}
     try:
         started = time.perf_counter()
         train_here(s.seeds[0])  # here, and timed: whether the others train side by side
@@ -552,7 +558,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
                 train_here(seed)
     except (TrackerConfigError, OSError) as err:  # a tracker refused the run; the results file cannot be written
         progress.close()
-        seed = failing["seed"]
+        seed = in_progress[-1]  # the run last opened: its start, or its results entry, failed
         return _fail(model, f"{err}; the {len(results)} seeds before seed {seed} are recorded in {output}")
     except KeyboardInterrupt:
         progress.close()
