@@ -175,11 +175,23 @@ from ntn_tracker_aim import journal, uploads
 backends = select("aim")
 prepare(backends)
 print(*[u.pid for u in uploads.UPLOADS.all_uploaders()], flush=True)
+def opened(run_hash):
+    from aim import Repo
+    try:
+        return Repo.from_path(".").run_exists(run_hash)
+    except RuntimeError:  # the uploader is still making the repository
+        return False
+
+deadline = time.monotonic() + 60
 for seed in range(int(sys.argv[1])):
     with start_run(f"early_seed{seed}", {}, backend=backends) as run:
+        if seed == 0:  # the run is opened in the repository as it starts, before it has ended
+            run_hash = next(journal.spool_dir().glob("*.jsonl")).stem
+            while not opened(run_hash) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            print(opened(run_hash), flush=True)
         run.log_metrics({"loss": 1.0}, step=0)
         run.log_summary({"seed": seed, "success": True})
-deadline = time.monotonic() + 60
 while list(journal.spool_dir().glob("*.jsonl")) and time.monotonic() < deadline:
     time.sleep(0.05)
 print(len(list(journal.spool_dir().glob("*.jsonl"))), flush=True)
@@ -193,8 +205,9 @@ def _prepared(runs: int) -> list[str]:
     return done.stdout.split("\n")
 
 
-def test_a_prepared_process_delivers_each_run_as_it_ends_and_ends_an_unused_uploader():
-    uploader, left, _ = _prepared(2)
+def test_a_prepared_process_opens_each_run_as_it_starts_delivers_it_as_it_ends_and_ends_an_unused_uploader():
+    uploader, opened_while_training, left, _ = _prepared(2)
+    assert opened_while_training == "True"
     assert left == "0"  # both delivered while the process still ran, not after the 3600 s interval or at exit
     runs, problems = read_runs("aim", ".")
     assert problems == [] and sorted(r["experiment_name"] for r in runs) == ["early_seed0", "early_seed1"]

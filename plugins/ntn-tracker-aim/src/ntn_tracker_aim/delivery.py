@@ -21,15 +21,15 @@ def open_repository(repo: str):
     """The aim Repo at `repo`; a local one that is not complete yet (aim writes VERSION last) is made. Only
     then with init=True: opening with it takes the write lock of the shared index, which makes parallel
     writers fail (cf. aimhubio/aim#2869)."""
-    create = not repo.startswith(REMOTE_PREFIX) and not (Path(repo) / ".aim" / "VERSION").is_file()
-    return Repo.from_path(repo, init=create)
+    if repo.startswith(REMOTE_PREFIX):
+        aim_internals.send_headers(auth.headers_from_env())
+        return Repo.from_path(repo)
+    return Repo.from_path(repo, init=not (Path(repo) / ".aim" / "VERSION").is_file())
 
 
 def open_run(repo: str, run_hash: str, experiment: str, started: float | None = None):
     """The aim Run with this hash: resumed if the repository has it, else created with it, dated `started`
     (the Unix time training began: a run delivered later still shows when it trained)."""
-    if repo.startswith(REMOTE_PREFIX):
-        aim_internals.send_headers(auth.headers_from_env())
     if open_repository(repo).run_exists(run_hash):
         run = Run(run_hash=run_hash, repo=repo, force_resume=True, **RUN_OPTIONS)
         run.experiment = experiment  # again: a writer ended mid-creation may have left the run without it
