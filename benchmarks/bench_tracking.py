@@ -18,9 +18,10 @@ compiled bytecode, as from a pip install; one unmeasured round first compiles it
 "exit" is what the process then spends before it ends (the aim backend's bounded wait for delivery).
 "command" is what a user waits for: `bash experiments/run_mpo2.sh` from start to end, run as a user
 runs it (torch imported where the script imports it, so that what a backend starts before that can
-overlap it), and "CPU" what all cores spent on it (/proc/stat, Linux) from its start until the uploaders it
-started have ended (a remote server's uploader outlives the command by aim's clean-up) — the training
-process, its uploaders, and the aim server, which here shares the machine's cores — both medians and as
+overlap it), and "CPU" what all cores spent on it (/proc/stat, Linux; this benchmark's own process left
+out) from its start until the uploaders it started have ended (a remote server's uploader outlives the
+command by aim's clean-up): the process tree (the training process and its uploaders) and the aim
+server, which here shares the machine's cores; "server" is the aim server's part of it. Medians, and
 ratios to none.
 Backends: none | file | aim (local) | aim (remote) | aim (remote, +200 ms per response, through a
 delaying proxy) | aim (server down) | mlflow (a SQLite store, when the plugin is installed).
@@ -96,6 +97,19 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu(group: int) -> float:
+    """CPU seconds the running processes of process group `group` have spent."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process has ended
+            continue
+        if int(fields[2]) == group:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def uploader_running() -> bool:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -113,21 +127,23 @@ def await_uploaders() -> None:
         time.sleep(0.02)
 
 
-def measure(env: dict[str, str], cwd: Path) -> tuple[float, ...]:
+def measure(env: dict[str, str], cwd: Path, server: int) -> tuple[float, ...]:
     """(training span inside the process, process start to training end, exit wait, time in tracking
-    calls, the script's wall time, the CPU all cores spent on it) in seconds."""
+    calls, the script's wall time, the CPU all cores spent on it, of which the aim server's, whose
+    process group is `server`) in seconds."""
     started = time.time()
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=cwd, capture_output=True, text=True, check=True)
     line = next(line for line in out.stdout.splitlines() if line.startswith("TRAIN"))
     train, ended, tracking = (float(x) for x in line.split()[1:])
     run_s, exit_s = ended - started, time.time() - ended
     await_uploaders()
-    before, started = busy_seconds(), time.time()
+    before, own, served, started = busy_seconds(), time.process_time(), group_cpu(server), time.time()
     script = [str(REPO / "experiments" / "run_mpo2.sh")]
     subprocess.run(["bash", *script], env=env | {"PYTHON": sys.executable}, cwd=cwd, capture_output=True, check=True)
     whole = time.time() - started
     await_uploaders()
-    return train, run_s, exit_s, tracking, whole, busy_seconds() - before
+    cpu = busy_seconds() - before - (time.process_time() - own)
+    return train, run_s, exit_s, tracking, whole, cpu, group_cpu(server) - served
 
 
 def main() -> None:
@@ -166,11 +182,12 @@ def main() -> None:
             configs = {name: extra for name, extra in configs.items() if name == "none" or name in args.only.split(",")}
         results: dict[str, list[tuple[float, ...]]] = {name: [] for name in configs}
         try:
+            output = {"OUTPUT_FILE": str(scratch / "r.json")}
             for extra in configs.values():  # unmeasured: compiles the bytecode, warms the caches
-                measure(base | extra | {"OUTPUT_FILE": str(scratch / "r.json")}, scratch)
+                measure(base | extra | output, scratch, server.process.pid)
             for _ in range(args.rounds):
                 for name, extra in configs.items():
-                    results[name].append(measure(base | extra | {"OUTPUT_FILE": str(scratch / "r.json")}, scratch))
+                    results[name].append(measure(base | extra | output, scratch, server.process.pid))
         finally:
             slow.close()
             server.stop()
@@ -178,7 +195,7 @@ def main() -> None:
     none_train = statistics.median(sample[0] for sample in none)
     rows = []
     for name, samples in results.items():
-        train, whole, exit_s, tracking, command, cpu = (list(column) for column in zip(*samples))
+        train, whole, exit_s, tracking, command, cpu, served = (list(column) for column in zip(*samples))
         in_tracking = statistics.median(tracking) - statistics.median(sample[3] for sample in none)
         rows.append(
             [
@@ -196,11 +213,12 @@ def main() -> None:
                 f"{statistics.median(command) / statistics.median(s[4] for s in none):.2f}",
                 f"{statistics.median(cpu):.2f}",
                 f"{statistics.median(cpu) / statistics.median(s[5] for s in none):.2f}",
+                f"{statistics.median(served):.2f}",
             ]
         )
     print(f"default experiment ({base['DATASET']}, N_SAMPLES=500, 5 seeds × 10 epochs), {args.rounds} rounds")
     headers = ["backend", "train min", "÷ none", "train median", "÷ none", "tracking ms", "÷ none"]
-    headers += ["run min", "÷ none", "exit median", "command", "÷ none", "CPU", "÷ none"]
+    headers += ["run min", "÷ none", "exit median", "command", "÷ none", "CPU", "÷ none", "server"]
     print(tabulate(rows, headers=headers))
 
 
