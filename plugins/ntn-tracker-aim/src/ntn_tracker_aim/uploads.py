@@ -7,9 +7,9 @@
   the experiment stops when the next run starts, its runs so far kept in the spool. The runs of a
   server that cannot be reached are only journaled.
 - When the scripts prepare the backends (`AimTracker.prepare`, before they import torch), an uploader
-  process starts at once: its import of aim and the opening of a local repository (~0.7 s and ~1 s for
-  a new one, on otherwise idle CPUs only) overlap the training process's own start-up, and each run is
-  delivered as soon as it ends, beside the next one's training (which uses one core: `ntn.threads`);
+  process starts at once: its import of aim and the opening of the repository (~0.7 s, and ~1 s to make
+  a new local one, on otherwise idle CPUs only) overlap the training process's own start-up, and each
+  run is opened in Aim as it starts and delivered as soon as it ends, beside the next one's training;
   for a remote server, only when its probe answered within FAST_LINK_S (over a slow link a run takes
   ~50 round trips: its runs are then spread over several uploaders at exit, as below).
   Without `prepare` (the API), uploaders start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after
