@@ -101,7 +101,7 @@ def train_side_by_side(
     """Train `seeds` in `workers` forked processes (seeds dealt round-robin) while this process records them.
 
     :param train: (seed, run) → the seed's summary, in a worker; `run` is a `Relay`
-    :param open_run: seed → its tracked run, started (`train.SeedRun`: its `run`, and the `stack` that ends
+    :param open_run: seed → its tracked run, started (`seed_run.SeedRun`: its `run`, and the `stack` that ends
         it), at the seed's first record
     :param end_run: (that SeedRun, the summary): records the seed's end; then its `stack` is closed
     :param on_epoch: (seed, epoch, scores, info) for the progress bar, after the run has the epoch

@@ -41,10 +41,11 @@ from ntn.tracking import (
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.outputs import check_output, held, redact
+from experiments.seed_run import failed_entry
 from experiments.settings import SettingError, check_spelling, integer, run_name
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
-from experiments.train import command_of_this_process, failed_entry
+from experiments.train import command_of_this_process
 
 EXECUTORS = ("local", "dask")
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}

@@ -1,6 +1,9 @@
 """Multi-seed training of MPO2, LMPO2 or MMPO2, each seed a tracked run: `python -m experiments.train mpo2`.
 
 The shell scripts run_mpo2.sh, run_lmpo2.sh and run_mmpo2.sh call this; `--help` lists every setting.
+Also here: what every run of an experiment records (its config and provenance), `train_run` (one run, for
+a sweep's worker) and `prepare_reproduction` (a recorded run trained again: the runs' provenance names this
+module). One seed's training and record is `experiments.seed_run`.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ import gc
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import ntn  # its models and trainer import torch on first use, after the cheap checks
-import numpy as np
 from ntn.threads import training_threads
 from ntn.tracking import (
     CannotReproduce,
@@ -32,7 +33,6 @@ from ntn.tracking import (
     select,
     start_run,
     stop_on_signals,
-    uninterrupted,
     validate,
 )
 from ntn.tracking.provenance import Provenance, command, gather
@@ -40,6 +40,7 @@ from ntn.tracking.provenance import Provenance, command, gather
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
 from experiments.parallel_seeds import train_side_by_side, worker_count
+from experiments.seed_run import SeedRun, end_seed_run, open_seed_run, run_seed, train_seed, trained_seed
 from experiments.settings import (
     MODELS,
     NOT_TRAINING,
@@ -58,110 +59,6 @@ CODE = Path(__file__).resolve().parent  # the experiments' code: its git state i
 def _fail(model: str, message: str) -> int:
     print(f"run_{model}.sh: error: {redact(message)}", file=sys.stderr)
     return 2
-
-
-def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: int):
-    common = dict(
-        L=s.l,
-        bond_dim=s.bond_dim,
-        phys_dim=phys_dim,
-        output_dim=output_dim,
-        output_site=s.output_site,
-        init_strength=s.init_strength,
-        seed=seed,
-    )
-    if model == "lmpo2":
-        return ntn.LMPO2(**common, reduction_factor=s.reduction_factor)
-    return {"mpo2": ntn.MPO2, "mmpo2": ntn.MMPO2}[model](**common)
-
-
-def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
-    """Train one seed inside its tracked run; returns the run's summary (which the caller logs)."""
-    quality = data.quality
-    loss = "mse" if data.task == "regression" else "cross_entropy"
-    net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
-    run.log_hparams(
-        {k: getattr(s, k) for k in ("l", "bond_dim", "output_site", "init_strength", "batch_size", "n_epochs")}
-        | {k: getattr(s, k) for k in ("jitter_start", "jitter_decay", "jitter_min", "select")}
-        | ({"reduction_factor": s.reduction_factor} if model == "lmpo2" else {})
-        | {"model": model.upper(), "seed": seed, "n_parameters": net.n_parameters, "loss_function": loss}
-    )
-    trainer = ntn.NTN(
-        net,
-        data.X_train,
-        data.y_train,
-        loss=loss,
-        batch_size=s.batch_size,
-        X_val=data.X_val,
-        y_val=data.y_val,
-        device=s.device,
-    )
-
-    def on_epoch(epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
-        run.callback_epoch(epoch, scores, info)
-        progress(seed, epoch, scores, info)
-
-    result = trainer.fit(
-        s.n_epochs,
-        jitter_start=s.jitter_start,
-        jitter_decay=s.jitter_decay,
-        jitter_min=s.jitter_min,
-        select=s.select,
-        callback_init=run.callback_init,
-        callback_epoch=on_epoch,
-    )
-    final = result["scores"]
-    test = trainer.evaluate(data.X_test, data.y_test)
-    if s.save_model:
-        _attach_model(run, net, seed)
-    failure = _failure(model, s, data, final, test)
-    return {
-        "seed": seed,
-        "loss": final["loss"],
-        quality: final[quality],
-        "val_loss": final["val_loss"],
-        f"val_{quality}": final[f"val_{quality}"],
-        "test_loss": test["loss"],
-        f"test_{quality}": test[quality],
-        "best_epoch": result["best_epoch"],
-        "success": failure is None,
-    } | ({"error": failure} if failure else {})
-
-
-def results_entry(summary: dict[str, Any], quality: str) -> dict[str, Any]:
-    """A seed's entry of the results file, from its run's summary: the held-out figures first."""
-    renamed = {"loss": "train_loss", quality: f"train_{quality}"}
-    first = ("seed", "test_loss", f"test_{quality}", "success", "error")
-    return {k: summary[k] for k in first if k in summary} | {
-        renamed.get(k, k): v for k, v in summary.items() if k not in first
-    }
-
-
-COLLAPSE_R2 = 0.05  # a regression model whose training R² stays below this predicts (almost) a constant
-
-
-def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[str, float]) -> str | None:
-    """Why a trained seed does not count as a success, in one line; None when it does.
-
-    A seed fails when its held-out figure is no better than the trivial predictor (the training mean, or
-    the training majority class); when its training figure is no better either, the model collapsed to
-    a constant, which the ridge JITTER_START causes when it is too strong for the model."""
-    if data.task == "regression":
-        trivial, collapsed = test["r2"] <= 0, final["r2"] < COLLAPSE_R2
-        shown = f"test r2 {test['r2']:.3f}, train r2 {final['r2']:.3f}"
-    else:
-        majority = np.bincount(data.y_train).argmax()
-        majority_share, test_share = float(np.mean(data.y_train == majority)), float(np.mean(data.y_test == majority))
-        trivial, collapsed = test["accuracy"] <= test_share, final["accuracy"] <= majority_share
-        shown = f"test accuracy {test['accuracy']:.3f}, train accuracy {final['accuracy']:.3f}"
-    if collapsed:
-        return (
-            f"collapsed: {model.upper()} predicts (almost) a constant ({shown}); "
-            f"the ridge JITTER_START={s.jitter_start:g} may be too strong for it"
-        )
-    if trivial:
-        return f"no better than the trivial predictor on the held-out test split ({shown})"
-    return None
 
 
 def run_config(model: str, s: Settings, data, backends: list, left_out: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -197,95 +94,6 @@ def _device_name(device: str, cpu: str) -> str:
 
         return torch.cuda.get_device_name(torch.device(device))
     return cpu
-
-
-def train_seed(
-    model: str,
-    s: Settings,
-    data,
-    seed: int,
-    backends: list,
-    config: dict[str, Any],
-    progress,
-    provenance: Provenance,
-    on_entry=None,
-) -> dict:
-    """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
-    whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
-    and its entry has no test figures; so is a seed whose records a tracker could not complete. `on_entry(entry)`
-    returns a file to attach to the run (the results file), or None. From the entry to the run's end a
-    signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
-    seed_run = open_seed_run(s, seed, backends, config, provenance)
-    with seed_run.stack:
-        summary = trained_seed(model, s, data, seed, seed_run.run, progress)
-        return end_seed_run(seed_run, summary, data.quality, on_entry)
-
-
-@dataclasses.dataclass
-class SeedRun:
-    """A seed's tracked run, started: closing `stack` ends it, then `until_end`, where `end_seed_run` holds
-    signals back from the results entry to the run's end."""
-
-    run: Any
-    stack: contextlib.ExitStack
-    until_end: contextlib.ExitStack
-
-
-def open_seed_run(s: Settings, seed: int, backends: list, config: dict[str, Any], provenance: Provenance) -> SeedRun:
-    with contextlib.ExitStack() as opening:  # a run that fails to start leaves nothing open
-        until_end = opening.enter_context(contextlib.ExitStack())
-        run = opening.enter_context(start_run(run_name(s, seed), config, backends, provenance))
-        return SeedRun(run, opening.pop_all(), until_end)
-
-
-def trained_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
-    """`run_seed`'s summary, or a failed one with its error when training raised (a singular system,
-    non-finite values)."""
-    try:
-        return run_seed(model, s, data, seed, run, progress)
-    except (ArithmeticError, RuntimeError, ValueError) as err:
-        return {"seed": seed, "success": False, "error": f"{type(err).__name__}: {err}"}
-
-
-def end_seed_run(seed_run: SeedRun, summary: dict[str, Any], quality: str, on_entry) -> dict:
-    """Log the seed's summary (failed when a tracker lost records), make its results entry and hand it to
-    `on_entry`; from there until `seed_run.stack` is closed a signal waits."""
-    run = seed_run.run
-    summary, before = _with_lost_records(summary, run.failures), len(run.failures)
-    run.log_summary(summary)  # the run's one summary
-    entry = _with_lost_records(
-        results_entry(summary, quality)
-        if "test_loss" in summary
-        else failed_entry(summary["seed"], quality, summary["error"]),
-        run.failures[before:],  # a tracker that failed in that log_summary
-    )
-    seed_run.until_end.enter_context(uninterrupted())
-    attached = on_entry(entry) if on_entry is not None else None
-    if attached is not None:
-        run.log_artifact(attached)
-    return entry
-
-
-def _with_lost_records(record: dict[str, Any], failures: list[dict[str, str]]) -> dict[str, Any]:
-    """`record` (a summary, a results entry) marked failed when a tracker could not complete its record of
-    the run (the training itself may have succeeded), with each tracker's failure in `error`."""
-    lost = "; ".join(f"tracker {f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in failures)
-    if not lost:
-        return record
-    return record | {"success": False, "error": f"{record['error']}; {lost}" if record.get("error") else lost}
-
-
-def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:
-    """The results entry of a seed whose training raised: no figures, its error."""
-    return {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
-
-
-def _attach_model(run, net, seed: int) -> None:
-    """The trained model as the run's file `model_seed{seed}.pt` (ntn.load_model reads it back)."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / f"model_seed{seed}.pt"
-        ntn.save_model(net, path)
-        run.log_artifact(path)
 
 
 @functools.lru_cache(maxsize=8)
