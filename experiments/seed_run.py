@@ -131,17 +131,15 @@ def train_seed(
     config: dict[str, Any],
     progress,
     provenance: Provenance,
-    on_entry=None,
 ) -> dict:
-    """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}`; its entry of the results file. A seed
-    whose training raises (a singular system, non-finite values) is recorded as failed, with its error,
-    and its entry has no test figures; so is a seed whose records a tracker could not complete. `on_entry(entry)`
-    returns a file to attach to the run (the results file), or None. From the entry to the run's end a
-    signal waits (`uninterrupted`), so that the results file and the run's records always agree."""
+    """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}` (a sweep's run); its entry of the sweep's
+    record. A seed whose training raises (a singular system, non-finite values) is recorded as failed, with
+    its error, and its entry has no test figures; so is a seed whose records a tracker could not complete.
+    From the entry to the run's end a signal waits (`uninterrupted`)."""
     seed_run = open_seed_run(s, seed, backends, config, provenance)
     with seed_run.stack:
         summary = trained_seed(model, s, data, seed, seed_run.run, progress)
-        return end_seed_run(seed_run, summary, data.quality, on_entry)
+        return end_seed_run(seed_run, summary, data.quality, on_entry=None)
 
 
 @dataclasses.dataclass
