@@ -103,11 +103,11 @@ def main() -> int:
 
     def open_runs(paths: list[Path]) -> None:
         for path in paths:
+            waiting.pop(path, None)
             try:
                 deliveries[path] = Delivery(path)
-                waiting.pop(path, None)
             except FileNotFoundError:  # delivered by another uploader (an earlier attempt's of the same run)
-                waiting.pop(path, None)
+                pass
             except Exception as err:
                 _report("cannot open a run", err, path)
                 waiting[path] = time.monotonic() + RETRY_S  # tried again in a round
