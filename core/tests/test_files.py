@@ -1,5 +1,6 @@
 """ntn.files: the file names, atomic writes, checks and locks every writer of this project shares."""
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -97,3 +98,18 @@ def test_store_once_keeps_one_copy_and_replaces_a_stored_file_that_does_not_matc
     assert (tmp_path / "store" / digest).stat().st_nlink == 3 and (
         tmp_path / "two" / "git.diff"
     ).read_bytes() == b"diff"
+
+
+def test_store_once_writes_a_copy_where_no_hard_link_can_be_made(tmp_path, monkeypatch):
+    """Another user's stored file (fs.protected_hardlinks) or 65000 links to it: the run still gets its file."""
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EMLINK, "Too many links")
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(os, "link", refused)
+    with open_directory(tmp_path / "store") as store, open_directory(tmp_path / "run") as run:
+        store_once(b"diff", store, "git.diff", run)
+    copy = tmp_path / "run" / "git.diff"
+    assert copy.read_bytes() == b"diff" and copy.stat().st_nlink == 1

@@ -228,7 +228,8 @@ def store_once(data: bytes, store_fd: int, name: str, dir_fd: int) -> str:
     """Make `name` in the directory `dir_fd` a hard link to the copy of `data` in the store `store_fd` (a
     directory of files named by the SHA-256 of their content), written there first unless it holds it
     already: content that many runs attach takes its space once. A stored file whose content does not
-    match its name (damaged, or planted) is replaced.
+    match its name (damaged, or planted) is replaced. Where no link can be made (the stored file is
+    another user's, has too many links, or the file system has none) `name` gets a copy.
 
     :return: the SHA-256 of `data`, the stored file's name
     :raises OSError: `name` or the stored file is a symlink or not a regular file, or a write failed
@@ -249,6 +250,11 @@ def store_once(data: bytes, store_fd: int, name: str, dir_fd: int) -> str:
             break
         except FileExistsError:
             continue
+        except OSError as err:  # another user's file (protected_hardlinks), too many links, or none here
+            if err.errno not in (errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+                raise
+            write_atomic(name, data, dir_fd)  # a copy of its own, then
+            return digest
     try:
         os.replace(link, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
