@@ -22,7 +22,8 @@
 - files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name; but
   `git.diff` and `packages.txt`, alike for every run of a checkout, are stored once per content and
   experiment: by the first run that carries that content (tagged `ntn.stored.<name>` = its SHA-256),
-  and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>`;
+  and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>` (a holder
+  deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
 - status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
