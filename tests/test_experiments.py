@@ -49,7 +49,7 @@ def test_seed_examples_experiment_name_and_jq(run_script, tmp_path):
     files = sorted(p.name for p in (tmp_path / "experiment_logs").iterdir())  # as `ls -a` shows them
     assert files == [".artifacts", "california_housing_L3_bond6_seed0.json", "california_housing_L3_bond6_seed1.json"]
     attached = sorted(p.name for p in (tmp_path / "experiment_logs" / ".artifacts").iterdir())
-    assert attached == ["california_housing_L3_bond6_seed0", "california_housing_L3_bond6_seed1"]  # results file
+    assert attached == [".by-sha256", "california_housing_L3_bond6_seed0", "california_housing_L3_bond6_seed1"]
     jq = subprocess.run(
         "jq '.summary.r2' experiment_logs/california_housing_L3_bond6_seed*.json",
         shell=True,
@@ -453,6 +453,25 @@ def test_bad_aim_settings_are_refused_in_one_line_before_anything_is_written(run
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and SECRET not in done.stderr
     assert message in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("planted", [".artifacts", ".artifacts/mpo2_experiment_seed1"])
+def test_a_symlink_planted_in_tracker_dir_is_refused_before_training_in_one_line(train_here, tmp_path, planted):
+    """Failed on main: rc 0, and every run wrote its results copy and packages.txt through the link."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "packages.txt").write_text("precious")
+    link = tmp_path / "experiment_logs" / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim)
+    code, _, err = train_here("mpo2", N_EPOCHS="1")
+    assert (
+        code == 2 and err.count("\n") == 1 and f"'experiment_logs/{planted}' in TRACKER_DIR is a symbolic link" in err
+    )
+    assert [p.name for p in victim.iterdir()] == ["packages.txt"] and (
+        victim / "packages.txt"
+    ).read_text() == "precious"
+    assert not (tmp_path / "results_mpo2_experiment.json").exists()
 
 
 def test_a_run_file_of_another_experiment_in_the_way_is_refused_before_training(run_script, tmp_path):

@@ -1,11 +1,23 @@
 """ntn.files: the file names, atomic writes, checks and locks every writer of this project shares."""
 
+import errno
+import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
-from ntn.files import Held, check_regular, file_stem, hold, lock_nowait, release, write_atomic
+from ntn.files import (
+    Held,
+    check_regular,
+    file_stem,
+    hold,
+    lock_nowait,
+    open_directory,
+    release,
+    store_once,
+    write_atomic,
+)
 
 
 def test_file_stem_keeps_plain_names_and_never_maps_two_names_to_one():
@@ -57,3 +69,47 @@ def test_hold_names_the_live_holder_and_is_free_again_once_it_dies(tmp_path):
     fd = hold(lock)
     release(lock, fd)
     assert not lock.exists()
+
+
+def test_open_directory_follows_no_symlink_below_its_root_and_names_the_one_it_met(tmp_path):
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    (tmp_path / "root" / "a" / "b").symlink_to(tmp_path / "victim")
+    (tmp_path / "alias").symlink_to(tmp_path / "root")  # the root itself: taken as named
+    with open_directory(tmp_path / "alias", "a", "new", create=True) as fd:
+        write_atomic("file", "kept", fd)
+    assert (tmp_path / "root" / "a" / "new" / "file").read_text() == "kept"
+    with pytest.raises(OSError, match=r"'.*/a/b' is a symbolic link, not a directory; refusing to follow it"):
+        with open_directory(tmp_path / "root", "a", "b", "c", create=True):
+            pass
+    assert list((tmp_path / "victim").iterdir()) == []
+
+
+def test_store_once_keeps_one_copy_and_replaces_a_stored_file_that_does_not_match_its_name(tmp_path):
+    for name in ("store", "one", "two"):
+        (tmp_path / name).mkdir()
+    digest = hashlib.sha256(b"diff").hexdigest()
+    (tmp_path / "store" / digest).write_bytes(b"planted")
+    with open_directory(tmp_path / "store") as store, open_directory(tmp_path / "one") as one:
+        assert store_once(b"diff", store, "git.diff", one) == digest
+    with open_directory(tmp_path / "store") as store, open_directory(tmp_path / "two") as two:
+        store_once(b"diff", store, "git.diff", two)
+    assert [p.name for p in (tmp_path / "store").iterdir()] == [digest]
+    assert (tmp_path / "store" / digest).stat().st_nlink == 3 and (
+        tmp_path / "two" / "git.diff"
+    ).read_bytes() == b"diff"
+
+
+def test_store_once_writes_a_copy_where_no_hard_link_can_be_made(tmp_path, monkeypatch):
+    """Another user's stored file (fs.protected_hardlinks) or 65000 links to it: the run still gets its file."""
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EMLINK, "Too many links")
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(os, "link", refused)
+    with open_directory(tmp_path / "store") as store, open_directory(tmp_path / "run") as run:
+        store_once(b"diff", store, "git.diff", run)
+    copy = tmp_path / "run" / "git.diff"
+    assert copy.read_bytes() == b"diff" and copy.stat().st_nlink == 1

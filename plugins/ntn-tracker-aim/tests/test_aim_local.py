@@ -1,9 +1,11 @@
 import contextlib
+import hashlib
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -62,8 +64,24 @@ def test_the_code_that_made_a_run_is_in_its_params_and_the_diff_among_its_files(
     (run,) = [
         r for r in (Run(h, repo=".", read_only=True) for h in index_runs(".")) if r.name == "provenance_kit_seed0"
     ]
-    assert (Path("aim-artifacts") / run.hash / "git.diff").read_bytes() == diff
-    assert (Path("aim-artifacts") / run.hash / "packages.txt").read_text().count("==") > 10
+    assert Path(run.artifacts["git.diff"].download(str(tmp_path / "got"))).read_bytes() == diff
+    assert Path(run.artifacts["packages.txt"].download(str(tmp_path / "got"))).read_text().count("==") > 10
+
+
+def test_runs_of_one_dirty_tree_refer_to_one_stored_copy_of_its_diff(tmp_path):
+    """Failed on main: each run kept its own copy of the diff under aim-artifacts/<run hash>/."""
+    from ntn.tracking.provenance import gather
+
+    _, diff = run_in_dirty_repository("aim", tmp_path / "code")
+    for seed in range(3):
+        with start_run(f"shared_seed{seed}", {}, provenance=gather(tmp_path / "code")):
+            pass
+    assert flush()
+    stored = Path("aim-artifacts", ".by-sha256", hashlib.sha256(diff).hexdigest())
+    assert stored.read_bytes() == diff and len(list(stored.parent.iterdir())) == 2  # and packages.txt
+    runs = [Run(h, repo=".", read_only=True) for h in index_runs(".")]
+    assert len(runs) == 4 and {urlparse(r.artifacts["git.diff"].uri).path for r in runs} == {str(stored.resolve())}
+    assert not list(Path("aim-artifacts").rglob("git.diff"))  # no copy in a run's folder
 
 
 def test_aim_repo_may_be_any_local_path(monkeypatch, tmp_path):

@@ -1,3 +1,5 @@
+import contextlib
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -6,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import ntn_tracker_file
 import numpy as np
@@ -290,8 +293,8 @@ def test_odd_names_map_to_a_file_inside_the_directory(name):
         run.log_metrics({"loss": 1.0}, step=0)
     files = [f for f in pathlib.Path("experiment_logs").iterdir() if f.name != ".artifacts"]
     assert len(files) == 1 and files[0].suffix == ".json"
-    (artifacts,) = pathlib.Path("experiment_logs/.artifacts").iterdir()  # the run's packages.txt
-    assert artifacts.name == files[0].stem
+    artifacts = sorted(p.name for p in pathlib.Path("experiment_logs/.artifacts").iterdir())
+    assert artifacts == [".by-sha256", files[0].stem]  # the run's packages.txt, stored once
     assert files[0].resolve().parent == pathlib.Path("experiment_logs").resolve()
     assert load(files[0])["experiment_name"] == name
 
@@ -396,3 +399,108 @@ def test_holding_thousands_of_experiments_at_once():
     with FileTracker.hold_runs(names):
         assert len(list(pathlib.Path("experiment_logs").glob(".experiment-*.lock"))) == 3000
     assert list(pathlib.Path("experiment_logs").glob(".experiment-*.lock")) == []
+
+
+PROBE = "probe_seed0"
+PLANTED_FILES = {"packages.txt": b"numpy==2.0\n", "git.diff": b"+changed\n"}
+
+
+VICTIM = pathlib.Path("victim")  # outside TRACKER_DIR
+
+
+def _victim():
+    """Fill VICTIM with files of the names a run writes; a function reading back what it holds."""
+    (VICTIM / PROBE).mkdir(parents=True)
+    for name in [*PLANTED_FILES, f"{PROBE}.json", "model.pt", f"{PROBE}/packages.txt"]:
+        (VICTIM / name).write_bytes(b"precious")
+    return lambda: {str(p): p.read_bytes() for p in sorted(VICTIM.rglob("*")) if p.is_file()}
+
+
+def _plant(where):
+    """Make experiment_logs/<where> a symlink to the victim folder (or, for a file, to a file in it)."""
+    logs = pathlib.Path("experiment_logs")
+    if where == "lock":
+        with FileTracker.hold_runs([PROBE]):
+            (lock,) = logs.glob(".experiment-*.lock")
+        where = lock.name
+    if where == "blob":
+        where = f".artifacts/.by-sha256/{hashlib.sha256(PLANTED_FILES['packages.txt']).hexdigest()}"
+    link = logs / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    is_file = where.endswith((".json", ".lock", ".txt", ".diff")) or "by-sha256/" in where
+    link.symlink_to(pathlib.Path(VICTIM, "packages.txt" if is_file else PROBE).resolve())
+    return link
+
+
+WHERE = [".artifacts", ".artifacts/.by-sha256", f".artifacts/{PROBE}", f".artifacts/{PROBE}/packages.txt"]
+WHERE += [f".artifacts/{PROBE}/git.diff", "blob", f"{PROBE}.json", "lock"]
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_symlink_planted_below_tracker_dir_is_refused_before_any_run_in_one_line(where):
+    """Failed on main: .artifacts or .artifacts/<run> as a symlink passed the check and the run wrote its
+    files through it, replacing same-named files outside TRACKER_DIR."""
+    from ntn.tracking import validate
+
+    content = _victim()
+    before = content()
+    link = _plant(where)
+    with pytest.raises(TrackerConfigError) as err:
+        validate("file", [PROBE])
+    message = str(err.value)
+    assert "\n" not in message and str(link) in message and "symbolic link" in message, message
+    assert content() == before
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_run_never_writes_or_reads_through_a_symlink_below_tracker_dir(where):
+    """Without the check before it too: each file is opened relative to its directory, never through a link."""
+    from ntn.tracking.provenance import Provenance
+
+    content = _victim()
+    before = content()
+    _plant(where)
+    provenance = Provenance({"code": {"git_dirty": True}}, dict(PLANTED_FILES))
+    with contextlib.suppress(TrackerConfigError), warnings.catch_warnings(record=True):
+        with FileTracker.hold_runs([PROBE]), start_run(PROBE, {}, provenance=provenance) as run:
+            run.log_artifact(VICTIM / "model.pt", "model.pt")
+    assert content() == before
+
+
+def test_the_reader_skips_a_run_file_that_is_a_symlink_naming_it():
+    from ntn_tracker_file.reading import read_runs
+
+    _victim()
+    (VICTIM / "packages.txt").write_text(json.dumps({"experiment_name": "x", "metrics_log": [], "summary": {}}))
+    with start_run("kept_seed0", {}):
+        pass
+    link = _plant(f"{PROBE}.json")
+    runs, problems = read_runs("experiment_logs")
+    assert [r["experiment_name"] for r in runs] == ["kept_seed0"]
+    assert problems == [f"{link}: run file {str(link)!r} is a symbolic link; refusing to read through it"]
+
+
+def test_a_dirty_tree_s_diff_is_stored_once_for_all_runs_each_referring_to_it(tmp_path):
+    """Failed on main: each of the 10 runs kept its own copy of the diff (10x the bytes)."""
+    from ntn.tracking.provenance import gather
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("x = 0\n")
+    commit_all(code)
+    (code / "train.py").write_text("".join(f"x = {i}  # an uncommitted line of some length\n" for i in range(5000)))
+    provenance = gather(code)
+    for seed in range(10):
+        with start_run(f"dirty_seed{seed}", {}, provenance=provenance):
+            pass
+    store = pathlib.Path("experiment_logs/.artifacts/.by-sha256")
+    stored = {p.name: p.read_bytes() for p in store.iterdir()}
+    assert all(hashlib.sha256(data).hexdigest() == name for name, data in stored.items())
+    diffs = [pathlib.Path(f"experiment_logs/.artifacts/dirty_seed{seed}/git.diff") for seed in range(10)]
+    (diff_name,) = [name for name, data in stored.items() if data == diffs[0].read_bytes()]
+    assert len(stored[diff_name]) > 200_000 and len(stored) == 2  # the diff and packages.txt, once each
+    for seed, diff in enumerate(diffs):
+        assert os.path.samefile(diff, store / diff_name)  # the run's git.diff is the one stored copy
+        assert load(the_file(f"dirty_seed{seed}"))["provenance"]["code"]["git_diff_file"] == "git.diff"
+    files = {(p.stat().st_ino, p.stat().st_size) for p in pathlib.Path("experiment_logs").rglob("*") if p.is_file()}
+    assert sum(size for _, size in files) < 2 * len(stored[diff_name])

@@ -84,6 +84,31 @@ def test_the_code_that_made_a_run_is_mlflows_source_and_the_diff_an_artifact(mlf
     )
 
 
+def test_runs_of_one_dirty_tree_refer_to_the_one_run_that_stores_its_diff(mlflow_server, monkeypatch, tmp_path):
+    """Failed on main: each run of the experiment stored its own copy of the diff."""
+    import mlflow
+    from ntn.tracking.provenance import gather
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("x = 0\n")
+    commit_all(code)
+    (code / "train.py").write_text(f"x = {str(tmp_path)!r}\n")  # a diff no other test's runs carry
+    for seed in range(4):
+        with start_run(f"dedup_seed{seed}", {}, backend="mlflow", provenance=gather(code)):
+            pass
+    client = MlflowClient(mlflow_server.url)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "attributes.run_name LIKE 'dedup_seed%'")
+    holders = [r for r in runs if "git.diff" in {a.path for a in client.list_artifacts(r.info.run_id)}]
+    assert len(runs) == 4 and len(holders) == 1
+    (reference,) = {r.data.tags["ntn.file.git.diff"] for r in runs}
+    assert reference == f"runs:/{holders[0].info.run_id}/git.diff"
+    got = mlflow.artifacts.download_artifacts(reference, dst_path=str(tmp_path / "got"), tracking_uri=mlflow_server.url)
+    assert Path(got).read_bytes() == gather(code).files["git.diff"]
+
+
 def _script(tmp_path, server_url, repo=REPO, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "EXPERIMENT_NAME")}
     environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "200", "SEEDS": "0,1", "N_EPOCHS": "2"}

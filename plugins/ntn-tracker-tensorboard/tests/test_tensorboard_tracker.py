@@ -1,5 +1,6 @@
 """ntn-tracker-tensorboard, read back with TensorBoard's own EventAccumulator and a real `tensorboard` server."""
 
+import hashlib
 import json
 import os
 import socket
@@ -75,6 +76,21 @@ def test_the_code_that_made_a_run_is_in_its_text_tab(tmp_path):
     events.Reload()
     (text,) = events.Tensors("provenance/text_summary")
     assert f"| code.git_commit | `{commit}` |" in text.tensor_proto.string_val[0].decode()
+
+
+def test_runs_of_one_dirty_tree_share_one_stored_copy_of_its_diff(tmp_path):
+    """Failed on main: each run kept its own copy of the diff."""
+    from ntn.tracking import start_run
+    from ntn.tracking.provenance import gather
+
+    _, diff = run_in_dirty_repository("tensorboard", tmp_path / "code")
+    for seed in range(3):
+        with start_run(f"shared_seed{seed}", {}, backend="tensorboard", provenance=gather(tmp_path / "code")):
+            pass
+    stored = tmp_path / "tb_logs" / ".by-sha256" / hashlib.sha256(diff).hexdigest()
+    assert stored.read_bytes() == diff and len(list(stored.parent.iterdir())) == 2  # and packages.txt
+    attached = list((tmp_path / "tb_logs").rglob("artifacts/git.diff"))
+    assert len(attached) == 4 and all(os.path.samefile(a, stored) for a in attached)
 
 
 def test_a_run_trained_again_with_its_run_id_replaces_the_earlier_attempt_only(tmp_path):

@@ -4,16 +4,22 @@ journal again changes nothing: delivery and `sync` are idempotent."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from aim import Repo, Run
+from aim.sdk.objects.artifact import Artifact
+from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
 from ntn_tracker_aim import aim_internals, auth, journal
 from ntn_tracker_aim.reading import INITIAL
 from ntn_tracker_aim.repo import REMOTE_PREFIX
 
+STORE = ".by-sha256"  # beside the runs' folders (Aim names those by run hash) at the artifacts URI
+STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
 
 
@@ -94,10 +100,24 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
         run["summary"] = state.summary
         if status != "finished" and status not in run.tags:  # Aim's own "Finished" badge says nothing of it
             run.add_tag(status)
+    elif op == "artifact" and artifacts is not None and record["name"] in STORED_ONCE:
+        run.meta_run_tree.subtree("artifacts")[record["name"]] = _stored_once(record["path"], artifacts)
     elif op == "artifact" and artifacts is not None:
         if run.artifacts_uri is None:
             run.set_artifacts_uri(artifacts)
         run.log_artifact(record["path"], name=record["name"], block=True)
+
+
+def _stored_once(path: str, artifacts: str) -> Artifact:
+    """The file at `path` as <artifacts>/.by-sha256/<its SHA-256>, uploaded unless a local store holds it
+    already: the runs of one checkout refer to one copy of its diff (`run.artifacts["git.diff"].uri`)."""
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    stored = Artifact(path, uri=f"{artifacts.rstrip('/')}/{STORE}", name=digest)
+    where = urlparse(stored.uri)
+    if where.scheme != "file" or not Path(where.path).is_file():
+        stored.upload(block=True)
+    return stored
 
 
 class Delivery:

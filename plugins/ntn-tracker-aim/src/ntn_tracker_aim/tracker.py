@@ -18,7 +18,9 @@ In the repository:
 - files attached to a run (`log_artifact`) are stored where Aim 3.29 keeps artifacts, outside the
   repository: under <repository>/aim-artifacts/ for a local repository, and for a remote one only at
   $AIM_ARTIFACTS_URI (e.g. s3://bucket/prefix, which Aim uploads to from the delivering machine; an
-  `aim server` does not receive files). Without it, a remote run gets no files;
+  `aim server` does not receive files). Without it, a remote run gets no files. `git.diff` and
+  `packages.txt`, alike for every run of a checkout, are stored once per content, as
+  <artifacts URI>/.by-sha256/<SHA-256>, which each run's artifact of that name refers to (delivery.py);
 - nothing about the machine is stored: system params, terminal logs and resource tracking are off.
 """
 

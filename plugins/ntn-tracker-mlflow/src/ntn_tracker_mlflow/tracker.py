@@ -19,7 +19,11 @@
 - provenance: MLflow's own source tags (`mlflow.source.git.commit`, `mlflow.source.git.branch`,
   `mlflow.source.name`: the command), which its UI shows as the run's Source, `ntn.git.dirty`, and the
   whole record as the artifact ntn/provenance.json;
-- files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name;
+- files attached to the run (`log_artifact`) are MLflow artifacts of the run, under their name; but
+  `git.diff` and `packages.txt`, alike for every run of a checkout, are stored once per content and
+  experiment: by the first run that carries that content (tagged `ntn.stored.<name>` = its SHA-256),
+  and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>` (a holder
+  deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
 - status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
@@ -33,6 +37,7 @@ lists the failure in `run.failures`. A server that does not answer before traini
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -40,7 +45,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key, seconds, study_of
+from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
+STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
@@ -97,7 +104,7 @@ class MlflowRun:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=uri)
         record = {"experiment_name": run_name, "config": config}
-        experiment_id = self._experiment_id(study_of(record))  # a sweep is one MLflow experiment
+        experiment_id = self.experiment_id = self._experiment_id(study_of(record))  # a sweep: one experiment
         tags = {"ntn.experiment": experiment_of(record)} | (
             {"ntn.sweep": config["sweep"]} if config.get("sweep") else {}
         )
@@ -174,7 +181,19 @@ class MlflowRun:
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
     def log_artifact(self, path: str, name: str) -> None:
-        self.client.log_artifact(self.run_id, path)  # Background's copy of the file is named `name`
+        """An artifact of the run (Background's copy of the file is named `name`); a provenance file only
+        when no active run of the experiment holds that content, else a tag naming the run that does."""
+        if name not in STORED_ONCE:
+            self.client.log_artifact(self.run_id, path)
+            return
+        with open(path, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        holders = self.client.search_runs([self.experiment_id], f"tags.`ntn.stored.{name}` = '{digest}'", max_results=1)
+        holder = holders[0].info.run_id if holders else self.run_id
+        if not holders:
+            self.client.log_artifact(self.run_id, path)
+            self.client.set_tag(self.run_id, f"ntn.stored.{name}", digest)
+        self.client.set_tag(self.run_id, f"ntn.file.{name}", f"runs:/{holder}/{name}")
 
     def finalize(self, status: str, end_time: float | None) -> None:
         self.client.log_dict(self.run_id, self.summary, "ntn/summary.json")

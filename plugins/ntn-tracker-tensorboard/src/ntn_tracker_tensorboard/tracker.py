@@ -7,7 +7,8 @@
   then the final figures as `final/<name>` (one point each, at step 0);
 - HPARAMS: one row per run, its hparams (and status) against its final figures (`final/<name>`);
 - the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
-  text; attached files in the run's folder under `artifacts/`;
+  text; attached files in the run's folder under `artifacts/` (`git.diff` and `packages.txt`, alike for
+  every run of a checkout, as hard links to one copy per content in <TENSORBOARD_DIR>/.by-sha256/);
 - provenance (the code, command, versions, machine and data that made the run) as the text `provenance`
   (TEXT tab) and in `ntn-run.json`;
 - `ntn-run.json` in the run's folder: config, provenance, hparams, summary and status (what TensorBoard has no place
@@ -26,11 +27,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ntn.files import check_writable, file_stem, write_atomic
+from ntn.files import check_writable, file_stem, open_directory, store_once, write_atomic
 from ntn.tracking import TrackerConfigError, run_key, study_of
+from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
 DEFAULT_DIR = "tb_logs"
 RECORD = "ntn-run.json"
+STORE = ".by-sha256"  # in TENSORBOARD_DIR: the files stored once per content (no group starts with ".")
+STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 CURVES = "curves/"  # the tag prefix of the per-epoch metrics: TensorBoard shows its groups in name order
 STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
 
@@ -72,7 +76,8 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter  # the training process has torch imported already
 
         config = dict(config or {})
-        self.path = run_dir(tensorboard_dir(), experiment_name, config)
+        self.root = tensorboard_dir()
+        self.path = run_dir(self.root, experiment_name, config)
         try:
             if self.path.exists():  # an earlier attempt at this run (same run_id): replaced
                 shutil.rmtree(self.path)
@@ -122,10 +127,15 @@ class TensorBoardTracker:
         self._save()
 
     def log_artifact(self, path: str, name: str) -> None:
-        directory = self.path / "artifacts"
-        directory.mkdir(exist_ok=True)
+        """Copy the file to the run's artifacts/; a provenance file as a hard link to its one stored copy."""
         with open(path, "rb") as source:
-            write_atomic(directory / file_stem(name), source.read())
+            content = source.read()
+        with open_directory(self.path, "artifacts", create=True) as run_fd:
+            if name not in STORED_ONCE:
+                write_atomic(file_stem(name), content, run_fd)
+                return
+            with open_directory(self.root, STORE, create=True) as store_fd:
+                store_once(content, store_fd, name, run_fd)
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
         """The final figures as `final/<name>` scalars and the HPARAMS row with the status and end time."""
