@@ -90,7 +90,7 @@ def provenance_of(s: Settings, data, command: dict[str, Any]) -> Provenance:
     `ntn-trackers reproduce` re-trains the run with this module's `prepare_reproduction`."""
     gathered = gather(CODE)
     return gathered.merged(
-        command=command | {"reproduce_with": __spec__.name, "reproduce_path": str(CODE.parent)},
+        command=command | {"reproduce_with": __spec__.name},
         machine={"device": s.device, "device_name": _device_name(s.device, gathered.record["machine"]["cpu"])},
         data=data.provenance,
     )
