@@ -794,3 +794,24 @@ def test_plot_skips_a_damaged_run_in_one_line_and_draws_the_others(tmp_path, cap
     (tmp_path / "good_seed0.json").unlink()
     assert trackers(["plot", str(tmp_path), "-o", str(out)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == "ntn-trackers plot: no run left to plot"
+
+
+def test_a_background_tracker_whose_call_failed_on_its_thread_ends_its_record_failed():
+    """Failed on main: the real tracker's finalize was told "finished" for a record missing calls (MLflow
+    ended such a run FINISHED with half its metrics)."""
+    from ntn.tracking import Background
+
+    ended = []
+
+    class Lost:
+        def log_metrics(self, metrics, step):
+            raise ConnectionError("server gone")
+
+        def finalize(self, status, end_time):
+            ended.append(status)
+
+    tracker = Background(Lost, timeout=60)
+    tracker.log_metrics({"loss": 1.0}, 0)  # queued: it fails on the tracker's thread
+    with pytest.raises(ConnectionError, match="server gone"):
+        tracker.finalize("finished", None)
+    assert ended == ["failed"]
