@@ -503,14 +503,28 @@ def test_classification_splits_keep_every_class_s_share(data_seed):
 
 
 UNFINISHED = '''
+import os
+
 from ntn.tracking import BaseTracker
 
 
 class Unfinished(BaseTracker):
-    """Takes every call, then cannot complete the run's record (its server went away)."""
+    """Takes every call but one, as a tracker whose server went away: the hook NTN_TEST_FAILS_IN names
+    (default finalize; log_artifact: the results file's)."""
+
+    def _fails(self, hook):
+        if os.environ.get("NTN_TEST_FAILS_IN", "finalize") == hook:
+            raise ConnectionError(f"the server went away in {hook}")
+
+    def log_summary(self, summary):
+        self._fails("log_summary")
+
+    def log_artifact(self, path, name):
+        if name.startswith("results_"):
+            self._fails("log_artifact")
 
     def finalize(self):
-        raise ConnectionError("the server went away before the run ended")
+        self._fails("finalize")
 '''
 
 
@@ -529,16 +543,21 @@ def unfinished(tmp_path_factory, monkeypatch):
     sys.modules.pop("ntn_unfinished", None)
 
 
-ENDED_BADLY = "tracker 'unfinished' failed in finalize: ConnectionError: the server went away before the run ended"
+def ended_badly(hook: str = "finalize") -> str:
+    return f"tracker 'unfinished' failed in {hook}: ConnectionError: the server went away in {hook}"
 
 
-def test_a_tracker_failing_in_finalize_fails_the_seed_with_its_error(train_here, tmp_path, unfinished):
-    """Failed on main: rc 0 and `success: true` (a failure in log_metrics did fail the seed)."""
-    code, out, err = train_here("mpo2", N_EPOCHS="2", SEEDS="0", TRACKER_BACKEND="file,unfinished")
+@pytest.mark.parametrize("hook", ["finalize", "log_artifact", "log_summary"])
+def test_a_tracker_failing_as_a_seed_ends_fails_the_seed_with_its_error(train_here, tmp_path, unfinished, hook):
+    """Failed on main for finalize and log_artifact: rc 0 and `success: true` (as it did fail the seed from
+    log_metrics and log_summary)."""
+    code, out, err = train_here(
+        "mpo2", N_EPOCHS="2", SEEDS="0", TRACKER_BACKEND="file,unfinished", NTN_TEST_FAILS_IN=hook
+    )
     assert code == 1, err
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     (entry,) = results["results"]
-    assert entry["success"] is False and entry["error"] == ENDED_BADLY
+    assert entry["success"] is False and entry["error"] == ended_badly(hook)
     assert entry["records_incomplete_in"] == ["unfinished"] and entry["test_loss"] is not None  # it trained
     assert results["n_success"] == 0 and results["test_loss_mean"] is None
     assert "0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record" in out
@@ -573,7 +592,7 @@ def test_a_sweep_trains_again_a_run_whose_record_a_tracker_could_not_complete(tm
 
     first = sweep("file,unfinished")
     assert first.returncode == 1, first.stderr
-    assert entry()["success"] is False and entry()["error"] == ENDED_BADLY
+    assert entry()["success"] is False and entry()["error"] == ended_badly()
     again = sweep("file")
     assert "1 recorded as failed, trained again" in again.stderr, again.stderr
     assert again.returncode == 0 and entry()["success"] is True
