@@ -169,8 +169,10 @@ def trained_seed(model: str, s: Settings, data, seed: int, run, progress) -> dic
 
 
 def end_seed_run(seed_run: SeedRun, summary: dict[str, Any], quality: str, on_entry) -> dict:
-    """Log the seed's summary (failed when a tracker lost records), make its results entry and hand it to
-    `on_entry`; from there until `seed_run.stack` is closed a signal waits."""
+    """Log the seed's summary (failed when a tracker lost records), make its results entry, hand it to
+    `on_entry` (which may return a file to attach to the run) and end the run; the entry. A tracker that
+    fails from then on (attaching that file, its `finalize`) makes the entry failed too, and `on_entry` is
+    called again with it. From the entry until `seed_run.stack` is closed a signal waits."""
     run = seed_run.run
     summary, before = _with_lost_records(summary, run.failures), len(run.failures)
     run.log_summary(summary)  # the run's one summary
@@ -181,19 +183,39 @@ def end_seed_run(seed_run: SeedRun, summary: dict[str, Any], quality: str, on_en
         run.failures[before:],  # a tracker that failed in that log_summary
     )
     seed_run.until_end.enter_context(uninterrupted())
+    counted = len(run.failures)
     attached = on_entry(entry) if on_entry is not None else None
     if attached is not None:
         run.log_artifact(attached)
+    run.finalize("failed" if summary["success"] is False else "finished")  # each tracker completes its record, or fails
+    if len(run.failures) > counted:
+        entry = _with_lost_records(entry, run.failures[counted:])
+        if on_entry is not None:
+            on_entry(entry)
     return entry
+
+
+LOST = "tracker "  # how the error of a seed whose only failure is a tracker's incomplete record begins
 
 
 def _with_lost_records(record: dict[str, Any], failures: list[dict[str, str]]) -> dict[str, Any]:
     """`record` (a summary, a results entry) marked failed when a tracker could not complete its record of
-    the run (the training itself may have succeeded), with each tracker's failure in `error`."""
-    lost = "; ".join(f"tracker {f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in failures)
+    the run (the training itself may have succeeded), with each tracker's failure in `error` and the
+    trackers named in `records_incomplete_in`."""
+    lost = "; ".join(f"{LOST}{f['tracker']!r} failed in {f['hook']}: {f['error']}" for f in failures)
     if not lost:
         return record
-    return record | {"success": False, "error": f"{record['error']}; {lost}" if record.get("error") else lost}
+    trackers = list(dict.fromkeys([*record.get("records_incomplete_in", []), *(f["tracker"] for f in failures)]))
+    return record | {
+        "success": False,
+        "error": f"{record['error']}; {lost}" if record.get("error") else lost,
+        "records_incomplete_in": trackers,
+    }
+
+
+def trained_but_incomplete(entry: dict[str, Any]) -> bool:
+    """Whether a seed trained well and failed only because a tracker could not complete its record."""
+    return not entry["success"] and str(entry.get("error")).startswith(LOST)
 
 
 def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:

@@ -40,7 +40,15 @@ from ntn.tracking.provenance import Provenance, command, gather
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
 from experiments.parallel_seeds import train_side_by_side, worker_count
-from experiments.seed_run import SeedRun, end_seed_run, open_seed_run, run_seed, train_seed, trained_seed
+from experiments.seed_run import (
+    SeedRun,
+    end_seed_run,
+    open_seed_run,
+    run_seed,
+    train_seed,
+    trained_but_incomplete,
+    trained_seed,
+)
 from experiments.settings import (
     MODELS,
     NOT_TRAINING,
@@ -82,7 +90,7 @@ def provenance_of(s: Settings, data, command: dict[str, Any]) -> Provenance:
     `ntn-trackers reproduce` re-trains the run with this module's `prepare_reproduction`."""
     gathered = gather(CODE)
     return gathered.merged(
-        command=command | {"reproduce_with": __spec__.name, "reproduce_path": str(CODE.parent)},
+        command=command | {"reproduce_with": __spec__.name},
         machine={"device": s.device, "device_name": _device_name(s.device, gathered.record["machine"]["cpu"])},
         data=data.provenance,
     )
@@ -288,8 +296,10 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
     results: list[dict[str, Any]] = []
 
     def write_results(entry: dict[str, Any]) -> Path:
-        """The results file with this seed's entry, attached to the seed's run."""
-        done = sorted([*results, entry], key=lambda r: s.seeds.index(r["seed"]))  # seeds side by side end in any order
+        """The results file with this seed's entry (replacing an earlier one of it: the entry again, failed
+        because its run could not be ended), attached to the seed's run."""
+        others = [r for r in results if r["seed"] != entry["seed"]]
+        done = sorted([*others, entry], key=lambda r: s.seeds.index(r["seed"]))  # seeds side by side end in any order
         ok = [r for r in done if r["success"]]
         loss_mean, loss_std = stats([r["test_loss"] for r in ok])
         q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
@@ -309,7 +319,8 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
             },
         )
         results[:] = done
-        in_progress.remove(entry["seed"])
+        if entry["seed"] in in_progress:
+            in_progress.remove(entry["seed"])
         note_records(finished=entry["seed"])
         return output
 
@@ -366,7 +377,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
                 train_here(seed)
     except (TrackerConfigError, OSError) as err:  # a tracker refused the run; the results file cannot be written
         progress.close()
-        seed = in_progress[-1]  # the run last opened: its start, or its results entry, failed
+        seed = in_progress[-1] if in_progress else results[-1]["seed"]  # the run last opened or ended
         return _fail(model, f"{err}; the {len(results)} seeds before seed {seed} are recorded in {output}")
     except KeyboardInterrupt:
         progress.close()
@@ -375,14 +386,33 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
     ok = [r for r in results if r["success"]]
     q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
-    collapsed = sum(str(r.get("error")).startswith("collapsed") for r in results)
     print(
-        f"{model.upper()} on {data.info['name']}: {len(ok)}/{len(results)} seeds succeeded"
-        + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
-        + f"; held-out test {quality} {held_out} -> {output}"
+        f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> {output}"
     )
     print(redact(f"runs recorded by {where}; compare them: ntn-trackers summary"))
     return 0 if len(ok) == len(results) else 1
+
+
+def _outcome(results: list[dict[str, Any]]) -> str:
+    """How many seeds succeeded; of the others, those that trained but whose record a tracker could not
+    complete, told apart from those whose training failed (collapsed ones named)."""
+    incomplete = [r for r in results if trained_but_incomplete(r)]
+    failed = [r for r in results if not r["success"] and r not in incomplete]
+    collapsed = sum(str(r.get("error")).startswith("collapsed") for r in failed)
+    said = [f"{len(results) - len(incomplete) - len(failed)}/{len(results)} seeds succeeded"]
+    if incomplete:
+        trackers = sorted({t for r in incomplete for t in r["records_incomplete_in"]})
+        one = len(trackers) == 1
+        said.append(
+            f"{len(incomplete)} trained, but tracker{'' if one else 's'} {', '.join(map(repr, trackers))} could not "
+            f"complete {'its record' if one else 'their records'} (see the error)"
+        )
+    if failed:
+        said.append(
+            f"{len(failed)} failed in training"
+            + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
+        )
+    return "; ".join(said)
 
 
 def _where(backend) -> str:

@@ -519,3 +519,99 @@ def test_classification_splits_keep_every_class_s_share(data_seed):
     for y in splits:
         share = len(y) / 3  # iris: 50 flowers of each class
         assert all(abs(count - share) <= 1 for count in np.bincount(y, minlength=3)), (len(y), np.bincount(y))
+
+
+UNFINISHED = '''
+import os
+
+from ntn.tracking import BaseTracker
+
+
+class Unfinished(BaseTracker):
+    """Takes every call but one, as a tracker whose server went away: the hook NTN_TEST_FAILS_IN names
+    (default finalize; log_artifact: the results file's)."""
+
+    def _fails(self, hook):
+        if os.environ.get("NTN_TEST_FAILS_IN", "finalize") == hook:
+            raise ConnectionError(f"the server went away in {hook}")
+
+    def log_summary(self, summary):
+        self._fails("log_summary")
+
+    def log_artifact(self, path, name):
+        if name.startswith("results_"):
+            self._fails("log_artifact")
+
+    def finalize(self):
+        self._fails("finalize")
+'''
+
+
+@pytest.fixture
+def unfinished(tmp_path_factory, monkeypatch):
+    """A real distribution on sys.path (and PYTHONPATH, for the processes a test starts) declaring the
+    tracker `unfinished`, which raises in finalize."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "ntn_unfinished.py").write_text(UNFINISHED)
+    dist = site / "ntn_unfinished-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-unfinished\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ntn.trackers]\nunfinished = ntn_unfinished:Unfinished\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    sys.modules.pop("ntn_unfinished", None)
+
+
+def ended_badly(hook: str = "finalize") -> str:
+    return f"tracker 'unfinished' failed in {hook}: ConnectionError: the server went away in {hook}"
+
+
+@pytest.mark.parametrize("hook", ["finalize", "log_artifact", "log_summary"])
+def test_a_tracker_failing_as_a_seed_ends_fails_the_seed_with_its_error(train_here, tmp_path, unfinished, hook):
+    """Failed on main for finalize and log_artifact: rc 0 and `success: true` (as it did fail the seed from
+    log_metrics and log_summary)."""
+    code, out, err = train_here(
+        "mpo2", N_EPOCHS="2", SEEDS="0", TRACKER_BACKEND="file,unfinished", NTN_TEST_FAILS_IN=hook
+    )
+    assert code == 1, err
+    results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
+    (entry,) = results["results"]
+    assert entry["success"] is False and entry["error"] == ended_badly(hook)
+    assert entry["records_incomplete_in"] == ["unfinished"] and entry["test_loss"] is not None  # it trained
+    assert results["n_success"] == 0 and results["test_loss_mean"] is None
+    assert "0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record" in out
+    assert "failed in training" not in out
+
+
+def test_the_closing_line_tells_a_training_failure_from_an_incomplete_record(train_here, tmp_path):
+    code, out, _ = train_here("mpo2", N_EPOCHS="2", SEEDS="0", JITTER_START="1e8")
+    assert code == 1 and "0/1 seeds succeeded; 1 failed in training (1 collapsed to a constant" in out
+    assert "could not complete" not in out
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_again_a_run_whose_record_a_tracker_could_not_complete(tmp_path, unfinished):
+    """Failed on main: the run counted as a success, so a sweep run again never trained it again."""
+    (tmp_path / "one.toml").write_text(
+        'name = "one"\nmodel = "mpo2"\nseeds = [0]\n[settings]\ndataset = "synthetic"\nn_samples = 200\n'
+        "n_epochs = 2\n[grid]\nbond_dim = [2]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRACKER_DIR", "AIM_REPO", "SWEEP_EXECUTOR")}
+    env |= {"PYTHON": sys.executable, "PYTHONPATH": f"{unfinished}{os.pathsep}{env.get('PYTHONPATH', '')}"}
+
+    def sweep(backends: str) -> subprocess.CompletedProcess:
+        command = ["bash", str(REPO / "experiments" / "run_sweep.sh"), "one.toml", "--workers", "1"]
+        environ = env | {"TRACKER_BACKEND": backends}
+        return subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600)
+
+    def entry() -> dict:
+        (configuration,) = json.loads((tmp_path / "results_sweep_one.json").read_text())["configurations"]
+        (run,) = configuration["runs"]
+        return run
+
+    first = sweep("file,unfinished")
+    assert first.returncode == 1, first.stderr
+    assert entry()["success"] is False and entry()["error"] == ended_badly()
+    again = sweep("file")
+    assert "1 recorded as failed, trained again" in again.stderr, again.stderr
+    assert again.returncode == 0 and entry()["success"] is True

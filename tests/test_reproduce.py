@@ -31,7 +31,11 @@ def checkout(tmp_path):
 
 def in_checkout(checkout: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
     ours = ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "TRACKER_DIR", "PYTHONPATH")
-    environ = {k: v for k, v in os.environ.items() if k not in ours} | SMALL | env
+    # the packages' sources as given, but never this repository's experiments: the checkout's are run
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    environ = (
+        {k: v for k, v in os.environ.items() if k not in ours} | SMALL | env | {"PYTHONPATH": os.pathsep.join(paths)}
+    )
     return subprocess.run(list(command), cwd=checkout, env=environ, capture_output=True, text=True, timeout=600)
 
 
@@ -70,7 +74,15 @@ def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout
     settings.write_text(
         settings.read_text().replace('setting("10", integer(0), "sweeps', 'setting("3", integer(0), "sweeps')
     )
-    changed = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    refused = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    commit = provenance["code"]["git_commit"]
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert (
+        f"it was trained with other code; to get that code: git worktree add ../ntn-{commit[:12]} {commit}, then its "
+        f"uncommitted changes: git -C ../ntn-{commit[:12]} apply <the run's git.diff>" in refused.stderr
+    )
+    assert "reproduced" not in refused.stdout  # nothing re-trained
+    changed = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0", "--with-this-checkout")
     (line,) = [line for line in changed.stdout.splitlines() if "differs:" in line]
     assert "code: uncommitted changes (diff SHA-256" in line and "recorded, uncommitted changes" in line
     assert changed.returncode == 0 and "all 7 figures identical" in changed.stdout
@@ -119,7 +131,10 @@ def test_a_setting_missing_from_the_record_takes_its_default_says_so_and_the_fig
     [
         (lambda r: r["config"].update(model="XYZ"), "unknown model 'XYZ' (known: mpo2, lmpo2, mmpo2)"),
         (lambda r: r.pop("provenance"), "its record holds no provenance"),
-        (lambda r: r["provenance"]["command"].update(reproduce_with="no_such_module"), "module no_such_module cannot"),
+        (
+            lambda r: r["provenance"]["command"].update(reproduce_with="no_such_module"),
+            "it was recorded by 'no_such_module', not experiments.train",
+        ),
         (lambda r: r["config"].update(bond_dim=0), "BOND_DIM='0' must be an integer >= 1"),
     ],
 )
@@ -156,3 +171,54 @@ def test_a_changed_data_file_is_one_line_and_exit_1_and_a_missing_one_exit_2(tra
     (data / "cal_housing.data").unlink()
     code, out, err = reproduce(capsys)
     assert code == 2 and "has no cal_housing.data" in err and err.count("\n") == 1
+
+
+def test_a_module_or_path_named_by_a_record_is_never_imported(recorded, capsys, tmp_path):
+    """Failed on main: the module the record named was imported from the path it named (a planted run file
+    ran its code as whoever reproduced it)."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    ran = tmp_path / "planted_code_ran"
+    (planted / "planted_module.py").write_text(f"open({str(ran)!r}, 'w').close()\ndef prepare_reproduction(r, d): 0\n")
+    path, record = recorded
+    command = {"reproduce_with": "planted_module", "reproduce_path": str(planted)}
+    changed(path, record, lambda r: r["provenance"]["command"].update(command))
+    code, out, err = reproduce(capsys)
+    try:
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert "it was recorded by 'planted_module', not experiments.train" in err
+        assert not ran.exists() and "planted_module" not in sys.modules
+    finally:
+        sys.modules.pop("planted_module", None)
+
+
+def test_a_run_of_another_commit_says_how_to_get_its_code_and_retrains_only_on_request(recorded, capsys):
+    """Failed on main: a run of other code was re-trained with this checkout's, without being asked."""
+    path, record = recorded
+    other = "0123456789abcdef0123456789abcdef01234567"
+    changed(path, record, lambda r: r["provenance"]["code"].update(git_commit=other, git_dirty=False))
+    code, out, err = reproduce(capsys)
+    assert code == 2 and err.count("\n") == 1 and "reproduced" not in out
+    assert f"  differs: code: commit {other} recorded" in out
+    assert f"to get that code: git worktree add ../ntn-0123456789ab {other}; then run this command from" in err
+    assert "or re-train it with this checkout's code: --with-this-checkout" in err
+    code, out, err = reproduce(capsys, "--with-this-checkout")
+    assert code == 0 and out.rstrip().endswith("reproduced: all 7 figures identical"), out + err
+
+
+def test_a_commit_that_is_no_commit_is_never_shown_as_a_command(recorded, capsys):
+    path, record = recorded
+    changed(path, record, lambda r: r["provenance"]["code"].update(git_commit="x; rm -rf ~"))
+    code, _, err = reproduce(capsys)
+    assert code == 2 and "its record names no git commit: its code cannot be checked out" in err
+    assert "rm -rf" not in err.split("differs")[0] and "git worktree" not in err
+
+
+def test_a_record_too_large_to_train_here_is_one_line_and_exit_2(recorded, capsys):
+    """Failed on main: a 32-line traceback."""
+    path, record = recorded
+    changed(path, record, lambda r: r["config"].update(bond_dim=10**6))
+    code, out, err = reproduce(capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
+    assert "cannot reproduce mpo2_experiment_seed0: re-training failed: RuntimeError: " in err
+    assert "can't allocate memory" in err

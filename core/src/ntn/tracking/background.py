@@ -54,6 +54,8 @@ class Background:
             self._error = err
         while (call := self._calls.get()) is not _DONE:
             hook, args = call
+            if hook == "finalize" and self._error is not None:  # a record missing calls is never "finished"
+                args = ("failed" if args[0] == "finished" else args[0], args[1])
             try:
                 # after a failure only finalize still reaches the tracker; a hook it leaves out is skipped
                 if tracker is not None and (self._error is None or hook == "finalize"):

@@ -10,6 +10,33 @@ from ntn.tracking.readers import Record
 from ntn.tracking.results import Experiment
 
 WIDTH_IN, HEIGHT_IN, DPI = 9.0, 5.0, 100  # the PNG is 900 × 500 pixels
+MAX_STEP = 2**31 - 1  # far beyond any epoch; a larger int overflows matplotlib's and numpy's arrays
+
+
+def _number(value: object) -> bool:
+    """Whether a metric's value can be drawn: a float, an int that a float holds, or None (not logged)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def damaged(record: Record) -> str | None:
+    """What in a run's metrics_log cannot be drawn, in a few words (a step that is no epoch number, a
+    metric that is no number or too large for a float); None when nothing is."""
+    for entry in record.get("metrics_log") or []:
+        step = entry.get("step")
+        if isinstance(step, bool) or not isinstance(step, int | float) or not -1 <= step <= MAX_STEP or step % 1:
+            return f"its metrics_log has the step {str(step)[:40]}, which is no epoch number"
+        for name, value in entry.items():
+            if not _number(value):
+                return f"its metric {str(name)[:40]!r} at step {step} is no number ({str(value)[:40]})"
+    return None
 
 
 def _curve(record: Record, metric: str) -> tuple[list[int], list[float]]:

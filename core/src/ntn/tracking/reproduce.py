@@ -1,8 +1,11 @@
 """`ntn-trackers reproduce RUN`: re-train a recorded run from its record; do its figures come back?
 
-The run's provenance names the module that trained it (`command.reproduce_with`, e.g. experiments.train);
-its `prepare_reproduction(record, device)` returns the provenance a re-run has here and a function that
-re-trains the run (its recorded settings, seed and data) and returns its summary. Before training, one
+Only this checkout's code re-trains a run: `experiments.train` of the git checkout of the working directory
+(else as this Python imports it), never a module or path a record names (`command.reproduce_with` must
+name it). Its `prepare_reproduction(record, device)` returns the provenance a re-run has here and a
+function that re-trains the run (its recorded settings, seed and data) and returns its summary. A run
+trained with other code is re-trained only with --with-this-checkout; else the `git worktree` command that
+gets its code is said. Before training, one
 line per difference from the record (code, versions, data, device, machine); after it, each recorded
 figure beside the new one. Exit 0: every figure agrees (identical on the same code, data and machine,
 else within REL_TOL); 1: one does not; 2: the record cannot be reproduced, said in one line.
@@ -13,8 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
+import re
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ntn.tracking.results import NOT_METRICS
@@ -22,6 +27,8 @@ from ntn.tracking.results import NOT_METRICS
 REL_TOL = 1e-6  # figures of float64 training on another BLAS, CPU or GPU agree to this, relatively
 ABS_TOL = 1e-9  # ... or absolutely, for a figure at zero
 NOT_FIGURES = NOT_METRICS - {"best_epoch"}  # the summary's numbers that are not figures; the kept epoch is one
+REPRODUCE_WITH = "experiments.train"  # the module that re-trains runs: never one a record names
+THIS_CHECKOUT = "--with-this-checkout"
 
 
 class CannotReproduce(ValueError):
@@ -94,28 +101,48 @@ def agrees(recorded: float, now: float) -> bool:
     return math.isclose(now, recorded, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
-def _module(command: dict[str, Any]):
-    """The module that re-trains the run: importable as it is, else from the working directory, else from
-    where the record says it was."""
-    name = command.get("reproduce_with")
-    if not isinstance(name, str) or not name:
-        raise CannotReproduce("its record names no module to re-train it with (provenance.command.reproduce_with)")
-    for path in (None, os.getcwd(), command.get("reproduce_path")):
-        if path is not None and path not in sys.path:
-            sys.path.insert(0, path)
-        try:
-            module = importlib.import_module(name)
-        except Exception as err:
-            if isinstance(err, ModuleNotFoundError) and err.name and name.startswith(err.name):  # not on this path
-                continue
-            raise CannotReproduce(f"module {name} cannot be imported here ({type(err).__name__}: {err})") from None
-        if not callable(getattr(module, "prepare_reproduction", None)):
-            raise CannotReproduce(f"module {name} has no prepare_reproduction(record, device)")
-        return module
-    raise CannotReproduce(
-        f"module {name} cannot be imported here; run from the checkout that holds it "
-        f"(recorded: {command.get('reproduce_path')})"
-    )
+def _checkout(directory: Path) -> Path | None:
+    """The git checkout that holds `directory` (the nearest folder above it with a .git), or None."""
+    return next((d for d in (directory, *directory.parents) if (d / ".git").exists()), None)
+
+
+def _module(command: dict[str, Any]) -> ModuleType:
+    """This checkout's REPRODUCE_WITH: from the git checkout of the working directory when it holds one,
+    else as this Python imports it. Nothing the record names is imported: a run file planted in a shared
+    TRACKER_DIR, or a run on a shared server, runs no code of its own."""
+    recorded = command.get("reproduce_with")
+    if recorded != REPRODUCE_WITH:
+        raise CannotReproduce(f"it was recorded by {recorded!r}, not {REPRODUCE_WITH}, which re-trains runs here")
+    checkout = _checkout(Path.cwd())
+    ours = checkout is not None and (checkout / Path(*REPRODUCE_WITH.split("."))).with_suffix(".py").is_file()
+    if ours and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        module = importlib.import_module(REPRODUCE_WITH)
+    except Exception as err:
+        raise CannotReproduce(
+            f"{REPRODUCE_WITH} cannot be imported here ({type(err).__name__}: {err}); run this from the checkout "
+            "of the experiments"
+        ) from None
+    where = Path(module.__file__ or "").resolve()
+    if ours and not where.is_relative_to(checkout.resolve()):
+        raise CannotReproduce(f"{REPRODUCE_WITH} is already imported from {where}, not from the checkout {checkout}")
+    return module
+
+
+def _how_to_get(code: dict[str, Any]) -> str:
+    """How to check out the code a run was trained with, in one line."""
+    commit = code.get("git_commit")
+    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{7,64}", commit):  # never a command to paste
+        return "its record names no git commit: its code cannot be checked out"
+    folder = f"../ntn-{commit[:12]}"
+    said = f"git worktree add {folder} {commit}"
+    if code.get("git_dirty"):
+        said += (
+            f", then its uncommitted changes: git -C {folder} apply <the run's git.diff> "
+            f"(SHA-256 {_short(code.get('git_diff_sha256'))})"
+        )
+    return f"{said}; then run this command from {folder}"
 
 
 def _ids(record: dict[str, Any]) -> set[Any]:
@@ -135,8 +162,10 @@ def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
     return found[0]
 
 
-def reproduce(record: dict[str, Any], device: str | None = None) -> int:
-    """Re-train `record` here, print what differs and each figure; the exit code (0, 1; CannotReproduce: 2)."""
+def reproduce(record: dict[str, Any], device: str | None = None, with_this_checkout: bool = False) -> int:
+    """Re-train `record` here, print what differs and each figure; the exit code (0, 1; CannotReproduce: 2).
+    A run trained with other code (another commit, other uncommitted changes) is re-trained with this
+    checkout's only when `with_this_checkout`; else how to get its code is said, exit 2."""
     from tabulate import tabulate
 
     recorded = record.get("provenance")
@@ -148,11 +177,21 @@ def reproduce(record: dict[str, Any], device: str | None = None) -> int:
         raise CannotReproduce(f"its record holds no final figures to compare (status {status})")
     module = _module(recorded.get("command", {}))
     now, train = module.prepare_reproduction(record, device)
-    print(f"reproducing {record['experiment_name']} with {module.__name__}")
+    checkout = _checkout(Path(module.__file__).resolve().parent)
+    print(f"reproducing {record['experiment_name']} with {module.__name__} of {checkout or module.__file__}")
     lines = differences(recorded, now)
     print("\n".join(f"  differs: {line}" for line in lines) or "  same code, packages, data and device")
     sys.stdout.flush()
-    summary = train()
+    if _code_differences(recorded.get("code", {}), now.get("code", {})) and not with_this_checkout:
+        raise CannotReproduce(
+            f"it was trained with other code; to get that code: {_how_to_get(recorded.get('code', {}))}; or re-train "
+            f"it with this checkout's code: {THIS_CHECKOUT}"
+        )
+    try:
+        summary = train()
+    except (ArithmeticError, RuntimeError, ValueError, MemoryError) as err:  # e.g. a model too large for here
+        shown = str(err).splitlines()[0] if str(err) else ""
+        raise CannotReproduce(f"re-training failed: {type(err).__name__}: {shown}") from None
     got = figures(summary)
     rows, disagree, identical = [], 0, 0
     for name, value in expected.items():
@@ -177,7 +216,7 @@ def _command(args: argparse.Namespace) -> int:
     from ntn.tracking.results_cli import read_records
 
     try:
-        return reproduce(find(read_records(args), args.run), args.device)
+        return reproduce(find(read_records(args), args.run), args.device, args.with_this_checkout)
     except CannotReproduce as err:
         print(f"ntn-trackers reproduce: cannot reproduce {args.run}: {err}", file=sys.stderr)
         return 2
@@ -194,4 +233,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("run", metavar="RUN", help="the run's name (e.g. mpo2_experiment_seed0), run_id or backend id")
     add_sources(parser, positional=False)
     parser.add_argument("--device", help="train on this device (default: the recorded one when here, else cpu)")
+    parser.add_argument(
+        THIS_CHECKOUT,
+        action="store_true",
+        help="re-train a run recorded with other code (another commit, other uncommitted changes) with this "
+        "checkout's code (default: say how to get the recorded code, exit 2)",
+    )
     parser.set_defaults(func=_command)

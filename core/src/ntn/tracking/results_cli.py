@@ -256,13 +256,22 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from ntn.tracking.plot import plot_curves
+    from ntn.tracking.plot import damaged, plot_curves
 
     paths, _ = _positional(args)
     sources = [*args.sources, *paths, *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
-    path = plot_curves(
-        group(read_records(args)), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources)
-    )
+    records = []
+    for record in read_records(args):
+        problem = damaged(record)
+        if problem:  # one line, as `summary` skips a run it cannot read
+            print(
+                _printable(f"ntn-trackers: skipped run {record.get('experiment_name')!r}: {problem}"), file=sys.stderr
+            )
+        else:
+            records.append(record)
+    if not records:
+        raise ValueError("no run left to plot")
+    path = plot_curves(group(records), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
     print(path)
     return 0
 

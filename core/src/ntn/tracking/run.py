@@ -114,7 +114,10 @@ class TrackedRun:
     def finalize(self, status: str = "finished") -> None:
         """Call `finalize` once on every tracker built, also those disabled by a failure in another hook, with
         the run's status and end time ("failed" for a disabled tracker of a run otherwise "finished": its
-        record misses what came after its failure); each call is isolated."""
+        record misses what came after its failure); each call is isolated, and one that raises is listed in
+        `failures` like any other hook's. Only the first call ends the run; later ones do nothing."""
+        if self.status != "running":
+            return
         end_time, self.status = time.time(), status
         with Deferral.around_trackers():
             for name, hooks in self.trackers.items():

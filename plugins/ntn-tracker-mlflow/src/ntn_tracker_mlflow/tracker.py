@@ -1,9 +1,10 @@
 """MlflowTracker: one MLflow run per tracked run (one per seed), through MLflow's own client.
 
 - Where: $MLFLOW_TRACKING_URI (`http://host:5000`, `sqlite:///...`), else MLflow's default (a SQLite
-  database `mlflow.db` in the working directory). A local store is created once, before training
-  (`check_environment`), so that a sweep's workers never race on its schema; a local directory (MLflow's
-  file store, in maintenance mode since MLflow 3) is refused in one line. Credentials: MLflow's own
+  database `mlflow.db` in the working directory). A local store is created before training
+  (`check_environment`) by one process at a time, under the lock file `<database>.lock` beside it, so that
+  launches at once and a sweep's workers never race on its schema; a local directory (MLflow's file store,
+  in maintenance mode since MLflow 3) and a URI no MLflow store takes are refused in one line. Credentials: MLflow's own
   variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), read by
   MLflow; their values never reach a payload (`secret_values`).
 - The MLflow experiment is config["experiment"] (else the run name without its `_seed<N>`); the run is
@@ -32,7 +33,11 @@ Every call runs on a thread of its own (`ntn.tracking.Background`): training nev
 the server. At the end of a run, `finalize` waits at most $NTN_MLFLOW_EXIT_TIMEOUT seconds (default 30)
 for the calls still queued. What a server that dies mid-run costs: each run from then on waits that
 bound once, at its end, and what it had not sent is lost (MLflow keeps no local copy); the core warns and
-lists the failure in `run.failures`. A server that does not answer before training is a one-line error.
+lists the failure in `run.failures`, and the seed fails. A server that does not answer before training is
+a one-line error. A run whose record misses calls is ended FAILED, never FINISHED. A run left RUNNING (its
+process was killed, or its server was gone as it ended) is ended FAILED, with the tags `summary/success`
+false and `summary/error`, by the next run of its MLflow experiment started on the same host (each run is
+tagged `ntn.host`, `ntn.pid`); a run of another host is left as it is.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -112,6 +118,8 @@ class MlflowRun:
             tags[RUN_KEY_TAG] = run_key(config["run_id"], 32)
             for earlier in self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}'"):
                 self.client.delete_run(earlier.info.run_id)
+        tags |= {HOST_TAG: _HOST, PID_TAG: str(os.getpid())}
+        self._end_abandoned(experiment_id)
         run = self.client.create_run(experiment_id, start_time=int(started * 1000), tags=tags, run_name=run_name)
         self.run_id = run.info.run_id
         self.summary: dict[str, Any] = {}
@@ -134,6 +142,20 @@ class MlflowRun:
             return self.client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # another process created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def _end_abandoned(self, experiment_id: str) -> None:
+        """End as FAILED the runs of the experiment left RUNNING by a process of this host that is gone:
+        killed, or its server was unreachable as the run ended. (A run of another host is left as it is.)"""
+        if "'" in _HOST:
+            return
+        query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{_HOST}'"
+        for run in self.client.search_runs([experiment_id], query):
+            pid = run.data.tags.get(PID_TAG, "")
+            if pid.isdigit() and not _alive(int(pid)):
+                error = f"its process ({pid} on {_HOST}) ended before the run did; its record is incomplete"
+                self.client.set_tag(run.info.run_id, "summary/success", "false")
+                self.client.set_tag(run.info.run_id, "summary/error", error)
+                self.client.set_terminated(run.info.run_id, status="FAILED")
 
     def log_provenance(self, provenance: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -219,9 +241,10 @@ class MlflowTracker(Background):
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
         """Before any run: a tracking server named by MLFLOW_TRACKING_URI must answer; a local store (a
-        SQLite database, MLflow's default) is made ready here, once, so that the processes that then write
-        to it (a sweep's workers) never race on creating its schema; a local directory (a file store, which
-        MLflow 3 no longer writes) is refused.
+        SQLite database, MLflow's default) is made ready here, by one process at a time, so that launches
+        at once and the processes that then write to it (a sweep's workers) never race on creating its
+        schema; a local directory (a file store, which MLflow 3 no longer writes), or a URI that no store
+        MLflow knows takes, is refused.
 
         :raises TrackerConfigError: one line naming the URI and why
         """
@@ -229,8 +252,25 @@ class MlflowTracker(Background):
         uri = uri_from_env()
         if uri is not None and uri.startswith(("http://", "https://")):
             _probe_server(uri)
-        elif uri is None or "://" not in uri or uri.startswith(("sqlite:", "file:")):
+        else:  # a local store, or a scheme MLflow or a plugin of it knows (else refused now, not at every run)
             _prepare_local_store(uri)
+
+
+HOST_TAG, PID_TAG = "ntn.host", "ntn.pid"  # the process recording a run: a later one ends it if that one is gone
+_HOST = platform.node()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (where that cannot be told: True)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _probe_server(uri: str) -> None:
@@ -244,11 +284,14 @@ def _probe_server(uri: str) -> None:
 
 
 def _prepare_local_store(uri: str | None) -> None:
-    """Create (or migrate) a local store's schema now, in one process."""
+    """Open the store now: a local SQLite store's schema is created (or migrated) by one process at a time,
+    under the lock file `<database>.lock` beside it, so that launches at once never race on it."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from ntn.files import release
 
     shown = f"MLFLOW_TRACKING_URI={uri!r}" if uri else "MLflow's default local store"
+    held = _hold_store(uri, shown)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except MlflowException as err:
@@ -260,3 +303,31 @@ def _prepare_local_store(uri: str | None) -> None:
         raise TrackerConfigError(f"{shown} cannot be opened ({str(err).splitlines()[0]})") from None
     except Exception as err:  # SQLAlchemy's errors: a path that cannot be created, a damaged database
         raise TrackerConfigError(f"{shown} cannot be opened ({type(err).__name__}: {err})") from None
+    finally:
+        if held is not None:
+            release(*held)
+
+
+STORE_WAIT_S = 120.0  # how long a launch waits for another that creates the same local store
+
+
+def _hold_store(uri: str | None, shown: str) -> tuple[str, int] | None:
+    """For a SQLite store, its lock file `<database>.lock` held (`ntn.files.hold`, waiting while another
+    launch holds it), as the arguments of `ntn.files.release`; None for other stores."""
+    from mlflow import get_tracking_uri
+    from ntn.files import Held, hold
+
+    resolved = uri or get_tracking_uri()  # MLflow's default: sqlite:///<working directory>/mlflow.db
+    if not resolved.startswith("sqlite:///"):
+        return None
+    lock = resolved.removeprefix("sqlite:///").split("?")[0] + ".lock"
+    waited = time.monotonic() + STORE_WAIT_S
+    while True:
+        try:
+            return lock, hold(lock)
+        except Held as err:
+            if time.monotonic() > waited:
+                raise TrackerConfigError(f"{shown}: {err} holds {lock} for over {STORE_WAIT_S:g} s") from None
+            time.sleep(0.05)
+        except OSError as err:
+            raise TrackerConfigError(f"{shown} cannot be opened (its lock file {lock}: {err})") from None
