@@ -1,18 +1,27 @@
-"""One run against its arithmetic floor: the dense BLAS/LAPACK calls its Newton systems need at its shapes.
+"""Each model's run against its arithmetic floor, and the old code's run beside it.
 
-    NTN_DATA_DIR=../shared/data python benchmarks/bench_floor.py [--runs 10]
+    NTN_DATA_DIR=../shared/data python benchmarks/bench_floor.py [--runs 5] [--old /tmp/ntn-old/core/src]
 
-The run: MPO2 at the scripts' defaults (L=3, bond 6, California housing, N_SAMPLES=500, 10 epochs),
-fit and the test evaluation, in this process at one torch thread. Its floor: for each of its 50 core
-updates, the products a moments system cannot do without (Z·V, the Hessian or its low-rank inner
-matrix, the gradient) and the factorisation and solve of the Newton step, on random tensors of the
-same shapes, timed alone. Target (issue #29): run ÷ floor <= 1.5.
+The cases: MPO2, LMPO2 and MMPO2 at L=3 bond 6 N_SAMPLES=500, and MPO2 at L=5 bond 6 on all rows of
+California housing; 10 epochs, fit and the test evaluation, one torch thread, process CPU time, medians
+of interleaved rounds. Each run is timed in a child process importing this checkout's `ntn` (and, with
+`--old`, one importing that source tree), so both see the same load on the machine.
+
+The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
+system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
+  P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve;
+  P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
+                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products.
+S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,67 +29,130 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ntn
-from ntn.moments import monomial_count
-
-from experiments.dataset_loader import load_dataset
-
-L, BOND, P_IN, EPOCHS = 3, 6, 9, 10
-
-
-def one_run(data, seed: int) -> None:
-    model = ntn.MPO2(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, init_strength=0.1, seed=seed)
-    trainer = ntn.NTN(model, data.X_train, data.y_train, X_val=data.X_val, y_val=data.y_val, threads=1)
-    trainer.fit(EPOCHS, select="val_loss")
-    trainer.evaluate(data.X_test, data.y_test)
+REPO = Path(__file__).resolve().parents[1]
+P_IN, BOND, EPOCHS = 9, 6, 10
+CASES = {  # name: (model, L, N_SAMPLES; 0 = all rows)
+    "MPO2 L=3": ("MPO2", 3, 500),
+    "LMPO2 L=3": ("LMPO2", 3, 500),
+    "MMPO2 L=3": ("MMPO2", 3, 500),
+    "MPO2 L=5 all rows": ("MPO2", 5, 0),
+}
 
 
-def floor_of_one_run() -> None:
-    """The dense calls of one run's 50 updates (sweep 0, 1, 2, 1, 0 per epoch), on random tensors."""
-    S = monomial_count(L, P_IN)
-    Z = torch.randn(S, S, dtype=torch.float64)
+def child(case: str, runs: int) -> None:
+    """Time `runs` runs of one case in this process (the `ntn` on PYTHONPATH) and print their CPU seconds."""
+    sys.path.insert(0, str(REPO))
+    import ntn
+    from experiments.dataset_loader import load_dataset
+
+    torch.set_num_threads(1)
+    model_name, L, n_samples = CASES[case]
+    data = load_dataset("california_housing", n_samples, 0, "clip")
+    times = []
+    for seed in range(runs + 1):  # the first warms the caches
+        start = time.process_time()
+        model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=seed)
+        trainer = ntn.NTN(model, data.X_train, data.y_train, X_val=data.X_val, y_val=data.y_val, threads=1)
+        trainer.fit(EPOCHS, select="val_loss")
+        trainer.evaluate(data.X_test, data.y_test)
+        times.append(time.process_time() - start)
+    print(json.dumps(times[1:]))
+
+
+def run_times(case: str, runs: int, source: Path) -> list[float]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", case, "--runs", str(runs)], env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"{case} under {source} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def update_shapes(case: str) -> list[int]:
+    """P of each core update of one run (every epoch's sweep, left to right and back)."""
+    sys.path.insert(0, str(REPO / "core" / "src"))
+    import ntn
+
+    model_name, L, _ = CASES[case]
+    model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=0)
+    units = model.units
+    return [model.core(u).numel() for u in units + units[-2::-1]] * EPOCHS
+
+
+def floor_operands(S: int, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple]]:
+    """Z (S, S), Z_y (S,) and, per core size P, V (S, P) and θ (P,): random, made once before the timer."""
+    generator = torch.Generator().manual_seed(0)
+    Z = torch.randn(S, S + 8, dtype=torch.float64, generator=generator)
     Z = Z @ Z.T
-    for _ in range(EPOCHS):
-        for site in (0, 1, 2, 1, 0):
-            P = BOND * P_IN * (BOND if site == 1 else 1)  # the end cores have one bond
-            V = torch.randn(S, P, dtype=torch.float64)
-            theta = torch.randn(P, dtype=torch.float64)
+    Z_y = torch.randn(S, dtype=torch.float64, generator=generator)
+    per_size = {
+        P: (torch.randn(S, P, dtype=torch.float64, generator=generator), torch.randn(P, dtype=torch.float64))
+        for P in set(sizes)
+    }
+    return Z, Z_y, per_size
+
+
+def floor_of_one_run(Z: torch.Tensor, Z_y: torch.Tensor, per_size: dict[int, tuple], sizes: list[int]) -> None:
+    """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
+    S = len(Z)
+    for P in sizes:
+        V, theta = per_size[P]
+        if P <= S:
             B = Z @ V  # (S, P)
-            gradient = V.T @ (B @ theta)
-            if S < P:  # low rank: an S × S solve
-                inner = B @ V.T
-                inner.diagonal().add_(1.0)
-                torch.linalg.solve_ex(inner, (B @ gradient)[:, None])
-            else:
-                hessian = V.T @ B
-                hessian.diagonal().add_(1.0)
-                factor, _ = torch.linalg.cholesky_ex(hessian)
-                torch.cholesky_solve(gradient[:, None], factor)
+            hessian = V.T @ B  # (P, P)
+            gradient = V.T @ (B @ theta - Z_y)
+            hessian.diagonal().add_(1.0)
+            factor, _ = torch.linalg.cholesky_ex(hessian)
+            torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
+        else:
+            ZG = Z @ (V @ V.T)  # (S, S)
+            gradient = V.T @ (Z @ (V @ theta) - Z_y)
+            rhs = gradient + 2 * theta
+            ZG.diagonal().add_(1.0)
+            inner, _ = torch.linalg.solve_ex(ZG, (Z @ (V @ rhs))[:, None])
+            rhs - V.T @ inner[:, 0]
+
+
+def floor_times(case: str, runs: int) -> list[float]:
+    from math import comb
+
+    _, L, _ = CASES[case]
+    sizes = update_shapes(case)
+    operands = floor_operands(comb(P_IN + L - 1, L), sizes)
+    floor_of_one_run(*operands, sizes)  # warm
+    times = []
+    for _ in range(runs):
+        start = time.process_time()
+        floor_of_one_run(*operands, sizes)
+        times.append(time.process_time() - start)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10, help="interleaved rounds (medians)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per case and code (medians)")
+    parser.add_argument("--old", type=Path, help="the old code's source tree, e.g. /tmp/ntn-old/core/src")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.runs)
     torch.set_num_threads(1)
-    data = load_dataset("california_housing", 500, 0, "clip")
-    one_run(data, 0)  # warm
-    floor_of_one_run()
-    runs, floors = [], []
-    for seed in range(args.runs):  # interleaved: both see the same drift of this machine
-        start = time.process_time()
-        one_run(data, seed)
-        runs.append(time.process_time() - start)
-        start = time.process_time()
-        floor_of_one_run()
-        floors.append(time.process_time() - start)
-    run, floor = statistics.median(runs), statistics.median(floors)
-    rows = [["one run (fit + test evaluation)", f"{run * 1e3:.1f}"], ["its dense calls alone", f"{floor * 1e3:.1f}"]]
-    print(f"MPO2 L={L} bond {BOND}, N_SAMPLES=500, {EPOCHS} epochs, one thread, CPU ms (median of {args.runs}):")
-    print(tabulate(rows, headers=["what", "CPU ms"]))
-    print(f"run ÷ floor: {run / floor:.2f}")
+    rows = []
+    for case in args.cases.split(","):
+        runs = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
+        floor = statistics.median(floor_times(case, 3 * runs))
+        new = statistics.median(run_times(case, runs, REPO / "core" / "src"))
+        row = [case, f"{floor * 1e3:.1f}", f"{new * 1e3:.1f}", f"{new / floor:.2f}"]
+        if args.old:
+            old = statistics.median(run_times(case, runs, args.old))
+            row += [f"{old * 1e3:.1f}", f"{old / floor:.2f}", f"{old / new:.2f}"]
+        rows.append(row)
+        print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
+    headers = ["case", "floor ms", "run ms", "run ÷ floor"] + (["old run ms", "old ÷ floor", "old ÷ new"] * bool(args.old))
+    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} runs:")
+    print(tabulate(rows, headers=headers))
 
 
 if __name__ == "__main__":
