@@ -43,6 +43,7 @@ def child(case: str, runs: int) -> None:
     """Time `runs` runs of one case in this process (the `ntn` on PYTHONPATH) and print their CPU seconds."""
     sys.path.insert(0, str(REPO))
     import ntn
+
     from experiments.dataset_loader import load_dataset
 
     torch.set_num_threads(1)
@@ -150,7 +151,8 @@ def main() -> None:
             row += [f"{old * 1e3:.1f}", f"{old / floor:.2f}", f"{old / new:.2f}"]
         rows.append(row)
         print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
-    headers = ["case", "floor ms", "run ms", "run ÷ floor"] + (["old run ms", "old ÷ floor", "old ÷ new"] * bool(args.old))
+    headers = ["case", "floor ms", "run ms", "run ÷ floor"]
+    headers += ["old run ms", "old ÷ floor", "old ÷ new"] if args.old else []
     print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} runs:")
     print(tabulate(rows, headers=headers))
 
