@@ -38,6 +38,23 @@ def test_basis_environment_is_the_environment_on_every_basis_tuple(Model):
         assert_close(model.basis_environment(unit), model.environment(unit, basis))
 
 
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("L, output_dim, output_site", [(3, 1, 1), (4, 3, 0), (4, 2, 3)])
+def test_folded_basis_environment_is_the_basis_environment_summed_per_monomial(Model, L, output_dim, output_site):
+    """Independent of the fold's shortcuts (MMPO2: the top row alone on the sorted tuples): E on all p^L basis
+    tuples through every core, mask included, summed over the tuples of each monomial."""
+    p = 4
+    model = Model(L=L, bond_dim=3, phys_dim=p, output_dim=output_dim, output_site=output_site, seed=3)
+    model.top_cores = [core.normal_() for core in model.top_cores]  # entries of order 1: no tiny products
+    monomials = torch.combinations(torch.arange(p), L, with_replacement=True)  # (S, L), each tuple sorted
+    tuples = torch.cartesian_prod(*[torch.arange(p)] * L).reshape(-1, L)  # (p^L, L), row-major
+    monomial_of = torch.tensor([monomials.tolist().index(sorted(t)) for t in tuples.tolist()])
+    for unit in model.units:
+        E_basis = model.environment(unit, basis_inputs(L, p, torch.float64, torch.device("cpu")))  # (p^L, C, P)
+        expected = E_basis.new_zeros(len(monomials), *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
+        assert_close(model.folded_basis_environment(unit, monomials, monomial_of), expected.transpose(0, 1))
+
+
 def test_parameter_counts():
     assert MPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432
     assert MMPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432

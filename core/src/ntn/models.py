@@ -25,6 +25,7 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ class InputLayer:
 
     cores: list[Tensor]
     trainable: bool
+    sorted_only: bool = False  # the cores are MMPO2's mask: 1 on index tuples i_0 ≤ … ≤ i_{L-1}, 0 elsewhere
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class TensorNetwork:
         self.output_dim, self.output_site = output_dim, output_site
         self.input_cores = None if input_layer is None else input_layer.cores  # None: φ feeds the top row
         self.train_input = input_layer is not None and input_layer.trainable
+        self.sorted_only = input_layer is not None and input_layer.sorted_only
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         r = phys_dim if self.input_cores is None else self.input_cores[0].shape[2]
         D = _bond_dims(L, bond_dim)
@@ -241,19 +244,29 @@ class TensorNetwork:
         phi_k = spread(phi_k, 1)
         return self._assemble(unit, spread(left, 0), self._input(k, phi_k), spread(right, 2), phi_k)
 
-    def folded_basis_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
+    def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """`basis_environment` summed over the basis tuples of each monomial: V (C, S, numel(core)) with
-        V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`).
+        V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
+        sorted index tuple.
+
+        Behind MMPO2's mask E_basis[t] is the top row's own environment where t is sorted and 0 elsewhere,
+        so V[:, m] is the top row's environment at the sorted tuple of m alone: S tuples, no mask cores.
 
         For a top core, E_basis[t, c, (a, j, b)] = Σ_{s,u} left[t_<k][c, a, s] G[t_k][s, j, u] right[t_>k][c, b, u],
         G[i] the input row at φ_k = e_i: the products left ⊗ right (p^L · C·D_left·d_left·D_right·d_right
         entries) are summed per (monomial, t_k) first, and G is applied once per monomial, instead of
         forming E on all p^L tuples (p^L · C · numel(core)) and folding it."""
+        n_monomials, p = len(monomials), self.phys_dim
+        if self.sorted_only and unit.layer == TOP:
+            top_row = copy.copy(self)
+            top_row.input_cores = None  # the same top cores read φ directly: MPO2
+            sorted_inputs = torch.eye(p, dtype=self.top_cores[0].dtype, device=monomials.device)[monomials]  # (S, L, p)
+            return top_row.environment(unit, sorted_inputs).transpose(0, 1)
         if unit.layer == INPUT:
             E_basis = self.basis_environment(unit)  # (p^L, C, P)
             V = E_basis.new_zeros(n_monomials, *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
             return V.transpose(0, 1)
-        k, p, L, C = unit.site, self.phys_dim, self.L, self.output_dim
+        k, L, C = unit.site, self.L, self.output_dim
         basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
         left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
         right = self._right_factor(k, basis[: p ** (L - k - 1)])  # per suffix i_>k: (p^(L-k-1), C, Dr, dr)
@@ -425,7 +438,7 @@ def MMPO2(
     """
     _check("L", L, 2)
     _check("phys_dim", phys_dim, 2)
-    mask = InputLayer(_ordering_mask_cores(L, phys_dim), trainable=False)
+    mask = InputLayer(_ordering_mask_cores(L, phys_dim), trainable=False, sorted_only=True)
     shape = dict(L=L, bond_dim=bond_dim, phys_dim=phys_dim, output_dim=output_dim, output_site=output_site)
     net = TensorNetwork(**shape, init_strength=init_strength, input_layer=mask, seed=seed)
     net.recipe = {"model": "MMPO2", **shape}

@@ -136,7 +136,7 @@ class Moments:
         The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in that
         factored form (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
         theta = model.core(unit).reshape(-1)  # (P,)
-        V = model.folded_basis_environment(unit, self.monomial_of, len(self.monomials))  # E_n = V z_n: (C, S, P)
+        V = model.folded_basis_environment(unit, self.monomials, self.monomial_of)  # E_n = V z_n: (C, S, P)
         C, S, P = V.shape
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
         V_rows = V.reshape(C * S, P)
