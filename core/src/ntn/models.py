@@ -252,29 +252,56 @@ class TensorNetwork:
         Behind MMPO2's mask E_basis[t] is the top row's own environment where t is sorted and 0 elsewhere,
         so V[:, m] is the top row's environment at the sorted tuple of m alone: S tuples, no mask cores.
 
-        For a top core, E_basis[t, c, (a, j, b)] = Σ_{s,u} left[t_<k][c, a, s] G[t_k][s, j, u] right[t_>k][c, b, u],
-        G[i] the input row at φ_k = e_i: the products left ⊗ right (p^L · C·D_left·d_left·D_right·d_right
-        entries) are summed per (monomial, t_k) first, and G is applied once per monomial, instead of
-        forming E on all p^L tuples (p^L · C · numel(core)) and folding it."""
+        Otherwise E_basis[t] depends on t through left[t_<k] (c, a, s), t_k and right[t_>k] (c, b, u), and the
+        fold sums it over the tuples of each monomial; the core's neighbours are contracted before that sum
+        where it is smaller:
+        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[c,a,s] A[a,j,c,b] right[c,b,u],
+          A the top core: Σ_a left A per prefix, then per tuple (dl·r·dr entries), summed per (monomial, t_k);
+        - top core (a, j, b): Σ_{s,u} left[c,a,s] G[t_k][s,j,u] right[c,b,u], G[i] the input row at φ_k = e_i:
+          with G applied per tuple (Dl·r·Dr entries each, LMPO2), or, where the pairs left ⊗ right are fewer
+          (dl·dr ≤ r: MPO2, whose G is the identity), those summed per (monomial, t_k) and G applied per monomial.
+        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries)."""
         n_monomials, p = len(monomials), self.phys_dim
         if self.sorted_only and unit.layer == TOP:
             top_row = copy.copy(self)
             top_row.input_cores = None  # the same top cores read φ directly: MPO2
             sorted_inputs = torch.eye(p, dtype=self.top_cores[0].dtype, device=monomials.device)[monomials]  # (S, L, p)
             return top_row.environment(unit, sorted_inputs).transpose(0, 1)
-        if unit.layer == INPUT:
-            E_basis = self.basis_environment(unit)  # (p^L, C, P)
-            V = E_basis.new_zeros(n_monomials, *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
-            return V.transpose(0, 1)
         k, L, C = unit.site, self.L, self.output_dim
         basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
         left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
         right = self._right_factor(k, basis[: p ** (L - k - 1)])  # per suffix i_>k: (p^(L-k-1), C, Dr, dr)
         prefix, i_k, suffix = _tuple_parts(L, p, k, basis.device)  # of every tuple t, row-major: (p^L,) each
-        pairs = torch.einsum("tcas,tcbu->tcasbu", left[prefix], right[suffix])  # (p^L, C, Dl, dl, Dr, dr)
-        W = pairs.new_zeros(n_monomials * p, *pairs.shape[1:]).index_add_(0, monomial_of * p + i_k, pairs)
+        monomial_and_i_k = monomial_of * p + i_k  # (p^L,): the row of t's (monomial, t_k) pair
+
+        def fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+            """Σ of per_tuple (p^L, ...) over the tuples t with rows[t] = each row: (n_rows, ...)."""
+            return per_tuple.new_zeros(n_rows, *per_tuple.shape[1:]).index_add_(0, rows, per_tuple)
+
+        if unit.layer == INPUT:
+            top = self.top_cores[k].expand(
+                -1, -1, C, -1
+            )  # (Dl, r, C, Dr): the output index, where top carries it, is c
+            left_top = torch.einsum("xcas,ajcb->xcsjb", left, top)  # per prefix: (p^k, C, dl, r, Dr)
+            per_tuple = torch.einsum("tcsjb,tcbu->tcsju", left_top[prefix], right[suffix])  # (p^L, C, dl, r, dr)
+            V = fold(per_tuple, monomial_and_i_k, n_monomials * p).unflatten(
+                0, (n_monomials, p)
+            )  # (S, p, C, dl, r, dr)
+            return V.permute(2, 0, 3, 1, 4, 5).reshape(C, n_monomials, -1)  # (C, S, (dl, i, r, dr))
         G = self._input(k, torch.eye(p, dtype=basis.dtype, device=basis.device))  # (p, dl, r, dr)
-        V = torch.einsum("micasbu,isju->cmajb", W.reshape(n_monomials, p, *pairs.shape[1:]), G)  # (C, S, Dl, r, Dr)
+        dl, r, dr = G.shape[1:]
+        if dl * dr > r:
+            left_G = torch.einsum("xcas,isjd->xicajd", left, G).flatten(
+                0, 1
+            )  # per (prefix, t_k): (p^(k+1), C, Dl, r, dr)
+            per_tuple = torch.einsum(
+                "tcajd,tcbd->tcajb", left_G[prefix * p + i_k], right[suffix]
+            )  # (p^L, C, Dl, r, Dr)
+            V = fold(per_tuple, monomial_of, n_monomials).transpose(0, 1)  # (C, S, Dl, r, Dr)
+        else:
+            pairs = torch.einsum("tcas,tcbu->tcasbu", left[prefix], right[suffix])  # (p^L, C, Dl, dl, Dr, dr)
+            W = fold(pairs, monomial_and_i_k, n_monomials * p).unflatten(0, (n_monomials, p))
+            V = torch.einsum("micasbu,isju->cmajb", W, G)  # (C, S, Dl, r, Dr)
         if k == self.output_site:  # top core carries c: V[c, m, a, j, c', b] = V[c, m, a, j, b] δ_cc'
             V = _with_output_index(V, 4)
         return V.reshape(C, n_monomials, -1)
