@@ -32,7 +32,10 @@ from torch import Tensor
 from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit, basis_tuples
 
-MAX_BASIS_ENTRIES = 2**23  # entries of a core's environment on all p^L basis tuples (64 MB)
+# p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
+# lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.27 s/epoch against 0.80 s
+# for the batches, peak RSS 364 MB (benchmarks/bench_floor.py, docs/benchmarks.md).
+MAX_BASIS_ENTRIES = 2**25
 
 
 def monomial_count(L: int, p: int) -> int:
