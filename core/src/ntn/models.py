@@ -318,6 +318,11 @@ class TensorNetwork:
             E = _with_output_index(E.transpose(0, 1), 4).transpose(0, 1)
         return E.reshape(B, C, -1)
 
+    def reads_phi(self, unit: Unit) -> bool:
+        """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores): its folded environment
+        V[:, m, :, j] (`folded_basis_environment`) is then 0 unless monomial m holds index j."""
+        return unit.layer == TOP and (self.input_cores is None or self.sorted_only)
+
     def is_kronecker(self, unit: Unit) -> bool:
         """Whether E_n = left_n ⊗ φ_n ⊗ right_n for this core (MPO2 top cores, one output)."""
         return unit.layer == TOP and self.input_cores is None and self.output_dim == 1

@@ -132,6 +132,10 @@ class Moments:
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
         lookup[(self.monomials * powers).sum(dim=1)] = torch.arange(S, device=device)
         self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * powers).sum(dim=1)]  # (p^L,)
+        # holding[j] = the monomials that hold index j, as many for every j: (p, M); Z's columns for them (p, S, M)
+        holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
+        self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
+        self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
 
     def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
         """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
@@ -143,11 +147,26 @@ class Moments:
         C, S, P = V.shape
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
         V_rows = V.reshape(C * S, P)
-        B = torch.matmul(self.Z, V).reshape(C * S, P).mul_(K)  # (C·S, P): the Hessian is V_rowsᵀ B
+        if model.reads_phi(unit):  # V[:, m, :, j] = 0 unless monomial m holds j: Z V and Vᵀ B over those rows alone
+            Dl, p = model.core(unit).shape[:2]
+            V_by_j = V.reshape(C, S, Dl, p, -1).permute(3, 0, 1, 2, 4)  # (p, C, S, Dl, Y): Y = C_k·Dr
+            rows = self.holding[:, None, :, None, None].expand(-1, C, -1, *V_by_j.shape[3:])
+            V_held = V_by_j.gather(2, rows).flatten(3)  # (p, C, M, Dl·Y): V[c, holding[j], :, j]
+            B_by_j = self.Z_holding[:, None] @ V_held  # (p, C, S, Dl·Y)
+            B = B_by_j.unflatten(3, (Dl, -1)).permute(1, 2, 3, 0, 4).reshape(C * S, P).mul_(K)
+        else:
+            B = torch.matmul(self.Z, V).reshape(C * S, P).mul_(K)  # (C·S, P): the Hessian is V_rowsᵀ B
         Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
         gradient = V_rows.T @ (B @ theta) - K * Ey
         environment_sq = torch.dot(V_rows.reshape(-1), B.reshape(-1)).item() / K  # trace of Σ_c V_cᵀ Z V_c
-        hessian = LowRankHessian(V_rows, B) if C * S < P else V_rows.T @ B
+        if C * S < P:
+            hessian = LowRankHessian(V_rows, B)
+        elif model.reads_phi(unit):  # H[(a, j, y), :] = Σ_c Σ_{m holding j} V[c, m, a, j, y] B[c, m, :]
+            B_held = B.reshape(C, S, P)[:, self.holding]  # (C, p, M, P)
+            H_by_j = torch.einsum("jcmx,cjmq->jxq", V_held, B_held)  # (p, Dl·Y, P)
+            hessian = H_by_j.unflatten(1, (Dl, -1)).transpose(0, 1).reshape(P, P)
+        else:
+            hessian = V_rows.T @ B
         return hessian, gradient, environment_sq
 
     def scores(self, model: TensorNetwork) -> dict[str, float]:
