@@ -9,7 +9,9 @@ of interleaved rounds. Each run is timed in a child process importing this check
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
-  P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve;
+  P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve; for a core
+                     that reads φ's index (MPO2's and MMPO2's top cores) Z V and Vᵀ B over the M monomials
+                     that hold each index only (V is 0 elsewhere): 2·S·M·P and 2·M·P² flops;
   P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
                      (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products.
 S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
@@ -31,6 +33,7 @@ from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 P_IN, BOND, EPOCHS = 9, 6, 10
+M_OF: dict[int, int] = {}  # S -> the number of monomials that hold one index
 CASES = {  # name: (model, L, N_SAMPLES; 0 = all rows)
     "MPO2 L=3": ("MPO2", 3, 500),
     "LMPO2 L=3": ("LMPO2", 3, 500),
@@ -70,36 +73,49 @@ def run_times(case: str, runs: int, source: Path) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def update_shapes(case: str) -> list[int]:
-    """P of each core update of one run (every epoch's sweep, left to right and back)."""
+def update_shapes(case: str) -> list[tuple[int, bool]]:
+    """(P, whether the core reads φ's index) of each core update of one run (every epoch's sweep, there and back)."""
     sys.path.insert(0, str(REPO / "core" / "src"))
     import ntn
 
     model_name, L, _ = CASES[case]
     model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=0)
     units = model.units
-    return [model.core(u).numel() for u in units + units[-2::-1]] * EPOCHS
+    return [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
 
 
-def floor_operands(S: int, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict[int, tuple]]:
-    """Z (S, S), Z_y (S,) and, per core size P, V (S, P) and θ (P,): random, made once before the timer."""
+def floor_operands(S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
+    """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M) and, per core size P, V (S, P),
+    its rows for each index (p, M, P/p) and θ (P,): random, made once before the timer."""
     generator = torch.Generator().manual_seed(0)
     Z = torch.randn(S, S + 8, dtype=torch.float64, generator=generator)
     Z = Z @ Z.T
     Z_y = torch.randn(S, dtype=torch.float64, generator=generator)
+    Z_held = torch.randn(P_IN, S, M, dtype=torch.float64, generator=generator)
     per_size = {
-        P: (torch.randn(S, P, dtype=torch.float64, generator=generator), torch.randn(P, dtype=torch.float64))
-        for P in set(sizes)
+        P: (
+            torch.randn(S, P, dtype=torch.float64, generator=generator),
+            torch.randn(P_IN, M, P // P_IN, dtype=torch.float64, generator=generator),
+            torch.randn(P, dtype=torch.float64),
+        )
+        for P, _ in set(sizes)
     }
-    return Z, Z_y, per_size
+    return Z, Z_y, Z_held, per_size
 
 
-def floor_of_one_run(Z: torch.Tensor, Z_y: torch.Tensor, per_size: dict[int, tuple], sizes: list[int]) -> None:
+def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tuple[int, bool]]) -> None:
     """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
     S = len(Z)
-    for P in sizes:
-        V, theta = per_size[P]
-        if P <= S:
+    for P, reads_phi in sizes:
+        V, V_held, theta = per_size[P]
+        if P <= S and reads_phi:
+            B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
+            hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
+            gradient = V.T @ (B @ theta - Z_y)
+            hessian.diagonal().add_(1.0)
+            factor, _ = torch.linalg.cholesky_ex(hessian)
+            torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
+        elif P <= S:
             B = Z @ V  # (S, P)
             hessian = V.T @ B  # (P, P)
             gradient = V.T @ (B @ theta - Z_y)
@@ -120,7 +136,9 @@ def floor_times(case: str, runs: int) -> list[float]:
 
     _, L, _ = CASES[case]
     sizes = update_shapes(case)
-    operands = floor_operands(comb(P_IN + L - 1, L), sizes)
+    S = comb(P_IN + L - 1, L)
+    M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
+    operands = floor_operands(S, M_OF[S], sizes)
     floor_of_one_run(*operands, sizes)  # warm
     times = []
     for _ in range(runs):
