@@ -33,8 +33,8 @@ from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit, basis_tuples
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
-# lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.27 s/epoch against 0.80 s
-# for the batches, peak RSS 364 MB (benchmarks/bench_floor.py, docs/benchmarks.md).
+# lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
+# for the batches, peak RSS 452 MB (benchmarks/bench_floor.py, docs/benchmarks.md).
 MAX_BASIS_ENTRIES = 2**25
 
 
