@@ -31,14 +31,6 @@ def test_environment_is_the_linear_map_of_each_core(Model):
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
-def test_basis_environment_is_the_environment_on_every_basis_tuple(Model):
-    model = Model(L=4, bond_dim=3, phys_dim=3, output_dim=2, output_site=1, init_strength=0.4, seed=2)
-    basis = basis_inputs(4, 3, torch.float64, torch.device("cpu"))  # (81, 4, 3)
-    for unit in model.units:
-        assert_close(model.basis_environment(unit), model.environment(unit, basis))
-
-
-@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 @pytest.mark.parametrize("L, output_dim, output_site", [(3, 1, 1), (4, 3, 0), (4, 2, 3)])
 def test_folded_basis_environment_is_the_basis_environment_summed_per_monomial(Model, L, output_dim, output_site):
     """Independent of the fold's shortcuts (MMPO2: the top row alone on the sorted tuples): E on all p^L basis

@@ -224,28 +224,9 @@ class TensorNetwork:
         """
         return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
 
-    def basis_environment(self, unit: Unit) -> Tensor:
-        """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), i in row-major order:
-        (p^L, C, numel(core)). The left factor depends only on i_<k and the right one only on i_>k, so
-        each is contracted once per prefix or suffix, not once per tuple."""
-        k, p, L = unit.site, self.phys_dim, self.L
-        basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
-        left = self._left_factor(k, basis[:: p ** (L - k)])  # rows with i_≥k = 0: (p^k, C, Dl, dl)
-        right = self._right_factor(k, basis[: p ** (L - k - 1)])  # rows with i_≤k = 0: (p^(L-k-1), C, Dr, dr)
-        phi_k = basis[: p ** (L - k) : p ** (L - k - 1), k]  # e_{i_k}: (p, p)
-
-        def spread(part: Tensor, axis: int) -> Tensor:
-            """A tensor over one of (i_<k, i_k, i_>k), repeated over the grid of all three: (p^L, ...)."""
-            shape = [1, 1, 1]
-            shape[axis] = len(part)
-            grid = part.reshape(*shape, *part.shape[1:]).expand(p**k, p, p ** (L - k - 1), *part.shape[1:])
-            return grid.reshape(p**L, *part.shape[1:])
-
-        phi_k = spread(phi_k, 1)
-        return self._assemble(unit, spread(left, 0), self._input(k, phi_k), spread(right, 2), phi_k)
-
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
-        """`basis_environment` summed over the basis tuples of each monomial: V (C, S, numel(core)) with
+        """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C, numel(core)),
+        summed over the basis tuples of each monomial: V (C, S, numel(core)) with
         V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
         sorted index tuple.
 
