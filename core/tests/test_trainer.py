@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from ntn import LMPO2, MMPO2, MPO2, NTN, NewtonStepError
+from ntn import LMPO2, MMPO2, MPO2, NTN, NewtonStepError, moments
 from ntn.gram import accumulate_system
+from ntn.losses import MSE
 from ntn.models import TOP, Unit
 from ntn.moments import LowRankHessian, Moments, monomial_count
 from scaled import assert_close
@@ -104,6 +105,14 @@ def test_moments_give_the_same_newton_system_as_the_batches(Model, L, output_dim
         for a, b in zip((hessian, gradient), want[:2]):
             assert_close(a, b, rtol=1e-10)
         assert environment_sq == pytest.approx(want[2], rel=1e-10)
+
+
+def test_deep_networks_on_all_rows_take_the_moments_path():
+    """L = 5 bond 6 on California housing's 14,448 training rows: the moments path (measured 3.2× faster per run
+    than a pass over the data per update, peak RSS 452 MB; docs/benchmarks.md), not below S = 1287 samples."""
+    model = MPO2(L=5, bond_dim=6, phys_dim=9, output_dim=1, output_site=1)
+    assert moments.applies(model, MSE(), 14_448)
+    assert not moments.applies(model, MSE(), monomial_count(5, 9) - 1)
 
 
 def test_fits_noise_free_data_from_a_random_mpo2_of_the_same_shape():
