@@ -10,6 +10,8 @@ monomial of degree ≤ L in x). Folding W onto them gives V (C, S, P) with E_n[c
 
 Z and Z_y are accumulated once, over mini-batches. After that a core's system costs 2·C·P·S·(S + P)
 flops whatever N is (p = 9, L = 3: S = 165, against Σ_n over 16k samples of a P² outer product).
+For MPO2's and MMPO2's top cores V is 0 outside the M = S − C(p+L−2, L) monomials that hold each index, so
+Z V and Vᵀ B run over those rows alone (L = 3: M/S = 45/165).
 
 The training figures follow from the same sums: with a_c (S,) the coefficients of f_c on the monomials,
 Σ_n (f_nc − y_nc)² = a_cᵀ Z a_c − 2 a_cᵀ Z_y[:, c] + Σ_n y_nc², so an epoch's loss and R² on the training
