@@ -371,6 +371,24 @@ def test_secret_values_never_reach_the_file(monkeypatch):
     assert load(the_file("secrets"))["summary"]["error"] == "RuntimeError: proxy said no to [REDACTED]"
 
 
+def test_a_flag_or_a_too_short_secret_alters_no_name_key_or_summary(monkeypatch):
+    """Failed on main: MY_API_KEY=e put [REDACTED] for every 'e' of the run file's name and keys, so
+    `summary` counted the successful run as failed; DISABLE_AUTH=1 renamed seed 1's run file."""
+    monkeypatch.setenv("MY_API_KEY", "e")
+    monkeypatch.setenv("DISABLE_AUTH", "1")
+    with start_run("exp_seed1", {"learning_rate": 0.1, "seed": 1}) as run:
+        run.log_metrics({"test_quality": 0.5}, step=0)
+        run.log_summary({"success": True, "test_quality": 0.5})
+    assert sorted(p.name for p in pathlib.Path("experiment_logs").glob("*.json")) == ["exp_seed1.json"]
+    document = load(the_file("exp_seed1"))
+    assert document["experiment_name"] == "exp_seed1" and document["config"] == {"learning_rate": 0.1, "seed": 1}
+    assert document["summary"] == {"status": "finished", "success": True, "test_quality": 0.5}
+    cli = pathlib.Path(sys.executable).parent / "ntn-trackers"
+    done = subprocess.run([cli, "summary", "--format", "json"], capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(done.stdout)
+    assert (row["experiment"], row["runs"], row["successful"], row["failed"]) == ("exp", 1, 1, {}), done.stderr
+
+
 def test_a_secret_in_the_uncommitted_diff_never_reaches_the_attached_diff(tmp_path, monkeypatch):
     from ntn.tracking.provenance import gather
 
