@@ -59,8 +59,8 @@ class TrackedRun:
         self.distributions = {b.name: b.distribution for b in backends if b.name in self.trackers}
 
     def log_provenance(self, provenance: Provenance) -> None:
-        """What made the run to `log_provenance` (with the trackers' distributions), its files (secrets
-        redacted from them too) to `log_artifact`; `start_run` calls it first."""
+        """What made the run to `log_provenance` (with the trackers' distributions), its files (their
+        secrets redacted when gathered: `ntn.tracking.provenance`) to `log_artifact`; `start_run` calls it first."""
         provenance = provenance.merged(versions={"trackers": self.distributions})
         self._call("log_provenance", provenance=self.redact(provenance.record))
         if not any("log_artifact" in self.trackers[name] for name in self.active):
@@ -69,9 +69,7 @@ class TrackedRun:
             for name, content in provenance.files.items():
                 path = os.path.join(directory, name)
                 with open(path, "wb") as file:
-                    file.write(
-                        self.redact.text(content.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-                    )
+                    file.write(content)
                 self.log_artifact(path, name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
