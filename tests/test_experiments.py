@@ -152,7 +152,7 @@ def test_a_failing_seed_is_recorded_and_the_others_go_on(run_script, tmp_path):
         ({"OUTPUT_FILE": "results_is_a_file"}, "OUTPUT_FILE='results_is_a_file' holds something other than"),
         ({"TRACKER_DIR": "results_dir", "OUTPUT_FILE": "results_dir/mpo2_experiment_seed0.json"}, "inside TRACKER_DIR"),
         ({"NTN_AIM_EXIT_TIMEOUT": "inf", "TRACKER_BACKEND": "aim"}, "NTN_AIM_EXIT_TIMEOUT='inf' must be a number"),
-        ({"TRACKER_BACKEND": "aim", "AIM_REPO": "aim://127.0.0.1:9", "AIM_AUTH_TOKEN": "€uro"}, "only Latin-1"),
+        ({"TRACKER_BACKEND": "aim", "AIM_REPO": "aim://127.0.0.1:9", "AIM_AUTH_TOKEN": "€uro-token"}, "only Latin-1"),
         # a misspelt variable trained the defaults under the default name, replacing the quick start's files
         ({"BOND_DIMM": "4"}, "BOND_DIMM is not a setting; did you mean BOND_DIM?"),
         ({"N_EPOCH": "1"}, "N_EPOCH is not a setting; did you mean N_EPOCHS?"),
