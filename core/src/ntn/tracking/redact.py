@@ -97,7 +97,7 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The secret strings currently in the environment that are redacted, longest first."""
     environ = os.environ if environ is None else environ
     named = [(k, v) for k, v in environ.items() if SECRET_ENV_NAME.search(k)]
-    inside = [(k, x) for k, v in named for x in _object_values(v)]  # e.g. the values of a header map
+    inside = [(f"a value of {k}", x) for k, v in named for x in _object_values(v)]  # e.g. of a header map
     declared = [
         (f"a value declared by {declare.__module__}", str(v)) for declare in _declarations() for v in declare(environ)
     ]
