@@ -19,7 +19,7 @@ from ntn.tracking import Redactor
 
 
 def redact(text: str) -> str:
-    """`text` without the secrets of the environment (ntn.tracking.Redactor), for stderr and file names."""
+    """`text` without the secrets of the environment (ntn.tracking.Redactor), for stderr."""
     return Redactor().text(text)
 
 

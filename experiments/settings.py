@@ -289,9 +289,11 @@ def settings_of(model: str, raws: dict[str, tuple[str, str]]) -> Settings:
             values[s.dest] = s.parse(raw)
         except SettingError as err:
             raise SettingError(f"{source}={raw!r} {err}") from None
-    # names made from EXPERIMENT_NAME (run files, Aim runs, OUTPUT_FILE's default, messages) hold no secret
-    values["experiment_name"] = Redactor().text(values["experiment_name"])
     values["output_file"] = values["output_file"].replace("{experiment}", file_stem(values["experiment_name"]))
+    # they name run files, Aim runs and messages: one that holds a secret is refused, never altered or shown
+    for dest, what in (("experiment_name", "EXPERIMENT_NAME"), ("output_file", "OUTPUT_FILE")):
+        if Redactor().holds_secret(values[dest]):
+            raise SettingError(f"{what} holds the value of a secret variable (a token, a password); name it otherwise")
     if not values["output_site"] < values["l"]:
         raise SettingError(f"OUTPUT_SITE={values['output_site']} must be in [0, L) = [0, {values['l']})")
     return Settings(**values)

@@ -234,7 +234,6 @@ def _main(argv: list[str] | None = None) -> int:
         s = resolve(model, argv)
     except SettingError as err:
         return _fail(model, str(err))
-    s = dataclasses.replace(s, output_file=redact(s.output_file))
 
     output = Path(s.output_file)
     holding = contextlib.ExitStack()

@@ -3,8 +3,13 @@
 import hashlib
 
 from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE, code, gather
+from ntn.tracking.redact import REDACTED
 from ntn.tracking.reproduce import agrees, differences, figures
 from ntn.tracking.testing import commit_all, git
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
 
 
 def committed(directory):
@@ -20,14 +25,40 @@ def test_a_clean_checkout_has_its_commit_and_no_diff(tmp_path):
     assert "git_diff_sha256" not in found
 
 
-def test_a_dirty_checkout_has_the_hash_of_its_whole_diff_and_the_diff_is_cut_at_the_bound(tmp_path, monkeypatch):
+def test_a_dirty_checkout_has_the_hash_of_its_attached_diff_cut_at_a_line_end_by_the_bound(tmp_path, monkeypatch):
     committed(tmp_path)
     (tmp_path / "a.py").write_text("x = 2\n" * 1000)
     whole = git(tmp_path, "diff", "HEAD", "--binary")
     monkeypatch.setattr("ntn.tracking.provenance.DIFF_LIMIT", 100)
     found, diff = code(tmp_path)
-    assert found["git_dirty"] is True and found["git_diff_sha256"] == hashlib.sha256(whole).hexdigest()
-    assert found["git_diff_bytes"] == len(whole) and found["git_diff_attached_bytes"] == 100 and diff == whole[:100]
+    attached = whole[: whole.rfind(b"\n", 0, 100) + 1]
+    assert found["git_dirty"] is True and diff == attached and found["git_diff_sha256"] == sha256(attached)
+    assert found["git_diff_bytes"] == len(whole) and found["git_diff_attached_bytes"] == len(attached) <= 100
+    assert found["git_diff_redacted_lines"] == 0
+
+
+AWS_KEY, GITHUB_TOKEN, VARIABLE_VALUE = (
+    "AKIAIOSFODNN7EXAMPLX",
+    "ghp_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5",
+    "vAl-9u3-7x",
+)
+
+
+def test_secrets_in_the_uncommitted_diff_are_redacted_and_counted(tmp_path, monkeypatch):
+    """Failed on main: a token in an uncommitted change went into git.diff whole (redaction knew only the
+    secret variables' values), and the record did not say how many lines were redacted."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", VARIABLE_VALUE)
+    (tmp_path / "settings.py").write_text("A = 1\nnote = 'keep me'\n")
+    commit_all(tmp_path)
+    lines = [f"aws_id = {AWS_KEY!r}", f'GITHUB = "{GITHUB_TOKEN}"', f"call(login={VARIABLE_VALUE!r})", "A = 2"]
+    (tmp_path / "settings.py").write_text("\n".join(lines) + "\nnote = 'keep me'\n")
+    found, diff = code(tmp_path)
+    text = diff.decode()
+    assert AWS_KEY not in text and GITHUB_TOKEN not in text and VARIABLE_VALUE not in text
+    assert "+A = 2" in text and " note = 'keep me'" in text and "-A = 1" in text  # the rest as it was
+    assert f"+call(login='{REDACTED}')" in text
+    assert found["git_diff_redacted_lines"] == 3 == text.count(REDACTED)
+    assert found["git_diff_sha256"] == sha256(diff) and found["git_diff_bytes"] > len(diff)
 
 
 def test_no_repository_and_no_git_are_recorded_never_raised(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from ntn.tracking import (
     Backend,
     BaseTracker,
     Interrupted,
+    TrackerConfigError,
     TrackerSelectionError,
     TrackerValidationError,
     TrackerWarning,
@@ -674,13 +675,72 @@ def test_a_tracker_disabled_mid_run_never_finalizes_its_record_as_finished(test_
     assert statuses == {0: "finished", 1: "failed"}
 
 
-@pytest.mark.parametrize("secret", ["x", "ab", "pw1234"])
-def test_every_value_of_a_secret_variable_is_redacted_whatever_its_length(test_trackers, monkeypatch, secret):
-    """Failed on main: values shorter than 8 characters were never redacted."""
-    monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+def test_a_value_too_short_for_a_credential_rewrites_nothing_and_is_reported_once(test_trackers, monkeypatch, capsys):
+    """Failed on main: MY_API_KEY=e turned every 'e' of every key, value and run name into [REDACTED]."""
+    from ntn.tracking import redact
+
+    monkeypatch.setattr(redact, "_warned", set())
+    monkeypatch.setenv("MY_API_KEY", "e")
+    config = {"learning_rate": 0.1, "model": "mpo2", "data": "/data/cal_housing.data", "note": "e is a letter"}
+    for _ in range(2):  # a second run of the process reports nothing more
+        with start_run("exp_seed1", config, backend="record") as run:
+            run.log_metrics({"test_quality": 0.5, "reg_loss": 1e-3}, step=0)
+            run.log_summary({"success": True, "message": "trained"})
+    calls = calls_of(test_trackers, "exp_seed1")
+    assert calls[0][1]["config"] == config
+    assert {"metrics": {"test_quality": 0.5, "reg_loss": 1e-3}, "step": 0} in [args for _, args in calls]
+    assert {"summary": {"success": True, "message": "trained"}} in [args for _, args in calls]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "ntn.tracking: warning: MY_API_KEY is shorter than 6 characters, too short for a credential: "
+        "its value is not redacted"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["1", "0", "true", "False", "yes", "no", "on", "OFF", "42"])
+def test_flags_and_numbers_are_no_secrets(test_trackers, monkeypatch, capsys, flag):
+    """Failed on main: DISABLE_AUTH=1 renamed seed 1's run to 'exp_seed[REDACTED]'."""
+    monkeypatch.setenv("DISABLE_AUTH", flag)
+    with start_run(f"exp_seed{flag}", {"seed": flag, "n": f"{flag}0 {flag}"}, backend="record"):
+        pass
+    (init,) = [args for hook, args in calls_of(test_trackers, f"exp_seed{flag}") if hook == "__init__"]
+    assert init["config"] == {"seed": flag, "n": f"{flag}0 {flag}"}
+    assert capsys.readouterr().err == ""  # nothing to warn about
+
+
+def test_a_secret_is_redacted_as_a_whole_token_only_and_a_name_holding_one_is_refused(test_trackers, monkeypatch):
+    """Failed on main: a secret inside another word was replaced, and a run name holding one was renamed."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "pw1234")
     redact = Redactor()
-    assert secret not in redact.text(f"run_{secret}_1") and REDACTED in redact.text(f"run_{secret}_1")
-    assert redact({"note": f"called with {secret}", "loss": 0.5}) == {"note": f"called with {REDACTED}", "loss": 0.5}
+    assert redact.text("run_pw1234_1 pw1234. (pw1234)") == f"run_{REDACTED}_1 {REDACTED}. ({REDACTED})"
+    assert redact.text("xpw1234 pw12345 pw1234a") == "xpw1234 pw12345 pw1234a"  # other words
+    assert redact({"pw1234": "pw1234"}) == {"pw1234": REDACTED}  # keys are never altered
+    with pytest.raises(ValueError, match="holds the value of a secret variable") as refused:
+        start_run("exp_pw1234_seed0", {}, backend="record").__enter__()
+    assert "pw1234" not in str(refused.value) and calls_of(test_trackers, "exp_pw1234_seed0") == []
+    with pytest.raises(TrackerConfigError, match="holds the value of a secret variable"):
+        validate("record", ["exp_pw1234_seed0"])
+
+
+@pytest.mark.parametrize(
+    ("url", "credential", "shown"),
+    [
+        ("https://user:p@ss/w rd@host", ["p@ss/w rd", "p@ss", "ss/w", "w rd"], f"https://user:{REDACTED}@host"),
+        ("https://ghp_xxxTOKEN@host/x", ["ghp_xxxTOKEN", "xxxTOKEN"], f"https://{REDACTED}@host/x"),
+        ("tcp://u:pw@host:8786", ["pw"], f"tcp://u:{REDACTED}@host:8786"),
+        ("https://x-access-token:gh:o@/x@github.com/a", ["gh:o@/x", "gh:o"], f"https://x-access-token:{REDACTED}@github.com/a"),
+    ],
+)  # fmt: skip
+def test_credentials_in_any_url_are_found_by_parsing_it(url, credential, shown):
+    """Failed on main: a password holding '@', '/' or a space, and a token as the user part, were printed."""
+    from ntn.tracking.redact import without_url_credentials
+
+    redact = Redactor({})
+    assert without_url_credentials(url) == shown == redact.text(url)
+    for text in (f"--scheduler={url!r} refused", f"mlflow: {url}", f'AIM_REPO="{url}", spooled in /x/'):
+        redacted = redact.text(text)
+        assert shown in redacted and not [part for part in credential if part in redacted.replace(shown, "")]
+    assert redact({"uri": url, "headers_note": [url]}) == {"uri": shown, "headers_note": [shown]}
 
 
 @pytest.mark.parametrize(
@@ -691,7 +751,7 @@ def test_every_value_of_a_secret_variable_is_redacted_whatever_its_length(test_t
 def test_secret_variables_are_known_by_a_part_of_their_name(name, secret):
     from ntn.tracking.redact import secret_values
 
-    assert (secret_values({name: "v4lue"}) == ["v4lue"]) is secret
+    assert (secret_values({name: "v4lue-123"}) == ["v4lue-123"]) is secret
 
 
 def test_numeric_knobs_are_checked_in_one_line(monkeypatch):

@@ -371,19 +371,46 @@ def test_secret_values_never_reach_the_file(monkeypatch):
     assert load(the_file("secrets"))["summary"]["error"] == "RuntimeError: proxy said no to [REDACTED]"
 
 
+def test_a_flag_or_a_too_short_secret_alters_no_name_key_or_summary(monkeypatch):
+    """Failed on main: MY_API_KEY=e put [REDACTED] for every 'e' of the run file's name and keys, so
+    `summary` counted the successful run as failed; DISABLE_AUTH=1 renamed seed 1's run file."""
+    monkeypatch.setenv("MY_API_KEY", "e")
+    monkeypatch.setenv("DISABLE_AUTH", "1")
+    with start_run("exp_seed1", {"learning_rate": 0.1, "seed": 1}) as run:
+        run.log_metrics({"test_quality": 0.5}, step=0)
+        run.log_summary({"success": True, "test_quality": 0.5})
+    assert sorted(p.name for p in pathlib.Path("experiment_logs").glob("*.json")) == ["exp_seed1.json"]
+    document = load(the_file("exp_seed1"))
+    assert document["experiment_name"] == "exp_seed1" and document["config"] == {"learning_rate": 0.1, "seed": 1}
+    assert document["summary"] == {"status": "finished", "success": True, "test_quality": 0.5}
+    cli = pathlib.Path(sys.executable).parent / "ntn-trackers"
+    done = subprocess.run([cli, "summary", "--format", "json"], capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(done.stdout)
+    assert (row["experiment"], row["runs"], row["successful"], row["failed"]) == ("exp", 1, 1, {}), done.stderr
+
+
 def test_a_secret_in_the_uncommitted_diff_never_reaches_the_attached_diff(tmp_path, monkeypatch):
+    """Failed on main for the tokens no variable holds (an AWS key, a GitHub token): they went into
+    git.diff whole, and the record did not say how many lines were redacted."""
     from ntn.tracking.provenance import gather
 
     monkeypatch.setenv("CF_ACCESS_CLIENT_SECRET", SECRETS["CF_ACCESS_CLIENT_SECRET"])
+    aws_key, github_token = "AKIAIOSFODNN7EXAMPLX", "ghp_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
     code = tmp_path / "code"
     code.mkdir()
     (code / "train.py").write_text("SECRET = None\n")
     commit_all(code)
-    (code / "train.py").write_text(f"SECRET = {SECRETS['CF_ACCESS_CLIENT_SECRET']!r}\n")
+    lines = [f"SECRET = {SECRETS['CF_ACCESS_CLIENT_SECRET']!r}", f"AWS = {aws_key!r}", f"GH = {github_token!r}"]
+    (code / "train.py").write_text("\n".join(lines) + "\n")
     with start_run("leaky_seed0", {}, provenance=gather(code)):
         pass
-    diff = pathlib.Path("experiment_logs/.artifacts/leaky_seed0/git.diff").read_text()
-    assert "+SECRET = '[REDACTED]'" in diff and SECRETS["CF_ACCESS_CLIENT_SECRET"] not in diff
+    diff = pathlib.Path("experiment_logs/.artifacts/leaky_seed0/git.diff").read_bytes()
+    text = diff.decode()
+    assert "+SECRET = '[REDACTED]'" in text and SECRETS["CF_ACCESS_CLIENT_SECRET"] not in text
+    assert aws_key not in text and github_token not in text and "-SECRET = None" in text
+    recorded = load(the_file("leaky_seed0"))["provenance"]["code"]
+    assert recorded["git_diff_redacted_lines"] == 3 == text.count("[REDACTED]")
+    assert recorded["git_diff_sha256"] == hashlib.sha256(diff).hexdigest()  # of the diff as attached
 
 
 def test_load_is_the_public_reader():

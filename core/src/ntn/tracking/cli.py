@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from ntn.tracking import reproduce, results_cli
 from ntn.tracking.discovery import TrackerSelectionError, installed, load, plugins
+from ntn.tracking.redact import Redactor
 
 COMMANDS_GROUP = "ntn.trackers.commands"
 
@@ -55,5 +56,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError) as err:
-        print(f"ntn-trackers {args.command}: {err}", file=sys.stderr)
+        print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 `gather(directory)` is what every run of this process shares (a sweep's worker runs git once, not once
 per run); the caller adds what is its own (`Provenance.merged`: the data, the device). The core hands the
 record to each tracker's `log_provenance` and attaches `files` (the uncommitted diff, the package list)
-to the run. A directory outside git, or a machine without git, is recorded as such, never an error.
+to the run. The diff holds no secret: what detect-secrets finds in its added lines, and the values of
+the secret variables in any line, are redacted here, once per process (`redact_diff`). A directory
+outside git, or a machine without git, is recorded as such, never an error.
 Measured cost: docs/benchmarks.md ("Provenance").
 """
 
@@ -16,11 +18,14 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DIFF_LIMIT = 1_000_000  # bytes of the uncommitted diff attached (its hash is of the whole diff)
+from ntn.tracking.redact import REDACTED, Redactor
+
+DIFF_LIMIT = 1_000_000  # bytes of the uncommitted diff attached, whole lines (the hash is of what is attached)
 DIFF_FILE = "git.diff"
 PACKAGES_FILE = "packages.txt"
 GIT_TIMEOUT_S = 10.0
@@ -72,10 +77,43 @@ def code(directory: Path) -> tuple[dict[str, Any], bytes | None]:
         diff = _git(directory, "diff", "HEAD", "--binary") if found["git_commit"] else b""
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
         diff = b""
-    found |= {"git_diff_sha256": hashlib.sha256(diff).hexdigest(), "git_diff_bytes": len(diff)}
-    if len(diff) > DIFF_LIMIT:
-        found["git_diff_attached_bytes"] = DIFF_LIMIT
-    return found | {"git_diff_file": DIFF_FILE}, diff[:DIFF_LIMIT]
+    whole = len(diff)
+    if whole > DIFF_LIMIT:  # cut at a line's end: a secret is never cut in two, half of it unrecognised
+        diff = diff[: diff.rfind(b"\n", 0, DIFF_LIMIT) + 1]
+    diff, redacted = redact_diff(diff)
+    found |= {"git_diff_sha256": hashlib.sha256(diff).hexdigest(), "git_diff_bytes": whole}
+    if whole > DIFF_LIMIT:
+        found["git_diff_attached_bytes"] = len(diff)
+    return found | {"git_diff_file": DIFF_FILE, "git_diff_redacted_lines": redacted}, diff
+
+
+def redact_diff(diff: bytes) -> tuple[bytes, int]:
+    """`diff` with the secrets in it redacted, and how many of its lines held one: in the added lines,
+    what detect-secrets' default plugins find (cloud and API keys, tokens, private keys, passwords
+    assigned to secret-looking names, high-entropy strings); in every line, the values of the secret
+    variables and URLs' credentials (ntn.tracking.redact.Redactor)."""
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import default_settings
+
+    lines = diff.decode("utf-8", "surrogateescape").split("\n")
+    added = [i for i, line in enumerate(lines) if line.startswith("+")]
+    found: dict[int, set[str]] = {}  # line index → the secrets detect-secrets found in it
+    with tempfile.TemporaryDirectory() as directory:
+        scanned = os.path.join(directory, "added_lines.txt")  # one added line per line, in order
+        with open(scanned, "w", encoding="utf-8", errors="replace") as file:
+            file.writelines(lines[i][1:] + "\n" for i in added)
+        with default_settings():
+            for secret in scan_file(scanned):
+                found.setdefault(added[secret.line_number - 1], set()).add(secret.secret_value or "")
+    redact, redacted = Redactor(), 0
+    for i, line in enumerate(lines):
+        clean = line
+        for value in sorted(found.get(i, ()), key=len, reverse=True):  # one not found whole: the whole line
+            clean = clean.replace(value, REDACTED) if value and value in clean else "+" + REDACTED
+        clean = redact.text(clean)
+        redacted += clean != line
+        lines[i] = clean
+    return "\n".join(lines).encode("utf-8", "surrogateescape"), redacted
 
 
 def packages() -> dict[str, str]:

@@ -21,6 +21,7 @@ from tabulate import tabulate
 
 from ntn.tracking.discovery import plugins
 from ntn.tracking.readers import READERS_GROUP, Record, read_runs
+from ntn.tracking.redact import without_url_credentials
 from ntn.tracking.results import (
     Experiment,
     comparison_rows,
@@ -116,8 +117,9 @@ def _named(records: list[Record], names: list[str]) -> list[Record]:
 
 def _printable(text: Any) -> str:
     """`text` with every control character escaped (\\x1b, \\n, ...): names and errors come from files
-    anyone may have written, and a terminal must not act on them."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    anyone may have written, and a terminal must not act on them; no URL's credentials (a source named)."""
+    text = without_url_credentials(str(text))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _best_epoch_cell(epochs: list[int]) -> str:

@@ -17,6 +17,8 @@ from ntn.tracking.provenance import Provenance, gather
 from ntn.tracking.redact import Redactor
 from ntn.tracking.signals import Deferral
 
+SECRET_NAME = "the run's name holds the value of a secret variable (a token, a password); name the run otherwise"
+
 
 class TrackedRun:
     """One run (one seed) and the trackers that record it, called in the order their backends were named.
@@ -28,7 +30,9 @@ class TrackedRun:
 
     def __init__(self, experiment_name: str, config: dict[str, Any], backends: Sequence[Backend]) -> None:
         self.redact = Redactor()
-        experiment_name = self.experiment_name = self.redact.text(experiment_name)  # it names files and runs
+        if self.redact.holds_secret(experiment_name):  # it names files and runs: refused, never altered or shown
+            raise ValueError(SECRET_NAME)
+        self.experiment_name = experiment_name
         self.config = self.redact(config)
         self.backends = [b.name for b in backends]
         self.failures: list[dict[str, str]] = []
@@ -55,8 +59,8 @@ class TrackedRun:
         self.distributions = {b.name: b.distribution for b in backends if b.name in self.trackers}
 
     def log_provenance(self, provenance: Provenance) -> None:
-        """What made the run to `log_provenance` (with the trackers' distributions), its files (secrets
-        redacted from them too) to `log_artifact`; `start_run` calls it first."""
+        """What made the run to `log_provenance` (with the trackers' distributions), its files (their
+        secrets redacted when gathered: `ntn.tracking.provenance`) to `log_artifact`; `start_run` calls it first."""
         provenance = provenance.merged(versions={"trackers": self.distributions})
         self._call("log_provenance", provenance=self.redact(provenance.record))
         if not any("log_artifact" in self.trackers[name] for name in self.active):
@@ -65,9 +69,7 @@ class TrackedRun:
             for name, content in provenance.files.items():
                 path = os.path.join(directory, name)
                 with open(path, "wb") as file:
-                    file.write(
-                        self.redact.text(content.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-                    )
+                    file.write(content)
                 self.log_artifact(path, name)
 
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
@@ -198,16 +200,19 @@ def validate(
     checked when a run builds it.)
 
     :param run_names: the runs that will be started (e.g. one per seed), for `check_environment`
-    :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted
+    :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted; a run name that
+        holds a secret (names are refused, never altered)
     """
     backends, redact = _resolve(backend), Redactor()
+    if any(redact.holds_secret(name) for name in run_names):
+        raise TrackerConfigError(SECRET_NAME)
     for b in backends:
         if isinstance(b.factory, type):  # the methods' signatures, read off the class itself
             hooks_of(b.factory, b.name)
         check = getattr(b.factory, "check_environment", None)
         if callable(check):
             try:
-                check([redact.text(name) for name in run_names])
+                check(list(run_names))
             except TrackerConfigError as err:
                 raise TrackerConfigError(redact.text(str(err))) from None
     return backends
@@ -239,13 +244,12 @@ def hold(backends: Sequence[Backend], run_names: Sequence[str]) -> Iterator[None
     :raises TrackerConfigError: another process holds one of them (the message names it), secrets redacted
     """
     redact = Redactor()
-    names = [redact.text(name) for name in run_names]
     with contextlib.ExitStack() as held:
         for b in backends:
             hold_runs = getattr(b.factory, "hold_runs", None)
             if callable(hold_runs):
                 try:
-                    held.enter_context(hold_runs(names))
+                    held.enter_context(hold_runs(list(run_names)))
                 except TrackerConfigError as err:
                     raise TrackerConfigError(redact.text(str(err))) from None
         yield
