@@ -40,6 +40,7 @@ from ntn.tracking import (
 
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
+from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.seed_run import failed_entry
 from experiments.settings import SettingError, check_spelling, integer, run_name
@@ -158,6 +159,24 @@ def preflight(sweep: Sweep) -> None:
         load_dataset(*data)
 
 
+def refuse_other_settings(sweep: Sweep, backends: list, tracker_dir: str) -> None:
+    """Refuse a configuration whose name holds runs of other settings in TRACKER_DIR, whoever trained them
+    (`experiments.names`: the rule run_*.sh keeps).
+
+    :raises SettingError: naming the first such experiment and the settings that differ
+    """
+    found = recorded(backends, tracker_dir, [c.settings.experiment_name for c in sweep.configurations])
+    for c in sweep.configurations:
+        mixed = other_settings(
+            found.get(c.settings.experiment_name, []), identity(c.model, dataclasses.asdict(c.settings))
+        )
+        if mixed:
+            raise SettingError(
+                f"experiment {c.settings.experiment_name!r} already holds runs trained with other settings: {mixed}; "
+                f"name the sweep otherwise, or remove its runs from TRACKER_DIR {tracker_dir!r} to start afresh"
+            )
+
+
 def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -176,6 +195,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         executor = _executor(opts, min(opts.workers, to_train), backend) if to_train else None
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
+                refuse_other_settings(sweep, backends, tracker_dir)
                 record = Record(sweep, opts.output)
                 state["record"] = record
                 try:
@@ -212,7 +232,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
     if record.removed:
         print(
             f"sweep {sweep.name}: {len(record.removed)} configurations recorded earlier are no longer in the grid "
-            f"(a value removed, a setting changed); their runs are kept under 'removed' in {opts.output}",
+            f"(a value removed); their runs are kept under 'removed' in {opts.output}",
             file=sys.stderr,
         )
     if missing and executor is not None:

@@ -422,6 +422,68 @@ def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
         json.loads(path.read_text())  # every run file parses
 
 
+ONE = """
+name = "grid"
+model = "mpo2"
+seeds = [0]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = 1
+[grid]
+bond_dim = [2]
+"""
+
+
+def _run_files(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (tmp_path / "experiment_logs").glob("*.json")}
+
+
+def test_a_name_an_ended_sweep_holds_is_refused_to_a_script_of_other_settings(tmp_path, train_here):
+    """Failed on main: once the sweep had ended, run_mpo2.sh with its experiment name and other settings was
+    accepted and replaced the sweep's run file, while the sweep's results still counted the old run."""
+    done = sweep(tmp_path, str(_write_sweep(tmp_path, text=ONE)), "--workers", "1", TRACKER_BACKEND="file")
+    assert done.returncode in (0, 1) and _results(tmp_path)["n_recorded"] == 1, done.stderr
+    before = _run_files(tmp_path)
+    assert list(before) == ["grid_bond_dim2_seed0.json"]
+    same = {"EXPERIMENT_NAME": "grid_bond_dim2", "BOND_DIM": "2", "N_SAMPLES": "200", "N_EPOCHS": "1"}
+    code, _, err = train_here("mpo2", **same | {"N_EPOCHS": "2", "SEEDS": "0"})
+    assert code == 2 and err.count("\n") == 1, err
+    assert "EXPERIMENT_NAME='grid_bond_dim2' already holds runs trained with other settings: " in err
+    assert "N_EPOCHS=1 (this run: 2)" in err
+    assert _run_files(tmp_path) == before and not (tmp_path / "results_grid_bond_dim2.json").exists()
+    assert train_here("mpo2", **same | {"SEEDS": "1"})[0] in (0, 1)  # more seeds of the same settings: welcome
+    assert _run_files(tmp_path)["grid_bond_dim2_seed0.json"] == before["grid_bond_dim2_seed0.json"]
+
+
+def test_a_name_a_script_holds_is_refused_to_a_sweep_of_other_settings(tmp_path, train_here, sweep_here):
+    """Failed on main: a sweep whose configuration bore a script's experiment name trained it again with its
+    own settings, replacing the script's run file."""
+    script = {"EXPERIMENT_NAME": "grid_bond_dim2", "BOND_DIM": "2", "N_SAMPLES": "200", "N_EPOCHS": "2", "SEEDS": "0"}
+    assert train_here("mpo2", **script)[0] in (0, 1)
+    before = _run_files(tmp_path)
+    code, out, err = sweep_here(str(_write_sweep(tmp_path, text=ONE)), "--workers", "1", TRACKER_BACKEND="file")
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert "experiment 'grid_bond_dim2' already holds runs trained with other settings: N_EPOCHS=2 (this run: 1)" in err
+    assert _run_files(tmp_path) == before and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_sweep_whose_fixed_setting_changed_is_refused_by_its_own_results_file(tmp_path):
+    """Failed on main: the earlier runs were set aside and the same names trained again with the new
+    setting, replacing the earlier runs in every tracker (same run_id)."""
+    from experiments.settings import SettingError
+    from experiments.sweep_results import Record
+    from experiments.sweepfile import load
+
+    path = tmp_path / "results_sweep_grid.json"
+    record = Record(load(_write_sweep(tmp_path, text=ONE)), path)
+    record.add(record.sweep.configurations[0], {"seed": 0, "test_r2": 0.5, "success": True})
+    record.write()
+    with pytest.raises(SettingError, match=r"'grid_bond_dim2' already holds runs .*: N_EPOCHS=1 \(this run: 3\)"):
+        Record(load(_write_sweep(tmp_path, text=ONE.replace("n_epochs = 1", "n_epochs = 3"))), path)
+    assert Record(load(_write_sweep(tmp_path, text=ONE.replace("seeds = [0]", "seeds = [0, 1]"))), path).missing()
+
+
 @pytest.mark.slow
 def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets_in_one_aim_repository(tmp_path):
     """Failed on main: run_id was only the run's name, so the second sweep's runs replaced the first's."""
