@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
+from ntn.threads import training_threads, usable_cores
 from ntn.tracking import (
     TrackerConfigError,
     TrackerSelectionError,
@@ -43,7 +44,7 @@ from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.seed_run import failed_entry
-from experiments.settings import SettingError, check_spelling, integer, run_name
+from experiments.settings import SettingError, check_spelling, integer, run_name, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import command_of_this_process
@@ -99,9 +100,15 @@ def options(args: argparse.Namespace, sweep: Sweep) -> Options:
         raise SettingError(f"--scheduler={args.scheduler!r} needs --executor dask")
     raw, source = (args.workers, "--workers") if args.workers else (os.environ.get("SWEEP_WORKERS"), "SWEEP_WORKERS")
     try:
-        workers = integer(1)(raw) if raw else (os.cpu_count() or 1)
+        workers = integer(1)(raw) if raw else usable_cores()
+        threads = training_threads()  # each run's, on any executor
     except SettingError as err:
         raise SettingError(f"{source}={raw!r} {err}") from None
+    except ValueError as err:
+        raise SettingError(str(err)) from None
+    if executor == "local" or not scheduler:  # worker processes on this machine (a cluster's hosts have their own)
+        within_cores(workers, source)
+        within_cores(threads or 0, "TORCH_THREADS")
     if executor == "dask" and scheduler and not SCHEDULER.fullmatch(scheduler):
         source = "--scheduler" if args.scheduler else "DASK_SCHEDULER_ADDRESS"
         raise SettingError(f"{source}={redact(scheduler)!r} must be a Dask scheduler's address: tcp://host:port")
