@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ntn.threads import usable_cores
+from experiments.settings import usable_cores
 
 # auto: side by side once the seeds left would take this long one after another. Measured (docs/benchmarks.md,
 # "Seeds side by side"): at the defaults they take ~0.25 s, and two workers make the command 0.13 s faster

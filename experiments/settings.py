@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ntn.files import file_stem
-from ntn.threads import training_threads, usable_cores
+from ntn.threads import training_threads
 from ntn.tracking import Redactor
 
 from experiments.dataset_loader import DATASETS, PREPROCESSING
@@ -276,6 +276,11 @@ def resolve(model: str, argv: list[str] | None = None) -> Settings:
         asked = f"TORCH_THREADS={threads}" if threads else "OMP_NUM_THREADS or MKL_NUM_THREADS"
         raise SettingError(f"WORKERS={s.workers} trains each seed at one torch thread, but {asked} asks for more")
     return s
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def within_cores(count: int, source: str) -> None:

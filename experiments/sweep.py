@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
-from ntn.threads import training_threads, usable_cores
+from ntn.threads import training_threads
 from ntn.tracking import (
     TrackerConfigError,
     TrackerSelectionError,
@@ -44,7 +44,7 @@ from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.seed_run import failed_entry
-from experiments.settings import SettingError, check_spelling, integer, run_name, within_cores
+from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import command_of_this_process

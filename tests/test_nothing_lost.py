@@ -5,7 +5,6 @@ end. In this process (`train_here`): run_*.sh's entry point, no torch import per
 import errno
 import json
 import os
-import pathlib
 import re
 import signal
 import stat
@@ -81,7 +80,7 @@ def test_a_full_disk_between_seeds_is_one_line_and_keeps_what_was_recorded(train
         write_json(path, document)
 
     monkeypatch.setattr(experiments.train, "write_json", fills_up)
-    code, _, err = train_here("mpo2", N_EPOCHS="2", SEEDS="0,1,2")
+    code, _, err = train_here("mpo2", N_EPOCHS="2", SEEDS="0,1,2", WORKERS="1")  # auto: side by side when loaded
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "No space left on device" in err and "the 1 seeds before seed 1 are recorded in" in err
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
@@ -99,12 +98,12 @@ def test_a_tracker_disabled_mid_run_makes_the_seed_failed_everywhere(train_here,
 
     write_atomic, writes = ntn_tracker_file.tracker.write_atomic, []
 
-    def fills_up(path, data):
-        if pathlib.Path(path).parent.name == "experiment_logs":  # the run file, not the files attached
+    def fills_up(path, data, dir_fd=None):
+        if path == "mpo2_experiment_seed0.json":  # the run file (in TRACKER_DIR's descriptor), not the files attached
             writes.append(path)
             if len(writes) == 5:  # the first document, provenance, hparams, step -1, then epoch 0: full
                 raise OSError(errno.ENOSPC, "No space left on device")
-        write_atomic(path, data)
+        write_atomic(path, data, dir_fd)
 
     monkeypatch.setattr(ntn_tracker_file.tracker, "write_atomic", fills_up)
     code, _, err = train_here("mpo2", N_EPOCHS="3", SEEDS="0", JITTER_START="0.001")

@@ -4,8 +4,7 @@ Measured side by side (docs/benchmarks.md, "Threads"): at the sizes the scripts 
 threads on this 2-core machine gain at most 1.7× when it is idle and cost 1.7× to 75× the wall time of
 one when another process is running (threads that spin at each small op's barrier), so one thread is the
 default everywhere and parallelism comes from processes (a sweep's workers). `TORCH_THREADS=N` asks for
-N (the scripts refuse more than `usable_cores()`: TORCH_THREADS=1000 trained 36× slower); torch's own
-OMP_NUM_THREADS or MKL_NUM_THREADS, when set, is left to torch.
+N; torch's own OMP_NUM_THREADS or MKL_NUM_THREADS, when set, is left to torch.
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from typing import Any, TypeVar
 VARIABLE = "TORCH_THREADS"
 TORCH_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 Method = TypeVar("Method", bound=Callable[..., Any])
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system tells it), else the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def training_threads() -> int | None:
