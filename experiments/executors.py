@@ -19,8 +19,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from ntn.files import open_directory
 from ntn.tracking import (
     TrackerConfigError,
     TrackerSelectionError,
@@ -32,7 +35,7 @@ from ntn.tracking import (
 )
 
 from experiments.outputs import redact
-from experiments.settings import SettingError
+from experiments.settings import SETTINGS, SettingError
 from experiments.sweepfile import Configuration
 from experiments.train import train_run
 
@@ -40,6 +43,7 @@ SCHEDULER_TIMEOUT_S = 10
 WORKER_WAIT_S = 60
 TRACKER_WAIT_S = 120  # at the end, for the workers' trackers to deliver in the background
 ORPHAN_CHECK_S = 1.0  # how often a local worker looks whether its sweep is still there
+DEFAULT_TRACKER_DIR = next(s.default for s in SETTINGS if s.env == "TRACKER_DIR")
 ORPHAN_GRACE_S = 10.0  # after its sweep died: to record its run as interrupted, then it ends
 
 
@@ -186,11 +190,53 @@ def _worker_plugin(backend: str):
     return PrepareWorker()
 
 
+def _imports_experiments() -> bool:
+    """Run on the scheduler: its unpickling there imports this module, as the runs' tasks do."""
+    return True
+
+
+def _token_seen(name: str, token: str) -> str:
+    """Run on a worker: "" when the file `name` in this worker's TRACKER_DIR holds `token`, else that
+    directory's absolute path (where its runs would be recorded instead)."""
+    directory = Path(os.environ.get("TRACKER_DIR") or DEFAULT_TRACKER_DIR).absolute()
+    try:
+        with open_directory(directory) as directory_fd:
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0), dir_fd=directory_fd)
+            with os.fdopen(fd, encoding="utf-8") as file:
+                return "" if file.read() == token else str(directory)
+    except OSError:
+        return str(directory)
+
+
+@contextlib.contextmanager
+def _token_in(tracker_dir: str) -> Iterator[tuple[str, str]]:
+    """A file of a new token in `tracker_dir` for the block (its name, the token), removed after."""
+    token = uuid.uuid4().hex
+    name = f".ntn-sweep-{token[:12]}.check"
+    Path(tracker_dir).mkdir(parents=True, exist_ok=True)
+    with open_directory(tracker_dir) as directory_fd:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(name, flags, 0o600, dir_fd=directory_fd), "w", encoding="utf-8") as file:
+            file.write(token)
+        try:
+            yield name, token
+        finally:
+            os.unlink(name, dir_fd=directory_fd)
+
+
 class DaskExecutor:
     """A Dask client: of a LocalCluster of `workers` single-threaded worker processes, or of the cluster
-    whose scheduler is at `scheduler`. Dask runs a dead worker's runs again on another worker."""
+    whose scheduler is at `scheduler`. Dask runs a dead worker's runs again on another worker.
+    `tracker_dir`: the driver's TRACKER_DIR, which every worker must see (the file backend), else None."""
 
-    def __init__(self, workers: int, scheduler: str | None, backend: str, command: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workers: int,
+        scheduler: str | None,
+        backend: str,
+        command: dict[str, Any],
+        tracker_dir: str | None = None,
+    ) -> None:
         self.command = command  # the sweep's, for its runs' provenance
         from distributed import Client, LocalCluster
 
@@ -220,6 +266,11 @@ class DaskExecutor:
             where = f"the scheduler at {redact(scheduler)!r}" if scheduler else "the LocalCluster"
             raise SettingError(f"no Dask worker joined {where} in {WORKER_WAIT_S} s") from None
         try:
+            self._preflight(scheduler, tracker_dir)
+        except SettingError:
+            self.close()
+            raise
+        try:
             self.client.register_plugin(_worker_plugin(backend), name="ntn-prepare-worker")
         except WorkerSetupError as err:
             self.close()
@@ -230,6 +281,37 @@ class DaskExecutor:
                 f"a Dask worker cannot import this repository's experiments ({type(err).__name__}: {err}); "
                 "start the workers with PYTHONPATH=/path/to/ntn (docs/experiments.md: a cluster by hand)"
             ) from None
+
+    def _preflight(self, scheduler: str | None, tracker_dir: str | None) -> None:
+        """Refuse, in one line, a scheduler that cannot read the runs' tasks (no `experiments` on its path),
+        and a worker that does not see `tracker_dir` (its runs would be recorded elsewhere).
+
+        :raises SettingError: naming the scheduler or the worker
+        """
+        if scheduler:
+            try:
+                self.client.run_on_scheduler(_imports_experiments)
+            except Exception as err:  # whatever unpickling raised there, sent back
+                raise SettingError(
+                    f"the Dask scheduler at {redact(scheduler)!r} cannot import this repository's experiments "
+                    f"({type(err).__name__}: {err}); start it with PYTHONPATH=/path/to/ntn (docs/experiments.md: "
+                    "a cluster by hand)"
+                ) from None
+        if tracker_dir is None:
+            return
+        with _token_in(tracker_dir) as (name, token):
+            try:
+                seen = self.client.run(_token_seen, name, token)
+            except Exception:  # a worker that cannot import experiments: register_plugin names it
+                return
+        blind = {worker: where for worker, where in seen.items() if where}
+        if blind:
+            worker, where = next(iter(blind.items()))
+            raise SettingError(
+                f"Dask worker {worker} does not see this sweep's TRACKER_DIR {str(Path(tracker_dir).absolute())!r} "
+                f"(its runs would be recorded in its own {where!r}; {len(blind)} of {len(seen)} workers so): give "
+                "every worker the same TRACKER_DIR, an absolute path on a file system they share"
+            )
 
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
         key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"

@@ -199,7 +199,8 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         preflight(sweep)
         # the executor first: a scheduler that cannot be reached is bad input, refused before anything is made
         to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
-        executor = _executor(opts, min(opts.workers, to_train), backend) if to_train else None
+        seen_dir = tracker_dir if "file" in {b.name for b in backends} else None  # every worker must see it
+        executor = _executor(opts, min(opts.workers, to_train), backend, seen_dir) if to_train else None
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 refuse_other_settings(sweep, backends, tracker_dir)
@@ -225,11 +226,12 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         return _fail(str(err))
 
 
-def _executor(opts: Options, workers: int, backend: str):
-    """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address."""
+def _executor(opts: Options, workers: int, backend: str, tracker_dir: str | None):
+    """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address;
+    `tracker_dir`: the TRACKER_DIR every Dask worker must see (the file backend's), else None."""
     if opts.executor == "local":
         return LocalExecutor(workers, backend, command_of_this_process())
-    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process())
+    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process(), tracker_dir)
 
 
 def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:

@@ -233,13 +233,14 @@ def test_an_interrupted_sweep_run_again_trains_only_the_missing_runs(tmp_path):
 class Cluster:
     """A `dask scheduler` and `dask worker` processes on 127.0.0.1, as on a cluster's hosts."""
 
-    def __init__(self, tmp_path: Path, n_workers: int, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, n_workers: int, env: dict[str, str], scheduler_env: dict[str, str]) -> None:
         self.port = _aim_servers().free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "dask.log", "w")
         start = dict(cwd=tmp_path, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"], **start
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            **start | {"env": scheduler_env},
         )
         worker = [DASK, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--no-nanny"]
         self.workers = [subprocess.Popen(worker, **start) for _ in range(n_workers)]
@@ -260,11 +261,16 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path):
+    """`dask scheduler` and `dask worker`s as docs/experiments.md's recipe starts them: both with
+    PYTHONPATH=REPO, the workers with DASK_CONFIG and an absolute TRACKER_DIR; `scheduler` and `extra`
+    change the scheduler's and the workers' environment."""
     env = _env(tmp_path, PYTHONPATH=str(REPO), TRACKER_DIR=str(tmp_path / "experiment_logs"))
+    env["DASK_CONFIG"] = str(REPO / "experiments" / "dask")
     made = []
 
-    def start(n_workers: int = 2, **extra: str) -> Cluster:
-        made.append(Cluster(tmp_path, n_workers, env | extra))
+    def start(n_workers: int = 2, scheduler: dict[str, str] | None = None, **extra: str) -> Cluster:
+        scheduler_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
+        made.append(Cluster(tmp_path, n_workers, env | extra, scheduler_env | (scheduler or {})))
         return made[-1]
 
     yield start
@@ -547,6 +553,30 @@ def test_a_dask_worker_without_the_repository_is_one_line_before_any_run(tmp_pat
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "a Dask worker cannot import this repository's experiments" in done.stderr
     assert "PYTHONPATH=/path/to/ntn" in done.stderr and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_scheduler_without_the_repository_is_one_line_before_any_run(tmp_path, cluster):
+    """Failed on main: docs/experiments.md's recipe started the scheduler without PYTHONPATH; it could not
+    read the runs' tasks and every run was recorded as failed (rc 1), the workers having passed preflight."""
+    dask = cluster(scheduler={"PYTHONPATH": ""})
+    done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address, TRACKER_DIR=str(tmp_path / "logs"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"the Dask scheduler at '{dask.address}' cannot import this repository's experiments" in done.stderr
+    assert "PYTHONPATH=/path/to/ntn" in done.stderr and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_worker_that_does_not_see_the_sweep_s_tracker_dir_is_one_line_before_any_run(tmp_path, cluster):
+    """Failed on main: each worker recorded its runs in its own TRACKER_DIR (a relative one here, from its
+    own working directory), so one sweep's runs landed in two places and no lock guarded them."""
+    (tmp_path / "elsewhere").mkdir()
+    dask = cluster(TRACKER_DIR="elsewhere/logs")  # relative: each worker's own, under tmp_path
+    done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address, TRACKER_DIR=str(tmp_path / "logs"),
+                 TRACKER_BACKEND="file")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "does not see this sweep's TRACKER_DIR" in done.stderr and "2 of 2 workers" in done.stderr, done.stderr
+    assert str(tmp_path / "elsewhere" / "logs") in done.stderr or str(tmp_path / "elsewhere/logs") in done.stderr
+    assert not (tmp_path / "results_sweep_grid.json").exists() and not (tmp_path / "elsewhere" / "logs").exists()
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == []  # the check's file is gone
 
 
 def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_again(tmp_path):
