@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -242,6 +243,7 @@ class DaskExecutor:
 
         self.cluster, self.workers = None, workers
         if scheduler:
+            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # a lost scheduler: the sweep's line
             shown = redact(scheduler)
             try:
                 self.client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
@@ -341,6 +343,7 @@ class DaskExecutor:
         self.client.cancel(list(self.client.futures.values()) if self.client.futures else [])
 
     def close(self) -> None:
-        self.client.close()
+        with contextlib.suppress(OSError):  # a scheduler gone mid-sweep: the sweep has said so
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()

@@ -237,7 +237,7 @@ def _executor(opts: Options, workers: int, backend: str, tracker_dir: str | None
 def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
     missing = record.missing(retry_failed=not opts.keep_failed)
     total = len(sweep.configurations) * len(sweep.seeds)
-    not_run = 0
+    not_run, lost = 0, ""
     if record.removed:
         print(
             f"sweep {sweep.name}: {len(record.removed)} configurations recorded earlier are no longer in the grid "
@@ -255,7 +255,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
             file=sys.stderr,
         )  # fmt: skip
         try:
-            not_run = _train_all(executor, missing, record)
+            not_run, lost = _train_all(executor, missing, record)
         except KeyboardInterrupt:
             executor.stop()
             raise
@@ -278,18 +278,35 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
             "command again to train them again",
             file=sys.stderr,
         )
-    if not_run:
+    if lost:
+        print(
+            f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}): {record.n_recorded} of {total} runs are "
+            f"recorded in {opts.output}; run the same command again to train the other {total - record.n_recorded}",
+            file=sys.stderr,
+        )
+    elif not_run:
         print(
             f"{not_run} runs did not run (a worker process ended); run the same command again to train them",
             file=sys.stderr,
         )
-    return 1 if record.n_failed or not_run else 0
+    return 1 if record.n_failed or not_run or lost else 0
 
 
-def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> int:
+def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> tuple[int, str]:
     """Submit every missing run, record each as it completes, then wait for the workers' trackers; how many
-    runs did not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
+    runs did not run, and why the executor was lost ("" when it was not: a Dask scheduler gone mid-sweep)."""
     futures = {executor.submit(c.model, c, seed, record.run_id(c, seed)): (c, seed) for c, seed in missing}
+    try:
+        not_run = _record_all(executor, futures, record)
+    except OSError as err:  # Dask's CommClosedError, a reconnection that timed out
+        recorded = sum(seed in record.runs[c.settings.experiment_name] for c, seed in futures.values())
+        return len(futures) - recorded, redact(f"{type(err).__name__}: {err}")
+    return not_run, ""
+
+
+def _record_all(executor, futures: dict[Any, tuple[Configuration, int]], record: Record) -> int:
+    """Record each run of `futures` as it completes, then wait for the workers' trackers; how many runs did
+    not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
     not_run = failed = 0
     with _progress(len(futures)) as bar:
         for future in executor.as_completed(futures):

@@ -579,6 +579,21 @@ def test_a_worker_that_does_not_see_the_sweep_s_tracker_dir_is_one_line_before_a
     assert [p.name for p in (tmp_path / "logs").iterdir()] == []  # the check's file is gone
 
 
+def test_a_lost_scheduler_is_rc_1_naming_what_was_recorded(tmp_path, cluster):
+    """Failed on main: rc 2 ("bad input, nothing trained", after a traceback of Dask's) once runs had been
+    recorded."""
+    dask = cluster()
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=40)), "--scheduler", dask.address, background=True)
+    _started(tmp_path, 1, process)
+    dask.scheduler.kill()
+    _, err = process.communicate(timeout=300)
+    recorded = _results(tmp_path)["n_recorded"]
+    assert process.returncode == 1 and "Traceback" not in err and recorded >= 1, err
+    assert f"lost the Dask scheduler at {dask.address} (" in err, err
+    assert f"): {recorded} of 8 runs are recorded in results_sweep_grid.json; run the same command again to train " \
+           f"the other {8 - recorded}" in err, err  # fmt: skip
+
+
 def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_again(tmp_path):
     from experiments.sweep_results import COMPACT_EVERY, Record
     from experiments.sweepfile import load
