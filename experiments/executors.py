@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -164,8 +165,9 @@ class LocalExecutor:
         except concurrent.futures.process.BrokenProcessPool:  # a worker ended: the others wait as they exit
             pass
 
-    def stop(self) -> None:
-        """Start no other run; let the runs in progress record that they were interrupted."""
+    def stop(self, signal_name: str = "SIGINT") -> None:
+        """Start no other run; let the runs in progress record that they were interrupted (by SIGINT, sent
+        to each worker process)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         for child in multiprocessing.active_children():
             with contextlib.suppress(OSError):
@@ -225,6 +227,39 @@ def _token_in(tracker_dir: str) -> Iterator[tuple[str, str]]:
             os.unlink(name, dir_fd=directory_fd)
 
 
+_dask_runs: dict[int, str] = {}  # a Dask worker's: the thread training each run in progress → its executor's key
+_dask_stopped: set[str] = set()  # a Dask worker's: the keys of executors stopped (their runs queued here never start)
+
+
+def _train_on_dask(
+    key: str, model: str, settings: Any, seed: int, run_id: str, tracked: dict[str, Any], command: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One run on a Dask worker; None when its sweep was stopped meanwhile (`_stop_dask_runs`: the run is
+    recorded as interrupted, and the sweep trains it again next time)."""
+    thread = threading.get_ident()
+    _dask_runs[thread] = key
+    try:
+        if key in _dask_stopped:  # after registering: a stop either sees this thread or is seen here
+            return None
+        return train_run(model, settings, seed, run_id, tracked, command)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        _dask_runs.pop(thread, None)
+
+
+def _stop_dask_runs(key: str, signal_name: str) -> int:
+    """Run on a Dask worker: interrupt its runs of the executor `key` as `signal_name` would (a
+    KeyboardInterrupt raised in the threads training them), and start none of its runs queued there; how many
+    were interrupted."""
+    stop = type("Stopped", (KeyboardInterrupt,), {"signal_name": signal_name})
+    _dask_stopped.add(key)
+    threads = [thread for thread, owner in list(_dask_runs.items()) if owner == key]
+    for thread in threads:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(stop))
+    return len(threads)
+
+
 class DaskExecutor:
     """A Dask client: of a LocalCluster of `workers` single-threaded worker processes, or of the cluster
     whose scheduler is at `scheduler`. Dask runs a dead worker's runs again on another worker.
@@ -242,6 +277,7 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         self.cluster, self.workers = None, workers
+        self.key = uuid.uuid4().hex  # its runs', on the workers (`stop`)
         if scheduler:
             logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # a lost scheduler: the sweep's line
             shown = redact(scheduler)
@@ -318,7 +354,8 @@ class DaskExecutor:
     def submit(self, model: str, configuration: Configuration, seed: int, run_id: str):
         key = f"{configuration.settings.experiment_name}_seed{seed}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(
-            train_run,
+            _train_on_dask,
+            self.key,
             model,
             configuration.settings,
             seed,
@@ -339,8 +376,12 @@ class DaskExecutor:
         in their trackers when the sweep says so, also on a cluster whose workers live on."""
         _report_late(sum(not done for done in self.client.run(wait_for_trackers, TRACKER_WAIT_S).values()))
 
-    def stop(self) -> None:
+    def stop(self, signal_name: str = "SIGINT") -> None:
+        """Start no other run, and interrupt those in progress on every worker (Dask's cancel lets a running
+        task go on): each is recorded as interrupted by `signal_name`."""
         self.client.cancel(list(self.client.futures.values()) if self.client.futures else [])
+        with contextlib.suppress(Exception):  # a worker gone, a scheduler gone: nothing of it to stop
+            self.client.run(_stop_dask_runs, self.key, signal_name)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # a scheduler gone mid-sweep: the sweep has said so

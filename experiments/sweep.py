@@ -256,8 +256,8 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
         )  # fmt: skip
         try:
             not_run, lost = _train_all(executor, missing, record)
-        except KeyboardInterrupt:
-            executor.stop()
+        except KeyboardInterrupt as err:
+            executor.stop(getattr(err, "signal_name", "SIGINT"))
             raise
     elif missing:  # another process changed the results file since it was read: train them next time
         not_run = len(missing)

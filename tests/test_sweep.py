@@ -594,6 +594,31 @@ def test_a_lost_scheduler_is_rc_1_naming_what_was_recorded(tmp_path, cluster):
            f"the other {8 - recorded}" in err, err  # fmt: skip
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_driver_stops_its_runs_on_a_cluster(tmp_path, cluster, signum):
+    """Failed on main: Dask's cancel left the runs in progress training on the cluster's workers (for
+    minutes) after the driver had ended."""
+    dask = cluster()
+    path = str(_write_sweep(tmp_path, epochs=100000))  # runs that would train for hours
+    process = sweep(tmp_path, path, "--scheduler", dask.address, background=True, TRACKER_BACKEND="file")
+    files = [tmp_path / "experiment_logs" / f"{name}.json" for name in NAMES]
+    deadline = time.monotonic() + 120
+    while sum(f.exists() and len(json.loads(f.read_text())["metrics_log"]) > 1 for f in files) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum and err.splitlines()[-1].startswith(f"interrupted by {name}: "), err
+    deadline = time.monotonic() + 30  # each worker ends its run at its next step
+    while any(json.loads(f.read_text())["summary"]["status"] == "running" for f in files if f.exists()):
+        assert time.monotonic() < deadline, "runs still training after the sweep ended"
+        time.sleep(0.1)
+    summaries = [json.loads(f.read_text())["summary"] for f in files if f.exists()]
+    assert len(summaries) == 2 and all(s == {**s, "status": "interrupted", "error": f"interrupted by {name}"}
+                                       for s in summaries), summaries  # fmt: skip
+
+
 def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_again(tmp_path):
     from experiments.sweep_results import COMPACT_EVERY, Record
     from experiments.sweepfile import load
