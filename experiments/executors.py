@@ -6,6 +6,10 @@ Each worker process imports torch, the trainer and the tracker plugins once and 
 environment there (a cluster's workers have their own): Dask's `WorkerPlugin` does so on every worker,
 present and future; the local pool's initializer on each of its processes. `distributed` is imported
 only when a sweep uses Dask (importing it takes ~0.4 s).
+
+Before any run on Dask, the scheduler must import `experiments` (it unpickles the runs' tasks), and with the
+file backend every worker must see the driver's TRACKER_DIR (it reads a file the driver just wrote there).
+A stopped sweep's runs in progress are interrupted on every worker (Dask's cancel lets a running task go on).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ SCHEDULER_TIMEOUT_S = 10
 WORKER_WAIT_S = 60
 TRACKER_WAIT_S = 120  # at the end, for the workers' trackers to deliver in the background
 ORPHAN_CHECK_S = 1.0  # how often a local worker looks whether its sweep is still there
-DEFAULT_TRACKER_DIR = next(s.default for s in SETTINGS if s.env == "TRACKER_DIR")
 ORPHAN_GRACE_S = 10.0  # after its sweep died: to record its run as interrupted, then it ends
+DEFAULT_TRACKER_DIR = next(s.default for s in SETTINGS if s.env == "TRACKER_DIR")
 
 
 class WorkerSetupError(RuntimeError):
@@ -305,7 +309,7 @@ class DaskExecutor:
             raise SettingError(f"no Dask worker joined {where} in {WORKER_WAIT_S} s") from None
         try:
             self._preflight(scheduler, tracker_dir)
-        except SettingError:
+        except (SettingError, OSError):  # OSError: the check's file cannot be written in TRACKER_DIR
             self.close()
             raise
         try:
