@@ -419,9 +419,12 @@ def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
 def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
     """Failed on main: a sweep took no experiment lock, so run_mpo2.sh with one configuration's name wrote
     the same run files at once (invalid JSON in 3 of 4 tries, both exit 0)."""
-    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=200)), "--workers", "1", background=True)
-    try:
-        _started(tmp_path, 1, process)
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=100000)), "--workers", "1", background=True)
+    try:  # runs that train for hours: the sweep holds its names while the script starts, however fast it is
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "experiment_logs").glob("*.json")):  # its first run started: it holds them
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.05)
         script = run_script("mpo2", EXPERIMENT_NAME="grid_bond_dim4_l3", TRACKER_BACKEND="file")
         assert script.returncode == 2 and script.stderr.count("\n") == 1, script.stderr
         assert f"is being trained by process {process.pid}" in script.stderr
