@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.settings import usable_cores
+
 # auto: side by side once the seeds left would take this long one after another. Measured (docs/benchmarks.md,
 # "Seeds side by side"): at the defaults they take ~0.25 s, and two workers make the command 0.13 s faster
 PARALLEL_FROM_S = 0.1
@@ -38,8 +40,7 @@ def worker_count(workers: int, seeds_left: int, seed_seconds: float, helpers: in
         return min(workers, seeds_left)
     if seeds_left * seed_seconds < PARALLEL_FROM_S:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores - helpers, seeds_left))
+    return max(1, min(usable_cores() - helpers, seeds_left))
 
 
 class Relay:

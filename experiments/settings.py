@@ -270,10 +270,30 @@ def resolve(model: str, argv: list[str] | None = None) -> Settings:
         if raw is not None and raw != "":
             raws[s.dest] = (source, raw)
     s = settings_of(model, raws)
+    within_cores(threads or 0, "TORCH_THREADS")
+    within_cores(s.workers, raws.get("workers", ("WORKERS",))[0])
     if s.workers > 1 and threads != 1:
         asked = f"TORCH_THREADS={threads}" if threads else "OMP_NUM_THREADS or MKL_NUM_THREADS"
         raise SettingError(f"WORKERS={s.workers} trains each seed at one torch thread, but {asked} asks for more")
     return s
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def within_cores(count: int, source: str) -> None:
+    """Refuse more processes or threads (`count`, given by `source`) than the cores this process may use:
+    each would slow the others (TORCH_THREADS=1000 trained 36× slower; WORKERS=1000 forked a process per seed).
+
+    :raises SettingError: naming `source`, `count` and the most allowed
+    """
+    cores = usable_cores()
+    if count > cores:
+        raise SettingError(
+            f"{source}={count} is more than the {cores} cores this process may use; give at most {cores}"
+        )
 
 
 def settings_of(model: str, raws: dict[str, tuple[str, str]]) -> Settings:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
+from ntn.threads import training_threads
 from ntn.tracking import (
     TrackerConfigError,
     TrackerSelectionError,
@@ -40,9 +41,10 @@ from ntn.tracking import (
 
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
+from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.seed_run import failed_entry
-from experiments.settings import SettingError, check_spelling, integer, run_name
+from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
 from experiments.sweepfile import Configuration, Sweep, SweepError, load
 from experiments.train import command_of_this_process
@@ -98,9 +100,15 @@ def options(args: argparse.Namespace, sweep: Sweep) -> Options:
         raise SettingError(f"--scheduler={args.scheduler!r} needs --executor dask")
     raw, source = (args.workers, "--workers") if args.workers else (os.environ.get("SWEEP_WORKERS"), "SWEEP_WORKERS")
     try:
-        workers = integer(1)(raw) if raw else (os.cpu_count() or 1)
+        workers = integer(1)(raw) if raw else usable_cores()
+        threads = training_threads()  # each run's, on any executor
     except SettingError as err:
         raise SettingError(f"{source}={raw!r} {err}") from None
+    except ValueError as err:
+        raise SettingError(str(err)) from None
+    if executor == "local" or not scheduler:  # worker processes on this machine (a cluster's hosts have their own)
+        within_cores(workers, source)
+        within_cores(threads or 0, "TORCH_THREADS")
     if executor == "dask" and scheduler and not SCHEDULER.fullmatch(scheduler):
         source = "--scheduler" if args.scheduler else "DASK_SCHEDULER_ADDRESS"
         raise SettingError(f"{source}={redact(scheduler)!r} must be a Dask scheduler's address: tcp://host:port")
@@ -158,6 +166,24 @@ def preflight(sweep: Sweep) -> None:
         load_dataset(*data)
 
 
+def refuse_other_settings(sweep: Sweep, backends: list, tracker_dir: str) -> None:
+    """Refuse a configuration whose name holds runs of other settings in TRACKER_DIR, whoever trained them
+    (`experiments.names`: the rule run_*.sh keeps).
+
+    :raises SettingError: naming the first such experiment and the settings that differ
+    """
+    found = recorded(backends, tracker_dir, [c.settings.experiment_name for c in sweep.configurations])
+    for c in sweep.configurations:
+        mixed = other_settings(
+            found.get(c.settings.experiment_name, []), identity(c.model, dataclasses.asdict(c.settings))
+        )
+        if mixed:
+            raise SettingError(
+                f"experiment {c.settings.experiment_name!r} already holds runs trained with other settings: {mixed}; "
+                f"name the sweep otherwise, or remove its runs from TRACKER_DIR {tracker_dir!r} to start afresh"
+            )
+
+
 def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -173,9 +199,11 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         preflight(sweep)
         # the executor first: a scheduler that cannot be reached is bad input, refused before anything is made
         to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
-        executor = _executor(opts, min(opts.workers, to_train), backend) if to_train else None
+        seen_dir = tracker_dir if "file" in {b.name for b in backends} else None  # every worker must see it
+        executor = _executor(opts, min(opts.workers, to_train), backend, seen_dir) if to_train else None
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
+                refuse_other_settings(sweep, backends, tracker_dir)
                 record = Record(sweep, opts.output)
                 state["record"] = record
                 try:
@@ -198,21 +226,22 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         return _fail(str(err))
 
 
-def _executor(opts: Options, workers: int, backend: str):
-    """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address."""
+def _executor(opts: Options, workers: int, backend: str, tracker_dir: str | None):
+    """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address;
+    `tracker_dir`: the TRACKER_DIR every Dask worker must see (the file backend's), else None."""
     if opts.executor == "local":
         return LocalExecutor(workers, backend, command_of_this_process())
-    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process())
+    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process(), tracker_dir)
 
 
 def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
     missing = record.missing(retry_failed=not opts.keep_failed)
     total = len(sweep.configurations) * len(sweep.seeds)
-    not_run = 0
+    not_run, lost = 0, ""
     if record.removed:
         print(
             f"sweep {sweep.name}: {len(record.removed)} configurations recorded earlier are no longer in the grid "
-            f"(a value removed, a setting changed); their runs are kept under 'removed' in {opts.output}",
+            f"(a value removed); their runs are kept under 'removed' in {opts.output}",
             file=sys.stderr,
         )
     if missing and executor is not None:
@@ -226,9 +255,9 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
             file=sys.stderr,
         )  # fmt: skip
         try:
-            not_run = _train_all(executor, missing, record)
-        except KeyboardInterrupt:
-            executor.stop()
+            not_run, lost = _train_all(executor, missing, record)
+        except KeyboardInterrupt as err:
+            executor.stop(getattr(err, "signal_name", "SIGINT"))
             raise
     elif missing:  # another process changed the results file since it was read: train them next time
         not_run = len(missing)
@@ -249,18 +278,35 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
             "command again to train them again",
             file=sys.stderr,
         )
-    if not_run:
+    if lost:
+        print(
+            f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}): {record.n_recorded} of {total} runs are "
+            f"recorded in {opts.output}; run the same command again to train the other {total - record.n_recorded}",
+            file=sys.stderr,
+        )
+    elif not_run:
         print(
             f"{not_run} runs did not run (a worker process ended); run the same command again to train them",
             file=sys.stderr,
         )
-    return 1 if record.n_failed or not_run else 0
+    return 1 if record.n_failed or not_run or lost else 0
 
 
-def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> int:
+def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> tuple[int, str]:
     """Submit every missing run, record each as it completes, then wait for the workers' trackers; how many
-    runs did not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
+    runs did not run, and why the executor was lost ("" when it was not: a Dask scheduler gone mid-sweep)."""
     futures = {executor.submit(c.model, c, seed, record.run_id(c, seed)): (c, seed) for c, seed in missing}
+    try:
+        not_run = _record_all(executor, futures, record)
+    except OSError as err:  # Dask's CommClosedError, a reconnection that timed out
+        recorded = sum(seed in record.runs[c.settings.experiment_name] for c, seed in futures.values())
+        return len(futures) - recorded, redact(f"{type(err).__name__}: {err}")
+    return not_run, ""
+
+
+def _record_all(executor, futures: dict[Any, tuple[Configuration, int]], record: Record) -> int:
+    """Record each run of `futures` as it completes, then wait for the workers' trackers; how many runs did
+    not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
     not_run = failed = 0
     with _progress(len(futures)) as bar:
         for future in executor.as_completed(futures):

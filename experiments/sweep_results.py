@@ -5,7 +5,8 @@ The record is what makes a sweep resumable: run again, the sweep trains only the
 successful (a failed run is trained again unless asked to keep it). It keeps the sweep's id, from which
 every run's `config["run_id"]` is made, so that a resumed sweep replaces its own earlier attempts in the
 trackers and never another sweep's runs. Configurations recorded earlier that the grid no longer holds
-(a value removed, a setting changed) are never dropped: they are kept under `removed`.
+(a value removed) are never dropped: they are kept under `removed`. A configuration whose name holds runs
+of other settings (a fixed setting changed) is refused, as by every launch (`experiments.names`).
 
 Each run is recorded as it completes by appending one line to a journal beside the results file
 (`results_sweep_{name}.journal.jsonl`): O(1) per run, where rewriting the whole results file after every
@@ -26,6 +27,7 @@ from typing import Any
 from ntn.tracking import Redactor, new_id, run_id
 from tabulate import tabulate
 
+from experiments.names import other_settings
 from experiments.outputs import read_json, stats, write_json
 from experiments.settings import SettingError, run_name, training
 from experiments.sweepfile import Configuration, Sweep
@@ -86,9 +88,12 @@ class Record:
                 self.removed = [c for c in self.removed if c is not kept]
             if kept is None:
                 continue
-            if kept.get("settings") != identity(configuration):  # same name, other settings: set aside
-                self.removed.append(kept)
-                continue
+            mixed = other_settings([kept.get("settings") or {}], identity(configuration))
+            if mixed:  # the rule of every launch (`experiments.names`)
+                raise SettingError(
+                    f"{path}: experiment {configuration.settings.experiment_name!r} already holds runs trained with "
+                    f"other settings: {mixed}; name the sweep otherwise, or move {path} away to start afresh"
+                )
             runs = self.runs[configuration.settings.experiment_name]
             for entry in kept.get("runs", []):
                 if isinstance(entry, dict) and entry.get("seed") in sweep.seeds:

@@ -37,6 +37,7 @@ from ntn.tracking import (
 )
 from ntn.tracking.provenance import Provenance, command, gather
 
+from experiments import names
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
 from experiments.parallel_seeds import train_side_by_side, worker_count
@@ -58,7 +59,6 @@ from experiments.settings import (
     resolve,
     run_name,
     settings_of,
-    training,
 )
 
 CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
@@ -247,7 +247,7 @@ def _main(argv: list[str] | None = None) -> int:
         data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))
-        mixed = _mixed_with(read_json(output), model, s)
+        mixed = _mixed_with(read_json(output), model, s, backends)
     except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
         holding.close()
         return _fail(model, str(err))
@@ -259,22 +259,20 @@ def _main(argv: list[str] | None = None) -> int:
         return _fail(
             model,
             f"EXPERIMENT_NAME={s.experiment_name!r} already holds runs trained with other settings: {mixed}; give "
-            f"this run its own EXPERIMENT_NAME, or remove {output} to start the experiment afresh",
+            f"this run its own EXPERIMENT_NAME, or remove {output} and its runs to start the experiment afresh",
         )
     with holding:
         return _train(model, s, data, backends, output, helpers)
 
 
-def _mixed_with(document: Any, model: str, s: Settings) -> str:
-    """The training settings in which this experiment's results file (`document`) differs from this launch,
-    as `N_EPOCHS=10 (this run: 1)`; "" when none does (or there is no such file). Runs of other settings
-    under one name would be summarised as one experiment."""
-    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
-        return ""
-    before = training(document["config"]) | {"model": document["config"].get("model")}
-    now = training(dataclasses.asdict(s)) | {"model": model.upper()}
-    differ = [k for k in now if k in before and before[k] != now[k]]
-    return ", ".join(f"{k.upper()}={before[k]!r} (this run: {now[k]!r})" for k in differ)
+def _mixed_with(document: Any, model: str, s: Settings, backends: list) -> str:
+    """The training settings in which the runs recorded under this experiment's name (in TRACKER_DIR, by a
+    script or a sweep: `experiments.names`) or its results file (`document`) differ from this launch, as
+    `N_EPOCHS=10 (this run: 1)`; "" when none does."""
+    runs = names.recorded(backends, s.tracker_dir, [s.experiment_name]).get(s.experiment_name, [])
+    if isinstance(document, dict) and isinstance(document.get("config"), dict):
+        runs.append(names.identity(str(document["config"].get("model", "")), document["config"]))
+    return names.other_settings(runs, names.identity(model, dataclasses.asdict(s)))
 
 
 def _results_of(document: Any, experiment: str) -> bool:

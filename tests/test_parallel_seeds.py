@@ -125,6 +125,18 @@ def test_auto_trains_side_by_side_only_when_it_pays_and_workers_refuse_more_torc
     assert code == 2 and "WORKERS='some' must be auto (0) or an integer >= 1" in err, err
 
 
+@pytest.mark.parametrize("env", [{"WORKERS": "100000"}, {"TORCH_THREADS": "100000"}, {"TORCH_THREADS": "CORES+1"}])
+def test_workers_or_torch_threads_above_the_cores_are_refused_in_one_line(train_here, tmp_path, env):
+    """Failed on main: TORCH_THREADS=1000 was taken (36x slower), WORKERS=1000 forked a process per seed."""
+    cores = len(os.sched_getaffinity(0))
+    env = {k: v.replace("CORES+1", str(cores + 1)) for k, v in env.items()}
+    code, out, err = train_here("mpo2", **env)
+    ((name, value),) = env.items()
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert f"{name}={value} is more than the {cores} cores this process may use; give at most {cores}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 ENDLESS = """
 import sys, time
 import experiments.train as train

@@ -233,13 +233,14 @@ def test_an_interrupted_sweep_run_again_trains_only_the_missing_runs(tmp_path):
 class Cluster:
     """A `dask scheduler` and `dask worker` processes on 127.0.0.1, as on a cluster's hosts."""
 
-    def __init__(self, tmp_path: Path, n_workers: int, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, n_workers: int, env: dict[str, str], scheduler_env: dict[str, str]) -> None:
         self.port = _aim_servers().free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "dask.log", "w")
         start = dict(cwd=tmp_path, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"], **start
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"],
+            **start | {"env": scheduler_env},
         )
         worker = [DASK, "worker", self.address, "--nthreads", "1", "--no-dashboard", "--no-nanny"]
         self.workers = [subprocess.Popen(worker, **start) for _ in range(n_workers)]
@@ -260,11 +261,16 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path):
+    """`dask scheduler` and `dask worker`s as docs/experiments.md's recipe starts them: both with
+    PYTHONPATH=REPO, the workers with DASK_CONFIG and an absolute TRACKER_DIR; `scheduler` and `extra`
+    change the scheduler's and the workers' environment."""
     env = _env(tmp_path, PYTHONPATH=str(REPO), TRACKER_DIR=str(tmp_path / "experiment_logs"))
+    env["DASK_CONFIG"] = str(REPO / "experiments" / "dask")
     made = []
 
-    def start(n_workers: int = 2, **extra: str) -> Cluster:
-        made.append(Cluster(tmp_path, n_workers, env | extra))
+    def start(n_workers: int = 2, scheduler: dict[str, str] | None = None, **extra: str) -> Cluster:
+        scheduler_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
+        made.append(Cluster(tmp_path, n_workers, env | extra, scheduler_env | (scheduler or {})))
         return made[-1]
 
     yield start
@@ -317,6 +323,10 @@ HUGE = SWEEP.replace("[2, 4]", str(list(range(1, 1001)))).replace("l = [2, 3]", 
         (SWEEP.replace('"synthetic"', '"mnist"'), (), {}, "settings.dataset='mnist' must be one of: california"),
         (SWEEP, ("--executor", "slurm"), {}, "--executor='slurm' must be one of: local, dask"),
         (SWEEP, ("--workers", "0"), {}, "--workers='0' must be an integer >= 1"),
+        (SWEEP, ("--workers", "100000"), {}, "--workers=100000 is more than the "),
+        (SWEEP, ("--executor", "dask"), {"SWEEP_WORKERS": "100000"}, "SWEEP_WORKERS=100000 is more than the "),
+        (SWEEP, (), {"TORCH_THREADS": "100000"}, "TORCH_THREADS=100000 is more than the "),
+        (SWEEP, (), {"TORCH_THREADS": "x"}, "TORCH_THREADS='x' must be an integer >= 1"),
         (SWEEP, ("--scheduler", "tcp://127.0.0.1:9"), {}, "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'"),
         # each of these failed on main: a traceback, a run of every configuration that failed, or files lost
         (SWEEP, ("--scheduler", "garbage"), {}, "--scheduler='garbage' must be a Dask scheduler's address"),
@@ -412,9 +422,12 @@ def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
 def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
     """Failed on main: a sweep took no experiment lock, so run_mpo2.sh with one configuration's name wrote
     the same run files at once (invalid JSON in 3 of 4 tries, both exit 0)."""
-    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=200)), "--workers", "1", background=True)
-    try:
-        _started(tmp_path, 1, process)
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=100000)), "--workers", "1", background=True)
+    try:  # runs that train for hours: the sweep holds its names while the script starts, however fast it is
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "experiment_logs").glob("*.json")):  # its first run started: it holds them
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.05)
         script = run_script("mpo2", EXPERIMENT_NAME="grid_bond_dim4_l3", TRACKER_BACKEND="file")
         assert script.returncode == 2 and script.stderr.count("\n") == 1, script.stderr
         assert f"is being trained by process {process.pid}" in script.stderr
@@ -423,6 +436,68 @@ def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
         process.communicate(timeout=120)
     for path in (tmp_path / "experiment_logs").glob("*.json"):
         json.loads(path.read_text())  # every run file parses
+
+
+ONE = """
+name = "grid"
+model = "mpo2"
+seeds = [0]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = 1
+[grid]
+bond_dim = [2]
+"""
+
+
+def _run_files(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (tmp_path / "experiment_logs").glob("*.json")}
+
+
+def test_a_name_an_ended_sweep_holds_is_refused_to_a_script_of_other_settings(tmp_path, train_here):
+    """Failed on main: once the sweep had ended, run_mpo2.sh with its experiment name and other settings was
+    accepted and replaced the sweep's run file, while the sweep's results still counted the old run."""
+    done = sweep(tmp_path, str(_write_sweep(tmp_path, text=ONE)), "--workers", "1", TRACKER_BACKEND="file")
+    assert done.returncode in (0, 1) and _results(tmp_path)["n_recorded"] == 1, done.stderr
+    before = _run_files(tmp_path)
+    assert list(before) == ["grid_bond_dim2_seed0.json"]
+    same = {"EXPERIMENT_NAME": "grid_bond_dim2", "BOND_DIM": "2", "N_SAMPLES": "200", "N_EPOCHS": "1"}
+    code, _, err = train_here("mpo2", **same | {"N_EPOCHS": "2", "SEEDS": "0"})
+    assert code == 2 and err.count("\n") == 1, err
+    assert "EXPERIMENT_NAME='grid_bond_dim2' already holds runs trained with other settings: " in err
+    assert "N_EPOCHS=1 (this run: 2)" in err
+    assert _run_files(tmp_path) == before and not (tmp_path / "results_grid_bond_dim2.json").exists()
+    assert train_here("mpo2", **same | {"SEEDS": "1"})[0] in (0, 1)  # more seeds of the same settings: welcome
+    assert _run_files(tmp_path)["grid_bond_dim2_seed0.json"] == before["grid_bond_dim2_seed0.json"]
+
+
+def test_a_name_a_script_holds_is_refused_to_a_sweep_of_other_settings(tmp_path, train_here, sweep_here):
+    """Failed on main: a sweep whose configuration bore a script's experiment name trained it again with its
+    own settings, replacing the script's run file."""
+    script = {"EXPERIMENT_NAME": "grid_bond_dim2", "BOND_DIM": "2", "N_SAMPLES": "200", "N_EPOCHS": "2", "SEEDS": "0"}
+    assert train_here("mpo2", **script)[0] in (0, 1)
+    before = _run_files(tmp_path)
+    code, out, err = sweep_here(str(_write_sweep(tmp_path, text=ONE)), "--workers", "1", TRACKER_BACKEND="file")
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert "experiment 'grid_bond_dim2' already holds runs trained with other settings: N_EPOCHS=2 (this run: 1)" in err
+    assert _run_files(tmp_path) == before and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_sweep_whose_fixed_setting_changed_is_refused_by_its_own_results_file(tmp_path):
+    """Failed on main: the earlier runs were set aside and the same names trained again with the new
+    setting, replacing the earlier runs in every tracker (same run_id)."""
+    from experiments.settings import SettingError
+    from experiments.sweep_results import Record
+    from experiments.sweepfile import load
+
+    path = tmp_path / "results_sweep_grid.json"
+    record = Record(load(_write_sweep(tmp_path, text=ONE)), path)
+    record.add(record.sweep.configurations[0], {"seed": 0, "test_r2": 0.5, "success": True})
+    record.write()
+    with pytest.raises(SettingError, match=r"'grid_bond_dim2' already holds runs .*: N_EPOCHS=1 \(this run: 3\)"):
+        Record(load(_write_sweep(tmp_path, text=ONE.replace("n_epochs = 1", "n_epochs = 3"))), path)
+    assert Record(load(_write_sweep(tmp_path, text=ONE.replace("seeds = [0]", "seeds = [0, 1]"))), path).missing()
 
 
 @pytest.mark.slow
@@ -484,6 +559,70 @@ def test_a_dask_worker_without_the_repository_is_one_line_before_any_run(tmp_pat
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "a Dask worker cannot import this repository's experiments" in done.stderr
     assert "PYTHONPATH=/path/to/ntn" in done.stderr and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_scheduler_without_the_repository_is_one_line_before_any_run(tmp_path, cluster):
+    """Failed on main: docs/experiments.md's recipe started the scheduler without PYTHONPATH; it could not
+    read the runs' tasks and every run was recorded as failed (rc 1), the workers having passed preflight."""
+    dask = cluster(scheduler={"PYTHONPATH": ""})
+    done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address, TRACKER_DIR=str(tmp_path / "logs"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"the Dask scheduler at '{dask.address}' cannot import this repository's experiments" in done.stderr
+    assert "PYTHONPATH=/path/to/ntn" in done.stderr and not (tmp_path / "results_sweep_grid.json").exists()
+
+
+def test_a_worker_that_does_not_see_the_sweep_s_tracker_dir_is_one_line_before_any_run(tmp_path, cluster):
+    """Failed on main: each worker recorded its runs in its own TRACKER_DIR (a relative one here, from its
+    own working directory), so one sweep's runs landed in two places and no lock guarded them."""
+    (tmp_path / "elsewhere").mkdir()
+    dask = cluster(TRACKER_DIR="elsewhere/logs")  # relative: each worker's own, under tmp_path
+    done = sweep(tmp_path, str(_write_sweep(tmp_path)), "--scheduler", dask.address, TRACKER_DIR=str(tmp_path / "logs"),
+                 TRACKER_BACKEND="file")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "does not see this sweep's TRACKER_DIR" in done.stderr and "2 of 2 workers" in done.stderr, done.stderr
+    assert str(tmp_path / "elsewhere" / "logs") in done.stderr or str(tmp_path / "elsewhere/logs") in done.stderr
+    assert not (tmp_path / "results_sweep_grid.json").exists() and not (tmp_path / "elsewhere" / "logs").exists()
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == []  # the check's file is gone
+
+
+def test_a_lost_scheduler_is_rc_1_naming_what_was_recorded(tmp_path, cluster):
+    """Failed on main: rc 2 ("bad input, nothing trained", after a traceback of Dask's) once runs had been
+    recorded."""
+    dask = cluster()
+    process = sweep(tmp_path, str(_write_sweep(tmp_path, epochs=40)), "--scheduler", dask.address, background=True)
+    _started(tmp_path, 1, process)
+    dask.scheduler.kill()
+    _, err = process.communicate(timeout=300)
+    recorded = _results(tmp_path)["n_recorded"]
+    assert process.returncode == 1 and "Traceback" not in err and recorded >= 1, err
+    assert f"lost the Dask scheduler at {dask.address} (" in err, err
+    assert f"): {recorded} of 8 runs are recorded in results_sweep_grid.json; run the same command again to train " \
+           f"the other {8 - recorded}" in err, err  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_driver_stops_its_runs_on_a_cluster(tmp_path, cluster, signum):
+    """Failed on main: Dask's cancel left the runs in progress training on the cluster's workers (for
+    minutes) after the driver had ended."""
+    dask = cluster()
+    path = str(_write_sweep(tmp_path, epochs=100000))  # runs that would train for hours
+    process = sweep(tmp_path, path, "--scheduler", dask.address, background=True, TRACKER_BACKEND="file")
+    files = [tmp_path / "experiment_logs" / f"{name}.json" for name in NAMES]
+    deadline = time.monotonic() + 120
+    while sum(f.exists() and len(json.loads(f.read_text())["metrics_log"]) > 1 for f in files) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum and err.splitlines()[-1].startswith(f"interrupted by {name}: "), err
+    deadline = time.monotonic() + 30  # each worker ends its run at its next step
+    while any(json.loads(f.read_text())["summary"]["status"] == "running" for f in files if f.exists()):
+        assert time.monotonic() < deadline, "runs still training after the sweep ended"
+        time.sleep(0.1)
+    summaries = [json.loads(f.read_text())["summary"] for f in files if f.exists()]
+    assert len(summaries) == 2 and all(s == {**s, "status": "interrupted", "error": f"interrupted by {name}"}
+                                       for s in summaries), summaries  # fmt: skip
 
 
 def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_again(tmp_path):
