@@ -63,8 +63,8 @@ def test_passes_the_conformance_kit_and_wandbs_log_holds_what_it_was_sent(tmp_pa
 def test_two_runs_interleaved_in_one_process_stay_apart(tmp_path):
     """Failed with W&B's default reinit: the second wandb.init returned the first run, still active. The W&B
     runs are driven here as WandbTracker's thread drives them, without threads, so the order is certain."""
-    first = WandbRun("inter_seed0", {"experiment": "inter"})
-    second = WandbRun("inter_seed1", {"experiment": "inter"})
+    first = WandbRun("inter_seed0", {"experiment": "inter", "sweep": "study"})
+    second = WandbRun("inter_seed1", {"experiment": "inter", "sweep": "study"})
     for step in range(3):
         first.log_metrics({"loss": 1.0 + step}, step)
         second.log_metrics({"loss": 10.0 + step}, step)
@@ -80,6 +80,7 @@ def test_two_runs_interleaved_in_one_process_stay_apart(tmp_path):
     assert runs["inter_seed1"]["summary"]["status"] == "interrupted"
     assert runs["inter_seed0"]["wandb"]["exit_code"] == 0 and runs["inter_seed1"]["wandb"]["exit_code"] == 130
     assert runs["inter_seed0"]["wandb"]["run_id"] != runs["inter_seed1"]["wandb"]["run_id"]
+    assert runs["inter_seed0"]["wandb"]["group"] == runs["inter_seed1"]["wandb"]["group"] == "study"  # the sweep
 
 
 def test_offline_by_default_and_the_api_key_is_written_nowhere(tmp_path, monkeypatch):
