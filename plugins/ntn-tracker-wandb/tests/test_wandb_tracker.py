@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from ntn.tracking.redact import secret_values
 from ntn.tracking.testing import check_config_error, check_reader, run_conformance
 from ntn_tracker_wandb import WandbTracker
 from ntn_tracker_wandb.reading import records
-from ntn_tracker_wandb.tracker import WandbRun
+from ntn_tracker_wandb.tracker import EXIT_TIMEOUT_ENV, WandbRun
 
 REPO = Path(__file__).resolve().parents[3]
 API_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key; never sent anywhere (offline)
@@ -63,8 +64,8 @@ def test_passes_the_conformance_kit_and_wandbs_log_holds_what_it_was_sent(tmp_pa
 def test_two_runs_interleaved_in_one_process_stay_apart(tmp_path):
     """Failed with W&B's default reinit: the second wandb.init returned the first run, still active. The W&B
     runs are driven here as WandbTracker's thread drives them, without threads, so the order is certain."""
-    first = WandbRun("inter_seed0", {"experiment": "inter", "sweep": "study"})
-    second = WandbRun("inter_seed1", {"experiment": "inter", "sweep": "study"})
+    first = WandbRun("inter_seed0", {"experiment": "inter", "sweep": "study"}, timeout=30)
+    second = WandbRun("inter_seed1", {"experiment": "inter", "sweep": "study"}, timeout=30)
     for step in range(3):
         first.log_metrics({"loss": 1.0 + step}, step)
         second.log_metrics({"loss": 10.0 + step}, step)
@@ -95,6 +96,29 @@ def test_offline_by_default_and_the_api_key_is_written_nowhere(tmp_path, monkeyp
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))  # offline: WANDB_MODE respected
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path
+
+
+DEAD_SERVER_RUN = """
+from ntn.tracking import start_run
+with start_run("dead_seed0", {"experiment": "dead"}, backend="wandb") as run:
+    run.log_metrics({"loss": 1.0}, step=0)
+    run.log_summary({"seed": 0, "success": True})
+print("trained")
+"""
+
+
+def test_a_server_that_does_not_answer_holds_the_process_at_most_the_exit_bound(tmp_path):
+    """Failed before W&B's init_timeout was bounded: the process took 91 s to exit (W&B's 90 s default)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once the socket is closed
+    environ = {k: v for k, v in os.environ.items() if k not in SETTINGS_OF_TESTS}
+    environ |= {"WANDB_API_KEY": API_KEY, "WANDB_BASE_URL": f"http://127.0.0.1:{closed}", EXIT_TIMEOUT_ENV: "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", DEAD_SERVER_RUN], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == "trained\n", done.stderr
+    assert "tracker 'wandb' failed" in done.stderr and "wandb:" not in done.stderr  # no W&B login line
 
 
 def _script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,8 @@
 Each run is its own W&B run object (`reinit="create_new"`), so side-by-side seeds recorded in one
 process with their hooks interleaved never share W&B's process-global run. Every call runs on a thread
 of its own (`ntn.tracking.Background`); at a run's end, `finalize` waits at most $NTN_WANDB_EXIT_TIMEOUT
-seconds (default 30) for W&B to take the calls still queued and finish the run.
+seconds (default 30) for W&B to take the calls still queued and finish the run, and W&B waits as long at
+most for a server to start a run (its `init_timeout`, 90 s by default, held the process's exit as long).
 """
 
 from __future__ import annotations
@@ -73,14 +74,22 @@ def _number(value: Any) -> bool:
 class WandbRun:
     """The W&B run of one tracked run; its methods run on the Background thread."""
 
-    def __init__(self, run_name: str, config: dict[str, Any]) -> None:
+    def __init__(self, run_name: str, config: dict[str, Any], timeout: float) -> None:
+        os.environ.setdefault("WANDB_SILENT", "true")  # read once, at W&B's first run: its login line, too
         import wandb
 
         self.config = config
         self.summary: dict[str, Any] = {}
         self.initial: dict[str, float] = {}
         # the mode always given: W&B reads WANDB_MODE once per process, at its first run
-        settings = wandb.Settings(mode=mode(), console="off", quiet=True, silent=True, disable_git=True)
+        settings = wandb.Settings(
+            mode=mode(),
+            console="off",
+            quiet=True,
+            silent=True,
+            disable_git=True,
+            init_timeout=timeout,  # a server that does not answer holds neither the run nor the exit longer
+        )
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             group=study_of({"experiment_name": run_name, "config": config}),
@@ -128,7 +137,8 @@ class WandbTracker(Background):
 
     def __init__(self, experiment_name: str, config: dict[str, Any] | None = None) -> None:
         config = dict(config or {})
-        super().__init__(lambda: WandbRun(experiment_name, config), timeout=exit_timeout(), name="wandb")
+        timeout = exit_timeout()
+        super().__init__(lambda: WandbRun(experiment_name, config, timeout), timeout=timeout, name="wandb")
 
     @classmethod
     def where(cls) -> str:
