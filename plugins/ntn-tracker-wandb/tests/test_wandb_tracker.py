@@ -84,6 +84,15 @@ def test_two_runs_interleaved_in_one_process_stay_apart(tmp_path):
     assert runs["inter_seed0"]["wandb"]["group"] == runs["inter_seed1"]["wandb"]["group"] == "study"  # the sweep
 
 
+def test_a_run_trained_again_with_its_run_id_reads_back_as_its_last_attempt_only(tmp_path):
+    for run_id, loss in (("again_seed0@a", 1.0), ("again_seed0@a", 2.0), ("again_seed0@b", 3.0)):
+        run = WandbRun("again_seed0", {"experiment": "again", "run_id": run_id}, timeout=30)
+        run.log_metrics({"loss": loss}, 0)
+        run.finalize("finished", None)
+    found, problems = read_runs("wandb", str(tmp_path))
+    assert problems == [] and sorted(r["metrics_log"][0]["loss"] for r in found) == [2.0, 3.0]
+
+
 def test_offline_by_default_and_the_api_key_is_written_nowhere(tmp_path, monkeypatch):
     assert WandbTracker.where().startswith("wandb: offline runs in wandb")
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)

@@ -122,13 +122,15 @@ def to_record(path: Path) -> dict[str, Any]:
             "group": run.run_group,
             "tags": tags,
             "exit_code": exit_code,
+            "started": started,
             "path": str(path),
         },
     }
 
 
 def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The `wandb` reader: every run under `source`/wandb/ (default $WANDB_DIR, else the working directory)."""
+    """The `wandb` reader: every run under `source`/wandb/ (default $WANDB_DIR, else the working directory);
+    of the attempts at a run with a `run_id` in its config (a sweep's run trained again), the last started."""
     folder = (Path(source) if source else wandb_dir()) / "wandb"
     if not folder.is_dir():
         return [], [f"{folder}: no such directory"]
@@ -138,4 +140,7 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
             found.append(to_record(path))
         except Exception as err:  # a damaged run (OSError, ValueError, protobuf's DecodeError) must not hide the others
             problems.append(f"{path}: cannot be read ({type(err).__name__}: {err})")
-    return found, problems
+    latest: dict[str, dict[str, Any]] = {}  # a run trained again with its run_id (a sweep resumed): the last attempt
+    for record in sorted(found, key=lambda r: r["wandb"]["started"]):
+        latest[str(record["config"].get("run_id") or record["wandb"]["path"])] = record
+    return list(latest.values()), problems
