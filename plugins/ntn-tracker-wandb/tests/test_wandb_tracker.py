@@ -15,7 +15,7 @@ from ntn.tracking.readers import read_runs
 from ntn.tracking.redact import secret_values
 from ntn.tracking.testing import check_config_error, check_reader, run_conformance
 from ntn_tracker_wandb import WandbTracker
-from ntn_tracker_wandb.reading import records
+from ntn_tracker_wandb.reading import BLOCK, records
 from ntn_tracker_wandb.tracker import EXIT_TIMEOUT_ENV, WandbRun
 
 REPO = Path(__file__).resolve().parents[3]
@@ -82,6 +82,20 @@ def test_two_runs_interleaved_in_one_process_stay_apart(tmp_path):
     assert runs["inter_seed0"]["wandb"]["exit_code"] == 0 and runs["inter_seed1"]["wandb"]["exit_code"] == 130
     assert runs["inter_seed0"]["wandb"]["run_id"] != runs["inter_seed1"]["wandb"]["run_id"]
     assert runs["inter_seed0"]["wandb"]["group"] == runs["inter_seed1"]["wandb"]["group"] == "study"  # the sweep
+
+
+def test_a_log_of_many_blocks_reads_back_whole(tmp_path):
+    """The reader's framing: records across W&B's 32 KiB blocks, one of them in pieces (a long error text)."""
+    run = WandbRun("long_seed0", {"experiment": "long"}, timeout=30)
+    for step in range(1500):
+        run.log_metrics({"loss": 1.0 / (step + 1), "r2": step * 1e-3}, step)
+    run.log_summary({"seed": 0, "success": False, "error": "x" * 70_000})
+    run.finalize("failed", None)
+    (record,) = _runs(tmp_path).values()
+    assert Path(record["wandb"]["path"]).stat().st_size > 4 * BLOCK
+    assert [m["step"] for m in record["metrics_log"]] == list(range(1500))
+    assert all(m["loss"] == 1.0 / (m["step"] + 1) and m["r2"] == m["step"] * 1e-3 for m in record["metrics_log"])
+    assert record["summary"]["error"] == "x" * 70_000
 
 
 def test_a_run_trained_again_with_its_run_id_reads_back_as_its_last_attempt_only(tmp_path):
