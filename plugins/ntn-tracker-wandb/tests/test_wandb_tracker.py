@@ -144,12 +144,13 @@ def test_a_server_that_does_not_answer_holds_the_process_at_most_the_exit_bound(
     assert "tracker 'wandb' failed" in done.stderr and "wandb:" not in done.stderr  # no W&B login line
 
 
-def _script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def _script(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in SETTINGS_OF_TESTS}
     environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "200", "N_EPOCHS": "3"}
     environ |= {"TRACKER_BACKEND": "file,wandb", "EXPERIMENT_NAME": "wb"} | env
+    script, *args = command or ("run_mpo2.sh",)
     return subprocess.run(
-        ["bash", str(REPO / "experiments" / "run_mpo2.sh")], cwd=tmp_path, env=environ, capture_output=True, text=True
+        ["bash", str(REPO / "experiments" / script), *args], cwd=tmp_path, env=environ, capture_output=True, text=True
     )
 
 
@@ -199,3 +200,27 @@ def test_a_failed_seed_is_a_failed_wandb_run(tmp_path):
     assert math.isnan(run["metrics_log"][0]["loss"])
     assert run["wandb"]["exit_code"] == 1 and run["wandb"]["tags"] == ["failed"]
     assert run["summary"]["status"] == "failed" and run["summary"]["success"] is False and run["summary"]["error"]
+
+
+SWEEP = """
+name = "wbsweep"
+model = "mpo2"
+seeds = [0, 1]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = 2
+[grid]
+bond_dim = [2, 3]
+"""
+
+
+def test_a_sweep_is_one_wandb_group(tmp_path):
+    (tmp_path / "wbsweep.toml").write_text(SWEEP)
+    done = _script(tmp_path, "run_sweep.sh", "wbsweep.toml", "--workers", "2", TRACKER_BACKEND="wandb")
+    assert done.returncode == 0, done.stderr
+    runs = _runs(tmp_path)
+    assert sorted(runs) == sorted(f"wbsweep_bond_dim{b}_seed{s}" for b in (2, 3) for s in (0, 1))
+    assert {r["wandb"]["group"] for r in runs.values()} == {"wbsweep"}  # the sweep's runs together in W&B
+    assert {r["summary"]["status"] for r in runs.values()} == {"finished"}
+    assert sorted(r["hparams"]["bond_dim"] for r in runs.values()) == [2, 2, 3, 3]
