@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from ntn.files import file_stem
-from ntn.tracking import installed, start_run
+from ntn.tracking import installed
 from ntn.tracking.readers import read_runs
-from ntn.tracking.redact import secret_values
 from ntn.tracking.testing import check_config_error, check_reader, run_conformance
-from ntn_tracker_wandb import WandbTracker
+from ntn_tracker_wandb import WandbTracker, secret_values
 from ntn_tracker_wandb.reading import BLOCK, records
 from ntn_tracker_wandb.tracker import EXIT_TIMEOUT_ENV, WandbRun
 
@@ -107,15 +106,25 @@ def test_a_run_trained_again_with_its_run_id_reads_back_as_its_last_attempt_only
     assert problems == [] and sorted(r["metrics_log"][0]["loss"] for r in found) == [2.0, 3.0]
 
 
+KEYED_RUN = """
+import sys
+from ntn.tracking import start_run
+key = sys.argv[-1]  # on the command line too, which W&B records unless its metadata is off
+with start_run("key_seed0", {"api_key": key, "url": f"https://user:{key}@host"}, backend="wandb") as run:
+    run.log_hparams({"note": f"key {key}"})
+    run.log_summary({"seed": 0, "success": True, "error": f"401: {key} refused"})
+"""
+
+
 def test_offline_by_default_and_the_api_key_is_written_nowhere(tmp_path, monkeypatch):
+    """Failed before W&B's metadata was turned off: the command line was in the run's .wandb log."""
     assert WandbTracker.where().startswith("wandb: offline runs in wandb")
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     assert WandbTracker.where().startswith("wandb: online")  # a key: online, unless WANDB_MODE says otherwise
-    assert API_KEY in secret_values(dict(os.environ))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    with start_run("key_seed0", {"api_key": API_KEY, "url": f"https://user:{API_KEY}@host"}, backend="wandb") as run:
-        run.log_hparams({"note": f"key {API_KEY}"})
-        run.log_summary({"seed": 0, "success": True, "error": f"401: {API_KEY} refused"})
+    assert list(secret_values({"WANDB_API_KEY": API_KEY})) == [API_KEY]  # declared, whatever the core's name rule
+    environ = {k: v for k, v in os.environ.items() if k != "TRACKER_BACKEND"} | {"WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, "-c", KEYED_RUN, "--token", API_KEY], cwd=tmp_path, env=environ)
+    assert done.returncode == 0
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))  # offline: WANDB_MODE respected
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or API_KEY.encode() not in path.read_bytes(), path

@@ -15,8 +15,9 @@
 - files attached to the run (`log_artifact`) are W&B run files, under `artifacts/<safe name>` in the run's
   folder: kept next to the run offline and sent by `wandb sync` with it, where an Artifact would be
   staged in W&B's cache outside the run and versioned as a collection of its own.
-- W&B's console capture and banners are off (console="off", quiet, silent); its own git capture is off
-  (disable_git: a remote URL may carry a credential; the run's provenance, redacted, names the commit).
+- W&B's console capture and banners are off (console="off", quiet, silent), and so are its own git and
+  metadata capture (disable_git, x_disable_meta): they record a remote URL and the command line as they are,
+  credentials included; the run's provenance, redacted by the core, names the commit, command and machine.
 
 Each run is its own W&B run object (`reinit="create_new"`), so side-by-side seeds recorded in one
 process with their hooks interleaved never share W&B's process-global run. Every call runs on a thread
@@ -88,6 +89,7 @@ class WandbRun:
             quiet=True,
             silent=True,
             disable_git=True,
+            x_disable_meta=True,
             init_timeout=timeout,  # a server that does not answer holds neither the run nor the exit longer
         )
         self.run = wandb.init(
