@@ -186,7 +186,9 @@ def _equal_to_the_file_tracker(tmp_path: Path) -> dict[str, dict]:
 def test_seeds_side_by_side_read_back_from_wandbs_files_equal_to_the_file_tracker(tmp_path):
     done = _script(tmp_path, SEEDS="0,1,2", WORKERS="2")  # seeds 1 and 2 interleaved in the script's process
     assert done.returncode == 0, done.stderr
-    assert "wandb" not in done.stderr and "wandb:" not in done.stdout.splitlines()[0]  # no W&B banner
+    lines = done.stdout.splitlines()
+    assert "wandb" not in done.stderr and [line for line in lines if "wandb" in line] == lines[-1:]  # no W&B banner
+    assert "wandb: offline runs in wandb (ntn-trackers summary --from wandb; to send: wandb sync" in lines[-1]
     runs = _equal_to_the_file_tracker(tmp_path)
     assert len(runs) == 3
     for record in runs.values():

@@ -147,7 +147,8 @@ class WandbTracker(Background):
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         runs = wandb_dir() / "wandb"
         send = f"; to send: wandb sync {runs}/offline-run-*" if mode() == "offline" else ""
-        return f"wandb: {mode()} runs in {runs} (ntn-trackers summary --from wandb:{wandb_dir()}{send})"
+        source = f"wandb:{wandb_dir()}" if os.environ.get("WANDB_DIR") else "wandb"
+        return f"wandb: {mode()} runs in {runs} (ntn-trackers summary --from {source}{send})"
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
