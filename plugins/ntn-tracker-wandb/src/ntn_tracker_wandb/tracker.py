@@ -1,6 +1,7 @@
 """WandbTracker: one Weights & Biases run per tracked run (one per seed), through W&B's own client.
 
-- Mode: $WANDB_MODE when set (W&B reads it itself), else online when $WANDB_API_KEY is set, else offline:
+- Mode: $WANDB_MODE when set (read at each run: W&B reads it once a process), else online when
+  $WANDB_API_KEY is set, else offline:
   the run is written under $WANDB_DIR/wandb/offline-run-*/ (default ./wandb/), to send later with
   `wandb sync`. The API key never reaches a payload (`secret_values`).
 - Project $WANDB_PROJECT (default `ntn`); the run is named after the tracked run, `{experiment}_seed{seed}`,
