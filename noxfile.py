@@ -5,7 +5,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "core", "file", "aim", "mlflow", "tensorboard", "example", "experiments"]
+nox.options.sessions = ["lint", "core", "file", "aim", "mlflow", "tensorboard", "wandb", "example", "experiments"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 
@@ -71,6 +71,15 @@ def tensorboard(session: nox.Session) -> None:
     plugin = "./plugins/ntn-tracker-tensorboard[test]"
     _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", plugin)
     session.run(*PYTEST, "plugins/ntn-tracker-tensorboard/tests", *session.posargs)
+
+
+@nox.session
+def wandb(session: nox.Session) -> None:
+    """ntn-tracker-wandb next to the core and the file backend: the kit, and script runs read back from W&B's
+    own offline files (no W&B server: offline, as where no API key is set)."""
+    plugin = "./plugins/ntn-tracker-wandb[test]"
+    _install(session, "./core[experiments,test]", "./plugins/ntn-tracker-file", plugin)
+    session.run(*PYTEST, "plugins/ntn-tracker-wandb/tests", *session.posargs)
 
 
 @nox.session
