@@ -294,3 +294,32 @@ def test_thousand_run_files_are_summarised(tmp_path):
     done = ntn_trackers("summary", "--dir", str(directory), "--format", "json", cwd=tmp_path)
     rows = json.loads(done.stdout)
     assert len(rows) == 10 and sum(r["runs"] for r in rows) == 1000
+
+
+def test_compare_shows_an_experiment_whose_seeds_all_failed_with_its_count_and_reasons(logs):
+    """Failed on main: the experiment was dropped (no rows; `--format json` printed [], rc 0)."""
+    for seed in range(2):
+        with pytest.raises(RuntimeError), start_run(f"bond_sweep_16_seed{seed}", {"experiment": "bond_sweep_16"}):
+            raise RuntimeError(f"singular system at site {seed}")
+    errors = {f"bond_sweep_16_seed{s}": f"RuntimeError: singular system at site {s}" for s in range(2)}
+    done = ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", "--format", "json", cwd=logs)
+    assert done.returncode == 0, done.stderr
+    rows = {r["metric"]: r for r in json.loads(done.stdout)}
+    assert rows["runs"]["bond_sweep_16"] == {"runs": 2, "successful": 0, "failed": 2, "running": 0}
+    assert rows["runs"]["bond_sweep_4"] == {"runs": 4, "successful": 4, "failed": 0, "running": 0}
+    assert rows["failed"] == {"metric": "failed", "bond_sweep_16": errors}
+    test_r2 = np.array([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
+    assert rows["test_r2"]["bond_sweep_4"]["mean"] == pytest.approx(test_r2.mean())  # the trained one is the reference
+    assert rows["test_r2"]["bond_sweep_16"] is None
+    table = ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", cwd=logs).stdout
+    assert "bond_sweep_16 (n=0, 2 failed)" in table and "bond_sweep_4 (n=4)" in table
+    assert all(f"failed: {name}: {error}" in table for name, error in errors.items())
+    csv_rows = {
+        r["metric"]: r
+        for r in csv.DictReader(
+            io.StringIO(ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", "--format", "csv", cwd=logs).stdout)
+        )
+    }
+    assert csv_rows["runs"]["bond_sweep_16_failed"] == "2" and csv_rows["runs"]["bond_sweep_16_successful"] == "0"
+    assert json.loads(csv_rows["failed"]["bond_sweep_16"]) == errors
+    assert float(csv_rows["test_r2"]["bond_sweep_4_mean"]) == pytest.approx(test_r2.mean())

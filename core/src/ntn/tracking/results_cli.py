@@ -25,10 +25,12 @@ from ntn.tracking.results import (
     Experiment,
     comparison_rows,
     differing_settings,
+    errors_of,
     experiment_of,
     group,
     quality_of,
     ranked,
+    seeds_rows,
     summary_rows,
 )
 
@@ -232,16 +234,19 @@ def _compare(args: argparse.Namespace) -> int:
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
         raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
-    chosen = ranked({name: experiments[name] for name in args.experiments})  # best first; the best is the reference
-    rows = comparison_rows(chosen)
+    # best first, those with no successful run last; the first is the reference
+    chosen = sorted(ranked({name: experiments[name] for name in args.experiments}), key=lambda e: not e.metrics)
+    seeds, rows = seeds_rows(chosen), comparison_rows(chosen)
     ref, q = chosen[0].name, quality_of(chosen)
-    headers = ["metric", *[_printable(f"{e.name} (n={len(e.by_status('ok'))})") for e in chosen]]
+    headers = ["metric", *[_printable(f"{e.name} ({_seeds_cell(e)})") for e in chosen]]
     table = [
         [_printable(r["metric"]) + _better(r["metric"])]
         + [f"{r[ref]['mean']:.4g} ± {r[ref]['std']:.2g}"]
         + [
             f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g}, "
             f"Δ {r[f'{e.name} - {ref}']['difference']:+.3g} ± {r[f'{e.name} - {ref}']['spread']:.2g}"
+            if r[e.name]
+            else "-"
             for e in chosen[1:]
         ]
         for r in rows
@@ -251,8 +256,16 @@ def _compare(args: argparse.Namespace) -> int:
     lines = [f"{ranking}; {delta}" if ranking else delta]
     lines += [f"{name}: {_settings_cell(s)}" for name, s in differing_settings(chosen).items() if s]
     lines = [_printable(line) for line in lines]
-    _emit(rows, args.format, "\n".join([*lines, _fit(table, headers, 2, _width())]))
+    notes = [f"failed: {name}: {error}" for exp in chosen for name, error in errors_of(exp).items()]
+    text = "\n".join([*lines, _fit(table, headers, 2, _width())])
+    _emit(seeds + rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
+
+
+def _seeds_cell(exp: Experiment) -> str:
+    """How many seeds the figures are over, and how many failed: n=3, or n=0, 2 failed."""
+    failed = len(exp.by_status("failed"))
+    return f"n={len(exp.by_status('ok'))}" + (f", {failed} failed" if failed else "")
 
 
 def _plot(args: argparse.Namespace) -> int:
