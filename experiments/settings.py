@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ntn.arguments import OneLineParser
 from ntn.files import file_stem
 from ntn.threads import training_threads
 from ntn.tracking import Redactor
@@ -209,7 +210,7 @@ def training(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser(model: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"run_{model}.sh",
         description=f"Train {model.upper()} for each seed and track every run. Each flag's environment "
         "variable is given in brackets; a flag wins over its variable.",

@@ -170,6 +170,16 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):
+    """Failed on main: the whole usage (14 lines) came before the error."""
+    environ = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "experiments.train", "mpo2", "--bond-dimm", "4"]
+    done = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == "run_mpo2.sh: error: unrecognized arguments: --bond-dimm 4 (see run_mpo2.sh --help)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_backend_s_own_settings_are_recorded_only_in_the_runs_it_tracks(train_here, tmp_path):
     """Failed on main: every run's config carried tracker_dir and aim_repo, whatever backend recorded it."""
     assert train_here("mpo2", N_EPOCHS="1", SEEDS="0")[0] == 0

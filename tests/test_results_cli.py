@@ -323,3 +323,18 @@ def test_compare_shows_an_experiment_whose_seeds_all_failed_with_its_count_and_r
     assert csv_rows["runs"]["bond_sweep_16_failed"] == "2" and csv_rows["runs"]["bond_sweep_16_successful"] == "0"
     assert json.loads(csv_rows["failed"]["bond_sweep_16"]) == errors
     assert float(csv_rows["test_r2"]["bond_sweep_4_mean"]) == pytest.approx(test_r2.mean())
+
+
+def test_an_unknown_reader_or_flag_is_one_line_naming_what_there_is(logs):
+    """Failed on main: `--from nosuch` was read as a path (no such file, then "no runs found"), and a misspelt
+    flag printed the whole usage before its error."""
+    unknown = ntn_trackers("summary", "--from", "nosuch", cwd=logs)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "--from nosuch: no reader named 'nosuch'" in unknown.stderr
+    assert "; installed: " in unknown.stderr and "file" in unknown.stderr.rsplit(": ", 1)[1].split(", ")
+    misspelt = ntn_trackers("summary", "--formt", "csv", cwd=logs)
+    assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1, misspelt.stderr
+    assert "unrecognized arguments: --formt" in misspelt.stderr and "ntn-trackers summary --help" in misspelt.stderr
+    bad_choice = ntn_trackers("summary", "--format", "xml", cwd=logs)
+    assert bad_choice.returncode == 2 and bad_choice.stderr.count("\n") == 1, bad_choice.stderr
+    assert "invalid choice: 'xml'" in bad_choice.stderr and "usage" not in bad_choice.stderr

@@ -63,13 +63,13 @@ def parse_source(text: str) -> tuple[str, str]:
     """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, BACKEND alone for its
     default location (location ""), else a file path.
 
-    :raises ValueError: BACKEND:... names no installed reader (and is no existing path)
+    :raises ValueError: BACKEND or BACKEND:... names no installed reader (and is no existing path)
     """
     readers = plugins(READERS_GROUP)
-    backend, colon, location = text.partition(":")
+    backend, _, location = text.partition(":")
     if backend in readers:
         return backend, location
-    if colon and re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
+    if re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
         raise ValueError(
             _printable(f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}")
         )
