@@ -338,3 +338,25 @@ def test_an_unknown_reader_or_flag_is_one_line_naming_what_there_is(logs):
     bad_choice = ntn_trackers("summary", "--format", "xml", cwd=logs)
     assert bad_choice.returncode == 2 and bad_choice.stderr.count("\n") == 1, bad_choice.stderr
     assert "invalid choice: 'xml'" in bad_choice.stderr and "usage" not in bad_choice.stderr
+
+
+def test_the_summary_csv_counts_running_and_failed_runs_and_gives_the_errors(logs):
+    """Failed on main: the running and failed columns printed `{}`, or the runs by name, where counts belong."""
+    FileTracker("bond_sweep_4_seed9", {"experiment": "bond_sweep_4"}).log_summary({"success": True})  # running
+    with pytest.raises(RuntimeError), start_run("bond_sweep_4_seed10", {"experiment": "bond_sweep_4"}):
+        raise RuntimeError("singular system at site 1")
+    done = ntn_trackers("summary", "--format", "csv", cwd=logs)
+    rows = {r["experiment"]: r for r in csv.DictReader(io.StringIO(done.stdout))}
+    assert list(rows["bond_sweep_4"])[1:6] == ["runs", "successful", "running", "failed", "errors"]
+    assert [rows["bond_sweep_4"][k] for k in ("runs", "successful", "running", "failed")] == ["6", "4", "1", "1"]
+    assert json.loads(rows["bond_sweep_4"]["errors"]) == {
+        "bond_sweep_4_seed10": "RuntimeError: singular system at site 1"
+    }
+    clean = rows["bond_sweep_8"]
+    assert (clean["running"], clean["failed"], clean["errors"], clean["settings"], clean["mixed"]) == (
+        "0",
+        "0",
+        "",
+        "",
+        "",
+    )

@@ -127,13 +127,26 @@ def _best_epoch_cell(epochs: list[int]) -> str:
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as CSV columns: a dict of numbers as one column each (`test_r2_mean`), other lists and dicts as
+    JSON, empty ones as an empty cell."""
     flat: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, dict) and value and all(isinstance(v, int | float) for v in value.values()):
             flat |= {f"{key}_{k}": v for k, v in value.items()}
         else:
-            flat[key] = json.dumps(value) if isinstance(value, list | dict) else value
+            flat[key] = (json.dumps(value) if value else "") if isinstance(value, list | dict) else value
     return flat
+
+
+def _counted(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary row for CSV: the runs running and failed as counts next to `runs` and `successful`, the
+    failed ones' errors in `errors` (the JSON has them by name)."""
+    counted: dict[str, Any] = {}
+    for key, value in row.items():
+        counted[key] = len(value) if key in ("running", "failed") else value
+        if key == "failed":
+            counted["errors"] = value
+    return counted
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, table: str) -> None:
@@ -225,7 +238,8 @@ def _summary(args: argparse.Namespace) -> int:
     for r in (r for r in rows if r["mixed"]):
         differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
         notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")
-    _emit(rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
+    shown = [_counted(r) for r in rows] if args.format == "csv" else rows
+    _emit(shown, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
 
 
