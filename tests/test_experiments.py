@@ -96,6 +96,16 @@ def test_help_documents_every_setting(run_script):
         assert variable in done.stdout
 
 
+def test_help_names_every_installed_backend():
+    """Failed on main: --help listed file, aim, both, none, whatever was installed."""
+    from ntn.tracking import installed
+
+    from experiments.settings import build_parser
+
+    text = " ".join(build_parser("mpo2").format_help().split())
+    assert f"a backend installed here ({', '.join(sorted(installed()))})" in text
+
+
 def test_classification_uses_accuracy(run_script, tmp_path):
     done = run_script("mpo2", DATASET="iris", N_SAMPLES="all", N_EPOCHS="3", BOND_DIM="3")
     assert done.returncode == 0, done.stderr
