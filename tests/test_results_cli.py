@@ -331,7 +331,8 @@ def test_an_unknown_reader_or_flag_is_one_line_naming_what_there_is(logs):
     unknown = ntn_trackers("summary", "--from", "nosuch", cwd=logs)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown.stderr
     assert "--from nosuch: no reader named 'nosuch'" in unknown.stderr
-    assert "; installed: " in unknown.stderr and "file" in unknown.stderr.rsplit(": ", 1)[1].split(", ")
+    installed = unknown.stderr.split("; installed: ")[1].split("; ")[0].split(", ")
+    assert "file" in installed and unknown.stderr.endswith("; nor is it a file or directory\n")
     misspelt = ntn_trackers("summary", "--formt", "csv", cwd=logs)
     assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1, misspelt.stderr
     assert "unrecognized arguments: --formt" in misspelt.stderr and "ntn-trackers summary --help" in misspelt.stderr

@@ -71,7 +71,10 @@ def parse_source(text: str) -> tuple[str, str]:
         return backend, location
     if re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
         raise ValueError(
-            _printable(f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}")
+            _printable(
+                f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}; "
+                "nor is it a file or directory"
+            )
         )
     return "file", text
 
