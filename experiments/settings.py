@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ntn.arguments import OneLineParser
 from ntn.files import file_stem
 from ntn.threads import training_threads
-from ntn.tracking import Redactor
+from ntn.tracking import Redactor, installed
 
 from experiments.dataset_loader import DATASETS, PREPROCESSING
 
@@ -184,7 +185,9 @@ class Settings:
     save_model: bool = setting(
         "false", boolean, "attach each seed's trained model to its runs (ntn.load_model reads it)"
     )
-    tracker_backend: str = setting("file", text, "file, aim, both, none, or a comma-separated list of backends")
+    tracker_backend: str = setting(
+        "file", text, "a backend installed here ({installed}), both (file,aim), none, or several, comma-separated"
+    )
     tracker_dir: str = setting("experiment_logs", text, "directory of the file backend", backend="file")
     aim_repo: str = setting(".aim", text, "Aim repository: a path or aim://host:port", backend="aim")
     experiment_name: str = setting("{model}_experiment", text, "base name; runs are named {EXPERIMENT_NAME}_seed{seed}")
@@ -209,7 +212,7 @@ def training(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser(model: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"run_{model}.sh",
         description=f"Train {model.upper()} for each seed and track every run. Each flag's environment "
         "variable is given in brackets; a flag wins over its variable.",
@@ -217,10 +220,15 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         "2 bad input or the experiment already being trained, nothing trained; 130/143/129 stopped by "
         "SIGINT/SIGTERM/SIGHUP, the run recorded as interrupted.",
     )
+    backends = ", ".join(sorted(installed()))  # the plugins' entry points, none imported
     for s in SETTINGS:
         if s.has_flag:
             parser.add_argument(
-                s.flag, dest=s.dest, default=None, metavar=s.env, help=f"{s.help} [{s.env}, default {s.default}]"
+                s.flag,
+                dest=s.dest,
+                default=None,
+                metavar=s.env,
+                help=f"{s.help.replace('{installed}', backends)} [{s.env}, default {s.default}]",
             )
     plugins = [s for s in SETTINGS if not s.has_flag]
     parser.epilog += " The tracker plugins read their own variables: " + "; ".join(

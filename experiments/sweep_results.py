@@ -261,7 +261,11 @@ def plot(document: dict[str, Any], path: Path) -> None:
     configurations = document["configurations"]
     for ax, name in zip(axes[0], axes_names):
         values = document["grid"][name]
-        others = sorted({tuple((k, str(v)) for k, v in c["values"].items() if k != name) for c in configurations})
+        order = {k: [str(v) for v in grid_values] for k, grid_values in document["grid"].items()}
+        others = sorted(  # in the grid's order (4, 6, 8, 10), not as text (10, 4, 6, 8)
+            {tuple((k, str(v)) for k, v in c["values"].items() if k != name) for c in configurations},
+            key=lambda other: [order[k].index(v) for k, v in other],
+        )
         for other in others:
             points = [
                 c for c in configurations if tuple((k, str(v)) for k, v in c["values"].items() if k != name) == other

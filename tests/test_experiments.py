@@ -96,6 +96,16 @@ def test_help_documents_every_setting(run_script):
         assert variable in done.stdout
 
 
+def test_help_names_every_installed_backend():
+    """Failed on main: --help listed file, aim, both, none, whatever was installed."""
+    from ntn.tracking import installed
+
+    from experiments.settings import build_parser
+
+    text = " ".join(build_parser("mpo2").format_help().split())
+    assert f"a backend installed here ({', '.join(sorted(installed()))})" in text
+
+
 def test_classification_uses_accuracy(run_script, tmp_path):
     done = run_script("mpo2", DATASET="iris", N_SAMPLES="all", N_EPOCHS="3", BOND_DIM="3")
     assert done.returncode == 0, done.stderr
@@ -168,6 +178,16 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert err.startswith("run_mpo2.sh: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results_dir", "results_is_a_file"]
     assert list((tmp_path / "results_dir").iterdir()) == []
+
+
+def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):
+    """Failed on main: the whole usage (14 lines) came before the error."""
+    environ = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "experiments.train", "mpo2", "--bond-dimm", "4"]
+    done = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr == "run_mpo2.sh: error: unrecognized arguments: --bond-dimm 4 (see run_mpo2.sh --help)\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_backend_s_own_settings_are_recorded_only_in_the_runs_it_tracks(train_here, tmp_path):

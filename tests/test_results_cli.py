@@ -294,3 +294,70 @@ def test_thousand_run_files_are_summarised(tmp_path):
     done = ntn_trackers("summary", "--dir", str(directory), "--format", "json", cwd=tmp_path)
     rows = json.loads(done.stdout)
     assert len(rows) == 10 and sum(r["runs"] for r in rows) == 1000
+
+
+def test_compare_shows_an_experiment_whose_seeds_all_failed_with_its_count_and_reasons(logs):
+    """Failed on main: the experiment was dropped (no rows; `--format json` printed [], rc 0)."""
+    for seed in range(2):
+        with pytest.raises(RuntimeError), start_run(f"bond_sweep_16_seed{seed}", {"experiment": "bond_sweep_16"}):
+            raise RuntimeError(f"singular system at site {seed}")
+    errors = {f"bond_sweep_16_seed{s}": f"RuntimeError: singular system at site {s}" for s in range(2)}
+    done = ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", "--format", "json", cwd=logs)
+    assert done.returncode == 0, done.stderr
+    rows = {r["metric"]: r for r in json.loads(done.stdout)}
+    assert rows["runs"]["bond_sweep_16"] == {"runs": 2, "successful": 0, "failed": 2, "running": 0}
+    assert rows["runs"]["bond_sweep_4"] == {"runs": 4, "successful": 4, "failed": 0, "running": 0}
+    assert rows["failed"] == {"metric": "failed", "bond_sweep_16": errors}
+    test_r2 = np.array([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
+    assert rows["test_r2"]["bond_sweep_4"]["mean"] == pytest.approx(test_r2.mean())  # the trained one is the reference
+    assert rows["test_r2"]["bond_sweep_16"] is None
+    table = ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", cwd=logs).stdout
+    assert "bond_sweep_16 (n=0, 2 failed)" in table and "bond_sweep_4 (n=4)" in table
+    assert all(f"failed: {name}: {error}" in table for name, error in errors.items())
+    csv_rows = {
+        r["metric"]: r
+        for r in csv.DictReader(
+            io.StringIO(ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", "--format", "csv", cwd=logs).stdout)
+        )
+    }
+    assert csv_rows["runs"]["bond_sweep_16_failed"] == "2" and csv_rows["runs"]["bond_sweep_16_successful"] == "0"
+    assert json.loads(csv_rows["failed"]["bond_sweep_16"]) == errors
+    assert float(csv_rows["test_r2"]["bond_sweep_4_mean"]) == pytest.approx(test_r2.mean())
+
+
+def test_an_unknown_reader_or_flag_is_one_line_naming_what_there_is(logs):
+    """Failed on main: `--from nosuch` was read as a path (no such file, then "no runs found"), and a misspelt
+    flag printed the whole usage before its error."""
+    unknown = ntn_trackers("summary", "--from", "nosuch", cwd=logs)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "--from nosuch: no reader named 'nosuch'" in unknown.stderr
+    installed = unknown.stderr.split("; installed: ")[1].split("; ")[0].split(", ")
+    assert "file" in installed and unknown.stderr.endswith("; nor is it a file or directory\n")
+    misspelt = ntn_trackers("summary", "--formt", "csv", cwd=logs)
+    assert misspelt.returncode == 2 and misspelt.stderr.count("\n") == 1, misspelt.stderr
+    assert "unrecognized arguments: --formt" in misspelt.stderr and "ntn-trackers summary --help" in misspelt.stderr
+    bad_choice = ntn_trackers("summary", "--format", "xml", cwd=logs)
+    assert bad_choice.returncode == 2 and bad_choice.stderr.count("\n") == 1, bad_choice.stderr
+    assert "invalid choice: 'xml'" in bad_choice.stderr and "usage" not in bad_choice.stderr
+
+
+def test_the_summary_csv_counts_running_and_failed_runs_and_gives_the_errors(logs):
+    """Failed on main: the running and failed columns printed `{}`, or the runs by name, where counts belong."""
+    FileTracker("bond_sweep_4_seed9", {"experiment": "bond_sweep_4"}).log_summary({"success": True})  # running
+    with pytest.raises(RuntimeError), start_run("bond_sweep_4_seed10", {"experiment": "bond_sweep_4"}):
+        raise RuntimeError("singular system at site 1")
+    done = ntn_trackers("summary", "--format", "csv", cwd=logs)
+    rows = {r["experiment"]: r for r in csv.DictReader(io.StringIO(done.stdout))}
+    assert list(rows["bond_sweep_4"])[1:6] == ["runs", "successful", "running", "failed", "errors"]
+    assert [rows["bond_sweep_4"][k] for k in ("runs", "successful", "running", "failed")] == ["6", "4", "1", "1"]
+    assert json.loads(rows["bond_sweep_4"]["errors"]) == {
+        "bond_sweep_4_seed10": "RuntimeError: singular system at site 1"
+    }
+    clean = rows["bond_sweep_8"]
+    assert (clean["running"], clean["failed"], clean["errors"], clean["settings"], clean["mixed"]) == (
+        "0",
+        "0",
+        "",
+        "",
+        "",
+    )

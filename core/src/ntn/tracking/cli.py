@@ -11,6 +11,7 @@ import sys
 
 from tabulate import tabulate
 
+from ntn.arguments import OneLineParser
 from ntn.tracking import reproduce, results_cli
 from ntn.tracking.discovery import TrackerSelectionError, installed, load, plugins
 from ntn.tracking.redact import Redactor
@@ -36,7 +37,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntn-trackers", description="Tracker backends and recorded runs of ntn.")
+    parser = OneLineParser(prog="ntn-trackers", description="Tracker backends and recorded runs of ntn.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="installed tracker backends and whether they load").set_defaults(func=_list)
     results_cli.register(sub)
@@ -52,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # told by the subcommand, whose --help lists its flags
+        print(
+            f"ntn-trackers {args.command}: unrecognized arguments: {' '.join(unknown)} (see ntn-trackers "
+            f"{args.command} --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return args.func(args)
     except (ValueError, OSError) as err:

@@ -148,6 +148,11 @@ def ranked(experiments: dict[str, Experiment]) -> list[Experiment]:
     return sorted(experiments.values(), key=key) if q else list(experiments.values())
 
 
+def errors_of(exp: Experiment) -> dict[str, Any]:
+    """Each failed run's name and the error its summary gives."""
+    return {r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in exp.by_status("failed")}
+
+
 def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
     """One row per experiment, best first: counts, the settings that differ between the experiments, the
     settings its own runs differ in (`mixed`), statistics of each metric, best epochs, failures."""
@@ -162,9 +167,7 @@ def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
             "running": {
                 r.get("experiment_name"): (r.get("summary") or {}).get("updated") for r in exp.by_status("running")
             },
-            "failed": {
-                r.get("experiment_name"): (r.get("summary") or {}).get("error") for r in exp.by_status("failed")
-            },
+            "failed": errors_of(exp),
             "settings": differ[exp.name],
             "mixed": mixed_settings(exp),
             "best_epoch": exp.best_epochs,
@@ -175,22 +178,38 @@ def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
     return rows
 
 
+def seeds_rows(experiments: list[Experiment]) -> list[dict[str, Any]]:
+    """What became of each experiment's seeds: a row `runs` of counts and, when any failed, a row `failed` of
+    each failed run's error, so that an experiment whose seeds all failed is still shown, with why."""
+    rows: list[dict[str, Any]] = [{"metric": "runs"}]
+    for exp in experiments:
+        counts = {status: len(exp.by_status(status)) for status in ("ok", "failed", "running")}
+        rows[0][exp.name] = {"runs": len(exp.runs), "successful": counts.pop("ok"), **counts}
+    failed = {exp.name: errors_of(exp) for exp in experiments if exp.by_status("failed")}
+    return rows + ([{"metric": "failed", **failed}] if failed else [])
+
+
 def comparison_rows(experiments: list[Experiment]) -> list[dict[str, Any]]:
-    """Per metric: each experiment's mean ± std, and each one's difference of means to the first,
-    with its spread across seeds (the standard error sqrt(s_a²/n_a + s_b²/n_b))."""
-    reference, others = experiments[0], experiments[1:]
-    names = [m for m in reference.metrics if all(m in e.metrics for e in others)]
+    """Per metric: each experiment's mean ± std, and each one's difference of means to the first that has
+    figures, with its spread across seeds (the standard error sqrt(s_a²/n_a + s_b²/n_b)). An experiment
+    with no successful run has no figures (null)."""
+    trained = [exp for exp in experiments if exp.metrics]
+    if not trained:
+        return []
+    reference = trained[0]
+    names = [m for m in reference.metrics if all(m in e.metrics for e in trained[1:])]
     rows = []
     for name in names:
         row: dict[str, Any] = {"metric": name}
         a = reference.metrics[name]
         row[reference.name] = vars(a)
-        for exp in others:
-            b = exp.metrics[name]
-            row[exp.name] = vars(b)
-            row[f"{exp.name} - {reference.name}"] = {
-                "difference": b.mean - a.mean,
-                "spread": math.sqrt(a.std**2 / a.n + b.std**2 / b.n),
-            }
+        for exp in (e for e in experiments if e is not reference):
+            b = exp.metrics.get(name)
+            row[exp.name] = vars(b) if b else None
+            if b:
+                row[f"{exp.name} - {reference.name}"] = {
+                    "difference": b.mean - a.mean,
+                    "spread": math.sqrt(a.std**2 / a.n + b.std**2 / b.n),
+                }
         rows.append(row)
     return rows

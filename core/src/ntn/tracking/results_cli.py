@@ -26,10 +26,12 @@ from ntn.tracking.results import (
     Experiment,
     comparison_rows,
     differing_settings,
+    errors_of,
     experiment_of,
     group,
     quality_of,
     ranked,
+    seeds_rows,
     summary_rows,
 )
 
@@ -62,15 +64,18 @@ def parse_source(text: str) -> tuple[str, str]:
     """(backend, location) of a --from value: BACKEND:LOCATION for an installed reader, BACKEND alone for its
     default location (location ""), else a file path.
 
-    :raises ValueError: BACKEND:... names no installed reader (and is no existing path)
+    :raises ValueError: BACKEND or BACKEND:... names no installed reader (and is no existing path)
     """
     readers = plugins(READERS_GROUP)
-    backend, colon, location = text.partition(":")
+    backend, _, location = text.partition(":")
     if backend in readers:
         return backend, location
-    if colon and re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
+    if re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
         raise ValueError(
-            _printable(f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}")
+            _printable(
+                f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}; "
+                "nor is it a file or directory"
+            )
         )
     return "file", text
 
@@ -127,13 +132,26 @@ def _best_epoch_cell(epochs: list[int]) -> str:
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as CSV columns: a dict of numbers as one column each (`test_r2_mean`), other lists and dicts as
+    JSON, empty ones as an empty cell."""
     flat: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, dict) and value and all(isinstance(v, int | float) for v in value.values()):
             flat |= {f"{key}_{k}": v for k, v in value.items()}
         else:
-            flat[key] = json.dumps(value) if isinstance(value, list | dict) else value
+            flat[key] = (json.dumps(value) if value else "") if isinstance(value, list | dict) else value
     return flat
+
+
+def _counted(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary row for CSV: the runs running and failed as counts next to `runs` and `successful`, the
+    failed ones' errors in `errors` (the JSON has them by name)."""
+    counted: dict[str, Any] = {}
+    for key, value in row.items():
+        counted[key] = len(value) if key in ("running", "failed") else value
+        if key == "failed":
+            counted["errors"] = value
+    return counted
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, table: str) -> None:
@@ -225,7 +243,8 @@ def _summary(args: argparse.Namespace) -> int:
     for r in (r for r in rows if r["mixed"]):
         differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
         notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")
-    _emit(rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
+    shown = [_counted(r) for r in rows] if args.format == "csv" else rows
+    _emit(shown, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
 
 
@@ -234,16 +253,19 @@ def _compare(args: argparse.Namespace) -> int:
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
         raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
-    chosen = ranked({name: experiments[name] for name in args.experiments})  # best first; the best is the reference
-    rows = comparison_rows(chosen)
+    # best first, those with no successful run last; the first is the reference
+    chosen = sorted(ranked({name: experiments[name] for name in args.experiments}), key=lambda e: not e.metrics)
+    seeds, rows = seeds_rows(chosen), comparison_rows(chosen)
     ref, q = chosen[0].name, quality_of(chosen)
-    headers = ["metric", *[_printable(f"{e.name} (n={len(e.by_status('ok'))})") for e in chosen]]
+    headers = ["metric", *[_printable(f"{e.name} ({_seeds_cell(e)})") for e in chosen]]
     table = [
         [_printable(r["metric"]) + _better(r["metric"])]
         + [f"{r[ref]['mean']:.4g} ± {r[ref]['std']:.2g}"]
         + [
             f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g}, "
             f"Δ {r[f'{e.name} - {ref}']['difference']:+.3g} ± {r[f'{e.name} - {ref}']['spread']:.2g}"
+            if r[e.name]
+            else "-"
             for e in chosen[1:]
         ]
         for r in rows
@@ -253,8 +275,16 @@ def _compare(args: argparse.Namespace) -> int:
     lines = [f"{ranking}; {delta}" if ranking else delta]
     lines += [f"{name}: {_settings_cell(s)}" for name, s in differing_settings(chosen).items() if s]
     lines = [_printable(line) for line in lines]
-    _emit(rows, args.format, "\n".join([*lines, _fit(table, headers, 2, _width())]))
+    notes = [f"failed: {name}: {error}" for exp in chosen for name, error in errors_of(exp).items()]
+    text = "\n".join([*lines, _fit(table, headers, 2, _width())])
+    _emit(seeds + rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
+
+
+def _seeds_cell(exp: Experiment) -> str:
+    """How many seeds the figures are over, and how many failed: n=3, or n=0, 2 failed."""
+    failed = len(exp.by_status("failed"))
+    return f"n={len(exp.by_status('ok'))}" + (f", {failed} failed" if failed else "")
 
 
 def _plot(args: argparse.Namespace) -> int:
