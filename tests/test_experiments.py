@@ -318,7 +318,7 @@ def test_both_writes_the_same_run_to_the_json_file_and_to_aim(run_script, tmp_pa
 
 
 def test_bad_aim_headers_get_one_line_before_training(run_script, tmp_path):
-    done = run_script("mpo2", TRACKER_BACKEND="aim", AIM_REPO="aim://127.0.0.1:9", AIM_CUSTOM_HEADERS="{oops")
+    done = run_script("mpo2", TRACKER_BACKEND="aim", AIM_REPO="aim://127.0.0.1:9", AIM_CUSTOM_HEADERS="{oops-not-json")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "AIM_CUSTOM_HEADERS is not valid JSON" in done.stderr
     assert list(tmp_path.iterdir()) == []
@@ -467,7 +467,7 @@ def test_a_secret_never_leaves_the_process(tmp_path):
             {"AIM_REPO": "aim://127.0.0.1:9", "AIM_AUTH_TOKEN": f"{SECRET}\n"},
             "AIM_AUTH_TOKEN holds a control character",
         ),
-        ({"AIM_REPO": "aim://127.0.0.1:9", "AIM_CUSTOM_HEADERS": '{"Bad Name": "v"}'}, "header name 'Bad Name'"),
+        ({"AIM_REPO": "aim://127.0.0.1:9", "AIM_CUSTOM_HEADERS": '{"Bad Name": "value-1"}'}, "header name 'Bad Name'"),
     ],
 )
 def test_bad_aim_settings_are_refused_in_one_line_before_anything_is_written(run_script, tmp_path, env, message):
