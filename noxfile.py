@@ -37,9 +37,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def core(session: nox.Session) -> None:
-    """The core package alone, with its own extras: models, trainer, tracking core, `ntn-trackers plot` (no
-    plugin installed)."""
-    _install(session, "./core[plot,test]")
+    """The core package alone: models, trainer, tracking core (no plugin installed)."""
+    _install(session, "./core[test]")
     session.run(*PYTEST, "core/tests", *session.posargs)
 
 

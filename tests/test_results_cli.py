@@ -361,3 +361,31 @@ def test_the_summary_csv_counts_running_and_failed_runs_and_gives_the_errors(log
         "",
         "",
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"step": 10**30, "loss": 0.5}, "its metrics_log has the step 1000000000000000000000000000000, which is no"),
+        ({"step": 1, "loss": 10**400}, "its metric 'loss' at step 1 is no number (1000000000"),
+        ({"step": 1, "loss": "0.5"}, "its metric 'loss' at step 1 is no number (0.5)"),
+        ({"step": 0.5, "loss": 0.5}, "its metrics_log has the step 0.5, which is no epoch number"),
+    ],
+)
+def test_plot_skips_a_damaged_run_in_one_line_and_draws_the_others(tmp_path, capsys, entry, problem):
+    """Failed on main: a traceback (a step of 10**30 with --band; a value no float holds)."""
+    from ntn.tracking.cli import main as trackers
+
+    for name, last in (("good_seed0", {"step": 1, "loss": 0.25}), ("damaged_seed0", entry)):
+        record = {"experiment_name": name, "metrics_log": [{"step": 0, "loss": 1.0}, last]}
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps(record | {"summary": {"status": "finished", "success": True}})
+        )
+    out = tmp_path / "curves.png"
+    assert trackers(["plot", str(tmp_path), "--band", "-o", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == f"ntn-trackers: skipped run 'damaged_seed0': {problem}" + printed.err.split(problem)[1]
+    assert printed.err.count("\n") == 1 and out.stat().st_size > 0 and printed.out == f"{out}\n"
+    (tmp_path / "good_seed0.json").unlink()
+    assert trackers(["plot", str(tmp_path), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "ntn-trackers plot: no run left to plot"

@@ -170,9 +170,9 @@ def test_a_sweep_s_runs_name_its_command_run_git_once_per_worker_and_reproduce(t
         assert record["provenance"]["code"]["directory"] == str(REPO / "experiments")
     statuses = [line for line in calls.read_text().splitlines() if " status " in f" {line} "]
     assert 1 <= len(statuses) <= 2, statuses  # once per worker process, not once per run (8 runs)
+    recorded = f"file:{tmp_path / 'experiment_logs'}"
     again = subprocess.run(
-        [str(Path(sys.executable).parent / "ntn-trackers"), "reproduce", "grid_bond_dim4_l3_seed1", "--from"]
-        + [f"file:{tmp_path / 'experiment_logs'}"],
+        [str(Path(sys.executable).parent / "ntn-trackers"), "reproduce", "grid_bond_dim4_l3_seed1", "--from", recorded],
         cwd=REPO,  # reproduce re-trains with the code of the checkout it is started from, and only that
         capture_output=True,
         text=True,
