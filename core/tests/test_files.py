@@ -113,3 +113,30 @@ def test_store_once_writes_a_copy_where_no_hard_link_can_be_made(tmp_path, monke
         store_once(b"diff", store, "git.diff", run)
     copy = tmp_path / "run" / "git.diff"
     assert copy.read_bytes() == b"diff" and copy.stat().st_nlink == 1
+
+
+STORE_MANY = """
+import sys
+from ntn.files import open_directory, store_once
+for i in range(200):
+    with open_directory(sys.argv[1], sys.argv[2]) as run_fd, open_directory(sys.argv[1], "store") as store_fd:
+        store_once(f"content {i}".encode(), store_fd, f"file{i}.txt", run_fd)
+"""
+
+
+def test_store_once_by_two_processes_at_once_gives_each_its_files(tmp_path):
+    """Failed on main (a sweep's run failed in log_artifact): a writer that found the stored file just as
+    another writer of the same content renamed its copy over it got FileNotFoundError from the link."""
+    for directory in ("store", "a", "b"):
+        (tmp_path / directory).mkdir()
+    writers = [
+        subprocess.Popen([sys.executable, "-c", STORE_MANY, str(tmp_path), run], stderr=subprocess.PIPE, text=True)
+        for run in ("a", "b")
+    ]
+    errors = [w.communicate(timeout=120)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
+    for run in ("a", "b"):
+        assert [(tmp_path / run / f"file{i}.txt").read_bytes() for i in range(200)] == [
+            f"content {i}".encode() for i in range(200)
+        ]
+    assert len(list((tmp_path / "store").iterdir())) == 200

@@ -250,6 +250,11 @@ def store_once(data: bytes, store_fd: int, name: str, dir_fd: int) -> str:
             break
         except FileExistsError:
             continue
+        except FileNotFoundError:  # another writer of this content renamed its copy over the one linked here
+            try:  # (Linux's linkat: ENOENT for an inode whose last name just went); the name holds its copy
+                os.lstat(digest, dir_fd=store_fd)
+            except FileNotFoundError:  # or the stored file is gone altogether: stored again
+                write_atomic(digest, data, store_fd)
         except OSError as err:  # another user's file (protected_hardlinks), too many links, or none here
             if err.errno not in (errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
                 raise
