@@ -178,8 +178,11 @@ class DaskPool:
     def start(self, task: Any) -> None:
         key = f"{task.name}-{uuid.uuid4().hex[:8]}"
         future = self.client.submit(_compute_on_dask, self.topic, task, key=key, pure=False)
-        self.futures[task.run_id] = future
-        future.add_done_callback(lambda done, run_id=task.run_id: self.inbox.put(("done", run_id, done)))
+        self._when_done(task.run_id, future)
+
+    def _when_done(self, run_id: str, future: Any) -> None:
+        self.futures[run_id] = future
+        future.add_done_callback(lambda done: self.inbox.put(("done", run_id, done)))
 
     def stop(self, run_id: str) -> None:
         self.client.run(_stop, self.topic, run_id)
@@ -207,16 +210,25 @@ class DaskPool:
             deliver(*pickle.loads(item[1]))
             return
         _, run_id, future = item
-        if self.futures.pop(run_id, None) is None:  # halted: its records have ended
+        if self.futures.get(run_id) is not future:  # halted: its records have ended
             return
-        if future.status == "finished":
-            for message in future.result():
-                deliver(*message)
-        elif future.status == "error":  # it raised outside training, or Dask gave up on it (KilledWorker)
+        if future.status == "cancelled":  # not by the driver: the client cancels all when it loses its scheduler
+            raise WorkersLost("the client lost its connection to the scheduler")
+        if future.status == "error":  # it raised outside training, or Dask gave up on it (KilledWorker)
+            del self.futures[run_id]
             err = future.exception()
             deliver(run_id, "error", (f"{type(err).__name__}: {err}",))
-        else:  # cancelled, not by the driver: the client cancels every future when it loses its scheduler
-            raise WorkersLost("the client lost its connection to the scheduler")
+            return
+        try:
+            messages = future.result() if future.status == "finished" else None
+        except Exception:
+            messages = None
+        if messages is None:  # the worker holding its result died first: Dask trains it again, and says when
+            self._when_done(run_id, future)
+            return
+        del self.futures[run_id]
+        for message in messages:
+            deliver(*message)
 
     def halt(self, signal_name: str) -> None:
         """Stop every run of the study on every worker, and wait (at most HALT_WAIT_S, or until another

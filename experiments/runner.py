@@ -106,7 +106,11 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(doing, refresh=False)
             self.bar.set_postfix(failed=self.failed, refresh=False)
-            self.bar.update(self.ended_epochs + sum(self.done.values()) - self.bar.n)
+            done = self.ended_epochs + sum(self.done.values()) - self.bar.n
+            if done:
+                self.bar.update(done)  # drawn at most every 0.1 s
+            else:
+                self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
