@@ -18,6 +18,7 @@ import pytest
 from ntn_tracker_file import load
 
 import experiments.workers
+from experiments.runner import Task
 from experiments.workers import PARALLEL_FROM_S, worker_count
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -191,3 +192,73 @@ def test_workers_end_when_the_script_s_process_is_killed(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+PRUNED_SWEEP = """
+name = "pruning"
+model = "mpo2"
+seeds = [0, 1]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = {epochs}
+[grid]
+bond_dim = [2]
+"""
+
+
+class PruneSeed1:
+    """A study through the runner's seam: both seeds of one configuration; seed 1 pruned after epoch 1."""
+
+    def __init__(self, configuration):
+        self.tasks = [Task(configuration, seed, f"pruning_bond_dim2_seed{seed}@test") for seed in (0, 1)]
+        self.epochs, self.entries = {0: [], 1: []}, {}
+
+    def next_tasks(self, free):
+        tasks, self.tasks = self.tasks[:free], self.tasks[free:]
+        return tasks
+
+    def on_epoch(self, task, epoch, scores):
+        self.epochs[task.seed].append((epoch, scores["val_r2"]))
+        return [task] if task.seed == 1 and epoch == 1 else []
+
+    def on_entry(self, task, entry):
+        return None
+
+    def on_end(self, task, entry):
+        self.entries[task.seed] = entry
+
+
+@pytest.mark.parametrize("where", ["inline", "local", "dask"])
+def test_a_study_prunes_a_run_at_its_next_epoch_boundary_and_it_is_recorded_pruned(tmp_path, monkeypatch, where):
+    from ntn.tracking import validate
+
+    from experiments.dask_pool import DaskPool
+    from experiments.runner import Progress, Runner
+    from experiments.seed_run import command_of_this_process
+    from experiments.sweepfile import load as load_sweep
+    from experiments.workers import InlinePool, LocalPool
+
+    monkeypatch.chdir(tmp_path)
+    epochs = 3 if where == "inline" else 400  # far more than a stop takes to reach a worker, however loaded
+    (tmp_path / "pruning.toml").write_text(PRUNED_SWEEP.format(epochs=epochs))
+    (configuration,) = load_sweep(tmp_path / "pruning.toml", tracker_backend="file").configurations
+    study = PruneSeed1(configuration)
+    runner = Runner(study, validate("file"), command_of_this_process(), Progress(0, shown=False), ("output_file",))
+    pool = {"inline": InlinePool, "local": lambda: LocalPool(2), "dask": lambda: DaskPool(2, None)}[where]()
+    try:
+        runner.run(pool)
+    finally:
+        pool.close()
+    pruned, full = study.entries[1], study.entries[0]
+    assert pruned["status"] == "pruned" and pruned["success"] is False and pruned["test_r2"] is None
+    assert full["status"] == ("finished" if full["success"] else "failed") and full["test_r2"] is not None
+    stopped = pruned["pruned_at_epoch"]
+    assert stopped == 1 if where == "inline" else 1 <= stopped < epochs - 1  # stopped where it looked next
+    runs = {s: load(tmp_path / "experiment_logs" / f"pruning_bond_dim2_seed{s}.json") for s in (0, 1)}
+    assert runs[1]["summary"]["status"] == "pruned" and runs[1]["summary"]["pruned_at_epoch"] == stopped
+    assert [m["step"] for m in runs[1]["metrics_log"]] == list(range(-1, stopped + 1))
+    assert [e for e, _ in study.epochs[1]] == list(range(stopped + 1))  # the study saw each epoch recorded
+    assert [m["val_r2"] for m in runs[1]["metrics_log"][1:]] == [r2 for _, r2 in study.epochs[1]]
+    assert [m["step"] for m in runs[0]["metrics_log"]] == list(range(-1, epochs))
+    assert runs[0]["summary"]["test_r2"] == full["test_r2"]
