@@ -32,6 +32,7 @@ from ntn.tracking import (
     TrackerSelectionError,
     TrackerValidationError,
     hold,
+    prepare,
     stop_on_signals,
     uninterrupted,
     validate,
@@ -199,6 +200,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         # (and forked workers hold none of the locks)
         to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
         pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
+        prepare(backends)  # e.g. aim's uploader starts: this process records every run
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 refuse_other_settings(sweep, backends, tracker_dir)
