@@ -229,7 +229,7 @@ class PruneSeed1:
         self.entries[task.seed] = entry
 
 
-@pytest.mark.parametrize("where", ["inline", "local", "dask"])
+@pytest.mark.parametrize("where", ["inline", "forked", "spawned", "dask"])  # spawned: how a GPU's workers start
 def test_a_study_prunes_a_run_at_its_next_epoch_boundary_and_it_is_recorded_pruned(tmp_path, monkeypatch, where):
     from ntn.tracking import validate
 
@@ -245,7 +245,8 @@ def test_a_study_prunes_a_run_at_its_next_epoch_boundary_and_it_is_recorded_prun
     (configuration,) = load_sweep(tmp_path / "pruning.toml", tracker_backend="file").configurations
     study = PruneSeed1(configuration)
     runner = Runner(study, validate("file"), command_of_this_process(), Progress(0, shown=False), ("output_file",))
-    pool = {"inline": InlinePool, "local": lambda: LocalPool(2), "dask": lambda: DaskPool(2, None)}[where]()
+    pools = {"inline": InlinePool, "forked": lambda: LocalPool(2), "spawned": lambda: LocalPool(2, fork=False)}
+    pool = (pools | {"dask": lambda: DaskPool(2, None)})[where]()
     try:
         runner.run(pool)
     finally:
