@@ -4,11 +4,12 @@ cost, and delivery into one aim server.
     NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py --runs 1000 [--workers 2]
     NTN_DATA_DIR=../shared/data python benchmarks/bench_sweep.py [--rounds 3] [--bond-dims 4,6,8,10]
 
-`--runs N`: one sweep of N runs (N/10 configurations × 10 seeds; bond 6, N_SAMPLES=500, 10 epochs, file
-backend) with its driver in this process: its wall time, the driver's CPU against its workers', the
+`--runs N [--before REV] [--rounds R]`: a sweep of N runs (N/10 configurations × 10 seeds; bond 6,
+N_SAMPLES=500, 10 epochs, file backend), its driver in a fresh process, with this checkout's code and
+(--before) a git revision's, interleaved: its wall time, the driver's CPU against its workers', the
 per-run floor (one run trained in-process, no tracker), and torch's thread policy against torch's
 default threads per run, on this machine idle and busy (a CPU-bound process per core beside it).
-Targets (issue #29): the N=1000 sweep in <= 2 min on 2 cores; driver CPU <= 5 % of the workers'.
+Targets (issue #29): the N=1000 sweep in <= 2 min on 2 cores; (#38) no slower than before the one runner.
 
 Workload: 4 bond dimensions × 5 seeds of MPO2 on California housing at N_SAMPLES=500 (the README's loop),
 file backend. Targets: run_sweep.sh local (2 workers) >= 3× faster than the loop; a Dask LocalCluster
@@ -19,8 +20,6 @@ delivery into one `aim server` >= 2 runs/s.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import signal
 import statistics
@@ -72,37 +71,60 @@ def run_sweep(cwd: Path, *args: str, bond_dims: list[int] = BOND_DIMS, **env: st
     return timed(["bash", str(REPO / "experiments" / "run_sweep.sh"), "bench.toml", *args], cwd, **env)
 
 
+class _Runs:
+    """A study of the runs given, for the runner: no pruning, no results file."""
+
+    def __init__(self, tasks: list) -> None:
+        self.tasks = list(tasks)
+
+    def next_tasks(self, free: int) -> list:
+        tasks, self.tasks = self.tasks[:free], self.tasks[free:]
+        return tasks
+
+    def on_epoch(self, task, epoch: int, scores: dict) -> list:
+        return []
+
+    def on_entry(self, task, entry: dict) -> None:
+        return None
+
+    def on_end(self, task, entry: dict) -> None:
+        pass
+
+
 def dask_overhead(n_runs: int = 20) -> tuple[float, float]:
-    """Mean s per run, one torch thread each: trained in this process, and submitted one at a time to the
-    sweep's Dask executor with one worker (a LocalCluster, as `--executor dask` starts it)."""
+    """Mean s per run, one torch thread each, through the runner tracked nowhere: trained in this process
+    (its InlinePool), and on the sweep's Dask pool with one worker (a LocalCluster, as `--executor dask`
+    starts it)."""
     sys.path.insert(0, str(REPO))
     import torch
 
-    from experiments.executors import DaskExecutor
+    from experiments.dask_pool import DaskPool
+    from experiments.runner import Progress, Runner, Task
     from experiments.sweepfile import load
-    from experiments.train import train_run
+    from experiments.workers import InlinePool
 
     torch.set_num_threads(1)
+
+    def through(pool, configuration, name: str) -> float:
+        tasks = [Task(configuration, seed, f"{name}{seed}") for seed in range(n_runs)]
+        start = time.perf_counter()
+        Runner(_Runs(tasks), [], {}, Progress(0, shown=False)).run(pool)
+        return (time.perf_counter() - start) / n_runs
+
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.toml"
         path.write_text(SWEEP.format(bond_dims=[6]))
         (configuration,) = load(path, tracker_backend="none").configurations
-        train_run("mpo2", configuration.settings, 0, "warm")  # warm: imports, data set
-        executor = DaskExecutor(1, None, "none", {})
+        pool = DaskPool(1, None)
         in_process, through_dask = [], []
         try:
-            executor.submit("mpo2", configuration, 0, "warm").result()
+            through(InlinePool(), configuration, "warm")  # warm: imports, data set
+            through(pool, configuration, "warm")
             for _ in range(3):  # interleaved rounds: both sides see the same drift of this machine
-                start = time.perf_counter()
-                for seed in range(n_runs):
-                    train_run("mpo2", configuration.settings, seed, f"p{seed}")
-                in_process.append((time.perf_counter() - start) / n_runs)
-                start = time.perf_counter()
-                for seed in range(n_runs):
-                    executor.submit("mpo2", configuration, seed, f"d{seed}").result()
-                through_dask.append((time.perf_counter() - start) / n_runs)
+                in_process.append(through(InlinePool(), configuration, "p"))
+                through_dask.append(through(pool, configuration, "d"))
         finally:
-            executor.close()
+            pool.close()
     in_process, through_dask = sorted(in_process)[1], sorted(through_dask)[1]  # medians
     return in_process, through_dask
 
@@ -182,37 +204,51 @@ init_strength = {values}
 """
 
 
-def large_sweep(runs: int, workers: int) -> tuple[float, float, float]:
-    """One sweep of `runs` runs, its driver in this process: (wall s, the driver's CPU s, its workers' CPU s)."""
-    import resource
+DRIVER = """
+import contextlib, io, json, resource, sys, time
+from pathlib import Path
+sys.path[:0] = {paths!r}
+from experiments.sweep import main
+Path("large.toml").write_text({sweep!r})
+start = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):  # its table of N/10 configurations
+    code = main(["large.toml", "--workers", "{workers}"])
+wall = time.perf_counter() - start
+cpu = lambda usage: usage.ru_utime + usage.ru_stime
+driver, workers = (cpu(resource.getrusage(who)) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({{"code": code, "wall": wall, "driver": driver, "workers": workers}}))
+"""
 
-    sys.path.insert(0, str(REPO))
-    from experiments.sweep import main
+
+def large_sweep(runs: int, workers: int, code: Path = REPO) -> tuple[float, float, float]:
+    """One sweep of `runs` runs with the code of the checkout `code`, its driver in a fresh process: (wall s
+    of the sweep from its `main`, the driver's CPU s with its start-up, its workers' CPU s)."""
+    import json
 
     values = [round(0.1 + 0.0001 * i, 4) for i in range(max(1, runs // 10))]
+    paths = [str(code), str(code / "core" / "src"), str(code / "plugins" / "ntn-tracker-file" / "src")]
+    driver = DRIVER.format(paths=paths, sweep=LARGE.format(values=values), workers=workers)
     with tempfile.TemporaryDirectory() as directory:
-        cwd = os.getcwd()
-        os.chdir(directory)
-        os.environ |= {"TRACKER_BACKEND": "file", "NTN_DATA_DIR": _env()["NTN_DATA_DIR"]}
-        Path("large.toml").write_text(LARGE.format(values=values))
-        self, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its table of N/10 configurations
-                assert main(["large.toml", "--workers", str(workers)]) == 0
-        finally:
-            os.chdir(cwd)
-        wall = time.perf_counter() - start
-    self_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = lambda a, b: (b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime)  # noqa: E731
-    return wall, cpu(self, self_after), cpu(children, children_after)
+        done = subprocess.run(
+            [sys.executable, "-c", driver],
+            cwd=directory,
+            env=_env(TRACKER_BACKEND="file", PYTHONPATH=os.pathsep.join(paths)),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    measured = json.loads(done.stdout.splitlines()[-1])
+    assert measured["code"] == 0, done.stderr
+    return measured["wall"], measured["driver"], measured["workers"]
 
 
 def per_run(threads: str, n_runs: int = 10) -> tuple[float, float]:
-    """Median (wall s, CPU s) of one run trained in this process, no tracker, TORCH_THREADS=`threads`
-    ("" for the policy's default)."""
+    """Median (wall s, CPU s) of one run trained in this process as a worker trains it (its records sent
+    nowhere), TORCH_THREADS=`threads` ("" for the policy's default)."""
+    sys.path.insert(0, str(REPO))
+    from experiments.runner import Task
     from experiments.sweepfile import load
-    from experiments.train import train_run
+    from experiments.workers import compute
 
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "one.toml"
@@ -222,7 +258,7 @@ def per_run(threads: str, n_runs: int = 10) -> tuple[float, float]:
     times = []
     for seed in range(n_runs):
         wall, cpu = time.perf_counter(), time.process_time()
-        train_run("mpo2", configuration.settings, seed, f"floor{seed}")
+        compute(Task(configuration, seed, f"floor{seed}"), lambda *_: None, lambda: False)
         times.append((time.perf_counter() - wall, time.process_time() - cpu))
     os.environ.pop("TORCH_THREADS")
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
@@ -255,26 +291,39 @@ def threads_side_by_side(rounds: int = 3, burner: str = "python") -> list[list[s
     return rows
 
 
-def report_large(runs: int, workers: int, burner: str) -> None:
-    wall, driver, trained = large_sweep(runs, workers)
+def report_large(runs: int, workers: int, burner: str, before: str | None, rounds: int) -> None:
+    """The sweep of `runs` runs with this checkout's code and, with `before`, with the code of that git
+    revision (checked out in a scratch worktree), in `rounds` interleaved rounds (medians)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        codes = {"now": REPO}
+        git = ["git", "-C", str(REPO), "worktree"]
+        if before:
+            codes = {"before": Path(scratch) / "before", **codes}
+            subprocess.run([*git, "add", "-q", "--detach", str(codes["before"]), before], check=True)
+        try:
+            measured = {name: [] for name in codes}
+            for _ in range(rounds):
+                for name, code in codes.items():
+                    measured[name].append(large_sweep(runs, workers, code))
+        finally:
+            if before:
+                subprocess.run([*git, "remove", "--force", str(codes["before"])], check=True)
     _, floor_cpu = per_run("", 20)
     ideal = runs * floor_cpu / workers
-    print(f"{runs} runs (bond 6, N_SAMPLES=500, 10 epochs, file backend), {workers} local workers:")
-    print(
-        tabulate(
-            [
-                ["whole sweep, wall s", f"{wall:.1f}"],
-                ["driver CPU s", f"{driver:.1f}"],
-                ["workers' CPU s", f"{trained:.1f}"],
-                ["driver CPU ÷ workers' CPU", f"{driver / trained:.3f}"],
-                ["per-run floor (one run in-process, no tracker), CPU ms", f"{floor_cpu * 1e3:.0f}"],
-                ["floor × runs ÷ workers, s", f"{ideal:.1f}"],
-                ["sweep wall ÷ that floor", f"{wall / ideal:.2f}"],
-            ],
-            headers=["what", "value"],
+    rows = []
+    for name, sides in measured.items():
+        wall, driver, trained = (statistics.median(side[i] for side in sides) for i in range(3))
+        rows.append(
+            [name, f"{wall:.1f}", f"{driver:.1f}", f"{trained:.1f}", f"{driver + trained:.1f}", f"{wall / ideal:.2f}"]
         )
+    print(
+        f"{runs} runs (bond 6, N_SAMPLES=500, 10 epochs, file backend), {workers} local workers, medians of "
+        f"{rounds} interleaved rounds" + (f"; before = {before}" if before else "") + ":"
     )
-    print()
+    headers = ["code", "sweep wall s", "driver CPU s", "workers' CPU s", "all CPU s", "wall ÷ floor"]
+    print(tabulate(rows, headers=headers))
+    print(f"floor: one run in-process as a worker trains it, no tracker: {floor_cpu * 1e3:.0f} CPU ms")
+    print(f"floor × runs ÷ workers: {ideal:.1f} s\n")
     headers = ["machine", "one run, ms: policy (1 thread)", f"torch default ({os.cpu_count()} threads)", "ratio"]
     print(f"busy: one `{burner}` per core beside it")
     print(tabulate(threads_side_by_side(burner=burner), headers=headers))
@@ -285,11 +334,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, help="one sweep of this many runs (the driver's cost, the floor, threads)")
     parser.add_argument("--workers", type=int, default=2, help="with --runs: local workers (default 2)")
     parser.add_argument("--burner", choices=sorted(BURNERS), default="python", help="with --runs: what keeps it busy")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three commands (medians)")
+    parser.add_argument("--before", help="with --runs: also the sweep with the code of this git revision, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument("--bond-dims", default="4,6,8,10", help="the swept values (default: the README's loop)")
     args = parser.parse_args()
     if args.runs:
-        report_large(args.runs, args.workers, args.burner)
+        report_large(args.runs, args.workers, args.burner, args.before, args.rounds)
         sys.exit(0)
     bond_dims = [int(b) for b in args.bond_dims.split(",")]
     loop, local, dask = medians(args.rounds, bond_dims)

@@ -1,11 +1,13 @@
 """One seed trained in its tracked run `{EXPERIMENT_NAME}_seed{seed}`: the model built from the settings,
-its training and held-out figures, whether it counts as a success, and its entry of the results file.
-`experiments.train` runs an experiment's seeds through this, one after another or side by side."""
+its training and held-out figures, whether it counts as a success, what its run records (config,
+provenance), and its entry of the results file. A worker trains (`run_seed`, `experiments.workers`); the
+driver opens, records and ends the run (`experiments.runner`)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,49 @@ from typing import Any
 import ntn  # its models and trainer import torch on first use
 import numpy as np
 from ntn.tracking import start_run, uninterrupted
-from ntn.tracking.provenance import Provenance
+from ntn.tracking.provenance import Provenance, command, gather
 
-from experiments.settings import Settings, run_name
+from experiments.settings import SETTINGS, Settings, run_name
+
+CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
+REPRODUCE_WITH = "experiments.train"  # the module whose `prepare_reproduction` re-trains a recorded run
+
+
+def run_config(model: str, s: Settings, data, backends: list, left_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config of every run of an experiment: its settings, the grouping key `experiment`, the data set.
+    A tracker plugin's own setting (TRACKER_DIR, AIM_REPO) is there only when that backend tracks the run;
+    `left_out`: settings that mean nothing for these runs (a sweep's runs write no OUTPUT_FILE)."""
+    tracking = {b.name for b in backends}
+    unused = {x.dest for x in SETTINGS if x.backend is not None and x.backend not in tracking} | set(left_out)
+    settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in unused}
+    return {"model": model.upper(), "experiment": s.experiment_name, **settings, "dataset_info": data.info}
+
+
+def command_of_this_process() -> dict[str, Any]:
+    """The command part of the runs' provenance: the command line, and the settings given as variables."""
+    given = {x.env: os.environ[x.env] for x in SETTINGS if os.environ.get(x.env)}
+    return command() | {"settings_from_environment": given}
+
+
+def provenance_of(s: Settings, data, command: dict[str, Any], machine: dict[str, Any] | None = None) -> Provenance:
+    """What makes a run: this checkout's code (gathered once per process), `command`, the data, and the
+    machine that trained it (`machine`: a worker's `trained_on`, default this process's); `ntn-trackers
+    reproduce` re-trains the run with `experiments.train.prepare_reproduction`."""
+    gathered = gather(CODE)
+    return gathered.merged(
+        command=command | {"reproduce_with": REPRODUCE_WITH},
+        machine=machine or trained_on(s.device, gathered.record["machine"]),
+        data=data.provenance,
+    )
+
+
+def trained_on(device: str, machine: dict[str, Any]) -> dict[str, Any]:
+    """`machine` (`ntn.tracking.provenance.machine()`) with the device a run trains on and its name."""
+    if device.startswith("cuda"):
+        import torch
+
+        return machine | {"device": device, "device_name": torch.cuda.get_device_name(torch.device(device))}
+    return machine | {"device": device, "device_name": machine["cpu"]}
 
 
 def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: int):
@@ -33,8 +75,9 @@ def build_model(model: str, s: Settings, phys_dim: int, output_dim: int, seed: i
     return {"mpo2": ntn.MPO2, "mmpo2": ntn.MMPO2}[model](**common)
 
 
-def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
-    """Train one seed inside its tracked run; returns the run's summary (which the caller logs)."""
+def run_seed(model: str, s: Settings, data, seed: int, run) -> dict[str, Any]:
+    """Train one seed, telling `run` (its TrackedRun, or a worker's `Relay` for it) what to record; returns
+    the run's summary (which the caller logs)."""
     quality = data.quality
     loss = "mse" if data.task == "regression" else "cross_entropy"
     net = build_model(model, s, data.X_train.shape[1] + 1, data.n_outputs, seed)
@@ -55,10 +98,6 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
         device=s.device,
     )
 
-    def on_epoch(epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
-        run.callback_epoch(epoch, scores, info)
-        progress(seed, epoch, scores, info)
-
     result = trainer.fit(
         s.n_epochs,
         jitter_start=s.jitter_start,
@@ -66,7 +105,7 @@ def run_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[st
         jitter_min=s.jitter_min,
         select=s.select,
         callback_init=run.callback_init,
-        callback_epoch=on_epoch,
+        callback_epoch=run.callback_epoch,
     )
     final = result["scores"]
     test = trainer.evaluate(data.X_test, data.y_test)
@@ -122,26 +161,6 @@ def _failure(model: str, s: Settings, data, final: dict[str, float], test: dict[
     return None
 
 
-def train_seed(
-    model: str,
-    s: Settings,
-    data,
-    seed: int,
-    backends: list,
-    config: dict[str, Any],
-    progress,
-    provenance: Provenance,
-) -> dict:
-    """One seed in its tracked run `{EXPERIMENT_NAME}_seed{seed}` (a sweep's run); its entry of the sweep's
-    record. A seed whose training raises (a singular system, non-finite values) is recorded as failed, with
-    its error, and its entry has no test figures; so is a seed whose records a tracker could not complete.
-    From the entry to the run's end a signal waits (`uninterrupted`)."""
-    seed_run = open_seed_run(s, seed, backends, config, provenance)
-    with seed_run.stack:
-        summary = trained_seed(model, s, data, seed, seed_run.run, progress)
-        return end_seed_run(seed_run, summary, data.quality, on_entry=None)
-
-
 @dataclasses.dataclass
 class SeedRun:
     """A seed's tracked run, started: closing `stack` ends it, then `until_end`, where `end_seed_run` holds
@@ -159,40 +178,51 @@ def open_seed_run(s: Settings, seed: int, backends: list, config: dict[str, Any]
         return SeedRun(run, opening.pop_all(), until_end)
 
 
-def trained_seed(model: str, s: Settings, data, seed: int, run, progress) -> dict[str, Any]:
+def trained_seed(model: str, s: Settings, data, seed: int, run) -> dict[str, Any]:
     """`run_seed`'s summary, or a failed one with its error when training raised (a singular system,
     non-finite values)."""
     try:
-        return run_seed(model, s, data, seed, run, progress)
+        return run_seed(model, s, data, seed, run)
     except (ArithmeticError, RuntimeError, ValueError) as err:
         return {"seed": seed, "success": False, "error": f"{type(err).__name__}: {err}"}
 
 
 def end_seed_run(seed_run: SeedRun, summary: dict[str, Any], quality: str, on_entry) -> dict:
     """Log the seed's summary (failed when a tracker lost records), make its results entry, hand it to
-    `on_entry` (which may return a file to attach to the run) and end the run; the entry. A tracker that
-    fails from then on (attaching that file, its `finalize`) makes the entry failed too, and `on_entry` is
-    called again with it. From the entry until `seed_run.stack` is closed a signal waits."""
+    `on_entry` (which may return a file to attach to the run) and end the run; the entry, whose `status` is
+    the run's: "finished", "failed", or "pruned" (a summary of a run stopped early: `pruned_summary`). A
+    tracker that fails from then on (attaching that file, its `finalize`) makes the entry failed too, and
+    `on_entry` is called again with it. From the entry until `seed_run.stack` is closed a signal waits."""
     run = seed_run.run
+    pruned = "pruned_at_epoch" in summary
     summary, before = _with_lost_records(summary, run.failures), len(run.failures)
     run.log_summary(summary)  # the run's one summary
-    entry = _with_lost_records(
-        results_entry(summary, quality)
-        if "test_loss" in summary
-        else failed_entry(summary["seed"], quality, summary["error"]),
-        run.failures[before:],  # a tracker that failed in that log_summary
-    )
+    if "test_loss" in summary:
+        entry = results_entry(summary, quality)
+    else:
+        entry = failed_entry(summary["seed"], quality, summary.get("error"))
+        entry |= {"pruned_at_epoch": summary["pruned_at_epoch"]} if pruned else {}
+    entry = _with_status(_with_lost_records(entry, run.failures[before:]), pruned)  # a tracker failed in log_summary
     seed_run.until_end.enter_context(uninterrupted())
     counted = len(run.failures)
     attached = on_entry(entry) if on_entry is not None else None
     if attached is not None:
         run.log_artifact(attached)
-    run.finalize("failed" if summary["success"] is False else "finished")  # each tracker completes its record, or fails
+    run.finalize("pruned" if pruned else "failed" if summary["success"] is False else "finished")  # or it fails
     if len(run.failures) > counted:
-        entry = _with_lost_records(entry, run.failures[counted:])
+        entry = _with_status(_with_lost_records(entry, run.failures[counted:]), pruned)
         if on_entry is not None:
             on_entry(entry)
     return entry
+
+
+def pruned_summary(seed: int, epoch: int) -> dict[str, Any]:
+    """The summary of a run the study stopped after `epoch` (pruned): no test figures."""
+    return {"seed": seed, "success": False, "pruned_at_epoch": epoch}
+
+
+def _with_status(entry: dict[str, Any], pruned: bool) -> dict[str, Any]:
+    return entry | {"status": "pruned" if pruned else "finished" if entry["success"] else "failed"}
 
 
 LOST = "tracker "  # how the error of a seed whose only failure is a tracker's incomplete record begins
@@ -218,9 +248,10 @@ def trained_but_incomplete(entry: dict[str, Any]) -> bool:
     return not entry["success"] and str(entry.get("error")).startswith(LOST)
 
 
-def failed_entry(seed: int, quality: str, error: str) -> dict[str, Any]:
-    """The results entry of a seed whose training raised: no figures, its error."""
-    return {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False, "error": error}
+def failed_entry(seed: int, quality: str, error: str | None) -> dict[str, Any]:
+    """The results entry of a seed whose training raised (or that was pruned): no figures, its error."""
+    entry = {"seed": seed, "test_loss": None, f"test_{quality}": None, "success": False}
+    return entry | ({"error": error} if error is not None else {})
 
 
 def _attach_model(run, net, seed: int) -> None:

@@ -5,25 +5,23 @@ each a tracked run `{experiment}_seed{seed}`, on worker processes of this machin
     bash experiments/run_sweep.sh SWEEP.toml --executor dask --workers 4       # a Dask LocalCluster
     bash experiments/run_sweep.sh SWEEP.toml --executor dask --scheduler tcp://host:8786
 
-A worker process imports torch, the data set and the tracker plugins once and trains run after run.
-The results file (`results_sweep_{name}.json`, or --output) is the sweep's own record
-(`sweep_results.py`), rewritten after every run: the same command run again (after a crash, Ctrl-C,
-preemption) trains only the runs it does not hold as successful. A run trained twice carries the same
-`config["run_id"]` (its name and the sweep's id), so trackers replace the earlier attempt, and never a run
-of another sweep. Where the runs train is `executors.py`.
+A grid is a study of the one runner (`experiments.runner`): workers (forked from this process, or a Dask
+cluster's) train run after run, and this process records every run, as run_*.sh records its seeds. The
+results file (`results_sweep_{name}.json`, or --output) is the sweep's own record (`sweep_results.py`),
+journaled after every run: the same command run again (after a crash, Ctrl-C, preemption) trains only the
+runs it does not hold as successful. A run trained twice carries the same `config["run_id"]` (its name
+and the sweep's id), so trackers replace the earlier attempt, and never a run of another sweep.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import dataclasses
 import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +32,24 @@ from ntn.tracking import (
     TrackerSelectionError,
     TrackerValidationError,
     hold,
+    prepare,
     stop_on_signals,
     uninterrupted,
     validate,
 )
 
-from experiments.dataset_loader import DatasetError, load_dataset
-from experiments.executors import DaskExecutor, LocalExecutor
+from experiments.dask_pool import DaskPool, WorkersLost
+from experiments.dataset_loader import DatasetError
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
-from experiments.seed_run import failed_entry
+from experiments.runner import EXIT_CODES, Progress, Runner, Task
+from experiments.seed_run import command_of_this_process
 from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
-from experiments.sweepfile import Configuration, Sweep, SweepError, load
-from experiments.train import command_of_this_process
+from experiments.sweepfile import Sweep, SweepError, load
+from experiments.workers import LocalPool, dataset
 
 EXECUTORS = ("local", "dask")
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 SCHEDULER = re.compile(r"(tcp|tls|ucx)://[^\s/@]+:[0-9]{1,5}/?")  # what Dask's Client connects to (no credentials)
 
 
@@ -163,7 +162,7 @@ def preflight(sweep: Sweep) -> None:
         (c.settings.dataset, c.settings.n_samples, c.settings.data_seed, c.settings.preprocessing)
         for c in sweep.configurations
     ):
-        load_dataset(*data)
+        dataset(*data)  # kept: the driver records the runs' data, and forked workers inherit it
 
 
 def refuse_other_settings(sweep: Sweep, backends: list, tracker_dir: str) -> None:
@@ -197,23 +196,24 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         tracker_dir = sweep.configurations[0].settings.tracker_dir
         check_output(opts.output, "--output", owns, f"results of sweep {sweep.name!r}", tracker_dir)
         preflight(sweep)
-        # the executor first: a scheduler that cannot be reached is bad input, refused before anything is made
+        # the workers first: a scheduler that cannot be reached is bad input, refused before anything is made
+        # (and forked workers hold none of the locks)
         to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
-        seen_dir = tracker_dir if "file" in {b.name for b in backends} else None  # every worker must see it
-        executor = _executor(opts, min(opts.workers, to_train), backend, seen_dir) if to_train else None
+        pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
+        prepare(backends)  # e.g. aim's uploader starts: this process records every run
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 refuse_other_settings(sweep, backends, tracker_dir)
                 record = Record(sweep, opts.output)
                 state["record"] = record
                 try:
-                    return _run(sweep, opts, record, executor)
+                    return _run(sweep, opts, record, pool, backends)
                 finally:
                     with uninterrupted():
                         record.compact()  # the journal into the results file, also when interrupted
         finally:
-            if executor is not None:
-                executor.close()
+            if pool is not None:
+                pool.close()
     except (
         SweepError,
         SettingError,
@@ -226,41 +226,71 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         return _fail(str(err))
 
 
-def _executor(opts: Options, workers: int, backend: str, tracker_dir: str | None):
-    """Worker processes here, a LocalCluster of `workers`, or the Dask cluster at the scheduler's address;
-    `tracker_dir`: the TRACKER_DIR every Dask worker must see (the file backend's), else None."""
+def _pool(opts: Options, sweep: Sweep, workers: int):
+    """`workers` processes forked here (spawned when a run trains on a GPU), a LocalCluster of `workers`, or
+    the Dask cluster at the scheduler's address."""
     if opts.executor == "local":
-        return LocalExecutor(workers, backend, command_of_this_process())
-    return DaskExecutor(workers, opts.scheduler, backend, command_of_this_process(), tracker_dir)
+        on_cpu = all(str(ntn.resolve_device(c.settings.device)) == "cpu" for c in sweep.configurations)
+        return LocalPool(workers, fork=on_cpu)
+    return DaskPool(workers, opts.scheduler)
 
 
-def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
-    missing = record.missing(retry_failed=not opts.keep_failed)
+class _Grid:
+    """A grid's study: the runs its results file lacks (or holds as failed), each recorded there as it ends."""
+
+    def __init__(self, record: Record, retry_failed: bool) -> None:
+        self.record = record
+        self.tasks = [Task(c, seed, record.run_id(c, seed)) for c, seed in record.missing(retry_failed)]
+        self.started = self.ended = 0
+
+    def next_tasks(self, free: int) -> list[Task]:
+        tasks = self.tasks[self.started : self.started + free]
+        self.started += len(tasks)
+        return tasks
+
+    def on_epoch(self, task: Task, epoch: int, scores: dict[str, float]) -> list[Task]:
+        return []
+
+    def on_entry(self, task: Task, entry: dict[str, Any]) -> None:
+        return None
+
+    def on_end(self, task: Task, entry: dict[str, Any]) -> None:
+        self.record.add(task.configuration, entry)
+        self.ended += 1
+
+
+def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> int:
+    study = _Grid(record, retry_failed=not opts.keep_failed)
     total = len(sweep.configurations) * len(sweep.seeds)
-    not_run, lost = 0, ""
+    lost = ""
     if record.removed:
         print(
             f"sweep {sweep.name}: {len(record.removed)} configurations recorded earlier are no longer in the grid "
             f"(a value removed); their runs are kept under 'removed' in {opts.output}",
             file=sys.stderr,
         )
-    if missing and executor is not None:
-        where = f"{executor.workers} {opts.executor} workers"
+    if study.tasks and pool is not None:
+        where = f"{pool.workers} {opts.executor} workers"
         where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
-        again = sum(seed in record.runs[c.settings.experiment_name] for c, seed in missing)
+        again = sum(task.seed in record.runs[task.configuration.settings.experiment_name] for task in study.tasks)
         print(
-            f"sweep {sweep.name}: {len(missing)} of {total} runs to train ({record.n_recorded - again} already "
+            f"sweep {sweep.name}: {len(study.tasks)} of {total} runs to train ({record.n_recorded - again} already "
             f"recorded in {opts.output}" + (f"; {again} recorded as failed, trained again" if again else "")
             + f") on {where}",
             file=sys.stderr,
         )  # fmt: skip
+        progress = Progress(sum(task.configuration.settings.n_epochs for task in study.tasks))
+        runner = Runner(study, backends, command_of_this_process(), progress, left_out=("output_file",))
         try:
-            not_run, lost = _train_all(executor, missing, record)
-        except KeyboardInterrupt as err:
-            executor.stop(getattr(err, "signal_name", "SIGINT"))
+            runner.run(pool)
+        except WorkersLost as err:  # the Dask scheduler gone mid-sweep (its runs in progress recorded as failed)
+            lost = redact(str(err))
+        except BaseException:
+            progress.close()
             raise
-    elif missing:  # another process changed the results file since it was read: train them next time
-        not_run = len(missing)
+        runner.deliver_records()
+        progress.close()
+    not_run = len(study.tasks) - study.ended  # a worker process ended, another process changed the results
     document = record.write()
     print(table(document))
     with contextlib.suppress(ImportError):
@@ -290,57 +320,6 @@ def _run(sweep: Sweep, opts: Options, record: Record, executor) -> int:
             file=sys.stderr,
         )
     return 1 if record.n_failed or not_run or lost else 0
-
-
-def _train_all(executor, missing: list[tuple[Configuration, int]], record: Record) -> tuple[int, str]:
-    """Submit every missing run, record each as it completes, then wait for the workers' trackers; how many
-    runs did not run, and why the executor was lost ("" when it was not: a Dask scheduler gone mid-sweep)."""
-    futures = {executor.submit(c.model, c, seed, record.run_id(c, seed)): (c, seed) for c, seed in missing}
-    try:
-        not_run = _record_all(executor, futures, record)
-    except OSError as err:  # Dask's CommClosedError, a reconnection that timed out
-        recorded = sum(seed in record.runs[c.settings.experiment_name] for c, seed in futures.values())
-        return len(futures) - recorded, redact(f"{type(err).__name__}: {err}")
-    return not_run, ""
-
-
-def _record_all(executor, futures: dict[Any, tuple[Configuration, int]], record: Record) -> int:
-    """Record each run of `futures` as it completes, then wait for the workers' trackers; how many runs did
-    not run. The bar says what it waits for: workers starting, runs, trackers delivering."""
-    not_run = failed = 0
-    with _progress(len(futures)) as bar:
-        for future in executor.as_completed(futures):
-            configuration, seed = futures[future]
-            try:
-                entry = future.result()
-            except (concurrent.futures.CancelledError, concurrent.futures.process.BrokenProcessPool):
-                entry = None
-            except Exception as err:  # the run raised outside training (a tracker's setup, a killed worker)
-                entry = failed_entry(seed, configuration.quality, redact(f"{type(err).__name__}: {err}"))
-            if entry is None:
-                not_run += 1
-                continue
-            record.add(configuration, entry)
-            failed += not entry["success"]
-            bar.set_description("training")
-            bar.set_postfix(failed=failed, refresh=False)
-            bar.update(1)
-        bar.set_description(f"trackers delivering {bar.n} runs")
-        bar.refresh()
-        executor.wait_for_trackers()
-    return not_run
-
-
-@contextlib.contextmanager
-def _progress(total: int) -> Iterator[Any]:
-    """A bar counting runs on a terminal, which says what it waits for; nothing otherwise."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm  # only on a terminal (importing it takes ~45 ms)
-
-        with tqdm(total=total, unit="run", desc="workers starting", file=sys.stderr) as bar:
-            yield bar
-    else:
-        yield type("Silent", (), {"n": 0, "__getattr__": lambda self, name: lambda *a, **k: None})()
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ class Configuration:
 
     @property
     def tracked(self) -> dict[str, Any]:
-        """What its runs' trackers get beside the settings: the sweep's name and the values swept here."""
-        return {"sweep": self.sweep, "swept": dict(self.values)}
+        """What its runs' trackers get beside the settings: the sweep's name and the values swept here (a
+        script's experiment, of no sweep: nothing)."""
+        return {"sweep": self.sweep, "swept": dict(self.values)} if self.sweep else {}
 
     @property
     def quality(self) -> str:

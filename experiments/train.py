@@ -1,16 +1,16 @@
 """Multi-seed training of MPO2, LMPO2 or MMPO2, each seed a tracked run: `python -m experiments.train mpo2`.
 
 The shell scripts run_mpo2.sh, run_lmpo2.sh and run_mmpo2.sh call this; `--help` lists every setting.
-Also here: what every run of an experiment records (its config and provenance), `train_run` (one run, for
-a sweep's worker) and `prepare_reproduction` (a recorded run trained again: the runs' provenance names this
-module). One seed's training and record is `experiments.seed_run`.
+An experiment is a study of one configuration (`_Seeds`) on the one runner (`experiments.runner`): its first
+seed trains in this process, the others after it or side by side in forked workers, and this process
+records every run. Also here: `prepare_reproduction` (a recorded run trained again: the runs' provenance
+names this module). One seed's training and record is `experiments.seed_run`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import os
 import signal
@@ -30,26 +30,17 @@ from ntn.tracking import (
     new_id,
     prepare,
     run_id,
-    select,
     start_run,
     stop_on_signals,
     validate,
 )
-from ntn.tracking.provenance import Provenance, command, gather
+from ntn.tracking.provenance import Provenance
 
 from experiments import names
 from experiments.dataset_loader import DatasetError, load_dataset
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
-from experiments.parallel_seeds import train_side_by_side, worker_count
-from experiments.seed_run import (
-    SeedRun,
-    end_seed_run,
-    open_seed_run,
-    run_seed,
-    train_seed,
-    trained_but_incomplete,
-    trained_seed,
-)
+from experiments.runner import EXIT_CODES, Progress, Runner, Task
+from experiments.seed_run import command_of_this_process, provenance_of, run_config, run_seed, trained_but_incomplete
 from experiments.settings import (
     MODELS,
     NOT_TRAINING,
@@ -60,84 +51,13 @@ from experiments.settings import (
     run_name,
     settings_of,
 )
-
-CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
+from experiments.sweepfile import Configuration
+from experiments.workers import InlinePool, LocalPool, dataset, worker_count
 
 
 def _fail(model: str, message: str) -> int:
     print(f"run_{model}.sh: error: {redact(message)}", file=sys.stderr)
     return 2
-
-
-def run_config(model: str, s: Settings, data, backends: list, left_out: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The config of every run of an experiment: its settings, the grouping key `experiment`, the data set.
-    A tracker plugin's own setting (TRACKER_DIR, AIM_REPO) is there only when that backend tracks the run;
-    `left_out`: settings that mean nothing for these runs (a sweep's runs write no OUTPUT_FILE)."""
-    tracking = {b.name for b in backends}
-    unused = {x.dest for x in SETTINGS if x.backend is not None and x.backend not in tracking} | set(left_out)
-    settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in unused}
-    return {"model": model.upper(), "experiment": s.experiment_name, **settings, "dataset_info": data.info}
-
-
-def command_of_this_process() -> dict[str, Any]:
-    """The command part of the runs' provenance: the command line, and the settings given as variables."""
-    given = {x.env: os.environ[x.env] for x in SETTINGS if os.environ.get(x.env)}
-    return command() | {"settings_from_environment": given}
-
-
-def provenance_of(s: Settings, data, command: dict[str, Any]) -> Provenance:
-    """What makes a run: this checkout's code (gathered once per process), `command`, the data, the device;
-    `ntn-trackers reproduce` re-trains the run with this module's `prepare_reproduction`."""
-    gathered = gather(CODE)
-    return gathered.merged(
-        command=command | {"reproduce_with": __spec__.name},
-        machine={"device": s.device, "device_name": _device_name(s.device, gathered.record["machine"]["cpu"])},
-        data=data.provenance,
-    )
-
-
-def _device_name(device: str, cpu: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(torch.device(device))
-    return cpu
-
-
-@functools.lru_cache(maxsize=8)
-def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
-    """A data set loaded once per process (a sweep's worker trains many runs on the same few)."""
-    return load_dataset(name, n_samples, data_seed, preprocessing)
-
-
-@functools.lru_cache(maxsize=8)
-def _backends(selection: str) -> tuple:
-    """The tracker plugins selected, looked up once per process: reading the installed distributions'
-    entry points costs ~10 ms, 4 % of a sweep's run (docs/benchmarks.md)."""
-    return tuple(select(selection))
-
-
-def train_run(
-    model: str,
-    s: Settings,
-    seed: int,
-    run_id: str,
-    tracked: dict[str, Any] | None = None,
-    command: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One seed of one experiment as run_*.sh trains it, for a sweep's worker; its results entry. Its
-    trackers get `config["run_id"]` (`ntn.tracking.run_id`: the run's name and the sweep's id): a run
-    trained again (its worker died, its sweep was interrupted) replaces its earlier attempt in a tracker
-    that keys its runs by it, and never a run of another sweep. `tracked` (the sweep's name and the values
-    swept, `Configuration.tracked`) goes into the runs' config beside the settings; `command` (the sweep's,
-    `command_of_this_process()` in its driver) into their provenance."""
-    s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))
-    data = _dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
-    name = run_name(s, seed)
-    backends = validate(_backends(s.tracker_backend), [name])
-    config = run_config(model, s, data, backends, left_out=("output_file",)) | (tracked or {}) | {"run_id": run_id}
-    provenance = provenance_of(s, data, command or command_of_this_process())
-    return train_seed(model, s, data, seed, backends, config, lambda *_: None, provenance)
 
 
 def prepare_reproduction(record: dict[str, Any], device: str | None = None) -> tuple[dict[str, Any], Any]:
@@ -174,7 +94,7 @@ def prepare_reproduction(record: dict[str, Any], device: str | None = None) -> t
 
     def train() -> dict[str, Any]:
         with start_run(record["experiment_name"], {}, backend=[], provenance=Provenance({})) as run:
-            return run_seed(model, s, data, seed, run, lambda *_: None)
+            return run_seed(model, s, data, seed, run)
 
     return provenance, train
 
@@ -196,18 +116,17 @@ def _available(device: str) -> str:
         return "cpu"
 
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train every seed; a signal (Ctrl-C, SIGTERM, SIGHUP) ends it with one line and 128 + its number."""
     previous = stop_on_signals()
+    state: dict[str, Any] = {}
     try:
-        return _main(argv)
+        return _main(argv, state)
     except KeyboardInterrupt as err:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C (during an exit wait) leaves at once
         name = getattr(err, "signal_name", "SIGINT")
-        print(redact(f"interrupted by {name}{_where_records_are()}"), file=sys.stderr)
+        said = _interrupted(state.get("study"), state.get("runner"), state.get("where", ""))
+        print(redact(f"interrupted by {name}{said}"), file=sys.stderr)
         return EXIT_CODES[name]
     finally:
         for signum, handler in previous.items():
@@ -215,15 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signum, handler)
 
 
-_RECORDS = {"now": ""}  # where the run being trained keeps its records, for the interrupt's line
-
-
-def _where_records_are() -> str:
-    return f": {_RECORDS['now']}" if _RECORDS["now"] else " before any run started; nothing was recorded"
-
-
-def _main(argv: list[str] | None = None) -> int:
-    _RECORDS["now"] = ""
+def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in MODELS:
         print(f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]", file=sys.stderr)
@@ -244,7 +155,7 @@ def _main(argv: list[str] | None = None) -> int:
         check_output(output, "OUTPUT_FILE", owns, "this experiment's results", s.tracker_dir)
         helpers = prepare(backends)  # e.g. aim's uploader starts, and imports aim while this process imports torch
         s = dataclasses.replace(s, device=str(ntn.resolve_device(s.device)))  # the first check that imports torch
-        data = load_dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
+        data = dataset(s.dataset, s.n_samples, s.data_seed, s.preprocessing)
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))
         mixed = _mixed_with(read_json(output), model, s, backends)
@@ -262,7 +173,7 @@ def _main(argv: list[str] | None = None) -> int:
             f"this run its own EXPERIMENT_NAME, or remove {output} and its runs to start the experiment afresh",
         )
     with holding:
-        return _train(model, s, data, backends, output, helpers)
+        return _train(model, s, data, backends, output, state, helpers)
 
 
 def _mixed_with(document: Any, model: str, s: Settings, backends: list) -> str:
@@ -282,28 +193,44 @@ def _results_of(document: Any, experiment: str) -> bool:
     return (document.get("config") or {}).get("experiment") == experiment
 
 
-def _train(model: str, s: Settings, data, backends: list, output: Path, helpers: int = 0) -> int:
-    """Every seed, one tracked run each, and the results file after each; the exit code. `helpers`: backends'
-    processes that deliver beside training (`prepare`), each keeping a core from the seeds side by side."""
-    quality = data.quality
-    config = run_config(model, s, data, backends)
-    launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
-    progress = _Progress(s, data.info)
-    provenance = provenance_of(s, data, command_of_this_process())
-    results: list[dict[str, Any]] = []
+class _Seeds:
+    """run_*.sh's study: one configuration, its seeds in SEEDS order, the results file rewritten (and
+    attached to the seed's run) at each seed's end; one line per epoch with VERBOSE."""
 
-    def write_results(entry: dict[str, Any]) -> Path:
+    def __init__(self, model: str, s: Settings, data, output: Path, config: dict[str, Any]) -> None:
+        self.s, self.data, self.output, self.config = s, data, output, config
+        launch = new_id()  # this launch's runs replace no other launch's in a shared tracker
+        configuration = Configuration(model, {}, s)
+        self.tasks = [Task(configuration, seed, run_id(run_name(s, seed), launch)) for seed in s.seeds]
+        self.started = 0
+        self.results: list[dict[str, Any]] = []  # the entries written, in SEEDS order
+        self.last: Task | None = None  # the run whose entry was written last
+
+    def next_tasks(self, free: int) -> list[Task]:
+        tasks = self.tasks[self.started : self.started + free]
+        self.started += len(tasks)
+        return tasks
+
+    def on_epoch(self, task: Task, epoch: int, scores: dict[str, float]) -> list[Task]:
+        if self.s.verbose:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in scores.items() if k not in ("reg_loss", "jitter"))
+            extra = f"reg_loss={scores['reg_loss']:.4g} jitter={scores['jitter']:.3g}"
+            print(f"seed {task.seed} epoch {epoch}: {shown} {extra}")
+        return []
+
+    def on_entry(self, task: Task, entry: dict[str, Any]) -> Path:
         """The results file with this seed's entry (replacing an earlier one of it: the entry again, failed
         because its run could not be ended), attached to the seed's run."""
-        others = [r for r in results if r["seed"] != entry["seed"]]
-        done = sorted([*others, entry], key=lambda r: s.seeds.index(r["seed"]))  # seeds side by side end in any order
+        quality, seeds = self.data.quality, self.s.seeds
+        others = [r for r in self.results if r["seed"] != entry["seed"]]
+        done = sorted([*others, entry], key=lambda r: seeds.index(r["seed"]))  # side by side, seeds end in any order
         ok = [r for r in done if r["success"]]
         loss_mean, loss_std = stats([r["test_loss"] for r in ok])
         q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
         write_json(
-            output,
+            self.output,
             {
-                "model": model.upper(),
+                "model": self.config["model"],
                 "n_total": len(done),
                 "n_success": len(ok),
                 "test_loss_mean": loss_mean,
@@ -311,82 +238,71 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, helpers:
                 f"test_{quality}_mean": q_mean,
                 f"test_{quality}_std": q_std,
                 "results": done,
-                "config": config,
-                "dataset_info": data.info,
+                "config": self.config,
+                "dataset_info": self.data.info,
             },
         )
-        results[:] = done
-        if entry["seed"] in in_progress:
-            in_progress.remove(entry["seed"])
-        note_records(finished=entry["seed"])
-        return output
+        self.results[:] = done
+        self.last = task
+        return self.output
 
-    where = ", ".join(_where(b) for b in backends) or "no tracker"
-    in_progress: list[int] = []  # the seeds whose runs are open
+    def on_end(self, task: Task, entry: dict[str, Any]) -> None:
+        if self.s.verbose:
+            print(f"seed {task.seed}: {'ok' if entry['success'] else 'FAILED'} {entry}")
 
-    def note_records(finished: int | None = None) -> None:
-        """What an interrupt would leave, for its one line."""
-        said = (
-            []
-            if finished is None
-            else [f"run {run_name(s, finished)} finished and recorded ({where}), with its entry in {output}"]
-        )
-        if in_progress:
-            them = "it" if len(in_progress) == 1 else "them"
-            names = ", ".join(run_name(s, seed) for seed in sorted(in_progress, key=s.seeds.index))
-            before = f"the {len(results)} seeds before {them} in {output}"
-            before = before if results else f"no seed finished before {them}"
-            said.append(f"run{'s' if len(in_progress) > 1 else ''} {names} recorded as interrupted ({where}); {before}")
-        _RECORDS["now"] = "; ".join(said)
 
-    def open_run(seed: int) -> SeedRun:
-        in_progress.append(seed)
-        note_records()
-        return open_seed_run(s, seed, backends, config | {"run_id": run_id(run_name(s, seed), launch)}, provenance)
+def _interrupted(study: _Seeds | None, runner: Runner | None, where: str) -> str:
+    """What a signal leaves, for its one line: the run whose entry was written last (when none was open
+    after it, or the signal came as it ended), and the runs recorded as interrupted."""
+    if study is None or runner is None:
+        return " before any run started; nothing was recorded"
+    output, said = study.output, []
+    if study.last is not None and (runner.ending is study.last or not runner.abandoned):
+        said.append(f"run {study.last.name} finished and recorded ({where}), with its entry in {output}")
+    if runner.abandoned:
+        them = "it" if len(runner.abandoned) == 1 else "them"
+        names = ", ".join(t.name for t in sorted(runner.abandoned, key=lambda t: study.s.seeds.index(t.seed)))
+        before = f"the {len(study.results)} seeds before {them} in {output}"
+        before = before if study.results else f"no seed finished before {them}"
+        runs = "runs" if len(runner.abandoned) > 1 else "run"
+        said.append(f"{runs} {names} recorded as interrupted ({where}); {before}")
+    return f": {'; '.join(said)}" if said else " before any run started; nothing was recorded"
 
-    def end_run(seed_run: SeedRun, summary: dict[str, Any]) -> None:
-        entry = end_seed_run(seed_run, summary, quality, write_results)
-        progress.seed_done(entry["seed"], entry)
 
-    def train_here(seed: int) -> None:
-        seed_run = open_run(seed)
-        with seed_run.stack:
-            end_run(seed_run, trained_seed(model, s, data, seed, seed_run.run, progress))
-
+def _train(model: str, s: Settings, data, backends: list, output: Path, state: dict[str, Any], helpers: int = 0) -> int:
+    """Every seed, one tracked run each, and the results file after each; the exit code. The first seed
+    trains in this process, timed: whether the others train side by side in forked workers (`worker_count`).
+    `helpers`: backends' processes that deliver beside training (`prepare`), each keeping a core from them."""
+    quality = data.quality
+    study = _Seeds(model, s, data, output, run_config(model, s, data, backends))
+    progress = Progress(len(s.seeds) * s.n_epochs, shown=not s.verbose)
+    runner = Runner(study, backends, command_of_this_process(), progress)
+    state |= {"study": study, "runner": runner, "where": ", ".join(_where(b) for b in backends) or "no tracker"}
     try:
         started = time.perf_counter()
-        train_here(s.seeds[0])  # here, and timed: whether the others train side by side
-        left, seconds = s.seeds[1:], time.perf_counter() - started
+        runner.run(InlinePool(), limit=1)  # here, and timed: whether the others train side by side
+        left, seconds = len(s.seeds) - 1, time.perf_counter() - started
         one_thread = s.device == "cpu" and training_threads() == 1  # a forked worker trains at one thread, on the CPU
-        workers = worker_count(s.workers, len(left), seconds, helpers) if one_thread else 1
-        if workers > 1:
-            quiet = lambda *_: None  # noqa: E731  a worker's progress shows through its records
-            train_side_by_side(
-                left,
-                workers,
-                train=lambda seed, relay: trained_seed(model, s, data, seed, relay, quiet),
-                open_run=open_run,
-                end_run=end_run,
-                on_epoch=progress,
-            )
-        else:
-            for seed in left:
-                train_here(seed)
+        workers = worker_count(s.workers, left, seconds, helpers) if one_thread and left else 1
+        pool = LocalPool(workers) if workers > 1 else InlinePool()
+        try:
+            runner.run(pool)
+        finally:
+            pool.close()
     except (TrackerConfigError, OSError) as err:  # a tracker refused the run; the results file cannot be written
         progress.close()
-        seed = in_progress[-1] if in_progress else results[-1]["seed"]  # the run last opened or ended
-        return _fail(model, f"{err}; the {len(results)} seeds before seed {seed} are recorded in {output}")
-    except KeyboardInterrupt:
+        recorded = f"the {len(study.results)} seeds before seed {runner.at.seed} are recorded in {output}"
+        return _fail(model, f"{err}; {recorded}")
+    finally:
         progress.close()
-        raise
-    progress.close()
+    results = study.results
     ok = [r for r in results if r["success"]]
     q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
     print(
         f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> {output}"
     )
-    print(redact(f"runs recorded by {where}; compare them: ntn-trackers summary"))
+    print(redact(f"runs recorded by {state['where']}; compare them: ntn-trackers summary"))
     return 0 if len(ok) == len(results) else 1
 
 
@@ -416,34 +332,6 @@ def _where(backend) -> str:
     """Where a backend keeps its runs, in its own words (a factory's `where()`), else its name."""
     where = getattr(backend.factory, "where", None)
     return where() if callable(where) else backend.name
-
-
-class _Progress:
-    """tqdm bars over seeds and epochs on a terminal; one line per epoch with VERBOSE."""
-
-    def __init__(self, s: Settings, info: dict[str, Any]) -> None:
-        self.verbose = s.verbose
-        self.bar = None
-        if sys.stderr.isatty() and not self.verbose:
-            from tqdm import tqdm  # only on a terminal (importing it takes ~45 ms)
-
-            self.bar = tqdm(total=len(s.seeds) * s.n_epochs, unit="epoch", desc=info["name"], file=sys.stderr)
-
-    def __call__(self, seed: int, epoch: int, scores: dict[str, float], info: dict[str, Any]) -> None:
-        if self.verbose:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in scores.items())
-            print(f"seed {seed} epoch {epoch}: {shown} reg_loss={info['reg_loss']:.4g} jitter={info['jitter']:.3g}")
-        if self.bar is not None:
-            self.bar.set_postfix(seed=seed, loss=f"{scores['loss']:.4g}")
-            self.bar.update(1)
-
-    def seed_done(self, seed: int, entry: dict[str, Any]) -> None:
-        if self.verbose:
-            print(f"seed {seed}: {'ok' if entry['success'] else 'FAILED'} {entry}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 if __name__ == "__main__":

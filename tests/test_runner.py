@@ -1,6 +1,7 @@
-"""run_*.sh trains the seeds after the first side by side in forked workers (WORKERS), and its own process
-records them: the records, the results file and the figures are those of the seeds trained one after
-another; a worker that dies, and a signal, leave every run recorded as what happened to it. In this process
+"""The one runner (`experiments.runner`) through run_*.sh, whose seeds after the first train side by side in
+forked workers (WORKERS) while its own process records them: the records, the results file and the figures
+are those of the seeds trained one after another; a worker that dies, and a signal, leave every run recorded
+as what happened to it; a study stops runs as pruned at their next epoch boundary. In this process
 (`train_here`)."""
 
 import json
@@ -16,8 +17,9 @@ import time
 import pytest
 from ntn_tracker_file import load
 
-import experiments.train
-from experiments.parallel_seeds import PARALLEL_FROM_S, worker_count
+import experiments.workers
+from experiments.runner import Task
+from experiments.workers import PARALLEL_FROM_S, worker_count
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = "3,0,2,1"  # in the results file in this order, whichever worker ends first
@@ -43,7 +45,8 @@ def test_seeds_side_by_side_are_recorded_as_one_after_another(train_here, tmp_pa
     for key in ("n_total", "n_success", "test_loss_mean", "test_r2_mean", "test_r2_std"):
         assert side_results[key] == pytest.approx(serial_results[key], rel=1e-12), key
     for a, b in zip(serial_results["results"], side_results["results"], strict=True):
-        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12) for k in a)
+        assert a.keys() == b.keys() and a["status"] == b["status"] == "finished"
+        assert all(a[k] == pytest.approx(b[k], rel=1e-12) for k in a if k != "status")
     for seed, run in side.items():
         before = serial[seed]
         assert run["hparams"] == before["hparams"] and run["summary"]["status"] == "finished"
@@ -57,34 +60,34 @@ def test_seeds_side_by_side_are_recorded_as_one_after_another(train_here, tmp_pa
     assert multiprocessing.active_children() == []
 
 
-def test_a_worker_that_dies_leaves_its_seeds_failed_and_the_others_recorded(train_here, tmp_path, monkeypatch):
-    real = experiments.train.trained_seed
+def test_a_worker_that_dies_fails_its_run_and_is_replaced(train_here, tmp_path, monkeypatch):
+    real = experiments.workers.trained_seed
 
-    def dies_on_seed_2(model, s, data, seed, run, progress):
+    def dies_on_seed_2(model, s, data, seed, run):
         if seed == 2:
             os._exit(7)  # in the worker, as a crash or the OOM killer would end it
-        return real(model, s, data, seed, run, progress)
+        return real(model, s, data, seed, run)
 
-    monkeypatch.setattr(experiments.train, "trained_seed", dies_on_seed_2)
+    monkeypatch.setattr(experiments.workers, "trained_seed", dies_on_seed_2)
     code, _, err = train_here("mpo2", SEEDS="0,1,2,3,4", WORKERS="2")
     assert code == 1, err
     runs, results = _records(tmp_path, [0, 1, 2, 3, 4])
     by_seed = {r["seed"]: r for r in results["results"]}
     assert [r["seed"] for r in results["results"]] == [0, 1, 2, 3, 4]
-    # seeds 1, 3 went to one worker; 2, 4 to the other, which died at seed 2 before seed 4
-    assert [s for s, r in by_seed.items() if r["success"]] == [0, 1, 3]
-    for seed in (2, 4):
-        assert by_seed[seed]["error"] == "the worker process training it ended with exit code 7"
-        assert runs[seed]["summary"]["status"] == "failed"
-    assert all(runs[s]["summary"]["status"] == "finished" for s in (0, 1, 3))
+    # the worker training seed 2 died; another took its place and trained the seeds left
+    assert [s for s, r in by_seed.items() if r["success"]] == [0, 1, 3, 4]
+    assert by_seed[2]["error"] == "the worker process training it ended with exit code 7"
+    assert runs[2]["summary"]["status"] == "failed" and runs[2]["summary"]["error"] == by_seed[2]["error"]
+    assert all(runs[s]["summary"]["status"] == "finished" for s in (0, 1, 3, 4))
+    assert multiprocessing.active_children() == []
 
 
 def test_a_signal_while_seeds_train_side_by_side_ends_each_run_as_interrupted(train_here, tmp_path, monkeypatch):
-    real = experiments.train.trained_seed
+    real = experiments.workers.trained_seed
 
-    def endless_after_seed_0(model, s, data, seed, run, progress):
+    def endless_after_seed_0(model, s, data, seed, run):
         if seed == 0:
-            return real(model, s, data, seed, run, progress)
+            return real(model, s, data, seed, run)
         run.log_hparams({"seed": seed})
         for epoch in range(10**6):
             run.callback_epoch(epoch, {"loss": 1.0}, {})
@@ -97,7 +100,7 @@ def test_a_signal_while_seeds_train_side_by_side_ends_each_run_as_interrupted(tr
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(experiments.train, "trained_seed", endless_after_seed_0)
+    monkeypatch.setattr(experiments.workers, "trained_seed", endless_after_seed_0)
     threading.Thread(target=terminate_once_both_train, daemon=True).start()
     code, _, err = train_here("mpo2", SEEDS="0,1,2", WORKERS="2")
     assert code == 143 and err.count("\n") == 1, err
@@ -140,14 +143,15 @@ def test_workers_or_torch_threads_above_the_cores_are_refused_in_one_line(train_
 ENDLESS = """
 import sys, time
 import experiments.train as train
-real = train.trained_seed
-def endless_after_seed_0(model, s, data, seed, run, progress):
+import experiments.workers as workers
+real = workers.trained_seed
+def endless_after_seed_0(model, s, data, seed, run):
     if seed == 0:
-        return real(model, s, data, seed, run, progress)
+        return real(model, s, data, seed, run)
     while True:
         run.callback_epoch(0, {"loss": 1.0}, {})
         time.sleep(0.02)
-train.trained_seed = endless_after_seed_0
+workers.trained_seed = endless_after_seed_0
 sys.exit(train.main(["mpo2"]))
 """
 
@@ -188,3 +192,74 @@ def test_workers_end_when_the_script_s_process_is_killed(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
+
+
+PRUNED_SWEEP = """
+name = "pruning"
+model = "mpo2"
+seeds = [0, 1]
+[settings]
+dataset = "synthetic"
+n_samples = 200
+n_epochs = {epochs}
+[grid]
+bond_dim = [2]
+"""
+
+
+class PruneSeed1:
+    """A study through the runner's seam: both seeds of one configuration; seed 1 pruned after epoch 1."""
+
+    def __init__(self, configuration):
+        self.tasks = [Task(configuration, seed, f"pruning_bond_dim2_seed{seed}@test") for seed in (0, 1)]
+        self.epochs, self.entries = {0: [], 1: []}, {}
+
+    def next_tasks(self, free):
+        tasks, self.tasks = self.tasks[:free], self.tasks[free:]
+        return tasks
+
+    def on_epoch(self, task, epoch, scores):
+        self.epochs[task.seed].append((epoch, scores["val_r2"]))
+        return [task] if task.seed == 1 and epoch == 1 else []
+
+    def on_entry(self, task, entry):
+        return None
+
+    def on_end(self, task, entry):
+        self.entries[task.seed] = entry
+
+
+@pytest.mark.parametrize("where", ["inline", "forked", "spawned", "dask"])  # spawned: how a GPU's workers start
+def test_a_study_prunes_a_run_at_its_next_epoch_boundary_and_it_is_recorded_pruned(tmp_path, monkeypatch, where):
+    from ntn.tracking import validate
+
+    from experiments.dask_pool import DaskPool
+    from experiments.runner import Progress, Runner
+    from experiments.seed_run import command_of_this_process
+    from experiments.sweepfile import load as load_sweep
+    from experiments.workers import InlinePool, LocalPool
+
+    monkeypatch.chdir(tmp_path)
+    epochs = 3 if where == "inline" else 400  # far more than a stop takes to reach a worker, however loaded
+    (tmp_path / "pruning.toml").write_text(PRUNED_SWEEP.format(epochs=epochs))
+    (configuration,) = load_sweep(tmp_path / "pruning.toml", tracker_backend="file").configurations
+    study = PruneSeed1(configuration)
+    runner = Runner(study, validate("file"), command_of_this_process(), Progress(0, shown=False), ("output_file",))
+    pools = {"inline": InlinePool, "forked": lambda: LocalPool(2), "spawned": lambda: LocalPool(2, fork=False)}
+    pool = (pools | {"dask": lambda: DaskPool(2, None)})[where]()
+    try:
+        runner.run(pool)
+    finally:
+        pool.close()
+    pruned, full = study.entries[1], study.entries[0]
+    assert pruned["status"] == "pruned" and pruned["success"] is False and pruned["test_r2"] is None
+    assert full["status"] == ("finished" if full["success"] else "failed") and full["test_r2"] is not None
+    stopped = pruned["pruned_at_epoch"]
+    assert stopped == 1 if where == "inline" else 1 <= stopped < epochs - 1  # stopped where it looked next
+    runs = {s: load(tmp_path / "experiment_logs" / f"pruning_bond_dim2_seed{s}.json") for s in (0, 1)}
+    assert runs[1]["summary"]["status"] == "pruned" and runs[1]["summary"]["pruned_at_epoch"] == stopped
+    assert [m["step"] for m in runs[1]["metrics_log"]] == list(range(-1, stopped + 1))
+    assert [e for e, _ in study.epochs[1]] == list(range(stopped + 1))  # the study saw each epoch recorded
+    assert [m["val_r2"] for m in runs[1]["metrics_log"][1:]] == [r2 for _, r2 in study.epochs[1]]
+    assert [m["step"] for m in runs[0]["metrics_log"]] == list(range(-1, epochs))
+    assert runs[0]["summary"]["test_r2"] == full["test_r2"]
