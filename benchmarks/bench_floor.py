@@ -13,7 +13,9 @@ system cannot do without, from the moments (`ntn.moments`), on operands made BEF
                      that reads φ's index (MPO2's and MMPO2's top cores) Z V and Vᵀ B over the M monomials
                      that hold each index only (V is 0 elsewhere): 2·S·M·P and 2·M·P² flops;
   P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
-                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products.
+                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products; for a
+                     core that reads φ's index, G from each index's M held rows alone (p products (M, P/p) (P/p, M),
+                     2·M²·P flops, added into their places in G) instead of 2·S²·P.
 S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
 """
 
@@ -84,14 +86,18 @@ def update_shapes(case: str) -> list[tuple[int, bool]]:
     return [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
 
 
-def floor_operands(S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
-    """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M) and, per core size P, V (S, P),
-    its rows for each index (p, M, P/p) and θ (P,): random, made once before the timer."""
+def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
+    """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M), the places in G (S, S) of each index's
+    held pairs (p·M·M,) and, per core size P, V (S, P), its rows for each index (p, M, P/p) and θ (P,): random
+    (the places from the monomials), made once before the timer."""
     generator = torch.Generator().manual_seed(0)
     Z = torch.randn(S, S + 8, dtype=torch.float64, generator=generator)
     Z = Z @ Z.T
     Z_y = torch.randn(S, dtype=torch.float64, generator=generator)
     Z_held = torch.randn(P_IN, S, M, dtype=torch.float64, generator=generator)
+    monomials = torch.combinations(torch.arange(P_IN), L, with_replacement=True)  # (S, L)
+    holding = (monomials[:, :, None] == torch.arange(P_IN)).any(dim=1).T.nonzero()[:, 1].reshape(P_IN, M)
+    places = (holding[:, :, None] * S + holding[:, None, :]).reshape(-1)
     per_size = {
         P: (
             torch.randn(S, P, dtype=torch.float64, generator=generator),
@@ -100,10 +106,10 @@ def floor_operands(S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
         )
         for P, _ in set(sizes)
     }
-    return Z, Z_y, Z_held, per_size
+    return Z, Z_y, Z_held, places, per_size
 
 
-def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tuple[int, bool]]) -> None:
+def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool]]) -> None:
     """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
     S = len(Z)
     for P, reads_phi in sizes:
@@ -123,7 +129,11 @@ def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tup
             factor, _ = torch.linalg.cholesky_ex(hessian)
             torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
         else:
-            ZG = Z @ (V @ V.T)  # (S, S)
+            if reads_phi:  # G from each index's held rows, added into place
+                G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
+            else:
+                G = V @ V.T
+            ZG = Z @ G  # (S, S)
             gradient = V.T @ (Z @ (V @ theta) - Z_y)
             rhs = gradient + 2 * theta
             ZG.diagonal().add_(1.0)
@@ -138,7 +148,7 @@ def floor_times(case: str, runs: int) -> list[float]:
     sizes = update_shapes(case)
     S = comb(P_IN + L - 1, L)
     M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
-    operands = floor_operands(S, M_OF[S], sizes)
+    operands = floor_operands(L, S, M_OF[S], sizes)
     floor_of_one_run(*operands, sizes)  # warm
     times = []
     for _ in range(runs):

@@ -25,7 +25,6 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -224,30 +223,33 @@ class TensorNetwork:
         """
         return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
 
+    def top_row_tables(self, site: int) -> tuple[Tensor, Tensor]:
+        """The top row alone, its cores reading basis vectors e_i: contracted left of `site` on every prefix
+        (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
+        rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples."""
+        prefix = suffix = self.top_cores[0].new_ones(1, 1, 1)  # (tuples, c, bond)
+        for top in self.top_cores[:site]:  # (Dl, p, C_k, Dr)
+            prefix = torch.einsum("tca,ajcb->tjcb", prefix, top).flatten(0, 1)
+        for top in reversed(self.top_cores[site + 1 :]):
+            suffix = torch.einsum("ajcb,tcb->jtca", top, suffix).flatten(0, 1)
+        return prefix.expand(-1, self.output_dim, -1), suffix.expand(-1, self.output_dim, -1)
+
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C, numel(core)),
-        summed over the basis tuples of each monomial: V (C, S, numel(core)) with
-        V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
+        summed over the basis tuples of each monomial: V (S, C, numel(core)) with
+        V[m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
         sorted index tuple.
 
-        Behind MMPO2's mask E_basis[t] is the top row's own environment where t is sorted and 0 elsewhere,
-        so V[:, m] is the top row's environment at the sorted tuple of m alone: S tuples, no mask cores.
-
-        Otherwise E_basis[t] depends on t through left[t_<k] (c, a, s), t_k and right[t_>k] (c, b, u), and the
-        fold sums it over the tuples of each monomial; the core's neighbours are contracted before that sum
-        where it is smaller:
+        E_basis[t] depends on t through left[t_<k] (c, a, s), t_k and right[t_>k] (c, b, u), and the fold sums it
+        over the tuples of each monomial; the core's neighbours are contracted before that sum where it is smaller:
         - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[c,a,s] A[a,j,c,b] right[c,b,u],
           A the top core: Σ_a left A per prefix, then per tuple (dl·r·dr entries), summed per (monomial, t_k);
         - top core (a, j, b): Σ_{s,u} left[c,a,s] G[t_k][s,j,u] right[c,b,u], G[i] the input row at φ_k = e_i:
-          with G applied per tuple (Dl·r·Dr entries each, LMPO2), or, where the pairs left ⊗ right are fewer
-          (dl·dr ≤ r: MPO2, whose G is the identity), those summed per (monomial, t_k) and G applied per monomial.
-        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries)."""
+          with G applied per tuple (Dl·r·Dr entries each), or, where the pairs left ⊗ right are fewer
+          (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
+        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
+        read φ directly, MPO2's and MMPO2's, are folded onto their nonzero rows alone: `Moments._held_fold`.)"""
         n_monomials, p = len(monomials), self.phys_dim
-        if self.sorted_only and unit.layer == TOP:
-            top_row = copy.copy(self)
-            top_row.input_cores = None  # the same top cores read φ directly: MPO2
-            sorted_inputs = torch.eye(p, dtype=self.top_cores[0].dtype, device=monomials.device)[monomials]  # (S, L, p)
-            return top_row.environment(unit, sorted_inputs).transpose(0, 1)
         k, L, C = unit.site, self.L, self.output_dim
         basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
         left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
@@ -268,7 +270,7 @@ class TensorNetwork:
             V = fold(per_tuple, monomial_and_i_k, n_monomials * p).unflatten(
                 0, (n_monomials, p)
             )  # (S, p, C, dl, r, dr)
-            return V.permute(2, 0, 3, 1, 4, 5).reshape(C, n_monomials, -1)  # (C, S, (dl, i, r, dr))
+            return V.permute(0, 2, 3, 1, 4, 5).reshape(n_monomials, C, -1)  # (S, C, (dl, i, r, dr))
         G = self._input(k, torch.eye(p, dtype=basis.dtype, device=basis.device))  # (p, dl, r, dr)
         dl, r, dr = G.shape[1:]
         if dl * dr > r:
@@ -285,7 +287,7 @@ class TensorNetwork:
             V = torch.einsum("micasbu,isju->cmajb", W, G)  # (C, S, Dl, r, Dr)
         if k == self.output_site:  # top core carries c: V[c, m, a, j, c', b] = V[c, m, a, j, b] δ_cc'
             V = _with_output_index(V, 4)
-        return V.reshape(C, n_monomials, -1)
+        return V.transpose(0, 1).reshape(n_monomials, C, -1)
 
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
         """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""

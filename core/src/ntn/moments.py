@@ -23,6 +23,7 @@ written as sums of elementwise products.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from ntn.hessians import DenseHessian, Hessian, LowRankHessian
 from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit, basis_tuples
 
@@ -53,35 +55,6 @@ def applies(model: TensorNetwork, loss: Loss, n_samples: int) -> bool:
     return (
         loss.quadratic and monomial_count(model.L, model.phys_dim) <= n_samples and basis * largest <= MAX_BASIS_ENTRIES
     )
-
-
-class LowRankHessian:
-    """H = s · Vᵀ B (P, P) for factors V, B (R, P) with R < P and a scalar s, kept factored.
-
-    (H + μI)⁻¹ r = (r − Vᵀ (μ/s · I_R + B Vᵀ)⁻¹ B r) / μ, by the push-through identity
-    (μI_P + Vᵀ B)⁻¹ Vᵀ = Vᵀ (μI_R + B Vᵀ)⁻¹: an R × R solve in place of a P × P factorisation.
-    """
-
-    def __init__(self, V: Tensor, B: Tensor, scale: float = 1.0) -> None:
-        self.V, self.B, self.scale = V, B, scale
-
-    def __truediv__(self, divisor: float) -> LowRankHessian:
-        return LowRankHessian(self.V, self.B, self.scale / divisor)
-
-    def diagonal(self) -> Tensor:
-        return (self.V * self.B).sum(dim=0) * self.scale
-
-    def dense(self) -> Tensor:
-        return self.scale * (self.V.T @ self.B)
-
-    def solve(self, shift: float, rhs: Tensor) -> Tensor | None:
-        """(H + shift·I)⁻¹ rhs, or None where that system is singular."""
-        if shift <= 0:
-            return None
-        small = self.B @ self.V.T  # (R, R)
-        small.diagonal().add_(shift / self.scale)
-        inner, info = torch.linalg.solve_ex(small, (self.B @ rhs)[:, None])
-        return (rhs - self.V.T @ inner[:, 0]) / shift if info.item() == 0 else None
 
 
 RECENT = 4  # data sets whose moments are kept: an experiment's seeds, a sweep worker's runs, train on the same few
@@ -130,46 +103,116 @@ class Moments:
             self.y_sq_sum += y.pow(2).sum(dim=0)
             self.n_samples += len(y)
         # monomial_of[t] = the monomial of basis tuple t (row-major): its sorted tuple, found by its base-p number
-        powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
+        self.powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
-        lookup[(self.monomials * powers).sum(dim=1)] = torch.arange(S, device=device)
-        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * powers).sum(dim=1)]  # (p^L,)
-        # holding[j] = the monomials that hold index j, as many for every j: (p, M); Z's columns for them (p, S, M)
+        lookup[(self.monomials * self.powers).sum(dim=1)] = torch.arange(S, device=device)
+        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * self.powers).sum(dim=1)]  # (p^L,)
+        # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); held_at[m, j] = the place
+        # of monomial m in holding[j]; Z's columns and Z_y's rows for them: (p, S, M), (p, M, C)
         holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
+        M = self.holding.shape[1]
+        self.held_at = torch.full((S, p), -1, dtype=torch.long, device=device)
+        self.held_at[self.holding, torch.arange(p, device=device)[:, None]] = torch.arange(M, device=device)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
+        self.Z_y_holding = self.Z_y[self.holding]
+        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_held_fold`
+        self._scatters: dict[int, Tensor] = {}  # rows per block: `_held_gram`'s places
 
-    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
-        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
+    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Hessian, Tensor, Tensor]:
+        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n, Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F (0-d)).
 
-        The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in that
-        factored form (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
+        The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in factored form
+        (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
+        if model.reads_phi(unit):
+            return self._held_system(model, unit, loss)
         theta = model.core(unit).reshape(-1)  # (P,)
-        V = model.folded_basis_environment(unit, self.monomials, self.monomial_of)  # E_n = V z_n: (C, S, P)
-        C, S, P = V.shape
+        V = model.folded_basis_environment(unit, self.monomials, self.monomial_of)  # E_n = V z_n: (S, C, P)
+        S, C, P = V.shape
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
-        V_rows = V.reshape(C * S, P)
-        if model.reads_phi(unit):  # V[:, m, :, j] = 0 unless monomial m holds j: Z V and Vᵀ B over those rows alone
-            Dl, p = model.core(unit).shape[:2]
-            V_by_j = V.reshape(C, S, Dl, p, -1).permute(3, 0, 1, 2, 4)  # (p, C, S, Dl, Y): Y = C_k·Dr
-            rows = self.holding[:, None, :, None, None].expand(-1, C, -1, *V_by_j.shape[3:])
-            V_held = V_by_j.gather(2, rows).flatten(3)  # (p, C, M, Dl·Y): V[c, holding[j], :, j]
-            B_by_j = self.Z_holding[:, None] @ V_held  # (p, C, S, Dl·Y)
-            B = B_by_j.unflatten(3, (Dl, -1)).permute(1, 2, 3, 0, 4).reshape(C * S, P).mul_(K)
-        else:
-            B = torch.matmul(self.Z, V).reshape(C * S, P).mul_(K)  # (C·S, P): the Hessian is V_rowsᵀ B
-        Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
-        gradient = V_rows.T @ (B @ theta) - K * Ey
-        environment_sq = torch.dot(V_rows.reshape(-1), B.reshape(-1)).item() / K  # trace of Σ_c V_cᵀ Z V_c
-        if C * S < P:
-            hessian = LowRankHessian(V_rows, B)
-        elif model.reads_phi(unit):  # H[(a, j, y), :] = Σ_c Σ_{m holding j} V[c, m, a, j, y] B[c, m, :]
-            B_held = B.reshape(C, S, P)[:, self.holding]  # (C, p, M, P)
-            H_by_j = torch.einsum("jcmx,cjmq->jxq", V_held, B_held)  # (p, Dl·Y, P)
-            hessian = H_by_j.unflatten(1, (Dl, -1)).transpose(0, 1).reshape(P, P)
-        else:
-            hessian = V_rows.T @ B
-        return hessian, gradient, environment_sq
+        V = V.reshape(1, S * C, P)  # one block, rows (monomial, c)
+        Z_y = self.Z_y.reshape(1, S * C, 1)
+        if S * C < P:
+            hessian = LowRankHessian(V, self.Z, V @ V.transpose(1, 2), K)
+            gradient = K * (V.transpose(1, 2) @ (hessian.z_times(V @ theta[:, None]) - Z_y)).reshape(-1)
+            return hessian, gradient, hessian.trace()
+        H = V.transpose(1, 2) @ (self.Z @ V.reshape(S, -1)).reshape(V.shape)  # (1, P, P)
+        gradient = K * (H[0] @ theta - (V.transpose(1, 2) @ Z_y).reshape(-1))
+        return DenseHessian(H, K), gradient, H[0].trace()
+
+    def _held_system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Hessian, Tensor, Tensor]:
+        """`system` for a top core that reads φ's index j (MPO2, MMPO2): V[m, c, (a, j, c_k, b)] = 0 unless monomial
+        m holds j, so every product runs over the M monomials that hold each j (`holding`), in the parameter order
+        (c_k, j, a, b): one block per output the core carries (its Hessian is block diagonal in c_k)."""
+        core = model.core(unit)  # (Dl, p, C_k, Dr)
+        Dl, p, blocks, Dr = core.shape
+        C, S, M = model.output_dim, len(self.monomials), self.holding.shape[1]
+        K, X, per_block = loss.curvature(C), Dl * Dr, C // blocks  # outputs per block (rows (monomial, c) each)
+        order = _block_order(core.shape, core.device)  # (blocks, P'): P' = p·Dl·Dr
+        theta = core.reshape(-1)[order]  # (blocks, P')
+        V_held = self._held_fold(model, unit.site).reshape(p, M, blocks, per_block, X).permute(2, 0, 1, 3, 4)
+        Z_y = self.Z_y.reshape(S, blocks, per_block)
+        R, P_block = S * per_block, p * X
+        if R < P_block:  # low rank: V dense (blocks, R, P'), G = V Vᵀ from each j's held rows
+            V = V_held.new_zeros(S, per_block, p, X, blocks)
+            V[self.holding, :, torch.arange(p, device=V.device)[:, None]] = V_held.permute(1, 2, 3, 4, 0)
+            V = V.permute(4, 0, 1, 2, 3).reshape(blocks, R, P_block)
+            hessian = LowRankHessian(V, self.Z, self._held_gram(V_held, S), K, order)
+            residual = hessian.z_times(V @ theta[:, :, None]) - Z_y.permute(1, 0, 2).reshape(blocks, R, 1)
+            gradient = K * (V.transpose(1, 2) @ residual)[:, :, 0]
+            return hessian, gradient.reshape(-1)[hessian.inverse], hessian.trace()
+        B = self.Z_holding @ V_held.flatten(3)  # Z V per j: (blocks, p, S, per_block·X)
+        B_held = B[:, :, self.holding].unflatten(4, (per_block, X))  # rows held by each j: (blocks, p_J, p_j, M, c, X)
+        H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
+        e = torch.einsum("bjhcx,jhbc->bjx", V_held, self.Z_y_holding.unflatten(2, (blocks, per_block)))  # Vᵀ Z_y
+        gradient = K * ((H @ theta[:, :, None])[:, :, 0] - e.reshape(blocks, P_block))
+        hessian = DenseHessian(H, K, order)
+        return hessian, hessian.to_core(gradient), H.diagonal(dim1=1, dim2=2).sum()
+
+    def _held_fold(self, model: TensorNetwork, site: int) -> Tensor:
+        """V of the top core at `site` on each j's held rows: (p·M, C·Dl·Dr), row j·M + h for monomial holding[j, h].
+
+        V[m, c, (a, j, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] · suffix[t_>k, c, b],
+        the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple (MPO2), or over each
+        monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1, others with 0)."""
+        if (site, model.sorted_only) not in self._folds:
+            self._folds[site, model.sorted_only] = self._fold_places(model.L, model.phys_dim, site, model.sorted_only)
+        pair, row = self._folds[site, model.sorted_only]
+        prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
+        pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (p^(L-1), C·X)
+        p, M = self.holding.shape
+        return pairs.new_zeros(p * M, pairs.shape[1]).index_add_(0, row, pairs[pair])
+
+    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
+        """For each index tuple the fold sums (all p^L, or each monomial's sorted one), the number of its
+        (prefix, suffix) pair and its held row (`_held_fold`)."""
+        device = self.monomials.device
+        tuples, monomial = (
+            (self.monomials, torch.arange(len(self.monomials), device=device))
+            if sorted_only
+            else (basis_tuples(L, p, device), self.monomial_of)
+        )
+        i_k = tuples[:, site]
+        rest = torch.cat([tuples[:, :site], tuples[:, site + 1 :]], dim=1)  # (i_<k, i_>k): (n, L - 1)
+        pair = (rest * self.powers[1:]).sum(dim=1)  # its base-p number: the row of prefix ⊗ suffix
+        return pair, i_k * self.holding.shape[1] + self.held_at[monomial, i_k]
+
+    def _held_gram(self, V_held: Tensor, S: int) -> Tensor:
+        """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
+        that hold j, summed into their places."""
+        blocks, p, M, per_block, X = V_held.shape
+        rows = M * per_block
+        V_rows = V_held.reshape(blocks, p, rows, X)
+        if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
+            row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
+            self._scatters[per_block] = (row[:, :, None] * (S * per_block) + row[:, None, :]).reshape(-1)
+        products = V_rows @ V_rows.transpose(2, 3)  # (blocks, p, rows, rows)
+        R = S * per_block
+        return (
+            products.new_zeros(blocks, R * R)
+            .index_add_(1, self._scatters[per_block], products.flatten(1))
+            .reshape(blocks, R, R)
+        )
 
     def scores(self, model: TensorNetwork) -> dict[str, float]:
         """{"loss", "r2"} of the model on the training set, as `NTN.evaluate` defines them, from the sums."""
@@ -180,3 +223,10 @@ class Moments:
         residual, total = residual.item(), total.item()
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
+
+
+@functools.lru_cache(maxsize=64)
+def _block_order(shape: torch.Size, device: torch.device) -> Tensor:
+    """For a top core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr)."""
+    Dl, p, C_k, Dr = shape
+    return torch.arange(Dl * p * C_k * Dr, device=device).reshape(shape).permute(2, 1, 0, 3).reshape(C_k, -1)

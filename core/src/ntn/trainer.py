@@ -34,9 +34,9 @@ from torch import Tensor
 
 from ntn import moments
 from ntn.gram import accumulate_system
+from ntn.hessians import DenseHessian, Hessian
 from ntn.losses import get_loss
 from ntn.models import TensorNetwork, Unit
-from ntn.moments import LowRankHessian
 from ntn.threads import training_threads, with_threads
 
 Scores = dict[str, float]
@@ -86,32 +86,27 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 
 
 def newton_step(
-    theta: Tensor, hessian: Tensor | LowRankHessian, gradient: Tensor, jitter: float, regularize: bool, name: str
+    theta: Tensor, hessian: Hessian, gradient: Tensor, jitter: float | Tensor, regularize: bool, name: str
 ) -> Tensor:
     """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`), where
     `jitter` is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
 
     :param theta: the core, flattened (P,)
-    :param hessian: Hessian of the mean data loss (P, P), dense or factored (`moments.LowRankHessian`)
+    :param hessian: Hessian of the mean data loss (P, P), in one of the forms of `ntn.hessians`
     :param gradient: gradient of the mean data loss (P,)
     :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
-        finite, the damping λ is raised tenfold, up to JITTER_RETRIES times.
+        finite, the damping λ is raised tenfold (at least to 1e-12 of H's mean diagonal), up to JITTER_RETRIES times.
     """
     rhs = gradient + 2 * jitter * theta if regularize else gradient
     damping = jitter
-    diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
-    floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
-    for _ in range(JITTER_RETRIES + 1):
-        if isinstance(hessian, LowRankHessian):
-            step = hessian.solve(2 * damping, rhs)
-        else:
-            damped = hessian.clone()
-            damped.diagonal().add_(2 * damping)
-            factor, info = torch.linalg.cholesky_ex(damped)
-            step = torch.cholesky_solve(rhs[:, None], factor)[:, 0] if info.item() == 0 else None
-        if step is not None and torch.isfinite(step).all():
+    for retry in range(JITTER_RETRIES + 1):
+        step = hessian.solve(2 * damping, rhs)
+        if step is not None:
             return theta - step
-        damping = max(10 * damping, floor)
+        if retry == 0:  # the damping's floor, made only when a step failed
+            diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
+            floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
+        damping = max(10 * float(damping), floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
         f"even with jitter {damping / 10:.3g}"
@@ -299,9 +294,10 @@ class NTN:
             hessian, gradient, environment_sq = accumulate_system(
                 self.model, unit, self.loss, self._batches(self.X, self.y)
             )
+            hessian = DenseHessian(hessian)
         N, P, C = len(self.X), theta.numel(), self.model.output_dim
-        scale = 2 / C * environment_sq / (N * P)  # h_k
-        scale = scale if math.isfinite(scale) else 1.0  # an overflowing system fails in newton_step, with its site
+        # h_k, a 0-d tensor (no device sync); 1 where it overflows: such a system fails in newton_step, with its site
+        scale = (2 / C * environment_sq / (N * P)).nan_to_num(nan=1.0, posinf=1.0)
         name = f"{unit.layer} core at site {unit.site}"
         updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter * scale, regularize, name)
         self.model.set_core(unit, updated.reshape(theta.shape))

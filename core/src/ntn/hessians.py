@@ -1,0 +1,110 @@
+"""The forms a core's Hessian H takes, each solving its own damped Newton system (H + μI) x = r.
+
+Each acts on the core's parameters in the core's order (P,). Inside, it may hold them reordered into `blocks`
+independent systems of P' parameters each (`order`): a top core that carries the output index c has a Hessian
+that is block diagonal in c, and a core whose V is sparse in its physical index is cheapest in the order (j, …).
+H is kept as s · H₀ with the scalar s apart (`/ N` costs nothing); a solve makes one check, one device sync.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+
+class Hessian:
+    """H = scale · H₀ on `blocks` systems of P' parameters; order[b, i] is the core parameter of entry (b, i)."""
+
+    def __init__(self, scale: float | Tensor, order: Tensor | None, shape: tuple[int, int]) -> None:
+        self.scale, self.order, self.shape = scale, order, shape  # shape: (blocks, P')
+        self.inverse = None if order is None else torch.argsort(order.reshape(-1))  # core parameter -> entry
+
+    def __truediv__(self, divisor: float) -> Hessian:
+        divided = copy.copy(self)
+        divided.scale = self.scale / divisor
+        return divided
+
+    def to_blocks(self, x: Tensor) -> Tensor:
+        """A core-ordered vector (P,) as (blocks, P')."""
+        return (x if self.order is None else x[self.order]).reshape(self.shape)
+
+    def to_core(self, x: Tensor) -> Tensor:
+        """(blocks, P') back in the core's order (P,)."""
+        return x.reshape(-1) if self.inverse is None else x.reshape(-1)[self.inverse]
+
+    def solve(self, shift: float | Tensor, rhs: Tensor) -> Tensor | None:
+        """(H + shift·I)⁻¹ rhs in the core's order, or None where that system is singular or the step not finite."""
+        step, failed = self._solve(shift, self.to_blocks(rhs))
+        return None if (failed | ~torch.isfinite(step).all()).item() else self.to_core(step)
+
+    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def diagonal(self) -> Tensor:
+        raise NotImplementedError
+
+    def dense(self) -> Tensor:
+        """H (P, P) in the core's order (tests, small cores)."""
+        blocks = self._dense_blocks()
+        full = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
+        return full if self.inverse is None else full[self.inverse][:, self.inverse]
+
+    def _dense_blocks(self) -> Tensor:
+        raise NotImplementedError
+
+
+class DenseHessian(Hessian):
+    """H = scale · H₀ with H₀ (blocks, P', P') formed: solved by Cholesky."""
+
+    def __init__(self, H: Tensor, scale: float | Tensor = 1.0, order: Tensor | None = None) -> None:
+        H = H if H.ndim == 3 else H[None]
+        super().__init__(scale, order, H.shape[:2])
+        self.H = H
+
+    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+        damped = self.H.clone()
+        damped.diagonal(dim1=1, dim2=2).add_(shift / self.scale)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0] / self.scale, info.any()
+
+    def diagonal(self) -> Tensor:
+        return self.to_core(self.H.diagonal(dim1=1, dim2=2) * self.scale)
+
+    def _dense_blocks(self) -> Tensor:
+        return self.H * self.scale
+
+
+class LowRankHessian(Hessian):
+    """H = scale · Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S),
+    and G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept factored:
+
+        (s Vᵀ Z̃ V + μI)⁻¹ r = (r − Vᵀ (μ/s · I_R + Z̃ G)⁻¹ Z̃ V r) / μ,
+
+    the push-through identity: an R × R solve per block in place of a P' × P' factorisation."""
+
+    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, scale: float | Tensor = 1.0, order: Tensor | None = None):
+        super().__init__(scale, order, (V.shape[0], V.shape[2]))
+        self.V, self.Z = V, Z
+        self.ZG = self.z_times(G)  # (blocks, R, R)
+
+    def z_times(self, u: Tensor) -> Tensor:
+        """Z̃ u for u (blocks, R, …), its rows (monomial, c)."""
+        return (self.Z @ u.reshape(u.shape[0], len(self.Z), -1)).reshape(u.shape)
+
+    def trace(self) -> Tensor:
+        """trace(H₀) = trace(Z̃ G)."""
+        return self.ZG.diagonal(dim1=1, dim2=2).sum()
+
+    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+        small = self.ZG.clone()
+        small.diagonal(dim1=1, dim2=2).add_(shift / self.scale)
+        inner, info = torch.linalg.solve_ex(small, self.z_times(self.V @ rhs[:, :, None]))  # (blocks, R, 1)
+        return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info.any()
+
+    def diagonal(self) -> Tensor:
+        return self.to_core((self.V * self.z_times(self.V)).sum(dim=1) * self.scale)
+
+    def _dense_blocks(self) -> Tensor:
+        return self.scale * (self.V.transpose(1, 2) @ self.z_times(self.V))
