@@ -10,8 +10,9 @@ of interleaved rounds. Each run is timed in a child process importing this check
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
   P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve; for a core
-                     that reads φ's index (MPO2's and MMPO2's top cores) Z V and Vᵀ B over the M monomials
-                     that hold each index only (V is 0 elsewhere): 2·S·M·P and 2·M·P² flops;
+                     that reads φ's index (MPO2's and MMPO2's top cores) and has at least `HELD_MIN_WIDTH`
+                     columns per index, Z V and Vᵀ B over the M monomials that hold each index only (V is 0
+                     elsewhere): 2·S·M·P and 2·M·P² flops (narrower ones take less time dense: `ntn.moments`);
   P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
                      (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products; for a
                      core that reads φ's index, G from each index's M held rows alone (p products (M, P/p) (P/p, M),
@@ -75,18 +76,21 @@ def run_times(case: str, runs: int, source: Path) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def update_shapes(case: str) -> list[tuple[int, bool]]:
-    """(P, whether the core reads φ's index) of each core update of one run (every epoch's sweep, there and back)."""
+def update_shapes(case: str) -> list[tuple[int, bool, bool]]:
+    """(P, whether the core reads φ's index, whether its products run over held rows) of each core update of one
+    run (every epoch's sweep, there and back)."""
     sys.path.insert(0, str(REPO / "core" / "src"))
     import ntn
+    from ntn.moments import HELD_MIN_WIDTH
 
     model_name, L, _ = CASES[case]
     model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=0)
     units = model.units
-    return [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
+    shapes = [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
+    return [(P, reads_phi, P // P_IN >= HELD_MIN_WIDTH) for P, reads_phi in shapes]
 
 
-def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
+def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) -> tuple:
     """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M), the places in G (S, S) of each index's
     held pairs (p·M·M,) and, per core size P, V (S, P), its rows for each index (p, M, P/p) and θ (P,): random
     (the places from the monomials), made once before the timer."""
@@ -104,17 +108,17 @@ def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool]]) -> tup
             torch.randn(P_IN, M, P // P_IN, dtype=torch.float64, generator=generator),
             torch.randn(P, dtype=torch.float64),
         )
-        for P, _ in set(sizes)
+        for P, _, _ in set(sizes)
     }
     return Z, Z_y, Z_held, places, per_size
 
 
-def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool]]) -> None:
+def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool, bool]]) -> None:
     """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
     S = len(Z)
-    for P, reads_phi in sizes:
+    for P, reads_phi, held in sizes:
         V, V_held, theta = per_size[P]
-        if P <= S and reads_phi:
+        if P <= S and reads_phi and held:
             B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
             hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
             gradient = V.T @ (B @ theta - Z_y)

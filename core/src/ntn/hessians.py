@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 
+def z_times(Z: Tensor, u: Tensor) -> Tensor:
+    """Z̃ u for u (blocks, R, …) with rows (monomial, c): Z (S, S) applied to the monomial index."""
+    return (Z @ u.reshape(u.shape[0], len(Z), -1)).reshape(u.shape)
+
+
 class Hessian:
     """H = scale · H₀ on `blocks` systems of P' parameters; order[b, i] is the core parameter of entry (b, i)."""
 
@@ -87,11 +92,7 @@ class LowRankHessian(Hessian):
     def __init__(self, V: Tensor, Z: Tensor, G: Tensor, scale: float | Tensor = 1.0, order: Tensor | None = None):
         super().__init__(scale, order, (V.shape[0], V.shape[2]))
         self.V, self.Z = V, Z
-        self.ZG = self.z_times(G)  # (blocks, R, R)
-
-    def z_times(self, u: Tensor) -> Tensor:
-        """Z̃ u for u (blocks, R, …), its rows (monomial, c)."""
-        return (self.Z @ u.reshape(u.shape[0], len(self.Z), -1)).reshape(u.shape)
+        self.ZG = z_times(Z, G)  # (blocks, R, R)
 
     def trace(self) -> Tensor:
         """trace(H₀) = trace(Z̃ G)."""
@@ -100,11 +101,11 @@ class LowRankHessian(Hessian):
     def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
         small = self.ZG.clone()
         small.diagonal(dim1=1, dim2=2).add_(shift / self.scale)
-        inner, info = torch.linalg.solve_ex(small, self.z_times(self.V @ rhs[:, :, None]))  # (blocks, R, 1)
+        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))  # (blocks, R, 1)
         return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info.any()
 
     def diagonal(self) -> Tensor:
-        return self.to_core((self.V * self.z_times(self.V)).sum(dim=1) * self.scale)
+        return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1) * self.scale)
 
     def _dense_blocks(self) -> Tensor:
-        return self.scale * (self.V.transpose(1, 2) @ self.z_times(self.V))
+        return self.scale * (self.V.transpose(1, 2) @ z_times(self.Z, self.V))

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ntn.hessians import DenseHessian, Hessian, LowRankHessian
+from ntn.hessians import DenseHessian, Hessian, LowRankHessian, z_times
 from ntn.losses import MSE, Loss
 from ntn.models import TensorNetwork, Unit, basis_tuples
 
@@ -40,6 +40,10 @@ from ntn.models import TensorNetwork, Unit, basis_tuples
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
 # for the batches, peak RSS 452 MB (benchmarks/bench_floor.py, docs/benchmarks.md).
 MAX_BASIS_ENTRIES = 2**25
+# Columns per index (c·Dl·Dr) from which Z V over the monomials that hold each index beats Z V on all of them: the
+# held products read p·M/S times more of Z (memory-bound when narrow). Measured at L = 3 and 5, p = 9: 6 and 16
+# columns 0.7–0.9× (dense faster), 25 equal at L = 5, 36 0.5–0.7×.
+HELD_MIN_WIDTH = 25
 
 
 def monomial_count(L: int, p: int) -> int:
@@ -107,112 +111,95 @@ class Moments:
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
         lookup[(self.monomials * self.powers).sum(dim=1)] = torch.arange(S, device=device)
         self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * self.powers).sum(dim=1)]  # (p^L,)
-        # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); held_at[m, j] = the place
-        # of monomial m in holding[j]; Z's columns and Z_y's rows for them: (p, S, M), (p, M, C)
+        # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); Z's columns for them (p, S, M)
         holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
-        M = self.holding.shape[1]
-        self.held_at = torch.full((S, p), -1, dtype=torch.long, device=device)
-        self.held_at[self.holding, torch.arange(p, device=device)[:, None]] = torch.arange(M, device=device)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
-        self.Z_y_holding = self.Z_y[self.holding]
-        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_held_fold`
-        self._scatters: dict[int, Tensor] = {}  # rows per block: `_held_gram`'s places
+        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
+        self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
 
     def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Hessian, Tensor, Tensor]:
         """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n, Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F (0-d)).
 
-        The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in factored form
+        With E_n = V z_n, V (R, P) per block (rows (monomial, c)), the Hessian is K Vᵀ Z̃ V and the gradient
+        K Vᵀ (Z̃ V θ − Z_y). Its rank is ≤ R; where that is below P it is returned in factored form
         (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
-        if model.reads_phi(unit):
-            return self._held_system(model, unit, loss)
-        theta = model.core(unit).reshape(-1)  # (P,)
-        V = model.folded_basis_environment(unit, self.monomials, self.monomial_of)  # E_n = V z_n: (S, C, P)
-        S, C, P = V.shape
+        C, S = model.output_dim, len(self.monomials)
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
-        V = V.reshape(1, S * C, P)  # one block, rows (monomial, c)
-        Z_y = self.Z_y.reshape(1, S * C, 1)
-        if S * C < P:
-            hessian = LowRankHessian(V, self.Z, V @ V.transpose(1, 2), K)
-            gradient = K * (V.transpose(1, 2) @ (hessian.z_times(V @ theta[:, None]) - Z_y)).reshape(-1)
-            return hessian, gradient, hessian.trace()
-        H = V.transpose(1, 2) @ (self.Z @ V.reshape(S, -1)).reshape(V.shape)  # (1, P, P)
-        gradient = K * (H[0] @ theta - (V.transpose(1, 2) @ Z_y).reshape(-1))
-        return DenseHessian(H, K), gradient, H[0].trace()
-
-    def _held_system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Hessian, Tensor, Tensor]:
-        """`system` for a top core that reads φ's index j (MPO2, MMPO2): V[m, c, (a, j, c_k, b)] = 0 unless monomial
-        m holds j, so every product runs over the M monomials that hold each j (`holding`), in the parameter order
-        (c_k, j, a, b): one block per output the core carries (its Hessian is block diagonal in c_k)."""
-        core = model.core(unit)  # (Dl, p, C_k, Dr)
-        Dl, p, blocks, Dr = core.shape
-        C, S, M = model.output_dim, len(self.monomials), self.holding.shape[1]
-        K, X, per_block = loss.curvature(C), Dl * Dr, C // blocks  # outputs per block (rows (monomial, c) each)
-        order = _block_order(core.shape, core.device)  # (blocks, P'): P' = p·Dl·Dr
-        theta = core.reshape(-1)[order]  # (blocks, P')
-        V_held = self._held_fold(model, unit.site).reshape(p, M, blocks, per_block, X).permute(2, 0, 1, 3, 4)
-        Z_y = self.Z_y.reshape(S, blocks, per_block)
-        R, P_block = S * per_block, p * X
-        if R < P_block:  # low rank: V dense (blocks, R, P'), G = V Vᵀ from each j's held rows
-            V = V_held.new_zeros(S, per_block, p, X, blocks)
-            V[self.holding, :, torch.arange(p, device=V.device)[:, None]] = V_held.permute(1, 2, 3, 4, 0)
-            V = V.permute(4, 0, 1, 2, 3).reshape(blocks, R, P_block)
-            hessian = LowRankHessian(V, self.Z, self._held_gram(V_held, S), K, order)
-            residual = hessian.z_times(V @ theta[:, :, None]) - Z_y.permute(1, 0, 2).reshape(blocks, R, 1)
-            gradient = K * (V.transpose(1, 2) @ residual)[:, :, 0]
-            return hessian, gradient.reshape(-1)[hessian.inverse], hessian.trace()
-        B = self.Z_holding @ V_held.flatten(3)  # Z V per j: (blocks, p, S, per_block·X)
-        B_held = B[:, :, self.holding].unflatten(4, (per_block, X))  # rows held by each j: (blocks, p_J, p_j, M, c, X)
-        H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
-        e = torch.einsum("bjhcx,jhbc->bjx", V_held, self.Z_y_holding.unflatten(2, (blocks, per_block)))  # Vᵀ Z_y
-        gradient = K * ((H @ theta[:, :, None])[:, :, 0] - e.reshape(blocks, P_block))
+        if model.reads_phi(unit):
+            V, V_held, order = self._held_environment(model, unit)
+        else:  # one block, rows (monomial, c)
+            V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
+            V_held, order = None, None
+        blocks, R, P_block = V.shape  # P_block = P / blocks
+        theta = model.core(unit).reshape(-1)
+        theta = (theta if order is None else theta[order]).reshape(blocks, P_block, 1)
+        Z_y = self.Z_y.reshape(S, blocks, R // S).transpose(0, 1).reshape(blocks, R, 1)
+        if R < P_block:
+            G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
+            hessian = LowRankHessian(V, self.Z, G, K, order)
+            gradient = K * (V.transpose(1, 2) @ (z_times(self.Z, V @ theta) - Z_y))
+            return hessian, hessian.to_core(gradient), hessian.trace()
+        if V_held is None:
+            H = V.transpose(1, 2) @ z_times(self.Z, V)  # (blocks, P', P')
+        else:  # V Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
+            B = self.Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
+            B_held = B[:, :, self.holding].unflatten(4, V_held.shape[3:])  # (blocks, p_J, p_j, M, c, X)
+            H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
+        gradient = K * (H @ theta - V.transpose(1, 2) @ Z_y)
         hessian = DenseHessian(H, K, order)
         return hessian, hessian.to_core(gradient), H.diagonal(dim1=1, dim2=2).sum()
 
-    def _held_fold(self, model: TensorNetwork, site: int) -> Tensor:
-        """V of the top core at `site` on each j's held rows: (p·M, C·Dl·Dr), row j·M + h for monomial holding[j, h].
+    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, Tensor]:
+        """For a top core that reads φ's index j (MPO2, MMPO2): V (blocks, R, P') in the parameter order
+        (c_k, j, a, b), one block per output the core carries (its Hessian is block diagonal in c_k), and
+        `order` (blocks, P') of those parameters in the core. V[m, c, (j, a, b)] = 0 unless monomial m holds j,
+        so where that saves time (`HELD_MIN_WIDTH`) V is also given on the M monomials that hold each j
+        (`holding`), (blocks, p, M, c, Dl·Dr), and the products run over those rows alone; else None.
 
-        V[m, c, (a, j, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] · suffix[t_>k, c, b],
+        V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] · suffix[t_>k, c, b],
         the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple (MPO2), or over each
         monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1, others with 0)."""
+        core = model.core(unit)  # (Dl, p, C_k, Dr)
+        Dl, p, blocks, Dr = core.shape
+        C, S, site = model.output_dim, len(self.monomials), unit.site
         if (site, model.sorted_only) not in self._folds:
-            self._folds[site, model.sorted_only] = self._fold_places(model.L, model.phys_dim, site, model.sorted_only)
+            self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
         pair, row = self._folds[site, model.sorted_only]
         prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
         pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (p^(L-1), C·X)
-        p, M = self.holding.shape
-        return pairs.new_zeros(p * M, pairs.shape[1]).index_add_(0, row, pairs[pair])
+        V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs[pair])  # rows (m, j)
+        V = V.reshape(S, p, blocks, C // blocks, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
+        held = (C // blocks) * Dl * Dr >= HELD_MIN_WIDTH or S * (C // blocks) < p * Dl * Dr  # wide, or low rank
+        j = torch.arange(p, device=V.device)[:, None]
+        V_held = V[:, self.holding, :, j].permute(2, 0, 1, 3, 4) if held else None  # (blocks, p, M, c, X)
+        return V.reshape(blocks, S * (C // blocks), -1), V_held, _block_order(core.shape, core.device)
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
-        """For each index tuple the fold sums (all p^L, or each monomial's sorted one), the number of its
-        (prefix, suffix) pair and its held row (`_held_fold`)."""
+        """For each index tuple t that the fold sums (all p^L, or each monomial's sorted one), the row of its
+        (prefix, suffix) pair and its row (monomial, t_k) in V (`_held_environment`)."""
         device = self.monomials.device
         tuples, monomial = (
             (self.monomials, torch.arange(len(self.monomials), device=device))
             if sorted_only
             else (basis_tuples(L, p, device), self.monomial_of)
         )
-        i_k = tuples[:, site]
         rest = torch.cat([tuples[:, :site], tuples[:, site + 1 :]], dim=1)  # (i_<k, i_>k): (n, L - 1)
         pair = (rest * self.powers[1:]).sum(dim=1)  # its base-p number: the row of prefix ⊗ suffix
-        return pair, i_k * self.holding.shape[1] + self.held_at[monomial, i_k]
+        return pair, monomial * p + tuples[:, site]
 
-    def _held_gram(self, V_held: Tensor, S: int) -> Tensor:
+    def _held_gram(self, V_held: Tensor) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
         that hold j, summed into their places."""
         blocks, p, M, per_block, X = V_held.shape
-        rows = M * per_block
-        V_rows = V_held.reshape(blocks, p, rows, X)
+        R = len(self.monomials) * per_block
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
-            self._scatters[per_block] = (row[:, :, None] * (S * per_block) + row[:, None, :]).reshape(-1)
-        products = V_rows @ V_rows.transpose(2, 3)  # (blocks, p, rows, rows)
-        R = S * per_block
-        return (
-            products.new_zeros(blocks, R * R)
-            .index_add_(1, self._scatters[per_block], products.flatten(1))
-            .reshape(blocks, R, R)
-        )
+            self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
+        V_rows = V_held.reshape(blocks, p, M * per_block, X)
+        products = V_rows @ V_rows.transpose(2, 3)  # (blocks, p, M·c, M·c)
+        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.flatten(1))
+        return G.reshape(blocks, R, R)
 
     def scores(self, model: TensorNetwork) -> dict[str, float]:
         """{"loss", "r2"} of the model on the training set, as `NTN.evaluate` defines them, from the sums."""
