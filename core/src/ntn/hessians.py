@@ -22,9 +22,10 @@ def z_times(Z: Tensor, u: Tensor) -> Tensor:
 class Hessian:
     """H = scale · H₀ on `blocks` systems of P' parameters; order[b, i] is the core parameter of entry (b, i)."""
 
-    def __init__(self, scale: float | Tensor, order: Tensor | None, shape: tuple[int, int]) -> None:
-        self.scale, self.order, self.shape = scale, order, shape  # shape: (blocks, P')
-        self.inverse = None if order is None else torch.argsort(order.reshape(-1))  # core parameter -> entry
+    def __init__(self, scale: float, order: tuple[Tensor, Tensor] | None, shape: tuple[int, int]) -> None:
+        """:param order: (order, its inverse (P,): the entry of each core parameter), or None: the core's order"""
+        self.scale, self.shape = scale, shape  # shape: (blocks, P')
+        self.order, self.inverse = (None, None) if order is None else order
 
     def __truediv__(self, divisor: float) -> Hessian:
         divided = copy.copy(self)
@@ -33,18 +34,20 @@ class Hessian:
 
     def to_blocks(self, x: Tensor) -> Tensor:
         """A core-ordered vector (P,) as (blocks, P')."""
-        return (x if self.order is None else x[self.order]).reshape(self.shape)
+        return x.reshape(self.shape) if self.order is None else x.take(self.order)
 
     def to_core(self, x: Tensor) -> Tensor:
         """(blocks, P') back in the core's order (P,)."""
-        return x.reshape(-1) if self.inverse is None else x.reshape(-1)[self.inverse]
+        return x.reshape(-1) if self.inverse is None else x.take(self.inverse)
 
-    def solve(self, shift: float | Tensor, rhs: Tensor) -> Tensor | None:
-        """(H + shift·I)⁻¹ rhs in the core's order, or None where that system is singular or the step not finite."""
-        step, failed = self._solve(shift, self.to_blocks(rhs))
-        return None if (failed | ~torch.isfinite(step).all()).item() else self.to_core(step)
+    def solve(self, shift: Tensor, rhs: Tensor) -> Tensor | None:
+        """(H + shift·I)⁻¹ rhs in the core's order, or None where that system is singular or the step not finite
+        (its sum not finite: a step of finite entries whose sum overflows counts as not finite)."""
+        step, info = self._solve(shift, self.to_blocks(rhs))
+        return self.to_core(step) if (step.sum().isfinite() & info.eq(0).all()).item() else None
 
-    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+        """(step (blocks, P'), the factorisations' info (blocks,): 0 where one succeeded)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -63,16 +66,16 @@ class Hessian:
 class DenseHessian(Hessian):
     """H = scale · H₀ with H₀ (blocks, P', P') formed: solved by Cholesky."""
 
-    def __init__(self, H: Tensor, scale: float | Tensor = 1.0, order: Tensor | None = None) -> None:
+    def __init__(self, H: Tensor, scale: float = 1.0, order: tuple[Tensor, Tensor] | None = None):
         H = H if H.ndim == 3 else H[None]
         super().__init__(scale, order, H.shape[:2])
         self.H = H
 
-    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
-        damped = self.H.clone()
-        damped.diagonal(dim1=1, dim2=2).add_(shift / self.scale)
+    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+        damped = self.H * self.scale
+        damped.diagonal(dim1=1, dim2=2).add_(shift)
         factor, info = torch.linalg.cholesky_ex(damped)
-        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0] / self.scale, info.any()
+        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0], info
 
     def diagonal(self) -> Tensor:
         return self.to_core(self.H.diagonal(dim1=1, dim2=2) * self.scale)
@@ -89,7 +92,7 @@ class LowRankHessian(Hessian):
 
     the push-through identity: an R × R solve per block in place of a P' × P' factorisation."""
 
-    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, scale: float | Tensor = 1.0, order: Tensor | None = None):
+    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, scale: float = 1.0, order: tuple | None = None):
         super().__init__(scale, order, (V.shape[0], V.shape[2]))
         self.V, self.Z = V, Z
         self.ZG = z_times(Z, G)  # (blocks, R, R)
@@ -98,11 +101,11 @@ class LowRankHessian(Hessian):
         """trace(H₀) = trace(Z̃ G)."""
         return self.ZG.diagonal(dim1=1, dim2=2).sum()
 
-    def _solve(self, shift: float | Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
         small = self.ZG.clone()
-        small.diagonal(dim1=1, dim2=2).add_(shift / self.scale)
+        small.diagonal(dim1=1, dim2=2).add_(shift, alpha=1 / self.scale)
         inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))  # (blocks, R, 1)
-        return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info.any()
+        return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info
 
     def diagonal(self) -> Tensor:
         return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1) * self.scale)

@@ -195,7 +195,18 @@ class TensorNetwork:
     def __call__(self, phi: Tensor) -> Tensor:
         """f(x) for a batch of embedded inputs φ(x): (B, p) -> (B, C). φ may also be (B, L, p), one
         input per site (f is linear in each site's input)."""
+        if self.sorted_only:
+            return self._sorted_sum(phi)
         return self._left(phi, self.L)[:, :, 0, 0]
+
+    def _sorted_sum(self, phi: Tensor) -> Tensor:
+        """f behind MMPO2's mask, through its structure: the top row summed over the index tuples
+        i_0 ≤ … ≤ i_{L-1} alone, carried per sample by the last index j; (B, C)."""
+        carried = phi.new_ones(phi.shape[0], 1, 1, self.phys_dim)  # (B, c, bond, j): s = 0 lets every j pass
+        for k, top in enumerate(self.top_cores):  # (Dl, p, C_k, Dr)
+            allowed = carried.cumsum(dim=3) if k else carried  # Σ over the tuples so far ending in s ≤ j
+            carried = torch.einsum("ncaj,ajcb,nj->ncbj", allowed, top, self._at(phi, k))
+        return carried.sum(dim=3)[:, :, 0]
 
     def _left_factor(self, site: int, phi: Tensor) -> Tensor:
         """Everything left of the top core at `site`, output index expanded: (B, C, D_left, d_left)."""
@@ -226,12 +237,17 @@ class TensorNetwork:
     def top_row_tables(self, site: int) -> tuple[Tensor, Tensor]:
         """The top row alone, its cores reading basis vectors e_i: contracted left of `site` on every prefix
         (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
-        rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples."""
-        prefix = suffix = self.top_cores[0].new_ones(1, 1, 1)  # (tuples, c, bond)
-        for top in self.top_cores[:site]:  # (Dl, p, C_k, Dr)
-            prefix = torch.einsum("tca,ajcb->tjcb", prefix, top).flatten(0, 1)
-        for top in reversed(self.top_cores[site + 1 :]):
-            suffix = torch.einsum("ajcb,tcb->jtca", top, suffix).flatten(0, 1)
+        rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples.
+        Each further core is one batched product over c: (c, tuples, D) @ (c, D, p·D')."""
+        first, last, ones = self.top_cores[0], self.top_cores[-1], self.top_cores[0].new_ones(1, 1, 1)
+        prefix = first[0] if site > 0 else ones  # (tuples, c, bond): the first core on e_i, (p, C_0, D_1)
+        for top in self.top_cores[1:site]:  # (Dl, p, C_k, Dr)
+            rows = prefix.transpose(0, 1) @ top.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
+            prefix = rows.unflatten(2, top.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
+        suffix = last[..., 0].permute(1, 2, 0) if site < self.L - 1 else ones  # the last core on e_i: (p, C, D)
+        for top in reversed(self.top_cores[site + 1 : -1]):
+            rows = top.permute(2, 1, 0, 3).flatten(1, 2) @ suffix.permute(1, 2, 0)  # (c, p·Dl, tuples)
+            suffix = rows.unflatten(1, top.shape[1::-1]).permute(1, 3, 0, 2).flatten(0, 1)  # (p·tuples, c, Dl)
         return prefix.expand(-1, self.output_dim, -1), suffix.expand(-1, self.output_dim, -1)
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
@@ -316,7 +332,7 @@ class TensorNetwork:
         C, p = self.output_dim, self.phys_dim
         W = self.top_cores[0].new_ones(1, C, 1)  # (index tuples so far, c, bond)
         for k, top in enumerate(self.top_cores):
-            if self.input_cores is None:
+            if self.input_cores is None or self.sorted_only:  # behind MMPO2's mask: the top row, then masked
                 column = top  # (D_left, p, C_k, D_right)
             else:
                 column = torch.einsum("ajcb,sijt->asicbt", top, self.input_cores[k])
@@ -324,6 +340,8 @@ class TensorNetwork:
                 column = column.reshape(a * s, i, c, b * t)
             column = column.expand(-1, -1, C, -1)
             W = torch.einsum("ncl,licr->nicr", W, column).reshape(-1, C, column.shape[3])
+        if self.sorted_only:  # the mask: 1 on sorted tuples, 0 elsewhere
+            W = W * _is_sorted(self.L, p, W.device)[:, None, None]
         return W.reshape(*[p] * self.L, C)
 
 
@@ -337,6 +355,13 @@ def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Te
     """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p); made once
     per shape (every core update of a moments trainer reads it)."""
     return torch.eye(p, dtype=dtype, device=device)[basis_tuples(L, p, device)]
+
+
+@functools.lru_cache(maxsize=32)
+def _is_sorted(L: int, p: int, device: torch.device) -> Tensor:
+    """Whether each `basis_tuples` row is sorted, i_0 ≤ … ≤ i_{L-1}: (p^L,) bool; made once per shape."""
+    tuples = basis_tuples(L, p, device)
+    return (tuples[:, 1:] >= tuples[:, :-1]).all(dim=1)
 
 
 def _with_output_index(T: Tensor, axis: int) -> Tensor:

@@ -112,7 +112,8 @@ class Moments:
         lookup[(self.monomials * self.powers).sum(dim=1)] = torch.arange(S, device=device)
         self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * self.powers).sum(dim=1)]  # (p^L,)
         # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); Z's columns for them (p, S, M)
-        holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
+        self.index = torch.arange(p, device=device)  # j
+        holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
         self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
@@ -132,8 +133,8 @@ class Moments:
             V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
             V_held, order = None, None
         blocks, R, P_block = V.shape  # P_block = P / blocks
-        theta = model.core(unit).reshape(-1)
-        theta = (theta if order is None else theta[order]).reshape(blocks, P_block, 1)
+        theta = model.core(unit)
+        theta = (theta.reshape(blocks, P_block) if order is None else theta.take(order[0]))[:, :, None]
         Z_y = self.Z_y.reshape(S, blocks, R // S).transpose(0, 1).reshape(blocks, R, 1)
         if R < P_block:
             G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
@@ -150,12 +151,12 @@ class Moments:
         hessian = DenseHessian(H, K, order)
         return hessian, hessian.to_core(gradient), H.diagonal(dim1=1, dim2=2).sum()
 
-    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, tuple]:
         """For a top core that reads φ's index j (MPO2, MMPO2): V (blocks, R, P') in the parameter order
         (c_k, j, a, b), one block per output the core carries (its Hessian is block diagonal in c_k), and
-        `order` (blocks, P') of those parameters in the core. V[m, c, (j, a, b)] = 0 unless monomial m holds j,
-        so where that saves time (`HELD_MIN_WIDTH`) V is also given on the M monomials that hold each j
-        (`holding`), (blocks, p, M, c, Dl·Dr), and the products run over those rows alone; else None.
+        (`order` (blocks, P') of those parameters in the core, its inverse (P,)). V[m, c, (j, a, b)] = 0 unless
+        monomial m holds j, so where that saves time (`HELD_MIN_WIDTH`) V is also given on the M monomials that
+        hold each j (`holding`), (blocks, p, M, c, Dl·Dr), and the products run over those rows alone; else None.
 
         V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] · suffix[t_>k, c, b],
         the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple (MPO2), or over each
@@ -168,11 +169,12 @@ class Moments:
         pair, row = self._folds[site, model.sorted_only]
         prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
         pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (p^(L-1), C·X)
-        V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs[pair])  # rows (m, j)
+        V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
         V = V.reshape(S, p, blocks, C // blocks, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
         held = (C // blocks) * Dl * Dr >= HELD_MIN_WIDTH or S * (C // blocks) < p * Dl * Dr  # wide, or low rank
-        j = torch.arange(p, device=V.device)[:, None]
-        V_held = V[:, self.holding, :, j].permute(2, 0, 1, 3, 4) if held else None  # (blocks, p, M, c, X)
+        V_held = (
+            V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
+        )  # (blocks, p, M, c, X)
         return V.reshape(blocks, S * (C // blocks), -1), V_held, _block_order(core.shape, core.device)
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
@@ -207,13 +209,15 @@ class Moments:
         a = W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)  # (S, C)
         residual = ((self.Z @ a) * a).sum() - 2 * (a * self.Z_y).sum() + self.y_sq_sum.sum()
         total = (self.y_sq_sum - self.y_sum.pow(2) / self.n_samples).sum()
-        residual, total = residual.item(), total.item()
+        residual, total = torch.stack([residual, total]).tolist()  # one device sync
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
 
 
 @functools.lru_cache(maxsize=64)
-def _block_order(shape: torch.Size, device: torch.device) -> Tensor:
-    """For a top core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr)."""
+def _block_order(shape: torch.Size, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For a top core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr),
+    and its inverse (P,)."""
     Dl, p, C_k, Dr = shape
-    return torch.arange(Dl * p * C_k * Dr, device=device).reshape(shape).permute(2, 1, 0, 3).reshape(C_k, -1)
+    order = torch.arange(Dl * p * C_k * Dr, device=device).reshape(shape).permute(2, 1, 0, 3).reshape(C_k, -1)
+    return order, torch.argsort(order.reshape(-1))

@@ -86,10 +86,10 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 
 
 def newton_step(
-    theta: Tensor, hessian: Hessian, gradient: Tensor, jitter: float | Tensor, regularize: bool, name: str
+    theta: Tensor, hessian: Hessian, gradient: Tensor, jitter: Tensor, regularize: bool, name: str
 ) -> Tensor:
     """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`), where
-    `jitter` is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
+    `jitter` (0-d) is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
 
     :param theta: the core, flattened (P,)
     :param hessian: Hessian of the mean data loss (P, P), in one of the forms of `ntn.hessians`
@@ -97,7 +97,7 @@ def newton_step(
     :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
         finite, the damping λ is raised tenfold (at least to 1e-12 of H's mean diagonal), up to JITTER_RETRIES times.
     """
-    rhs = gradient + 2 * jitter * theta if regularize else gradient
+    rhs = torch.addcmul(gradient, theta, jitter, value=2) if regularize else gradient
     damping = jitter
     for retry in range(JITTER_RETRIES + 1):
         step = hessian.solve(2 * damping, rhs)
@@ -106,10 +106,10 @@ def newton_step(
         if retry == 0:  # the damping's floor, made only when a step failed
             diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
             floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
-        damping = max(10 * float(damping), floor)
+        damping = torch.clamp(10 * damping, min=floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
-        f"even with jitter {damping / 10:.3g}"
+        f"even with jitter {float(damping) / 10:.3g}"
     )
 
 
@@ -245,13 +245,17 @@ class NTN:
     @with_threads
     def evaluate(self, X: Any, y: Any) -> Scores:
         """{"loss", "r2"} for regression (R² over all outputs) or {"loss", "accuracy"} for classification."""
-        X, y = (X, y) if (X is self.X and y is self.y) else self._data("X", X, "y", y)
-        f = torch.cat([self.model(phi) for phi, _ in self._batches(X, y)])
-        loss = self.loss.per_sample(f, y).mean().item()
+        return self._evaluate(*self._data("X", X, "y", y))
+
+    def _evaluate(self, X: Tensor, y: Tensor) -> Scores:
+        """`evaluate` on data already checked and on the device; one device sync."""
+        batches = [self.model(phi) for phi, _ in self._batches(X, y)]
+        f = batches[0] if len(batches) == 1 else torch.cat(batches)
+        loss = self.loss.per_sample(f, y).mean()
         if self.loss.labels:
-            return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
-        total = (y - y.mean(dim=0)).pow(2).sum().item()
-        residual = (y - f).pow(2).sum().item()
+            loss, accuracy = torch.stack([loss.double(), (f.argmax(dim=1) == y).double().mean()]).tolist()
+            return {"loss": loss, "accuracy": accuracy}
+        loss, total, residual = torch.stack([loss, (y - y.mean(dim=0)).pow(2).sum(), (y - f).pow(2).sum()]).tolist()
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": loss, "r2": r2}
 
@@ -264,7 +268,7 @@ class NTN:
         return scores
 
     def _scores(self, sums: moments.Moments | None, X: Tensor, y: Tensor) -> Scores:
-        return sums.scores(self.model) if sums is not None else self.evaluate(X, y)
+        return sums.scores(self.model) if sums is not None else self._evaluate(X, y)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -297,7 +301,7 @@ class NTN:
             hessian = DenseHessian(hessian)
         N, P, C = len(self.X), theta.numel(), self.model.output_dim
         # h_k, a 0-d tensor (no device sync); 1 where it overflows: such a system fails in newton_step, with its site
-        scale = (2 / C * environment_sq / (N * P)).nan_to_num(nan=1.0, posinf=1.0)
+        scale = (environment_sq * (2 / (C * N * P))).nan_to_num(nan=1.0, posinf=1.0)
         name = f"{unit.layer} core at site {unit.site}"
         updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter * scale, regularize, name)
         self.model.set_core(unit, updated.reshape(theta.shape))
