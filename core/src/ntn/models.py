@@ -154,9 +154,10 @@ class TensorNetwork:
             env = row[0].new_ones(1, 1)  # (b, b'): the cores so far contracted with themselves
             for core in row:
                 M = core.reshape(core.shape[0], -1, core.shape[-1])  # (a, phys, b)
-                env = torch.einsum("ac,apb,cpd->bd", env, M, M)
-            total += env.sum().item()
-        return total
+                half = (env.T @ M.flatten(1)).reshape(-1, M.shape[2])  # Σ_a env[a, c] M[a, p, b]: ((c, p), b)
+                env = half.T @ M.reshape(-1, M.shape[2])  # Σ_{c, p} half[(c, p), b] M[c, p, d]
+            total += env.sum()
+        return float(total)
 
     # ---- contraction ------------------------------------------------------------------------
 
@@ -239,11 +240,8 @@ class TensorNetwork:
         (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
         rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples.
         Each further core is one batched product over c: (c, tuples, D) @ (c, D, p·D')."""
-        first, last, ones = self.top_cores[0], self.top_cores[-1], self.top_cores[0].new_ones(1, 1, 1)
-        prefix = first[0] if site > 0 else ones  # (tuples, c, bond): the first core on e_i, (p, C_0, D_1)
-        for top in self.top_cores[1:site]:  # (Dl, p, C_k, Dr)
-            rows = prefix.transpose(0, 1) @ top.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
-            prefix = rows.unflatten(2, top.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
+        last, ones = self.top_cores[-1], self.top_cores[0].new_ones(1, 1, 1)
+        prefix = _prefix_rows(self.top_cores[:site]) if site > 0 else ones  # (tuples, c, bond)
         suffix = last[..., 0].permute(1, 2, 0) if site < self.L - 1 else ones  # the last core on e_i: (p, C, D)
         for top in reversed(self.top_cores[site + 1 : -1]):
             rows = top.permute(2, 1, 0, 3).flatten(1, 2) @ suffix.permute(1, 2, 0)  # (c, p·Dl, tuples)
@@ -330,16 +328,13 @@ class TensorNetwork:
         """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only):
         the ladder's columns, each (D_left·d_left, p, C_k, D_right·d_right), multiplied along the chain."""
         C, p = self.output_dim, self.phys_dim
-        W = self.top_cores[0].new_ones(1, C, 1)  # (index tuples so far, c, bond)
-        for k, top in enumerate(self.top_cores):
-            if self.input_cores is None or self.sorted_only:  # behind MMPO2's mask: the top row, then masked
-                column = top  # (D_left, p, C_k, D_right)
-            else:
-                column = torch.einsum("ajcb,sijt->asicbt", top, self.input_cores[k])
-                a, s, i, c, b, t = column.shape
-                column = column.reshape(a * s, i, c, b * t)
-            column = column.expand(-1, -1, C, -1)
-            W = torch.einsum("ncl,licr->nicr", W, column).reshape(-1, C, column.shape[3])
+        columns = self.top_cores  # (D_left, p, C_k, D_right); behind MMPO2's mask: the top row, then masked
+        if self.input_cores is not None and not self.sorted_only:
+            columns = [
+                torch.einsum("ajcb,sijt->asicbt", top, inp).flatten(0, 1).flatten(3)
+                for top, inp in zip(columns, self.input_cores)
+            ]
+        W = _prefix_rows(columns).expand(-1, C, -1)  # (p^L, c, 1)
         if self.sorted_only:  # the mask: 1 on sorted tuples, 0 elsewhere
             W = W * _is_sorted(self.L, p, W.device)[:, None, None]
         return W.reshape(*[p] * self.L, C)
@@ -355,6 +350,16 @@ def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Te
     """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p); made once
     per shape (every core update of a moments trainer reads it)."""
     return torch.eye(p, dtype=dtype, device=device)[basis_tuples(L, p, device)]
+
+
+def _prefix_rows(columns: list[Tensor]) -> Tensor:
+    """A chain of columns (D_left, p, C_k, D_right), D_left = 1 for the first, on every tuple of basis vectors:
+    (p^n, c, D_right), rows in row-major order; one batched product over c per column."""
+    rows = columns[0][0]  # (p, C_0, D_1)
+    for column in columns[1:]:
+        product = rows.transpose(0, 1) @ column.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
+        rows = product.unflatten(2, column.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
+    return rows
 
 
 @functools.lru_cache(maxsize=32)

@@ -51,14 +51,15 @@ def monomial_count(L: int, p: int) -> int:
     return math.comb(p + L - 1, L)
 
 
-def applies(model: TensorNetwork, loss: Loss, n_samples: int) -> bool:
+def applies(model: TensorNetwork, loss: Loss, n_samples: int | None) -> bool:
     """Whether the moment form is exact (a quadratic loss: MSE), bounded in memory, and cheaper than a pass over the
-    samples (measured in benchmarks/bench_ntn.py: so from N ≥ S on)."""
+    samples per update (measured in benchmarks/bench_ntn.py: so from N ≥ S on). n_samples None: for scores alone
+    (validation data), whatever its size: a_cᵀ Z a_c per epoch, from the coefficients the training scores make,
+    costs less than a pass over even 75 samples (L=3: 0.02 against 0.25 ms, benchmarks/bench_floor.py)."""
     basis = model.phys_dim**model.L
     largest = max(model.core(unit).numel() for unit in model.units) * model.output_dim
-    return (
-        loss.quadratic and monomial_count(model.L, model.phys_dim) <= n_samples and basis * largest <= MAX_BASIS_ENTRIES
-    )
+    enough = n_samples is None or monomial_count(model.L, model.phys_dim) <= n_samples
+    return loss.quadratic and enough and basis * largest <= MAX_BASIS_ENTRIES
 
 
 RECENT = 4  # data sets whose moments are kept: an experiment's seeds, a sweep worker's runs, train on the same few
@@ -96,16 +97,18 @@ class Moments:
         S = len(self.monomials)
         self.Z = torch.zeros(S, S, dtype=dtype, device=device)
         self.Z_y = torch.zeros(S, model.output_dim, dtype=dtype, device=device)
-        self.y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
-        self.y_sq_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n² (C,)
+        y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
+        y_sq_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n² (C,)
         self.n_samples = 0
         for phi, y in batches:
             z = phi[:, self.monomials].prod(dim=2)  # (B, S)
             self.Z.addmm_(z.T, z)
             self.Z_y.addmm_(z.T, y)
-            self.y_sum += y.sum(dim=0)
-            self.y_sq_sum += y.pow(2).sum(dim=0)
+            y_sum += y.sum(dim=0)
+            y_sq_sum += y.pow(2).sum(dim=0)
             self.n_samples += len(y)
+        self.y_sq_total = y_sq_sum.sum().item()  # Σ_n ||y_n||²
+        self.y_variation = (y_sq_sum - y_sum.pow(2) / self.n_samples).sum().item()  # Σ_n ||y_n − ȳ||²
         # monomial_of[t] = the monomial of basis tuple t (row-major): its sorted tuple, found by its base-p number
         self.powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
@@ -203,13 +206,18 @@ class Moments:
         G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.flatten(1))
         return G.reshape(blocks, R, R)
 
-    def scores(self, model: TensorNetwork) -> dict[str, float]:
-        """{"loss", "r2"} of the model on the training set, as `NTN.evaluate` defines them, from the sums."""
+    def coefficients(self, model: TensorNetwork) -> Tensor:
+        """a (S, C): f_c(x) = Σ_m a[m, c] z_m(x), the model's coefficient of each monomial (the same for every data
+        set of this shape: computed once per epoch for the training and validation scores)."""
         W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
-        a = W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)  # (S, C)
-        residual = ((self.Z @ a) * a).sum() - 2 * (a * self.Z_y).sum() + self.y_sq_sum.sum()
-        total = (self.y_sq_sum - self.y_sum.pow(2) / self.n_samples).sum()
-        residual, total = torch.stack([residual, total]).tolist()  # one device sync
+        return W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)
+
+    def scores(self, model: TensorNetwork, coefficients: Tensor | None = None) -> dict[str, float]:
+        """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:
+        Σ_n ||f_n − y_n||² = Σ_c a_cᵀ (Z a_c − 2 Z_y[:, c]) + Σ_n ||y_n||²; one device sync."""
+        a = self.coefficients(model) if coefficients is None else coefficients
+        residual = ((self.Z @ a - 2 * self.Z_y) * a).sum().item() + self.y_sq_total
+        total = self.y_variation
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
 

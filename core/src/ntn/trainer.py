@@ -262,13 +262,16 @@ class NTN:
     def scores(self) -> Scores:
         """Training scores, plus val_* ones when validation data was given; each from its data's moments
         where they apply (no pass over the data), else by `evaluate`."""
-        scores = self._scores(self._moments, self.X, self.y)
+        sums = self._moments or self._validation_moments
+        coefficients = None if sums is None else sums.coefficients(self.model)  # the same for both data sets
+        scores = self._scores(self._moments, coefficients, self.X, self.y)
         if self.validation is not None:
-            scores |= {f"val_{k}": v for k, v in self._scores(self._validation_moments, *self.validation).items()}
+            validation = self._scores(self._validation_moments, coefficients, *self.validation)
+            scores |= {f"val_{k}": v for k, v in validation.items()}
         return scores
 
-    def _scores(self, sums: moments.Moments | None, X: Tensor, y: Tensor) -> Scores:
-        return sums.scores(self.model) if sums is not None else self._evaluate(X, y)
+    def _scores(self, sums: moments.Moments | None, coefficients: Tensor | None, X: Tensor, y: Tensor) -> Scores:
+        return sums.scores(self.model, coefficients) if sums is not None else self._evaluate(X, y)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -279,11 +282,11 @@ class NTN:
 
     @functools.cached_property
     def _validation_moments(self) -> moments.Moments | None:
-        """The validation data's moments, when they give its scores faster than a pass over it per epoch."""
-        return None if self.validation is None else self._moments_of(*self.validation)
+        """The validation data's moments, when they give its scores (any size of data: `moments.applies`)."""
+        return None if self.validation is None else self._moments_of(*self.validation, scores_only=True)
 
-    def _moments_of(self, X: Tensor, y: Tensor) -> moments.Moments | None:
-        if not moments.applies(self.model, self.loss, len(X)):
+    def _moments_of(self, X: Tensor, y: Tensor, scores_only: bool = False) -> moments.Moments | None:
+        if not moments.applies(self.model, self.loss, None if scores_only else len(X)):
             return None
         with torch.no_grad():
             return moments.of(self.model, X, y, lambda: self._batches(X, y))
