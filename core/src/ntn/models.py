@@ -240,12 +240,9 @@ class TensorNetwork:
         (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
         rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples.
         Each further core is one batched product over c: (c, tuples, D) @ (c, D, p·D')."""
-        last, ones = self.top_cores[-1], self.top_cores[0].new_ones(1, 1, 1)
+        ones = self.top_cores[0].new_ones(1, 1, 1)
         prefix = _prefix_rows(self.top_cores[:site]) if site > 0 else ones  # (tuples, c, bond)
-        suffix = last[..., 0].permute(1, 2, 0) if site < self.L - 1 else ones  # the last core on e_i: (p, C, D)
-        for top in reversed(self.top_cores[site + 1 : -1]):
-            rows = top.permute(2, 1, 0, 3).flatten(1, 2) @ suffix.permute(1, 2, 0)  # (c, p·Dl, tuples)
-            suffix = rows.unflatten(1, top.shape[1::-1]).permute(1, 3, 0, 2).flatten(0, 1)  # (p·tuples, c, Dl)
+        suffix = _suffix_rows(self.top_cores[site + 1 :]) if site < self.L - 1 else ones
         return prefix.expand(-1, self.output_dim, -1), suffix.expand(-1, self.output_dim, -1)
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
@@ -254,54 +251,66 @@ class TensorNetwork:
         V[m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
         sorted index tuple.
 
-        E_basis[t] depends on t through left[t_<k] (c, a, s), t_k and right[t_>k] (c, b, u), and the fold sums it
-        over the tuples of each monomial; the core's neighbours are contracted before that sum where it is smaller:
-        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[c,a,s] A[a,j,c,b] right[c,b,u],
-          A the top core: Σ_a left A per prefix, then per tuple (dl·r·dr entries), summed per (monomial, t_k);
-        - top core (a, j, b): Σ_{s,u} left[c,a,s] G[t_k][s,j,u] right[c,b,u], G[i] the input row at φ_k = e_i:
-          with G applied per tuple (Dl·r·Dr entries each), or, where the pairs left ⊗ right are fewer
-          (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
+        E_basis[t] depends on t through left[x] (c, a, s) of its prefix x = t_<k, t_k and right[y] (c, b, u) of its
+        suffix y = t_>k (the ladder's columns on basis vectors: `_prefix_rows`, `_suffix_rows`); the core's
+        neighbours are contracted over all (x, y) at once, one batched product over c, before the fold sums the
+        tuples of each monomial (one index_add):
+        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[x,c,a,s] A[a,j,c,b]
+          right[y,c,b,u], A the top core: (left A) (p^k·dl·r, Dr) @ right (Dr, p^(L-k-1)·dr) per pair, summed per
+          (monomial, t_k);
+        - top core (a, j, b): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i:
+          (left G) (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are
+          fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
         Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
-        read φ directly, MPO2's and MMPO2's, are folded onto their nonzero rows alone: `Moments._held_fold`.)"""
+        read φ directly, MPO2's and MMPO2's, are folded onto their rows by `Moments._held_environment`.)"""
         n_monomials, p = len(monomials), self.phys_dim
         k, L, C = unit.site, self.L, self.output_dim
-        basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
-        left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
-        right = self._right_factor(k, basis[: p ** (L - k - 1)])  # per suffix i_>k: (p^(L-k-1), C, Dr, dr)
-        prefix, i_k, suffix = _tuple_parts(L, p, k, basis.device)  # of every tuple t, row-major: (p^L,) each
-        monomial_and_i_k = monomial_of * p + i_k  # (p^L,): the row of t's (monomial, t_k) pair
+        top = self.top_cores[k].expand(-1, -1, C, -1)  # (Dl, r, C, Dr): the output index, where top carries it, is c
+        G = self._input(
+            k, torch.eye(p, dtype=top.dtype, device=top.device)
+        )  # the input row at φ_k = e_i: (p, dl, r, dr)
+        (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
+        n_prefixes, n_suffixes = p**k, p ** (L - k - 1)
+        ones = top.new_ones(1, 1, 1)
+        left = (_prefix_rows(self._columns(range(k))) if k > 0 else ones).expand(-1, C, -1)
+        right = (_suffix_rows(self._columns(range(k + 1, L))) if k < L - 1 else ones).expand(-1, C, -1)
+        left, right = left.reshape(n_prefixes, C, Dl, dl), right.reshape(n_suffixes, C, Dr, dr)
+        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # of every tuple t, row-major: (p^L,) each
+        pair, monomial_and_i_k = prefix * n_suffixes + suffix, monomial_of * p + i_k  # rows of (x, y), (m, t_k)
 
         def fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
             """Σ of per_tuple (p^L, ...) over the tuples t with rows[t] = each row: (n_rows, ...)."""
-            return per_tuple.new_zeros(n_rows, *per_tuple.shape[1:]).index_add_(0, rows, per_tuple)
+            return per_tuple.new_zeros(n_rows, per_tuple.shape[1]).index_add_(0, rows, per_tuple)
 
         if unit.layer == INPUT:
-            top = self.top_cores[k].expand(
-                -1, -1, C, -1
-            )  # (Dl, r, C, Dr): the output index, where top carries it, is c
-            left_top = torch.einsum("xcas,ajcb->xcsjb", left, top)  # per prefix: (p^k, C, dl, r, Dr)
-            per_tuple = torch.einsum("tcsjb,tcbu->tcsju", left_top[prefix], right[suffix])  # (p^L, C, dl, r, dr)
-            V = fold(per_tuple, monomial_and_i_k, n_monomials * p).unflatten(
-                0, (n_monomials, p)
-            )  # (S, p, C, dl, r, dr)
-            return V.permute(0, 2, 3, 1, 4, 5).reshape(n_monomials, C, -1)  # (S, C, (dl, i, r, dr))
-        G = self._input(k, torch.eye(p, dtype=basis.dtype, device=basis.device))  # (p, dl, r, dr)
-        dl, r, dr = G.shape[1:]
+            left_top = torch.einsum("xcas,ajcb->cxsjb", left, top).flatten(1, 3)  # (C, p^k·dl·r, Dr)
+            per_pair = left_top @ right.permute(1, 2, 0, 3).flatten(2)  # (C, (x, s, j), (y, u))
+            per_pair = per_pair.reshape(C, n_prefixes, dl * r, n_suffixes, dr).permute(1, 3, 0, 2, 4).flatten(2)
+            V = fold(per_pair.flatten(0, 1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            V = V.reshape(n_monomials, p, C, dl, r, dr).permute(0, 2, 3, 1, 4, 5)  # (S, C, dl, i, r, dr)
+            return V.reshape(n_monomials, C, -1)
         if dl * dr > r:
-            left_G = torch.einsum("xcas,isjd->xicajd", left, G).flatten(
-                0, 1
-            )  # per (prefix, t_k): (p^(k+1), C, Dl, r, dr)
-            per_tuple = torch.einsum(
-                "tcajd,tcbd->tcajb", left_G[prefix * p + i_k], right[suffix]
-            )  # (p^L, C, Dl, r, Dr)
-            V = fold(per_tuple, monomial_of, n_monomials).transpose(0, 1)  # (C, S, Dl, r, Dr)
+            left_G = torch.einsum("xcas,isju->cxiaju", left, G).flatten(1, 4)  # (C, p^(k+1)·Dl·r, dr)
+            per_tuple = left_G @ right.permute(1, 3, 0, 2).flatten(2)  # (C, (x, i, a, j), (y, b))
+            per_tuple = per_tuple.reshape(C, n_prefixes * p, Dl * r, n_suffixes, Dr).permute(1, 3, 0, 2, 4)
+            V = fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
         else:
-            pairs = torch.einsum("tcas,tcbu->tcasbu", left[prefix], right[suffix])  # (p^L, C, Dl, dl, Dr, dr)
-            W = fold(pairs, monomial_and_i_k, n_monomials * p).unflatten(0, (n_monomials, p))
-            V = torch.einsum("micasbu,isju->cmajb", W, G)  # (C, S, Dl, r, Dr)
-        if k == self.output_site:  # top core carries c: V[c, m, a, j, c', b] = V[c, m, a, j, b] δ_cc'
-            V = _with_output_index(V, 4)
-        return V.transpose(0, 1).reshape(n_monomials, C, -1)
+            pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
+            W = fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            V = torch.einsum("micasbu,isju->mcajb", W.reshape(n_monomials, p, C, Dl, dl, Dr, dr), G)
+        V = V.reshape(n_monomials, C, Dl, r, Dr)
+        if k == self.output_site:  # top core carries c: V[m, c, a, j, c', b] = V[m, c, a, j, b] δ_cc'
+            V = _with_output_index(V.transpose(0, 1), 4).transpose(0, 1)
+        return V.reshape(n_monomials, C, -1)
+
+    def _columns(self, sites: range) -> list[Tensor]:
+        """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
+        if self.input_cores is None:
+            return self.top_cores[sites.start : sites.stop]
+        return [
+            torch.einsum("ajcb,sijt->asicbt", self.top_cores[k], self.input_cores[k]).flatten(0, 1).flatten(3)
+            for k in sites
+        ]
 
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
         """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""
@@ -328,12 +337,9 @@ class TensorNetwork:
         """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only):
         the ladder's columns, each (D_left·d_left, p, C_k, D_right·d_right), multiplied along the chain."""
         C, p = self.output_dim, self.phys_dim
-        columns = self.top_cores  # (D_left, p, C_k, D_right); behind MMPO2's mask: the top row, then masked
-        if self.input_cores is not None and not self.sorted_only:
-            columns = [
-                torch.einsum("ajcb,sijt->asicbt", top, inp).flatten(0, 1).flatten(3)
-                for top, inp in zip(columns, self.input_cores)
-            ]
+        columns = (
+            self.top_cores if self.sorted_only else self._columns(range(self.L))
+        )  # behind MMPO2's mask: the top row, masked
         W = _prefix_rows(columns).expand(-1, C, -1)  # (p^L, c, 1)
         if self.sorted_only:  # the mask: 1 on sorted tuples, 0 elsewhere
             W = W * _is_sorted(self.L, p, W.device)[:, None, None]
@@ -359,6 +365,15 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
     for column in columns[1:]:
         product = rows.transpose(0, 1) @ column.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
         rows = product.unflatten(2, column.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
+    return rows
+
+
+def _suffix_rows(columns: list[Tensor]) -> Tensor:
+    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left)."""
+    rows = columns[-1][..., 0].permute(1, 2, 0)  # (p, C, D_left)
+    for column in reversed(columns[:-1]):
+        product = column.permute(2, 1, 0, 3).flatten(1, 2) @ rows.permute(1, 2, 0)  # (c, p·Dl, tuples)
+        rows = product.unflatten(1, column.shape[1::-1]).permute(1, 3, 0, 2).flatten(0, 1)  # (p·tuples, c, Dl)
     return rows
 
 
