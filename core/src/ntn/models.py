@@ -263,45 +263,54 @@ class TensorNetwork:
           fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
         Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
         read φ directly, MPO2's and MMPO2's, are folded onto their rows by `Moments._held_environment`.)"""
-        n_monomials, p = len(monomials), self.phys_dim
-        k, L, C = unit.site, self.L, self.output_dim
-        top = self.top_cores[k].expand(-1, -1, C, -1)  # (Dl, r, C, Dr): the output index, where top carries it, is c
-        G = self._input(
-            k, torch.eye(p, dtype=top.dtype, device=top.device)
-        )  # the input row at φ_k = e_i: (p, dl, r, dr)
-        (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
-        n_prefixes, n_suffixes = p**k, p ** (L - k - 1)
-        ones = top.new_ones(1, 1, 1)
-        left = (_prefix_rows(self._columns(range(k))) if k > 0 else ones).expand(-1, C, -1)
-        right = (_suffix_rows(self._columns(range(k + 1, L))) if k < L - 1 else ones).expand(-1, C, -1)
-        left, right = left.reshape(n_prefixes, C, Dl, dl), right.reshape(n_suffixes, C, Dr, dr)
-        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # of every tuple t, row-major: (p^L,) each
-        pair, monomial_and_i_k = prefix * n_suffixes + suffix, monomial_of * p + i_k  # rows of (x, y), (m, t_k)
-
-        def fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-            """Σ of per_tuple (p^L, ...) over the tuples t with rows[t] = each row: (n_rows, ...)."""
-            return per_tuple.new_zeros(n_rows, per_tuple.shape[1]).index_add_(0, rows, per_tuple)
-
+        n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
         if unit.layer == INPUT:
-            left_top = torch.einsum("xcas,ajcb->cxsjb", left, top).flatten(1, 3)  # (C, p^k·dl·r, Dr)
-            per_pair = left_top @ right.permute(1, 2, 0, 3).flatten(2)  # (C, (x, s, j), (y, u))
-            per_pair = per_pair.reshape(C, n_prefixes, dl * r, n_suffixes, dr).permute(1, 3, 0, 2, 4).flatten(2)
-            V = fold(per_pair.flatten(0, 1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            dl, _, r, dr = self.input_cores[k].shape
+            V = self.folded_input_environment(unit, monomial_of, n_monomials)  # (S, i, C, (s, j, u))
             V = V.reshape(n_monomials, p, C, dl, r, dr).permute(0, 2, 3, 1, 4, 5)  # (S, C, dl, i, r, dr)
             return V.reshape(n_monomials, C, -1)
+        top, G, left, right, pair, monomial_and_i_k = self._basis_sides(k, monomial_of)
+        (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if dl * dr > r:
             left_G = torch.einsum("xcas,isju->cxiaju", left, G).flatten(1, 4)  # (C, p^(k+1)·Dl·r, dr)
             per_tuple = left_G @ right.permute(1, 3, 0, 2).flatten(2)  # (C, (x, i, a, j), (y, b))
-            per_tuple = per_tuple.reshape(C, n_prefixes * p, Dl * r, n_suffixes, Dr).permute(1, 3, 0, 2, 4)
-            V = fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
+            per_tuple = per_tuple.reshape(C, len(left) * p, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)
+            V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
-            W = fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            W = _fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
             V = torch.einsum("micasbu,isju->mcajb", W.reshape(n_monomials, p, C, Dl, dl, Dr, dr), G)
         V = V.reshape(n_monomials, C, Dl, r, Dr)
         if k == self.output_site:  # top core carries c: V[m, c, a, j, c', b] = V[m, c, a, j, b] δ_cc'
             V = _with_output_index(V.transpose(0, 1), 4).transpose(0, 1)
         return V.reshape(n_monomials, C, -1)
+
+    def folded_input_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
+        """`folded_basis_environment` of an input core (s, i, j, u) by the index i it reads:
+        W (S, p, C, dl·r·dr) with V[m, c, (s, i, j, u)] = W[m, i, c, (s, j, u)], 0 unless monomial m holds i."""
+        p, C = self.phys_dim, self.output_dim
+        top, G, left, right, pair, monomial_and_i_k = self._basis_sides(unit.site, monomial_of)
+        (_, r, _, _), (dl, dr) = top.shape, G.shape[1::2]
+        left_top = torch.einsum("xcas,ajcb->cxsjb", left, top).flatten(1, 3)  # (C, p^k·dl·r, Dr)
+        per_pair = left_top @ right.permute(1, 2, 0, 3).flatten(2)  # (C, (x, s, j), (y, u))
+        per_pair = per_pair.reshape(C, len(left), dl * r, len(right), dr).permute(1, 3, 0, 2, 4).flatten(2)
+        W = _fold(per_pair.flatten(0, 1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+        return W.reshape(n_monomials, p, C, -1)
+
+    def _basis_sides(self, k: int, monomial_of: Tensor) -> tuple[Tensor, ...]:
+        """What the fold at site k reads: the top core (Dl, r, C, Dr) with the output index c, the input row on
+        e_i (p, dl, r, dr), the ladder left of k on every prefix x (p^k, C, Dl, dl) and right of it on every suffix
+        y (p^(L-k-1), C, Dr, dr), and for every basis tuple t the rows of its (x, y) and of its (monomial, t_k)."""
+        L, p, C = self.L, self.phys_dim, self.output_dim
+        top = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
+        G = self._input(k, torch.eye(p, dtype=top.dtype, device=top.device))  # (p, dl, r, dr)
+        (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
+        ones = top.new_ones(1, 1, 1)
+        left = (_prefix_rows(self._columns(range(k))) if k > 0 else ones).expand(-1, C, -1)
+        right = (_suffix_rows(self._columns(range(k + 1, L))) if k < L - 1 else ones).expand(-1, C, -1)
+        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # of every tuple t, row-major: (p^L,) each
+        pair, monomial_and_i_k = prefix * p ** (L - k - 1) + suffix, monomial_of * p + i_k
+        return top, G, left.reshape(-1, C, Dl, dl), right.reshape(-1, C, Dr, dr), pair, monomial_and_i_k
 
     def _columns(self, sites: range) -> list[Tensor]:
         """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
@@ -325,9 +334,9 @@ class TensorNetwork:
         return E.reshape(B, C, -1)
 
     def reads_phi(self, unit: Unit) -> bool:
-        """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores): its folded environment
-        V[:, m, :, j] (`folded_basis_environment`) is then 0 unless monomial m holds index j."""
-        return unit.layer == TOP and (self.input_cores is None or self.sorted_only)
+        """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores, every input core): its
+        folded environment V[m, :, (…, j, …)] (`folded_basis_environment`) is then 0 unless monomial m holds j."""
+        return unit.layer == INPUT or self.input_cores is None or self.sorted_only
 
     def is_kronecker(self, unit: Unit) -> bool:
         """Whether E_n = left_n ⊗ φ_n ⊗ right_n for this core (MPO2 top cores, one output)."""
@@ -366,6 +375,11 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
         product = rows.transpose(0, 1) @ column.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
         rows = product.unflatten(2, column.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
     return rows
+
+
+def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Σ of per_tuple (p^L, n) over the tuples t with rows[t] = each row: (n_rows, n)."""
+    return per_tuple.new_zeros(n_rows, per_tuple.shape[1]).index_add_(0, rows, per_tuple)
 
 
 def _suffix_rows(columns: list[Tensor]) -> Tensor:

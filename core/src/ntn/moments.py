@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn.hessians import DenseHessian, Hessian, LowRankHessian, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import TensorNetwork, Unit, basis_tuples
+from ntn.models import TOP, TensorNetwork, Unit, basis_tuples
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
@@ -155,30 +155,35 @@ class Moments:
         return hessian, hessian.to_core(gradient), H.diagonal(dim1=1, dim2=2).sum()
 
     def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, tuple]:
-        """For a top core that reads φ's index j (MPO2, MMPO2): V (blocks, R, P') in the parameter order
-        (c_k, j, a, b), one block per output the core carries (its Hessian is block diagonal in c_k), and
-        (`order` (blocks, P') of those parameters in the core, its inverse (P,)). V[m, c, (j, a, b)] = 0 unless
-        monomial m holds j, so where that saves time (`HELD_MIN_WIDTH`) V is also given on the M monomials that
-        hold each j (`holding`), (blocks, p, M, c, Dl·Dr), and the products run over those rows alone; else None.
+        """For a core that reads φ's index j (`TensorNetwork.reads_phi`), (Dl, p, C_k, Dr) (an input core (s, i, j, u)
+        as (dl, p, 1, r·dr)): V (blocks, R, P') in the parameter order (c_k, j, a, b), one block per output the core
+        carries (its Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core,
+        its inverse (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time
+        (`HELD_MIN_WIDTH`) V is also given on the M monomials that hold each j (`holding`), (blocks, p, M, c, X),
+        X = Dl·Dr, and the products run over those rows alone; else None.
 
-        V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] · suffix[t_>k, c, b],
-        the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple (MPO2), or over each
-        monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1, others with 0)."""
-        core = model.core(unit)  # (Dl, p, C_k, Dr)
-        Dl, p, blocks, Dr = core.shape
-        C, S, site = model.output_dim, len(self.monomials), unit.site
-        if (site, model.sorted_only) not in self._folds:
-            self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
-        pair, row = self._folds[site, model.sorted_only]
-        prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
-        pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (p^(L-1), C·X)
-        V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
-        V = V.reshape(S, p, blocks, C // blocks, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
-        held = (C // blocks) * Dl * Dr >= HELD_MIN_WIDTH or S * (C // blocks) < p * Dl * Dr  # wide, or low rank
-        V_held = (
-            V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
-        )  # (blocks, p, M, c, X)
-        return V.reshape(blocks, S * (C // blocks), -1), V_held, _block_order(core.shape, core.device)
+        A top core's V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] ·
+        suffix[t_>k, c, b], the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple
+        (MPO2), or over each monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1,
+        others with 0). An input core's: `TensorNetwork.folded_input_environment`."""
+        core, C, S, site = model.core(unit), model.output_dim, len(self.monomials), unit.site
+        if unit.layer == TOP:
+            Dl, p, blocks, Dr = core.shape
+            if (site, model.sorted_only) not in self._folds:
+                self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
+            pair, row = self._folds[site, model.sorted_only]
+            prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
+            pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (., C·X)
+            V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
+        else:
+            (Dl, p, r, dr), blocks = core.shape, 1
+            Dr = r * dr
+            V = model.folded_input_environment(unit, self.monomial_of, S)  # (S, p, C, X)
+        per_block = C // blocks
+        V = V.reshape(S, p, blocks, per_block, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
+        held = per_block * Dl * Dr >= HELD_MIN_WIDTH or S * per_block < p * Dl * Dr  # wide, or low rank
+        V_held = V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
+        return V.reshape(blocks, S * per_block, -1), V_held, _block_order((Dl, p, blocks, Dr), core.device)
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
         """For each index tuple t that the fold sums (all p^L, or each monomial's sorted one), the row of its
@@ -223,9 +228,9 @@ class Moments:
 
 
 @functools.lru_cache(maxsize=64)
-def _block_order(shape: torch.Size, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For a top core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr),
+def _block_order(shape: tuple[int, int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For a core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr),
     and its inverse (P,)."""
     Dl, p, C_k, Dr = shape
-    order = torch.arange(Dl * p * C_k * Dr, device=device).reshape(shape).permute(2, 1, 0, 3).reshape(C_k, -1)
+    order = torch.arange(Dl * p * C_k * Dr, device=device).reshape(Dl, p, C_k, Dr).permute(2, 1, 0, 3).reshape(C_k, -1)
     return order, torch.argsort(order.reshape(-1))
