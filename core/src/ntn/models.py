@@ -303,7 +303,10 @@ class TensorNetwork:
         y (p^(L-k-1), C, Dr, dr), and for every basis tuple t the rows of its (x, y) and of its (monomial, t_k)."""
         L, p, C = self.L, self.phys_dim, self.output_dim
         top = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
-        G = self._input(k, torch.eye(p, dtype=top.dtype, device=top.device))  # (p, dl, r, dr)
+        if self.input_cores is None:  # the input row at φ_k = e_i: (p, dl, r, dr)
+            G = basis_inputs(1, p, top.dtype, top.device)[:, :, :, None]  # e_i itself
+        else:
+            G = self.input_cores[k].transpose(0, 1)
         (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         ones = top.new_ones(1, 1, 1)
         left = (_prefix_rows(self._columns(range(k))) if k > 0 else ones).expand(-1, C, -1)
@@ -316,10 +319,16 @@ class TensorNetwork:
         """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
         if self.input_cores is None:
             return self.top_cores[sites.start : sites.stop]
-        return [
-            torch.einsum("ajcb,sijt->asicbt", self.top_cores[k], self.input_cores[k]).flatten(0, 1).flatten(3)
-            for k in sites
-        ]
+        columns = []
+        for k in sites:
+            (Dl, r, C_k, Dr), (dl, p, _, dr) = self.top_cores[k].shape, self.input_cores[k].shape
+            # Σ_j A[a, j, c, b] B[s, i, j, t] as ((s, i, t), j) @ (j, (a, c, b))
+            column = self.input_cores[k].transpose(2, 3).reshape(-1, r) @ self.top_cores[k].transpose(0, 1).reshape(
+                r, -1
+            )
+            column = column.reshape(dl, p, dr, Dl, C_k, Dr).permute(3, 0, 1, 4, 5, 2)  # (a, s, i, c, b, t)
+            columns.append(column.reshape(Dl * dl, p, C_k, Dr * dr))
+        return columns
 
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
         """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""
