@@ -16,7 +16,8 @@ from torch import Tensor
 
 def z_times(Z: Tensor, u: Tensor) -> Tensor:
     """Z̃ u for u (blocks, R, …) with rows (monomial, c): Z (S, S) applied to the monomial index."""
-    return (Z @ u.reshape(u.shape[0], len(Z), -1)).reshape(u.shape)
+    rows = u.reshape(u.shape[0], len(Z), -1)
+    return (Z @ rows[0] if len(rows) == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
 
 
 class Hessian:
