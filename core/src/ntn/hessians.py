@@ -8,8 +8,6 @@ H is kept as s · H₀ with the scalar s apart (`/ N` costs nothing); a solve ma
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
@@ -29,8 +27,8 @@ class Hessian:
         self.order, self.inverse = (None, None) if order is None else order
 
     def __truediv__(self, divisor: float) -> Hessian:
-        divided = copy.copy(self)
-        divided.scale = self.scale / divisor
+        divided = object.__new__(type(self))  # the same factors, the scalar apart: no copy
+        divided.__dict__ = self.__dict__ | {"scale": self.scale / divisor}
         return divided
 
     def to_blocks(self, x: Tensor) -> Tensor:
