@@ -4,8 +4,9 @@
 
 The cases: MPO2, LMPO2 and MMPO2 at L=3 bond 6 N_SAMPLES=500, and MPO2 at L=5 bond 6 on all rows of
 California housing; 10 epochs, fit and the test evaluation, one torch thread, process CPU time, medians
-of interleaved rounds. Each run is timed in a child process importing this checkout's `ntn` (and, with
-`--old`, one importing that source tree), so both see the same load on the machine.
+of interleaved rounds: in each, the floor three times, then one run timed in a child process importing this
+checkout's `ntn` (after one that warms its caches) and, with `--old`, one in a child importing that source
+tree, so that all three see the same load on the machine.
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -145,7 +147,8 @@ def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: 
             rhs - V.T @ inner[:, 0]
 
 
-def floor_times(case: str, runs: int) -> list[float]:
+def floor_timer(case: str) -> Callable[[int], list[float]]:
+    """The floor of one run of `case`: its operands made now, and a function timing it n times."""
     from math import comb
 
     _, L, _ = CASES[case]
@@ -154,11 +157,15 @@ def floor_times(case: str, runs: int) -> list[float]:
     M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
     operands = floor_operands(L, S, M_OF[S], sizes)
     floor_of_one_run(*operands, sizes)  # warm
-    times = []
-    for _ in range(runs):
-        start = time.process_time()
-        floor_of_one_run(*operands, sizes)
-        times.append(time.process_time() - start)
+
+    def times(n: int) -> list[float]:
+        measured = []
+        for _ in range(n):
+            start = time.process_time()
+            floor_of_one_run(*operands, sizes)
+            measured.append(time.process_time() - start)
+        return measured
+
     return times
 
 
@@ -174,18 +181,22 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for case in args.cases.split(","):
-        runs = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
-        floor = statistics.median(floor_times(case, 3 * runs))
-        new = statistics.median(run_times(case, runs, REPO / "core" / "src"))
+        rounds = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
+        floor_times, floors, news, olds = floor_timer(case), [], [], []
+        for _ in range(rounds):  # floor, new and old side by side in each round, so that they see the same load
+            floors += floor_times(3)
+            news += run_times(case, 1, REPO / "core" / "src")
+            olds += run_times(case, 1, args.old) if args.old else []
+        floor, new = statistics.median(floors), statistics.median(news)
         row = [case, f"{floor * 1e3:.1f}", f"{new * 1e3:.1f}", f"{new / floor:.2f}"]
         if args.old:
-            old = statistics.median(run_times(case, runs, args.old))
+            old = statistics.median(olds)
             row += [f"{old * 1e3:.1f}", f"{old / floor:.2f}", f"{old / new:.2f}"]
         rows.append(row)
         print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
     headers = ["case", "floor ms", "run ms", "run ÷ floor"]
     headers += ["old run ms", "old ÷ floor", "old ÷ new"] if args.old else []
-    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} runs:")
+    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} rounds:")
     print(tabulate(rows, headers=headers))
 
 
