@@ -4,16 +4,20 @@
 
 The cases: MPO2, LMPO2 and MMPO2 at L=3 bond 6 N_SAMPLES=500, and MPO2 at L=5 bond 6 on all rows of
 California housing; 10 epochs, fit and the test evaluation, one torch thread, process CPU time, medians
-of interleaved rounds. Each run is timed in a child process importing this checkout's `ntn` (and, with
-`--old`, one importing that source tree), so both see the same load on the machine.
+of interleaved rounds: in each, the floor three times, then one run timed in a child process importing this
+checkout's `ntn` (after one that warms its caches) and, with `--old`, one in a child importing that source
+tree, so that all three see the same load on the machine.
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
   P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve; for a core
-                     that reads φ's index (MPO2's and MMPO2's top cores) Z V and Vᵀ B over the M monomials
-                     that hold each index only (V is 0 elsewhere): 2·S·M·P and 2·M·P² flops;
+                     that reads φ's index (MPO2's and MMPO2's top cores) and has at least `HELD_MIN_WIDTH`
+                     columns per index, Z V and Vᵀ B over the M monomials that hold each index only (V is 0
+                     elsewhere): 2·S·M·P and 2·M·P² flops (narrower ones take less time dense: `ntn.moments`);
   P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
-                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products.
+                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products; for a
+                     core that reads φ's index, G from each index's M held rows alone (p products (M, P/p) (P/p, M),
+                     2·M²·P flops, added into their places in G) instead of 2·S²·P.
 S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
 """
 
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,42 +78,49 @@ def run_times(case: str, runs: int, source: Path) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def update_shapes(case: str) -> list[tuple[int, bool]]:
-    """(P, whether the core reads φ's index) of each core update of one run (every epoch's sweep, there and back)."""
+def update_shapes(case: str) -> list[tuple[int, bool, bool]]:
+    """(P, whether the core reads φ's index, whether its products run over held rows) of each core update of one
+    run (every epoch's sweep, there and back)."""
     sys.path.insert(0, str(REPO / "core" / "src"))
     import ntn
+    from ntn.moments import HELD_MIN_WIDTH
 
     model_name, L, _ = CASES[case]
     model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=0)
     units = model.units
-    return [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
+    shapes = [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
+    return [(P, reads_phi, P // P_IN >= HELD_MIN_WIDTH) for P, reads_phi in shapes]
 
 
-def floor_operands(S: int, M: int, sizes: list[tuple[int, bool]]) -> tuple:
-    """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M) and, per core size P, V (S, P),
-    its rows for each index (p, M, P/p) and θ (P,): random, made once before the timer."""
+def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) -> tuple:
+    """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M), the places in G (S, S) of each index's
+    held pairs (p·M·M,) and, per core size P, V (S, P), its rows for each index (p, M, P/p) and θ (P,): random
+    (the places from the monomials), made once before the timer."""
     generator = torch.Generator().manual_seed(0)
     Z = torch.randn(S, S + 8, dtype=torch.float64, generator=generator)
     Z = Z @ Z.T
     Z_y = torch.randn(S, dtype=torch.float64, generator=generator)
     Z_held = torch.randn(P_IN, S, M, dtype=torch.float64, generator=generator)
+    monomials = torch.combinations(torch.arange(P_IN), L, with_replacement=True)  # (S, L)
+    holding = (monomials[:, :, None] == torch.arange(P_IN)).any(dim=1).T.nonzero()[:, 1].reshape(P_IN, M)
+    places = (holding[:, :, None] * S + holding[:, None, :]).reshape(-1)
     per_size = {
         P: (
             torch.randn(S, P, dtype=torch.float64, generator=generator),
             torch.randn(P_IN, M, P // P_IN, dtype=torch.float64, generator=generator),
             torch.randn(P, dtype=torch.float64),
         )
-        for P, _ in set(sizes)
+        for P, _, _ in set(sizes)
     }
-    return Z, Z_y, Z_held, per_size
+    return Z, Z_y, Z_held, places, per_size
 
 
-def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tuple[int, bool]]) -> None:
+def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool, bool]]) -> None:
     """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
     S = len(Z)
-    for P, reads_phi in sizes:
+    for P, reads_phi, held in sizes:
         V, V_held, theta = per_size[P]
-        if P <= S and reads_phi:
+        if P <= S and reads_phi and held:
             B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
             hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
             gradient = V.T @ (B @ theta - Z_y)
@@ -123,7 +135,11 @@ def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tup
             factor, _ = torch.linalg.cholesky_ex(hessian)
             torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
         else:
-            ZG = Z @ (V @ V.T)  # (S, S)
+            if reads_phi:  # G from each index's held rows, added into place
+                G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
+            else:
+                G = V @ V.T
+            ZG = Z @ G  # (S, S)
             gradient = V.T @ (Z @ (V @ theta) - Z_y)
             rhs = gradient + 2 * theta
             ZG.diagonal().add_(1.0)
@@ -131,20 +147,25 @@ def floor_of_one_run(Z, Z_y, Z_held, per_size: dict[int, tuple], sizes: list[tup
             rhs - V.T @ inner[:, 0]
 
 
-def floor_times(case: str, runs: int) -> list[float]:
+def floor_timer(case: str) -> Callable[[int], list[float]]:
+    """The floor of one run of `case`: its operands made now, and a function timing it n times."""
     from math import comb
 
     _, L, _ = CASES[case]
     sizes = update_shapes(case)
     S = comb(P_IN + L - 1, L)
     M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
-    operands = floor_operands(S, M_OF[S], sizes)
+    operands = floor_operands(L, S, M_OF[S], sizes)
     floor_of_one_run(*operands, sizes)  # warm
-    times = []
-    for _ in range(runs):
-        start = time.process_time()
-        floor_of_one_run(*operands, sizes)
-        times.append(time.process_time() - start)
+
+    def times(n: int) -> list[float]:
+        measured = []
+        for _ in range(n):
+            start = time.process_time()
+            floor_of_one_run(*operands, sizes)
+            measured.append(time.process_time() - start)
+        return measured
+
     return times
 
 
@@ -160,18 +181,22 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for case in args.cases.split(","):
-        runs = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
-        floor = statistics.median(floor_times(case, 3 * runs))
-        new = statistics.median(run_times(case, runs, REPO / "core" / "src"))
+        rounds = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
+        floor_times, floors, news, olds = floor_timer(case), [], [], []
+        for _ in range(rounds):  # floor, new and old side by side in each round, so that they see the same load
+            floors += floor_times(3)
+            news += run_times(case, 1, REPO / "core" / "src")
+            olds += run_times(case, 1, args.old) if args.old else []
+        floor, new = statistics.median(floors), statistics.median(news)
         row = [case, f"{floor * 1e3:.1f}", f"{new * 1e3:.1f}", f"{new / floor:.2f}"]
         if args.old:
-            old = statistics.median(run_times(case, runs, args.old))
+            old = statistics.median(olds)
             row += [f"{old * 1e3:.1f}", f"{old / floor:.2f}", f"{old / new:.2f}"]
         rows.append(row)
         print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
     headers = ["case", "floor ms", "run ms", "run ÷ floor"]
     headers += ["old run ms", "old ÷ floor", "old ÷ new"] if args.old else []
-    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} runs:")
+    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} rounds:")
     print(tabulate(rows, headers=headers))
 
 

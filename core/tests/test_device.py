@@ -56,9 +56,10 @@ def test_the_integer_matrix_product_detector_sees_one():
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 @pytest.mark.parametrize("outputs", [1, 2])
-def test_training_and_validation_scores_from_the_moments_match_a_direct_evaluation(Model, outputs):
+@pytest.mark.parametrize("n_val", [100, 20])  # 20 < S = 35: validation scores take the moments at any size
+def test_training_and_validation_scores_from_the_moments_match_a_direct_evaluation(Model, outputs, n_val):
     X, y = regression(n=300, outputs=outputs, seed=1)
-    X_val, y_val = regression(n=100, outputs=outputs, seed=3)
+    X_val, y_val = regression(n=n_val, outputs=outputs, seed=3)
     trainer = NTN(
         Model(L=3, bond_dim=3, phys_dim=5, output_dim=outputs, output_site=1, init_strength=0.3, seed=2),
         X,

@@ -23,11 +23,11 @@ PACKED_CHUNK_ENTRIES = 2**21  # entries of the per-sample product ll ⊗ jj form
 
 def accumulate_system(
     model: TensorNetwork, unit: Unit, loss: Loss, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Sums over all samples of the data loss's Hessian and gradient with respect to core `unit`.
 
     :param batches: (φ(x) (B, p), y) pairs covering the training set once
-    :return: (Σ_n E_nᵀ K_n E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F), with r_n = ∂ℓ_n/∂f and
+    :return: (Σ_n E_nᵀ K_n E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F (0-d)), with r_n = ∂ℓ_n/∂f and
         K_n = ∂²ℓ_n/∂f²
     """
     if loss.quadratic and model.is_kronecker(unit):
@@ -48,7 +48,7 @@ def accumulate_system(
         else:
             KE = torch.einsum("ncd,ndq->ncq", K, E).reshape(-1, P)
             hessian.addmm_(E_rows.T, KE)
-    return hessian, gradient, environment_sq.item()
+    return hessian, gradient, environment_sq
 
 
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,7 +61,7 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
 
 def _accumulate_kronecker(
     model: TensorNetwork, unit: Unit, loss: MSE, batches: Iterable[tuple[Tensor, Tensor]]
-) -> tuple[Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """`accumulate_system` for E_n = l_n ⊗ φ_n ⊗ r_n and a curvature K that is the same scalar for all n."""
     theta = model.core(unit)[:, :, 0, :]  # (Dl, p, Dr)
     Dl, p, Dr = theta.shape
@@ -94,4 +94,4 @@ def _accumulate_kronecker(
     ) + j_index[None, :, None, None, :, None]  # (Dl, p, Dr, Dl, p, Dr)
     P = theta.numel()
     hessian = curvature * packed.reshape(-1)[flat.reshape(-1)].reshape(P, P)
-    return hessian, gradient.reshape(P), environment_sq.item()
+    return hessian, gradient.reshape(P), environment_sq

@@ -25,7 +25,6 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -155,9 +154,10 @@ class TensorNetwork:
             env = row[0].new_ones(1, 1)  # (b, b'): the cores so far contracted with themselves
             for core in row:
                 M = core.reshape(core.shape[0], -1, core.shape[-1])  # (a, phys, b)
-                env = torch.einsum("ac,apb,cpd->bd", env, M, M)
-            total += env.sum().item()
-        return total
+                half = (env.T @ M.flatten(1)).reshape(-1, M.shape[2])  # Σ_a env[a, c] M[a, p, b]: ((c, p), b)
+                env = half.T @ M.reshape(-1, M.shape[2])  # Σ_{c, p} half[(c, p), b] M[c, p, d]
+            total += env.sum()
+        return float(total)
 
     # ---- contraction ------------------------------------------------------------------------
 
@@ -196,7 +196,18 @@ class TensorNetwork:
     def __call__(self, phi: Tensor) -> Tensor:
         """f(x) for a batch of embedded inputs φ(x): (B, p) -> (B, C). φ may also be (B, L, p), one
         input per site (f is linear in each site's input)."""
+        if self.sorted_only:
+            return self._sorted_sum(phi)
         return self._left(phi, self.L)[:, :, 0, 0]
+
+    def _sorted_sum(self, phi: Tensor) -> Tensor:
+        """f behind MMPO2's mask, through its structure: the top row summed over the index tuples
+        i_0 ≤ … ≤ i_{L-1} alone, carried per sample by the last index j; (B, C)."""
+        carried = phi.new_ones(phi.shape[0], 1, 1, self.phys_dim)  # (B, c, bond, j): s = 0 lets every j pass
+        for k, top in enumerate(self.top_cores):  # (Dl, p, C_k, Dr)
+            allowed = carried.cumsum(dim=3) if k else carried  # Σ over the tuples so far ending in s ≤ j
+            carried = torch.einsum("ncaj,ajcb,nj->ncbj", allowed, top, self._at(phi, k))
+        return carried.sum(dim=3)[:, :, 0]
 
     def _left_factor(self, site: int, phi: Tensor) -> Tensor:
         """Everything left of the top core at `site`, output index expanded: (B, C, D_left, d_left)."""
@@ -224,68 +235,100 @@ class TensorNetwork:
         """
         return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
 
+    def top_row_tables(self, site: int) -> tuple[Tensor, Tensor]:
+        """The top row alone, its cores reading basis vectors e_i: contracted left of `site` on every prefix
+        (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
+        rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples.
+        Each further core is one batched product over c: (c, tuples, D) @ (c, D, p·D')."""
+        ones = self.top_cores[0].new_ones(1, 1, 1)
+        prefix = _prefix_rows(self.top_cores[:site]) if site > 0 else ones  # (tuples, c, bond)
+        suffix = _suffix_rows(self.top_cores[site + 1 :]) if site < self.L - 1 else ones
+        return prefix.expand(-1, self.output_dim, -1), suffix.expand(-1, self.output_dim, -1)
+
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C, numel(core)),
-        summed over the basis tuples of each monomial: V (C, S, numel(core)) with
-        V[:, m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
+        summed over the basis tuples of each monomial: V (S, C, numel(core)) with
+        V[m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
         sorted index tuple.
 
-        Behind MMPO2's mask E_basis[t] is the top row's own environment where t is sorted and 0 elsewhere,
-        so V[:, m] is the top row's environment at the sorted tuple of m alone: S tuples, no mask cores.
-
-        Otherwise E_basis[t] depends on t through left[t_<k] (c, a, s), t_k and right[t_>k] (c, b, u), and the
-        fold sums it over the tuples of each monomial; the core's neighbours are contracted before that sum
-        where it is smaller:
-        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[c,a,s] A[a,j,c,b] right[c,b,u],
-          A the top core: Σ_a left A per prefix, then per tuple (dl·r·dr entries), summed per (monomial, t_k);
-        - top core (a, j, b): Σ_{s,u} left[c,a,s] G[t_k][s,j,u] right[c,b,u], G[i] the input row at φ_k = e_i:
-          with G applied per tuple (Dl·r·Dr entries each, LMPO2), or, where the pairs left ⊗ right are fewer
-          (dl·dr ≤ r: MPO2, whose G is the identity), those summed per (monomial, t_k) and G applied per monomial.
-        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries)."""
-        n_monomials, p = len(monomials), self.phys_dim
-        if self.sorted_only and unit.layer == TOP:
-            top_row = copy.copy(self)
-            top_row.input_cores = None  # the same top cores read φ directly: MPO2
-            sorted_inputs = torch.eye(p, dtype=self.top_cores[0].dtype, device=monomials.device)[monomials]  # (S, L, p)
-            return top_row.environment(unit, sorted_inputs).transpose(0, 1)
-        k, L, C = unit.site, self.L, self.output_dim
-        basis = basis_inputs(L, p, self.top_cores[0].dtype, self.top_cores[0].device)  # (p^L, L, p)
-        left = self._left_factor(k, basis[:: p ** (L - k)])  # per prefix i_<k: (p^k, C, Dl, dl)
-        right = self._right_factor(k, basis[: p ** (L - k - 1)])  # per suffix i_>k: (p^(L-k-1), C, Dr, dr)
-        prefix, i_k, suffix = _tuple_parts(L, p, k, basis.device)  # of every tuple t, row-major: (p^L,) each
-        monomial_and_i_k = monomial_of * p + i_k  # (p^L,): the row of t's (monomial, t_k) pair
-
-        def fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-            """Σ of per_tuple (p^L, ...) over the tuples t with rows[t] = each row: (n_rows, ...)."""
-            return per_tuple.new_zeros(n_rows, *per_tuple.shape[1:]).index_add_(0, rows, per_tuple)
-
+        E_basis[t] depends on t through left[x] (c, a, s) of its prefix x = t_<k, t_k and right[y] (c, b, u) of its
+        suffix y = t_>k (the ladder's columns on basis vectors: `_prefix_rows`, `_suffix_rows`); the core's
+        neighbours are contracted over all (x, y) at once, one batched product over c, before the fold sums the
+        tuples of each monomial (one index_add):
+        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[x,c,a,s] A[a,j,c,b]
+          right[y,c,b,u], A the top core: (left A) (p^k·dl·r, Dr) @ right (Dr, p^(L-k-1)·dr) per pair, summed per
+          (monomial, t_k);
+        - top core (a, j, b): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i:
+          (left G) (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are
+          fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
+        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
+        read φ directly, MPO2's and MMPO2's, are folded onto their rows by `Moments._held_environment`.)"""
+        n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
         if unit.layer == INPUT:
-            top = self.top_cores[k].expand(
-                -1, -1, C, -1
-            )  # (Dl, r, C, Dr): the output index, where top carries it, is c
-            left_top = torch.einsum("xcas,ajcb->xcsjb", left, top)  # per prefix: (p^k, C, dl, r, Dr)
-            per_tuple = torch.einsum("tcsjb,tcbu->tcsju", left_top[prefix], right[suffix])  # (p^L, C, dl, r, dr)
-            V = fold(per_tuple, monomial_and_i_k, n_monomials * p).unflatten(
-                0, (n_monomials, p)
-            )  # (S, p, C, dl, r, dr)
-            return V.permute(2, 0, 3, 1, 4, 5).reshape(C, n_monomials, -1)  # (C, S, (dl, i, r, dr))
-        G = self._input(k, torch.eye(p, dtype=basis.dtype, device=basis.device))  # (p, dl, r, dr)
-        dl, r, dr = G.shape[1:]
+            dl, _, r, dr = self.input_cores[k].shape
+            V = self.folded_input_environment(unit, monomial_of, n_monomials)  # (S, i, C, (s, j, u))
+            V = V.reshape(n_monomials, p, C, dl, r, dr).permute(0, 2, 3, 1, 4, 5)  # (S, C, dl, i, r, dr)
+            return V.reshape(n_monomials, C, -1)
+        top, G, left, right, pair, monomial_and_i_k = self._basis_sides(k, monomial_of)
+        (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if dl * dr > r:
-            left_G = torch.einsum("xcas,isjd->xicajd", left, G).flatten(
-                0, 1
-            )  # per (prefix, t_k): (p^(k+1), C, Dl, r, dr)
-            per_tuple = torch.einsum(
-                "tcajd,tcbd->tcajb", left_G[prefix * p + i_k], right[suffix]
-            )  # (p^L, C, Dl, r, Dr)
-            V = fold(per_tuple, monomial_of, n_monomials).transpose(0, 1)  # (C, S, Dl, r, Dr)
+            left_G = torch.einsum("xcas,isju->cxiaju", left, G).flatten(1, 4)  # (C, p^(k+1)·Dl·r, dr)
+            per_tuple = left_G @ right.permute(1, 3, 0, 2).flatten(2)  # (C, (x, i, a, j), (y, b))
+            per_tuple = per_tuple.reshape(C, len(left) * p, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)
+            V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
         else:
-            pairs = torch.einsum("tcas,tcbu->tcasbu", left[prefix], right[suffix])  # (p^L, C, Dl, dl, Dr, dr)
-            W = fold(pairs, monomial_and_i_k, n_monomials * p).unflatten(0, (n_monomials, p))
-            V = torch.einsum("micasbu,isju->cmajb", W, G)  # (C, S, Dl, r, Dr)
-        if k == self.output_site:  # top core carries c: V[c, m, a, j, c', b] = V[c, m, a, j, b] δ_cc'
-            V = _with_output_index(V, 4)
-        return V.reshape(C, n_monomials, -1)
+            pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
+            W = _fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            V = torch.einsum("micasbu,isju->mcajb", W.reshape(n_monomials, p, C, Dl, dl, Dr, dr), G)
+        V = V.reshape(n_monomials, C, Dl, r, Dr)
+        if k == self.output_site:  # top core carries c: V[m, c, a, j, c', b] = V[m, c, a, j, b] δ_cc'
+            V = _with_output_index(V.transpose(0, 1), 4).transpose(0, 1)
+        return V.reshape(n_monomials, C, -1)
+
+    def folded_input_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
+        """`folded_basis_environment` of an input core (s, i, j, u) by the index i it reads:
+        W (S, p, C, dl·r·dr) with V[m, c, (s, i, j, u)] = W[m, i, c, (s, j, u)], 0 unless monomial m holds i."""
+        p, C = self.phys_dim, self.output_dim
+        top, G, left, right, pair, monomial_and_i_k = self._basis_sides(unit.site, monomial_of)
+        (_, r, _, _), (dl, dr) = top.shape, G.shape[1::2]
+        left_top = torch.einsum("xcas,ajcb->cxsjb", left, top).flatten(1, 3)  # (C, p^k·dl·r, Dr)
+        per_pair = left_top @ right.permute(1, 2, 0, 3).flatten(2)  # (C, (x, s, j), (y, u))
+        per_pair = per_pair.reshape(C, len(left), dl * r, len(right), dr).permute(1, 3, 0, 2, 4).flatten(2)
+        W = _fold(per_pair.flatten(0, 1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+        return W.reshape(n_monomials, p, C, -1)
+
+    def _basis_sides(self, k: int, monomial_of: Tensor) -> tuple[Tensor, ...]:
+        """What the fold at site k reads: the top core (Dl, r, C, Dr) with the output index c, the input row on
+        e_i (p, dl, r, dr), the ladder left of k on every prefix x (p^k, C, Dl, dl) and right of it on every suffix
+        y (p^(L-k-1), C, Dr, dr), and for every basis tuple t the rows of its (x, y) and of its (monomial, t_k)."""
+        L, p, C = self.L, self.phys_dim, self.output_dim
+        top = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
+        if self.input_cores is None:  # the input row at φ_k = e_i: (p, dl, r, dr)
+            G = basis_inputs(1, p, top.dtype, top.device)[:, :, :, None]  # e_i itself
+        else:
+            G = self.input_cores[k].transpose(0, 1)
+        (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
+        ones = top.new_ones(1, 1, 1)
+        left = (_prefix_rows(self._columns(range(k))) if k > 0 else ones).expand(-1, C, -1)
+        right = (_suffix_rows(self._columns(range(k + 1, L))) if k < L - 1 else ones).expand(-1, C, -1)
+        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # of every tuple t, row-major: (p^L,) each
+        pair, monomial_and_i_k = prefix * p ** (L - k - 1) + suffix, monomial_of * p + i_k
+        return top, G, left.reshape(-1, C, Dl, dl), right.reshape(-1, C, Dr, dr), pair, monomial_and_i_k
+
+    def _columns(self, sites: range) -> list[Tensor]:
+        """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
+        if self.input_cores is None:
+            return self.top_cores[sites.start : sites.stop]
+        columns = []
+        for k in sites:
+            (Dl, r, C_k, Dr), (dl, p, _, dr) = self.top_cores[k].shape, self.input_cores[k].shape
+            # Σ_j A[a, j, c, b] B[s, i, j, t] as ((s, i, t), j) @ (j, (a, c, b))
+            column = self.input_cores[k].transpose(2, 3).reshape(-1, r) @ self.top_cores[k].transpose(0, 1).reshape(
+                r, -1
+            )
+            column = column.reshape(dl, p, dr, Dl, C_k, Dr).permute(3, 0, 1, 4, 5, 2)  # (a, s, i, c, b, t)
+            columns.append(column.reshape(Dl * dl, p, C_k, Dr * dr))
+        return columns
 
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
         """E from the environment factors and the input φ_k read at the core's site: (B, C, numel(core))."""
@@ -300,9 +343,9 @@ class TensorNetwork:
         return E.reshape(B, C, -1)
 
     def reads_phi(self, unit: Unit) -> bool:
-        """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores): its folded environment
-        V[:, m, :, j] (`folded_basis_environment`) is then 0 unless monomial m holds index j."""
-        return unit.layer == TOP and (self.input_cores is None or self.sorted_only)
+        """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores, every input core): its
+        folded environment V[m, :, (…, j, …)] (`folded_basis_environment`) is then 0 unless monomial m holds j."""
+        return unit.layer == INPUT or self.input_cores is None or self.sorted_only
 
     def is_kronecker(self, unit: Unit) -> bool:
         """Whether E_n = left_n ⊗ φ_n ⊗ right_n for this core (MPO2 top cores, one output)."""
@@ -312,16 +355,12 @@ class TensorNetwork:
         """The fully contracted weight tensor W[i_0, …, i_{L-1}, c] (p^L · C entries; small L only):
         the ladder's columns, each (D_left·d_left, p, C_k, D_right·d_right), multiplied along the chain."""
         C, p = self.output_dim, self.phys_dim
-        W = self.top_cores[0].new_ones(1, C, 1)  # (index tuples so far, c, bond)
-        for k, top in enumerate(self.top_cores):
-            if self.input_cores is None:
-                column = top  # (D_left, p, C_k, D_right)
-            else:
-                column = torch.einsum("ajcb,sijt->asicbt", top, self.input_cores[k])
-                a, s, i, c, b, t = column.shape
-                column = column.reshape(a * s, i, c, b * t)
-            column = column.expand(-1, -1, C, -1)
-            W = torch.einsum("ncl,licr->nicr", W, column).reshape(-1, C, column.shape[3])
+        columns = (
+            self.top_cores if self.sorted_only else self._columns(range(self.L))
+        )  # behind MMPO2's mask: the top row, masked
+        W = _prefix_rows(columns).expand(-1, C, -1)  # (p^L, c, 1)
+        if self.sorted_only:  # the mask: 1 on sorted tuples, 0 elsewhere
+            W = W * _is_sorted(self.L, p, W.device)[:, None, None]
         return W.reshape(*[p] * self.L, C)
 
 
@@ -335,6 +374,37 @@ def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Te
     """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p); made once
     per shape (every core update of a moments trainer reads it)."""
     return torch.eye(p, dtype=dtype, device=device)[basis_tuples(L, p, device)]
+
+
+def _prefix_rows(columns: list[Tensor]) -> Tensor:
+    """A chain of columns (D_left, p, C_k, D_right), D_left = 1 for the first, on every tuple of basis vectors:
+    (p^n, c, D_right), rows in row-major order; one batched product over c per column."""
+    rows = columns[0][0]  # (p, C_0, D_1)
+    for column in columns[1:]:
+        product = rows.transpose(0, 1) @ column.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
+        rows = product.unflatten(2, column.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
+    return rows
+
+
+def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Σ of per_tuple (p^L, n) over the tuples t with rows[t] = each row: (n_rows, n)."""
+    return per_tuple.new_zeros(n_rows, per_tuple.shape[1]).index_add_(0, rows, per_tuple)
+
+
+def _suffix_rows(columns: list[Tensor]) -> Tensor:
+    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left)."""
+    rows = columns[-1][..., 0].permute(1, 2, 0)  # (p, C, D_left)
+    for column in reversed(columns[:-1]):
+        product = column.permute(2, 1, 0, 3).flatten(1, 2) @ rows.permute(1, 2, 0)  # (c, p·Dl, tuples)
+        rows = product.unflatten(1, column.shape[1::-1]).permute(1, 3, 0, 2).flatten(0, 1)  # (p·tuples, c, Dl)
+    return rows
+
+
+@functools.lru_cache(maxsize=32)
+def _is_sorted(L: int, p: int, device: torch.device) -> Tensor:
+    """Whether each `basis_tuples` row is sorted, i_0 ≤ … ≤ i_{L-1}: (p^L,) bool; made once per shape."""
+    tuples = basis_tuples(L, p, device)
+    return (tuples[:, 1:] >= tuples[:, :-1]).all(dim=1)
 
 
 def _with_output_index(T: Tensor, axis: int) -> Tensor:

@@ -23,6 +23,7 @@ written as sums of elementwise products.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -31,13 +32,18 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from ntn.hessians import DenseHessian, Hessian, LowRankHessian, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import TensorNetwork, Unit, basis_tuples
+from ntn.models import TOP, TensorNetwork, Unit, basis_tuples
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
 # for the batches, peak RSS 452 MB (benchmarks/bench_floor.py, docs/benchmarks.md).
 MAX_BASIS_ENTRIES = 2**25
+# Columns per index (c·Dl·Dr) from which Z V over the monomials that hold each index beats Z V on all of them: the
+# held products read p·M/S times more of Z (memory-bound when narrow). Measured at L = 3 and 5, p = 9: 6 and 16
+# columns 0.7–0.9× (dense faster), 25 equal at L = 5, 36 0.5–0.7×.
+HELD_MIN_WIDTH = 25
 
 
 def monomial_count(L: int, p: int) -> int:
@@ -45,43 +51,15 @@ def monomial_count(L: int, p: int) -> int:
     return math.comb(p + L - 1, L)
 
 
-def applies(model: TensorNetwork, loss: Loss, n_samples: int) -> bool:
+def applies(model: TensorNetwork, loss: Loss, n_samples: int | None) -> bool:
     """Whether the moment form is exact (a quadratic loss: MSE), bounded in memory, and cheaper than a pass over the
-    samples (measured in benchmarks/bench_ntn.py: so from N ≥ S on)."""
+    samples per update (measured in benchmarks/bench_ntn.py: so from N ≥ S on). n_samples None: for scores alone
+    (validation data), whatever its size: a_cᵀ Z a_c per epoch, from the coefficients the training scores make,
+    costs less than a pass over even 75 samples (L=3: 0.02 against 0.25 ms, benchmarks/bench_floor.py)."""
     basis = model.phys_dim**model.L
     largest = max(model.core(unit).numel() for unit in model.units) * model.output_dim
-    return (
-        loss.quadratic and monomial_count(model.L, model.phys_dim) <= n_samples and basis * largest <= MAX_BASIS_ENTRIES
-    )
-
-
-class LowRankHessian:
-    """H = s · Vᵀ B (P, P) for factors V, B (R, P) with R < P and a scalar s, kept factored.
-
-    (H + μI)⁻¹ r = (r − Vᵀ (μ/s · I_R + B Vᵀ)⁻¹ B r) / μ, by the push-through identity
-    (μI_P + Vᵀ B)⁻¹ Vᵀ = Vᵀ (μI_R + B Vᵀ)⁻¹: an R × R solve in place of a P × P factorisation.
-    """
-
-    def __init__(self, V: Tensor, B: Tensor, scale: float = 1.0) -> None:
-        self.V, self.B, self.scale = V, B, scale
-
-    def __truediv__(self, divisor: float) -> LowRankHessian:
-        return LowRankHessian(self.V, self.B, self.scale / divisor)
-
-    def diagonal(self) -> Tensor:
-        return (self.V * self.B).sum(dim=0) * self.scale
-
-    def dense(self) -> Tensor:
-        return self.scale * (self.V.T @ self.B)
-
-    def solve(self, shift: float, rhs: Tensor) -> Tensor | None:
-        """(H + shift·I)⁻¹ rhs, or None where that system is singular."""
-        if shift <= 0:
-            return None
-        small = self.B @ self.V.T  # (R, R)
-        small.diagonal().add_(shift / self.scale)
-        inner, info = torch.linalg.solve_ex(small, (self.B @ rhs)[:, None])
-        return (rhs - self.V.T @ inner[:, 0]) / shift if info.item() == 0 else None
+    enough = n_samples is None or monomial_count(model.L, model.phys_dim) <= n_samples
+    return loss.quadratic and enough and basis * largest <= MAX_BASIS_ENTRIES
 
 
 RECENT = 4  # data sets whose moments are kept: an experiment's seeds, a sweep worker's runs, train on the same few
@@ -119,64 +97,140 @@ class Moments:
         S = len(self.monomials)
         self.Z = torch.zeros(S, S, dtype=dtype, device=device)
         self.Z_y = torch.zeros(S, model.output_dim, dtype=dtype, device=device)
-        self.y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
-        self.y_sq_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n² (C,)
+        y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
+        y_sq_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n² (C,)
         self.n_samples = 0
         for phi, y in batches:
             z = phi[:, self.monomials].prod(dim=2)  # (B, S)
             self.Z.addmm_(z.T, z)
             self.Z_y.addmm_(z.T, y)
-            self.y_sum += y.sum(dim=0)
-            self.y_sq_sum += y.pow(2).sum(dim=0)
+            y_sum += y.sum(dim=0)
+            y_sq_sum += y.pow(2).sum(dim=0)
             self.n_samples += len(y)
+        self.y_sq_total = y_sq_sum.sum().item()  # Σ_n ||y_n||²
+        self.y_variation = (y_sq_sum - y_sum.pow(2) / self.n_samples).sum().item()  # Σ_n ||y_n − ȳ||²
         # monomial_of[t] = the monomial of basis tuple t (row-major): its sorted tuple, found by its base-p number
-        powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
+        self.powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
         lookup = torch.empty(p**L, dtype=torch.long, device=device)
-        lookup[(self.monomials * powers).sum(dim=1)] = torch.arange(S, device=device)
-        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * powers).sum(dim=1)]  # (p^L,)
-        # holding[j] = the monomials that hold index j, as many for every j: (p, M); Z's columns for them (p, S, M)
-        holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
+        lookup[(self.monomials * self.powers).sum(dim=1)] = torch.arange(S, device=device)
+        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * self.powers).sum(dim=1)]  # (p^L,)
+        # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); Z's columns for them (p, S, M)
+        self.index = torch.arange(p, device=device)  # j
+        holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
+        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
+        self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
 
-    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Tensor | LowRankHessian, Tensor, float]:
-        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n (P, P), Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F).
+    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[Hessian, Tensor, Tensor]:
+        """The same sums as `gram.accumulate_system`: (Σ_n E_nᵀ K E_n, Σ_n E_nᵀ r_n (P,), Σ_n ||E_n||²_F (0-d)).
 
-        The Hessian Σ_c V_cᵀ (K Z) V_c has rank ≤ C·S; where that is below P it is returned in that
-        factored form (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
-        theta = model.core(unit).reshape(-1)  # (P,)
-        V = model.folded_basis_environment(unit, self.monomials, self.monomial_of)  # E_n = V z_n: (C, S, P)
-        C, S, P = V.shape
+        With E_n = V z_n, V (R, P) per block (rows (monomial, c)), the Hessian is K Vᵀ Z̃ V and the gradient
+        K Vᵀ (Z̃ V θ − Z_y). Its rank is ≤ R; where that is below P it is returned in factored form
+        (`LowRankHessian`), so that neither forming it nor solving with it costs O(P³)."""
+        C, S = model.output_dim, len(self.monomials)
         K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
-        V_rows = V.reshape(C * S, P)
-        if model.reads_phi(unit):  # V[:, m, :, j] = 0 unless monomial m holds j: Z V and Vᵀ B over those rows alone
-            Dl, p = model.core(unit).shape[:2]
-            V_by_j = V.reshape(C, S, Dl, p, -1).permute(3, 0, 1, 2, 4)  # (p, C, S, Dl, Y): Y = C_k·Dr
-            rows = self.holding[:, None, :, None, None].expand(-1, C, -1, *V_by_j.shape[3:])
-            V_held = V_by_j.gather(2, rows).flatten(3)  # (p, C, M, Dl·Y): V[c, holding[j], :, j]
-            B_by_j = self.Z_holding[:, None] @ V_held  # (p, C, S, Dl·Y)
-            B = B_by_j.unflatten(3, (Dl, -1)).permute(1, 2, 3, 0, 4).reshape(C * S, P).mul_(K)
-        else:
-            B = torch.matmul(self.Z, V).reshape(C * S, P).mul_(K)  # (C·S, P): the Hessian is V_rowsᵀ B
-        Ey = torch.einsum("csq,sc->q", V, self.Z_y)  # Σ_n E_nᵀ y_n
-        gradient = V_rows.T @ (B @ theta) - K * Ey
-        environment_sq = torch.dot(V_rows.reshape(-1), B.reshape(-1)).item() / K  # trace of Σ_c V_cᵀ Z V_c
-        if C * S < P:
-            hessian = LowRankHessian(V_rows, B)
-        elif model.reads_phi(unit):  # H[(a, j, y), :] = Σ_c Σ_{m holding j} V[c, m, a, j, y] B[c, m, :]
-            B_held = B.reshape(C, S, P)[:, self.holding]  # (C, p, M, P)
-            H_by_j = torch.einsum("jcmx,cjmq->jxq", V_held, B_held)  # (p, Dl·Y, P)
-            hessian = H_by_j.unflatten(1, (Dl, -1)).transpose(0, 1).reshape(P, P)
-        else:
-            hessian = V_rows.T @ B
-        return hessian, gradient, environment_sq
+        if model.reads_phi(unit):
+            V, V_held, order = self._held_environment(model, unit)
+        else:  # one block, rows (monomial, c)
+            V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
+            V_held, order = None, None
+        blocks, R, P_block = V.shape  # P_block = P / blocks
+        theta = model.core(unit)
+        theta = (theta.reshape(blocks, P_block) if order is None else theta.take(order[0]))[:, :, None]
+        Z_y = self.Z_y.reshape(S, blocks, R // S).transpose(0, 1).reshape(blocks, R, 1)
+        if R < P_block:
+            G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
+            hessian = LowRankHessian(V, self.Z, G, K, order)
+            gradient = K * (V.transpose(1, 2) @ (z_times(self.Z, V @ theta) - Z_y))
+            return hessian, hessian.to_core(gradient), hessian.trace()
+        if V_held is None:
+            H = V.transpose(1, 2) @ z_times(self.Z, V)  # (blocks, P', P')
+        else:  # V Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
+            B = self.Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
+            B_held = B[:, :, self.holding].unflatten(4, V_held.shape[3:])  # (blocks, p_J, p_j, M, c, X)
+            H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
+        gradient = K * (H @ theta - V.transpose(1, 2) @ Z_y)
+        hessian = DenseHessian(H, K, order)
+        return hessian, hessian.to_core(gradient), H.diagonal(dim1=1, dim2=2).sum()
 
-    def scores(self, model: TensorNetwork) -> dict[str, float]:
-        """{"loss", "r2"} of the model on the training set, as `NTN.evaluate` defines them, from the sums."""
+    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, tuple]:
+        """For a core that reads φ's index j (`TensorNetwork.reads_phi`), (Dl, p, C_k, Dr) (an input core (s, i, j, u)
+        as (dl, p, 1, r·dr)): V (blocks, R, P') in the parameter order (c_k, j, a, b), one block per output the core
+        carries (its Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core,
+        its inverse (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time
+        (`HELD_MIN_WIDTH`) V is also given on the M monomials that hold each j (`holding`), (blocks, p, M, c, X),
+        X = Dl·Dr, and the products run over those rows alone; else None.
+
+        A top core's V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] ·
+        suffix[t_>k, c, b], the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple
+        (MPO2), or over each monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1,
+        others with 0). An input core's: `TensorNetwork.folded_input_environment`."""
+        core, C, S, site = model.core(unit), model.output_dim, len(self.monomials), unit.site
+        if unit.layer == TOP:
+            Dl, p, blocks, Dr = core.shape
+            if (site, model.sorted_only) not in self._folds:
+                self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
+            pair, row = self._folds[site, model.sorted_only]
+            prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
+            pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (., C·X)
+            V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
+        else:
+            (Dl, p, r, dr), blocks = core.shape, 1
+            Dr = r * dr
+            V = model.folded_input_environment(unit, self.monomial_of, S)  # (S, p, C, X)
+        per_block = C // blocks
+        V = V.reshape(S, p, blocks, per_block, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
+        held = per_block * Dl * Dr >= HELD_MIN_WIDTH or S * per_block < p * Dl * Dr  # wide, or low rank
+        V_held = V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
+        return V.reshape(blocks, S * per_block, -1), V_held, _block_order((Dl, p, blocks, Dr), core.device)
+
+    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
+        """For each index tuple t that the fold sums (all p^L, or each monomial's sorted one), the row of its
+        (prefix, suffix) pair and its row (monomial, t_k) in V (`_held_environment`)."""
+        device = self.monomials.device
+        tuples, monomial = (
+            (self.monomials, torch.arange(len(self.monomials), device=device))
+            if sorted_only
+            else (basis_tuples(L, p, device), self.monomial_of)
+        )
+        rest = torch.cat([tuples[:, :site], tuples[:, site + 1 :]], dim=1)  # (i_<k, i_>k): (n, L - 1)
+        pair = (rest * self.powers[1:]).sum(dim=1)  # its base-p number: the row of prefix ⊗ suffix
+        return pair, monomial * p + tuples[:, site]
+
+    def _held_gram(self, V_held: Tensor) -> Tensor:
+        """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
+        that hold j, summed into their places."""
+        blocks, p, M, per_block, X = V_held.shape
+        R = len(self.monomials) * per_block
+        if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
+            row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
+            self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
+        V_rows = V_held.reshape(blocks, p, M * per_block, X)
+        products = V_rows @ V_rows.transpose(2, 3)  # (blocks, p, M·c, M·c)
+        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.flatten(1))
+        return G.reshape(blocks, R, R)
+
+    def coefficients(self, model: TensorNetwork) -> Tensor:
+        """a (S, C): f_c(x) = Σ_m a[m, c] z_m(x), the model's coefficient of each monomial (the same for every data
+        set of this shape: computed once per epoch for the training and validation scores)."""
         W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
-        a = W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)  # (S, C)
-        residual = ((self.Z @ a) * a).sum() - 2 * (a * self.Z_y).sum() + self.y_sq_sum.sum()
-        total = (self.y_sq_sum - self.y_sum.pow(2) / self.n_samples).sum()
-        residual, total = residual.item(), total.item()
+        return W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)
+
+    def scores(self, model: TensorNetwork, coefficients: Tensor | None = None) -> dict[str, float]:
+        """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:
+        Σ_n ||f_n − y_n||² = Σ_c a_cᵀ (Z a_c − 2 Z_y[:, c]) + Σ_n ||y_n||²; one device sync."""
+        a = self.coefficients(model) if coefficients is None else coefficients
+        residual = ((self.Z @ a - 2 * self.Z_y) * a).sum().item() + self.y_sq_total
+        total = self.y_variation
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
+
+
+@functools.lru_cache(maxsize=64)
+def _block_order(shape: tuple[int, int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For a core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr),
+    and its inverse (P,)."""
+    Dl, p, C_k, Dr = shape
+    order = torch.arange(Dl * p * C_k * Dr, device=device).reshape(Dl, p, C_k, Dr).permute(2, 1, 0, 3).reshape(C_k, -1)
+    return order, torch.argsort(order.reshape(-1))

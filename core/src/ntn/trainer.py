@@ -34,9 +34,9 @@ from torch import Tensor
 
 from ntn import moments
 from ntn.gram import accumulate_system
+from ntn.hessians import DenseHessian, Hessian
 from ntn.losses import get_loss
 from ntn.models import TensorNetwork, Unit
-from ntn.moments import LowRankHessian
 from ntn.threads import training_threads, with_threads
 
 Scores = dict[str, float]
@@ -86,35 +86,30 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 
 
 def newton_step(
-    theta: Tensor, hessian: Tensor | LowRankHessian, gradient: Tensor, jitter: float, regularize: bool, name: str
+    theta: Tensor, hessian: Hessian, gradient: Tensor, jitter: Tensor, regularize: bool, name: str
 ) -> Tensor:
     """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`), where
-    `jitter` is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
+    `jitter` (0-d) is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
 
     :param theta: the core, flattened (P,)
-    :param hessian: Hessian of the mean data loss (P, P), dense or factored (`moments.LowRankHessian`)
+    :param hessian: Hessian of the mean data loss (P, P), in one of the forms of `ntn.hessians`
     :param gradient: gradient of the mean data loss (P,)
     :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
-        finite, the damping λ is raised tenfold, up to JITTER_RETRIES times.
+        finite, the damping λ is raised tenfold (at least to 1e-12 of H's mean diagonal), up to JITTER_RETRIES times.
     """
-    rhs = gradient + 2 * jitter * theta if regularize else gradient
+    rhs = torch.addcmul(gradient, theta, jitter, value=2) if regularize else gradient
     damping = jitter
-    diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
-    floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
-    for _ in range(JITTER_RETRIES + 1):
-        if isinstance(hessian, LowRankHessian):
-            step = hessian.solve(2 * damping, rhs)
-        else:
-            damped = hessian.clone()
-            damped.diagonal().add_(2 * damping)
-            factor, info = torch.linalg.cholesky_ex(damped)
-            step = torch.cholesky_solve(rhs[:, None], factor)[:, 0] if info.item() == 0 else None
-        if step is not None and torch.isfinite(step).all():
+    for retry in range(JITTER_RETRIES + 1):
+        step = hessian.solve(2 * damping, rhs)
+        if step is not None:
             return theta - step
-        damping = max(10 * damping, floor)
+        if retry == 0:  # the damping's floor, made only when a step failed
+            diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
+            floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
+        damping = torch.clamp(10 * damping, min=floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
-        f"even with jitter {damping / 10:.3g}"
+        f"even with jitter {float(damping) / 10:.3g}"
     )
 
 
@@ -250,26 +245,33 @@ class NTN:
     @with_threads
     def evaluate(self, X: Any, y: Any) -> Scores:
         """{"loss", "r2"} for regression (R² over all outputs) or {"loss", "accuracy"} for classification."""
-        X, y = (X, y) if (X is self.X and y is self.y) else self._data("X", X, "y", y)
-        f = torch.cat([self.model(phi) for phi, _ in self._batches(X, y)])
-        loss = self.loss.per_sample(f, y).mean().item()
+        return self._evaluate(*self._data("X", X, "y", y))
+
+    def _evaluate(self, X: Tensor, y: Tensor) -> Scores:
+        """`evaluate` on data already checked and on the device; one device sync."""
+        batches = [self.model(phi) for phi, _ in self._batches(X, y)]
+        f = batches[0] if len(batches) == 1 else torch.cat(batches)
+        loss = self.loss.per_sample(f, y).mean()
         if self.loss.labels:
-            return {"loss": loss, "accuracy": (f.argmax(dim=1) == y).double().mean().item()}
-        total = (y - y.mean(dim=0)).pow(2).sum().item()
-        residual = (y - f).pow(2).sum().item()
+            loss, accuracy = torch.stack([loss.double(), (f.argmax(dim=1) == y).double().mean()]).tolist()
+            return {"loss": loss, "accuracy": accuracy}
+        loss, total, residual = torch.stack([loss, (y - y.mean(dim=0)).pow(2).sum(), (y - f).pow(2).sum()]).tolist()
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": loss, "r2": r2}
 
     def scores(self) -> Scores:
         """Training scores, plus val_* ones when validation data was given; each from its data's moments
         where they apply (no pass over the data), else by `evaluate`."""
-        scores = self._scores(self._moments, self.X, self.y)
+        sums = self._moments or self._validation_moments
+        coefficients = None if sums is None else sums.coefficients(self.model)  # the same for both data sets
+        scores = self._scores(self._moments, coefficients, self.X, self.y)
         if self.validation is not None:
-            scores |= {f"val_{k}": v for k, v in self._scores(self._validation_moments, *self.validation).items()}
+            validation = self._scores(self._validation_moments, coefficients, *self.validation)
+            scores |= {f"val_{k}": v for k, v in validation.items()}
         return scores
 
-    def _scores(self, sums: moments.Moments | None, X: Tensor, y: Tensor) -> Scores:
-        return sums.scores(self.model) if sums is not None else self.evaluate(X, y)
+    def _scores(self, sums: moments.Moments | None, coefficients: Tensor | None, X: Tensor, y: Tensor) -> Scores:
+        return sums.scores(self.model, coefficients) if sums is not None else self._evaluate(X, y)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -280,11 +282,11 @@ class NTN:
 
     @functools.cached_property
     def _validation_moments(self) -> moments.Moments | None:
-        """The validation data's moments, when they give its scores faster than a pass over it per epoch."""
-        return None if self.validation is None else self._moments_of(*self.validation)
+        """The validation data's moments, when they give its scores (any size of data: `moments.applies`)."""
+        return None if self.validation is None else self._moments_of(*self.validation, scores_only=True)
 
-    def _moments_of(self, X: Tensor, y: Tensor) -> moments.Moments | None:
-        if not moments.applies(self.model, self.loss, len(X)):
+    def _moments_of(self, X: Tensor, y: Tensor, scores_only: bool = False) -> moments.Moments | None:
+        if not moments.applies(self.model, self.loss, None if scores_only else len(X)):
             return None
         with torch.no_grad():
             return moments.of(self.model, X, y, lambda: self._batches(X, y))
@@ -299,9 +301,10 @@ class NTN:
             hessian, gradient, environment_sq = accumulate_system(
                 self.model, unit, self.loss, self._batches(self.X, self.y)
             )
+            hessian = DenseHessian(hessian)
         N, P, C = len(self.X), theta.numel(), self.model.output_dim
-        scale = 2 / C * environment_sq / (N * P)  # h_k
-        scale = scale if math.isfinite(scale) else 1.0  # an overflowing system fails in newton_step, with its site
+        # h_k, a 0-d tensor (no device sync); 1 where it overflows: such a system fails in newton_step, with its site
+        scale = (environment_sq * (2 / (C * N * P))).nan_to_num(nan=1.0, posinf=1.0)
         name = f"{unit.layer} core at site {unit.site}"
         updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter * scale, regularize, name)
         self.model.set_core(unit, updated.reshape(theta.shape))
