@@ -29,16 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ntn.errors import NtnError
 from ntn.files import open_directory
-from ntn.tracking import (
-    TrackerConfigError,
-    TrackerSelectionError,
-    TrackerValidationError,
-    pending,
-    prepare,
-    stop_on_signals,
-    validate,
-)
+from ntn.tracking import TrackerError, prepare, stop_on_signals, validate, wait_delivered
 
 from experiments.outputs import redact
 from experiments.settings import SETTINGS, SettingError
@@ -53,7 +46,7 @@ ORPHAN_GRACE_S = 10.0  # after its sweep died: to record its run as interrupted,
 DEFAULT_TRACKER_DIR = next(s.default for s in SETTINGS if s.env == "TRACKER_DIR")
 
 
-class WorkerSetupError(RuntimeError):
+class WorkerSetupError(NtnError, RuntimeError):
     """A worker cannot train this sweep's runs; the message names the worker and why."""
 
 
@@ -65,13 +58,13 @@ def prepare_worker(backend: str) -> None:
     """
     try:
         prepare(validate(backend, []))  # aim's uploader imports aim while this worker imports torch
-    except (TrackerSelectionError, TrackerValidationError, TrackerConfigError) as err:
+    except TrackerError as err:
         raise WorkerSetupError(f"worker {os.uname().nodename}:{os.getpid()}: {err}") from None
     import torch  # noqa: F401  here, not at the top: the sweep's own process never needs it
 
 
 def wait_for_trackers(timeout: float) -> bool:
-    return pending.wait(timeout)
+    return wait_delivered(timeout)
 
 
 def _report_late(late: int) -> None:

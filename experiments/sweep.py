@@ -28,25 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
+from ntn.errors import NtnError
 from ntn.threads import training_threads
-from ntn.tracking import (
-    TrackerConfigError,
-    TrackerSelectionError,
-    TrackerValidationError,
-    hold,
-    stop_on_signals,
-    uninterrupted,
-    validate,
-)
+from ntn.tracking import hold, stop_on_signals, uninterrupted, validate
 
-from experiments.dataset_loader import DatasetError, load_dataset
+from experiments.dataset_loader import load_dataset
 from experiments.executors import DaskExecutor, LocalExecutor
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.seed_run import failed_entry
 from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
-from experiments.sweepfile import Configuration, Sweep, SweepError, load
+from experiments.sweepfile import Configuration, Sweep, load
 from experiments.train import command_of_this_process
 
 EXECUTORS = ("local", "dask")
@@ -214,15 +207,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         finally:
             if executor is not None:
                 executor.close()
-    except (
-        SweepError,
-        SettingError,
-        DatasetError,
-        TrackerSelectionError,
-        TrackerValidationError,
-        TrackerConfigError,
-        OSError,
-    ) as err:
+    except (NtnError, OSError) as err:
         return _fail(str(err))
 
 
