@@ -555,6 +555,23 @@ def test_one_exit_budget_is_shared_by_every_run_of_a_process_and_a_plugin_is_tol
     assert sorted(made) == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
 
 
+def test_only_a_wait_that_runs_out_spends_the_exit_budget(exit_budget, monkeypatch):
+    """A long-lived worker's runs each wait a little for delivery: those waits must not add up to a cut-off."""
+    monkeypatch.setenv("NTN_TRACKER_EXIT_TIMEOUT", "0.3")
+    given = []
+
+    def delivered(seconds):
+        given.append(seconds)
+        time.sleep(0.1)
+        return True
+
+    for _ in range(5):  # 0.5 s of waiting in all, each wait ending in time
+        assert exit_budget.wait(delivered, at_most=10) is True
+    assert given == [0.3] * 5 and exit_budget.left() == 0.3
+    assert exit_budget.wait(lambda seconds: time.sleep(seconds) or False) is False  # ran out: spent, cut off
+    assert exit_budget.left() == 0 and exit_budget.wait(delivered) is True and given[-1] == 0
+
+
 def test_log_metrics_gets_floats_under_non_empty_names_and_the_rest_is_refused_with_one_warning(test_trackers):
     import numpy as np
 

@@ -2,8 +2,10 @@
 
 Every wait a tracker makes at a run's end or at the process's exit for what it has not delivered yet (a
 `Background` tracker's `finalize`, the aim plugin's exit) draws on one budget per process:
-$NTN_TRACKER_EXIT_TIMEOUT seconds (default 60), beside the plugin's own bound for one wait. A server that
-died mid-launch thus holds the process once, not once per run. When the budget is spent while work is
+$NTN_TRACKER_EXIT_TIMEOUT seconds (default 60), beside the plugin's own bound for one wait. A wait that
+ends with everything delivered costs nothing (a long-lived worker's hundreds of runs each wait a little);
+one that runs out spends the time it waited. A server that died mid-launch thus holds the process once,
+not once per run. When the budget is spent while work is
 still waiting, every backend this process used is told, once, through its factory's optional
 `cut_off()` (`contract.Factory`), so that it stops its own client's waits; from then on every wait
 returns at once.
@@ -28,7 +30,7 @@ EXIT_TIMEOUT_ENV = "NTN_TRACKER_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 60.0
 
 _lock = threading.Lock()
-_spent = 0.0  # seconds this process's trackers have waited at runs' ends and at exit
+_spent = 0.0  # seconds this process's trackers waited in waits that ran out
 _cut = False  # the budget ran out and the backends were told
 _used: dict[str, Any] = {}  # name → factory of every backend that built a tracker or prepared in this process
 
@@ -53,15 +55,16 @@ def left() -> float:
 
 def wait(wait_for: Callable[[float], bool], at_most: float = math.inf) -> bool:
     """Call `wait_for(seconds)`: it waits at most `seconds` (the least of `at_most` and what is left of the
-    budget) and returns True once done. The time it takes is spent from the budget; when it returns False
-    with the budget spent, every used backend is cut off. Returns what `wait_for` returned."""
+    budget) and returns True once done. When it returns False (it ran out), the time it took is spent from
+    the budget, and once the budget is spent every used backend is cut off. Returns what `wait_for` returned."""
     global _spent
     started = time.monotonic()
     done = wait_for(min(at_most, left()))
-    with _lock:
-        _spent += time.monotonic() - started
-    if not done and left() <= 0:
-        cut_off()
+    if not done:
+        with _lock:
+            _spent += time.monotonic() - started
+        if left() <= 0:
+            cut_off()
     return done
 
 
