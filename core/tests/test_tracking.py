@@ -643,7 +643,10 @@ def test_checking_a_tracker_runs_none_of_its_code_and_reads_its_signatures_with_
             "@classmethod\n    def check_environment(cls):\n        pass",
             r"check_environment takes \(\); .*\(run_names\)",
         ),
-        ("@staticmethod\n    def wait_delivered():\n        return True", r"wait_delivered takes \(\); the core calls wait_delivered\(timeout\)"),
+        (
+            "@staticmethod\n    def wait_delivered():\n        return True",
+            r"wait_delivered takes \(\); the core calls wait_delivered\(timeout\)",
+        ),
     ],
 )
 def test_a_factory_method_that_does_not_take_the_contract_s_arguments_is_refused_at_selection(method, message):

@@ -216,7 +216,8 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
             where = f"run {run.experiment_name!r}: metrics at step {step}:"
             differences += _differences(where, metrics, by_step.get(step, {}), extra_ok=True)
         where = f"run {run.experiment_name!r}: summary"
-        differences += _differences(where, run.summary | {"status": run.status}, record.get("summary", {}), extra_ok=True)
+        summary = record.get("summary", {})
+        differences += _differences(where, run.summary | {"status": run.status}, summary, extra_ok=True)
     assert not differences, "; ".join(differences)
     status = found[names[2]][0]["summary"].get("status")
     assert status == "failed", (
