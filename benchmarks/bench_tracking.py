@@ -159,7 +159,10 @@ def main() -> None:
         server = AimServer(scratch / "server-repo")
         slow = AuthProxy(server.port, {}, delay_s=0.2)
         base = dict(
-            os.environ, PYTHONPATH=str(REPO), TRACKER_DIR=str(scratch / "logs"), NTN_AIM_SPOOL=str(scratch / "spool")
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),  # a checkout's sources
+            TRACKER_DIR=str(scratch / "logs"),
+            NTN_AIM_SPOOL=str(scratch / "spool"),
         )
         # imports read compiled bytecode, as from a pip install (which compiles it), never the source
         base.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ntn.errors import NtnError
 
 REGRESSION = ("california_housing", "diabetes", "synthetic")
 CLASSIFICATION = ("iris", "wine", "breast_cancer")
@@ -39,7 +40,7 @@ def quality_of(name: str) -> str:
     return "r2" if name in REGRESSION else "accuracy"
 
 
-class DatasetError(ValueError):
+class DatasetError(NtnError, ValueError):
     """A data set cannot be loaded as asked."""
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ntn.tracking import pending, uninterrupted
+from ntn.tracking import uninterrupted, wait_delivered
 
 from experiments.seed_run import (
     SeedRun,
@@ -258,7 +258,7 @@ class Runner:
         """Wait (at most TRACKER_WAIT_S) for the trackers to deliver in the background what they recorded,
         so that the runs are in their trackers when the study says so."""
         self.progress.delivering()
-        if not pending.wait(TRACKER_WAIT_S):
+        if not wait_delivered(TRACKER_WAIT_S):
             print(
                 f"the trackers were still delivering after {TRACKER_WAIT_S} s; they go on as this process "
                 "ends, or keep what is left for `ntn-trackers sync`",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ntn.arguments import OneLineParser
+from ntn.errors import NtnError
 from ntn.files import file_stem
 from ntn.threads import training_threads
 from ntn.tracking import Redactor, installed
@@ -21,7 +22,7 @@ from experiments.dataset_loader import DATASETS, PREPROCESSING
 MODELS = ("mpo2", "lmpo2", "mmpo2")
 
 
-class SettingError(ValueError):
+class SettingError(NtnError, ValueError):
     """A setting's value is not allowed; the message names the variable and what is allowed."""
 
 

@@ -26,27 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
+from ntn.errors import NtnError
 from ntn.threads import training_threads
-from ntn.tracking import (
-    TrackerConfigError,
-    TrackerSelectionError,
-    TrackerValidationError,
-    hold,
-    prepare,
-    stop_on_signals,
-    uninterrupted,
-    validate,
-)
+from ntn.tracking import hold, prepare, stop_on_signals, uninterrupted, validate
 
 from experiments.dask_pool import DaskPool, WorkersLost
-from experiments.dataset_loader import DatasetError
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.runner import EXIT_CODES, Progress, Runner, Task
 from experiments.seed_run import command_of_this_process
 from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
-from experiments.sweepfile import Sweep, SweepError, load
+from experiments.sweepfile import Sweep, load
 from experiments.workers import LocalPool, dataset
 
 EXECUTORS = ("local", "dask")
@@ -214,15 +205,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         finally:
             if pool is not None:
                 pool.close()
-    except (
-        SweepError,
-        SettingError,
-        DatasetError,
-        TrackerSelectionError,
-        TrackerValidationError,
-        TrackerConfigError,
-        OSError,
-    ) as err:
+    except (NtnError, OSError) as err:
         return _fail(str(err))
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ntn.errors import NtnError
 from ntn.tracking import Redactor
 
 from experiments.dataset_loader import quality_of
@@ -43,7 +44,7 @@ MAX_CONFIGURATIONS = 10_000  # a larger grid is refused before it is expanded
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
-class SweepError(ValueError):
+class SweepError(NtnError, ValueError):
     """The sweep file cannot be trained as written; the message names the file, the key and what is allowed."""
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import ntn  # its models and trainer import torch on first use, after the cheap checks
+from ntn.errors import NtnError
 from ntn.threads import training_threads
 from ntn.tracking import (
     CannotReproduce,
     TrackerConfigError,
-    TrackerSelectionError,
-    TrackerValidationError,
+    closing_line,
     hold,
     new_id,
     prepare,
@@ -159,7 +159,7 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         holding.enter_context(hold(backends, run_names))
         holding.enter_context(held(output, "OUTPUT_FILE"))
         mixed = _mixed_with(read_json(output), model, s, backends)
-    except (TrackerSelectionError, TrackerValidationError, TrackerConfigError, DatasetError, OSError) as err:
+    except (NtnError, OSError) as err:
         holding.close()
         return _fail(model, str(err))
     except ValueError as err:  # the device (check_output has read the results file: it is JSON)
@@ -302,7 +302,7 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, state: d
     print(
         f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> {output}"
     )
-    print(redact(f"runs recorded by {state['where']}; compare them: ntn-trackers summary"))
+    print(redact(closing_line(backends)))
     return 0 if len(ok) == len(results) else 1
 
 

@@ -18,6 +18,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def test_default_file_backend_writes_one_run_per_seed_and_the_results_file(run_script, tmp_path):
     done = run_script("mpo2", N_EPOCHS="4")
     assert done.returncode == 0, done.stderr
+    last = done.stdout.splitlines()[-1]  # where the runs are, and the command that reads them back, which works
+    reader = "ntn-trackers summary --from file:experiment_logs"
+    assert last == f"runs recorded by file: experiment_logs/; compare them: {reader}", last
+    summary = subprocess.run([str(pathlib.Path(sys.executable).parent / "ntn-trackers"), *reader.split()[1:]],
+                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert summary.returncode == 0 and "mpo2_experiment" in summary.stdout, summary.stderr
     results = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())
     assert results["model"] == "MPO2" and results["n_total"] == 2 and results["n_success"] == 2
     test_r2 = [r["test_r2"] for r in results["results"]]

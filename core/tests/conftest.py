@@ -103,6 +103,48 @@ def declared_secrets(environ):
     return [environ.get("NTN_TEST_SESSION", "")]
 
 
+RUNS = []  # the store of the two plugins below: one record per run started
+
+
+class GlobalRunTracker(BaseTracker):
+    """15 lines on a process-global run, as `wandb.init()` and `wandb.log()` have one: each run started
+    makes it the current run, and every hook writes to the current run."""
+
+    current = {}
+
+    def __init__(self, experiment_name, config):
+        super().__init__(experiment_name, config)
+        self.run = {"experiment_name": experiment_name, "config": config, "metrics_log": [], "summary": {}}
+        RUNS.append(self.run)
+        GlobalRunTracker.current = self.run
+
+    def target(self):
+        return GlobalRunTracker.current
+
+    def log_hparams(self, hparams):
+        self.target()["hparams"] = hparams
+
+    def log_metrics(self, metrics, step):
+        self.target()["metrics_log"].append({"step": step, **metrics})
+
+    def log_summary(self, summary):
+        self.target()["summary"].update(summary)
+
+    def finalize(self, status):
+        self.target()["summary"]["status"] = status
+
+
+class RunObjectTracker(GlobalRunTracker):
+    """The same with a run object of its own (W&B's `reinit="create_new"`)."""
+
+    def target(self):
+        return self.run
+
+
+def read_runs(source):
+    return list(RUNS), []
+
+
 class NoSuchHook:
     @hookimpl(specname="log_everything")
     def everything(self):
@@ -126,6 +168,12 @@ specname = ntn_test_trackers:SpecnameTracker
 first = ntn_test_trackers:FirstTracker
 misspelled = ntn_test_trackers:Misspelled
 nosuchhook = ntn_test_trackers:NoSuchHook
+globalrun = ntn_test_trackers:GlobalRunTracker
+runobject = ntn_test_trackers:RunObjectTracker
+
+[ntn.trackers.readers]
+globalrun = ntn_test_trackers:read_runs
+runobject = ntn_test_trackers:read_runs
 
 [ntn.secrets]
 test = ntn_test_trackers:declared_secrets

@@ -37,13 +37,14 @@ class _ServerRun:
     calls: ClassVar[list] = []
 
     def __init__(self, experiment_name, config):
-        self.calls.append(("__init__", experiment_name))
+        self.name = experiment_name
+        self.calls.append((experiment_name, "__init__"))
 
     def log_metrics(self, metrics, step):
-        self.calls.append(("log_metrics", step))
+        self.calls.append((self.name, "log_metrics", step))
 
     def finalize(self, status, end_time):
-        self.calls.append(("finalize", status, end_time))
+        self.calls.append((self.name, "finalize", status, end_time))
 
 
 class _ServerClient:
@@ -67,18 +68,18 @@ def test_the_guide_s_server_examples_run_as_written():
     import argparse
 
     from ntn.tracking.readers import problem_of
-    from ntn.tracking.testing import END_TIME, run_conformance
+    from ntn.tracking.testing import END_TIME, run_conformance, run_name
 
     text = GUIDE.read_text(encoding="utf-8")
     namespace = {"ServerRun": _ServerRun, "ServerClient": _ServerClient}
     exec(_block_after(text, "## Talking to a server"), namespace)
     _ServerRun.calls.clear()
-    run_conformance(namespace["ServerTracker"])
-    starts = [i for i, call in enumerate(_ServerRun.calls) if call[0] == "__init__"]
-    assert len(starts) == 2  # the kit's two runs, each built on its tracker's thread
-    first, second = _ServerRun.calls[: starts[1]], _ServerRun.calls[starts[1] :]
-    assert [c[1] for c in first if c[0] == "log_metrics"] == [-1, 0, 1, 2]
-    assert first[-1] == ("finalize", "failed", END_TIME) and second[-1][:2] == ("finalize", "failed")
+    sent = run_conformance(namespace["ServerTracker"])
+    names = [sent.experiment_name, sent.second.experiment_name, run_name(sent.experiment_name, 2)]
+    first, second, third = ([call[1:] for call in _ServerRun.calls if call[0] == name] for name in names)
+    assert [c[1] for c in first if c[0] == "log_metrics"] == [-1, 0, 1, 2]  # each run's calls on its own thread
+    assert first[-1] == ("finalize", "failed", END_TIME) and second[-1] == ("finalize", "finished", END_TIME + 1)
+    assert third[0] == ("__init__",) and third[-1][:2] == ("finalize", "failed")
 
     exec(_block_after(text, "## Reading runs back, and commands"), namespace)
     records, problems = namespace["read_runs"]("https://host")

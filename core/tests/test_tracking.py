@@ -1,6 +1,7 @@
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from ntn.tracking import (
     validate,
 )
 from ntn.tracking.redact import REDACTED, Redactor
-from ntn.tracking.testing import run_conformance
+from ntn.tracking.testing import check_reader, run_conformance, run_name
 
 
 def calls_of(module, name):
@@ -370,7 +371,8 @@ def test_secrets_never_reach_a_tracker(test_trackers, monkeypatch):
     with pytest.raises(RuntimeError), start_run("secret run", config, backend="record") as run:
         run.log_hparams({"token": "x" * 8, "args": config})
         run.log_metrics({"loss": 1.0}, step=0)
-        run.log_metrics({"note": "auth header was " + SECRETS["CF_ACCESS_CLIENT_ID"]}, step=1)
+        with pytest.warns(TrackerWarning, match=r"'note'='auth header was \[REDACTED\]' \(str, not a number\)"):
+            run.log_metrics({"note": "auth header was " + SECRETS["CF_ACCESS_CLIENT_ID"]}, step=1)  # refused
         raise RuntimeError("HTTP 403 for token " + SECRETS["AIM_AUTH_TOKEN"])
     recorded = json.dumps(test_trackers.CALLS, default=str)
     for value in [*list(SECRETS.values())[:3], "hdr-value-qwertyuiop", "team-asdfghjkl", "hunter22", "k-123456"]:
@@ -423,15 +425,40 @@ def test_redaction_never_turns_a_number_into_text_and_removes_passwords_from_url
 
 def test_conformance_kit_passes_a_good_tracker_and_fails_bad_ones(test_trackers):
     run = run_conformance(test_trackers.RecordingTracker)
-    hooks = [hook for _, hook, _ in test_trackers.CALLS]
-    first = ["__init__", "log_hparams"] + ["log_metrics"] * 4 + ["log_summary", "finalize"]
-    second = ["__init__", "log_hparams", "finalize"]  # its log_metrics failed: the core disabled it, but finalize
-    assert hooks == first + second
-    assert run.summary["success"] is False
+    one = ["__init__", "log_hparams"] + ["log_metrics"] * 4 + ["log_summary", "finalize"]
+    assert [hook for hook, _ in calls_of(test_trackers, run.experiment_name)] == one
+    assert [hook for hook, _ in calls_of(test_trackers, run.second.experiment_name)] == one
+    interleaved = [(name, hook) for name, hook, _ in test_trackers.CALLS if hook == "log_metrics"]
+    assert [name for name, _ in interleaved[:2]] == [run.experiment_name, run.second.experiment_name]
+    ends = [name for name, hook, _ in test_trackers.CALLS if hook == "finalize"]
+    third = run_name(run.experiment_name, 2)
+    assert ends == [run.second.experiment_name, run.experiment_name, third]  # the second run ends first
+    # the failing third run, through the core: its log_metrics failed, the core disabled it, but finalize
+    assert [hook for hook, _ in calls_of(test_trackers, third)] == ["__init__", "log_hparams", "finalize"]
+    assert run.summary["success"] is False and run.second.summary["success"] is True
     with pytest.raises(TrackerValidationError, match="log_metrics"):
         run_conformance(test_trackers.BadSignature)
-    with pytest.raises(AssertionError, match=r"log_metrics.*RuntimeError: disk full"):
+    with pytest.raises(AssertionError, match=r"_seed0': log_metrics.*RuntimeError: disk full"):
         run_conformance(test_trackers.FailingTracker)
+
+
+def test_a_plugin_on_a_process_global_run_fails_the_kit_and_one_with_a_run_object_passes(test_trackers):
+    """Failed on main: the kit ran its runs one after another, so a plugin writing to one process-global run
+    (as `wandb.init()` without reinit) passed it, then mixed side-by-side seeds' records up."""
+    sent = run_conformance(test_trackers.GlobalRunTracker)
+    with pytest.raises(AssertionError) as found:
+        check_reader("globalrun", "", sent)
+    assert f"run {sent.experiment_name!r}: hparams 'bond_dim': sent 6, not read back" in str(found.value)
+    assert f"run {sent.second.experiment_name!r}: summary 'status': sent 'finished', read back 'failed'" in str(
+        found.value
+    )
+    test_trackers.RUNS.clear()
+    sent = run_conformance(test_trackers.RunObjectTracker)
+    assert check_reader("runobject", "", sent)["summary"]["status"] == "failed"
+    test_trackers.RUNS.pop()  # the third run's record gone
+    third = run_name(sent.experiment_name, 2)
+    with pytest.raises(AssertionError, match=f"third .failing. run '{third}' was recorded 0 times in , expected once"):
+        check_reader("runobject", "", sent)
 
 
 def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):
@@ -446,27 +473,220 @@ def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):
     assert "no: tracker backend 'broken'" in lines["broken"] and "ImportError" in lines["broken"]
 
 
-def test_pending_waits_for_every_registered_tracker_within_one_bound():
-    from ntn.tracking import pending
+@pytest.fixture
+def exit_budget(monkeypatch):
+    """A fresh exit budget for this process, and no backend used yet."""
+    from ntn.tracking import budget
 
+    monkeypatch.setattr(budget, "_spent", 0.0)
+    monkeypatch.setattr(budget, "_cut", False)
+    monkeypatch.setattr(budget, "_used", {})
+    return budget
+
+
+def test_wait_delivered_asks_every_backend_used_in_this_process_within_one_bound(exit_budget):
     given = []
 
-    def done(timeout: float) -> bool:
-        given.append(timeout)
+    class Done(BaseTracker):
+        @classmethod
+        def wait_delivered(cls, timeout):
+            given.append(timeout)
+            return True
+
+    class Late(Done):
+        @classmethod
+        def wait_delivered(cls, timeout):
+            given.append(timeout)
+            return False
+
+    assert prepare([Backend("plain", BaseTracker)]) == 0 and exit_budget.wait_delivered(5.0) is True
+    with start_run("a_seed0", {}, backend=[Backend("done", Done), Backend("again", Done)]):
+        pass
+    assert exit_budget.wait_delivered(5.0) is True and len(given) == 2 and all(0 < t <= 5.0 for t in given)
+    with start_run("a_seed1", {}, backend=[Backend("late", Late)]):
+        pass
+    assert exit_budget.wait_delivered(1.0) is False and len(given) == 5 and all(t <= 1.0 for t in given[2:])
+
+
+def test_one_exit_budget_is_shared_by_every_run_of_a_process_and_a_plugin_is_told_when_it_is_spent(
+    exit_budget, monkeypatch
+):
+    """Failed on main: each run of a dead server waited its tracker's full timeout at its end (5 seeds, 5
+    timeouts), and the plugin was never told the core gave up."""
+    from ntn.tracking import Background
+
+    monkeypatch.setenv("NTN_TRACKER_EXIT_TIMEOUT", "0.5")
+    release, made, told, trackers = threading.Event(), [], [], []
+
+    class Hung:
+        def __init__(self, seed):
+            self.seed = seed
+
+        def log_metrics(self, metrics, step):
+            made.append((self.seed, step))
+            release.wait(30)  # a server that stopped answering
+
+    class DeadServer(Background):
+        def __init__(self, experiment_name, config):
+            seed = int(experiment_name[-1])
+            super().__init__(lambda: Hung(seed), timeout=30, name="dead")  # the plugin's own bound for one wait
+            trackers.append(self)
+
+        @classmethod
+        def cut_off(cls):
+            told.append(cls)
+            super().cut_off()
+
+    failures = []
+    for seed in range(3):
+        with warnings.catch_warnings(), start_run(f"dead_seed{seed}", {}, backend=[Backend("dead", DeadServer)]) as run:
+            warnings.simplefilter("ignore")
+            run.log_metrics({"loss": 1.0}, step=0)
+            run.log_metrics({"loss": 0.5}, step=1)
+        failures += [f["error"] for f in run.failures]
+    release.set()
+    for tracker in trackers:
+        tracker._thread.join(10)
+    assert told == [DeadServer]  # once, when the budget was spent
+    spent = r"\(the process's exit budget, NTN_TRACKER_EXIT_TIMEOUT, is spent\); \d more calls were not made \(lost\)"
+    for error, waited in zip(failures, ("0.5", "0", "0"), strict=True):
+        assert re.fullmatch(f"TimeoutError: still sending after {waited} s {spent}", error), error
+    # the first run's second call, queued when it was cut off, was dropped; later runs' trackers still send
+    assert sorted(made) == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_only_a_wait_that_runs_out_spends_the_exit_budget(exit_budget, monkeypatch):
+    """A long-lived worker's runs each wait a little for delivery: those waits must not add up to a cut-off."""
+    monkeypatch.setenv("NTN_TRACKER_EXIT_TIMEOUT", "0.3")
+    given = []
+
+    def delivered(seconds):
+        given.append(seconds)
+        time.sleep(0.1)
         return True
 
-    def late(timeout: float) -> bool:
-        given.append(timeout)
-        return False
+    for _ in range(5):  # 0.5 s of waiting in all, each wait ending in time
+        assert exit_budget.wait(delivered, at_most=10) is True
+    assert given == [0.3] * 5 and exit_budget.left() == 0.3
+    assert exit_budget.wait(lambda seconds: time.sleep(seconds) or False) is False  # ran out: spent, cut off
+    assert exit_budget.left() == 0 and exit_budget.wait(delivered) is True and given[-1] == 0
 
-    pending.register(done)
-    pending.register(done)  # once
-    try:
-        assert pending.wait(5.0) is True and len(given) == 1 and 0 < given[0] <= 5.0
-        pending.register(late)
-        assert pending.wait(1.0) is False and len(given) == 3 and all(t <= 1.0 for t in given[1:])
-    finally:
-        pending._waits.clear()
+
+def test_log_metrics_gets_floats_under_non_empty_names_and_the_rest_is_refused_with_one_warning(test_trackers):
+    import numpy as np
+
+    with warnings.catch_warnings(record=True) as caught, start_run("m_seed0", {}, backend="record") as run:
+        warnings.simplefilter("always")
+        sent = {"loss": 1, "converged": True, "r2": np.float32(0.5), "nan": float("nan"), "inf": -float("inf")}
+        bad = {"note": "text", "missing": None, "": 1.0, 3: 2.0, "huge": 10**400, "list": [1.0]}
+        run.log_metrics(sent | bad, step=0)
+        run.log_metrics(sent | bad, step=1)
+    (metrics, _), (again, _) = [
+        args.values() for hook, args in calls_of(test_trackers, "m_seed0") if hook == "log_metrics"
+    ]
+    assert list(metrics) == ["loss", "converged", "r2", "nan", "inf"] and metrics == again
+    assert all(type(v) is float for v in metrics.values()) and metrics["converged"] == 1.0 and metrics["loss"] == 1.0
+    assert metrics["r2"] == 0.5 and metrics["nan"] != metrics["nan"] and metrics["inf"] == -float("inf")
+    (warning,) = [str(w.message) for w in caught if w.category is TrackerWarning]  # once for the run
+    assert warning.startswith("run 'm_seed0': metrics at step 0 left out: 'note'='text' (str, not a number)")
+    assert "'' (a name must be a non-empty string)" in warning and "3 (a name" in warning and "'huge'=" in warning
+
+
+def test_the_core_s_warnings_are_one_line_without_its_file_and_line(test_trackers):
+    site = os.path.dirname(test_trackers.__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
+    script = (
+        "from ntn.tracking import start_run\n"
+        "with start_run('w_seed0', {}, backend='failing,misspelled') as run:\n"
+        "    run.log_metrics({'loss': 1.0, 'note': 'x'}, step=1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "TrackerWarning: tracker 'misspelled': method 'finalise' is not a hook; did you mean 'finalize'?",
+        "TrackerWarning: tracker 'misspelled': method 'log_metric' is not a hook; did you mean 'log_metrics'?",
+        "TrackerWarning: run 'w_seed0': metrics at step 1 left out: 'note'='x' (str, not a number)",
+        "TrackerWarning: tracker 'failing' failed in log_metrics and is disabled for this run: RuntimeError: disk "
+        "full at step 1",
+    ]
+
+
+def test_checking_a_tracker_runs_none_of_its_code_and_reads_its_signatures_with_inspect(test_trackers):
+    """Failed on main: `getattr` on every attribute of a tracker, per run, ran its properties."""
+    from ntn.tracking.contract import hooks_of
+
+    evaluated = []
+
+    class WithProperty(BaseTracker):
+        @property
+        def connection(self):
+            evaluated.append("connection")
+            raise ConnectionError("a property that opens a connection")
+
+        def log_metrics(self, metrics, step=0, *, extra=None):
+            pass
+
+        def log_summary(self, summary, **rest):
+            pass
+
+    for tracker in (WithProperty, WithProperty("p_seed0", {})):
+        hooks = hooks_of(tracker, "prop")
+        assert hooks["log_metrics"].argnames == ("metrics", "step") and hooks["log_summary"].argnames == ("summary",)
+    assert evaluated == []
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("def where(self):\n        return 'x'", r"where takes \(self\); the core calls where\(\) on the factory"),
+        (
+            "@classmethod\n    def check_environment(cls):\n        pass",
+            r"check_environment takes \(\); .*\(run_names\)",
+        ),
+        (
+            "@staticmethod\n    def wait_delivered():\n        return True",
+            r"wait_delivered takes \(\); the core calls wait_delivered\(timeout\)",
+        ),
+    ],
+)
+def test_a_factory_method_that_does_not_take_the_contract_s_arguments_is_refused_at_selection(method, message):
+    namespace = {"BaseTracker": BaseTracker}
+    exec(f"class Factory(BaseTracker):\n    {method}\n", namespace)
+    with pytest.raises(TrackerValidationError, match=f"tracker 'f': {message}"):
+        validate([Backend("f", namespace["Factory"])])
+
+
+def test_every_error_the_scripts_catch_derives_from_one_base():
+    from ntn.errors import NtnError
+    from ntn.tracking import CannotReproduce, TrackerError
+
+    for error in (TrackerConfigError, TrackerSelectionError, TrackerValidationError):
+        assert issubclass(error, TrackerError) and issubclass(error, NtnError)
+    assert issubclass(TrackerConfigError, ValueError) and issubclass(TrackerValidationError, TypeError)
+    assert issubclass(CannotReproduce, NtnError) and issubclass(CannotReproduce, ValueError)
+
+
+def test_the_closing_line_names_each_backend_s_reader_and_where_it_reads_from(test_trackers):
+    from ntn.tracking import closing_line
+
+    class Located(test_trackers.RunObjectTracker):
+        @classmethod
+        def where(cls):
+            return "runobject: /data/runs"
+
+        @classmethod
+        def source(cls):
+            return "runobject:/data/runs"
+
+    backends = [Backend("record", test_trackers.RecordingTracker), Backend("runobject", Located)]
+    assert closing_line(backends) == (
+        "runs recorded by record, runobject: /data/runs; compare them: ntn-trackers summary --from runobject:/data/runs"
+    )
+    both = [Backend("globalrun", test_trackers.GlobalRunTracker), Backend("runobject", Located)]
+    assert closing_line(both).endswith(
+        "compare them: ntn-trackers summary --from globalrun or ntn-trackers summary --from runobject:/data/runs"
+    )
+    assert closing_line([]) == "runs recorded by no tracker"
 
 
 @pytest.mark.parametrize(

@@ -170,11 +170,9 @@ class SilentServer:
 
 def test_the_exit_line_gives_the_uploaders_last_error(tmp_path):
     """The uploader reports its failures in a status file, which the exit line quotes (not a parsed log)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    process = start_training(tmp_path, str(repo), seeds=1, epochs=2, pause=0.5, bound=2)
-    wait_for_line(process, "logged 0 0")
-    (repo / ".aim").write_text("not a repository")  # from now on every attempt to open the run fails
+    (tmp_path / "repo" / ".aim").mkdir(parents=True)
+    (tmp_path / "repo" / ".aim" / "meta").write_text("not aim's")  # every attempt to open the run fails
+    process = start_training(tmp_path, str(tmp_path / "repo"), seeds=1, epochs=2, pause=0.5, bound=5)
     err = finish(process)
     line = err.strip().splitlines()[-1]
     assert "records of 1 runs were not delivered" in line, err

@@ -188,7 +188,8 @@ def test_seeds_side_by_side_read_back_from_wandbs_files_equal_to_the_file_tracke
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "wandb" not in done.stderr and [line for line in lines if "wandb" in line] == lines[-1:]  # no W&B banner
-    assert "wandb: offline runs in wandb (ntn-trackers summary --from wandb; to send: wandb sync" in lines[-1]
+    assert "wandb: offline runs in wandb (to send: wandb sync wandb/offline-run-*)" in lines[-1]
+    assert lines[-1].endswith("or ntn-trackers summary --from wandb")  # the reader of each backend
     runs = _equal_to_the_file_tracker(tmp_path)
     assert len(runs) == 3
     for record in runs.values():

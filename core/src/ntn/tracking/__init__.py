@@ -10,11 +10,23 @@ with start_run("mpo2_experiment_seed0", config, backend="file,aim") as run:
 
 from ntn.tracking.background import Background
 from ntn.tracking.base import BaseTracker
-from ntn.tracking.contract import TrackerValidationError, TrackerWarning
-from ntn.tracking.discovery import Backend, TrackerConfigError, TrackerSelectionError, installed, parse, select
-from ntn.tracking.hookspecs import hookimpl, hookspec
+from ntn.tracking.budget import wait_delivered
+from ntn.tracking.contract import (
+    Factory,
+    Status,
+    Tracker,
+    TrackerConfigError,
+    TrackerError,
+    TrackerSelectionError,
+    TrackerValidationError,
+    TrackerWarning,
+    hookimpl,
+    hookspec,
+)
+from ntn.tracking.discovery import Backend, installed, parse, select
 from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.knobs import seconds
+from ntn.tracking.readers import closing_line
 from ntn.tracking.redact import Redactor
 from ntn.tracking.reproduce import CannotReproduce
 from ntn.tracking.results import experiment_of, study_of
@@ -26,13 +38,18 @@ __all__ = [
     "Background",
     "BaseTracker",
     "CannotReproduce",
+    "Factory",
     "Interrupted",
     "Redactor",
+    "Status",
     "TrackedRun",
+    "Tracker",
     "TrackerConfigError",
+    "TrackerError",
     "TrackerSelectionError",
     "TrackerValidationError",
     "TrackerWarning",
+    "closing_line",
     "experiment_of",
     "hold",
     "hookimpl",
@@ -50,4 +67,5 @@ __all__ = [
     "study_of",
     "uninterrupted",
     "validate",
+    "wait_delivered",
 ]

@@ -5,7 +5,10 @@ builds the real tracker with `factory()` and makes the calls on it, in order, so
 server never holds training. What goes wrong on that thread is reported like any tracker failure: the
 next hook call on the training thread (or `finalize`) raises it, and the core disables the tracker,
 warns, and lists it in `run.failures`. `finalize` waits at most `timeout` seconds for the calls still
-queued; the calls not made by then are lost, and `finalize` raises a TimeoutError that counts them.
+queued, and never longer than what is left of the process's exit budget (`ntn.tracking.budget`, shared by
+all runs); the calls not made by then are lost, and `finalize` raises a TimeoutError that counts them.
+Once the budget is spent, the core calls `cut_off()` on the backend's class: every tracker of that class
+drops the calls still queued, and later ones, instead of making them.
 
     class MyTracker(Background):
         def __init__(self, experiment_name, config=None):
@@ -28,8 +31,11 @@ import queue
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
+
+from ntn.tracking import budget
 
 _DONE = None
 
@@ -37,8 +43,12 @@ _DONE = None
 class Background:
     """A tracker that runs `factory()`'s tracker on one thread of its own (see the module)."""
 
+    _live: ClassVar[weakref.WeakSet[Background]] = weakref.WeakSet()  # for `cut_off`
+
     def __init__(self, factory: Callable[[], Any], timeout: float = 30.0, name: str = "tracker") -> None:
         self.timeout = timeout
+        self._cut = threading.Event()  # the core waits no longer: calls still queued are dropped
+        Background._live.add(self)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._reported = False
@@ -58,7 +68,7 @@ class Background:
                 args = ("failed" if args[0] == "finished" else args[0], args[1])
             try:
                 # after a failure only finalize still reaches the tracker; a hook it leaves out is skipped
-                if tracker is not None and (self._error is None or hook == "finalize"):
+                if tracker is not None and not self._cut.is_set() and (self._error is None or hook == "finalize"):
                     method = getattr(tracker, hook, None)
                     if method is not None:
                         method(*args)
@@ -105,11 +115,31 @@ class Background:
         """
         self._calls.put(("finalize", (status, end_time)))
         self._calls.put(_DONE)
-        self._thread.join(self.timeout)
+        waited: list[float] = []
+
+        def join(seconds: float) -> bool:
+            waited.append(seconds)
+            self._thread.join(seconds)
+            return not self._thread.is_alive()
+
+        budget.wait(join, at_most=self.timeout)
         for copy_dir in list(self._copies):  # calls lost to the timeout leave none behind
             shutil.rmtree(copy_dir, ignore_errors=True)
         if self._thread.is_alive():
             left = max(0, self._calls.qsize() - 1)
-            raise TimeoutError(f"still sending after {self.timeout:g} s; {left} more calls were not made (lost)")
+            why = (
+                ""
+                if waited[0] >= self.timeout
+                else f" (the process's exit budget, {budget.EXIT_TIMEOUT_ENV}, is spent)"
+            )
+            raise TimeoutError(f"still sending after {waited[0]:g} s{why}; {left} more calls were not made (lost)")
         if self._error is not None and not self._reported:
             raise self._error
+
+    @classmethod
+    def cut_off(cls) -> None:
+        """The process's exit budget is spent (`contract.Factory.cut_off`): every tracker of this class drops
+        the calls still queued, and later ones; a call under way ends on its own (its thread is a daemon)."""
+        for tracker in list(Background._live):
+            if isinstance(tracker, cls):
+                tracker._cut.set()

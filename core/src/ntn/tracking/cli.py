@@ -13,7 +13,8 @@ from tabulate import tabulate
 
 from ntn.arguments import OneLineParser
 from ntn.tracking import reproduce, results_cli
-from ntn.tracking.discovery import TrackerSelectionError, installed, load, plugins
+from ntn.tracking.contract import TrackerSelectionError
+from ntn.tracking.discovery import installed, load, plugins
 from ntn.tracking.redact import Redactor
 
 COMMANDS_GROUP = "ntn.trackers.commands"

@@ -12,18 +12,11 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NamedTuple
 
+from ntn.tracking.contract import TrackerSelectionError
+
 GROUP = "ntn.trackers"
 DEFAULT_BACKEND = "file"
 ALIASES = {"both": ("file", "aim"), "none": ()}
-
-
-class TrackerSelectionError(ValueError):
-    """The selected backends cannot be used (unknown, not installed, or failing to import)."""
-
-
-class TrackerConfigError(ValueError):
-    """A user's setting for a tracker is invalid (e.g. an unwritable directory): raised by a tracker's
-    constructor or `check_environment`, it stops the run before training, in one line."""
 
 
 class Backend(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from ntn.tracking.discovery import TrackerConfigError
+from ntn.tracking.contract import TrackerConfigError
 
 MAX_SECONDS = 24 * 3600.0
 

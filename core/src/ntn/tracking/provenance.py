@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import re
@@ -95,6 +96,9 @@ def redact_diff(diff: bytes) -> tuple[bytes, int]:
     from detect_secrets.core.scan import scan_file
     from detect_secrets.settings import default_settings
 
+    # importing detect-secrets routes every warning of the process to its logger (`logging.captureWarnings`
+    # in detect_secrets.core.log), where the core's TrackerWarnings were lost: warnings go to stderr again
+    logging.captureWarnings(False)
     lines = diff.decode("utf-8", "surrogateescape").split("\n")
     added = [i for i, line in enumerate(lines) if line.startswith("+")]
     found: dict[int, set[str]] = {}  # line index → the secrets detect-secrets found in it

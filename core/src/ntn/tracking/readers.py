@@ -9,9 +9,11 @@ last record) — and each problem is a one-line description of a source that cou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from ntn.tracking.discovery import plugins
+from ntn.tracking.contract import optional
+from ntn.tracking.discovery import Backend, plugins
 
 READERS_GROUP = "ntn.trackers.readers"
 Record = dict[str, Any]
@@ -59,3 +61,18 @@ def problem_of(record: Any) -> str | None:
     if not isinstance(record.get("config", {}).get("experiment", ""), str | type(None)):
         return "config.experiment is not a string"
     return None
+
+
+def closing_line(backends: Sequence[Backend]) -> str:
+    """The scripts' last line: where the backends keep the runs (each factory's `where()`, else its name),
+    and the command that reads them back through each backend with a reader, from its factory's `source()`
+    (else its default location: `--from NAME`)."""
+    where = ", ".join(_said(b, "where") or b.name for b in backends) or "no tracker"
+    readers = plugins(READERS_GROUP)
+    commands = [f"ntn-trackers summary --from {_said(b, 'source') or b.name}" for b in backends if b.name in readers]
+    return f"runs recorded by {where}" + (f"; compare them: {' or '.join(commands)}" if commands else "")
+
+
+def _said(backend: Backend, method: str) -> str:
+    said = optional(backend.factory, method)
+    return said() if said is not None else ""

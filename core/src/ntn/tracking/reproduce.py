@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ntn.errors import NtnError
 from ntn.tracking.results import NOT_METRICS
 
 REL_TOL = 1e-6  # figures of float64 training on another BLAS, CPU or GPU agree to this, relatively
@@ -31,7 +32,7 @@ REPRODUCE_WITH = "experiments.train"  # the module that re-trains runs: never on
 THIS_CHECKOUT = "--with-this-checkout"
 
 
-class CannotReproduce(ValueError):
+class CannotReproduce(NtnError, ValueError):
     """A recorded run cannot be re-trained here: the message says why, in one line."""
 
 

@@ -6,13 +6,23 @@ import contextlib
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ntn.tracking.contract import Hook, TrackerValidationError, TrackerWarning, hooks_of
-from ntn.tracking.discovery import Backend, TrackerConfigError, select
+from ntn.tracking import budget
+from ntn.tracking.contract import (
+    Hook,
+    Status,
+    TrackerConfigError,
+    TrackerValidationError,
+    as_metrics,
+    check_factory,
+    hooks_of,
+    optional,
+    warn,
+)
+from ntn.tracking.discovery import Backend, select
 from ntn.tracking.provenance import Provenance, gather
 from ntn.tracking.redact import Redactor
 from ntn.tracking.signals import Deferral
@@ -32,6 +42,7 @@ class TrackedRun:
         self.redact = Redactor()
         if self.redact.holds_secret(experiment_name):  # it names files and runs: refused, never altered or shown
             raise ValueError(SECRET_NAME)
+        budget.exit_timeout()  # a bad $NTN_TRACKER_EXIT_TIMEOUT: one line, before training
         self.experiment_name = experiment_name
         self.config = self.redact(config)
         self.backends = [b.name for b in backends]
@@ -41,9 +52,11 @@ class TrackedRun:
         self.status = "running"  # then the status `finalize` gave the trackers
         self.trackers: dict[str, dict[str, Hook]] = {}  # name → its hooks, in the order named
         self.active: list[str] = []  # names of the trackers still receiving calls
+        self.refused: set[str] = set()  # metric names refused in this run (each warned about once)
         for backend in backends:
             try:
                 with Deferral.around_trackers():
+                    budget.used(backend.name, backend.factory)
                     tracker = backend.factory(experiment_name=experiment_name, config=self.config)
                     self.trackers[backend.name] = hooks_of(tracker, backend.name)
             except (TrackerConfigError, TrackerValidationError) as err:
@@ -75,9 +88,7 @@ class TrackedRun:
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
         self.failures.append({"tracker": tracker, "hook": hook, "error": error})
-        warnings.warn(
-            f"tracker {tracker!r} failed in {hook} and is disabled for this run: {error}", TrackerWarning, stacklevel=3
-        )
+        warn(f"tracker {tracker!r} failed in {hook} and is disabled for this run: {error}")
 
     def _call(self, hook: str, **arguments: Any) -> None:
         Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
@@ -98,7 +109,16 @@ class TrackedRun:
         self._call("log_hparams", hparams=self.redact(hparams))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._call("log_metrics", metrics=self.redact(metrics), step=int(step))
+        """The metrics as the contract says (`contract.as_metrics`): floats under non-empty string names, ints
+        and bools converted; any other entry is refused before a tracker sees it, with one warning per name
+        and run."""
+        numbers, refused = as_metrics({name: self.redact(value) for name, value in metrics.items()})
+        if not self.refused.issuperset(refused):
+            self.refused.update(refused)
+            warn(
+                self.redact.text(f"run {self.experiment_name!r}: metrics at step {step} left out: {', '.join(refused)}")
+            )
+        self._call("log_metrics", metrics=numbers, step=int(step))
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         summary = self.redact(summary)
@@ -113,7 +133,7 @@ class TrackedRun:
             raise ValueError(f"artifact name {name!r} must be a file name without directories")
         self._call("log_artifact", path=os.fspath(path), name=name)
 
-    def finalize(self, status: str = "finished") -> None:
+    def finalize(self, status: Status = "finished") -> None:
         """Call `finalize` once on every tracker built, also those disabled by a failure in another hook, with
         the run's status and end time ("failed" for a disabled tracker of a run otherwise "finished": its
         record misses what came after its failure); each call is isolated, and one that raises is listed in
@@ -194,23 +214,26 @@ def _resolve(backend: str | Sequence[str] | Sequence[Backend] | None) -> list[Ba
 def validate(
     backend: str | Sequence[str] | Sequence[Backend] | None = None, run_names: Sequence[str] = ()
 ) -> list[Backend]:
-    """Select the backends (or take those given) and check each tracker class against the hookspecs,
-    before any training; a factory with a `check_environment(run_names)` (class)method has it called, to
-    refuse its configuration, or the runs about to be recorded, now. (A factory that is no class is
-    checked when a run builds it.)
+    """Select the backends (or take those given) and check each against the contract, before any
+    training: a tracker class's hooks, and a factory's optional methods (`contract.Factory`); a factory's
+    `check_environment(run_names)` is called, to refuse its configuration, or the runs about to be
+    recorded, now. (A factory that is no class has its trackers' hooks checked when a run builds one.)
 
     :param run_names: the runs that will be started (e.g. one per seed), for `check_environment`
+    :raises TrackerValidationError: a tracker or factory that does not keep the contract
     :raises TrackerConfigError: from a factory's `check_environment`, secrets redacted; a run name that
-        holds a secret (names are refused, never altered)
+        holds a secret (names are refused, never altered); a bad $NTN_TRACKER_EXIT_TIMEOUT
     """
     backends, redact = _resolve(backend), Redactor()
     if any(redact.holds_secret(name) for name in run_names):
         raise TrackerConfigError(SECRET_NAME)
+    budget.exit_timeout()
     for b in backends:
         if isinstance(b.factory, type):  # the methods' signatures, read off the class itself
             hooks_of(b.factory, b.name)
-        check = getattr(b.factory, "check_environment", None)
-        if callable(check):
+        check_factory(b.factory, b.name)
+        check = optional(b.factory, "check_environment")
+        if check is not None:
             try:
                 check(list(run_names))
             except TrackerConfigError as err:
@@ -227,8 +250,9 @@ def prepare(backends: Sequence[Backend]) -> int:
     """
     prepared = 0
     for b in backends:
-        start = getattr(b.factory, "prepare", None)
-        if callable(start):
+        start = optional(b.factory, "prepare")
+        if start is not None:
+            budget.used(b.name, b.factory)
             with contextlib.suppress(Exception):
                 start()
                 prepared += 1
@@ -246,8 +270,8 @@ def hold(backends: Sequence[Backend], run_names: Sequence[str]) -> Iterator[None
     redact = Redactor()
     with contextlib.ExitStack() as held:
         for b in backends:
-            hold_runs = getattr(b.factory, "hold_runs", None)
-            if callable(hold_runs):
+            hold_runs = optional(b.factory, "hold_runs")
+            if hold_runs is not None:
                 try:
                     held.enter_context(hold_runs(list(run_names)))
                 except TrackerConfigError as err:

@@ -8,16 +8,21 @@
         # then read back what MyTracker wrote and compare it with what the kit sent: run.config,
         # run.provenance, run.hparams, run.metrics, run.summary, run.artifact (name, content), END_TIME
 
-It builds the tracker the way the core does and drives it through a full run with realistic
-payloads: its provenance, nested config, NaN and ±Inf metrics, unicode names, step -1, one summary (a failed run's,
-with no status in it: the status comes only through finalize), a file attached (and removed once the
-hook returned) and finalize(status="failed", end_time=END_TIME); then a second run in the same process,
-through the core, whose log_metrics fails: its finalize must still succeed. `check_reader` reads both
-back through the plugin's reader, comparing numbers to a relative tolerance of REL_TOL (float32
-storage passes).
+It drives three runs in one process, as side-by-side seeds arrive (docs/writing-a-tracker-plugin.md,
+"Where and when hooks run"):
+- the first and the second, built the way the core builds trackers and called directly on one thread
+  with their hooks interleaved (first, second, first, second, ...), the second ending before the first:
+  realistic payloads (provenance, nested config, NaN and ±Inf metrics, unicode names, step -1, one
+  summary with no status in it, a file attached and removed once the hook returned); the first ends
+  with finalize(status="failed", end_time=END_TIME), the second "finished" at END_TIME + 1, with
+  metrics and a summary of its own, so that one run's records in the other's are found;
+- a third, through the core, whose log_metrics fails (as a server that went away would make it): the
+  core disables it, and its finalize must still succeed and record the run as failed.
 Any exception from a hook, or a hook whose arguments do not match the hookspecs, fails the check.
-`run_in_dirty_repository` and `check_provenance` check what a backend keeps of a run's provenance
-(`commit_all` and `git` make and read the git repositories they need).
+`check_reader` reads the three back through the plugin's reader, comparing numbers to a relative
+tolerance of REL_TOL (float32 storage passes). `run_in_dirty_repository` and `check_provenance` check
+what a backend keeps of a run's provenance (`commit_all` and `git` make and read the git repositories
+they need).
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ntn.tracking.contract import HOOKS, hooks_of
+from ntn.tracking.contract import HOOKS, Hook, hooks_of
 
 EXPERIMENT_NAME = "conformance_ünïcødé λ/run 1_seed0"
 CONFIG = {
@@ -61,15 +66,17 @@ METRICS = [
     (1, {"loss": math.nan, "r2": -math.inf, "reg_loss": math.inf, "jitter": 0.045, "μ-metric": 1.0}),
     (2, {"loss": 0.26, "r2": 0.81, "reg_loss": 0.80, "jitter": 0.0405, "weight_norm_sq": 12.1, "tokens_per_s": 1.5}),
 ]  # tokens_per_s: a number under a secret-looking name stays a number
+SECOND_METRICS = [(step, {name: value + 10.0 for name, value in m.items()}) for step, m in METRICS]
 SUMMARY = {"seed": 0, "loss": 0.26, "r2": 0.81, "success": True}
 FAILED_SUMMARY = {"success": False, "error": "NewtonStepError: Newton step on top core at site 1 failed"}
 ARTIFACT_NAME, ARTIFACT = "results ✓.json", b'{"test_r2_mean": 0.81}\n'
-END_TIME = 1767225600.0  # the run's end passed to finalize (2026-01-01 00:00 UTC), to read back
+END_TIME = 1767225600.0  # the first run's end passed to finalize (2026-01-01 00:00 UTC), to read back
 
 
 @dataclass
 class ConformanceRun:
-    """What the kit sent, so the plugin's test can compare it with what the tracker recorded."""
+    """What the kit sent to one run, so the plugin's test can compare it with what the tracker recorded;
+    the first run's, with the second's as `second` (its tracker, metrics, summary and status its own)."""
 
     tracker: Any
     experiment_name: str = EXPERIMENT_NAME
@@ -79,47 +86,80 @@ class ConformanceRun:
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=lambda: list(METRICS))
     summary: dict[str, Any] = field(default_factory=lambda: SUMMARY | FAILED_SUMMARY)
     artifact: tuple[str, bytes] = (ARTIFACT_NAME, ARTIFACT)  # name, content; removed once the hook returned
+    status: str = "failed"
+    end_time: float = END_TIME
+    second: ConformanceRun | None = None
 
 
 def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIMENT_NAME) -> ConformanceRun:
-    """Build a tracker with `factory(experiment_name=..., config=...)` and drive it through a full run.
+    """Build two trackers with `factory(experiment_name=..., config=...)` and drive them through two runs
+    with their hooks interleaved, then a third, failing run through the core (see the module).
 
-    :raises AssertionError: naming the hook that failed, or the hook that does not match its spec
+    :raises AssertionError: naming the run and the hook that failed, or the hook that does not match its spec
     """
-    tracker = factory(experiment_name=experiment_name, config=dict(CONFIG))
-    hooks = hooks_of(tracker, "under-test")
-    assert hooks, f"{factory!r} implements none of the hooks {HOOKS}"
-    calls: list[tuple[str, dict[str, Any]]] = [("log_provenance", {"provenance": dict(PROVENANCE)})]
-    calls += [("log_hparams", {"hparams": dict(HPARAMS)})]
-    calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in METRICS]
-    calls += [("log_summary", {"summary": SUMMARY | FAILED_SUMMARY})]  # one summary; no status in it
+    sent = ConformanceRun(factory(experiment_name=experiment_name, config=dict(CONFIG)), experiment_name)
+    second_tracker = factory(experiment_name=run_name(experiment_name, 1), config=dict(CONFIG))
+    sent.second = replace(
+        sent,
+        tracker=second_tracker,
+        experiment_name=run_name(experiment_name, 1),
+        hparams=HPARAMS | {"seed": 1},
+        metrics=list(SECOND_METRICS),
+        summary=SUMMARY | {"seed": 1},
+        status="finished",
+        end_time=END_TIME + 1,
+        second=None,
+    )
+    runs = [sent, sent.second]
+    hooks = [hooks_of(run.tracker, "under-test") for run in runs]
+    assert hooks[0], f"{factory!r} implements none of the hooks {tuple(HOOKS)}"
     directory = tempfile.mkdtemp()
-    artifact = os.path.join(directory, "to-attach.json")
+    try:
+        calls = [_calls(run, directory) for run in runs]
+        finalize = [c.pop() for c in calls]
+        for step in range(len(calls[0])):  # first, second, first, second, ...
+            for run, its_hooks, its_calls in zip(runs, hooks, calls, strict=True):
+                _call(run, its_hooks, *its_calls[step])
+        for i in (1, 0):  # the second run ends first
+            _call(runs[i], hooks[i], *finalize[i])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    _failing_run(factory, experiment_name)
+    return sent
+
+
+def _calls(run: ConformanceRun, directory: str) -> list[tuple[str, dict[str, Any]]]:
+    """One run's hook calls in order, its attached file written under `directory`."""
+    artifact = os.path.join(directory, f"{len(os.listdir(directory))}.json")
     with open(artifact, "wb") as f:
-        f.write(ARTIFACT)
-    calls += [("log_artifact", {"path": artifact, "name": ARTIFACT_NAME})]
-    calls += [("finalize", {"status": "failed", "end_time": END_TIME})]
-    for hook, kwargs in calls:
-        try:
-            if hook in hooks:
-                hooks[hook](kwargs)
-        except Exception as err:
-            raise AssertionError(f"{hook}({kwargs!r}) raised {type(err).__name__}: {err}") from err
-        if hook == "log_artifact":
-            shutil.rmtree(directory)  # a tracker keeps its own copy
-    _second_run(factory, experiment_name)
-    return ConformanceRun(tracker, experiment_name)
+        f.write(run.artifact[1])
+    calls: list[tuple[str, dict[str, Any]]] = [("log_provenance", {"provenance": dict(run.provenance)})]
+    calls += [("log_hparams", {"hparams": dict(run.hparams)})]
+    calls += [("log_metrics", {"metrics": dict(m), "step": step}) for step, m in run.metrics]
+    calls += [("log_summary", {"summary": dict(run.summary)})]  # one summary; no status in it
+    calls += [("log_artifact", {"path": artifact, "name": run.artifact[0]})]
+    return [*calls, ("finalize", {"status": run.status, "end_time": run.end_time})]
 
 
-def second_name(experiment_name: str) -> str:
-    """The name of the kit's second run in the same process (seed 0 → seed 1)."""
-    return experiment_name.removesuffix("_seed0") + "_seed1"
+def _call(run: ConformanceRun, hooks: dict[str, Hook], hook: str, kwargs: dict[str, Any]) -> None:
+    try:
+        if hook in hooks:
+            hooks[hook](kwargs)
+    except Exception as err:
+        raise AssertionError(
+            f"run {run.experiment_name!r}: {hook}({kwargs!r}) raised {type(err).__name__}: {err}"
+        ) from err
+    if hook == "log_artifact":
+        os.remove(kwargs["path"])  # a tracker keeps its own copy
 
 
-def _second_run(factory: Callable[..., Any], experiment_name: str) -> None:
-    """A second run in the same process whose tracker fails in `log_metrics` (as a server that went away
-    would make it), through the core as a user's run goes: the core disables it, and its finalize must
-    still succeed and record the run as failed."""
+def run_name(experiment_name: str, seed: int) -> str:
+    """The name of the kit's run of `seed` in the same process (seed 0 is `experiment_name`)."""
+    return experiment_name.removesuffix("_seed0") + f"_seed{seed}"
+
+
+def _failing_run(factory: Callable[..., Any], experiment_name: str) -> None:
+    """The third run, whose tracker fails in `log_metrics`, through the core as a user's run goes."""
     from ntn.tracking.discovery import Backend
     from ntn.tracking.run import TrackedRun
 
@@ -132,43 +172,58 @@ def _second_run(factory: Callable[..., Any], experiment_name: str) -> None:
         tracker.log_metrics = log_metrics
         return tracker
 
-    run = TrackedRun(second_name(experiment_name), dict(CONFIG), [Backend("under-test", failing)])
+    run = TrackedRun(run_name(experiment_name, 2), dict(CONFIG), [Backend("under-test", failing)])
     run.log_hparams(dict(HPARAMS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run.log_metrics({"loss": 1.0}, step=0)
-    run.log_summary({"seed": 1, "success": False, "error": "ConnectionError: the server went away"})
+    run.log_summary({"seed": 2, "success": False, "error": "ConnectionError: the server went away"})
     run.finalize("failed")
     hooks = [failure["hook"] for failure in run.failures]
-    assert hooks == ["log_metrics"], f"after a failing log_metrics, the tracker also failed in {hooks[1:]}"
+    assert hooks == ["log_metrics"], (
+        f"run {run.experiment_name!r}: after a failing log_metrics, expected no other failure; found {run.failures[1:]}"
+    )
 
 
 def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, Any]:
-    """Read the kit's run back through `backend`'s reader (entry-point group ntn.trackers.readers) and
-    compare it with what the kit sent: hparams, the provenance (when the tracker records it), every metric at its
-    step (NaN and ±Inf included), the summary with status "failed". Returns the record.
+    """Read the kit's three runs back through `backend`'s reader (entry-point group ntn.trackers.readers)
+    and compare the first two with what the kit sent: hparams, the provenance (when the tracker records
+    it), every metric at its step (NaN and ±Inf included), the summary with its status; the third must be
+    recorded, status "failed". Returns the first run's record.
 
-    :raises AssertionError: naming what differs
+    :raises AssertionError: naming the run and what differs, or how many times a run was recorded
     """
     from ntn.tracking.readers import read_runs
 
     records, problems = read_runs(backend, source)
     assert problems == [], problems
-    found = [r for r in records if r["experiment_name"] == sent.experiment_name]
-    assert len(found) == 1, f"{len(found)} runs named {sent.experiment_name!r} in {source}"
-    record = found[0]
-    differences = _differences("hparams", sent.hparams, record["hparams"])
-    if "provenance" in record:
-        differences += _differences("provenance", sent.provenance, record["provenance"])
-    by_step = {entry["step"]: entry for entry in record["metrics_log"]}
-    for step, metrics in sent.metrics:
-        differences += _differences(f"metrics at step {step}:", metrics, by_step.get(step, {}), extra_ok=True)
-    differences += _differences("summary", sent.summary | {"status": "failed"}, record["summary"], extra_ok=True)
+    names = [sent.experiment_name, run_name(sent.experiment_name, 1), run_name(sent.experiment_name, 2)]
+    found = {name: [r for r in records if r["experiment_name"] == name] for name in names}
+    for which, name in zip(("first", "second", "third (failing)"), names, strict=True):
+        count = len(found[name])
+        assert count == 1, f"the kit's {which} run {name!r} was recorded {count} times in {source}, expected once"
+    differences = []
+    for run in (sent, sent.second):
+        assert run is not None
+        record = found[run.experiment_name][0]
+        differences += _differences(f"run {run.experiment_name!r}: hparams", run.hparams, record.get("hparams", {}))
+        if "provenance" in record:
+            differences += _differences(
+                f"run {run.experiment_name!r}: provenance", run.provenance, record["provenance"]
+            )
+        by_step = {entry["step"]: entry for entry in record.get("metrics_log", [])}
+        for step, metrics in run.metrics:
+            where = f"run {run.experiment_name!r}: metrics at step {step}:"
+            differences += _differences(where, metrics, by_step.get(step, {}), extra_ok=True)
+        where = f"run {run.experiment_name!r}: summary"
+        summary = record.get("summary", {})
+        differences += _differences(where, run.summary | {"status": run.status}, summary, extra_ok=True)
     assert not differences, "; ".join(differences)
-    second = [r for r in records if r["experiment_name"] == second_name(sent.experiment_name)]
-    assert len(second) == 1, f"the kit's second run {second_name(sent.experiment_name)!r} was not recorded once"
-    assert second[0]["summary"].get("status") == "failed", second[0]["summary"]
-    return record
+    status = found[names[2]][0]["summary"].get("status")
+    assert status == "failed", (
+        f"the kit's failing run {names[2]!r} was recorded with status {status!r}, expected 'failed'"
+    )
+    return found[sent.experiment_name][0]
 
 
 REL_TOL = 1e-6  # numbers read back may differ by this much, relatively: float32 storage keeps ~7 digits

@@ -86,6 +86,21 @@ class AimTracker:
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         return f"aim: {aim_repo_argument()}, spooled in {journal.spool_dir()}/"
 
+    @classmethod
+    def source(cls) -> str:
+        """What `ntn-trackers summary --from` reads this process's runs back from."""
+        return f"aim:{aim_repo_argument()}"
+
+    @classmethod
+    def wait_delivered(cls, timeout: float) -> bool:
+        """Wait at most `timeout` s until every run this process ended is delivered (a sweep's worker, at its end)."""
+        return uploads.UPLOADS.flush(timeout)
+
+    @classmethod
+    def cut_off(cls) -> None:
+        """The process's exit budget is spent: waits for delivery end at once (what is left stays in the spool)."""
+        uploads.UPLOADS.cut.set()
+
     def log_provenance(self, provenance: dict[str, Any]) -> None:
         self.journal.append({"op": "provenance", "provenance": provenance})
 

@@ -12,7 +12,7 @@ It opens each run in Aim as soon as the run is handed over (at its start, once d
 that aim's ~15 requests to create a run overlap the run's training. It keeps its CPU use out of
 training's way: it delivers the records in rounds, at most every $NTN_AIM_DELIVERY_INTERVAL seconds
 (default 10) while training runs, at once when training is over, and back to back when its process asks
-(an empty line on stdin: sent by a prepared process as each run ends, `uploads.run_ended`, and by
+(an empty line on stdin: sent by the training process as each run ends, `uploads.run_ended`, and by
 `uploads.flush`, which a sweep's worker calls at the end), and it runs only on otherwise idle CPUs.
 (Delivering continuously — importing aim alone takes 1-2 s of CPU — made a short default experiment
 train 3× slower on a 2-core machine, whose torch threads share the cores.)

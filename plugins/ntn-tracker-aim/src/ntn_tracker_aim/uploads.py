@@ -6,22 +6,21 @@
   training when the answer came within the wait; else it is printed in one line when it comes, and
   the experiment stops when the next run starts, its runs so far kept in the spool. The runs of a
   server that cannot be reached are only journaled.
-- When the scripts prepare the backends (`AimTracker.prepare`, before they import torch), an uploader
-  process starts at once: its import of aim and the opening of the repository (~0.7 s, and ~1 s to make
-  a new local one, on otherwise idle CPUs only) overlap the training process's own start-up, and each
-  run is opened in Aim as it starts and delivered as soon as it ends, beside the next one's training;
-  for a remote server, only when its probe answered within FAST_LINK_S (over a slow link a run takes
-  ~50 round trips: its runs are then spread over several uploaders at exit, as below).
-  Without `prepare` (the API), uploaders start $NTN_AIM_DELIVERY_INTERVAL seconds (default 10) after
-  the first run, or at exit if that comes first. An uploader
-  inherits the environment, which is where it takes the authentication headers from (they are never
-  written to the spool), so runs with other credentials get another uploader.
-- At exit, runs not yet handed over are, for a remote server, spread over up to REMOTE_UPLOADERS_AT_EXIT
-  uploaders. The process waits until they have delivered everything, at most $NTN_AIM_EXIT_TIMEOUT
-  seconds (default 30), then ends them, and says in one line how many records stay in the spool and how
-  to upload them, and why (the probe's answer, the exit bound, or the last failure an uploader reported in
-its status file, `journal.uploader_status`). (It does not wait for a remote server's uploader to end: aim's
-clean-up takes ~1 s more.)
+- One way of delivering, for every process: the uploader of a repository starts before the first run
+  (`AimTracker.prepare`, which the scripts call before they import torch, so that its import of aim and
+  the opening of the repository, ~0.7 s, overlap the process's own start-up), or at the first run when
+  nothing prepared it. Each run is handed over as it starts (the uploader opens it in Aim while it trains)
+  and delivered as it ends, on idle CPUs; for a remote server, once its probe answered within FAST_LINK_S.
+  Over a slower link a run takes ~50 round trips: its runs are kept for the exit, and spread there over up
+  to REMOTE_UPLOADERS_AT_EXIT uploaders. An uploader inherits the environment, which is where it takes the
+  authentication headers from (they are never written to the spool), so runs with other credentials get
+  another uploader.
+- At exit the process waits until the uploaders have delivered everything, at most $NTN_AIM_EXIT_TIMEOUT
+  seconds (default 30) and no longer than what is left of the process's exit budget
+  (`ntn.tracking.budget`, shared with the other trackers); then it ends them, and says in one line how many
+  records stay in the spool and how to upload them, and why (the probe's answer, the bound, or the last
+  failure an uploader reported in its status file, `journal.uploader_status`). (It does not wait for a
+  remote server's uploader to end: aim's clean-up takes ~1 s more.)
 """
 
 from __future__ import annotations
@@ -34,8 +33,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from ntn.tracking import Redactor, TrackerConfigError, pending
+from ntn.tracking import Redactor, TrackerConfigError, budget
 
 from ntn_tracker_aim import auth, journal
 from ntn_tracker_aim.repo import REMOTE_PREFIX, probe_server
@@ -47,7 +47,7 @@ from ntn_tracker_aim.timings import EXIT_TIMEOUT_ENV, delivery_interval, exit_ti
 REMOTE_UPLOADERS_AT_EXIT = 8
 
 PROBE_WAIT_S = 0.02
-FAST_LINK_S = 0.05  # a prepared remote repository whose probe answered within this gets runs as they go
+FAST_LINK_S = 0.05  # a remote repository whose probe answered within this gets runs as they go
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # (repository, authentication headers)
 
@@ -65,27 +65,36 @@ def key_of(repo: str) -> Key:
 _PROBES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ntn-aim-probe")  # each ends within its timeout
 
 
-def _probe(key: Key) -> bool | TrackerConfigError:
-    """True: the server answered; False: it cannot be reached; or the refusal of the credentials."""
+class Answer(NamedTuple):
+    """A probe's answer: True (the server answered), False (it cannot be reached) or the refusal of the
+    credentials; and how many seconds it took."""
+
+    outcome: bool | TrackerConfigError
+    seconds: float
+
+
+def _probe(key: Key) -> Answer:
+    asked = time.monotonic()
     try:
         probe_server(key[0], dict(key[1]))
-        return True
+        outcome: bool | TrackerConfigError = True
     except TrackerConfigError as err:
-        return err
+        outcome = err
     except ConnectionError:
-        return False
+        outcome = False
+    return Answer(outcome, time.monotonic() - asked)
 
 
 def _outcome(probe: concurrent.futures.Future) -> bool | TrackerConfigError | None:
     """A probe's answer, or None while it is being asked."""
-    return probe.result() if probe.done() else None
+    return probe.result().outcome if probe.done() else None
 
 
 def _say_late_refusal(probe: concurrent.futures.Future) -> None:
     """A refusal that comes after training went on is said at once, in one line on stderr."""
-    if isinstance(probe.result(), TrackerConfigError):
+    if isinstance(probe.result().outcome, TrackerConfigError):
         print(
-            f"ntn-tracker-aim: {probe.result()}. The runs started so far stay in the spool; "
+            f"ntn-tracker-aim: {probe.result().outcome}. The runs started so far stay in the spool; "
             "the experiment stops when its next run starts.",
             file=sys.stderr,
             flush=True,
@@ -117,8 +126,9 @@ def _send(uploader: subprocess.Popen, line: str) -> None:
 class Uploads:
     """This process's runs on their way to Aim: probes, uploader processes, and what waits for them.
 
-    Life cycle: `start` at the first run (a timer for the first delivery round, the exit hook, the core's
-    `pending` wait), `stop` at exit (deliver what is left within the exit bound).
+    Life cycle: an uploader per repository and credentials from `prepare` (or the first run) on, each run
+    handed over as it starts and delivered as it ends (`run_ended`), `stop` at exit (deliver what is left
+    within the exit bound); `flush` for a caller that waits for delivery (`AimTracker.wait_delivered`).
     """
 
     def __init__(self) -> None:
@@ -128,38 +138,31 @@ class Uploads:
         self.uploaders: dict[Key, list[subprocess.Popen]] = {}
         self.waiting: dict[Key, list[Path]] = {}  # journals not yet handed over
         self.lock = threading.Lock()
-        self.due = threading.Event()  # set once the first delivery round is due
-        self.timer: threading.Timer | None = None
-        self.prepared: set[Key] = set()
-        # prepared repositories whose runs are delivered as they go: local ones, and remote ones whose
-        # probe answered within FAST_LINK_S (over a slow link, runs wait to be spread over uploaders at exit)
-        self.eager: set[Key] = set()
+        self.cut = threading.Event()  # the core waits no longer (`AimTracker.cut_off`)
+        atexit.register(self.stop)
 
     def prepare(self, key: Key) -> None:
-        """Start the uploader of `key`'s repository now, before any run: it imports aim and opens the
-        repository meanwhile, then delivers each run as it ends (a remote one's, once it answered fast)."""
-        if self.timer is None:
-            self.start()
+        """Start the uploader of `key`'s repository now, unless one runs: it imports aim and opens the
+        repository meanwhile."""
         with self.lock:
             if not any(u.poll() is None for u in self.uploaders.get(key, [])):
                 self.uploaders[key] = [_start_uploader(journal.spool_dir(), key[0])]
-        self.prepared.add(key)
-        if not key[0].startswith(REMOTE_PREFIX):
-            self.eager.add(key)
+
+    def _as_they_go(self, key: Key) -> bool:
+        """Whether `key`'s runs are handed over as they start: a local repository's, and a remote one's once
+        its probe answered within FAST_LINK_S (over a slower link they wait for the exit, to be spread)."""
+        if key not in self.probes:
+            return True
+        probe = self.probes[key]
+        return probe.done() and probe.result().outcome is True and probe.result().seconds <= FAST_LINK_S
 
     def run_ended(self) -> None:
-        """A run has ended: the uploaders that deliver as runs go deliver it now (on idle CPUs)."""
-        for key in self.eager:
-            for uploader in self.uploaders.get(key, []):
-                if uploader.poll() is None:
-                    _send(uploader, "")
-
-    def start(self) -> None:
-        atexit.register(self.stop)
-        pending.register(self.flush)  # a long-lived process (a sweep's worker) waits for delivery through the core
-        self.timer = threading.Timer(delivery_interval(), self.hand_over)
-        self.timer.daemon = True
-        self.timer.start()
+        """A run has ended: the uploaders of runs handed over as they go deliver it now (on idle CPUs)."""
+        with self.lock:
+            uploaders = [u for key, us in self.uploaders.items() if self._as_they_go(key) for u in us]
+        for uploader in uploaders:
+            if uploader.poll() is None:
+                _send(uploader, "")
 
     def check(self, key: Key) -> None:
         """Start probing a remote repository (once per process and credentials); raise its refusal once known.
@@ -169,30 +172,22 @@ class Uploads:
         if not key[0].startswith(REMOTE_PREFIX):
             return
         if key not in self.probes:
-            asked = time.monotonic()
             probe = self.probes[key] = _PROBES.submit(_probe, key)
             concurrent.futures.wait([probe], PROBE_WAIT_S)  # a server on the LAN has answered by then
             if not probe.done():
                 probe.add_done_callback(_say_late_refusal)
-            probe.add_done_callback(lambda probe: self._answered(key, time.monotonic() - asked))
+            probe.add_done_callback(lambda probe: self.hand_over(keys={key}) if self._as_they_go(key) else None)
         if isinstance(outcome := _outcome(self.probes[key]), TrackerConfigError):
             raise outcome
 
-    def _answered(self, key: Key, seconds: float) -> None:
-        if key in self.prepared and self.probes[key].result() is True and seconds <= FAST_LINK_S:
-            self.eager.add(key)
-        if self.due.is_set() or key in self.eager:  # delivery began while the server was being asked
-            self.hand_over(keys={key})
-
     def track(self, path: Path, key: Key) -> None:
-        """A new journal: its uploader takes it when delivery is due, if its repository is reachable."""
-        if self.timer is None:
-            self.start()
+        """A new journal: handed over at once where runs go as they start (its uploader started if none runs)."""
+        self.prepare(key)
         self.journals.append(path)
         self.repos.add(key[0])
         with self.lock:
             self.waiting.setdefault(key, []).append(path)
-        if self.due.is_set() or key in self.eager:  # delivery has begun: this run need not wait
+        if self._as_they_go(key):
             self.hand_over(keys={key})
 
     def _deliverable(self, key: Key) -> bool:
@@ -200,11 +195,9 @@ class Uploads:
         return key not in self.probes or _outcome(self.probes[key]) is True
 
     def hand_over(self, remote_parallel: int = 1, keys: set[Key] | None = None) -> None:
-        """Hand every waiting journal (of `keys`; default all, and delivery is due from now on) whose
-        repository is deliverable to an uploader, starting uploaders as needed: one per repository and
-        credentials, or up to `remote_parallel` for a remote repository."""
-        if keys is None:
-            self.due.set()
+        """Hand every waiting journal (of `keys`; default all) whose repository is deliverable to an
+        uploader, starting uploaders as needed: one per repository and credentials, or up to
+        `remote_parallel` for a remote repository."""
         with self.lock:
             for key in [key for key in self.waiting if self._deliverable(key) and (keys is None or key in keys)]:
                 paths = self.waiting.pop(key)
@@ -222,7 +215,7 @@ class Uploads:
         """Wait until every finished run of this process is delivered; False if `timeout` ran out first."""
         deadline = time.monotonic() + timeout
         asked: set[int] = set()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.cut.is_set():
             if not any(journal.finished_and_waiting(p) for p in self.journals):
                 return True
             self.hand_over()  # a caller waiting for delivery need not wait for the interval
@@ -238,8 +231,6 @@ class Uploads:
     def stop(self) -> None:
         """Deliver what is left within the exit bound; a Ctrl-C during the wait ends it at once, in one line
         (what is not delivered stays in the spool, as after the bound)."""
-        if self.timer is not None:
-            self.timer.cancel()
         try:
             self._deliver_at_exit()
         except KeyboardInterrupt:
@@ -257,7 +248,6 @@ class Uploads:
             return
         concurrent.futures.wait(self.probes.values())  # an answer comes within the probe's timeout
         self.hand_over(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
-        deadline = time.monotonic() + exit_timeout()
         for uploader in self.all_uploaders():
             try:
                 uploader.stdin.close()  # no more runs: deliver and leave
@@ -267,9 +257,16 @@ class Uploads:
         # the repository until then). A remote server's uploader, its runs delivered and acknowledged, ends on
         # its own: aim's clean-up takes it another second (aim's heartbeat thread sleeps in 1 s steps).
         local = [u for key, us in self.uploaders.items() if not key[0].startswith(REMOTE_PREFIX) for u in us]
-        while time.monotonic() < deadline and self._busy(local):
-            time.sleep(0.01)
-        timed_out = self._busy(local)
+
+        def delivered(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and self._busy(local):
+                time.sleep(0.01)
+            return not self._busy(local)
+
+        bound = exit_timeout()
+        timed_out = not budget.wait(delivered, at_most=bound)
+        cut_short = timed_out and (budget.left() == 0 or self.cut.is_set())
         if timed_out:
             for uploader in self.all_uploaders():
                 uploader.kill()
@@ -280,7 +277,7 @@ class Uploads:
             spool = self.journals[0].parent
             line = (
                 f"ntn-tracker-aim: {records} records of {runs} runs were not delivered to {where} "
-                f"({self._why_undelivered(spool, timed_out)}); they are kept in "
+                f"({self._why_undelivered(spool, timed_out, cut_short)}); they are kept in "
                 f"{spool}/ — upload them with: ntn-trackers sync --spool {spool}"
             )
             print(Redactor().text(line), file=sys.stderr)
@@ -292,9 +289,9 @@ class Uploads:
         waiting = any(journal.in_delivery(p) for p in self.journals)
         return waiting and any(u.poll() is None for u in self.all_uploaders())
 
-    def _why_undelivered(self, spool: Path, timed_out: bool) -> str:
+    def _why_undelivered(self, spool: Path, timed_out: bool, cut_short: bool) -> str:
         """Why records stayed in the spool, in a few words."""
-        outcomes = [probe.result() for probe in self.probes.values()]
+        outcomes = [probe.result().outcome for probe in self.probes.values()]
         if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
             return "the server refused the credentials"
         if False in outcomes:
@@ -303,6 +300,8 @@ class Uploads:
         last = f"last error: {error}" if error else ""
         if timed_out:
             bound = f"still delivering when the {exit_timeout():g} s exit bound ({EXIT_TIMEOUT_ENV}) ran out"
+            if cut_short:
+                bound = f"still delivering when the process's exit budget ({budget.EXIT_TIMEOUT_ENV}) was spent"
             return f"{bound}; {last}" if last else bound
         return last or "the uploader ended early"
 

@@ -218,6 +218,11 @@ class FileTracker:
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         return f"file: {tracker_dir()}/"
 
+    @classmethod
+    def source(cls) -> str:
+        """What `ntn-trackers summary --from` reads this process's runs back from."""
+        return f"file:{tracker_dir()}"
+
     def _write(self) -> None:
         summary = _dumps(self.summary)
         metrics = ", ".join(self._entries)

@@ -239,6 +239,12 @@ class MlflowTracker(Background):
         return f"mlflow: {uri_from_env() or 'the default tracking URI'}"
 
     @classmethod
+    def source(cls) -> str:
+        """What `ntn-trackers summary --from` reads this process's runs back from (credentials in the URI are
+        redacted by the scripts' line)."""
+        return f"mlflow:{uri_from_env()}" if uri_from_env() else "mlflow"
+
+    @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
         """Before any run: a tracking server named by MLFLOW_TRACKING_URI must answer; a local store (a
         SQLite database, MLflow's default) is made ready here, by one process at a time, so that launches

@@ -170,6 +170,11 @@ class TensorBoardTracker:
     def where(cls) -> str:
         return f"tensorboard: {tensorboard_dir()} (tensorboard --logdir {tensorboard_dir()})"
 
+    @classmethod
+    def source(cls) -> str:
+        """What `ntn-trackers summary --from` reads this process's runs back from."""
+        return f"tensorboard:{tensorboard_dir()}"
+
 
 def _hparams_session(hparams: dict[str, Any], metrics: dict[str, float], status: str, end_time: float | None):
     """The hparams plugin's three summaries for one run: the experiment (its columns), the session's start

@@ -147,9 +147,13 @@ class WandbTracker(Background):
     def where(cls) -> str:
         """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
         runs = wandb_dir() / "wandb"
-        send = f"; to send: wandb sync {runs}/offline-run-*" if mode() == "offline" else ""
-        source = f"wandb:{wandb_dir()}" if os.environ.get("WANDB_DIR") else "wandb"
-        return f"wandb: {mode()} runs in {runs} (ntn-trackers summary --from {source}{send})"
+        send = f" (to send: wandb sync {runs}/offline-run-*)" if mode() == "offline" else ""
+        return f"wandb: {mode()} runs in {runs}{send}"
+
+    @classmethod
+    def source(cls) -> str:
+        """What `ntn-trackers summary --from` reads this process's runs back from."""
+        return f"wandb:{wandb_dir()}" if os.environ.get("WANDB_DIR") else "wandb"
 
     @classmethod
     def check_environment(cls, run_names: Sequence[str] = ()) -> None:
