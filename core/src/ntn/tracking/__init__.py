@@ -17,7 +17,7 @@ from ntn.tracking.identity import new_id, run_id, run_key
 from ntn.tracking.knobs import seconds
 from ntn.tracking.redact import Redactor
 from ntn.tracking.reproduce import CannotReproduce
-from ntn.tracking.results import experiment_of, study_of
+from ntn.tracking.results import experiment_of, figure_name, study_of
 from ntn.tracking.run import TrackedRun, hold, prepare, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
 
@@ -34,6 +34,7 @@ __all__ = [
     "TrackerValidationError",
     "TrackerWarning",
     "experiment_of",
+    "figure_name",
     "hold",
     "hookimpl",
     "hookspec",
