@@ -257,13 +257,14 @@ def view_state(swept: Sequence[str], summary: dict[str, Any], name_length: int) 
     """A runs table's state as MLflow 3.17's UI saves it in a view (`selectedColumns` and the other keys of
     its `ExperimentPageUIState`, `orderByKey` of its search facets): the params `swept.<name>` and the
     metrics `kept/val_*` and `kept/test_*` of `summary`, best first on the validation r2 or accuracy."""
+    ranks = (f"{KEPT}val_r2", f"{KEPT}val_accuracy")  # the figure the table is ordered by, first
     held_out = sorted(
         (KEPT + k for k, v in summary.items() if k.startswith(("val_", "test_")) and _number(v)),
-        key=lambda name: (not name.startswith(KEPT + "val_"), name),
+        key=lambda name: (name not in ranks, not name.startswith(KEPT + "val_"), name),
     )
     columns = [f"params.`swept.{k}`" for k in swept] + [f"metrics.`{m}`" for m in held_out]
     order = ["attributes.`Run Name`", "attributes.`Created`", *columns]
-    best = next((m for m in held_out if m in (f"{KEPT}val_r2", f"{KEPT}val_accuracy")), None)
+    best = next((m for m in held_out if m in ranks), None)
     return {
         "selectedColumns": columns,
         "columnOrder": order,
