@@ -13,8 +13,8 @@ from conftest import AimServer, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
 from ntn_tracker_aim import flush, index_runs, read_runs, series
 from ntn_tracker_aim.auth import headers_from_env
-from ntn_tracker_aim.reading import HIDDEN
 from ntn_tracker_aim.journal import read_records
+from ntn_tracker_aim.reading import HIDDEN
 
 CF = {"CF_ACCESS_CLIENT_ID": "cf-id-remote-7h6g5f4e", "CF_ACCESS_CLIENT_SECRET": "cf-secret-remote-3d2c1b0a9z"}
 CF_HEADERS = {

@@ -319,6 +319,11 @@ def _stats_cell(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
 
 
+def _delta_cell(delta: dict[str, float]) -> str:
+    """A difference of means to the reference and its spread across seeds."""
+    return f"{delta['difference']:+.3g} ± {delta['spread']:.2g}"
+
+
 def _label(i: int) -> str:
     """A compared experiment's short name in the table's header: A, B, ..., Z, then #27, #28, ..."""
     return chr(ord("A") + i) if i < 26 else f"#{i + 1}"
@@ -337,10 +342,7 @@ def _compare(args: argparse.Namespace) -> int:
     columns.append(Column(_label(0), [_stats_cell(r[ref]) for r in rows], 1))
     for i, e in enumerate(chosen[1:], start=1):
         cells = [
-            f"{_stats_cell(r[e.name])}, Δ {r[f'{e.name} - {ref}']['difference']:+.3g} ± {r[f'{e.name} - {ref}']['spread']:.2g}"
-            if r[e.name]
-            else "-"
-            for r in rows
+            f"{_stats_cell(r[e.name])}, Δ {_delta_cell(r[f'{e.name} - {ref}'])}" if r[e.name] else "-" for r in rows
         ]
         columns.append(Column(_label(i), cells, 1 + i))
     settings = differing_settings(chosen)
