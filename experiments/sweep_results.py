@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -250,11 +251,14 @@ def table(document: dict[str, Any]) -> str:
 
 def plot(document: dict[str, Any], path: Path) -> None:
     """The validation mean ± std (over seeds) of the main metric against each swept setting, one line per
-    combination of the other settings."""
+    combination of the other settings; a configuration none of whose seeds trained is marked ✕ at the foot
+    of its setting's value, in its line's colour, and named beneath the figure, so that none is left out
+    unsaid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
     axes_names = list(document["grid"])
     figure, axes = plt.subplots(1, len(axes_names), figsize=(5 * len(axes_names), 4), squeeze=False)
@@ -270,25 +274,38 @@ def plot(document: dict[str, Any], path: Path) -> None:
             points = [
                 c for c in configurations if tuple((k, str(v)) for k, v in c["values"].items() if k != name) == other
             ]
+            failed = [p for p in points if p[f"val_{p['metric']}_mean"] is None]
             points = [p for p in points if p[f"val_{p['metric']}_mean"] is not None]
-            if not points:
-                continue
-            x = [values.index(p["values"][name]) for p in points]
-            metric = points[0]["metric"]
-            ax.errorbar(
-                x,
-                [p[f"val_{metric}_mean"] for p in points],
-                yerr=[p[f"val_{metric}_std"] for p in points],
-                marker="o",
-                capsize=3,
-                label=", ".join(f"{k}={v}" for k, v in other) or None,
-            )
+            label = ", ".join(f"{k}={v}" for k, v in other) or None
+            color = None
+            if points:
+                metric = points[0]["metric"]
+                drawn = ax.errorbar(
+                    [values.index(p["values"][name]) for p in points],
+                    [p[f"val_{metric}_mean"] for p in points],
+                    yerr=[p[f"val_{metric}_std"] for p in points],
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                )
+                color, label = drawn.lines[0].get_color(), None
+            if failed:  # at the foot of the axis, whatever its scale
+                foot = blended_transform_factory(ax.transData, ax.transAxes)
+                x = [values.index(p["values"][name]) for p in failed]
+                ax.plot(x, [0.04] * len(x), "x", color=color, transform=foot, markersize=9, mew=2, label=label)
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set_xlabel(name)
         ax.set_ylabel("validation " + (configurations[0]["metric"] if configurations else ""))
         if len(others) > 1 and ax.get_legend_handles_labels()[1]:  # none when every run failed
             ax.legend(fontsize="small")
-    figure.suptitle(f"sweep {document['sweep']}: mean ± std over seeds")
-    figure.tight_layout()
+    figure.suptitle(f"sweep {document['sweep']}: mean ± std over seeds (✕: no seed trained)")
+    failed = [c for c in configurations if c.get(f"val_{c['metric']}_mean") is None]
+    if failed:
+        names = "; ".join(" ".join(f"{k}={v}" for k, v in c["values"].items()) for c in failed)
+        note = f"no seed trained (see their errors in the results file): {names}"
+        figure.text(0.01, 0.01, textwrap.fill(note, 40 * len(axes_names)), fontsize="small", va="bottom")
+        figure.tight_layout(rect=(0, 0.06 + 0.03 * note.count(";") / len(axes_names), 1, 1))
+    else:
+        figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -52,9 +53,9 @@ def test_summary_numbers_match_an_independent_computation(logs):
     for name, seeds in EXPERIMENTS.items():
         row = rows[name]
         assert row["runs"] == row["successful"] == len(seeds) and row["failed"] == {} and row["running"] == {}
-        for metric in ("test_r2", "test_loss", "r2"):
+        for metric, shown in (("test_r2", "test_r2"), ("test_loss", "test_loss"), ("r2", "train_r2")):
             values = np.array([s[metric] for s in seeds])
-            stats = row[metric]
+            stats = row[shown]  # the training figure named with its split
             assert stats["mean"] == pytest.approx(values.mean()) and stats["std"] == pytest.approx(values.std())
             assert stats["min"] == pytest.approx(values.min()) and stats["max"] == pytest.approx(values.max())
         assert row["best_epoch"] == [2] * len(seeds)
@@ -65,23 +66,20 @@ def test_summary_table_and_csv(logs):
     table = ntn_trackers("summary", cwd=logs)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:4] == ["experiment", "ok/runs", "best", "epoch"] and "test_r2 ↑" in lines[0]
+    assert lines[0] == "mean ± std over the successful runs, each at the epoch it kept"
+    assert lines[1].split()[:4] == ["experiment", "ok/runs", "best", "epoch"] and "test_r2 ↑" in lines[1]
     row = next(line for line in lines if line.startswith("bond_sweep_4"))
     mean = np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
     assert row.split()[1] == f"{len(EXPERIMENTS['bond_sweep_4'])}/{len(EXPERIMENTS['bond_sweep_4'])}"
-    assert f"{mean:.4f}" in row
+    assert f"{mean:.4g} ± " in row
     rows = list(csv.DictReader(io.StringIO(ntn_trackers("summary", "--format", "csv", cwd=logs).stdout)))
     assert {r["experiment"] for r in rows} == set(EXPERIMENTS)
     r8 = next(r for r in rows if r["experiment"] == "bond_sweep_8")
     assert float(r8["test_r2_mean"]) == pytest.approx(np.mean([s["test_r2"] for s in EXPERIMENTS["bond_sweep_8"]]))
 
 
-def test_tables_fit_120_columns_rank_best_first_show_what_differs_and_flag_mixed_settings(tmp_path, monkeypatch):
-    """Failed on main: `summary` was 179 characters wide and `compare` 170, unsorted, with no settings, and an
-    experiment whose runs had 1 and 10 epochs was summarised as one."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TRACKER_DIR", raising=False)
-    runs = {("long_experiment_name_bond_dim2", 2): [0.50, 0.52], ("long_experiment_name_bond_dim8", 8): [0.71, 0.69]}
+def _log_bond_runs(runs: dict[tuple[str, int], list[float]]) -> None:
+    """Two seeds per experiment of `runs` ((name, bond_dim) → each seed's val_r2), by the real file tracker."""
     for (name, bond), values in runs.items():
         for seed, val in enumerate(values):
             epochs = 10 if seed == 0 or bond == 8 else 1  # bond_dim2's seed 1 was trained with other settings
@@ -89,25 +87,76 @@ def test_tables_fit_120_columns_rank_best_first_show_what_differs_and_flag_mixed
             with start_run(f"{name}_seed{seed}", config, backend="file") as run:
                 figures = {"val_r2": val, "test_r2": val - 0.01, "test_loss": 1 - val, "val_loss": 1 - val}
                 run.log_summary({"seed": seed, "success": True, "r2": val, "loss": 0.5, **figures})
-    env = dict(os.environ, COLUMNS="120")
-    for command in (["summary"], ["compare", *(name for name, _ in runs)]):
+
+
+def _columns(table: str, first: str) -> list[str]:
+    """The headers of the table in `table` whose header line starts with `first`."""
+    header = next(line for line in table.splitlines() if line.startswith(first))
+    return re.split(r"\s{2,}", header.strip())
+
+
+SUMMARY_PRIORITY = ["experiment", "ok/runs", "val_r2 ↑", "test_r2 ↑", "settings", "test_loss ↓", "best epoch"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_tables_fit_the_terminal_dropping_whole_columns_in_their_stated_priority(tmp_path, monkeypatch, width):
+    """Failed on main: `summary` was 92-107 characters wide at COLUMNS=80 (its first columns were never
+    dropped) and hid test_r2 at 120; `compare` at 80 dropped the compared column; settings were shown beside
+    names, and the dropped columns were not named."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    runs = {
+        ("long_experiment_name_small", 2): [0.50, 0.52],
+        ("long_experiment_name_large", 8): [0.71, 0.69],
+        ("long_experiment_name_medium", 4): [0.61, 0.60],
+    }
+    _log_bond_runs(runs)
+    env = dict(os.environ, COLUMNS=str(width))
+    compared = ["compare", *(name for name, _ in runs)]
+    for command in (["summary"], compared):
         done = subprocess.run([*CLI, *command], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
         lines = done.stdout.splitlines()
-        assert done.returncode == 0 and max(map(len, lines)) <= 120, done.stdout
+        assert done.returncode == 0 and max(map(len, lines)) <= width, done.stdout
         assert lines[0].startswith("best first on val_r2 (↑ higher is better, ↓ lower)")
     table = subprocess.run([*CLI, "summary"], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    shown = _columns(table, "experiment")
+    kept = [c for c in SUMMARY_PRIORITY if c in shown]  # the shown columns are the first ones by priority
+    assert kept == SUMMARY_PRIORITY[: len(kept)] and {"val_r2 ↑", "test_r2 ↑"} <= set(kept), table
+    every = [*SUMMARY_PRIORITY, "val_loss ↓", "train_loss ↓", "train_r2 ↑"]
+    missing = [c for c in every if c not in shown]
+    note = table[table.index("not shown at this width: ") :].split("\n\n")[0] if missing else ""
+    assert all(c in note for c in missing) and all(c not in note for c in shown)
     rows = [line for line in table.splitlines() if line.startswith("long_experiment")]
-    assert [r.split()[:2] for r in rows] == [  # best first, each with the settings that differ
-        ["long_experiment_name_bond_dim8", "bond_dim=8"],
-        ["long_experiment_name_bond_dim2", "bond_dim=2"],
+    if "settings" in shown:  # the names do not say the settings: they are shown, once
+        assert rows[0].split()[:2] == ["long_experiment_name_large", "bond_dim=8"]
+    assert [r.split()[0] for r in rows] == [  # best first
+        "long_experiment_name_large",
+        "long_experiment_name_medium",
+        "long_experiment_name_small",
     ]
-    assert "mixed: long_experiment_name_bond_dim2's runs differ in n_epochs (10, 1): not one experiment" in table
-    compared = subprocess.run(
-        [*CLI, "compare", "long_experiment_name_bond_dim2", "long_experiment_name_bond_dim8"],
-        capture_output=True, text=True, cwd=tmp_path, env=env,
-    ).stdout  # fmt: skip
-    assert "Δ: difference of means to long_experiment_name_bond_dim8" in compared
-    assert "long_experiment_name_bond_dim2: bond_dim=2" in compared and "Δ -0.19 ± " in compared
+    assert "mixed: long_experiment_name_small's runs differ in n_epochs (10, 1): not one experiment" in " ".join(
+        table.split()
+    )
+    comparison = subprocess.run([*CLI, *compared], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    assert "Δ: difference of means to A" in " ".join(comparison.split())
+    assert "A: long_experiment_name_large (n=2): bond_dim=8" in comparison
+    assert "C: long_experiment_name_small (n=2): bond_dim=2" in comparison
+    columns = _columns(comparison, "metric")
+    assert columns == ["metric", "A", "B", "C"][: len(columns)] and len(columns) >= 3  # the last dropped first
+    assert "Δ -0.19 ± " in comparison if "C" in columns else "not shown at this width: C" in comparison
+
+
+def test_names_that_say_their_settings_are_not_repeated_by_a_settings_column(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    _log_bond_runs({("sweep_bond_dim2", 2): [0.50, 0.52], ("sweep_bond_dim8", 8): [0.71, 0.69]})
+    env = dict(os.environ, COLUMNS="200")
+    table = subprocess.run([*CLI, "summary"], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    assert "settings" not in _columns(table, "experiment") and "bond_dim=" not in table
+    comparison = subprocess.run(
+        [*CLI, "compare", "sweep_bond_dim2", "sweep_bond_dim8"], capture_output=True, text=True, cwd=tmp_path, env=env
+    ).stdout
+    assert "A: sweep_bond_dim8 (n=2)\nB: sweep_bond_dim2 (n=2)\n" in comparison and "bond_dim=" not in comparison
 
 
 def test_running_and_failed_runs_are_never_counted_as_successes(logs):
@@ -258,7 +307,7 @@ def test_the_plot_starts_at_epoch_0_marks_the_kept_epoch_and_says_what_it_shows(
     records, _ = read_runs("file", str(logs / "experiment_logs"))
     axes = draw_curves(group(records), "loss", log_y=False, band=False, source="experiment_logs").axes[0]
     runs = {name: len(seeds) for name, seeds in EXPERIMENTS.items()}
-    title = f"loss of 2 experiments, {sum(runs.values())} runs from experiment_logs (one line per run)"
+    title = f"loss per epoch of 2 experiments, {sum(runs.values())} runs from experiment_logs (one line per run)"
     assert axes.get_title() == title
     labels = [t.get_text() for t in axes.get_legend().get_texts()]
     assert labels == [f"{name} ({n} runs)" for name, n in sorted(runs.items())] + ["train", "validation", "kept epoch"]
@@ -266,6 +315,74 @@ def test_the_plot_starts_at_epoch_0_marks_the_kept_epoch_and_says_what_it_shows(
     assert len(curves) == 2 * sum(runs.values()) and all(min(line.get_xdata()) == 0 for line in curves)
     kept = [list(line.get_xdata()) for line in axes.get_lines() if line.get_marker() == "o"]
     assert kept == [[2] * n for _, n in sorted(runs.items())]  # best_epoch 2 of every run
+
+
+def _diverged(name: str, seed: int) -> None:
+    """A run whose training diverged: its curves run to -350, and it is recorded as failed."""
+    with start_run(f"{name}_seed{seed}", {"experiment": name}, backend="file") as run:
+        for epoch in range(3):
+            run.log_metrics({"loss": 1.0 + 100 * epoch, "val_loss": -350.0 * epoch, "val_r2": -4820.0 * epoch}, epoch)
+        error = "no better than the trivial predictor on the held-out test split (test r2 -4820.000)"
+        run.log_summary({"seed": seed, "best_epoch": 0, "success": False, "test_r2": -4820.0, "error": error})
+
+
+def test_status_chooses_the_runs_of_summary_compare_and_plot(logs):
+    """Failed on main: no --status; a failed run's curve was drawn and flattened every other."""
+    _diverged("bond_sweep_2", 0)
+    _diverged("bond_sweep_4", 9)
+    every = {r["experiment"]: r for r in json.loads(ntn_trackers("summary", "--format", "json", cwd=logs).stdout)}
+    assert every["bond_sweep_4"]["runs"] == 5 and every["bond_sweep_2"]["runs"] == 1
+    done = ntn_trackers("summary", "--status", "finished", "--format", "json", cwd=logs)
+    finished = {r["experiment"]: r for r in json.loads(done.stdout)}
+    assert sorted(finished) == sorted(EXPERIMENTS) and finished["bond_sweep_4"]["runs"] == 4
+    failed = json.loads(ntn_trackers("summary", "--status", "failed", "--format", "json", cwd=logs).stdout)
+    assert sorted((r["experiment"], r["runs"]) for r in failed) == [("bond_sweep_2", 1), ("bond_sweep_4", 1)]
+    both = json.loads(ntn_trackers("summary", "--status", "finished,failed", "--format", "json", cwd=logs).stdout)
+    assert sum(r["runs"] for r in both) == 9
+    compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--status", "finished", cwd=logs).stdout
+    assert "failed" not in compared and "A: bond_sweep_4 (n=4)\nB: bond_sweep_8 (n=3)" in compared
+    for command in ("summary", "compare bond_sweep_4 bond_sweep_8", "plot"):
+        bad = ntn_trackers(*command.split(), "--status", "faild", cwd=logs)
+        assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert "--status faild: no run has that status; these runs are failed (2), finished (7)" in bad.stderr
+
+
+def _drawn(monkeypatch, logs, *args: str):
+    """`ntn-trackers plot ARGS` in this process: its stdout lines and the matplotlib figure it drew."""
+    import contextlib
+
+    import matplotlib.pyplot as plt
+    from ntn.tracking.cli import main
+
+    figures, out = [], io.StringIO()
+    monkeypatch.setattr(plt, "close", figures.append)  # kept open, to be read back
+    monkeypatch.chdir(logs)
+    with contextlib.redirect_stdout(out):
+        assert main(["plot", "-o", str(logs / "p.png"), *args]) == 0
+    return out.getvalue().splitlines(), figures[0]
+
+
+def test_plot_leaves_failed_runs_out_by_default_and_lists_them_beneath(logs, monkeypatch):
+    _diverged("bond_sweep_4", 9)
+    lines, figure = _drawn(monkeypatch, logs)
+    error = "no better than the trivial predictor on the held-out test split (test r2 -4820.000)"
+    assert lines == [str(logs / "p.png"), f"not drawn (failed): bond_sweep_4_seed9: {error}"]
+    axes = figure.axes[0]
+    assert min(min(line.get_ydata()) for line in axes.get_lines()) > 0  # no curve of the diverged run
+    assert axes.get_title().endswith("; 1 failed run not drawn (--status all draws them)")
+    lines, figure = _drawn(monkeypatch, logs, "--status", "all")
+    assert lines == [str(logs / "p.png")] and min(min(line.get_ydata()) for line in figure.axes[0].get_lines()) == -700
+
+
+def test_plot_of_a_validation_metric_draws_it_dashed_as_its_legend_says(logs, monkeypatch):
+    """Failed on main: `--metric val_loss` drew validation solid, where the legend says solid is train."""
+    _, figure = _drawn(monkeypatch, logs, "--metric", "val_loss")
+    axes = figure.axes[0]
+    curves = [line for line in axes.get_lines() if line.get_marker() != "o"]
+    assert len(curves) == sum(map(len, EXPERIMENTS.values())) and {c.get_linestyle() for c in curves} == {"--"}
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels[-2:] == ["validation", "kept epoch"] and "train" not in labels
+    assert axes.get_ylabel() == "val_loss per epoch"
 
 
 def test_aim_repo_gives_the_same_summary_as_the_run_files(tmp_path, monkeypatch):

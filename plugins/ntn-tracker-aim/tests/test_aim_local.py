@@ -22,6 +22,7 @@ from ntn.tracking.testing import (
     run_in_dirty_repository,
 )
 from ntn_tracker_aim import AimTracker, flush, index_runs, series
+from ntn_tracker_aim.reading import HIDDEN
 
 
 def read(root, run_hash):
@@ -39,11 +40,14 @@ def test_passes_the_conformance_kit_and_aim_holds_what_it_was_sent():
     run = read(".", sent.tracker.run_hash)
     assert run.name == sent.experiment_name
     assert run.experiment == sent.experiment_name.removesuffix("_seed0")
-    assert run["hparams"] == sent.hparams and run["provenance"] == sent.provenance
-    assert run["config"]["jitter"] == sent.config["jitter"] and run["config"]["seeds"] == [0, 1, 2]
+    hidden = run[HIDDEN]  # out of Aim's tables: failed on main, 118 params led by config.aim_repo
+    assert run["hparams"] == sent.hparams and hidden["provenance"] == sent.provenance
+    assert hidden["config"]["jitter"] == sent.config["jitter"] and hidden["config"]["seeds"] == [0, 1, 2]
     assert run["summary"] == sent.summary | {"status": "failed"}  # finalize's status
+    assert set(run.get(..., {})) == {"hparams", "data", "status", "summary", HIDDEN}
+    assert run["status"] == "failed" and "failed" in run.tags and run.description.startswith("failed: ")
     curves = series(run)
-    assert run["initial"] == {"loss": 6.64, "r2": -3.88} and all(context == "" for _, context in curves)
+    assert hidden["initial"] == {"loss": 6.64, "r2": -3.88} and all(context == "" for _, context in curves)
     loss = curves[("loss", "")]
     assert [s for s, _ in loss] == [0, 1, 2] and loss[0][1] == 0.27 and math.isnan(loss[1][1])
     assert curves[("r2", "")][1] == (1, -math.inf) and curves[("reg_loss", "")][1] == (1, math.inf)
@@ -132,6 +136,33 @@ def test_a_failed_run_records_success_false_and_the_error():
     run = Run(run_hash, repo=".", read_only=True)
     assert run["summary"] == {"status": "failed", "success": False, "error": "FloatingPointError: overflow at site 2"}
     assert run.tags == ["failed"]  # failed on main: only Aim's "Finished" badge showed in the Runs explorer
+    assert run["status"] == "failed" and run.description == "failed: FloatingPointError: overflow at site 2"
+
+
+def test_a_sweep_run_has_the_params_a_researcher_filters_on_and_its_kept_figures_at_the_kept_epoch():
+    """Failed on main: test_r2 was a single point at step 0 and the params were the whole config."""
+    from aim import Repo
+
+    config = {"experiment": "s_bond_dim4", "sweep": "s", "swept": {"bond_dim": 4}, "dataset": "synthetic"}
+    config |= {"n_samples": 200, "aim_repo": ".aim", "tracker_dir": "x", "dataset_info": {"sha256": "0" * 64}}
+    with start_run("s_bond_dim4_seed0", config) as tracked:
+        for epoch in range(4):
+            tracked.log_metrics({"loss": 1.0 / (epoch + 1), "val_r2": 0.1 * epoch}, step=epoch)
+        tracked.log_summary({"seed": 0, "best_epoch": 2, "success": True, "r2": 0.8, "val_r2": 0.2, "test_r2": 0.3})
+    assert flush()
+    (run_hash,) = index_runs(".")
+    run = Run(run_hash, repo=".", read_only=True)
+    assert set(run.get(..., {})) == {"data", "sweep", "status", "summary", HIDDEN}  # no hparams logged here
+    assert run["data"] == {"dataset": "synthetic", "n_samples": 200} and run["status"] == "finished"
+    assert run["sweep"] == {"name": "s", "configuration": "s_bond_dim4", "bond_dim": 4} and run.tags == []
+    curves = series(run)
+    assert curves[("kept/test_r2", "")] == [(2, 0.3)] and curves[("kept/train_r2", "")] == [(2, 0.8)]
+    assert ("test_r2", "") not in curves
+    for status, names in (("!= 'finished'", []), ("== 'finished'", ["s_bond_dim4_seed0"])):
+        query = f"run.experiment == 's' and run.status {status}"  # the experiment: the sweep's name
+        assert [r.run.name for r in Repo(os.getcwd()).query_runs(query, report_mode=0).iter_runs()] == names
+    (record,) = read_runs("aim", ".")[0]
+    assert record["summary"]["test_r2"] == 0.3 and [m["step"] for m in record["metrics_log"]] == [0, 1, 2, 3]
 
 
 def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
@@ -157,7 +188,7 @@ def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
     for step, scores in logged:
         for name, value in scores.items():
             if step == -1:  # the untrained model: a param, so that no chart or column starts with it
-                assert run["initial"][name] == pytest.approx(value)
+                assert run[HIDDEN]["initial"][name] == pytest.approx(value)
             else:
                 assert (step, pytest.approx(value)) in curves[(name, "")]
     assert [s for s, _ in curves[("val_r2", "")]] == [0, 1, 2]

@@ -13,6 +13,7 @@ from authproxy import AuthProxy
 from conftest import AimServer, free_port
 from ntn_tracker_aim import index_runs, series
 from ntn_tracker_aim.journal import read_records
+from ntn_tracker_aim.reading import HIDDEN
 
 SEEDS, EPOCHS = 3, 20
 TRAINING = textwrap.dedent(
@@ -84,7 +85,7 @@ def assert_complete(root, name="resilience", seeds=SEEDS, epochs=EPOCHS):
     for seed, run in enumerate(mine):
         curves = series(run)
         assert curves[("loss", "")] == [(e, 1.0 / (e + 1)) for e in range(epochs)]  # every epoch, once
-        assert run["initial"] == {"loss": 10.0} and ("loss", "init") not in curves
+        assert run[HIDDEN]["initial"] == {"loss": 10.0} and ("loss", "init") not in curves
         assert run["hparams"] == {"seed": seed}
     return mine
 

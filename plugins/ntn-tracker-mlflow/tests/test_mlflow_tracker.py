@@ -271,3 +271,56 @@ def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets(mlflow_serve
     ids = {json.loads((tmp_path / d / "results_sweep_shared.json").read_text())["sweep_id"] for d in ("alice", "bob")}
     run_ids = {r["config"]["run_id"].rpartition("@")[2] for r in records if r["experiment_name"] in SWEEP_RUNS}
     assert len(ids) == 2 and run_ids == ids
+
+
+def test_a_failed_run_is_marked_and_filtered_and_the_experiment_opens_in_its_classic_view(tmp_path, monkeypatch):
+    """Failed on main: figures at the kept epoch were `summary/*` metrics at step 0 beside the per-epoch ones,
+    a failed run had no status of ntn's to filter on, and MLflow's UI opened its GenAI view, with no param
+    or metric column and the run names cut where the settings begin."""
+    from ntn_tracker_mlflow.reading import _kept_figures
+    from ntn_tracker_mlflow.tracker import UI, VIEW_TAG, view_address
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for bond, success in ((6, True), (2, False)):
+        name = f"sweep_bond_dim{bond}_seed0"
+        config = {"experiment": f"sweep_bond_dim{bond}", "sweep": "sweep", "swept": {"bond_dim": bond}}
+        with start_run(name, config, backend="mlflow") as run:
+            for epoch in range(4):
+                run.log_metrics({"loss": 1.0 / (epoch + 1), "val_loss": 1.2 / (epoch + 1)}, step=epoch)
+            figures = {"loss": 0.3, "r2": 0.7, "val_loss": 0.4, "val_r2": 0.6, "test_loss": 0.41, "test_r2": 0.59}
+            run.log_summary({"seed": 0, "best_epoch": 2, "success": success, **figures})
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "sweep"]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    ok, failed = runs["sweep_bond_dim6_seed0"], runs["sweep_bond_dim2_seed0"]
+    assert (ok.info.status, failed.info.status) == ("FINISHED", "FAILED")
+    assert (ok.data.tags["ntn.status"], failed.data.tags["ntn.status"]) == ("finished", "failed")
+    kept = client.search_runs([experiment.experiment_id], "tags.`ntn.status` != 'failed'")
+    assert [r.info.run_name for r in kept] == ["sweep_bond_dim6_seed0"]
+    names = {"kept/train_loss", "kept/train_r2", "kept/val_loss", "kept/val_r2", "kept/test_loss", "kept/test_r2"}
+    assert {m for m in ok.data.metrics if "/" in m} == names  # no `summary/*` beside `val_loss`
+    assert [(m.step, m.value) for m in client.get_metric_history(ok.info.run_id, "kept/test_r2")] == [(2, 0.59)]
+    envelope = json.loads(client.get_experiment(experiment.experiment_id).tags[VIEW_TAG])
+    assert envelope["name"] == "ntn" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    kept = ("val_r2", "val_loss", "test_loss", "test_r2")  # the figure ranked by first, validation, test
+    assert state["selectedColumns"] == ["params.`swept.bond_dim`", *(f"metrics.`kept/{m}`" for m in kept)]
+    assert state["columnOrder"][:2] == ["attributes.`Run Name`", "attributes.`Created`"]
+    assert state["columnWidths"]["attributes.`Run Name`"] >= 8 * len("sweep_bond_dim6_seed0")
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`kept/val_r2`", False)
+    for column in state["selectedColumns"]:  # each a param or metric the runs have
+        kind, key = column.split(".", 1)
+        assert key.strip("`") in (ok.data.params if kind == "params" else ok.data.metrics)
+    address = view_address(UI, experiment.experiment_id)
+    assert address == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey=ntn"
+        "&workflowType=machine_learning"
+    )
+    assert address in MlflowTracker.where()
+    records = {r["experiment_name"]: r for r in read_runs("mlflow", uri)[0]}
+    assert records["sweep_bond_dim6_seed0"]["summary"]["r2"] == 0.7  # read back under its recorded name
+    assert [m["step"] for m in records["sweep_bond_dim6_seed0"]["metrics_log"]] == [0, 1, 2, 3]  # no kept/ steps
+    assert _kept_figures({"kept/train_r2": 0.7, "kept/val_r2": 0.6, "kept/train_x": 1.0}) == {
+        "r2": 0.7, "val_r2": 0.6, "train_x": 1.0,
+    }  # fmt: skip

@@ -29,7 +29,7 @@ from ntn.tracking.knobs import seconds
 from ntn.tracking.readers import closing_line
 from ntn.tracking.redact import Redactor
 from ntn.tracking.reproduce import CannotReproduce
-from ntn.tracking.results import experiment_of, study_of
+from ntn.tracking.results import experiment_of, figure_name, study_of
 from ntn.tracking.run import TrackedRun, hold, prepare, start_run, validate
 from ntn.tracking.signals import Interrupted, stop_on_signals, uninterrupted
 
@@ -51,6 +51,7 @@ __all__ = [
     "TrackerWarning",
     "closing_line",
     "experiment_of",
+    "figure_name",
     "hold",
     "hookimpl",
     "hookspec",

@@ -61,21 +61,39 @@ def _kept(record: Record, steps: list[int], values: list[float]) -> tuple[int, f
 
 
 def plot_curves(
-    experiments: dict[str, Experiment], metric: str, out: Path, log_y: bool, band: bool, source: str = ""
+    experiments: dict[str, Experiment],
+    metric: str,
+    out: Path,
+    log_y: bool,
+    band: bool,
+    source: str = "",
+    left_out: int = 0,
 ) -> Path:
     """`draw_curves` into the PNG `out` (900 × 500 pixels)."""
     import matplotlib.pyplot as plt
 
-    fig = draw_curves(experiments, metric, log_y, band, source)
+    fig = draw_curves(experiments, metric, log_y, band, source, left_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out
 
 
-def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, band: bool, source: str = ""):
-    """Train (solid) and validation (dashed) `metric` over epochs from 0, the kept epoch of each run marked
-    on its validation curve; one colour and one legend entry per experiment, a title saying what is shown.
+def curves_of(metric: str) -> list[tuple[str, str, str]]:
+    """The curves that `--metric` names, as (recorded name, split, line style): `loss` the training (solid)
+    and validation (dashed) curves, `val_loss` the validation one alone, `train_loss` the training one."""
+    if metric.startswith("val_"):
+        return [(metric, "validation", "--")]
+    name = metric.removeprefix("train_")
+    return [(name, "train", "-")] + ([] if metric.startswith("train_") else [(f"val_{name}", "validation", "--")])
+
+
+def draw_curves(
+    experiments: dict[str, Experiment], metric: str, log_y: bool, band: bool, source: str = "", left_out: int = 0
+):
+    """Train (solid) and validation (dashed) `metric` per epoch from 0 (`curves_of`), the kept epoch of each
+    run marked on its validation curve; one colour and one legend entry per experiment, a title saying what is
+    shown, and how many failed runs it leaves out (`left_out`).
 
     One line per run, or with `band` the mean ± std over an experiment's runs at each step.
     """
@@ -86,16 +104,17 @@ def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, ba
 
     fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    drawn, labelled = 0, set()
+    drawn, labelled, styles = 0, set(), {}
     for i, exp in enumerate(experiments.values()):
         color = colors[i % len(colors)]
-        for name, style in ((metric, "-"), (f"val_{metric}", "--")):
+        for name, split, style in curves_of(metric):
             runs = [(r, c) for r, c in ((r, _curve(r, name)) for r in exp.runs) if c[0]]
             curves = [c for _, c in runs]
             if not curves:
                 continue
             label = None if exp.name in labelled else f"{exp.name} ({len(exp.runs)} runs)"
             labelled.add(exp.name)
+            styles[split] = style
             if name.startswith("val_"):  # the epoch each run kept
                 kept = [k for k in (_kept(r, *c) for r, c in runs) if k is not None]
                 if kept:
@@ -128,7 +147,7 @@ def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, ba
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(", ".join(name for name, split, _ in curves_of(metric) if split in styles) + " per epoch")
     if log_y:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
@@ -136,13 +155,14 @@ def draw_curves(experiments: dict[str, Experiment], metric: str, log_y: bool, ba
     shown = "mean ± std over each experiment's runs" if band else "one line per run"
     where = f" from {source}" if source else ""
     counted = f"{len(experiments)} experiment{'s' * (len(experiments) != 1)}, {runs} run{'s' * (runs != 1)}"
-    ax.set_title(f"{metric} of {counted}{where} ({shown})", fontsize="medium")
+    failed = f"; {left_out} failed run{'s' * (left_out != 1)} not drawn (--status all draws them)" if left_out else ""
+    ax.set_title(f"{metric} per epoch of {counted}{where} ({shown}){failed}", fontsize="medium", wrap=True)
     handles, _ = ax.get_legend_handles_labels()
-    handles += [
-        Line2D([], [], color="gray", linestyle="-", label="train"),
-        Line2D([], [], color="gray", linestyle="--", label="validation"),
-        Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="", label="kept epoch"),
-    ]
+    handles += [Line2D([], [], color="gray", linestyle=style, label=split) for split, style in styles.items()]
+    if "validation" in styles:
+        handles.append(
+            Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="", label="kept epoch")
+        )
     ax.legend(handles=handles, fontsize="small")
     fig.tight_layout()
     return fig

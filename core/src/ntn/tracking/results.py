@@ -3,7 +3,8 @@
 Runs are grouped by experiment base name: config["experiment"], else the run name without `_seed<N>`.
 A run counts as successful only when it finished and its summary says success: true; runs still in
 progress (status "running") and failed runs are counted and listed as such. Statistics are over the
-successful runs (population standard deviation, as in the experiments' results file).
+successful runs (population standard deviation, as in the experiments' results file), each taken at the
+epoch the run kept (summary.best_epoch); a training figure is named with its split (`train_loss`, `train_r2`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ def status_of(record: Record) -> str:
     return "ok" if summary.get("success") is True else "failed"
 
 
+def run_status(record: Record) -> str:
+    """How a run ended, as its summary says: "finished" (a success), "failed", or whatever other status it
+    holds ("running", "interrupted", "pruned", ...); a run that recorded none is finished when it says
+    success: true, else failed."""
+    summary = record.get("summary") or {}
+    status = summary.get("status")
+    if isinstance(status, str) and status not in ("finished", "failed", ""):
+        return status
+    return "finished" if summary.get("success") is True else "failed"
+
+
+def figure_name(key: str, figures: Any) -> str:
+    """A summary figure's name with its split: one that also has a `val_` or `test_` figure in `figures`
+    (`loss`, `r2`, `accuracy`: the training split's) as `train_<key>`, every other as it is."""
+    return f"train_{key}" if f"val_{key}" in figures or f"test_{key}" in figures else key
+
+
 def best_epoch_of(record: Record) -> int | None:
     """summary.best_epoch, else the epoch of the lowest val_loss (or loss) in the metrics log."""
     summary = record.get("summary") or {}
@@ -58,8 +76,9 @@ def best_epoch_of(record: Record) -> int | None:
 
 
 def _metric_order(name: str) -> tuple[int, str]:
-    """Held-out first: test_*, then val_*, then training figures."""
-    return (0 if name.startswith("test_") else 1 if name.startswith("val_") else 2, name)
+    """Held-out first: test_*, then val_*, then training figures (train_*), then the rest."""
+    order = next((i for i, split in enumerate(("test_", "val_", "train_")) if name.startswith(split)), 3)
+    return order, name
 
 
 @dataclass
@@ -85,13 +104,15 @@ class Experiment:
 
     @cached_property  # the tables ask for it many times; `group` has added every run before
     def metrics(self) -> dict[str, Stats]:
-        """Statistics of every numeric summary figure over the successful runs, held-out first."""
+        """Statistics of every numeric summary figure over the successful runs, held-out first, each named
+        with its split (`figure_name`)."""
         values: dict[str, list[float]] = {}
         for record in self.by_status("ok"):
-            for key, value in (record.get("summary") or {}).items():
+            summary = record.get("summary") or {}
+            for key, value in summary.items():
                 if key not in NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
                     if math.isfinite(value):
-                        values.setdefault(key, []).append(float(value))
+                        values.setdefault(figure_name(key, summary), []).append(float(value))
         return {k: Stats.of(values[k]) for k in sorted(values, key=_metric_order)}
 
     @property

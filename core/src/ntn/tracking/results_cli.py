@@ -14,6 +14,8 @@ import statistics
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from ntn.tracking.results import (
     group,
     quality_of,
     ranked,
+    run_status,
     seeds_rows,
     summary_rows,
 )
@@ -88,10 +91,10 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def read_records(args: argparse.Namespace) -> list[Record]:
-    """Every readable run, of the experiments or sweeps named if any; each unreadable source is reported in
-    one line on stderr and skipped.
+    """Every readable run, of the experiments or sweeps named if any, and of the statuses asked for
+    (--status); each unreadable source is reported in one line on stderr and skipped.
 
-    :raises ValueError: no runs, or a name that matches no experiment and no sweep
+    :raises ValueError: no runs, a name that matches no experiment and no sweep, or a status no run holds
     """
     paths, names = _positional(args)
     sources = [parse_source(text) for text in args.sources]
@@ -104,7 +107,24 @@ def read_records(args: argparse.Namespace) -> list[Record]:
             print(_printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
-    return _named(records, names) if names else records
+    records = _named(records, names) if names else records
+    return _with_status(records, getattr(args, "status", None))
+
+
+def _with_status(records: list[Record], wanted: str | None) -> list[Record]:
+    """The runs whose status (`run_status`) is one of `wanted` (comma-separated; None or "all": every run).
+
+    :raises ValueError: a status that no run holds, naming those they hold, with their counts
+    """
+    statuses = [s.strip() for s in (wanted or "all").split(",") if s.strip()]
+    if not statuses or "all" in statuses:
+        return records
+    held = [run_status(r) for r in records]
+    unknown = [s for s in statuses if s not in held]
+    if unknown:
+        counts = ", ".join(f"{s} ({held.count(s)})" for s in sorted(set(held)))
+        raise ValueError(_printable(f"--status {unknown[0]}: no run has that status; these runs are {counts}"))
+    return [r for r, status in zip(records, held) if status in statuses]
 
 
 def _named(records: list[Record], names: list[str]) -> list[Record]:
@@ -199,19 +219,59 @@ def _ranking(experiments: list[Experiment], q: str | None) -> str:
     return f"best first on val_{q} (↑ higher is better, ↓ lower)"
 
 
-def _fit(rows: list[list[Any]], headers: list[str], keep: int, width: int) -> str:
-    """The table, its columns after the first `keep` dropped from the right until it fits `width` (a last
-    line then says how many; `--format csv` or a wider terminal shows them)."""
-    dropped = 0
+@dataclass
+class Column:
+    """A column of a table: its header, its cells, and its priority (0 is dropped last)."""
+
+    header: str
+    cells: list[str]
+    priority: int
+
+
+def _fit(columns: list[Column], width: int) -> str:
+    """The table, whole columns dropped, the lowest priority first (the rightmost of equals), until it fits
+    `width`; a last line then names them (`--format csv` or a wider terminal shows them)."""
+    shown, dropped = list(columns), []
     while True:
-        text = tabulate(rows, headers=headers, disable_numparse=True)
-        if len(headers) <= keep or max(map(len, text.splitlines())) <= width:
-            return text + (f"\n({dropped} more columns: widen the terminal, or --format csv)" if dropped else "")
-        headers, rows, dropped = headers[:-1], [r[:-1] for r in rows], dropped + 1
+        text = tabulate(
+            [list(row) for row in zip(*(c.cells for c in shown))],
+            headers=[c.header for c in shown],
+            disable_numparse=True,
+        )
+        if len(shown) == 1 or max(map(len, text.splitlines())) <= width:
+            break
+        worst = max(range(len(shown)), key=lambda i: (shown[i].priority, i))
+        dropped.append(shown.pop(worst).header)
+    if dropped:
+        text += "\n" + "\n".join(
+            _wrapped([f"not shown at this width: {', '.join(dropped)} (a wider terminal or --format csv shows them)"])
+        )
+    return text
 
 
 def _wrapped(notes: list[str]) -> list[str]:
     return [textwrap.fill(_printable(n), _width(), subsequent_indent="    ") for n in notes]
+
+
+def _heading(parts: list[str]) -> str:
+    """What a table shows, in lines that fit the terminal."""
+    return "\n".join(textwrap.fill(_printable("; ".join(p for p in parts if p)), _width()).splitlines())
+
+
+KEPT_EPOCH = "mean ± std over the successful runs, each at the epoch it kept"
+
+
+def _named_by_settings(settings: dict[str, dict[str, Any]]) -> bool:
+    """Whether every experiment's name says its settings that differ (a sweep's names: `s_bond_dim4_l3`)."""
+    return all(all(f"{k}{v}" in name for k, v in values.items()) for name, values in settings.items())
+
+
+def _priority(q: str | None, chosen: list[str]) -> Callable[[str], int]:
+    """The priority of each of `summary`'s columns after experiment (0) and ok/runs (1), see `register`'s help:
+    the figures asked for with --metrics in their order, else val_<q>, test_<q>, the settings, test_loss;
+    then the best epochs, then the other figures."""
+    order = [*(chosen or [f"val_{q}", f"test_{q}", "settings", "test_loss"]), "settings", "best epoch"]
+    return lambda name: 2 + (order.index(name) if name in order else len(order))
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -219,25 +279,31 @@ def _summary(args: argparse.Namespace) -> int:
     rows = summary_rows(experiments)
     q = quality_of(list(experiments.values()))
     metrics = list(dict.fromkeys(m for exp in experiments.values() for m in exp.metrics))
-    if args.metrics:
-        metrics = [m for m in args.metrics.split(",") if m]
+    chosen = [m for m in args.metrics.split(",") if m] if args.metrics else []
+    if chosen:
+        metrics = chosen
     elif q:  # the figures a researcher ranks by first, then the rest as the width allows
-        metrics = [m for m in (f"val_{q}", f"test_{q}", "test_loss") if m in metrics] + [
-            m for m in metrics if m not in (f"val_{q}", f"test_{q}", "test_loss")
-        ]
-    differ = any(r["settings"] for r in rows)
-    table = [
-        [_printable(r["experiment"])]
-        + ([_printable(_settings_cell(r["settings"]))] if differ else [])
-        + [f"{r['successful']}/{r['runs']}", _best_epoch_cell(r["best_epoch"])]
-        + [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" if m in r else "-" for m in metrics]
-        for r in rows
+        first = [m for m in (f"val_{q}", f"test_{q}", "test_loss") if m in metrics]
+        metrics = first + [m for m in metrics if m not in first]
+    settings, priority = {r["experiment"]: r["settings"] for r in rows}, _priority(q, chosen)
+    columns = [
+        Column("experiment", [_printable(r["experiment"]) for r in rows], 0),
+        Column("ok/runs", [f"{r['successful']}/{r['runs']}" for r in rows], 1),
     ]
-    headers = ["experiment", *(["settings"] if differ else []), "ok/runs", "best epoch"]
-    headers += [_printable(m) + _better(m) for m in metrics]
-    text = _fit(table, headers, len(headers) - len(metrics) + 1, _width())
-    if ranking := _ranking(list(experiments.values()), q):
-        text = f"{ranking}; mean ± std over the successful runs\n{text}"
+    if any(settings.values()) and not _named_by_settings(settings):
+        cells = [_printable(_settings_cell(r["settings"])) for r in rows]
+        columns.insert(1, Column("settings", cells, priority("settings")))
+    columns.append(Column("best epoch", [_best_epoch_cell(r["best_epoch"]) for r in rows], priority("best epoch")))
+    columns += [
+        Column(
+            _printable(m) + _better(m),
+            [_stats_cell(r[m]) if m in r else "-" for r in rows],
+            priority(m),
+        )
+        for m in metrics
+    ]
+    ranking = _ranking(list(experiments.values()), q)
+    text = f"{_heading([ranking, KEPT_EPOCH])}\n{_fit(columns, _width())}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
     for r in (r for r in rows if r["mixed"]):
@@ -246,6 +312,21 @@ def _summary(args: argparse.Namespace) -> int:
     shown = [_counted(r) for r in rows] if args.format == "csv" else rows
     _emit(shown, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
+
+
+def _stats_cell(stats: dict[str, float]) -> str:
+    """Mean ± std of a figure over seeds: 4 significant digits, the spread 2."""
+    return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+
+
+def _delta_cell(delta: dict[str, float]) -> str:
+    """A difference of means to the reference and its spread across seeds."""
+    return f"{delta['difference']:+.3g} ± {delta['spread']:.2g}"
+
+
+def _label(i: int) -> str:
+    """A compared experiment's short name in the table's header: A, B, ..., Z, then #27, #28, ..."""
+    return chr(ord("A") + i) if i < 26 else f"#{i + 1}"
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -257,26 +338,23 @@ def _compare(args: argparse.Namespace) -> int:
     chosen = sorted(ranked({name: experiments[name] for name in args.experiments}), key=lambda e: not e.metrics)
     seeds, rows = seeds_rows(chosen), comparison_rows(chosen)
     ref, q = chosen[0].name, quality_of(chosen)
-    headers = ["metric", *[_printable(f"{e.name} ({_seeds_cell(e)})") for e in chosen]]
-    table = [
-        [_printable(r["metric"]) + _better(r["metric"])]
-        + [f"{r[ref]['mean']:.4g} ± {r[ref]['std']:.2g}"]
-        + [
-            f"{r[e.name]['mean']:.4g} ± {r[e.name]['std']:.2g}, "
-            f"Δ {r[f'{e.name} - {ref}']['difference']:+.3g} ± {r[f'{e.name} - {ref}']['spread']:.2g}"
-            if r[e.name]
-            else "-"
-            for e in chosen[1:]
+    columns = [Column("metric", [_printable(r["metric"]) + _better(r["metric"]) for r in rows], 0)]
+    columns.append(Column(_label(0), [_stats_cell(r[ref]) for r in rows], 1))
+    for i, e in enumerate(chosen[1:], start=1):
+        cells = [
+            f"{_stats_cell(r[e.name])}, Δ {_delta_cell(r[f'{e.name} - {ref}'])}" if r[e.name] else "-" for r in rows
         ]
-        for r in rows
+        columns.append(Column(_label(i), cells, 1 + i))
+    settings = differing_settings(chosen)
+    said = _named_by_settings(settings)
+    legend = [
+        f"{_label(i)}: {e.name} ({_seeds_cell(e)})"
+        + ("" if said or not settings[e.name] else f": {_settings_cell(settings[e.name])}")
+        for i, e in enumerate(chosen)
     ]
-    ranking = _ranking(chosen, q)
-    delta = f"Δ: difference of means to {ref}"
-    lines = [f"{ranking}; {delta}" if ranking else delta]
-    lines += [f"{name}: {_settings_cell(s)}" for name, s in differing_settings(chosen).items() if s]
-    lines = [_printable(line) for line in lines]
+    heading = _heading([_ranking(chosen, q), f"Δ: difference of means to {_label(0)}", KEPT_EPOCH])
     notes = [f"failed: {name}: {error}" for exp in chosen for name, error in errors_of(exp).items()]
-    text = "\n".join([*lines, _fit(table, headers, 2, _width())])
+    text = "\n".join([heading, *_wrapped(legend), _fit(columns, _width())])
     _emit(seeds + rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
     return 0
 
@@ -292,33 +370,62 @@ def _plot(args: argparse.Namespace) -> int:
 
     paths, _ = _positional(args)
     sources = [*args.sources, *paths, *([args.dir] if args.dir else [])] or [DEFAULT_DIR]
-    records = []
+    records, left_out = [], []
     for record in read_records(args):
         problem = damaged(record)
         if problem:  # one line, as `summary` skips a run it cannot read
             print(
                 _printable(f"ntn-trackers: skipped run {record.get('experiment_name')!r}: {problem}"), file=sys.stderr
             )
+        elif args.status is None and run_status(record) == "failed":
+            left_out.append(record)
         else:
             records.append(record)
     if not records:
-        raise ValueError("no run left to plot")
-    path = plot_curves(group(records), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources))
+        raise ValueError(
+            "no run left to plot" + (f" ({len(left_out)} failed: --status all draws them)" if left_out else "")
+        )
+    path = plot_curves(
+        group(records), args.metric, Path(args.output), args.log_y, args.band, ", ".join(sources), len(left_out)
+    )
     print(path)
+    for record in left_out:  # beneath the path, one line each: what the figure leaves out, and why
+        error = (record.get("summary") or {}).get("error") or "no error recorded"
+        print(_printable(f"not drawn (failed): {record.get('experiment_name')}: {error}"))
     return 0
 
 
+STATUS_HELP = (
+    "only the runs that ended so, comma-separated: finished, failed, running, interrupted, or any status the runs "
+    "hold; all for every run"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    summary = sub.add_parser("summary", help="one row per experiment: runs, successes, metrics over seeds")
+    summary = sub.add_parser(
+        "summary",
+        help="one row per experiment: runs, successes, metrics over seeds",
+        description="One row per experiment, best first. A table wider than the terminal drops whole columns, "
+        "the last in this order first: experiment, ok/runs, val_<figure>, test_<figure>, the settings that differ "
+        "(when the names do not say them), test_loss, best epoch, the other figures (with --metrics: those named, "
+        "in their order, then settings, best epoch).",
+    )
     add_sources(summary)
     summary.add_argument("--format", choices=("table", "csv", "json"), default="table")
     summary.add_argument("--metrics", help="comma-separated summary figures to show in the table (default: all)")
+    summary.add_argument("--status", help=STATUS_HELP + " (default all)")
     summary.set_defaults(func=_summary)
 
-    compare = sub.add_parser("compare", help="experiments side by side, with differences of means")
+    compare = sub.add_parser(
+        "compare",
+        help="experiments side by side, with differences of means",
+        description="Experiments side by side, best first, each named by a letter (A is the reference). A table "
+        "wider than the terminal drops the columns of the last experiments first.",
+    )
     compare.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="two or more experiment names")
     add_sources(compare, positional=False)
     compare.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    compare.add_argument("--status", help=STATUS_HELP + " (default all)")
     compare.set_defaults(func=_compare)
 
     plot = sub.add_parser("plot", help="learning curves (train solid, validation dashed) to a PNG")
@@ -327,4 +434,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("--metric", default="loss", help="metric to plot, e.g. loss, r2, accuracy (default loss)")
     plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
     plot.add_argument("--band", action="store_true", help="mean ± std per experiment instead of one line per run")
+    plot.add_argument(
+        "--status", help=STATUS_HELP + " (default: every run but the failed ones, which are listed beneath the path)"
+    )
     plot.set_defaults(func=_plot)

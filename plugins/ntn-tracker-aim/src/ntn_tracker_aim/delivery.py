@@ -12,12 +12,14 @@ from urllib.parse import urlparse
 
 from aim import Repo, Run
 from aim.sdk.objects.artifact import Artifact
+from ntn.tracking import figure_name
 from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
 from ntn_tracker_aim import aim_internals, auth, journal
-from ntn_tracker_aim.reading import INITIAL
+from ntn_tracker_aim.reading import HIDDEN, INITIAL, KEPT
 from ntn_tracker_aim.repo import REMOTE_PREFIX
 
+DATA_SETTINGS = ("dataset", "n_samples", "data_seed", "preprocessing")  # config values a researcher filters on
 STORE = ".by-sha256"  # beside the runs' folders (Aim names those by run hash) at the artifacts URI
 STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 RUN_OPTIONS = dict(log_system_params=False, capture_terminal_logs=False, system_tracking_interval=None)
@@ -63,22 +65,36 @@ def artifacts_uri(repo: str) -> str | None:
     return None if repo.startswith(REMOTE_PREFIX) else (Path(repo).resolve() / "aim-artifacts").as_uri()
 
 
+def _hide(run, key: str, value: Any) -> None:
+    """`value` as run[HIDDEN][key]: read back, shown on the run's page, never a column of Aim's tables."""
+    run[(HIDDEN, key)] = value
+
+
 def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = None) -> None:
+    """One journal record into the Aim run. Its params are what a researcher filters on: `hparams`, `data`
+    (the data settings), `sweep`, `status` and `summary`; the whole config, the provenance, the initial
+    evaluation and non-numeric metrics are kept under HIDDEN, out of Aim's tables (which would otherwise
+    list over a hundred columns, led by `config.aim_repo`)."""
     op = record["op"]
     if op == "open":  # a run's first attempt, or a new one that replaces what the earlier recorded
         state.__init__()
         run.name = record["name"]
-        run["config"] = config = record["config"]
+        config = record["config"]
+        _hide(run, "config", config)
+        run["data"] = {k: config[k] for k in DATA_SETTINGS if k in config}
+        run["status"] = "running"
         if config.get("sweep"):  # top-level params the Runs explorer groups a sweep's runs by
             run["sweep"] = {
                 "name": config["sweep"],
                 "configuration": config.get("experiment"),
                 **config.get("swept", {}),
             }
-    elif op in ("hparams", "provenance"):
+    elif op == "hparams":
         run[op] = record[op]
-    elif op == "metrics" and record["step"] < 0:  # the untrained model: a param, off the charts and tables
-        run[INITIAL] = record["metrics"]
+    elif op == "provenance":
+        _hide(run, op, record[op])
+    elif op == "metrics" and record["step"] < 0:  # the untrained model: off the charts and tables
+        _hide(run, INITIAL, record["metrics"])
     elif op == "metrics":
         numbers = {
             k: float(v) for k, v in record["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -88,18 +104,24 @@ def apply(run, state: RunState, record: dict[str, Any], artifacts: str | None = 
             run.track(numbers, step=int(record["step"]), context={})  # one call: one message to a remote server
         if others:
             state.nonnumeric[str(record["step"])] = others
-            run["nonnumeric_metrics"] = state.nonnumeric
+            _hide(run, "nonnumeric_metrics", state.nonnumeric)
     elif op == "summary":
         state.summary.update(record["summary"])
         run["summary"] = state.summary
-        held_out = {k: float(v) for k, v in record["summary"].items() if k.startswith("test_") and _number(v)}
-        if held_out:  # the held-out figures as metrics too: columns of the Runs explorer, comparable in charts
-            run.track(held_out, step=0, context={})
+        figures = {
+            KEPT + figure_name(k, state.summary): float(v)
+            for k, v in state.summary.items()
+            if _number(v) and k not in ("seed", "best_epoch")
+        }
+        epoch = state.summary.get("best_epoch")
+        if figures:  # as metrics too, at the epoch the run kept: columns of the explorers, comparable in charts
+            run.track(figures, step=epoch if isinstance(epoch, int) and epoch >= 0 else 0, context={})
     elif op == "finalize":  # the run's status comes from here only
-        status = state.summary["status"] = record.get("status", "finished")
+        status = run["status"] = state.summary["status"] = record.get("status", "finished")
         run["summary"] = state.summary
         if status != "finished" and status not in run.tags:  # Aim's own "Finished" badge says nothing of it
             run.add_tag(status)
+            run.description = f"{status}: {state.summary.get('error') or 'no error recorded'}"
     elif op == "artifact" and artifacts is not None and record["name"] in STORED_ONCE:
         run.meta_run_tree.subtree("artifacts")[record["name"]] = _stored_once(record["path"], artifacts)
     elif op == "artifact" and artifacts is not None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 INITIAL = "initial"  # the param holding the initial evaluation (step -1) of the untrained model
+# where a run keeps what no one filters on (config, provenance, initial evaluation): the one param Aim's tables
+# leave out (its web API's `skip_system`); its run page shows it. Runs delivered before kept them at the top.
+HIDDEN = "__system_params"
+KEPT = "kept/"  # the summary's figures tracked as metrics at the epoch the run kept
 INIT_CONTEXT = {"phase": "init"}  # where runs delivered before 2026-12-03 hold it: metrics at step 0
 
 
@@ -44,17 +48,19 @@ def to_record(run) -> dict:
     """An aim Run in the shape of a run file: metrics per step, the initial evaluation back at step -1."""
 
     def param(key: str) -> dict:
-        try:
-            return run[key]
-        except KeyError:
-            return {}
+        for where in ((HIDDEN, key), key):  # runs delivered before HIDDEN: at the top
+            try:
+                return run[where]
+            except KeyError:
+                continue
+        return {}
 
     log: dict[int, dict] = {}
     summary = param("summary")
     for metric in run.metrics():
         context = metric.context.to_dict()
-        if metric.name.startswith("test_") and metric.name in summary:  # the summary's held-out figures
-            continue
+        if metric.name.startswith(KEPT) or (metric.name.startswith("test_") and metric.name in summary):
+            continue  # the summary's figures (before kept/: its held-out ones, by their own names)
         steps, (values, _epochs, _timestamps) = metric.data.items_list()
         for step, value in zip(steps, values):
             step = -1 if context == INIT_CONTEXT else step

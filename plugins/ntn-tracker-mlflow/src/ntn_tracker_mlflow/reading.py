@@ -9,6 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ntn.tracking import figure_name
+
+from ntn_tracker_mlflow.tracker import KEPT
+
 STATUS = {
     "RUNNING": "running",
     "SCHEDULED": "running",
@@ -38,12 +42,22 @@ def _value(text: str) -> Any:
         return text
 
 
+def _kept_figures(metrics: dict[str, float]) -> dict[str, float]:
+    """The summary's figures from the metrics `kept/<name>`, named back as recorded: `kept/train_r2` is `r2`
+    where `kept/val_r2` or `kept/test_r2` is there too (`ntn.tracking.figure_name`, inverted)."""
+    kept = {k.removeprefix(KEPT): v for k, v in metrics.items() if k.startswith(KEPT)}
+    unsplit = {k: k.removeprefix("train_") for k in kept if k.startswith("train_")}
+    return {
+        unsplit[k] if k in unsplit and figure_name(unsplit[k], kept) == k else k: _unclamped(v) for k, v in kept.items()
+    }
+
+
 def to_record(client, run, directory: str) -> dict[str, Any]:
     """An MLflow run in the shape of a run file (ntn.tracking.readers)."""
     run_id = run.info.run_id
     log: dict[int, dict[str, Any]] = {}
     for name in run.data.metrics:
-        if not name.startswith("summary/"):
+        if not name.startswith((KEPT, "summary/")):  # summary/: runs recorded before the figures were kept/
             for point in client.get_metric_history(run_id, name):
                 log.setdefault(point.step, {"step": point.step})[name] = _unclamped(point.value)
     initial = {k.removeprefix("initial."): float(v) for k, v in run.data.params.items() if k.startswith("initial.")}
@@ -52,6 +66,7 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
     summary = _artifact(client, run_id, "summary", directory)
     if summary is None:  # not finalized: what the metrics and tags say so far
         summary = {k.removeprefix("summary/"): v for k, v in run.data.metrics.items() if k.startswith("summary/")}
+        summary |= _kept_figures(run.data.metrics)
         summary |= {k.removeprefix("summary/"): _value(v) for k, v in run.data.tags.items() if k.startswith("summary/")}
     status = STATUS.get(run.info.status, "running")
     summary["status"] = summary.get("status", status) if status != "running" else "running"

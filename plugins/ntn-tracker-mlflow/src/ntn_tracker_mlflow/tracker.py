@@ -13,10 +13,16 @@
   hparams and summary is kept as the artifacts ntn/config.json, ntn/hparams.json, ntn/summary.json.
 - metrics: every number of every epoch, at its step, so that MLflow's charts start at epoch 0; the
   initial evaluation (step -1, the untrained model) as params `initial.<name>` instead, which would
-  otherwise squash every curve; the summary's figures as metrics `summary/<key>` (the held-out test
-  figures among them), its other values (`seed`, `best_epoch`, `success`, `error`) as tags
+  otherwise squash every curve; the summary's figures, taken at the epoch the run kept, as metrics
+  `kept/<split>_<name>` (`kept/val_r2`, `kept/test_r2`, `kept/train_loss`: `ntn.tracking.figure_name`) at
+  that epoch's step, so that the runs table never shows a last epoch's `val_loss` and a kept epoch's
+  figure under one name; its other values (`seed`, `best_epoch`, `success`, `error`) as tags
   `summary/<key>` in plain text. Non-numeric metric values are left out.
-- The MLflow experiment is made as a classic ML experiment (`mlflow.experimentKind`), not a GenAI one.
+- The MLflow experiment is made as a classic ML experiment (`mlflow.experimentKind`), which MLflow 3.17's
+  UI ignores: it opens in its GenAI mode unless its page's address says `workflowType=machine_learning`
+  (or "Model training" was chosen, top left). Each experiment gets a saved view `ntn` (the experiment tag
+  `mlflow.sharedViewState.ntn`, listed under the runs table's "Views"): its swept settings and kept
+  held-out figures as columns, best first, run names uncut; `where()` gives its address.
 - provenance: MLflow's own source tags (`mlflow.source.git.commit`, `mlflow.source.git.branch`,
   `mlflow.source.name`: the command), which its UI shows as the run's Source, `ntn.git.dirty`, and the
   whole record as the artifact ntn/provenance.json;
@@ -25,7 +31,9 @@
   experiment: by the first run that carries that content (tagged `ntn.stored.<name>` = its SHA-256),
   and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>` (a holder
   deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
-- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
+- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time; MLflow's runs table marks
+  a failed run with a red cross. The tag `ntn.status` (finished, failed, interrupted, ...) holds ntn's own
+  word, to filter on: `tags.ntn.status != 'failed'` in the search box.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
 
@@ -50,7 +58,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ntn.tracking import Background, TrackerConfigError, experiment_of, run_key, seconds, study_of
+from ntn.tracking import Background, TrackerConfigError, experiment_of, figure_name, run_key, seconds, study_of
 from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
 STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
@@ -59,6 +67,11 @@ DEFAULT_EXIT_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS_TAG = "ntn.status"  # ntn's word for how the run ended, whatever MLflow's status
+KEPT = "kept/"  # the summary's figures: at the epoch the run kept
+VIEW = "ntn"  # the experiment's saved view, tag `mlflow.sharedViewState.ntn`
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 NOT_FIGURES = ("seed", "best_epoch")  # numbers of the summary that are no figure to chart: tags
 RUN_KEY_TAG = "ntn.run_key"  # a digest of config["run_id"], safe in a search filter
 # the data settings and the sweep's names, as params a researcher searches by (beside the hparams)
@@ -111,6 +124,8 @@ class MlflowRun:
         self.client = MlflowClient(tracking_uri=uri)
         record = {"experiment_name": run_name, "config": config}
         experiment_id = self.experiment_id = self._experiment_id(study_of(record))  # a sweep: one experiment
+        SEEN.append(experiment_id)
+        self.run_name, self.swept = run_name, list(config.get("swept") or {})
         tags = {"ntn.experiment": experiment_of(record)} | (
             {"ntn.sweep": config["sweep"]} if config.get("sweep") else {}
         )
@@ -198,7 +213,9 @@ class MlflowRun:
         self.summary.update(summary)
         now = int(time.time() * 1000)
         figures = {k: v for k, v in summary.items() if _number(v) and k not in NOT_FIGURES}
-        metrics = [Metric(f"summary/{k}", float(v), now, 0) for k, v in figures.items()]
+        kept = self.summary.get("best_epoch")
+        step = kept if isinstance(kept, int) and not isinstance(kept, bool) and kept >= 0 else 0
+        metrics = [Metric(KEPT + figure_name(k, self.summary), float(v), now, step) for k, v in figures.items()]
         tags = [RunTag(f"summary/{k}", _text(v)[:MAX_PARAM]) for k, v in summary.items() if k not in figures]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
 
@@ -219,8 +236,47 @@ class MlflowRun:
 
     def finalize(self, status: str, end_time: float | None) -> None:
         self.client.log_dict(self.run_id, self.summary, "ntn/summary.json")
+        self.client.set_tag(self.run_id, STATUS_TAG, status)
+        if status == "finished":
+            self._save_view()
         ended = int((end_time or time.time()) * 1000)
         self.client.set_terminated(self.run_id, status=STATUS.get(status, "FINISHED"), end_time=ended)
+
+    def _save_view(self) -> None:
+        """The experiment's saved view `ntn`, made by its first finished run: the swept settings and the
+        kept held-out figures as columns, best first on the validation figure, run names uncut."""
+        experiment = self.client.get_experiment(self.experiment_id)
+        if VIEW_TAG in experiment.tags:
+            return
+        state = view_state(self.swept, self.summary, len(self.run_name))
+        envelope = {"name": VIEW, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(envelope))
+
+
+def view_state(swept: Sequence[str], summary: dict[str, Any], name_length: int) -> dict[str, Any]:
+    """A runs table's state as MLflow 3.17's UI saves it in a view (`selectedColumns` and the other keys of
+    its `ExperimentPageUIState`, `orderByKey` of its search facets): the params `swept.<name>` and the
+    metrics `kept/val_*` and `kept/test_*` of `summary`, best first on the validation r2 or accuracy."""
+    ranks = (f"{KEPT}val_r2", f"{KEPT}val_accuracy")  # the figure the table is ordered by, first
+    held_out = sorted(
+        (KEPT + k for k, v in summary.items() if k.startswith(("val_", "test_")) and _number(v)),
+        key=lambda name: (name not in ranks, not name.startswith(KEPT + "val_"), name),
+    )
+    columns = [f"params.`swept.{k}`" for k in swept] + [f"metrics.`{m}`" for m in held_out]
+    order = ["attributes.`Run Name`", "attributes.`Created`", *columns]
+    best = next((m for m in held_out if m in ranks), None)
+    return {
+        "selectedColumns": columns,
+        "columnOrder": order,
+        "columnWidths": {"attributes.`Run Name`": min(600, 60 + 8 * name_length)} | {c: 140 for c in columns},
+        **({"orderByKey": f"metrics.`{best}`", "orderByAsc": False} if best else {}),
+    }
+
+
+def view_address(base: str, experiment_id: str) -> str:
+    """Where MLflow's UI at `base` shows an experiment's runs in its classic view, with the saved view `ntn`."""
+    query = f"viewStateShareKey={VIEW}&workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 class MlflowTracker(Background):
@@ -235,8 +291,14 @@ class MlflowTracker(Background):
 
     @classmethod
     def where(cls) -> str:
-        """Where this backend keeps its runs, in a few words (the scripts' closing lines)."""
-        return f"mlflow: {uri_from_env() or 'the default tracking URI'}"
+        """Where this backend keeps its runs, in a few words (the scripts' closing lines), with the address of
+        the last experiment this process recorded, in MLflow's classic view (`view_address`)."""
+        uri = uri_from_env()
+        served = uri if uri and uri.startswith(("http://", "https://")) else None
+        shown = served or "`mlflow ui`"
+        if not SEEN:
+            return f"mlflow: {uri or 'the default tracking URI'} ({shown}: choose Model training, top left)"
+        return f"mlflow: {uri or 'the default tracking URI'} ({shown}, then {view_address(served or UI, SEEN[-1])})"
 
     @classmethod
     def source(cls) -> str:
@@ -262,6 +324,7 @@ class MlflowTracker(Background):
             _prepare_local_store(uri)
 
 
+SEEN: list[str] = []  # the MLflow experiments this process recorded runs in, the last last
 HOST_TAG, PID_TAG = "ntn.host", "ntn.pid"  # the process recording a run: a later one ends it if that one is gone
 _HOST = platform.node()
 

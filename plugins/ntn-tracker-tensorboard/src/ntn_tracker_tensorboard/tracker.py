@@ -4,8 +4,13 @@
   its runs), so that TensorBoard's run selector lists a study's runs together;
 - SCALARS: the learning curves first, each metric as `curves/<name>` from epoch 0 (the initial evaluation,
   step -1, is kept in the run's record and in the TEXT tab: as a scalar it would squash every curve),
-  then the final figures as `final/<name>` (one point each, at step 0);
-- HPARAMS: one row per run, its hparams (and status) against its final figures (`final/<name>`);
+  then the summary's figures, taken at the epoch the run kept, as `kept/<split>_<name>` (`kept/val_r2`,
+  `kept/test_r2`, `kept/train_loss`: `ntn.tracking.figure_name`), one point each, at that epoch's step;
+- HPARAMS: one row per run, its hparams, its data settings (`dataset`, `n_samples`, `data_seed`,
+  `preprocessing`) and its status against its kept figures (`kept/<name>`); the settings a sweep varies
+  (config["swept"]), `seed` and `status` are marked as differing between runs, which TensorBoard lists
+  first and shows by default (it shows the first five), the settings that never change after them;
+  TensorBoard's status filter (SUCCESS, FAILURE) leaves failed runs out of the table and the plots;
 - the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
   text; attached files in the run's folder under `artifacts/` (`git.diff` and `packages.txt`, alike for
   every run of a checkout, as hard links to one copy per content in <TENSORBOARD_DIR>/.by-sha256/);
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ntn.files import check_writable, file_stem, open_directory, store_once, write_atomic
-from ntn.tracking import TrackerConfigError, run_key, study_of
+from ntn.tracking import TrackerConfigError, figure_name, run_key, study_of
 from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE
 
 DEFAULT_DIR = "tb_logs"
@@ -37,6 +42,10 @@ STORE = ".by-sha256"  # in TENSORBOARD_DIR: the files stored once per content (n
 STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 CURVES = "curves/"  # the tag prefix of the per-epoch metrics: TensorBoard shows its groups in name order
 STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
+KEPT = "kept/"  # the tag prefix of the summary's figures: at the epoch the run kept
+DATA_SETTINGS = ("dataset", "n_samples", "data_seed", "preprocessing")  # config values a researcher filters on
+NOT_FIGURES = ("seed", "best_epoch")  # numbers of the summary that are no figure
+VARYING = ("seed", "status")  # HPARAMS columns that differ between runs besides a sweep's swept settings
 
 
 def tensorboard_dir() -> Path:
@@ -138,13 +147,18 @@ class TensorBoardTracker:
                 store_once(content, store_fd, name, run_fd)
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
-        """The final figures as `final/<name>` scalars and the HPARAMS row with the status and end time."""
+        """The kept epoch's figures as `kept/<name>` scalars and the HPARAMS row with the status and end time."""
         summary = self.record["summary"] = self.record["summary"] | {"status": status}
         self._save()
-        final = {f"final/{k}": v for k, v in summary.items() if _number(v) and k not in ("seed", "best_epoch")}
-        for tag, value in final.items():
-            self.writer.add_scalar(tag, value, 0)
-        for summary_proto in _hparams_session(self.record["hparams"] | {"status": status}, final, status, end_time):
+        kept = {KEPT + figure_name(k, summary): v for k, v in summary.items() if _number(v) and k not in NOT_FIGURES}
+        epoch = summary.get("best_epoch")
+        for tag, value in kept.items():
+            self.writer.add_scalar(tag, value, epoch if isinstance(epoch, int) and epoch >= 0 else 0)
+        config = self.record["config"]
+        data = {k: config[k] for k in DATA_SETTINGS if k in config}
+        hparams = self.record["hparams"] | data | {"status": status}
+        varying = [*(config.get("swept") or {}), *VARYING]
+        for summary_proto in _hparams_session(hparams, kept, status, end_time, varying):
             self.writer.file_writer.add_summary(summary_proto)
         self.writer.add_text("status", status + (f": {summary['error']}" if summary.get("error") else ""), 0)
         self.writer.close()
@@ -176,15 +190,21 @@ class TensorBoardTracker:
         return f"tensorboard:{tensorboard_dir()}"
 
 
-def _hparams_session(hparams: dict[str, Any], metrics: dict[str, float], status: str, end_time: float | None):
-    """The hparams plugin's three summaries for one run: the experiment (its columns), the session's start
-    (hparams) and its end (status, end time)."""
+def _hparams_session(
+    hparams: dict[str, Any], metrics: dict[str, float], status: str, end_time: float | None, varying: list[str]
+):
+    """The hparams plugin's three summaries for one run: the experiment (its columns, those in `varying`
+    marked as differing between runs), the session's start (hparams) and its end (status, end time)."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     experiment, start, _ = hparams_summaries(_flat(hparams), metrics)
+    columns = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
+    for info in columns.experiment.hparam_infos:
+        info.differs = info.name in varying  # TensorBoard shows first those that differ (else: by name)
+    experiment.value[0].metadata.plugin_data.content = columns.SerializeToString()
     info = SessionEndInfo(status=Status.Value(STATUS.get(status, "STATUS_UNKNOWN")), end_time_secs=end_time or 0.0)
     content = HParamsPluginData(session_end_info=info, version=0).SerializeToString()
     metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content))
