@@ -3,15 +3,14 @@
 Every wait a tracker makes at a run's end or at the process's exit for what it has not delivered yet (a
 `Background` tracker's `finalize`, the aim plugin's exit) draws on one budget per process:
 $NTN_TRACKER_EXIT_TIMEOUT seconds (default 60), beside the plugin's own bound for one wait. A wait that
-ends with everything delivered costs nothing (a long-lived worker's hundreds of runs each wait a little);
-one that runs out spends the time it waited. A server that died mid-launch thus holds the process once,
-not once per run. When the budget is spent while work is
-still waiting, every backend this process used is told, once, through its factory's optional
-`cut_off()` (`contract.Factory`), so that it stops its own client's waits; from then on every wait
-returns at once.
+ends with everything delivered costs nothing (a sweep's driver records hundreds of runs, each waiting a
+little); one that runs out spends the time it waited. A server that died mid-launch thus holds the process
+once, not once per run. When the budget is spent while work is still waiting, every backend this process
+used is told, once, through its factory's optional `cut_off()` (`contract.Factory`), so that it stops its
+own client's waits; from then on every wait returns at once.
 
-A long-lived process (a sweep's worker) asks, with a timeout of its own, whether what its runs recorded is
-delivered: `wait_delivered(timeout)`, through each used backend's `wait_delivered`.
+A long-lived process (a sweep's driver, which records every run) asks, with a timeout of its own, whether
+what its runs recorded is delivered: `wait_delivered(timeout)`, through each used backend's `wait_delivered`.
 """
 
 from __future__ import annotations

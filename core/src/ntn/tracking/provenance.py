@@ -1,6 +1,6 @@
 """What made a run: its code, command, versions and machine, gathered once per process.
 
-`gather(directory)` is what every run of this process shares (a sweep's worker runs git once, not once
+`gather(directory)` is what every run of this process shares (a sweep's driver runs git once, not once
 per run); the caller adds what is its own (`Provenance.merged`: the data, the device). The core hands the
 record to each tracker's `log_provenance` and attaches `files` (the uncommitted diff, the package list)
 to the run. The diff holds no secret: what detect-secrets finds in its added lines, and the values of

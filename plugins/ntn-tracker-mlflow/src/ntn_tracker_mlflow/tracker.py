@@ -3,7 +3,7 @@
 - Where: $MLFLOW_TRACKING_URI (`http://host:5000`, `sqlite:///...`), else MLflow's default (a SQLite
   database `mlflow.db` in the working directory). A local store is created before training
   (`check_environment`) by one process at a time, under the lock file `<database>.lock` beside it, so that
-  launches at once and a sweep's workers never race on its schema; a local directory (MLflow's file store,
+  launches at once never race on its schema; a local directory (MLflow's file store,
   in maintenance mode since MLflow 3) and a URI no MLflow store takes are refused in one line. Credentials: MLflow's own
   variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), read by
   MLflow; their values never reach a payload (`secret_values`).
