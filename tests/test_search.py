@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import socket
 import statistics
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.request
 
 import optuna
 import pytest
@@ -281,14 +287,33 @@ def test_a_search_asks_trains_each_seed_reports_prunes_and_tells(tmp_path):
 
 
 def test_optuna_dashboard_opens_the_study(tmp_path):
-    from optuna_dashboard._storage_url import get_storage
-
+    """`optuna-dashboard results_sweep_{name}.optuna.log`, as the docs say, serves the study's trials."""
     study = SearchStudy(load(sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 3"))), tmp_path / "r.json")
     Driver(study).drive()
-    storage = get_storage(str(storage_path(tmp_path / "r.json")))  # as `optuna-dashboard FILE` opens it
-    summaries = storage.get_all_studies()
-    assert [s.study_name for s in summaries] == ["find"]
-    assert len(storage.get_all_trials(summaries[0]._study_id)) == 3
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = str(pathlib.Path(sys.executable).parent / "optuna-dashboard")
+    storage = str(storage_path(tmp_path / "r.json"))
+    server = subprocess.Popen(
+        [dashboard, storage, "--port", str(port), "--quiet"], cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=1) as answer:
+                    studies = json.loads(answer.read())["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                time.sleep(0.1)
+        (found,) = studies
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{found['study_id']}", timeout=5) as answer:
+            trials = json.loads(answer.read())["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert found["study_name"] == "find" and [t["state"] for t in trials] == ["Complete"] * 3
 
 
 def test_a_rerun_trains_nothing_and_more_trials_train_only_the_new_ones(tmp_path):
