@@ -237,14 +237,15 @@ class SearchStudy:
                 return list(trial.training)
         return []
 
+    def on_entry(self, task: Task, entry: dict[str, Any]) -> None:
+        """Nothing to attach to a run: its entry is recorded once the run has ended (`on_end`)."""
+
     def on_end(self, task: Task, entry: dict[str, Any]) -> None:
         """Record the run in the results file; once the trial's runs have all ended, tell Optuna how it ended.
-        A run that did not end (interrupted: the sweep is stopping) is not recorded: the trial is asked
-        again when the sweep runs again."""
+        (A run that did not end, interrupted by a signal, comes to no `on_end`: its trial is asked again when
+        the sweep runs again.)"""
         trial = self.active[self._number(task)]
         trial.training.remove(task)
-        if entry.get("status") == "interrupted":
-            return
         self.record.add(task.configuration, entry)
         trial.ended[task.seed] = entry
         curve = trial.curves.get(task.seed, {})
@@ -280,7 +281,7 @@ class SearchStudy:
             recorded = self.record.runs[configuration.settings.experiment_name]
             for seed in self.sweep.seeds:
                 entry = recorded.get(seed)
-                if entry is not None and status_of(entry) in ("success", "pruned"):
+                if entry is not None and status_of(entry) in ("finished", "pruned"):
                     trial.ended[seed] = entry
                     trial.curves[seed] = dict(self.curves.get(number, {}).get(seed, {}))
                     trial.pruned |= status_of(entry) == "pruned"
@@ -299,7 +300,7 @@ class SearchStudy:
         values = [e.get(self.search.objective) for e in entries if e is not None]
         if trial.pruned:
             self.study.tell(trial.trial, state=TrialState.PRUNED)
-        elif any(e is None or status_of(e) != "success" for e in entries) or not all(
+        elif any(e is None or status_of(e) != "finished" for e in entries) or not all(
             isinstance(v, int | float) and math.isfinite(v) for v in values
         ):
             self.study.tell(trial.trial, state=TrialState.FAIL)

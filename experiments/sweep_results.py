@@ -66,8 +66,8 @@ def _configuration_ok(configuration: Any) -> bool:
 
 
 def status_of(entry: dict[str, Any]) -> str:
-    """A run's end in its results entry: "success", "failed" or "pruned" (stopped early by a search)."""
-    return str(entry.get("status") or ("success" if entry.get("success") else "failed"))
+    """A run's end in its results entry: "finished", "failed" or "pruned" (stopped early by a search)."""
+    return str(entry.get("status") or ("finished" if entry.get("success") else "failed"))
 
 
 def belongs_to(document: Any, sweep: str) -> bool:

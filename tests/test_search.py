@@ -161,13 +161,13 @@ def curve(values: dict, seed: int, epoch: int) -> float:
     return final_r2(values, seed) - 0.3 / (epoch + 1)
 
 
-def entry_of(task, status="success", last=N_EPOCHS - 1):
+def entry_of(task, status="finished", last=N_EPOCHS - 1):
     r2 = curve(task.configuration.values, task.seed, last)
     return {
         "seed": task.seed,
         "test_loss": 1 - r2,
         "test_r2": r2 - 0.01,
-        "success": status == "success",
+        "success": status == "finished",
         "status": status,
         "val_r2": r2,
         "val_loss": 1 - r2,
@@ -203,7 +203,7 @@ class Driver:
                 running[key][1] += 1
                 if epoch + 1 == N_EPOCHS:
                     del running[key]
-                    self.study.on_end(task, entry_of(task, "failed" if self.fail(task) else "success"))
+                    self.study.on_end(task, entry_of(task, "failed" if self.fail(task) else "finished"))
                     self.ended += 1
                     if self.crash_after is not None and self.ended >= self.crash_after:
                         return self
@@ -261,7 +261,7 @@ def test_a_search_asks_trains_each_seed_reports_prunes_and_tells(tmp_path):
     by_name = {c["experiment"]: c for c in written["configurations"]}
     for t in trials:
         runs = by_name[f"find_trial{t.number}"]["runs"]
-        expected = "pruned" if t.state == TrialState.PRUNED else "success"
+        expected = "pruned" if t.state == TrialState.PRUNED else "finished"
         assert [r["status"] for r in runs] == [expected] * len(SEEDS)
     assert written["n_pruned"] == len(SEEDS) * states.count(TrialState.PRUNED) and written["n_failed"] == 0
     search = written["search"]
