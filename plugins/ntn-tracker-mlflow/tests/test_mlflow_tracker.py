@@ -271,3 +271,19 @@ def test_two_sweeps_of_one_name_from_two_directories_keep_both_sets(mlflow_serve
     ids = {json.loads((tmp_path / d / "results_sweep_shared.json").read_text())["sweep_id"] for d in ("alice", "bob")}
     run_ids = {r["config"]["run_id"].rpartition("@")[2] for r in records if r["experiment_name"] in SWEEP_RUNS}
     assert len(ids) == 2 and run_ids == ids
+
+
+def test_a_pruned_run_is_killed_and_tagged_pruned_and_reads_back_pruned(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    for name, status in (("trial_seed0", "pruned"), ("trial_seed1", "interrupted")):
+        with start_run(name, {"experiment": "trial", "sweep": "search"}, backend="mlflow") as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+            run.log_summary({"seed": 0, "success": False})
+            run.finalize(status)
+    records = _runs(mlflow_server)
+    assert records["trial_seed0"]["summary"]["status"] == "pruned"
+    assert records["trial_seed1"]["summary"]["status"] == "interrupted"  # KILLED without the tag
+    client = MlflowClient(mlflow_server.url)
+    pruned, interrupted = (client.get_run(records[n]["mlflow"]["run_id"]) for n in ("trial_seed0", "trial_seed1"))
+    assert pruned.info.status == interrupted.info.status == "KILLED"
+    assert pruned.data.tags["ntn.status"] == "pruned" and "ntn.status" not in interrupted.data.tags

@@ -64,6 +64,7 @@ def finalize(status: str, end_time: float) -> None:
     """The run is over: flush, close and release resources. Called exactly once, even after errors.
     An implementation may take both arguments, either, or neither (`finalize(self)`).
 
-    :param status: "finished", "failed" (an exception, or success: false) or "interrupted" (a signal)
+    :param status: "finished", "failed" (an exception, or success: false), "interrupted" (a signal) or
+        "pruned" (stopped early by a search's pruner: a trial that looked hopeless)
     :param end_time: when the run ended, as Unix time (`time.time()`)
     """

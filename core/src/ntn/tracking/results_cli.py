@@ -229,7 +229,10 @@ def _summary(args: argparse.Namespace) -> int:
     table = [
         [_printable(r["experiment"])]
         + ([_printable(_settings_cell(r["settings"]))] if differ else [])
-        + [f"{r['successful']}/{r['runs']}", _best_epoch_cell(r["best_epoch"])]
+        + [
+            f"{r['successful']}/{r['runs']}" + (f" ({r['pruned']} pruned)" if r["pruned"] else ""),
+            _best_epoch_cell(r["best_epoch"]),
+        ]
         + [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" if m in r else "-" for m in metrics]
         for r in rows
     ]
@@ -240,6 +243,12 @@ def _summary(args: argparse.Namespace) -> int:
         text = f"{ranking}; mean ± std over the successful runs\n{text}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
+    if any(r["pruned"] for r in rows):  # a search's trials
+        ok, pruned = sum(r["successful"] for r in rows), sum(r["pruned"] for r in rows)
+        notes.append(
+            f"{len(rows)} experiments, {sum(r['runs'] for r in rows)} runs: {ok} ok, {pruned} pruned (stopped "
+            f"early by a search), {sum(len(r['failed']) for r in rows)} failed"
+        )
     for r in (r for r in rows if r["mixed"]):
         differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
         notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")

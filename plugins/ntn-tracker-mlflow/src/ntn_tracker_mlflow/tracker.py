@@ -25,7 +25,9 @@
   experiment: by the first run that carries that content (tagged `ntn.stored.<name>` = its SHA-256),
   and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>` (a holder
   deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
-- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time.
+- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time; a run a search pruned
+  (stopped early) is KILLED too, MLflow having no status for it (not FAILED: nothing went wrong; KILLED is
+  MLflow's "stopped before its end"), and tagged `ntn.status` = pruned, which tells the two apart.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
 
@@ -58,7 +60,8 @@ EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
-STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
+STATUS_TAG = "ntn.status"  # an ntn status MLflow has none of: pruned
 NOT_FIGURES = ("seed", "best_epoch")  # numbers of the summary that are no figure to chart: tags
 RUN_KEY_TAG = "ntn.run_key"  # a digest of config["run_id"], safe in a search filter
 # the data settings and the sweep's names, as params a researcher searches by (beside the hparams)
@@ -220,6 +223,8 @@ class MlflowRun:
     def finalize(self, status: str, end_time: float | None) -> None:
         self.client.log_dict(self.run_id, self.summary, "ntn/summary.json")
         ended = int((end_time or time.time()) * 1000)
+        if status == "pruned":
+            self.client.set_tag(self.run_id, STATUS_TAG, status)
         self.client.set_terminated(self.run_id, status=STATUS.get(status, "FINISHED"), end_time=ended)
 
 

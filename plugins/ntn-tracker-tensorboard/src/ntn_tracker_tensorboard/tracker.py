@@ -6,9 +6,10 @@
   step -1, is kept in the run's record and in the TEXT tab: as a scalar it would squash every curve),
   then the final figures as `final/<name>` (one point each, at step 0);
 - HPARAMS: one row per run, its hparams (and status) against its final figures (`final/<name>`);
-- the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
-  text; attached files in the run's folder under `artifacts/` (`git.diff` and `packages.txt`, alike for
-  every run of a checkout, as hard links to one copy per content in <TENSORBOARD_DIR>/.by-sha256/);
+- the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted and for
+  pruned, stopped early by a search) and as text; attached files in the run's folder under `artifacts/`
+  (`git.diff` and `packages.txt`, alike for every run of a checkout, as hard links to one copy per content
+  in <TENSORBOARD_DIR>/.by-sha256/);
 - provenance (the code, command, versions, machine and data that made the run) as the text `provenance`
   (TEXT tab) and in `ntn-run.json`;
 - `ntn-run.json` in the run's folder: config, provenance, hparams, summary and status (what TensorBoard has no place
@@ -36,7 +37,14 @@ RECORD = "ntn-run.json"
 STORE = ".by-sha256"  # in TENSORBOARD_DIR: the files stored once per content (no group starts with ".")
 STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 CURVES = "curves/"  # the tag prefix of the per-epoch metrics: TensorBoard shows its groups in name order
-STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
+# a run a search pruned (stopped early) is no failure: UNKNOWN, as an interrupted one; its text and
+# ntn-run.json say "pruned"
+STATUS = {
+    "finished": "STATUS_SUCCESS",
+    "failed": "STATUS_FAILURE",
+    "interrupted": "STATUS_UNKNOWN",
+    "pruned": "STATUS_UNKNOWN",
+}
 
 
 def tensorboard_dir() -> Path:
