@@ -18,6 +18,7 @@ again, so pruning sees the whole trial). `trials` counts the named trials: raisi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -48,6 +49,24 @@ STATES = {
 def storage_path(output: Path) -> Path:
     """The study's Optuna journal beside the results file `output`."""
     return output.with_name(f"{output.stem}.optuna.log")
+
+
+def _latest(trials: list[FrozenTrial]) -> dict[int, FrozenTrial]:
+    """The last attempt of each named trial (a trial asked again keeps its first number as its name)."""
+    return {t.user_attrs["trial"]: t for t in trials if "trial" in t.user_attrs}
+
+
+def runs_left(sweep: Sweep, output: Path) -> int:
+    """At most how many runs a launch of the search trains: the seeds of each trial not ended (complete or
+    pruned) yet; the storage is only read."""
+    assert sweep.search is not None
+    latest: dict[int, FrozenTrial] = {}
+    if storage_path(output).exists():
+        storage = JournalStorage(JournalFileBackend(str(storage_path(output))))
+        with contextlib.suppress(KeyError):  # no study of this name yet
+            latest = _latest(optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False))
+    ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in latest.values())
+    return (max(sweep.search.trials, len(latest)) - ended) * len(sweep.seeds)
 
 
 @dataclass(frozen=True)
@@ -150,12 +169,11 @@ class SearchStudy:
         trials = self.study.get_trials(deepcopy=False)
         self.params: dict[int, dict[str, Any]] = {}  # a named trial's values
         self.curves: dict[int, dict[int, dict[int, float]]] = {}  # a named trial's recorded seeds' curves
-        latest: dict[int, FrozenTrial] = {}
+        latest = _latest(trials)  # a trial asked, then the sweep died before it was named: it trained nothing
         for trial in trials:
             number = trial.user_attrs.get("trial")
-            if number is None:  # asked, then the sweep died before it was named: it trained nothing
+            if number is None:
                 continue
-            latest[number] = trial
             if trial.params:
                 self.params.setdefault(number, trial.params)
             for key, curve in trial.user_attrs.items():

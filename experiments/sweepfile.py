@@ -113,6 +113,13 @@ class Sweep:
     search: Search | None = None
     model: str | None = None  # the model, unless it is swept
     raws: dict[str, tuple[str, str]] = field(default_factory=dict)  # the fixed settings: dest -> (source, text)
+    corners: list[Configuration] = field(default_factory=list)  # a search's: its space's corners, checked
+
+    @property
+    def checked(self) -> list[Configuration]:
+        """Configurations that stand for all it may train (a grid's all, a search's corners): what a launch
+        checks before training (its data sets, devices, trackers)."""
+        return self.configurations or self.corners
 
     def trial(self, number: int, values: dict[str, Any]) -> Configuration:
         """A search's trial `number` with `values` (its experiment `{name}_trial{number}`), its settings checked.
@@ -291,7 +298,7 @@ def _search(sweep: Sweep, table: dict[str, Any]) -> Sweep:
         size = math.prod(len(c) if isinstance(c, list) else c.high - c.low + 1 for c in space.values())
         if trials > size:
             raise SettingError(f"search.trials={trials} is more than the {size} points of the grid sampler's space")
-    return dataclasses.replace(sweep, search=Search(sampler, trials, objective, prune, space))
+    return dataclasses.replace(sweep, search=Search(sampler, trials, objective, prune, space), corners=points)
 
 
 def _range(key: str, given: dict[str, Any]) -> Range:

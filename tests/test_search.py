@@ -21,7 +21,7 @@ from ntn.tracking import run_id
 from optuna.trial import TrialState
 
 from experiments import search as search_module
-from experiments.search import SearchStudy, storage_path
+from experiments.search import SearchStudy, runs_left, storage_path
 from experiments.settings import SettingError
 from experiments.sweepfile import Range, SweepError, load
 
@@ -319,14 +319,17 @@ def test_optuna_dashboard_opens_the_study(tmp_path):
 def test_a_rerun_trains_nothing_and_more_trials_train_only_the_new_ones(tmp_path):
     path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 4"))
     output = tmp_path / "results.json"
+    assert runs_left(load(path), output) == 4 * len(SEEDS) and not storage_path(output).exists()
     first = Driver(SearchStudy(load(path), output)).drive()
     assert len(first.trained) == 4 * len(SEEDS)
+    assert runs_left(load(path), output) == 0
     again = SearchStudy(load(path), output)
     assert again.next_tasks(8) == []
     again.finish()
     assert len(stored(tmp_path).get_trials()) == 4
 
     path.write_text(path.read_text().replace("trials = 4", "trials = 7"))
+    assert runs_left(load(path), output) == 3 * len(SEEDS)
     more = Driver(SearchStudy(load(path), output)).drive()
     assert {t.configuration.trial for t in more.trained} == {4, 5, 6}
     assert len(more.trained) == 3 * len(SEEDS)
