@@ -33,6 +33,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
 
+from experiments.runner import Task
 from experiments.settings import SettingError
 from experiments.sweep_results import Record, status_of
 from experiments.sweepfile import Configuration, Range, Search, Sweep
@@ -67,15 +68,6 @@ def runs_left(sweep: Sweep, output: Path) -> int:
             latest = _latest(optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False))
     ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in latest.values())
     return (max(sweep.search.trials, len(latest)) - ended) * len(sweep.seeds)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run: one seed of one configuration (the runner's `Task`, experiments/runner.py, once it lands)."""
-
-    configuration: Configuration
-    seed: int
-    run_id: str
 
 
 def distributions(search: Search) -> dict[str, BaseDistribution]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import signal
 import socket
 import statistics
 import subprocess
@@ -25,6 +27,7 @@ from experiments.search import SearchStudy, runs_left, storage_path
 from experiments.settings import SettingError
 from experiments.sweepfile import Range, SweepError, load
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = [0, 1]
 N_EPOCHS = 6
 
@@ -209,11 +212,13 @@ class Driver:
                         return self
 
 
-def stored(tmp_path):
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(storage_path(tmp_path / "results.json")))
-    )
+def stored_at(output):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage_path(output))))
     return optuna.load_study(study_name="find", storage=storage)
+
+
+def stored(tmp_path):
+    return stored_at(tmp_path / "results.json")
 
 
 def written_id(tmp_path):
@@ -432,3 +437,121 @@ def test_a_trial_of_one_worker_hands_out_its_seeds_one_at_a_time(tmp_path):
     assert [(t.configuration.trial, t.seed) for t in study.next_tasks(1)] == [(0, 1)]  # the same trial's next seed
     assert [(t.configuration.trial, t.seed) for t in study.next_tasks(3)] == [(1, 0), (1, 1)]
     assert study.next_tasks(3) == []  # both trials asked: it waits for them
+
+
+# ---- through run_sweep.sh ---------------------------------------------------------------------------------
+
+SCRIPT = """
+name = "find"
+model = "mpo2"
+seeds = [0, 1]
+[settings]
+dataset = "synthetic"
+n_samples = 300
+n_epochs = {epochs}
+[search]
+trials = {trials}
+prune = "{prune}"
+[search.space]
+bond_dim = {{low = 2, high = 6}}
+jitter_start = {{low = 0.001, high = 1.0, log = true}}
+l = [3, 4]
+"""
+
+
+def run_sweep(tmp_path, *args, background=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRACKER_BACKEND", "AIM_REPO", "TRACKER_DIR")}
+    env |= {"PYTHON": sys.executable, "TRACKER_BACKEND": "file"}
+    command = ["bash", str(REPO / "experiments" / "run_sweep.sh"), "find.toml", *args]
+    if background:
+        return subprocess.Popen(
+            command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_files(tmp_path):
+    """Each run file's name -> (its status, its config's trial, when it was last written)."""
+    return {
+        p.stem: (
+            json.loads(p.read_text())["summary"]["status"],
+            json.loads(p.read_text())["config"]["trial"],
+            p.stat().st_mtime_ns,
+        )
+        for p in (tmp_path / "experiment_logs").glob("find_trial*.json")
+    }
+
+
+@pytest.mark.slow
+def test_run_sweep_trains_a_search_records_its_pruned_runs_and_resumes_exactly_once(tmp_path):
+    (tmp_path / "find.toml").write_text(SCRIPT.format(epochs=8, trials=8, prune="median"))
+    first = run_sweep(tmp_path, "--workers", "2")
+    document = json.loads((tmp_path / "results_sweep_find.json").read_text())
+    failed = document["search"]["n_failed"]
+    assert first.returncode == (1 if failed else 0), first.stderr
+    study = stored_at(tmp_path / "results_sweep_find.json")
+    latest = named(study)
+    assert sorted(latest) == [t.number for t in study.trials] == list(range(8))
+    files = run_files(tmp_path)
+    assert len(files) == 16
+    for number, trial in latest.items():
+        statuses = {files[f"find_trial{number}_seed{s}"][0] for s in SEEDS}
+        assert {f"find_trial{number}_seed{s}" for s in SEEDS} <= set(files)
+        assert all(files[f"find_trial{number}_seed{s}"][1] == number for s in SEEDS)  # the trial, in its runs' config
+        if trial.state == TrialState.PRUNED:  # a seed may end before the stop reaches it
+            assert "pruned" in statuses and statuses <= {"pruned", "finished"}
+        elif trial.state == TrialState.COMPLETE:
+            assert statuses == {"finished"}
+            runs = {
+                r["seed"]: r
+                for c in document["configurations"]
+                if c["experiment"] == f"find_trial{number}"
+                for r in c["runs"]
+            }
+            assert trial.value == pytest.approx(statistics.fmean(runs[s]["val_r2"] for s in SEEDS), rel=1e-12)
+    assert document["n_pruned"] == sum(s == "pruned" for s, _, _ in files.values())
+    assert f"8 of 8 trials (tpe, pruning: median): {document['search']['n_complete']} complete" in first.stdout
+    assert (tmp_path / "results_sweep_find.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = run_sweep(tmp_path, "--workers", "2")
+    assert again.returncode == first.returncode and run_files(tmp_path) == files  # nothing trained, nothing written
+    assert len(stored_at(tmp_path / "results_sweep_find.json").trials) == 8 + failed
+
+    (tmp_path / "find.toml").write_text(SCRIPT.format(epochs=8, trials=10, prune="median"))
+    more = run_sweep(tmp_path, "--workers", "2")
+    after = run_files(tmp_path)
+    assert {k: v for k, v in after.items() if k in files} == files
+    assert sorted({trial for _, trial, _ in after.values()} - {trial for _, trial, _ in files.values()}) == [
+        8 + failed,
+        9 + failed,
+    ], more.stderr
+
+
+@pytest.mark.slow
+def test_a_search_interrupted_mid_trial_trains_only_that_trials_missing_seed_when_run_again(tmp_path):
+    (tmp_path / "find.toml").write_text(SCRIPT.format(epochs=300, trials=2, prune="none"))
+    first = run_sweep(tmp_path, "--workers", "1", background=True)
+    journal = tmp_path / "results_sweep_find.journal.jsonl"
+    deadline = time.monotonic() + 300
+    while not (journal.exists() and journal.read_text().count("\n") >= 1):  # trial 0's seed 0 recorded
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "run the same command again to go on with the search" in err, err
+    files = run_files(tmp_path)
+    assert files["find_trial0_seed0"][0] == "finished" and files["find_trial0_seed1"][0] == "interrupted"
+    assert named(stored_at(tmp_path / "results_sweep_find.json"))[0].state == TrialState.RUNNING
+
+    second = run_sweep(tmp_path, "--workers", "1")
+    assert second.returncode in (0, 1), second.stderr
+    after = run_files(tmp_path)
+    assert after["find_trial0_seed0"] == files["find_trial0_seed0"]  # recorded: not trained again
+    assert after["find_trial0_seed1"][0] == "finished"
+    study = stored_at(tmp_path / "results_sweep_find.json")
+    assert [(t.number, t.state, t.user_attrs["trial"]) for t in study.trials][:2] == [
+        (0, TrialState.FAIL, 0),  # the interrupted attempt
+        (1, TrialState.COMPLETE, 0),  # asked again under its name, with its values
+    ]
+    assert study.trials[1].params == study.trials[0].params
+    assert sorted(named(study)) == [0, 2]
