@@ -555,3 +555,22 @@ def test_a_search_interrupted_mid_trial_trains_only_that_trials_missing_seed_whe
     ]
     assert study.trials[1].params == study.trials[0].params
     assert sorted(named(study)) == [0, 2]
+
+
+@pytest.mark.slow
+def test_a_search_on_a_dask_cluster_reports_every_epoch_to_the_driver(tmp_path):
+    (tmp_path / "find.toml").write_text(SCRIPT.format(epochs=5, trials=3, prune="none"))
+    done = run_sweep(tmp_path, "--executor", "dask", "--workers", "2")
+    assert done.returncode in (0, 1), done.stderr
+    study = stored_at(tmp_path / "results_sweep_find.json")
+    document = json.loads((tmp_path / "results_sweep_find.json").read_text())
+    runs = {c["experiment"]: c["runs"] for c in document["configurations"]}
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        assert sorted(trial.intermediate_values) == list(range(5))  # each epoch, from the workers, as it ended
+        curves = [json.loads((tmp_path / "experiment_logs" / f"find_trial{trial.number}_seed{s}.json").read_text())
+                  for s in SEEDS]  # fmt: skip
+        for epoch, reported in trial.intermediate_values.items():
+            values = [next(m["val_r2"] for m in c["metrics_log"] if m["step"] == epoch) for c in curves]
+            assert reported == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert trial.value == pytest.approx(statistics.fmean(r["val_r2"] for r in runs[f"find_trial{trial.number}"]))
