@@ -4,7 +4,8 @@ Runs are grouped by experiment base name: config["experiment"], else the run nam
 A run counts as successful only when it finished and its summary says success: true; runs still in
 progress (status "running"), runs a search stopped early (status "pruned") and failed runs are counted
 and listed as such. Statistics are over the successful runs (population standard deviation, as in the
-experiments' results file), each taken at the epoch the run kept (summary.best_epoch); a training figure is named with its split (`train_loss`, `train_r2`).
+experiments' results file), each taken at the epoch the run kept (summary.best_epoch); a training figure
+is named with its split (`train_loss`, `train_r2`).
 """
 
 from __future__ import annotations
