@@ -33,7 +33,8 @@
   deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
 - status: FINISHED, FAILED or KILLED (an interrupted run, or one a search pruned: MLflow has no status for
   stopped early, and nothing failed), with the run's end time; MLflow's runs table marks a failed run with
-  a red cross. The tag `ntn.status` (finished, failed, interrupted, pruned) holds ntn's own word, to filter on: `tags.ntn.status != 'failed'` in the search box.
+  a red cross. The tag `ntn.status` (finished, failed, interrupted, pruned) holds ntn's own word, to
+  filter on: `tags.ntn.status != 'failed'` in the search box.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
 
