@@ -117,7 +117,11 @@ def check_sweep(tmp_path: Path, aim_root: Path | None = None) -> None:
         for run in (Run(h, repo=str(aim_root), read_only=True) for h in index_runs(aim_root)):
             # failed on main: each configuration was an Aim experiment of its own, with nothing linking them
             assert run.experiment == "grid" and run["sweep"]["name"] == "grid"
-            assert run["sweep"]["configuration"] == run["config"]["experiment"] == run.name.rsplit("_seed", 1)[0]
+            assert (
+                run["sweep"]["configuration"]
+                == run["__system_params"]["config"]["experiment"]
+                == run.name.rsplit("_seed", 1)[0]
+            )
             assert f"bond_dim{run['sweep']['bond_dim']}" in run.name
 
 
