@@ -431,7 +431,9 @@ def test_a_sweep_holds_its_experiments_as_run_scripts_do(tmp_path, run_script):
     try:  # runs that train for hours: the sweep holds its names while the script starts, however fast it is
         deadline = time.monotonic() + 300
         while not list((tmp_path / "experiment_logs").glob("*.json")):  # its first run started: it holds them
-            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()  # its runs would train for hours
+                pytest.fail(f"the sweep's first run did not start: {process.communicate()}")
             time.sleep(0.05)
         script = run_script("mpo2", EXPERIMENT_NAME="grid_bond_dim4_l3", TRACKER_BACKEND="file")
         assert script.returncode == 2 and script.stderr.count("\n") == 1, script.stderr
@@ -618,9 +620,11 @@ def test_a_signal_to_the_driver_stops_its_runs_on_a_cluster(tmp_path, cluster, s
     path = str(_write_sweep(tmp_path, epochs=100000))  # runs that would train for hours
     process = sweep(tmp_path, path, "--scheduler", dask.address, background=True, TRACKER_BACKEND="file")
     files = [tmp_path / "experiment_logs" / f"{name}.json" for name in NAMES]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded machine starts workers slowly
     while sum(f.exists() and len(json.loads(f.read_text())["metrics_log"]) > 1 for f in files) < 2:
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()  # never left training: the sweep's runs would go on for hours
+            pytest.fail(f"two runs did not train two epochs: {process.communicate()}")
         time.sleep(0.1)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
