@@ -97,19 +97,19 @@ class Progress:
         self.ended_epochs += task.configuration.settings.n_epochs
         self.ended += 1
         self.failed += entry["status"] == "failed"
-        self._show("training")
+        self._show("training", now=True)  # each run's end drawn, with its failure: runs may end within 0.1 s
 
     def delivering(self) -> None:
         self._show(f"trackers delivering {self.ended} runs")
 
-    def _show(self, doing: str) -> None:
+    def _show(self, doing: str, now: bool = False) -> None:
         if self.bar is not None:
             self.bar.set_description(doing, refresh=False)
             self.bar.set_postfix(failed=self.failed, refresh=False)
             done = self.ended_epochs + sum(self.done.values()) - self.bar.n
             if done:
                 self.bar.update(done)  # drawn at most every 0.1 s
-            else:
+            if now or not done:
                 self.bar.refresh()
 
     def close(self) -> None:
