@@ -71,11 +71,15 @@ class Relay:
         self.send("log_artifact", Path(path).read_bytes(), name or os.path.basename(path))
 
 
-@functools.lru_cache(maxsize=8)
 def dataset(name: str, n_samples: int, data_seed: int, preprocessing: str):
-    """A data set loaded once per process (the driver and each worker train many runs on the same few; a
-    forked worker inherits the driver's)."""
-    return load_dataset(name, n_samples, data_seed, preprocessing)
+    """A data set loaded once per process and NTN_DATA_DIR (the driver and each worker train many runs on the
+    same few; a forked worker inherits the driver's)."""
+    return _dataset(name, n_samples, data_seed, preprocessing, os.environ.get("NTN_DATA_DIR", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, n_samples: int, data_seed: int, preprocessing: str, data_dir: str):
+    return load_dataset(name, n_samples, data_seed, preprocessing)  # data_dir: part of the key, read by the loader
 
 
 @functools.lru_cache(maxsize=1)

@@ -272,7 +272,10 @@ def test_seed_import_path_for_base_tracker_is_the_core_class(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, env=env
     )
-    assert out.stdout.splitlines() == ["got -1 6.64", "got 0 0.27", "got 1 nan", "got 2 0.26", "True"]
+    # the kit's two runs, interleaved
+    first, second = ["6.64", "0.27", "nan", "0.26"], ["16.64", "10.27", "nan", "10.26"]
+    got = [f"got {step} {value}" for step, a, b in zip((-1, 0, 1, 2), first, second) for value in (a, b)]
+    assert out.stdout.splitlines() == [*got, "True"]
 
 
 def aim_runs(root):
@@ -298,8 +301,10 @@ def test_aim_backend_records_every_seed_in_the_local_repository(run_script, tmp_
         seed = run["summary"]["seed"]
         assert name.endswith(f"seed{seed}") and run["summary"]["test_r2"] == pytest.approx(results[seed]["test_r2"])
         curves = series(run)
-        assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2] and set(run["initial"]) >= {"loss", "r2"}
-        assert curves[("test_r2", "")] == [(0, pytest.approx(results[seed]["test_r2"]))]  # a column, a chart
+        assert [s for s, _ in curves[("loss", "")]] == [0, 1, 2]
+        assert set(run["__system_params"]["initial"]) >= {"loss", "r2"}
+        kept = [(run["summary"]["best_epoch"], pytest.approx(results[seed]["test_r2"]))]
+        assert curves[("kept/test_r2", "")] == kept  # a column, a point at the epoch kept
         assert {"r2", "val_loss", "val_r2", "reg_loss", "jitter", "weight_norm_sq"} <= {n for n, _ in curves}
         assert all(context == "" for _, context in curves)  # one line per run in the Metrics explorer
     assert not (tmp_path / "experiment_logs").exists()
@@ -318,7 +323,7 @@ def test_both_writes_the_same_run_to_the_json_file_and_to_aim(run_script, tmp_pa
     for entry in document["metrics_log"]:  # the seed's step -1 in the JSON; Aim's charts start at epoch 0
         figures = {k: v for k, v in entry.items() if k != "step"}
         if entry["step"] == -1:
-            assert run["initial"] == pytest.approx(figures)
+            assert run["__system_params"]["initial"] == pytest.approx(figures)
         for name, value in figures.items() if entry["step"] >= 0 else ():
             assert (entry["step"], pytest.approx(value)) in curves[(name, "")]
 
