@@ -92,5 +92,5 @@ def example(session: nox.Session) -> None:
 @nox.session
 def experiments(session: nox.Session) -> None:
     """What a user installs: the experiment scripts end to end, with the file and aim backends."""
-    _install(session, "./core[experiments,plot,test]", "./plugins/ntn-tracker-file", "./plugins/ntn-tracker-aim")
+    _install(session, "./core[experiments,plot,search,test]", "./plugins/ntn-tracker-file", "./plugins/ntn-tracker-aim")
     session.run(*PYTEST, *PARALLEL, "tests", *session.posargs, env={"NTN_DATA_DIR": os.environ.get("NTN_DATA_DIR", "")})

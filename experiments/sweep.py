@@ -37,7 +37,7 @@ from experiments.runner import EXIT_CODES, Progress, Runner, Task
 from experiments.seed_run import command_of_this_process
 from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
 from experiments.sweep_results import Record, belongs_to, plot, table
-from experiments.sweepfile import Sweep, load
+from experiments.sweepfile import Configuration, Sweep, load
 from experiments.workers import LocalPool, dataset
 
 EXECUTORS = ("local", "dask")
@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         record = state.get("record")
         if record is None:
             print(f"interrupted by {name} before any run started", file=sys.stderr)
+        elif record.sweep.search is not None:
+            print(
+                f"interrupted by {name}: {record.n_recorded} runs recorded in {record.path}, the study "
+                "beside it; run the same command again to go on with the search",
+                file=sys.stderr,
+            )
         else:
             total = len(record.sweep.configurations) * len(record.sweep.seeds)
             print(
@@ -144,26 +150,26 @@ def preflight(sweep: Sweep) -> None:
 
     :raises SettingError, DatasetError: naming the setting
     """
-    for device in sorted({c.settings.device for c in sweep.configurations} - {"auto", "cpu"}):
+    for device in sorted({c.settings.device for c in sweep.checked} - {"auto", "cpu"}):
         try:
             ntn.resolve_device(device)
         except ValueError as err:
             raise SettingError(f"device={device!r}: {err}") from None
     for data in dict.fromkeys(
         (c.settings.dataset, c.settings.n_samples, c.settings.data_seed, c.settings.preprocessing)
-        for c in sweep.configurations
+        for c in sweep.checked
     ):
         dataset(*data)  # kept: the driver records the runs' data, and forked workers inherit it
 
 
-def refuse_other_settings(sweep: Sweep, backends: list, tracker_dir: str) -> None:
+def refuse_other_settings(configurations: list[Configuration], backends: list, tracker_dir: str) -> None:
     """Refuse a configuration whose name holds runs of other settings in TRACKER_DIR, whoever trained them
     (`experiments.names`: the rule run_*.sh keeps).
 
     :raises SettingError: naming the first such experiment and the settings that differ
     """
-    found = recorded(backends, tracker_dir, [c.settings.experiment_name for c in sweep.configurations])
-    for c in sweep.configurations:
+    found = recorded(backends, tracker_dir, [c.settings.experiment_name for c in configurations])
+    for c in configurations:
         mixed = other_settings(
             found.get(c.settings.experiment_name, []), identity(c.model, dataclasses.asdict(c.settings))
         )
@@ -180,21 +186,37 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         check_spelling(dict(os.environ))  # the tracker variables are read from the environment, as by run_*.sh
         sweep = load(args.sweep_file)
         opts = options(args, sweep)
-        backend = sweep.configurations[0].settings.tracker_backend
+        backend = sweep.checked[0].settings.tracker_backend
+        # the runs held while it trains (a search's: none, its trials' names are decided as it goes; its
+        # results file and study are held)
         names = [run_name(c.settings, seed) for c in sweep.configurations for seed in sweep.seeds]
         backends = validate(backend, names)
         owns = lambda document: belongs_to(document, sweep.name)  # noqa: E731
-        tracker_dir = sweep.configurations[0].settings.tracker_dir
+        tracker_dir = sweep.checked[0].settings.tracker_dir
         check_output(opts.output, "--output", owns, f"results of sweep {sweep.name!r}", tracker_dir)
         preflight(sweep)
         # the workers first: a scheduler that cannot be reached is bad input, refused before anything is made
         # (and forked workers hold none of the locks)
-        to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
+        if sweep.search is None:
+            to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
+        else:
+            from experiments import search  # Optuna (the search extra), imported by a search only
+
+            to_train = search.runs_left(sweep, opts.output)
         pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
         prepare(backends)  # e.g. aim's uploader starts: this process records every run
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
-                refuse_other_settings(sweep, backends, tracker_dir)
+                if sweep.search is not None:
+                    study = search.SearchStudy(sweep, opts.output)
+                    refuse_other_settings(study.record.configurations, backends, tracker_dir)
+                    record = state["record"] = study.record
+                    try:
+                        return _run_search(sweep, opts, study, pool, backends)
+                    finally:
+                        with uninterrupted():
+                            record.compact()
+                refuse_other_settings(sweep.configurations, backends, tracker_dir)
                 record = Record(sweep, opts.output)
                 state["record"] = record
                 try:
@@ -213,7 +235,7 @@ def _pool(opts: Options, sweep: Sweep, workers: int):
     """`workers` processes forked here (spawned when a run trains on a GPU), a LocalCluster of `workers`, or
     the Dask cluster at the scheduler's address."""
     if opts.executor == "local":
-        on_cpu = all(str(ntn.resolve_device(c.settings.device)) == "cpu" for c in sweep.configurations)
+        on_cpu = all(str(ntn.resolve_device(c.settings.device)) == "cpu" for c in sweep.checked)
         return LocalPool(workers, fork=on_cpu)
     return DaskPool(workers, opts.scheduler)
 
@@ -303,6 +325,53 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )
     return 1 if record.n_failed or not_run or lost else 0
+
+
+def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -> int:
+    """The search's trials (`study`: its `experiments.search.SearchStudy`), asked and told by this process
+    as their runs report; then its table, its plot and its best trial."""
+    from experiments import search
+
+    assert sweep.search is not None
+    left, lost = search.runs_left(sweep, opts.output), ""
+    if left and pool is not None:
+        where = f"{pool.workers} {opts.executor} workers"
+        where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
+        print(
+            f"search {sweep.name}: {len(study.named)} of {sweep.search.trials} trials asked before "
+            f"({study.retries} to ask again), at most {left} runs to train on {where}; the study: "
+            f"{study.storage} (optuna-dashboard opens it)",
+            file=sys.stderr,
+        )
+        progress = Progress(left * sweep.checked[0].settings.n_epochs)
+        runner = Runner(study, backends, command_of_this_process(), progress, left_out=("output_file",))
+        try:
+            runner.run(pool)
+        except WorkersLost as err:  # the Dask scheduler gone mid-search (its runs in progress recorded as failed)
+            lost = redact(str(err))
+        except BaseException:
+            progress.close()
+            raise
+        runner.deliver_records()
+        progress.close()
+    document = study.finish()
+    print(search.table(document))
+    with contextlib.suppress(ImportError):
+        search.plot(document, opts.output.with_suffix(".png"))
+    print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
+    failed = document["search"]["n_failed"] + document["search"]["n_running"]
+    if failed:
+        print(
+            f"{failed} trials did not complete (see their runs' errors in {opts.output}); run the same command "
+            "again to train them again",
+            file=sys.stderr,
+        )
+    if lost:
+        print(
+            f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}); run the same command again to go on",
+            file=sys.stderr,
+        )
+    return 1 if failed or lost else 0
 
 
 if __name__ == "__main__":

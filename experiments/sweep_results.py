@@ -66,6 +66,11 @@ def _configuration_ok(configuration: Any) -> bool:
     )
 
 
+def status_of(entry: dict[str, Any]) -> str:
+    """A run's end in its results entry: "finished", "failed" or "pruned" (stopped early by a search)."""
+    return str(entry.get("status") or ("finished" if entry.get("success") else "failed"))
+
+
 def belongs_to(document: Any, sweep: str) -> bool:
     """Whether `document` is a results file of the sweep named `sweep`."""
     return isinstance(document, dict) and document.get("sweep") == sweep
@@ -74,11 +79,13 @@ def belongs_to(document: Any, sweep: str) -> bool:
 class Record:
     """The sweep's results file: every run recorded so far, per configuration, with its statistics."""
 
-    def __init__(self, sweep: Sweep, path: Path) -> None:
+    def __init__(self, sweep: Sweep, path: Path, sweep_id: str | None = None) -> None:
+        """:param sweep_id: the sweep's id when the results file holds none yet (a search's, kept by its study)"""
         self.sweep, self.path = sweep, path
+        self.configurations = list(sweep.configurations)  # a search adds its trials as they are asked
         self.runs: dict[str, dict[int, dict[str, Any]]] = {c.settings.experiment_name: {} for c in sweep.configurations}
         previous = self._previous()
-        self.sweep_id: str = previous.get("sweep_id") or new_id()
+        self.sweep_id: str = previous.get("sweep_id") or sweep_id or new_id()
         earlier = {c.get("experiment"): c for c in previous.get("configurations", []) if isinstance(c, dict)}
         self.removed: list[dict[str, Any]] = [c for c in previous.get("removed", []) if isinstance(c, dict)]
         for configuration in sweep.configurations:
@@ -151,11 +158,17 @@ class Record:
         """The runs to train: those not recorded, and (with `retry_failed`) those recorded as failed."""
         return [
             (c, seed)
-            for c in self.sweep.configurations
+            for c in self.configurations
             for seed in self.sweep.seeds
             if (entry := self.runs[c.settings.experiment_name].get(seed)) is None
-            or (retry_failed and not entry.get("success"))
+            or (retry_failed and status_of(entry) == "failed")
         ]
+
+    def add_configuration(self, configuration: Configuration) -> None:
+        """A configuration decided as the sweep goes (a search's trial), with the runs recorded of it so far."""
+        if configuration.settings.experiment_name not in self.runs:
+            self.configurations.append(configuration)
+            self.runs[configuration.settings.experiment_name] = {}
 
     def add(self, configuration: Configuration, entry: dict[str, Any]) -> None:
         """Record a run: in memory, a line in the journal, and now and then the whole results file."""
@@ -173,7 +186,11 @@ class Record:
 
     @property
     def n_failed(self) -> int:
-        return sum(not entry.get("success") for runs in self.runs.values() for entry in runs.values())
+        return sum(status_of(entry) == "failed" for runs in self.runs.values() for entry in runs.values())
+
+    @property
+    def n_pruned(self) -> int:
+        return sum(status_of(entry) == "pruned" for runs in self.runs.values() for entry in runs.values())
 
     def summary(self, configuration: Configuration) -> dict[str, Any]:
         quality = configuration.quality
@@ -194,13 +211,14 @@ class Record:
             "metric": quality,
             "n_total": len(runs),
             "n_success": len(ok),
+            "n_pruned": sum(status_of(r) == "pruned" for r in runs),
             **figures,
             "settings": identity(configuration),
             "runs": runs,
         }
 
     def document(self) -> dict[str, Any]:
-        configurations = [self.summary(c) for c in self.sweep.configurations]
+        configurations = [self.summary(c) for c in self.configurations]
         ranked = rank(configurations)
         best = ranked[0] if ranked and ranked[0][f"val_{ranked[0]['metric']}_mean"] is not None else None
         return {
@@ -208,9 +226,10 @@ class Record:
             "sweep_id": self.sweep_id,
             "seeds": self.sweep.seeds,
             "grid": self.sweep.grid,
-            "n_runs": len(self.sweep.configurations) * len(self.sweep.seeds),
+            "n_runs": len(self.configurations) * len(self.sweep.seeds),
             "n_recorded": self.n_recorded,
             "n_failed": self.n_failed,
+            "n_pruned": self.n_pruned,
             "best": None if best is None else {k: v for k, v in best.items() if k not in ("settings", "runs")},
             "configurations": configurations,
         } | ({"removed": self.removed} if self.removed else {})

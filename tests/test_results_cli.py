@@ -422,8 +422,8 @@ def test_compare_shows_an_experiment_whose_seeds_all_failed_with_its_count_and_r
     done = ntn_trackers("compare", "bond_sweep_16", "bond_sweep_4", "--format", "json", cwd=logs)
     assert done.returncode == 0, done.stderr
     rows = {r["metric"]: r for r in json.loads(done.stdout)}
-    assert rows["runs"]["bond_sweep_16"] == {"runs": 2, "successful": 0, "failed": 2, "running": 0}
-    assert rows["runs"]["bond_sweep_4"] == {"runs": 4, "successful": 4, "failed": 0, "running": 0}
+    assert rows["runs"]["bond_sweep_16"] == {"runs": 2, "successful": 0, "failed": 2, "running": 0, "pruned": 0}
+    assert rows["runs"]["bond_sweep_4"] == {"runs": 4, "successful": 4, "failed": 0, "running": 0, "pruned": 0}
     assert rows["failed"] == {"metric": "failed", "bond_sweep_16": errors}
     test_r2 = np.array([s["test_r2"] for s in EXPERIMENTS["bond_sweep_4"]])
     assert rows["test_r2"]["bond_sweep_4"]["mean"] == pytest.approx(test_r2.mean())  # the trained one is the reference
@@ -506,3 +506,30 @@ def test_plot_skips_a_damaged_run_in_one_line_and_draws_the_others(tmp_path, cap
     (tmp_path / "good_seed0.json").unlink()
     assert trackers(["plot", str(tmp_path), "-o", str(out)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == "ntn-trackers plot: no run left to plot"
+
+
+def test_summary_counts_the_runs_a_search_pruned_apart_from_the_failed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    ends = {"s_trial0": ["finished", "finished"], "s_trial1": ["pruned", "pruned"], "s_trial2": ["finished", "failed"]}
+    for name, statuses in ends.items():
+        for seed, status in enumerate(statuses):
+            with start_run(f"{name}_seed{seed}", {"experiment": name, "sweep": "s", "trial": int(name[-1])}) as run:
+                run.log_metrics({"loss": 1.0, "val_r2": 0.5}, step=0)
+                run.log_summary({"seed": seed, "success": status == "finished", "val_r2": 0.5, "test_r2": 0.4})
+                if status != "finished":
+                    run.finalize(status)
+    written = {
+        p.stem: json.loads(p.read_text())["summary"]["status"] for p in (tmp_path / "experiment_logs").glob("*.json")
+    }
+    assert sorted(written.values()) == ["failed", "finished", "finished", "finished", "pruned", "pruned"]
+
+    rows = {r["experiment"]: r for r in json.loads(ntn_trackers("summary", "--format", "json", cwd=tmp_path).stdout)}
+    assert {name: (r["successful"], r["pruned"], len(r["failed"])) for name, r in rows.items()} == {
+        "s_trial0": (2, 0, 0),
+        "s_trial1": (0, 2, 0),
+        "s_trial2": (1, 0, 1),
+    }
+    table = ntn_trackers("summary", cwd=tmp_path).stdout
+    assert "0/2 (2 pruned)" in table
+    assert "3 experiments, 6 runs: 3 ok, 2 pruned (stopped early by a search), 1 failed" in " ".join(table.split())

@@ -313,3 +313,15 @@ def test_a_timeout_that_is_not_a_number_of_seconds_is_one_line(tmp_path, value):
         patch.setenv("NTN_AIM_DELIVERY_INTERVAL", value)
         with pytest.raises(TrackerConfigError, match="NTN_AIM_DELIVERY_INTERVAL="):
             AimTracker.check_environment()
+
+
+def test_a_pruned_run_is_tagged_pruned_and_reads_back_pruned():
+    with start_run("trial_seed0", {"experiment": "trial", "sweep": "search"}) as tracked:
+        tracked.log_metrics({"loss": 1.0}, step=0)
+        tracked.log_summary({"seed": 0, "success": False})
+        tracked.finalize("pruned")
+    assert flush()
+    (run,) = (Run(h, repo=".", read_only=True) for h in index_runs("."))
+    assert run.tags == ["pruned"]
+    records, problems = read_runs("aim", ".")
+    assert problems == [] and [r["summary"]["status"] for r in records] == ["pruned"]

@@ -324,3 +324,19 @@ def test_a_failed_run_is_marked_and_filtered_and_the_experiment_opens_in_its_cla
     assert _kept_figures({"kept/train_r2": 0.7, "kept/val_r2": 0.6, "kept/train_x": 1.0}) == {
         "r2": 0.7, "val_r2": 0.6, "train_x": 1.0,
     }  # fmt: skip
+
+
+def test_a_pruned_run_is_killed_and_tagged_pruned_and_reads_back_pruned(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    for name, status in (("trial_seed0", "pruned"), ("trial_seed1", "interrupted")):
+        with start_run(name, {"experiment": "trial", "sweep": "search"}, backend="mlflow") as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+            run.log_summary({"seed": 0, "success": False})
+            run.finalize(status)
+    records = _runs(mlflow_server)
+    assert records["trial_seed0"]["summary"]["status"] == "pruned"
+    assert records["trial_seed1"]["summary"]["status"] == "interrupted"  # KILLED without the tag
+    client = MlflowClient(mlflow_server.url)
+    pruned, interrupted = (client.get_run(records[n]["mlflow"]["run_id"]) for n in ("trial_seed0", "trial_seed1"))
+    assert pruned.info.status == interrupted.info.status == "KILLED"
+    assert pruned.data.tags["ntn.status"] == "pruned" and "ntn.status" not in interrupted.data.tags

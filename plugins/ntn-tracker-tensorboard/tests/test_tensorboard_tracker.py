@@ -231,3 +231,21 @@ def test_a_sweep_is_one_group_and_a_real_tensorboard_serves_its_scalars_and_hpar
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_pruned_run_ends_unknown_with_its_status_pruned_and_reads_back_pruned(tmp_path):
+    from ntn.tracking import start_run
+    from ntn.tracking.readers import read_runs
+    from tensorboard.plugins.hparams.api_pb2 import Status
+
+    with start_run("trial_seed0", {"experiment": "trial", "sweep": "search"}, backend="tensorboard") as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_summary({"seed": 0, "success": False})
+        run.finalize("pruned")
+    (record,) = (tmp_path / "tb_logs").rglob("ntn-run.json")
+    assert json.loads(record.read_text())["summary"]["status"] == "pruned"
+    hparams = session(record.parent)
+    assert hparams["session_end_info"].session_end_info.status == Status.Value("STATUS_UNKNOWN")  # not FAILURE
+    assert hparams["session_start_info"].session_start_info.hparams["status"].string_value == "pruned"
+    records, problems = read_runs("tensorboard", str(tmp_path / "tb_logs"))
+    assert problems == [] and [r["summary"]["status"] for r in records] == ["pruned"]

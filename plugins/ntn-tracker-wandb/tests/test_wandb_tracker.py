@@ -236,3 +236,13 @@ def test_a_sweep_is_one_wandb_group(tmp_path):
     assert {r["wandb"]["group"] for r in runs.values()} == {"wbsweep"}  # the sweep's runs together in W&B
     assert {r["summary"]["status"] for r in runs.values()} == {"finished"}
     assert sorted(r["hparams"]["bond_dim"] for r in runs.values()) == [2, 2, 3, 3]
+
+
+def test_a_pruned_run_exits_0_tagged_pruned_and_reads_back_pruned(tmp_path):
+    run = WandbRun("trial_seed0", {"experiment": "trial", "sweep": "search"}, timeout=30)
+    run.log_metrics({"loss": 1.0}, 0)
+    run.log_summary({"seed": 0, "success": False})
+    run.finalize("pruned", None)
+    record = _runs(tmp_path)["trial_seed0"]
+    assert record["summary"]["status"] == "pruned"
+    assert record["wandb"]["exit_code"] == 0 and "pruned" in record["wandb"]["tags"]  # W&B: finished, not failed

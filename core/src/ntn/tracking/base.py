@@ -31,5 +31,6 @@ class BaseTracker:
         pass
 
     def finalize(self, status: str = "finished", end_time: float | None = None) -> None:
-        """The run is over; `status` is "finished", "failed" or "interrupted", `end_time` a Unix time.
+        """The run is over; `status` is "finished", "failed", "interrupted" or "pruned" (stopped
+        early by a search), `end_time` a Unix time.
         An override may leave both out: `def finalize(self)`."""

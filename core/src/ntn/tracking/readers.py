@@ -3,7 +3,7 @@
 A reader is a function `read_runs(source: str) -> (records, problems)`. Each record has the shape of
 the seed's run file — `experiment_name`, `config`, `hparams`, `metrics_log` (a list of `{"step": ...,
 metric: value}`, step -1 for the initial evaluation) and `summary` (with `status` "running",
-"finished", "failed" or "interrupted", and for a running run optionally `updated`, the Unix time of its
+"finished", "failed", "interrupted" or "pruned", and for a running run optionally `updated`, the Unix time of its
 last record) — and each problem is a one-line description of a source that could not be read.
 """
 

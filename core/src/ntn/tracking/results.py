@@ -2,9 +2,10 @@
 
 Runs are grouped by experiment base name: config["experiment"], else the run name without `_seed<N>`.
 A run counts as successful only when it finished and its summary says success: true; runs still in
-progress (status "running") and failed runs are counted and listed as such. Statistics are over the
-successful runs (population standard deviation, as in the experiments' results file), each taken at the
-epoch the run kept (summary.best_epoch); a training figure is named with its split (`train_loss`, `train_r2`).
+progress (status "running"), runs a search stopped early (status "pruned") and failed runs are counted
+and listed as such. Statistics are over the successful runs (population standard deviation, as in the
+experiments' results file), each taken at the epoch the run kept (summary.best_epoch); a training figure
+is named with its split (`train_loss`, `train_r2`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ _SEED_SUFFIX = re.compile(r"_seed\d+$")
 NOT_METRICS = {"seed", "success", "status", "best_epoch", "error", "updated"}
 # config keys that name or place a run rather than set what it trains
 NOT_SETTINGS = {
-    "experiment", "experiment_name", "run_id", "sweep", "swept", "dataset_info", "output_file", "seeds", "seed",
-    "tracker_backend", "tracker_dir", "aim_repo", "device", "verbose", "save_model",
+    "experiment", "experiment_name", "run_id", "sweep", "swept", "trial", "dataset_info", "output_file", "seeds",
+    "seed", "tracker_backend", "tracker_dir", "aim_repo", "device", "verbose", "save_model",
 }  # fmt: skip
 
 
@@ -41,9 +42,10 @@ def study_of(record: Record) -> str:
 
 
 def status_of(record: Record) -> str:
+    """ "ok", "failed", "running" or "pruned" (stopped early by a search: neither a success nor a failure)."""
     summary = record.get("summary") or {}
-    if summary.get("status") == "running":
-        return "running"
+    if summary.get("status") in ("running", "pruned"):
+        return summary["status"]
     return "ok" if summary.get("success") is True else "failed"
 
 
@@ -189,6 +191,7 @@ def summary_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
                 r.get("experiment_name"): (r.get("summary") or {}).get("updated") for r in exp.by_status("running")
             },
             "failed": errors_of(exp),
+            "pruned": len(exp.by_status("pruned")),
             "settings": differ[exp.name],
             "mixed": mixed_settings(exp),
             "best_epoch": exp.best_epochs,
@@ -204,7 +207,7 @@ def seeds_rows(experiments: list[Experiment]) -> list[dict[str, Any]]:
     each failed run's error, so that an experiment whose seeds all failed is still shown, with why."""
     rows: list[dict[str, Any]] = [{"metric": "runs"}]
     for exp in experiments:
-        counts = {status: len(exp.by_status(status)) for status in ("ok", "failed", "running")}
+        counts = {status: len(exp.by_status(status)) for status in ("ok", "failed", "running", "pruned")}
         rows[0][exp.name] = {"runs": len(exp.runs), "successful": counts.pop("ok"), **counts}
     failed = {exp.name: errors_of(exp) for exp in experiments if exp.by_status("failed")}
     return rows + ([{"metric": "failed", **failed}] if failed else [])

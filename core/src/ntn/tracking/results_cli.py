@@ -147,6 +147,11 @@ def _printable(text: Any) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def _runs_cell(row: dict) -> str:
+    """Successful of all runs, and how many a search pruned."""
+    return f"{row['successful']}/{row['runs']}" + (f" ({row['pruned']} pruned)" if row["pruned"] else "")
+
+
 def _best_epoch_cell(epochs: list[int]) -> str:
     return f"{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})" if epochs else "-"
 
@@ -288,7 +293,7 @@ def _summary(args: argparse.Namespace) -> int:
     settings, priority = {r["experiment"]: r["settings"] for r in rows}, _priority(q, chosen)
     columns = [
         Column("experiment", [_printable(r["experiment"]) for r in rows], 0),
-        Column("ok/runs", [f"{r['successful']}/{r['runs']}" for r in rows], 1),
+        Column("ok/runs", [_runs_cell(r) for r in rows], 1),
     ]
     if any(settings.values()) and not _named_by_settings(settings):
         cells = [_printable(_settings_cell(r["settings"])) for r in rows]
@@ -306,6 +311,12 @@ def _summary(args: argparse.Namespace) -> int:
     text = f"{_heading([ranking, KEPT_EPOCH])}\n{_fit(columns, _width())}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
+    if any(r["pruned"] for r in rows):  # a search's trials
+        ok, pruned = sum(r["successful"] for r in rows), sum(r["pruned"] for r in rows)
+        notes.append(
+            f"{len(rows)} experiments, {sum(r['runs'] for r in rows)} runs: {ok} ok, {pruned} pruned (stopped "
+            f"early by a search), {sum(len(r['failed']) for r in rows)} failed"
+        )
     for r in (r for r in rows if r["mixed"]):
         differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
         notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")

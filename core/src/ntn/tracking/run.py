@@ -182,7 +182,7 @@ def start_run(
     when the body raised, {"success": false, "error": "<Type>: <message>"} (then the exception propagates).
     The run's status reaches the trackers through `finalize(status, end_time)` only: "interrupted" (a
     KeyboardInterrupt, `Interrupted` included), "failed" (the body raised, or the summary says success:
-    false) or "finished".
+    false) or "finished"; or the body's own `run.finalize("pruned")` (a search stopped it early).
     """
     run = TrackedRun(experiment_name, dict(config or {}), _resolve(backend))
     status = "failed"  # until the body has ended one way or another

@@ -68,7 +68,7 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
         summary = {k.removeprefix("summary/"): v for k, v in run.data.metrics.items() if k.startswith("summary/")}
         summary |= _kept_figures(run.data.metrics)
         summary |= {k.removeprefix("summary/"): _value(v) for k, v in run.data.tags.items() if k.startswith("summary/")}
-    status = STATUS.get(run.info.status, "running")
+    status = run.data.tags.get("ntn.status") or STATUS.get(run.info.status, "running")  # pruned: KILLED + tag
     summary["status"] = summary.get("status", status) if status != "running" else "running"
     if status == "running":
         summary["updated"] = (run.info.start_time or 0) / 1000

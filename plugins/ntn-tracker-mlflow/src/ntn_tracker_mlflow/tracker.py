@@ -31,9 +31,10 @@
   experiment: by the first run that carries that content (tagged `ntn.stored.<name>` = its SHA-256),
   and every run, that one included, has the tag `ntn.file.<name>` = `runs:/<that run>/<name>` (a holder
   deleted by a rerun keeps its files until `mlflow gc`; the next run with that content stores it again);
-- status: FINISHED, FAILED or KILLED (an interrupted run), with the run's end time; MLflow's runs table marks
-  a failed run with a red cross. The tag `ntn.status` (finished, failed, interrupted, ...) holds ntn's own
-  word, to filter on: `tags.ntn.status != 'failed'` in the search box.
+- status: FINISHED, FAILED or KILLED (an interrupted run, or one a search pruned: MLflow has no status for
+  stopped early, and nothing failed), with the run's end time; MLflow's runs table marks a failed run with
+  a red cross. The tag `ntn.status` (finished, failed, interrupted, pruned) holds ntn's own word, to
+  filter on: `tags.ntn.status != 'failed'` in the search box.
 - A run with config["run_id"] (a sweep's run trained again) replaces the earlier runs tagged with the
   same one: they are deleted when the new one starts.
 
@@ -66,7 +67,7 @@ EXIT_TIMEOUT_ENV = "NTN_MLFLOW_EXIT_TIMEOUT"
 DEFAULT_EXIT_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 5.0
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_GATEWAY_API_KEY")
-STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}
 STATUS_TAG = "ntn.status"  # ntn's word for how the run ended, whatever MLflow's status
 KEPT = "kept/"  # the summary's figures: at the epoch the run kept
 VIEW = "ntn"  # the experiment's saved view, tag `mlflow.sharedViewState.ntn`

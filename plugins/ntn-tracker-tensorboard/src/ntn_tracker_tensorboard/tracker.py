@@ -11,7 +11,8 @@
   (config["swept"]), `seed` and `status` are marked as differing between runs, which TensorBoard lists
   first and shows by default (it shows the first five), the settings that never change after them;
   TensorBoard's status filter (SUCCESS, FAILURE) leaves failed runs out of the table and the plots;
-- the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted) and as
+- the run's status and end time in the hparams session (SUCCESS, FAILURE; UNKNOWN for interrupted and
+  for pruned, stopped early by a search) and as
   text; attached files in the run's folder under `artifacts/` (`git.diff` and `packages.txt`, alike for
   every run of a checkout, as hard links to one copy per content in <TENSORBOARD_DIR>/.by-sha256/);
 - provenance (the code, command, versions, machine and data that made the run) as the text `provenance`
@@ -41,7 +42,12 @@ RECORD = "ntn-run.json"
 STORE = ".by-sha256"  # in TENSORBOARD_DIR: the files stored once per content (no group starts with ".")
 STORED_ONCE = frozenset({DIFF_FILE, PACKAGES_FILE})  # attached by every run of a process, alike
 CURVES = "curves/"  # the tag prefix of the per-epoch metrics: TensorBoard shows its groups in name order
-STATUS = {"finished": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
+STATUS = {
+    "finished": "STATUS_SUCCESS",
+    "failed": "STATUS_FAILURE",
+    "interrupted": "STATUS_UNKNOWN",
+    "pruned": "STATUS_UNKNOWN",
+}
 KEPT = "kept/"  # the tag prefix of the summary's figures: at the epoch the run kept
 DATA_SETTINGS = ("dataset", "n_samples", "data_seed", "preprocessing")  # config values a researcher filters on
 NOT_FIGURES = ("seed", "best_epoch")  # numbers of the summary that are no figure

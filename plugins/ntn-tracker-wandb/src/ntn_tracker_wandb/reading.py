@@ -24,7 +24,8 @@ FILE_HEADER = 7  # ":W&B", a 2-byte magic number, a version byte
 BLOCK = 32 * 1024
 RECORD_HEADER = struct.Struct("<IHB")  # CRC-32 of kind and data, length, kind
 FULL, FIRST, LAST = 1, 2, 4
-STATUS_OF_EXIT = {code: status for status, code in EXIT_CODES.items()}
+# exit code 0 is "finished", and a pruned run's tag says it was pruned
+STATUS_OF_EXIT = {code: status for status, code in EXIT_CODES.items() if status != "pruned"}
 
 
 def records(path: Path) -> Iterator[Any]:
@@ -109,7 +110,8 @@ def to_record(path: Path) -> dict[str, Any]:
         if exit_code is None:
             kept |= {"status": "running", "updated": max([started, *(r.get("_timestamp", 0) for r in history)])}
         else:
-            kept["status"] = "interrupted" if "interrupted" in tags else STATUS_OF_EXIT.get(exit_code, "failed")
+            tagged = [s for s in ("interrupted", "pruned") if s in tags]
+            kept["status"] = tagged[0] if tagged else STATUS_OF_EXIT.get(exit_code, "failed")
     return {
         "experiment_name": run.display_name,
         "config": ntn.get("config", {}),

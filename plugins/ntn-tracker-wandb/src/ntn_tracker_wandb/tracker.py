@@ -12,7 +12,9 @@
   increase); the initial evaluation (step -1) as summary `initial/<name>` instead.
 - summary: the run's summary at the top level; once more under `_ntn`, with the status and the initial
   evaluation, as JSON text (W&B's summary keeps NaN and ±Inf as null; its history keeps them).
-- status: the run's exit code (finished 0, failed 1, interrupted 130) and a tag of the same name.
+- status: the run's exit code (finished 0, failed 1, interrupted 130) and a tag of the same name; a run a
+  search pruned (stopped early) exits 0 (any other code W&B shows as failed, and it did not fail), and its
+  tag `pruned` tells it apart.
 - files attached to the run (`log_artifact`) are W&B run files, under `artifacts/<safe name>` in the run's
   folder: kept next to the run offline and sent by `wandb sync` with it, where an Artifact would be
   staged in W&B's cache outside the run and versioned as a collection of its own.
@@ -45,7 +47,7 @@ DEFAULT_PROJECT = "ntn"
 NTN_KEY = "_ntn"  # the config and summary key holding what W&B has no place for
 INITIAL = "initial/"  # the summary prefix of the initial evaluation
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.Settings accepts
-EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130, "pruned": 0}
 SECRET_VARIABLES = ("WANDB_API_KEY",)
 
 
