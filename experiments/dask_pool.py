@@ -108,7 +108,8 @@ class DaskPool:
         self.futures: dict[str, Any] = {}  # run_id → the future of each run handed to the cluster
         self.threads, self.threads_at = workers, 0.0
         if scheduler:
-            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # a lost scheduler: the sweep's line
+            for name in ("distributed.client", "distributed.batched"):  # a lost scheduler: the sweep's one line
+                logging.getLogger(name).setLevel(logging.CRITICAL)
             try:
                 self.client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
             except (OSError, TimeoutError, ValueError, TypeError) as err:
