@@ -31,12 +31,13 @@ from ntn.threads import training_threads
 from ntn.tracking import hold, prepare, stop_on_signals, uninterrupted, validate
 
 from experiments.dask_pool import DaskPool, WorkersLost
+from experiments.failures import fails_again, reasons
 from experiments.names import identity, other_settings, recorded
 from experiments.outputs import check_output, held, redact
 from experiments.runner import EXIT_CODES, Progress, Runner, Task
 from experiments.seed_run import command_of_this_process
 from experiments.settings import SettingError, check_spelling, integer, run_name, usable_cores, within_cores
-from experiments.sweep_results import Record, belongs_to, plot, table
+from experiments.sweep_results import Record, belongs_to, plot, status_of, table
 from experiments.sweepfile import Configuration, Sweep, load
 from experiments.workers import LocalPool, dataset
 
@@ -307,12 +308,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             f"best on validation: {best['experiment']} (validation {q} {best[f'val_{q}_mean']:.4f}; "
             f"held-out test {q} {best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}) -> {opts.output}"
         )
-    if record.n_failed:
-        print(
-            f"{record.n_failed} runs are recorded as failed (see their error in {opts.output}); run the same "
-            "command again to train them again",
-            file=sys.stderr,
-        )
+    say_failed(document, opts.output, "a rerun trains them again, with --keep-failed it leaves them")
     if lost:
         print(
             f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}): {record.n_recorded} of {total} runs are "
@@ -325,6 +321,30 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )
     return 1 if record.n_failed or not_run or lost else 0
+
+
+def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
+    """The failed runs' reasons, on stderr: those that fail the same way when trained again, apart from
+    those a rerun may train; `rerun`: what a rerun does with them."""
+    failed = [(c["experiment"], r) for c in document["configurations"] for r in c["runs"] if status_of(r) == "failed"]
+    again = [f for f in failed if fails_again(f[1])]
+    passing = [f for f in failed if not fails_again(f[1])]
+    if again:
+        print(
+            redact(
+                f"{len(again)} runs failed in training ({reasons(again)}); they are seeded, so trained again as "
+                f"they are they fail the same way: change their settings ({rerun}; every error is in {output})"
+            ),
+            file=sys.stderr,
+        )
+    if passing:
+        print(
+            redact(
+                f"{len(passing)} runs failed from outside their training ({reasons(passing)}); run the same command "
+                "again to train them again"
+            ),
+            file=sys.stderr,
+        )
 
 
 def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -> int:
@@ -359,11 +379,11 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
     with contextlib.suppress(ImportError):
         search.plot(document, opts.output.with_suffix(".png"))
     print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
-    failed = document["search"]["n_failed"] + document["search"]["n_running"]
-    if failed:
+    failed, running = document["search"]["n_failed"], document["search"]["n_running"]
+    say_failed(document, opts.output, "a rerun asks their trials again")
+    if running:
         print(
-            f"{failed} trials did not complete (see their runs' errors in {opts.output}); run the same command "
-            "again to train them again",
+            f"{running} trials did not complete (interrupted); run the same command again to complete them",
             file=sys.stderr,
         )
     if lost:
@@ -371,7 +391,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
             f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}); run the same command again to go on",
             file=sys.stderr,
         )
-    return 1 if failed or lost else 0
+    return 1 if failed or running or lost else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from ntn.tracking.provenance import Provenance
 
 from experiments import names
 from experiments.dataset_loader import DatasetError, load_dataset
+from experiments.failures import reasons
 from experiments.outputs import check_output, held, read_json, redact, stats, write_json
 from experiments.runner import EXIT_CODES, Progress, Runner, Task
 from experiments.seed_run import command_of_this_process, provenance_of, run_config, run_seed, trained_but_incomplete
@@ -300,7 +301,10 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, state: d
     q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
     held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
     print(
-        f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> {output}"
+        redact(
+            f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> "
+            f"{output}"
+        )
     )
     print(redact(closing_line(backends)))
     return 0 if len(ok) == len(results) else 1
@@ -308,23 +312,19 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, state: d
 
 def _outcome(results: list[dict[str, Any]]) -> str:
     """How many seeds succeeded; of the others, those that trained but whose record a tracker could not
-    complete, told apart from those whose training failed (collapsed ones named)."""
+    complete, told apart from those whose training failed, each with its reason."""
     incomplete = [r for r in results if trained_but_incomplete(r)]
     failed = [r for r in results if not r["success"] and r not in incomplete]
-    collapsed = sum(str(r.get("error")).startswith("collapsed") for r in failed)
     said = [f"{len(results) - len(incomplete) - len(failed)}/{len(results)} seeds succeeded"]
     if incomplete:
         trackers = sorted({t for r in incomplete for t in r["records_incomplete_in"]})
         one = len(trackers) == 1
         said.append(
             f"{len(incomplete)} trained, but tracker{'' if one else 's'} {', '.join(map(repr, trackers))} could not "
-            f"complete {'its record' if one else 'their records'} (see the error)"
+            f"complete {'its record' if one else 'their records'} ({reasons([('', r) for r in incomplete])})"
         )
     if failed:
-        said.append(
-            f"{len(failed)} failed in training"
-            + (f" ({collapsed} collapsed to a constant: see their error)" if collapsed else "")
-        )
+        said.append(f"{len(failed)} failed in training ({reasons([('', r) for r in failed])})")
     return "; ".join(said)
 
 

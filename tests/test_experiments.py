@@ -616,13 +616,16 @@ def test_a_tracker_failing_as_a_seed_ends_fails_the_seed_with_its_error(train_he
     assert entry["success"] is False and entry["error"] == ended_badly(hook)
     assert entry["records_incomplete_in"] == ["unfinished"] and entry["test_loss"] is not None  # it trained
     assert results["n_success"] == 0 and results["test_loss_mean"] is None
-    assert "0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record" in out
+    assert f"0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record (seed 0: \"{ended_badly(hook)}\")" in out
     assert "failed in training" not in out
 
 
 def test_the_closing_line_tells_a_training_failure_from_an_incomplete_record(train_here, tmp_path):
-    code, out, _ = train_here("mpo2", N_EPOCHS="2", SEEDS="0", JITTER_START="1e8")
-    assert code == 1 and "0/1 seeds succeeded; 1 failed in training (1 collapsed to a constant" in out
+    """The closing line says why (#40 finding 8: it said "see their error")."""
+    code, out, _ = train_here("mpo2", N_EPOCHS="2", SEEDS="0,1", JITTER_START="1e8")
+    (error,) = {r["error"] for r in json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["results"]}
+    assert error.startswith("collapsed: MPO2 predicts (almost) a constant")
+    assert code == 1 and f'0/2 seeds succeeded; 2 failed in training (seeds 0, 1: "{error}"); held-out' in out
     assert "could not complete" not in out
 
 

@@ -418,7 +418,14 @@ def test_failing_runs_are_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
     # run again: the failed runs are trained again, and the sweep still says they failed
     again = sweep(tmp_path, str(tmp_path / "grid.toml"), "--workers", "2")
     assert again.returncode == 1 and "4 of 4 runs to train (0 already recorded" in again.stderr, again.stderr
-    assert "4 recorded as failed, trained again" in again.stderr and "4 runs are recorded as failed" in again.stderr
+    assert "4 recorded as failed, trained again" in again.stderr
+    # the closing line says why, and that training them again as they are fails the same way (#40 finding 8)
+    (error, *_) = [r["error"] for c in _results(tmp_path)["configurations"] for r in c["runs"]]
+    closing = again.stderr.strip().splitlines()[-1]
+    assert closing.startswith(f'4 runs failed in training (grid_bond_dim2_l2 seed 0 and 3 other runs: "{error}"') and (
+        "they fail the same way: change their settings" in closing
+    ), again.stderr
+    assert "run the same command again" not in again.stderr
     kept = sweep(tmp_path, str(tmp_path / "grid.toml"), "--keep-failed")
     assert kept.returncode == 1 and "runs to train" not in kept.stderr, kept.stderr
     assert _results(tmp_path)["n_failed"] == 4
