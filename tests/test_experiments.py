@@ -616,7 +616,7 @@ def test_a_tracker_failing_as_a_seed_ends_fails_the_seed_with_its_error(train_he
     assert entry["success"] is False and entry["error"] == ended_badly(hook)
     assert entry["records_incomplete_in"] == ["unfinished"] and entry["test_loss"] is not None  # it trained
     assert results["n_success"] == 0 and results["test_loss_mean"] is None
-    said = f"0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record (seed 0: "
+    said = "0/1 seeds succeeded; 1 trained, but tracker 'unfinished' could not complete its record (seed 0: "
     assert f'{said}"{ended_badly(hook)}")' in out
     assert "failed in training" not in out
 
