@@ -39,7 +39,7 @@ def reasons(failed: list[tuple[str, dict[str, Any]]], shown: int = 2) -> str:
 
 
 def _runs(runs: list[tuple[str, dict[str, Any]]]) -> str:
-    """"seeds 0, 1" (one experiment), or the first run and how many others."""
+    """ "seeds 0, 1" (one experiment), or the first run and how many others."""
     seeds = ", ".join(str(entry["seed"]) for _, entry in runs)
     if len({name for name, _ in runs}) == 1:
         return f"{runs[0][0]} seed{'s' * (len(runs) > 1)} {seeds}".lstrip()
