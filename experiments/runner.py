@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ from experiments.sweepfile import Configuration
 from experiments.workers import dataset
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
+SLOW_EPOCH_S = 10.0  # a first epoch this long is said in a line, with how long its run takes
 WAIT_S = 1.0  # the longest the driver waits for a worker's message before it looks again
 TRACKER_WAIT_S = 120  # at the end, for the trackers to deliver in the background
 
@@ -77,23 +79,42 @@ class Study(Protocol):
 class Progress:
     """One bar on a terminal, for scripts and sweeps alike: epochs of the study's runs (a run that ends
     early counts its epochs left), which says what it waits for: workers starting, training (with the runs
-    failed so far), trackers delivering; nothing elsewhere, or when `shown` is False."""
+    failed so far), trackers delivering; nothing elsewhere, or when `shown` is False. Its clock starts with
+    the first run (the workers' start would make the first estimate far too long). A first epoch that takes
+    `SLOW_EPOCH_S` or more is said in a line, terminal or not, with how long its run will take."""
 
     def __init__(self, total_epochs: int, shown: bool = True) -> None:
         self.bar = None
         self.done: dict[str, int] = {}  # run_id → epochs done, of the runs in progress
+        self.started: dict[str, float] = {}  # run_id → when it started, of the runs in progress
         self.ended_epochs = self.ended = self.failed = 0
+        self.said_slow = False
         if shown and sys.stderr.isatty():
             from tqdm import tqdm  # only on a terminal (importing it takes ~45 ms)
 
             self.bar = tqdm(total=total_epochs, unit="epoch", desc="workers starting", file=sys.stderr)
 
+    def start(self, task: Task) -> None:
+        if self.bar is not None and not self.started and not self.ended:
+            self.bar.reset()  # its clock starts now
+        self.started[task.run_id] = time.monotonic()
+
     def epoch(self, task: Task, epoch: int) -> None:
         self.done[task.run_id] = epoch + 1
+        took = time.monotonic() - self.started.get(task.run_id, time.monotonic())
+        if epoch == 0 and took >= SLOW_EPOCH_S and not self.said_slow:
+            self.said_slow = True
+            n = task.configuration.settings.n_epochs
+            said = f"{task.name}: its first epoch took {took:.0f} s; its {n} epochs take about {_duration(took * n)}"
+            if self.bar is not None:
+                self.bar.write(said, file=sys.stderr)
+            else:
+                print(said, file=sys.stderr, flush=True)
         self._show("training")
 
     def end(self, task: Task, entry: dict[str, Any]) -> None:
         self.done.pop(task.run_id, None)
+        self.started.pop(task.run_id, None)
         self.ended_epochs += task.configuration.settings.n_epochs
         self.ended += 1
         self.failed += entry["status"] == "failed"
@@ -115,6 +136,13 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """ "45 s", "12 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class Runner:
@@ -179,6 +207,7 @@ class Runner:
             if run_id in self.open:  # Dask trains it again (its worker was lost): this attempt replaces it
                 self._close(run_id, RuntimeError("its worker was lost; trained again on another"))
             self.open[run_id] = self._open(task, arguments[0])
+            self.progress.start(task)
             return
         if hook in ("summary", "stopped", "error"):
             del self.running[run_id]

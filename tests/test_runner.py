@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,19 @@ def test_seeds_side_by_side_are_recorded_as_one_after_another(train_here, tmp_pa
         files = sorted(p.name for p in (tmp_path / "side" / "experiment_logs" / ".artifacts").glob(f"*seed{seed}*/*"))
         assert f"model_seed{seed}.pt" in files and "results_mpo2_experiment.json" in files, files
     assert multiprocessing.active_children() == []
+
+
+def test_a_slow_first_epoch_is_said_once_with_how_long_its_run_takes(train_here, monkeypatch):
+    """#40 finding 11: BOND_DIM=32 L=4 trained 10 minutes with no word that it would."""
+    import experiments.runner
+
+    monkeypatch.setattr(experiments.runner, "SLOW_EPOCH_S", 0.0)  # every first epoch is slow
+    code, _, err = train_here("mpo2", SEEDS="0,1", N_EPOCHS="3", WORKERS="1")
+    said = [line for line in err.splitlines() if "first epoch took" in line]
+    assert code == 0 and len(said) == 1, err
+    assert re.fullmatch(r"mpo2_experiment_seed0: its first epoch took \d+ s; its 3 epochs take about \d+ s", said[0])
+    monkeypatch.setattr(experiments.runner, "SLOW_EPOCH_S", 3600.0)  # a first epoch within it: no word
+    assert "first epoch took" not in train_here("mpo2", SEEDS="0", N_EPOCHS="2")[2]
 
 
 def test_a_worker_that_dies_fails_its_run_and_is_replaced(train_here, tmp_path, monkeypatch):
