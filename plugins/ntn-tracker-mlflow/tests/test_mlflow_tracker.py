@@ -335,7 +335,7 @@ def test_a_pruned_run_is_killed_and_tagged_pruned_and_reads_back_pruned(mlflow_s
             run.finalize(status)
     records = _runs(mlflow_server)
     assert records["trial_seed0"]["summary"]["status"] == "pruned"
-    assert records["trial_seed1"]["summary"]["status"] == "interrupted"  # KILLED without the tag
+    assert records["trial_seed1"]["summary"]["status"] == "interrupted"  # KILLED too: the tag tells them apart
     client = MlflowClient(mlflow_server.url)
     pruned, interrupted = (client.get_run(records[n]["mlflow"]["run_id"]) for n in ("trial_seed0", "trial_seed1"))
     assert pruned.info.status == interrupted.info.status == "KILLED"
