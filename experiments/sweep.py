@@ -201,8 +201,13 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         if sweep.search is None:
             to_train = len(Record(sweep, opts.output).missing(not opts.keep_failed))  # read again once locked
         else:
-            from experiments import search  # Optuna (the search extra), imported by a search only
-
+            try:
+                from experiments import search  # Optuna (the search extra), imported by a search only
+            except ModuleNotFoundError as err:
+                raise SettingError(
+                    f"{args.sweep_file}: a [search] needs Optuna, and {err.name} is not installed: "
+                    "pip install -c constraints.txt './core[search]'"
+                ) from None
             to_train = search.runs_left(sweep, opts.output)
         pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
         prepare(backends)  # e.g. aim's uploader starts: this process records every run

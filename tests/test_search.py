@@ -78,6 +78,13 @@ def test_a_search_section_is_read_with_its_space(tmp_path):
     assert trial.tracked == {"sweep": "find", "swept": {"bond_dim": 5, "jitter_start": 0.01, "l": 4}, "trial": 7}
 
 
+def test_the_shipped_search_file_reads_as_the_docs_say():
+    sweep = load(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "bond_search.toml")
+    assert (sweep.search.sampler, sweep.search.trials, sweep.search.prune) == ("tpe", 20, "median")
+    assert sweep.search.space["l"] == [3, 4] and sweep.seeds == [0, 1]
+    assert sweep.trial(0, {"bond_dim": 6, "jitter_start": 0.01, "l": 3}).settings.dataset == "california_housing"
+
+
 def test_a_loss_objective_is_minimised(tmp_path):
     sweep = load(sweep_file(tmp_path, GOOD.replace('objective = "val_r2"', 'objective = "val_loss"')))
     assert sweep.search.objective == "val_loss" and not sweep.search.maximise
@@ -143,6 +150,19 @@ def test_run_sweep_refuses_a_bad_search_with_rc_2_and_writes_nothing(tmp_path, m
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "search.sampler='bayes'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_search_without_optuna_installed_is_refused_in_one_line_naming_the_extra(tmp_path):
+    """Failed before: a traceback (ModuleNotFoundError) from a sweep process without the search extra."""
+    path = sweep_file(tmp_path)
+    code = "import sys; sys.modules['optuna'] = None; from experiments.sweep import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "a [search] needs Optuna, and optuna is not installed: pip install" in done.stderr
+    assert "'./core[search]'" in done.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["find.toml"]
 
 
 # ---- the study, driven as the runner drives it ----------------------------------------------------------
