@@ -290,17 +290,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             + f") on {where}",
             file=sys.stderr,
         )  # fmt: skip
-        progress = Progress(sum(task.configuration.settings.n_epochs for task in study.tasks))
-        runner = Runner(study, backends, command_of_this_process(), progress, left_out=("output_file",))
-        try:
-            runner.run(pool)
-        except WorkersLost as err:  # the Dask scheduler gone mid-sweep (its runs in progress recorded as failed)
-            lost = redact(str(err))
-        except BaseException:
-            progress.close()
-            raise
-        runner.deliver_records()
-        progress.close()
+        lost = _train(study, pool, backends, sum(task.configuration.settings.n_epochs for task in study.tasks))
     not_run = len(study.tasks) - study.ended  # a worker process ended, another process changed the results
     document = record.write()
     print(table(document))
@@ -326,6 +316,24 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )
     return 1 if record.n_failed or not_run or lost else 0
+
+
+def _train(study: Any, pool: Any, backends: list, epochs: int) -> str:
+    """Train `study` (a grid's, a search's) on `pool`, recording every run, with a bar of its `epochs`;
+    how the Dask scheduler was lost mid-study (its runs in progress recorded as failed), or ""."""
+    progress = Progress(epochs)
+    runner = Runner(study, backends, command_of_this_process(), progress, left_out=("output_file",))
+    lost = ""
+    try:
+        runner.run(pool)
+    except WorkersLost as err:
+        lost = redact(str(err))
+    except BaseException:
+        progress.close()
+        raise
+    runner.deliver_records()
+    progress.close()
+    return lost
 
 
 def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
@@ -368,17 +376,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
             f"{study.storage} (optuna-dashboard opens it)",
             file=sys.stderr,
         )
-        progress = Progress(left * sweep.checked[0].settings.n_epochs)
-        runner = Runner(study, backends, command_of_this_process(), progress, left_out=("output_file",))
-        try:
-            runner.run(pool)
-        except WorkersLost as err:  # the Dask scheduler gone mid-search (its runs in progress recorded as failed)
-            lost = redact(str(err))
-        except BaseException:
-            progress.close()
-            raise
-        runner.deliver_records()
-        progress.close()
+        lost = _train(study, pool, backends, left * sweep.checked[0].settings.n_epochs)
     document = study.finish()
     print(search.table(document))
     with contextlib.suppress(ImportError):
