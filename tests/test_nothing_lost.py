@@ -119,7 +119,7 @@ def test_a_collapsed_seed_exits_1(train_here, tmp_path):
     """Failed on main: a seed recorded as failed (collapsed to a constant) left the script's exit code 0."""
     code, out, err = train_here("mpo2", N_EPOCHS="2", SEEDS="0", JITTER_START="1e8")
     entry = json.loads((tmp_path / "results_mpo2_experiment.json").read_text())["results"][0]
-    assert entry["error"].startswith("collapsed") and "1 collapsed" in out
+    assert entry["error"].startswith("collapsed") and f'1 failed in training (seed 0: "{entry["error"]}")' in out
     assert code == 1, err
 
 
