@@ -240,7 +240,11 @@ def _choices(where: str, values: Any) -> list[Any]:
     key = where.rsplit(".", 1)[1]
     if not isinstance(values, list) or not values:
         raise SettingError(f"{where} must be a non-empty list of values, e.g. {key} = [4, 8]")
-    if len(set(map(_text, values))) < len(values):
+    try:
+        texts = set(map(_text, values))
+    except SettingError as err:
+        raise SettingError(f"{where}={values!r}: each value {err}") from None
+    if len(texts) < len(values):
         raise SettingError(f"{where}={values!r} repeats a value")
     for value in values if key == "model" else ():
         if value not in MODELS:
