@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://host:8786 [DASK_SCHEDULER_ADDRESS]")
     parser.add_argument("--output", help="the results file, a .json [default results_sweep_{name}.json]")
     parser.add_argument(
-        "--keep-failed", action="store_true", help="do not train again the runs the results file holds as failed"
+        "--keep-failed",
+        action="store_true",
+        help="do not train again the runs the results file holds as failed (a search: nor ask their trials again)",
     )
     return parser
 
@@ -208,13 +210,13 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
                     f"{args.sweep_file}: a [search] needs Optuna, and {err.name} is not installed: "
                     "pip install -c constraints.txt './core[search]'"
                 ) from None
-            to_train = search.runs_left(sweep, opts.output)
+            to_train = search.runs_left(sweep, opts.output, not opts.keep_failed)
         pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
         prepare(backends)  # e.g. aim's uploader starts: this process records every run
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 if sweep.search is not None:
-                    study = search.SearchStudy(sweep, opts.output)
+                    study = search.SearchStudy(sweep, opts.output, retry_failed=not opts.keep_failed)
                     refuse_other_settings(study.record.configurations, backends, tracker_dir)
                     record = state["record"] = study.record
                     try:
@@ -358,7 +360,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
     from experiments import search
 
     assert sweep.search is not None
-    left, lost = search.runs_left(sweep, opts.output), ""
+    left, lost = search.runs_left(sweep, opts.output, not opts.keep_failed), ""
     if left and pool is not None:
         where = f"{pool.workers} {opts.executor} workers"
         where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
@@ -385,7 +387,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
         search.plot(document, opts.output.with_suffix(".png"))
     print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
     failed, running = document["search"]["n_failed"], document["search"]["n_running"]
-    say_failed(document, opts.output, "a rerun asks their trials again")
+    say_failed(document, opts.output, "a rerun asks their trials again, with --keep-failed it leaves them")
     if running:
         print(
             f"{running} trials did not complete (interrupted); run the same command again to complete them",
