@@ -149,7 +149,8 @@ def _text(value: Any) -> str:
 
 
 def _label(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "-", _text(value))
+    """A value in an experiment's name: 1e+20 as 1e20 (a "-" would make it 1e-20), other odd characters "-"."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", _text(value).replace("e+", "e"))
 
 
 def load(path: str | Path, tracker_backend: str | None = None) -> Sweep:
