@@ -315,7 +315,9 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             f"best on validation: {best['experiment']} (validation {q} {best[f'val_{q}_mean']:.4f}; "
             f"held-out test {q} {best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}) -> {opts.output}"
         )
-    say_failed(document, opts.output, "a rerun trains them again, with --keep-failed it leaves them")
+    say_failed(
+        document, opts.output, "change their settings (a rerun trains them again, with --keep-failed it leaves them)"
+    )
     if lost:
         print(
             f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}): {record.n_recorded} of {total} runs are "
@@ -332,7 +334,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
 
 def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
     """The failed runs' reasons, on stderr: those that fail the same way when trained again, apart from
-    those a rerun may train; `rerun`: what a rerun does with them."""
+    those a rerun may train; `rerun`: what to do about the former, and what a rerun does with them."""
     failed = [(c["experiment"], r) for c in document["configurations"] for r in c["runs"] if status_of(r) == "failed"]
     again = [f for f in failed if fails_again(f[1])]
     passing = [f for f in failed if not fails_again(f[1])]
@@ -340,7 +342,7 @@ def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
         print(
             redact(
                 f"{len(again)} runs failed in training ({reasons(again)}); they are seeded, so trained again as "
-                f"they are they fail the same way: change their settings ({rerun}; every error is in {output})"
+                f"they are they fail the same way: {rerun}; every error is in {output}"
             ),
             file=sys.stderr,
         )
@@ -387,7 +389,9 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
         search.plot(document, opts.output.with_suffix(".png"))
     print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
     failed, running = document["search"]["n_failed"], document["search"]["n_running"]
-    say_failed(document, opts.output, "a rerun asks their trials again, with --keep-failed it leaves them")
+    say_failed(
+        document, opts.output, "narrow the space (a rerun asks their trials again, with --keep-failed it leaves them)"
+    )
     if running:
         print(
             f"{running} trials did not complete (interrupted); run the same command again to complete them",

@@ -468,6 +468,24 @@ def test_a_failed_trial_is_left_failed_with_keep_failed(tmp_path):
     assert json.loads(output.read_text())["search"]["n_failed"] == 1
 
 
+def test_run_sweep_closes_a_search_of_failed_trials_saying_to_narrow_its_space(tmp_path, capsys):
+    """Failed before: its closing line said to change the settings of trials whose settings the sampler chose."""
+    from experiments import sweep as sweep_module
+
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 3"))
+    output = tmp_path / "results.json"
+    Driver(SearchStudy(load(path), output), fail=lambda t: t.configuration.trial == 1).drive().study.finish()
+    options = sweep_module.Options("local", 2, None, output, keep_failed=True)
+    study = SearchStudy(load(path), output, retry_failed=False)
+    assert sweep_module._run_search(load(path), options, study, None, []) == 1
+    closing = capsys.readouterr().err.strip()
+    assert closing.startswith('2 runs failed in training (find_trial1 seeds 0, 1: "boom")'), closing
+    assert closing.endswith(
+        "fail the same way: narrow the space (a rerun asks their trials again, with --keep-failed it leaves them); "
+        f"every error is in {output}"
+    )
+
+
 @pytest.mark.parametrize(
     ("old", "new", "said"),
     [
