@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -52,22 +53,51 @@ def storage_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.optuna.log")
 
 
+def open_storage(path: Path) -> JournalStorage:
+    """The study's Optuna journal, every line of it checked first: Optuna appends to a journal whose last line
+    is cut short (a write interrupted), which makes it unreadable for good, and skips a bad last line.
+
+    :raises SettingError: naming the file and its first bad line; nothing is written
+    """
+    try:
+        lines = path.read_bytes().split(b"\n") if path.exists() else [b""]
+        if lines[-1]:
+            raise ValueError(f"its line {len(lines)} is cut short (a write interrupted)")
+        for number, line in enumerate(lines[:-1], start=1):
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                raise ValueError(f"its line {number}: {err}") from None
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (OSError, ValueError) as err:
+        raise SettingError(f"{path}: cannot open the Optuna study ({err}); move it away") from None
+
+
 def _latest(trials: list[FrozenTrial]) -> dict[int, FrozenTrial]:
     """The last attempt of each named trial (a trial asked again keeps its first number as its name)."""
     return {t.user_attrs["trial"]: t for t in trials if "trial" in t.user_attrs}
 
 
-def runs_left(sweep: Sweep, output: Path) -> int:
+def runs_left(sweep: Sweep, output: Path, retry_failed: bool = True) -> int:
     """At most how many runs a launch of the search trains: the seeds of each trial not ended (complete or
-    pruned) yet; the storage is only read."""
+    pruned, or failed unless `retry_failed`) yet; the storage is only read.
+
+    :raises SettingError: the storage cannot be read
+    """
     assert sweep.search is not None
     latest: dict[int, FrozenTrial] = {}
     if storage_path(output).exists():
-        storage = JournalStorage(JournalFileBackend(str(storage_path(output))))
+        storage = open_storage(storage_path(output))
         with contextlib.suppress(KeyError):  # no study of this name yet
             latest = _latest(optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False))
-    ended = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in latest.values())
+    ended = sum(t.state in _ended(retry_failed) for t in latest.values())
     return (max(sweep.search.trials, len(latest)) - ended) * len(sweep.seeds)
+
+
+def _ended(retry_failed: bool) -> tuple[TrialState, ...]:
+    """The states of the trials a launch does not ask again."""
+    return (TrialState.COMPLETE, TrialState.PRUNED) + (() if retry_failed else (TrialState.FAIL,))
 
 
 def distributions(search: Search) -> dict[str, BaseDistribution]:
@@ -124,11 +154,12 @@ class Trial:
 class SearchStudy:
     """A `[search]` driven by the runner: Optuna asked for trials, told each epoch and each trial's end."""
 
-    def __init__(self, sweep: Sweep, output: Path) -> None:
-        """Open (or create) the study beside `output` and the results file; a trial left failed or running by
-        an earlier call is asked again first.
+    def __init__(self, sweep: Sweep, output: Path, retry_failed: bool = True) -> None:
+        """Open (or create) the study beside `output` and the results file; a trial left running by an earlier
+        call, or failed (unless not `retry_failed`), is asked again first.
 
-        :raises SettingError: the storage or the results file holds another study, or another objective
+        :raises SettingError: the storage or the results file holds another study, or another objective, space
+            or seeds
         """
         assert sweep.search is not None
         self.sweep, self.search, self.storage = sweep, sweep.search, storage_path(output)
@@ -139,8 +170,8 @@ class SearchStudy:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep's table says what each trial did
         if not self.storage.exists():  # nothing written when the results file holds an earlier study's runs
             self._open_record(output, [], None)
+        storage = open_storage(self.storage)
         try:
-            storage = JournalStorage(JournalFileBackend(str(self.storage)))
             try:  # loaded, not created again: create_study(load_if_exists=True) writes to the journal
                 self.study = optuna.load_study(study_name=sweep.name, storage=storage, pruner=pruner_of(self.search))
             except KeyError:
@@ -159,6 +190,7 @@ class SearchStudy:
                 "sweep otherwise, or move it and the results file away to start afresh"
             )
         trials = self.study.get_trials(deepcopy=False)
+        self._refuse_another_space(trials, output)
         self.params: dict[int, dict[str, Any]] = {}  # a named trial's values
         self.curves: dict[int, dict[int, dict[int, float]]] = {}  # a named trial's recorded seeds' curves
         latest = _latest(trials)  # a trial asked, then the sweep died before it was named: it trained nothing
@@ -183,7 +215,8 @@ class SearchStudy:
             )
         # the storage changes only now, every check passed
         self.study.sampler = sampler_of(self.search, len(trials))
-        for key, value in (("sweep_id", self.record.sweep_id), ("objective", self.search.objective)):
+        attributes = {"sweep_id": self.record.sweep_id, "objective": self.search.objective, "seeds": self.sweep.seeds}
+        for key, value in attributes.items():
             if key not in self.study.user_attrs:
                 self.study.set_user_attr(key, value)
         self.retries = 0  # trials waiting in the storage to be asked again
@@ -191,10 +224,35 @@ class SearchStudy:
             if trial.state == TrialState.RUNNING:  # nothing trains it: the results file is locked by this process
                 self.study.tell(trial.number, state=TrialState.FAIL)
         for number, trial in latest.items():
-            if trial.state in (TrialState.RUNNING, TrialState.FAIL):
+            if trial.state not in _ended(retry_failed) and trial.state != TrialState.WAITING:
                 self.study.enqueue_trial(self.params[number], user_attrs={"trial": number})
-            self.retries += trial.state in (TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
+            self.retries += trial.state not in _ended(retry_failed)
         self.named = set(latest)
+
+    def _refuse_another_space(self, trials: list[FrozenTrial], output: Path) -> None:
+        """Refuse a study whose trials were asked over another space, or trained other seeds: its trials and
+        those asked now would be ranked, and would teach the sampler, together.
+
+        :raises SettingError: naming the first setting that differs, as the study has it and as the file does
+        """
+        seeds = self.study.user_attrs.get("seeds", self.sweep.seeds)
+        asked = next((t.distributions for t in reversed(trials) if t.distributions), self.distributions)
+        changed = next(
+            (k for k in sorted(asked.keys() | self.distributions.keys()) if asked.get(k) != self.distributions.get(k)),
+            None,
+        )
+        if changed is None and seeds == self.sweep.seeds:
+            return
+        if changed is None:
+            what = f"seeds = {seeds}, not {self.sweep.seeds}"
+        else:
+            what = (
+                f"search.space.{changed} = {_shown(asked.get(changed))}, not {_shown(self.distributions.get(changed))}"
+            )
+        raise SettingError(
+            f"{self.storage} holds a study with {what}: its trials and new ones would be mixed; put it back, name "
+            f"the sweep otherwise, or move {self.storage} and {output} away to start afresh"
+        )
 
     def _open_record(self, output: Path, named: list[Configuration], study_id: str | None) -> None:
         """The results file, with the runs of the trials the study has named; refused when the two do not
@@ -308,7 +366,9 @@ class SearchStudy:
         self.active.pop(trial.configuration.trial, None)  # type: ignore[arg-type]
         entries = [trial.ended.get(seed) for seed in self.sweep.seeds]
         values = [e.get(self.search.objective) for e in entries if e is not None]
-        if trial.pruned:
+        if any(
+            e is not None and status_of(e) == "pruned" for e in entries
+        ):  # a stop comes too late after the last epoch
             self.study.tell(trial.trial, state=TrialState.PRUNED)
         elif any(e is None or status_of(e) != "finished" for e in entries) or not all(
             isinstance(v, int | float) and math.isfinite(v) for v in values
@@ -389,6 +449,16 @@ class SearchRecord(Record):
             "log": log,
         }
         return document
+
+
+def _shown(distribution: BaseDistribution | None) -> str:
+    """A distribution as the sweep file writes it."""
+    if distribution is None:
+        return "nothing"
+    if isinstance(distribution, CategoricalDistribution):
+        return json.dumps(list(distribution.choices))
+    log = ", log = true" if distribution.log else ""  # type: ignore[attr-defined]
+    return f"{{low = {distribution.low}, high = {distribution.high}{log}}}"  # type: ignore[attr-defined]
 
 
 def _cell(value: Any) -> str:

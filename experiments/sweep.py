@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://host:8786 [DASK_SCHEDULER_ADDRESS]")
     parser.add_argument("--output", help="the results file, a .json [default results_sweep_{name}.json]")
     parser.add_argument(
-        "--keep-failed", action="store_true", help="do not train again the runs the results file holds as failed"
+        "--keep-failed",
+        action="store_true",
+        help="do not train again the runs the results file holds as failed (a search: nor ask their trials again)",
     )
     return parser
 
@@ -208,13 +210,13 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
                     f"{args.sweep_file}: a [search] needs Optuna, and {err.name} is not installed: "
                     "pip install -c constraints.txt './core[search]'"
                 ) from None
-            to_train = search.runs_left(sweep, opts.output)
+            to_train = search.runs_left(sweep, opts.output, not opts.keep_failed)
         pool = _pool(opts, sweep, min(opts.workers, to_train)) if to_train else None
         prepare(backends)  # e.g. aim's uploader starts: this process records every run
         try:
             with hold(backends, names), held(opts.output, "--output"):  # the locks run_*.sh takes, for every run
                 if sweep.search is not None:
-                    study = search.SearchStudy(sweep, opts.output)
+                    study = search.SearchStudy(sweep, opts.output, retry_failed=not opts.keep_failed)
                     refuse_other_settings(study.record.configurations, backends, tracker_dir)
                     record = state["record"] = study.record
                     try:
@@ -303,7 +305,9 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             f"best on validation: {best['experiment']} (validation {q} {best[f'val_{q}_mean']:.4f}; "
             f"held-out test {q} {best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}) -> {opts.output}"
         )
-    say_failed(document, opts.output, "a rerun trains them again, with --keep-failed it leaves them")
+    say_failed(
+        document, opts.output, "change their settings (a rerun trains them again, with --keep-failed it leaves them)"
+    )
     if lost:
         print(
             f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}): {record.n_recorded} of {total} runs are "
@@ -338,7 +342,7 @@ def _train(study: Any, pool: Any, backends: list, epochs: int) -> str:
 
 def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
     """The failed runs' reasons, on stderr: those that fail the same way when trained again, apart from
-    those a rerun may train; `rerun`: what a rerun does with them."""
+    those a rerun may train; `rerun`: what to do about the former, and what a rerun does with them."""
     failed = [(c["experiment"], r) for c in document["configurations"] for r in c["runs"] if status_of(r) == "failed"]
     again = [f for f in failed if fails_again(f[1])]
     passing = [f for f in failed if not fails_again(f[1])]
@@ -346,7 +350,7 @@ def say_failed(document: dict[str, Any], output: Path, rerun: str) -> None:
         print(
             redact(
                 f"{len(again)} runs failed in training ({reasons(again)}); they are seeded, so trained again as "
-                f"they are they fail the same way: change their settings ({rerun}; every error is in {output})"
+                f"they are they fail the same way: {rerun}; every error is in {output}"
             ),
             file=sys.stderr,
         )
@@ -366,7 +370,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
     from experiments import search
 
     assert sweep.search is not None
-    left, lost = search.runs_left(sweep, opts.output), ""
+    left, lost = search.runs_left(sweep, opts.output, not opts.keep_failed), ""
     if left and pool is not None:
         where = f"{pool.workers} {opts.executor} workers"
         where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
@@ -383,7 +387,9 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
         search.plot(document, opts.output.with_suffix(".png"))
     print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
     failed, running = document["search"]["n_failed"], document["search"]["n_running"]
-    say_failed(document, opts.output, "a rerun asks their trials again")
+    say_failed(
+        document, opts.output, "narrow the space (a rerun asks their trials again, with --keep-failed it leaves them)"
+    )
     if running:
         print(
             f"{running} trials did not complete (interrupted); run the same command again to complete them",

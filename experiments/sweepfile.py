@@ -149,7 +149,8 @@ def _text(value: Any) -> str:
 
 
 def _label(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "-", _text(value))
+    """A value in an experiment's name: 1e+20 as 1e20 (a "-" would make it 1e-20), other odd characters "-"."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", _text(value).replace("e+", "e"))
 
 
 def load(path: str | Path, tracker_backend: str | None = None) -> Sweep:
@@ -240,7 +241,11 @@ def _choices(where: str, values: Any) -> list[Any]:
     key = where.rsplit(".", 1)[1]
     if not isinstance(values, list) or not values:
         raise SettingError(f"{where} must be a non-empty list of values, e.g. {key} = [4, 8]")
-    if len(set(map(_text, values))) < len(values):
+    try:
+        texts = set(map(_text, values))
+    except SettingError as err:
+        raise SettingError(f"{where}={values!r}: each value {err}") from None
+    if len(texts) < len(values):
         raise SettingError(f"{where}={values!r} repeats a value")
     for value in values if key == "model" else ():
         if value not in MODELS:

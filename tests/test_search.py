@@ -105,6 +105,7 @@ BAD = [
     ("l = [3, 4]", "l = [3, 4]\nselect = {low = 1, high = 2}", "search.space.select is not a number setting"),
     ("l = [3, 4]", "l = [3, 3]", "search.space.l=[3, 3] repeats a value"),
     ("l = [3, 4]", "l = []", "search.space.l must be a non-empty list of values"),
+    ("l = [3, 4]", "l = [3, [4]]", "search.space.l=[3, [4]]: each value must be a number, a string or a boolean"),
     ("n_epochs = 6", "n_epochs = 6\nbond_dim = 4", "bond_dim is both in [settings] and in [search.space]"),
     ("n_epochs = 6", "n_epochs = 6\noutput_site = 3", "OUTPUT_SITE=3 must be in [0, L) = [0, 3)"),
     ("[search]", "[grid]\nl = [3]\n[search]", "a sweep file has a [grid] or a [search], not both"),
@@ -201,10 +202,12 @@ def entry_of(task, status="finished", last=N_EPOCHS - 1):
 class Driver:
     """The runner's side of the protocol, in this process: `workers` runs at a time, an epoch each in turn;
     a run told to stop ends pruned at its next epoch; `fail(task)` says which runs fail at their end;
-    `crash_after` ends the drive (as a SIGKILL would) after that many runs have ended."""
+    `crash_after` ends the drive (as a SIGKILL would) after that many runs have ended; with `late_stop`, a
+    stop comes too late for every run (its worker trained its last epochs before the stop reached it)."""
 
-    def __init__(self, study, workers=2, fail=lambda task: False, crash_after=None):
+    def __init__(self, study, workers=2, fail=lambda task: False, crash_after=None, late_stop=False):
         self.study, self.workers, self.fail, self.crash_after = study, workers, fail, crash_after
+        self.late_stop = late_stop  # a stop reaches no run before its last epoch: every run finishes
         self.trained, self.stopped, self.ended = [], [], 0
 
     def drive(self):
@@ -216,7 +219,7 @@ class Driver:
             if not running:
                 return self
             for key, (task, epoch) in list(running.items()):
-                if task in self.stopped:  # stopped at its next epoch boundary
+                if task in self.stopped and not self.late_stop:  # stopped at its next epoch boundary
                     del running[key]
                     self.study.on_end(task, entry_of(task, "pruned", last=epoch - 1))
                     continue
@@ -309,6 +312,22 @@ def test_a_search_asks_trains_each_seed_reports_prunes_and_tells(tmp_path):
     assert f"best: trial {best.number} (" in text and "held-out test r2" in text and "importance" in text
     search_module.plot(written, tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_trial_whose_runs_all_finished_before_the_stop_reached_them_is_complete_not_pruned(tmp_path):
+    """Failed before: such a trial was told pruned at the epoch of the pruner's decision, its runs all finished
+    (results file, trackers) with their figures, left out of the best trial and of the sampler's model."""
+    study = SearchStudy(load(sweep_file(tmp_path)), tmp_path / "results.json")
+    driver = Driver(study, late_stop=True).drive()
+    written = study.finish()
+    assert driver.stopped  # the pruner said so, for some trials
+    trials = stored(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+    for t in trials:
+        assert t.value == pytest.approx(statistics.fmean(curve(t.params, s, N_EPOCHS - 1) for s in SEEDS))
+    assert written["n_pruned"] == 0 and written["search"]["n_pruned"] == 0 and written["search"]["n_complete"] == 12
+    best = max(trials, key=lambda t: t.value)
+    assert written["best"]["trial"] == best.number
 
 
 def test_optuna_dashboard_opens_the_study(tmp_path):
@@ -432,6 +451,93 @@ def test_a_results_file_and_a_storage_of_other_studies_are_refused(tmp_path):
     with pytest.raises(SettingError, match="holds a study of objective 'val_r2', not 'val_loss'"):
         SearchStudy(loss, output)
     assert storage.read_bytes() == kept
+
+
+def test_a_failed_trial_is_left_failed_with_keep_failed(tmp_path):
+    """Failed before: run_sweep.sh's --keep-failed was ignored by a search, which asked its failed trials again."""
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 3"))
+    output = tmp_path / "results.json"
+    failing = Driver(SearchStudy(load(path), output), fail=lambda t: (t.configuration.trial, t.seed) == (1, 1))
+    failing.drive().study.finish()
+    assert runs_left(load(path), output, retry_failed=False) == 0 and runs_left(load(path), output) == len(SEEDS)
+    kept = SearchStudy(load(path), output, retry_failed=False)
+    assert kept.next_tasks(4) == [] and kept.retries == 0
+    kept.finish()
+    study = stored(tmp_path)
+    assert len(study.trials) == 3 and named(study)[1].state == TrialState.FAIL
+    assert json.loads(output.read_text())["search"]["n_failed"] == 1
+
+
+def test_run_sweep_closes_a_search_of_failed_trials_saying_to_narrow_its_space(tmp_path, capsys):
+    """Failed before: its closing line said to change the settings of trials whose settings the sampler chose."""
+    from experiments import sweep as sweep_module
+
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 3"))
+    output = tmp_path / "results.json"
+    Driver(SearchStudy(load(path), output), fail=lambda t: t.configuration.trial == 1).drive().study.finish()
+    options = sweep_module.Options("local", 2, None, output, keep_failed=True)
+    study = SearchStudy(load(path), output, retry_failed=False)
+    assert sweep_module._run_search(load(path), options, study, None, []) == 1
+    closing = capsys.readouterr().err.strip()
+    assert closing.startswith('2 runs failed in training (find_trial1 seeds 0, 1: "boom")'), closing
+    assert closing.endswith(
+        "fail the same way: narrow the space (a rerun asks their trials again, with --keep-failed it leaves them); "
+        f"every error is in {output}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("high = 8}", "high = 9}", "search.space.bond_dim = {low = 2, high = 8}, not {low = 2, high = 9}"),
+        ("log = true}", "log = false}", "jitter_start = {low = 0.001, high = 1.0, log = true}, not {low = 0.001,"),
+        ("l = [3, 4]", "l = [3, 4, 5]", "search.space.l = [3, 4], not [3, 4, 5]"),
+        (
+            "l = [3, 4]",
+            "l = [3, 4]\ninit_strength = [0.1, 0.2]",
+            "search.space.init_strength = nothing, not [0.1, 0.2]",
+        ),
+        ("seeds = [0, 1]", "seeds = [0, 1, 2]", "seeds = [0, 1], not [0, 1, 2]"),
+    ],
+)
+def test_a_changed_space_or_seeds_under_the_same_name_is_refused_and_nothing_written(tmp_path, old, new, said):
+    """Failed before: the study went on, its earlier trials (of another space, or over other seeds) ranked and
+    fed to the sampler with the new ones, and the results file's `space` saying only the new one."""
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 2"))
+    output = tmp_path / "results.json"
+    Driver(SearchStudy(load(path), output)).drive().study.finish()
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new).replace("trials = 2", "trials = 4"))
+    with pytest.raises(SettingError) as refused:
+        SearchStudy(load(path), output)
+    assert said in str(refused.value) and "\n" not in str(refused.value), refused.value
+    assert f"{storage_path(output)} holds a study with " in str(refused.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != path.name} == {
+        k: v for k, v in kept.items() if k != path.name
+    }
+
+
+@pytest.mark.parametrize("damage", ["cut short", "a bad line"])
+def test_a_damaged_journal_is_refused_in_one_line_and_left_as_it_is(tmp_path, damage):
+    """Failed before: a traceback (JSONDecodeError), and a last line cut short was appended to by Optuna, which
+    made the journal unreadable for good."""
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 2"))
+    output = tmp_path / "results.json"
+    Driver(SearchStudy(load(path), output)).drive().study.finish()
+    storage = storage_path(output)
+    lines = storage.read_bytes().splitlines(keepends=True)
+    damaged = (
+        b"".join(lines[:-1]) + lines[-1][:40] if damage == "cut short" else b"".join([lines[0], b"{oops\n", *lines[1:]])
+    )
+    storage.write_bytes(damaged)
+    said = f"its line {len(lines)} is cut short" if damage == "cut short" else "its line 2: Expecting property name"
+    for attempt in (lambda: runs_left(load(path), output), lambda: SearchStudy(load(path), output)):
+        with pytest.raises(SettingError) as refused:
+            attempt()
+        assert f"{storage}: cannot open the Optuna study ({said}" in str(refused.value), refused.value
+        assert str(refused.value).endswith("; move it away") and "\n" not in str(refused.value)
+        assert storage.read_bytes() == damaged
 
 
 @pytest.mark.parametrize("sampler", ["random", "cmaes", "grid"])

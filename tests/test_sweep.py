@@ -670,3 +670,15 @@ def test_runs_are_journaled_in_o1_and_a_killed_sweep_s_journal_counts_when_run_a
     for seed in range(COMPACT_EVERY):  # the file is rewritten now and then, not after every run
         again.add(grid.configurations[seed % 4], {"seed": seed % 2, "test_r2": 0.1, "success": True})
     assert not again.journal.exists() and json.loads(path.read_text())["n_recorded"] == 6
+
+
+def test_grid_values_that_differ_in_an_exponent_s_sign_name_two_experiments(tmp_path):
+    """Failed before: 1e+20 was named 1e-20, so jitter_min = [1e20, 1e-20] made two configurations of one
+    experiment name, trained into one run file ("1 runs did not run (a worker process ended)")."""
+    from experiments.sweepfile import load
+
+    path = tmp_path / "lab.toml"
+    text = 'name = "lab"\nmodel = "mpo2"\n[settings]\ndataset = "synthetic"\n[grid]\njitter_min = [1e20, 1e-20]\n'
+    path.write_text(text)
+    names = [c.settings.experiment_name for c in load(path).configurations]
+    assert names == ["lab_jitter_min1e20", "lab_jitter_min1e-20"]
