@@ -362,20 +362,18 @@ class SearchStudy:
         return None
 
     def _tell(self, trial: Trial) -> None:
-        """Tell Optuna how the trial ended: pruned, failed (a seed failed) or its objective."""
+        """Tell Optuna how the trial ended: pruned (a run stopped early), its objective (every seed trained
+        to the end and has it: a run failed on its held-out figure still teaches the sampler, and the test
+        split never decides a trial), or failed (a seed raised, or its objective is not a finite number)."""
         self.active.pop(trial.configuration.trial, None)  # type: ignore[arg-type]
         entries = [trial.ended.get(seed) for seed in self.sweep.seeds]
-        values = [e.get(self.search.objective) for e in entries if e is not None]
-        if any(
-            e is not None and status_of(e) == "pruned" for e in entries
-        ):  # a stop comes too late after the last epoch
+        values = [None if e is None else e.get(self.search.objective) for e in entries]
+        if any(e is not None and status_of(e) == "pruned" for e in entries):  # a stop may come after the last epoch
             self.study.tell(trial.trial, state=TrialState.PRUNED)
-        elif any(e is None or status_of(e) != "finished" for e in entries) or not all(
-            isinstance(v, int | float) and math.isfinite(v) for v in values
-        ):
-            self.study.tell(trial.trial, state=TrialState.FAIL)
+        elif all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            self.study.tell(trial.trial, statistics.fmean(values))  # type: ignore[arg-type]
         else:
-            self.study.tell(trial.trial, statistics.fmean(values))
+            self.study.tell(trial.trial, state=TrialState.FAIL)
 
     # ---- what a researcher reads at the end -----------------------------------------------------------
 

@@ -400,7 +400,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
             f"lost the Dask scheduler at {redact(opts.scheduler)} ({lost}); run the same command again to go on",
             file=sys.stderr,
         )
-    return 1 if failed or running or lost else 0
+    return 1 if failed or running or lost or document["n_failed"] else 0
 
 
 if __name__ == "__main__":

@@ -185,18 +185,24 @@ def curve(values: dict, seed: int, epoch: int) -> float:
     return final_r2(values, seed) - 0.3 / (epoch + 1)
 
 
-def entry_of(task, status="finished", last=N_EPOCHS - 1):
+def entry_of(task, status="finished", last=N_EPOCHS - 1, held_out=True):
+    """A run's results entry: a failed one raised in training (no figures), or failed on its held-out figure
+    alone (`held_out=False`: trained to the end, its test R² no better than the mean's)."""
+    if status == "failed" and held_out:
+        return {"seed": task.seed, "test_loss": None, "test_r2": None, "success": False, "status": status} | {
+            "error": "boom"
+        }
     r2 = curve(task.configuration.values, task.seed, last)
     return {
         "seed": task.seed,
         "test_loss": 1 - r2,
-        "test_r2": r2 - 0.01,
+        "test_r2": r2 - 0.01 if held_out else -0.01,
         "success": status == "finished",
         "status": status,
         "val_r2": r2,
         "val_loss": 1 - r2,
         "train_r2": r2 + 0.05,
-    } | ({"error": "boom"} if status == "failed" else {})
+    } | ({} if held_out else {"error": "no better than the trivial predictor on the held-out test split"})
 
 
 class Driver:
@@ -205,8 +211,9 @@ class Driver:
     `crash_after` ends the drive (as a SIGKILL would) after that many runs have ended; with `late_stop`, a
     stop comes too late for every run (its worker trained its last epochs before the stop reached it)."""
 
-    def __init__(self, study, workers=2, fail=lambda task: False, crash_after=None, late_stop=False):
+    def __init__(self, study, workers=2, fail=lambda task: False, crash_after=None, late_stop=False, held_out=True):
         self.study, self.workers, self.fail, self.crash_after = study, workers, fail, crash_after
+        self.held_out = held_out  # False: a run that fails, fails on its held-out figure alone
         self.late_stop = late_stop  # a stop reaches no run before its last epoch: every run finishes
         self.trained, self.stopped, self.ended = [], [], 0
 
@@ -229,7 +236,8 @@ class Driver:
                 running[key][1] += 1
                 if epoch + 1 == N_EPOCHS:
                     del running[key]
-                    self.study.on_end(task, entry_of(task, "failed" if self.fail(task) else "finished"))
+                    status = "failed" if self.fail(task) else "finished"
+                    self.study.on_end(task, entry_of(task, status, held_out=self.held_out))
                     self.ended += 1
                     if self.crash_after is not None and self.ended >= self.crash_after:
                         return self
@@ -427,6 +435,21 @@ def test_a_failed_trial_is_trained_again_on_rerun_only_for_its_failed_seed(tmp_p
     assert after[1].value == pytest.approx(statistics.fmean(curve(after[1].params, s, N_EPOCHS - 1) for s in SEEDS))
     again.study.finish()
     assert json.loads(output.read_text())["n_failed"] == 0
+
+
+def test_a_trial_whose_seed_failed_on_its_held_out_figure_alone_is_told_its_validation_mean(tmp_path):
+    """Failed before: such a trial was failed, so the test split decided which trial was best, the sampler
+    never learnt the region, and a rerun asked it again to fail the same way."""
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 3"))
+    output = tmp_path / "results.json"
+    failing = lambda t: (t.configuration.trial, t.seed) == (1, 1)  # noqa: E731
+    Driver(SearchStudy(load(path), output), fail=failing, held_out=False).drive().study.finish()
+    trial = named(stored(tmp_path))[1]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == pytest.approx(statistics.fmean(curve(trial.params, s, N_EPOCHS - 1) for s in SEEDS))
+    written = json.loads(output.read_text())
+    assert written["n_failed"] == 1 and written["search"]["n_failed"] == 0  # the run failed, its trial did not
+    assert runs_left(load(path), output) == 0
 
 
 def test_a_results_file_and_a_storage_of_other_studies_are_refused(tmp_path):
