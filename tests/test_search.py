@@ -264,7 +264,8 @@ def named(study):
     return latest
 
 
-def test_a_search_asks_trains_each_seed_reports_prunes_and_tells(tmp_path):
+def test_a_search_asks_trains_each_seed_reports_prunes_and_tells(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # the table's width: its lines unwrapped
     sweep = load(sweep_file(tmp_path))
     study = SearchStudy(sweep, tmp_path / "results.json")
     driver = Driver(study).drive()
@@ -682,8 +683,11 @@ def test_a_search_interrupted_mid_trial_trains_only_that_trials_missing_seed_whe
     first = run_sweep(tmp_path, "--workers", "1", background=True)
     journal = tmp_path / "results_sweep_find.journal.jsonl"
     deadline = time.monotonic() + 300
-    while not (journal.exists() and journal.read_text().count("\n") >= 1):  # trial 0's seed 0 recorded
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+    second_run = tmp_path / "experiment_logs" / "find_trial0_seed1.json"
+    while not (journal.exists() and journal.read_text().count("\n") >= 1 and second_run.exists()):  # seed 0
+        if first.poll() is not None or time.monotonic() > deadline:  # recorded, seed 1 started
+            first.kill()
+            pytest.fail(first.communicate()[1])
         time.sleep(0.02)
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=120)
@@ -723,3 +727,18 @@ def test_a_search_on_a_dask_cluster_reports_every_epoch_to_the_driver(tmp_path):
             values = [next(m["val_r2"] for m in c["metrics_log"] if m["step"] == epoch) for c in curves]
             assert reported == pytest.approx(statistics.fmean(values), rel=1e-12)
         assert trial.value == pytest.approx(statistics.fmean(r["val_r2"] for r in runs[f"find_trial{trial.number}"]))
+
+
+def test_the_search_table_fits_80_and_120_columns_dropping_whole_columns(tmp_path, monkeypatch):
+    """#40 finding 4, for a search: its table was 117 columns wide whatever the terminal."""
+    path = sweep_file(tmp_path, GOOD.replace("trials = 12", "trials = 4"))
+    document = Driver(SearchStudy(load(path), tmp_path / "results.json")).drive().study.finish()
+    for columns, dropped in ((80, "not shown at this width: val r2, seeds ok"), (120, None)):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        lines = search_module.table(document).splitlines()
+        assert max(map(len, lines)) <= columns, lines
+        header = next(line.split() for line in lines if line.startswith("trial "))
+        assert header[:7] == ["trial", "state", "bond_dim", "jitter_start", "l", "val_r2", "↑"]
+        assert ("test" in header) and (dropped is None) == ("ok" in header)
+        assert (dropped is None) == all("not shown" not in line for line in lines)
+        assert dropped is None or any(line.startswith(dropped) for line in lines)
