@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ntn.tracking.tables import Column, fit, width, wrapped
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from tabulate import tabulate
 
 from experiments.runner import Task
 from experiments.settings import SettingError
@@ -485,26 +485,32 @@ def table(document: dict[str, Any]) -> str:
     quality = next((c["metric"] for c in document["configurations"]), "r2")
     arrow = "↑" if search["direction"] == "maximize" else "↓"
     headers = ["trial", "state", *names, f"{search['objective']} {arrow}", f"val {quality}", f"test {quality}"]
-    lines = [
-        f"search {document['sweep']}: {search['n_trials']} of {search['trials']} trials ({search['sampler']}, "
-        f"pruning: {search['prune']}): {search['n_complete']} complete, {search['n_pruned']} pruned, "
-        f"{search['n_failed']} failed" + (f", {search['n_running']} running" if search["n_running"] else ""),
-        tabulate(rows, headers=[*headers, "seeds ok"], disable_numparse=True),
-    ]
+    priorities = [0, 1, *(3 for _ in names), 2, 6, 4, 5]  # dropped last: the trial, its state, its objective
+    cells = list(zip(*rows)) if rows else [() for _ in priorities]
+    columns = [Column(h, list(c), p) for h, c, p in zip([*headers, "seeds ok"], cells, priorities, strict=True)]
+    lines = wrapped(
+        [
+            f"search {document['sweep']}: {search['n_trials']} of {search['trials']} trials ({search['sampler']}, "
+            f"pruning: {search['prune']}): {search['n_complete']} complete, {search['n_pruned']} pruned, "
+            f"{search['n_failed']} failed" + (f", {search['n_running']} running" if search["n_running"] else "")
+        ]
+    )
+    lines.append(fit(columns, width(), "a wider terminal or the results file"))
     best = document["best"]
     if best is not None:
         q = best["metric"]
         values = ", ".join(f"{k}={_cell(v)}" for k, v in best["values"].items())
-        lines.append(
-            f"best: trial {best['trial']} ({values}): {search['objective']} {best['objective']:.4f}; validation {q} "
-            f"{best[f'val_{q}_mean']:.4f} ± {best[f'val_{q}_std']:.4f}; held-out test {q} "
+        said = (
+            f"best: trial {best['trial']} ({values}): {search['objective']} {best['objective']:.4f}; validation "
+            f"{q} {best[f'val_{q}_mean']:.4f} ± {best[f'val_{q}_std']:.4f}; held-out test {q} "
             f"{best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}"
         )
+        lines += wrapped([said])
     if search["importance"]:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in search["importance"].items())
-        lines.append(f"importance (Optuna's fANOVA over the complete trials): {shown}")
+        lines += wrapped([f"importance (Optuna's fANOVA over the complete trials): {shown}"])
     elif search.get("importance_error"):
-        lines.append(f"importance: none ({search['importance_error']})")
+        lines += wrapped([f"importance: none ({search['importance_error']})"])
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ntn.tracking import Redactor, new_id, run_id
-from tabulate import tabulate
+from ntn.tracking.tables import Column, fit, printable, width
 
 from experiments.names import other_settings
 from experiments.outputs import read_json, stats, write_json
@@ -256,16 +256,21 @@ def rank(configurations: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(document: dict[str, Any]) -> str:
+    """The configurations, best first: seeds ok and each split's figure, fitted to the terminal (the train,
+    then the test figures dropped first)."""
+    ranked = rank(document["configurations"])
+    q = ranked[0]["metric"] if ranked else "r2"
+
     def shown(c: dict[str, Any], split: str) -> str:
-        mean, std = c[f"{split}_{c['metric']}_mean"], c[f"{split}_{c['metric']}_std"]
+        mean, std = c[f"{split}_{q}_mean"], c[f"{split}_{q}_std"]
         return "n/a" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
-    rows = [
-        [c["experiment"], f"{c['n_success']}/{c['n_total']}", c["metric"]]
-        + [shown(c, s) for s in ("val", "test", "train")]
-        for c in rank(document["configurations"])
+    columns = [
+        Column("experiment (best first)", [printable(c["experiment"]) for c in ranked], 0),
+        Column("seeds ok", [f"{c['n_success']}/{c['n_total']}" for c in ranked], 1),
+        *(Column(f"{s} {q}", [shown(c, s) for c in ranked], 2 + i) for i, s in enumerate(("val", "test", "train"))),
     ]
-    return tabulate(rows, headers=["experiment (best first)", "seeds ok", "metric", "validation", "test", "train"])
+    return fit(columns, width(), "a wider terminal or the results file")
 
 
 def plot(document: dict[str, Any], path: Path) -> None:

@@ -682,3 +682,36 @@ def test_grid_values_that_differ_in_an_exponent_s_sign_name_two_experiments(tmp_
     path.write_text(text)
     names = [c.settings.experiment_name for c in load(path).configurations]
     assert names == ["lab_jitter_min1e20", "lab_jitter_min1e-20"]
+
+
+def test_the_sweep_table_fits_80_and_120_columns_dropping_the_train_figure_first(monkeypatch):
+    """#40 finding 4, for a sweep: its table was ~100 columns wide whatever the terminal."""
+    from experiments.sweep_results import table
+
+    def configuration(name: str, val: float | None) -> dict:
+        figures = {
+            f"{s}_r2_{k}": None if val is None else val + d
+            for s, d in (("train", 0.1), ("val", 0), ("test", -0.02))
+            for k in ("mean", "std")
+        }
+        return {"experiment": name, "metric": "r2", "n_success": 0 if val is None else 2, "n_total": 2} | figures
+
+    document = {
+        "configurations": [
+            configuration("grid_bond_dim2_l2", 0.5),
+            configuration("grid_bond_dim4_l3_jitter_start0.01", 0.7),
+            configuration("grid_bond_dim8_l3", None),
+        ]
+    }
+    monkeypatch.setenv("COLUMNS", "120")
+    wide = table(document).splitlines()
+    assert wide[0].split() == ["experiment", "(best", "first)", "seeds", "ok", "val", "r2", "test", "r2", "train", "r2"]
+    assert [line.split()[0] for line in wide[2:]] == [
+        "grid_bond_dim4_l3_jitter_start0.01",
+        "grid_bond_dim2_l2",
+        "grid_bond_dim8_l3",
+    ]
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = table(document).splitlines()
+    assert max(map(len, narrow)) <= 80 and "train" not in narrow[0] and "test r2" in narrow[0], narrow
+    assert narrow[-2].startswith("not shown at this width: train r2")

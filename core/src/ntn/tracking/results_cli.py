@@ -9,21 +9,16 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import sys
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from ntn.tracking.discovery import plugins
 from ntn.tracking.readers import READERS_GROUP, Record, read_runs
-from ntn.tracking.redact import without_url_credentials
 from ntn.tracking.results import (
     Experiment,
     comparison_rows,
@@ -37,6 +32,7 @@ from ntn.tracking.results import (
     seeds_rows,
     summary_rows,
 )
+from ntn.tracking.tables import Column, fit, printable, width, wrapped
 
 DEFAULT_DIR = "experiment_logs"
 
@@ -75,7 +71,7 @@ def parse_source(text: str) -> tuple[str, str]:
         return backend, location
     if re.fullmatch(r"[A-Za-z][\w.-]+", backend) and not os.path.exists(text):
         raise ValueError(
-            _printable(
+            printable(
                 f"--from {text}: no reader named {backend!r}; installed: {', '.join(sorted(readers))}; "
                 "nor is it a file or directory"
             )
@@ -104,7 +100,7 @@ def read_records(args: argparse.Namespace) -> list[Record]:
     for found, problems in batches:
         records += found
         for problem in problems:
-            print(_printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
+            print(printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
     records = _named(records, names) if names else records
@@ -123,7 +119,7 @@ def _with_status(records: list[Record], wanted: str | None) -> list[Record]:
     unknown = [s for s in statuses if s not in held]
     if unknown:
         counts = ", ".join(f"{s} ({held.count(s)})" for s in sorted(set(held)))
-        raise ValueError(_printable(f"--status {unknown[0]}: no run has that status; these runs are {counts}"))
+        raise ValueError(printable(f"--status {unknown[0]}: no run has that status; these runs are {counts}"))
     return [r for r, status in zip(records, held) if status in statuses]
 
 
@@ -136,15 +132,8 @@ def _named(records: list[Record], names: list[str]) -> list[Record]:
     unknown = [n for n in names if not any(n in g for g in groups)]
     if unknown:
         shown = ", ".join(sorted({experiment_of(r) for r in records}))
-        raise ValueError(_printable(f"no runs of experiment or sweep {unknown[0]!r}; found: {shown}"))
+        raise ValueError(printable(f"no runs of experiment or sweep {unknown[0]!r}; found: {shown}"))
     return [r for r, g in zip(records, groups) if g & set(names)]
-
-
-def _printable(text: Any) -> str:
-    """`text` with every control character escaped (\\x1b, \\n, ...): names and errors come from files
-    anyone may have written, and a terminal must not act on them; no URL's credentials (a source named)."""
-    text = without_url_credentials(str(text))
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _runs_cell(row: dict) -> str:
@@ -189,7 +178,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, table: str) -> None:
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
-        print("\n".join(_printable(line) for line in buffer.getvalue().splitlines()))
+        print("\n".join(printable(line) for line in buffer.getvalue().splitlines()))
     else:
         print(table)
 
@@ -201,11 +190,6 @@ def _age(updated: Any) -> str:
     minutes = max(0, int(time.time() - updated)) // 60
     shown = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
     return f", last record {shown} ago (a process killed with SIGKILL leaves its run running)"
-
-
-def _width() -> int:
-    """The terminal's width ($COLUMNS first), 120 when there is none (a pipe, a file)."""
-    return shutil.get_terminal_size((120, 24)).columns
 
 
 def _settings_cell(settings: dict[str, Any]) -> str:
@@ -224,43 +208,9 @@ def _ranking(experiments: list[Experiment], q: str | None) -> str:
     return f"best first on val_{q} (↑ higher is better, ↓ lower)"
 
 
-@dataclass
-class Column:
-    """A column of a table: its header, its cells, and its priority (0 is dropped last)."""
-
-    header: str
-    cells: list[str]
-    priority: int
-
-
-def _fit(columns: list[Column], width: int) -> str:
-    """The table, whole columns dropped, the lowest priority first (the rightmost of equals), until it fits
-    `width`; a last line then names them (`--format csv` or a wider terminal shows them)."""
-    shown, dropped = list(columns), []
-    while True:
-        text = tabulate(
-            [list(row) for row in zip(*(c.cells for c in shown))],
-            headers=[c.header for c in shown],
-            disable_numparse=True,
-        )
-        if len(shown) == 1 or max(map(len, text.splitlines())) <= width:
-            break
-        worst = max(range(len(shown)), key=lambda i: (shown[i].priority, i))
-        dropped.append(shown.pop(worst).header)
-    if dropped:
-        text += "\n" + "\n".join(
-            _wrapped([f"not shown at this width: {', '.join(dropped)} (a wider terminal or --format csv shows them)"])
-        )
-    return text
-
-
-def _wrapped(notes: list[str]) -> list[str]:
-    return [textwrap.fill(_printable(n), _width(), subsequent_indent="    ") for n in notes]
-
-
 def _heading(parts: list[str]) -> str:
     """What a table shows, in lines that fit the terminal."""
-    return "\n".join(textwrap.fill(_printable("; ".join(p for p in parts if p)), _width()).splitlines())
+    return "\n".join(textwrap.fill(printable("; ".join(p for p in parts if p)), width()).splitlines())
 
 
 KEPT_EPOCH = "mean ± std over the successful runs, each at the epoch it kept"
@@ -292,23 +242,23 @@ def _summary(args: argparse.Namespace) -> int:
         metrics = first + [m for m in metrics if m not in first]
     settings, priority = {r["experiment"]: r["settings"] for r in rows}, _priority(q, chosen)
     columns = [
-        Column("experiment", [_printable(r["experiment"]) for r in rows], 0),
+        Column("experiment", [printable(r["experiment"]) for r in rows], 0),
         Column("ok/runs", [_runs_cell(r) for r in rows], 1),
     ]
     if any(settings.values()) and not _named_by_settings(settings):
-        cells = [_printable(_settings_cell(r["settings"])) for r in rows]
+        cells = [printable(_settings_cell(r["settings"])) for r in rows]
         columns.insert(1, Column("settings", cells, priority("settings")))
     columns.append(Column("best epoch", [_best_epoch_cell(r["best_epoch"]) for r in rows], priority("best epoch")))
     columns += [
         Column(
-            _printable(m) + _better(m),
+            printable(m) + _better(m),
             [_stats_cell(r[m]) if m in r else "-" for r in rows],
             priority(m),
         )
         for m in metrics
     ]
     ranking = _ranking(list(experiments.values()), q)
-    text = f"{_heading([ranking, KEPT_EPOCH])}\n{_fit(columns, _width())}"
+    text = f"{_heading([ranking, KEPT_EPOCH])}\n{fit(columns, width())}"
     notes = [f"running: {name}{_age(updated)}" for r in rows for name, updated in r["running"].items()]
     notes += [f"failed: {name}: {error}" for r in rows for name, error in r["failed"].items()]
     if any(r["pruned"] for r in rows):  # a search's trials
@@ -321,7 +271,7 @@ def _summary(args: argparse.Namespace) -> int:
         differ_in = "; ".join(f"{k} ({', '.join(v)})" for k, v in r["mixed"].items())
         notes.append(f"mixed: {r['experiment']}'s runs differ in {differ_in}: not one experiment")
     shown = [_counted(r) for r in rows] if args.format == "csv" else rows
-    _emit(shown, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
+    _emit(shown, args.format, "\n".join([text, "", *wrapped(notes)]) if notes else text)
     return 0
 
 
@@ -344,12 +294,12 @@ def _compare(args: argparse.Namespace) -> int:
     experiments = group(read_records(args))
     missing = [name for name in args.experiments if name not in experiments]
     if missing:
-        raise ValueError(_printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
+        raise ValueError(printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
     # best first, those with no successful run last; the first is the reference
     chosen = sorted(ranked({name: experiments[name] for name in args.experiments}), key=lambda e: not e.metrics)
     seeds, rows = seeds_rows(chosen), comparison_rows(chosen)
     ref, q = chosen[0].name, quality_of(chosen)
-    columns = [Column("metric", [_printable(r["metric"]) + _better(r["metric"]) for r in rows], 0)]
+    columns = [Column("metric", [printable(r["metric"]) + _better(r["metric"]) for r in rows], 0)]
     columns.append(Column(_label(0), [_stats_cell(r[ref]) for r in rows], 1))
     for i, e in enumerate(chosen[1:], start=1):
         cells = [
@@ -365,8 +315,8 @@ def _compare(args: argparse.Namespace) -> int:
     ]
     heading = _heading([_ranking(chosen, q), f"Δ: difference of means to {_label(0)}", KEPT_EPOCH])
     notes = [f"failed: {name}: {error}" for exp in chosen for name, error in errors_of(exp).items()]
-    text = "\n".join([heading, *_wrapped(legend), _fit(columns, _width())])
-    _emit(seeds + rows, args.format, "\n".join([text, "", *_wrapped(notes)]) if notes else text)
+    text = "\n".join([heading, *wrapped(legend), fit(columns, width())])
+    _emit(seeds + rows, args.format, "\n".join([text, "", *wrapped(notes)]) if notes else text)
     return 0
 
 
@@ -385,9 +335,7 @@ def _plot(args: argparse.Namespace) -> int:
     for record in read_records(args):
         problem = damaged(record)
         if problem:  # one line, as `summary` skips a run it cannot read
-            print(
-                _printable(f"ntn-trackers: skipped run {record.get('experiment_name')!r}: {problem}"), file=sys.stderr
-            )
+            print(printable(f"ntn-trackers: skipped run {record.get('experiment_name')!r}: {problem}"), file=sys.stderr)
         elif args.status is None and run_status(record) == "failed":
             left_out.append(record)
         else:
@@ -402,7 +350,7 @@ def _plot(args: argparse.Namespace) -> int:
     print(path)
     for record in left_out:  # beneath the path, one line each: what the figure leaves out, and why
         error = (record.get("summary") or {}).get("error") or "no error recorded"
-        print(_printable(f"not drawn (failed): {record.get('experiment_name')}: {error}"))
+        print(printable(f"not drawn (failed): {record.get('experiment_name')}: {error}"))
     return 0
 
 
