@@ -521,6 +521,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     search = document["search"]
     figure, (trials_axis, importance_axis) = plt.subplots(1, 2, figsize=(11, 4))
@@ -534,7 +535,10 @@ def plot(document: dict[str, Any], path: Path) -> None:
     if complete:
         pick = max if search["direction"] == "maximize" else min
         best = [pick(t["objective"] for t in complete if t["number"] <= c["number"]) for c in complete]
-        trials_axis.step([t["number"] for t in complete], best, where="post", label="best so far")
+        last = max(t["number"] for t in log)  # the line runs on to the last trial, whatever its state
+        numbers = [t["number"] for t in complete] + [last]
+        trials_axis.step(numbers, best + best[-1:], where="post", label="best so far")
+    trials_axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     trials_axis.set_xlabel("trial")
     trials_axis.set_ylabel(search["objective"])
     trials_axis.legend(fontsize="small")
