@@ -183,7 +183,9 @@ class Runner:
         try:
             while True:
                 free = pool.free if limit is None else min(pool.free, limit - started)
-                for task in self.study.next_tasks(free) if free > 0 else []:
+                with uninterrupted():  # a study's storage is never left half written (Optuna's journal)
+                    tasks = self.study.next_tasks(free) if free > 0 else []
+                for task in tasks:
                     pool.start(task)
                     self.running[task.run_id] = task
                     started += 1
@@ -227,7 +229,9 @@ class Runner:
         if hook == "callback_epoch":
             epoch, scores, extra = arguments
             self.progress.epoch(task, epoch)
-            for stopped in self.study.on_epoch(task, epoch, scores | extra):
+            with uninterrupted():
+                stops = self.study.on_epoch(task, epoch, scores | extra)
+            for stopped in stops:
                 if stopped.run_id in self.running and stopped.run_id not in self.pruned:
                     self.pruned.add(stopped.run_id)
                     self.pool.stop(stopped.run_id)

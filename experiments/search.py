@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ntn.tracking import uninterrupted
 from ntn.tracking.tables import Column, fit, width, wrapped
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
@@ -175,12 +176,13 @@ class SearchStudy:
             try:  # loaded, not created again: create_study(load_if_exists=True) writes to the journal
                 self.study = optuna.load_study(study_name=sweep.name, storage=storage, pruner=pruner_of(self.search))
             except KeyError:
-                self.study = optuna.create_study(
-                    storage=storage,
-                    study_name=sweep.name,
-                    direction="maximize" if self.search.maximise else "minimize",
-                    pruner=pruner_of(self.search),
-                )
+                with uninterrupted():  # a signal waits: the journal's first lines whole
+                    self.study = optuna.create_study(
+                        storage=storage,
+                        study_name=sweep.name,
+                        direction="maximize" if self.search.maximise else "minimize",
+                        pruner=pruner_of(self.search),
+                    )
         except (OSError, ValueError) as err:
             raise SettingError(f"{self.storage}: cannot open the Optuna study ({err}); move it away") from None
         objective = self.study.user_attrs.get("objective", self.search.objective)
@@ -213,20 +215,21 @@ class SearchStudy:
                 f"{self.storage} holds trials whose results file {output} is gone; move {self.storage} away to "
                 "start afresh"
             )
-        # the storage changes only now, every check passed
+        # the storage changes only now, every check passed, each write whole (a signal waits: `uninterrupted`)
         self.study.sampler = sampler_of(self.search, len(trials))
         attributes = {"sweep_id": self.record.sweep_id, "objective": self.search.objective, "seeds": self.sweep.seeds}
-        for key, value in attributes.items():
-            if key not in self.study.user_attrs:
-                self.study.set_user_attr(key, value)
         self.retries = 0  # trials waiting in the storage to be asked again
-        for trial in trials:
-            if trial.state == TrialState.RUNNING:  # nothing trains it: the results file is locked by this process
-                self.study.tell(trial.number, state=TrialState.FAIL)
-        for number, trial in latest.items():
-            if trial.state not in _ended(retry_failed) and trial.state != TrialState.WAITING:
-                self.study.enqueue_trial(self.params[number], user_attrs={"trial": number})
-            self.retries += trial.state not in _ended(retry_failed)
+        with uninterrupted():
+            for key, value in attributes.items():
+                if key not in self.study.user_attrs:
+                    self.study.set_user_attr(key, value)
+            for trial in trials:
+                if trial.state == TrialState.RUNNING:  # nothing trains it: this process locks the results file
+                    self.study.tell(trial.number, state=TrialState.FAIL)
+            for number, trial in latest.items():
+                if trial.state not in _ended(retry_failed) and trial.state != TrialState.WAITING:
+                    self.study.enqueue_trial(self.params[number], user_attrs={"trial": number})
+                self.retries += trial.state not in _ended(retry_failed)
         self.named = set(latest)
 
     def _refuse_another_space(self, trials: list[FrozenTrial], output: Path) -> None:

@@ -243,6 +243,59 @@ class PruneSeed1:
         self.entries[task.seed] = entry
 
 
+class SignalledMidWrite(PruneSeed1):
+    """A study whose storage write (`journal`, a line at a time, as Optuna's) is cut halfway by a signal, in
+    `next_tasks` or in `on_epoch`."""
+
+    def __init__(self, configuration, journal, when):
+        super().__init__(configuration)
+        self.journal, self.when = journal, when
+
+    def _write(self, what):
+        with open(self.journal, "a", encoding="utf-8") as journal:
+            journal.write(f"{what} begins")
+            journal.flush()
+            os.kill(os.getpid(), signal.SIGINT)
+            journal.write(" and ends\n")
+
+    def next_tasks(self, free):
+        if self.when == "next_tasks" and self.tasks:
+            self._write("asked")
+        return super().next_tasks(free)
+
+    def on_epoch(self, task, epoch, scores):
+        if self.when == "on_epoch":
+            self._write(f"epoch {epoch}")
+        return super().on_epoch(task, epoch, scores)
+
+
+@pytest.mark.parametrize("when", ["next_tasks", "on_epoch"])
+def test_a_signal_never_cuts_a_study_s_storage_write_in_half(tmp_path, monkeypatch, when):
+    """Failed before: a Ctrl-C during Optuna's journal write (asking a trial, reporting an epoch) left a line
+    cut short, which the next launch refuses (and Optuna would append to, breaking the study for good)."""
+    from ntn.tracking import stop_on_signals, validate
+
+    from experiments.runner import Progress, Runner
+    from experiments.seed_run import command_of_this_process
+    from experiments.sweepfile import load as load_sweep
+    from experiments.workers import InlinePool
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pruning.toml").write_text(PRUNED_SWEEP.format(epochs=3))
+    (configuration,) = load_sweep(tmp_path / "pruning.toml", tracker_backend="file").configurations
+    study = SignalledMidWrite(configuration, tmp_path / "journal", when)
+    runner = Runner(study, validate("file"), command_of_this_process(), Progress(0, shown=False), ("output_file",))
+    previous = stop_on_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(InlinePool())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    written = (tmp_path / "journal").read_text(encoding="utf-8")
+    assert written == ("asked" if when == "next_tasks" else "epoch 0") + " begins and ends\n"
+
+
 @pytest.mark.parametrize("where", ["inline", "forked", "spawned", "dask"])  # spawned: how a GPU's workers start
 def test_a_study_prunes_a_run_at_its_next_epoch_boundary_and_it_is_recorded_pruned(tmp_path, monkeypatch, where):
     from ntn.tracking import validate
