@@ -7,7 +7,8 @@ told by the driver only, as a `Study` of the runner: `next_tasks` asks Optuna fo
 seeds' runs, `on_epoch` reports each epoch's objective (the mean over the trial's seeds, once every seed has
 that epoch) and returns the trial's runs to stop when the pruner says so, `on_end` records each run in the
 results file (`sweep_results.Record`) and tells Optuna the trial's end once all its runs have ended: its
-objective (the mean over its seeds of their results entries' figure), pruned, or failed (a seed failed).
+objective (the mean over its seeds of their results entries' figure), pruned, or failed (a seed has no
+figure: its training raised, or its worker ended).
 
 Exactly once: a trial is named by its first number (user attribute `trial`); a trial the storage holds as
 failed, or still running (the sweep was killed, or stopped by a signal, mid-trial), is asked again with the

@@ -283,8 +283,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )
     if study.tasks and pool is not None:
-        where = f"{pool.workers} {opts.executor} workers"
-        where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
+        where = _where(opts, pool)
         again = sum(task.seed in record.runs[task.configuration.settings.experiment_name] for task in study.tasks)
         print(
             f"sweep {sweep.name}: {len(study.tasks)} of {total} runs to train ({record.n_recorded - again} already "
@@ -320,6 +319,13 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )
     return 1 if record.n_failed or not_run or lost else 0
+
+
+def _where(opts: Options, pool: Any) -> str:
+    """Where a launch trains, for its first line: its local workers or its Dask cluster."""
+    if opts.scheduler:
+        return f"a Dask cluster at {redact(opts.scheduler)}"
+    return f"{pool.workers} {opts.executor} workers"
 
 
 def _train(study: Any, pool: Any, backends: list, epochs: int) -> str:
@@ -372,8 +378,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
     assert sweep.search is not None
     left, lost = search.runs_left(sweep, opts.output, not opts.keep_failed), ""
     if left and pool is not None:
-        where = f"{pool.workers} {opts.executor} workers"
-        where = f"a Dask cluster at {redact(opts.scheduler)}" if opts.scheduler else where
+        where = _where(opts, pool)
         print(
             f"search {sweep.name}: {len(study.named)} of {sweep.search.trials} trials asked before "
             f"({study.retries} to ask again), at most {left} runs to train on {where}; the study: "
