@@ -9,15 +9,16 @@ checkout's `ntn` (after one that warms its caches) and, with `--old`, one in a c
 tree, so that all three see the same load on the machine.
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
-system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer:
-  P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, g = Vᵀ (B θ − Z_y), Cholesky of H + μI, its solve; for a core
-                     that reads φ's index (MPO2's and MMPO2's top cores) and has at least `HELD_MIN_WIDTH`
-                     columns per index, Z V and Vᵀ B over the M monomials that hold each index only (V is 0
-                     elsewhere): 2·S·M·P and 2·M·P² flops (narrower ones take less time dense: `ntn.moments`);
-  P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through (μI + Vᵀ Z V)⁻¹ r =
-                     (r − Vᵀ (μI + Z G)⁻¹ Z V r) / μ: one S × S solve, gradient by matrix-vector products; for a
-                     core that reads φ's index, G from each index's M held rows alone (p products (M, P/p) (P/p, M),
-                     2·M²·P flops, added into their places in G) instead of 2·S²·P.
+system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer; the regularised
+step lands on the ridge minimiser θ' = (H + μI)⁻¹ b, b = Vᵀ Z_y (`ntn.hessians`), so no gradient is formed:
+  P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, b = Vᵀ Z_y, Cholesky of H + μI, its solve; for a core that reads
+                     φ's index (MPO2's and MMPO2's top cores) and has at least `HELD_MIN_WIDTH` columns per index,
+                     Z V and Vᵀ B over the M monomials that hold each index only (V is 0 elsewhere): 2·S·M·P and
+                     2·M·P² flops (narrower ones take less time dense: `ntn.moments`);
+  P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through θ' = (μI + Vᵀ Z V)⁻¹ Vᵀ Z_y = Vᵀ (μI + Z G)⁻¹ Z_y:
+                     one S × S solve and one product by Vᵀ; for a core that reads φ's index, G from each index's M
+                     held rows alone (p products (M, P/p) (P/p, M), 2·M²·P flops, added into their places in G)
+                     instead of 2·S²·P.
 S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
 """
 
@@ -94,7 +95,7 @@ def update_shapes(case: str) -> list[tuple[int, bool, bool]]:
 
 def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) -> tuple:
     """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M), the places in G (S, S) of each index's
-    held pairs (p·M·M,) and, per core size P, V (S, P), its rows for each index (p, M, P/p) and θ (P,): random
+    held pairs (p·M·M,) and, per core size P, V (S, P) and its rows for each index (p, M, P/p): random
     (the places from the monomials), made once before the timer."""
     generator = torch.Generator().manual_seed(0)
     Z = torch.randn(S, S + 8, dtype=torch.float64, generator=generator)
@@ -108,7 +109,6 @@ def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) 
         P: (
             torch.randn(S, P, dtype=torch.float64, generator=generator),
             torch.randn(P_IN, M, P // P_IN, dtype=torch.float64, generator=generator),
-            torch.randn(P, dtype=torch.float64),
         )
         for P, _, _ in set(sizes)
     }
@@ -116,35 +116,28 @@ def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) 
 
 
 def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool, bool]]) -> None:
-    """The dense calls of one run's Newton systems (see the module docstring); μ = 1, ridge term 2μθ."""
+    """The dense calls of one run's Newton systems (see the module docstring); μ = 1."""
     S = len(Z)
     for P, reads_phi, held in sizes:
-        V, V_held, theta = per_size[P]
+        V, V_held = per_size[P]
         if P <= S and reads_phi and held:
             B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
             hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
-            gradient = V.T @ (B @ theta - Z_y)
-            hessian.diagonal().add_(1.0)
-            factor, _ = torch.linalg.cholesky_ex(hessian)
-            torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
         elif P <= S:
-            B = Z @ V  # (S, P)
-            hessian = V.T @ B  # (P, P)
-            gradient = V.T @ (B @ theta - Z_y)
+            hessian = V.T @ (Z @ V)  # (P, P)
+        if P <= S:
             hessian.diagonal().add_(1.0)
             factor, _ = torch.linalg.cholesky_ex(hessian)
-            torch.cholesky_solve((gradient + 2 * theta)[:, None], factor)
+            torch.cholesky_solve((V.T @ Z_y)[:, None], factor)
+            continue
+        if reads_phi:  # G from each index's held rows, added into place
+            G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
         else:
-            if reads_phi:  # G from each index's held rows, added into place
-                G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
-            else:
-                G = V @ V.T
-            ZG = Z @ G  # (S, S)
-            gradient = V.T @ (Z @ (V @ theta) - Z_y)
-            rhs = gradient + 2 * theta
-            ZG.diagonal().add_(1.0)
-            inner, _ = torch.linalg.solve_ex(ZG, (Z @ (V @ rhs))[:, None])
-            rhs - V.T @ inner[:, 0]
+            G = V @ V.T
+        ZG = Z @ G  # (S, S)
+        ZG.diagonal().add_(1.0)
+        inner, _ = torch.linalg.solve_ex(ZG, Z_y[:, None])
+        V.T @ inner[:, 0]
 
 
 def floor_timer(case: str) -> Callable[[int], list[float]]:

@@ -7,7 +7,7 @@ from ntn import LMPO2, MMPO2, MPO2, NTN, NewtonStepError, moments
 from ntn.gram import accumulate_system
 from ntn.losses import MSE
 from ntn.models import TOP, Unit
-from ntn.moments import LowRankHessian, Moments, monomial_count
+from ntn.moments import LowRankSystem, Moments, monomial_count
 from scaled import assert_close
 
 
@@ -101,16 +101,15 @@ def test_moments_give_the_same_newton_system_as_the_batches(
     )
     system = Moments(trainer.model, trainer._batches(X, y))
     for unit in trainer.model.units:
-        expected = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
-        (hessian, gradient, environment_sq), want = system.system(trainer.model, unit, trainer.loss), expected
-        if isinstance(hessian, LowRankHessian):  # rank (outputs per block)·S < parameters per block: kept factored
-            blocks, rank, per_block = hessian.V.shape
+        H, g, environment_sq = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
+        newton, got_environment_sq = system.system(trainer.model, unit, trainer.loss)
+        if isinstance(newton, LowRankSystem):  # rank (outputs per block)·S < parameters per block: kept factored
+            blocks, rank, per_block = newton.V.shape
             assert per_block == trainer.model.core(unit).numel() // blocks
             assert rank == output_dim // blocks * monomial_count(L, 4) < per_block
-        hessian = hessian.dense()
-        for a, b in zip((hessian, gradient), want[:2]):
-            assert_close(a, b, rtol=1e-10)
-        assert float(environment_sq) == pytest.approx(float(want[2]), rel=1e-10)
+        assert_close(newton.dense(), H, rtol=1e-10)
+        assert_close(newton.rhs(), H @ trainer.model.core(unit).reshape(-1) - g, rtol=1e-10)  # b = Hθ − g
+        assert float(got_environment_sq) == pytest.approx(float(environment_sq), rel=1e-10)
 
 
 def test_deep_networks_on_all_rows_take_the_moments_path():

@@ -1,12 +1,20 @@
-"""The forms a core's Hessian H takes, each solving its own damped Newton system (H + μI) x = r.
+"""A core's Newton system in the forms its Hessian takes, each solving its damped system the cheapest way it can.
 
-Each acts on the core's parameters in the core's order (P,). Inside, it may hold them reordered into `blocks`
-independent systems of P' parameters each (`order`): a top core that carries the output index c has a Hessian
-that is block diagonal in c, and a core whose V is sparse in its physical index is cheapest in the order (j, …).
-H is kept as s · H₀ with the scalar s apart (`/ N` costs nothing); a solve makes one check, one device sync.
+A system holds H = scale · H₀ and the right side b = scale · b₀ = H θ − g (g the data term's gradient at θ), so that
+the damped Newton step of J = data term + (ridge/2) ||θ||² is
+
+    θ − (H + μI)⁻¹ (g + ridge · θ) = (H + μI)⁻¹ (b + (μ − ridge) θ),      μ ≥ ridge the damping,
+
+and, undamped (μ = ridge), the minimiser of J's quadratic model: (H + μI)⁻¹ b, with no gradient formed and no
+θ − step cancellation. Both sides act on the core's parameters (P,); inside, a system may hold them reordered into
+`blocks` independent systems of P' parameters each (`order`): a top core that carries the output index c has a
+Hessian that is block diagonal in c, and a core whose V is sparse in its physical index is cheapest in the order
+(j, …). The scalar `scale` is kept apart (the curvature K of the loss): a solve makes one check, one device sync.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -18,18 +26,14 @@ def z_times(Z: Tensor, u: Tensor) -> Tensor:
     return (Z @ rows[0] if len(rows) == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
 
 
-class Hessian:
-    """H = scale · H₀ on `blocks` systems of P' parameters; order[b, i] is the core parameter of entry (b, i)."""
+class NewtonSystem:
+    """H = scale · H₀ on `blocks` systems of P' parameters and b = scale · b₀; order[b, i] is the core parameter of
+    entry (b, i)."""
 
     def __init__(self, scale: float, order: tuple[Tensor, Tensor] | None, shape: tuple[int, int]) -> None:
         """:param order: (order, its inverse (P,): the entry of each core parameter), or None: the core's order"""
         self.scale, self.shape = scale, shape  # shape: (blocks, P')
         self.order, self.inverse = (None, None) if order is None else order
-
-    def __truediv__(self, divisor: float) -> Hessian:
-        divided = object.__new__(type(self))  # the same factors, the scalar apart: no copy
-        divided.__dict__ = self.__dict__ | {"scale": self.scale / divisor}
-        return divided
 
     def to_blocks(self, x: Tensor) -> Tensor:
         """A core-ordered vector (P,) as (blocks, P')."""
@@ -39,14 +43,18 @@ class Hessian:
         """(blocks, P') back in the core's order (P,)."""
         return x.reshape(-1) if self.inverse is None else x.take(self.inverse)
 
-    def solve(self, shift: Tensor, rhs: Tensor) -> Tensor | None:
-        """(H + shift·I)⁻¹ rhs in the core's order, or None where that system is singular or the step not finite
-        (its sum not finite: a step of finite entries whose sum overflows counts as not finite)."""
-        step, info = self._solve(shift, self.to_blocks(rhs))
-        return self.to_core(step) if (step.sum().isfinite() & info.eq(0).all()).item() else None
+    def step(self, shift: Tensor, theta: Tensor, weight: Tensor | None) -> Tensor | None:
+        """(H + shift·I)⁻¹ (b + weight·θ) (weight None: 0) in the core's order (P,), or None where that system is
+        singular or the result not finite (its sum not finite: finite entries whose sum overflows count as not finite).
 
-    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
-        """(step (blocks, P'), the factorisations' info (blocks,): 0 where one succeeded)."""
+        :param shift: μ (0-d); :param theta: the core (P,); :param weight: (0-d) or None"""
+        solution, info = self._solve(shift / self.scale, None if weight is None else self.to_blocks(theta) * weight)
+        flag = torch.where(info.any(), math.nan, solution.sum())  # NaN where a factorisation failed
+        return self.to_core(solution) if math.isfinite(flag.item()) else None
+
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+        """((H₀ + shift·I)⁻¹ (b₀ + extra / scale) (blocks, P'), the factorisations' info (blocks,): 0 where one
+        succeeded)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -58,56 +66,70 @@ class Hessian:
         full = torch.block_diag(*blocks) if len(blocks) > 1 else blocks[0]
         return full if self.inverse is None else full[self.inverse][:, self.inverse]
 
+    def rhs(self) -> Tensor:
+        """b (P,) in the core's order (tests)."""
+        raise NotImplementedError
+
     def _dense_blocks(self) -> Tensor:
         raise NotImplementedError
 
 
-class DenseHessian(Hessian):
-    """H = scale · H₀ with H₀ (blocks, P', P') formed: solved by Cholesky."""
+class DenseSystem(NewtonSystem):
+    """H₀ (blocks, P', P') formed, b₀ (blocks, P'): solved by Cholesky."""
 
-    def __init__(self, H: Tensor, scale: float = 1.0, order: tuple[Tensor, Tensor] | None = None):
-        H = H if H.ndim == 3 else H[None]
+    def __init__(self, H: Tensor, b: Tensor, scale: float = 1.0, order: tuple[Tensor, Tensor] | None = None):
+        H, b = (H, b) if H.ndim == 3 else (H[None], b[None])
         super().__init__(scale, order, H.shape[:2])
-        self.H = H
+        self.H, self.b = H, b
 
-    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
-        damped = self.H * self.scale
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+        damped = self.H.clone()
         damped.diagonal(dim1=1, dim2=2).add_(shift)
         factor, info = torch.linalg.cholesky_ex(damped)
+        rhs = self.b if extra is None else self.b + extra / self.scale
         return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0], info
 
     def diagonal(self) -> Tensor:
         return self.to_core(self.H.diagonal(dim1=1, dim2=2) * self.scale)
 
+    def rhs(self) -> Tensor:
+        return self.to_core(self.b * self.scale)
+
     def _dense_blocks(self) -> Tensor:
         return self.H * self.scale
 
 
-class LowRankHessian(Hessian):
-    """H = scale · Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S),
-    and G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept factored:
+class LowRankSystem(NewtonSystem):
+    """H₀ = Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S), and
+    b₀ = Vᵀ Z_y with Z_y (blocks, R, 1); G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept
+    factored, solved by the push-through identity: an R × R solve per block in place of a P' × P' factorisation,
 
-        (s Vᵀ Z̃ V + μI)⁻¹ r = (r − Vᵀ (μ/s · I_R + Z̃ G)⁻¹ Z̃ V r) / μ,
+        (H₀ + μI)⁻¹ r = (r − Vᵀ (μI + Z̃ G)⁻¹ Z̃ V r) / μ,    and for r = b₀:  Vᵀ (μI + Z̃ G)⁻¹ Z_y."""
 
-    the push-through identity: an R × R solve per block in place of a P' × P' factorisation."""
-
-    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, scale: float = 1.0, order: tuple | None = None):
+    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, Z_y: Tensor, scale: float = 1.0, order: tuple | None = None):
         super().__init__(scale, order, (V.shape[0], V.shape[2]))
-        self.V, self.Z = V, Z
+        self.V, self.Z, self.Z_y = V, Z, Z_y
         self.ZG = z_times(Z, G)  # (blocks, R, R)
 
     def trace(self) -> Tensor:
         """trace(H₀) = trace(Z̃ G)."""
         return self.ZG.diagonal(dim1=1, dim2=2).sum()
 
-    def _solve(self, shift: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
         small = self.ZG.clone()
-        small.diagonal(dim1=1, dim2=2).add_(shift, alpha=1 / self.scale)
-        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))  # (blocks, R, 1)
+        small.diagonal(dim1=1, dim2=2).add_(shift)
+        if extra is None:
+            inner, info = torch.linalg.solve_ex(small, self.Z_y)  # (blocks, R, 1)
+            return (self.V.transpose(1, 2) @ inner)[:, :, 0], info
+        rhs = (self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] + extra / self.scale
+        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))
         return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info
 
     def diagonal(self) -> Tensor:
         return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1) * self.scale)
+
+    def rhs(self) -> Tensor:
+        return self.to_core((self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] * self.scale)
 
     def _dense_blocks(self) -> Tensor:
         return self.scale * (self.V.transpose(1, 2) @ z_times(self.Z, self.V))

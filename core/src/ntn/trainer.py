@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn import moments
 from ntn.gram import accumulate_system
-from ntn.hessians import DenseHessian, Hessian
+from ntn.hessians import DenseSystem, NewtonSystem
 from ntn.losses import get_loss
 from ntn.models import TensorNetwork, Unit
 from ntn.threads import training_threads, with_threads
@@ -86,30 +86,31 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 
 
 def newton_step(
-    theta: Tensor, hessian: Hessian, gradient: Tensor, jitter: Tensor, regularize: bool, name: str
+    theta: Tensor, system: NewtonSystem, ridge: Tensor, regularize: bool, n_samples: int, name: str
 ) -> Tensor:
-    """One Newton step on J = data loss + jitter·||θ||² (the ridge term only when `regularize`), where
-    `jitter` (0-d) is already the epoch's λ times the core's curvature scale h_k (`NTN.update`).
+    """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), where `ridge` (0-d)
+    is already 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums (`NTN.update`).
 
     :param theta: the core, flattened (P,)
-    :param hessian: Hessian of the mean data loss (P, P), in one of the forms of `ntn.hessians`
-    :param gradient: gradient of the mean data loss (P,)
-    :return: θ − (H + 2λI)⁻¹ (g + 2λθ). If H + 2λI is not positive definite or the step is not
-        finite, the damping λ is raised tenfold (at least to 1e-12 of H's mean diagonal), up to JITTER_RETRIES times.
+    :param system: the data term's Hessian H and right side b = Hθ − g (`ntn.hessians`), summed over n_samples
+    :return: θ − (H + ridge·I)⁻¹ (g + ridge·θ) = (H + ridge·I)⁻¹ b (without the ridge term: damped by it,
+        (H + ridge·I)⁻¹ (b + ridge·θ)). If H + ridge·I is not positive definite or the step is not finite, the
+        damping μ is raised tenfold (at least to 1e-12 of H's mean diagonal per sample), up to JITTER_RETRIES times:
+        (H + μI)⁻¹ (b + (μ − ridge)·θ).
     """
-    rhs = torch.addcmul(gradient, theta, jitter, value=2) if regularize else gradient
-    damping = jitter
+    shift = ridge
     for retry in range(JITTER_RETRIES + 1):
-        step = hessian.solve(2 * damping, rhs)
-        if step is not None:
-            return theta - step
+        weight = (shift - ridge if retry else None) if regularize else shift
+        updated = system.step(shift, theta, weight)
+        if updated is not None:
+            return updated
         if retry == 0:  # the damping's floor, made only when a step failed
-            diagonal_mean = hessian.diagonal().abs().mean().item()  # not finite when the diagonal is not
-            floor = 1e-12 * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 1.0
-        damping = torch.clamp(10 * damping, min=floor)
+            diagonal_mean = system.diagonal().abs().mean().item() / n_samples  # not finite when the diagonal is not
+            floor = 2e-12 * n_samples * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 2.0 * n_samples
+        shift = torch.clamp(10 * shift, min=floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
-        f"even with jitter {float(damping) / 10:.3g}"
+        f"even with jitter {float(shift) / (20 * n_samples):.3g}"
     )
 
 
@@ -296,17 +297,18 @@ class NTN:
         """Newton step on one core over the whole training set."""
         theta = self.model.core(unit)
         if self._moments is not None:
-            hessian, gradient, environment_sq = self._moments.system(self.model, unit, self.loss)
+            system, environment_sq = self._moments.system(self.model, unit, self.loss)
         else:
             hessian, gradient, environment_sq = accumulate_system(
                 self.model, unit, self.loss, self._batches(self.X, self.y)
             )
-            hessian = DenseHessian(hessian)
+            system = DenseSystem(hessian, hessian @ theta.reshape(-1) - gradient)
         N, P, C = len(self.X), theta.numel(), self.model.output_dim
-        # h_k, a 0-d tensor (no device sync); 1 where it overflows: such a system fails in newton_step, with its site
-        scale = (environment_sq * (2 / (C * N * P))).nan_to_num(nan=1.0, posinf=1.0)
+        # 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) a 0-d tensor (no device sync); h_k = 1 where
+        # it overflows: such a system fails in newton_step, with its site
+        ridge = (environment_sq * (4 * jitter / (C * P))).nan_to_num(nan=2 * jitter * N, posinf=2 * jitter * N)
         name = f"{unit.layer} core at site {unit.site}"
-        updated = newton_step(theta.reshape(-1), hessian / N, gradient / N, jitter * scale, regularize, name)
+        updated = newton_step(theta.reshape(-1), system, ridge, regularize, N, name)
         self.model.set_core(unit, updated.reshape(theta.shape))
 
     def weight_norm_sq(self) -> float:
