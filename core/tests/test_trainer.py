@@ -377,3 +377,24 @@ def test_trainers_of_the_same_data_share_its_moments_and_never_those_of_changed_
     assert torch.equal(changed._moments.Z, direct.Z) and torch.equal(changed._moments.Z_y, direct.Z_y)
     wider = NTN(MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=2, output_site=1, seed=0), X, torch.stack([y, y], 1))
     assert wider._moments.Z_y.shape == (35, 2)  # another output count: its own moments
+
+
+@pytest.mark.parametrize("change", ["in place", "set_core", "none"])
+def test_a_core_updated_twice_in_a_row_sees_every_change_to_the_others(change):
+    """The system of a core updated twice in a row is kept (`NTN._system`) only while no other core has changed:
+    replaced or changed in place, the second update is the one a fresh trainer makes."""
+    X, y = regression_data(n=200, seed=6)
+    first, other = Unit(TOP, 0), Unit(TOP, 1)
+    model = MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=7)
+    trainer = NTN(model, X, y)
+    trainer.update(first, 0.05)
+    if change == "in place":
+        model.core(other).mul_(1.5)
+    elif change == "set_core":
+        model.set_core(other, model.core(other) * 1.5)
+    trainer.update(first, 0.01)
+    fresh_model = MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, seed=0)
+    fresh_model.load_state(model.state())
+    fresh_model.set_core(first, torch.zeros_like(fresh_model.core(first)))  # the ridge step does not read θ
+    NTN(fresh_model, X, y).update(first, 0.01)
+    assert_close(model.core(first), fresh_model.core(first), rtol=1e-12)
