@@ -84,7 +84,7 @@ def test_an_update_does_not_depend_on_the_scale_of_the_other_cores(Model, n):
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
-@pytest.mark.parametrize(("L", "output_dim", "output_site"), [(3, 1, 1), (3, 2, 0), (4, 3, 2)])
+@pytest.mark.parametrize(("L", "output_dim", "output_site"), [(2, 2, 1), (3, 1, 1), (3, 2, 0), (4, 3, 2)])
 @pytest.mark.parametrize("held_min_width", [1, moments.HELD_MIN_WIDTH])  # 1: products over held rows wherever dense
 def test_moments_give_the_same_newton_system_as_the_batches(
     Model, L, output_dim, output_site, held_min_width, monkeypatch

@@ -179,7 +179,10 @@ class Moments:
                 self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
             pair, row = self._folds[site, model.sorted_only]
             prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
-            pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)  # (., C·X)
+            if site == 0 or site == model.L - 1:  # one side is the chain's end: the pairs are the other side's rows
+                pairs = (suffix if site == 0 else prefix).reshape(-1, C * Dl * Dr)  # (., C·X)
+            else:
+                pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)
             V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
         else:
             (Dl, p, r, dr), blocks = core.shape, 1
@@ -227,7 +230,7 @@ class Moments:
         """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:
         Σ_n ||f_n − y_n||² = Σ_c a_cᵀ (Z a_c − 2 Z_y[:, c]) + Σ_n ||y_n||²; one device sync."""
         a = self.coefficients(model) if coefficients is None else coefficients
-        residual = ((self.Z @ a - 2 * self.Z_y) * a).sum().item() + self.y_sq_total
+        residual = torch.addmm(self.Z_y, self.Z, a, beta=-2).flatten().dot(a.flatten()).item() + self.y_sq_total
         total = self.y_variation
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
