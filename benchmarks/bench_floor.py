@@ -19,7 +19,9 @@ step lands on the ridge minimiser θ' = (H + μI)⁻¹ b, b = Vᵀ Z_y (`ntn.hes
                      one S × S solve and one product by Vᵀ; for a core that reads φ's index, G from each index's M
                      held rows alone (p products (M, P/p) (P/p, M), 2·M²·P flops, added into their places in G)
                      instead of 2·S²·P.
-S = C(p + L − 1, L) monomials, P the core's size. Target (issue #39): run ÷ floor ≤ 1.5.
+A core updated twice in a row (each epoch's end and the next one's start) keeps its system (H and b depend on the
+other cores alone): the floor only solves it again. S = C(p + L − 1, L) monomials, P the core's size.
+Target (issue #39): run ÷ floor ≤ 1.5.
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ def run_times(case: str, runs: int, source: Path) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def update_shapes(case: str) -> list[tuple[int, bool, bool]]:
-    """(P, whether the core reads φ's index, whether its products run over held rows) of each core update of one
-    run (every epoch's sweep, there and back)."""
+def update_shapes(case: str) -> list[tuple[int, bool, bool, bool]]:
+    """(P, whether the core reads φ's index, whether its products run over held rows, whether its system is new) of
+    each core update of one run (every epoch's sweep, there and back). A core updated twice in a row (each epoch's
+    end and the next one's start) keeps its system: H and b depend on the other cores alone (`NTN._system`)."""
     sys.path.insert(0, str(REPO / "core" / "src"))
     import ntn
     from ntn.moments import HELD_MIN_WIDTH
@@ -89,11 +92,19 @@ def update_shapes(case: str) -> list[tuple[int, bool, bool]]:
     model_name, L, _ = CASES[case]
     model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=0)
     units = model.units
-    shapes = [(model.core(u).numel(), model.reads_phi(u)) for u in units + units[-2::-1]] * EPOCHS
-    return [(P, reads_phi, P // P_IN >= HELD_MIN_WIDTH) for P, reads_phi in shapes]
+    run = (units + units[-2::-1]) * EPOCHS
+    return [
+        (
+            model.core(u).numel(),
+            model.reads_phi(u),
+            model.core(u).numel() // P_IN >= HELD_MIN_WIDTH,
+            i == 0 or u != run[i - 1],
+        )
+        for i, u in enumerate(run)
+    ]
 
 
-def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) -> tuple:
+def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, ...]]) -> tuple:
     """Z (S, S), Z_y (S,), Z's columns for each index's M monomials (p, S, M), the places in G (S, S) of each index's
     held pairs (p·M·M,) and, per core size P, V (S, P) and its rows for each index (p, M, P/p): random
     (the places from the monomials), made once before the timer."""
@@ -110,33 +121,40 @@ def floor_operands(L: int, S: int, M: int, sizes: list[tuple[int, bool, bool]]) 
             torch.randn(S, P, dtype=torch.float64, generator=generator),
             torch.randn(P_IN, M, P // P_IN, dtype=torch.float64, generator=generator),
         )
-        for P, _, _ in set(sizes)
+        for P, *_ in set(sizes)
     }
     return Z, Z_y, Z_held, places, per_size
 
 
-def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, bool, bool]]) -> None:
-    """The dense calls of one run's Newton systems (see the module docstring); μ = 1."""
+def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: list[tuple[int, ...]]) -> None:
+    """The dense calls of one run's Newton systems (see the module docstring); μ = 1. A kept system (the same core
+    again) is only solved again."""
     S = len(Z)
-    for P, reads_phi, held in sizes:
+    hessian = b = ZG = None  # the kept system's (its values: μ added once more per reuse, the same calls)
+    for P, reads_phi, held, new in sizes:
         V, V_held = per_size[P]
-        if P <= S and reads_phi and held:
-            B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
-            hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
-        elif P <= S:
-            hessian = V.T @ (Z @ V)  # (P, P)
         if P <= S:
-            hessian.diagonal().add_(1.0)
-            factor, _ = torch.linalg.cholesky_ex(hessian)
-            torch.cholesky_solve((V.T @ Z_y)[:, None], factor)
+            if new and reads_phi and held:
+                B = (Z_held @ V_held).transpose(0, 1).reshape(S, P)  # (S, P) from (p, S, P/p)
+                hessian = (V_held.transpose(1, 2) @ B[: M_OF[S]]).reshape(P, P)  # p blocks (P/p, M) @ (M, P)
+            elif new:
+                hessian = V.T @ (Z @ V)  # (P, P)
+            if new:
+                b = V.T @ Z_y
+            damped = hessian if new else hessian.clone()
+            damped.diagonal().add_(1.0)
+            factor, _ = torch.linalg.cholesky_ex(damped)
+            torch.cholesky_solve(b[:, None], factor)
             continue
-        if reads_phi:  # G from each index's held rows, added into place
+        if new and reads_phi:  # G from each index's held rows, added into place
             G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
-        else:
+        elif new:
             G = V @ V.T
-        ZG = Z @ G  # (S, S)
-        ZG.diagonal().add_(1.0)
-        inner, _ = torch.linalg.solve_ex(ZG, Z_y[:, None])
+        if new:
+            ZG = Z @ G  # (S, S)
+        small = ZG if new else ZG.clone()
+        small.diagonal().add_(1.0)
+        inner, _ = torch.linalg.solve_ex(small, Z_y[:, None])
         V.T @ inner[:, 0]
 
 
