@@ -102,14 +102,14 @@ def test_moments_give_the_same_newton_system_as_the_batches(
     system = Moments(trainer.model, trainer._batches(X, y))
     for unit in trainer.model.units:
         H, g, environment_sq = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
-        newton, got_environment_sq = system.system(trainer.model, unit, trainer.loss)
+        newton, trace = system.system(trainer.model, unit, trainer.loss)
         if isinstance(newton, LowRankSystem):  # rank (outputs per block)·S < parameters per block: kept factored
             blocks, rank, per_block = newton.V.shape
             assert per_block == trainer.model.core(unit).numel() // blocks
             assert rank == output_dim // blocks * monomial_count(L, 4) < per_block
         assert_close(newton.dense(), H, rtol=1e-10)
         assert_close(newton.rhs(), H @ trainer.model.core(unit).reshape(-1) - g, rtol=1e-10)  # b = Hθ − g
-        assert float(got_environment_sq) == pytest.approx(float(environment_sq), rel=1e-10)
+        assert float(trace) == pytest.approx(2 / output_dim * float(environment_sq), rel=1e-10)  # K Σ ||E_n||²
 
 
 def test_deep_networks_on_all_rows_take_the_moments_path():

@@ -1,6 +1,6 @@
 """A core's Newton system in the forms its Hessian takes, each solving its damped system the cheapest way it can.
 
-A system holds H = scale · H₀ and the right side b = scale · b₀ = H θ − g (g the data term's gradient at θ), so that
+A system holds H and the right side b = H θ − g (g the data term's gradient at θ), so that
 the damped Newton step of J = data term + (ridge/2) ||θ||² is
 
     θ − (H + μI)⁻¹ (g + ridge · θ) = (H + μI)⁻¹ (b + (μ − ridge) θ),      μ ≥ ridge the damping,
@@ -9,11 +9,12 @@ and, undamped (μ = ridge), the minimiser of J's quadratic model: (H + μI)⁻¹
 θ − step cancellation. Both sides act on the core's parameters (P,); inside, a system may hold them reordered into
 `blocks` independent systems of P' parameters each (`order`): a top core that carries the output index c has a
 Hessian that is block diagonal in c, and a core whose V is sparse in its physical index is cheapest in the order
-(j, …). The scalar `scale` is kept apart (the curvature K of the loss): a solve makes one check, one device sync.
+(j, …). A solve makes one check, one device sync.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,12 +28,11 @@ def z_times(Z: Tensor, u: Tensor) -> Tensor:
 
 
 class NewtonSystem:
-    """H = scale · H₀ on `blocks` systems of P' parameters and b = scale · b₀; order[b, i] is the core parameter of
-    entry (b, i)."""
+    """H on `blocks` systems of P' parameters and b; order[b, i] is the core parameter of entry (b, i)."""
 
-    def __init__(self, scale: float, order: tuple[Tensor, Tensor] | None, shape: tuple[int, int]) -> None:
+    def __init__(self, order: tuple[Tensor, Tensor] | None, shape: tuple[int, int]) -> None:
         """:param order: (order, its inverse (P,): the entry of each core parameter), or None: the core's order"""
-        self.scale, self.shape = scale, shape  # shape: (blocks, P')
+        self.shape = shape  # (blocks, P')
         self.order, self.inverse = (None, None) if order is None else order
 
     def to_blocks(self, x: Tensor) -> Tensor:
@@ -48,13 +48,12 @@ class NewtonSystem:
         singular or the result not finite (its sum not finite: finite entries whose sum overflows count as not finite).
 
         :param shift: μ (0-d); :param theta: the core (P,); :param weight: (0-d) or None"""
-        solution, info = self._solve(shift / self.scale, None if weight is None else self.to_blocks(theta) * weight)
+        solution, info = self._solve(shift, None if weight is None else self.to_blocks(theta) * weight)
         flag = torch.where(info.any(), math.nan, solution.sum())  # NaN where a factorisation failed
         return self.to_core(solution) if math.isfinite(flag.item()) else None
 
     def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
-        """((H₀ + shift·I)⁻¹ (b₀ + extra / scale) (blocks, P'), the factorisations' info (blocks,): 0 where one
-        succeeded)."""
+        """((H + shift·I)⁻¹ (b + extra) (blocks, P'), the factorisations' info (blocks,): 0 where one succeeded)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -75,61 +74,65 @@ class NewtonSystem:
 
 
 class DenseSystem(NewtonSystem):
-    """H₀ (blocks, P', P') formed, b₀ (blocks, P'): solved by Cholesky."""
+    """H (blocks, P', P') formed, b (blocks, P'): solved by Cholesky."""
 
-    def __init__(self, H: Tensor, b: Tensor, scale: float = 1.0, order: tuple[Tensor, Tensor] | None = None):
+    def __init__(self, H: Tensor, b: Tensor, order: tuple[Tensor, Tensor] | None = None):
         H, b = (H, b) if H.ndim == 3 else (H[None], b[None])
-        super().__init__(scale, order, H.shape[:2])
+        super().__init__(order, H.shape[:2])
         self.H, self.b = H, b
 
     def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
-        damped = self.H.clone()
-        damped.diagonal(dim1=1, dim2=2).add_(shift)
+        damped = torch.addcmul(self.H, _identity(self.shape[1], self.H.dtype, self.H.device), shift)  # H + shift·I
         factor, info = torch.linalg.cholesky_ex(damped)
-        rhs = self.b if extra is None else self.b + extra / self.scale
+        rhs = self.b if extra is None else self.b + extra
         return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0], info
 
     def diagonal(self) -> Tensor:
-        return self.to_core(self.H.diagonal(dim1=1, dim2=2) * self.scale)
+        return self.to_core(self.H.diagonal(dim1=1, dim2=2))
 
     def rhs(self) -> Tensor:
-        return self.to_core(self.b * self.scale)
+        return self.to_core(self.b)
 
     def _dense_blocks(self) -> Tensor:
-        return self.H * self.scale
+        return self.H
 
 
 class LowRankSystem(NewtonSystem):
-    """H₀ = Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S), and
-    b₀ = Vᵀ Z_y with Z_y (blocks, R, 1); G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept
+    """H = Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S), and
+    b = Vᵀ Z_y with Z_y (blocks, R, 1); G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept
     factored, solved by the push-through identity: an R × R solve per block in place of a P' × P' factorisation,
 
-        (H₀ + μI)⁻¹ r = (r − Vᵀ (μI + Z̃ G)⁻¹ Z̃ V r) / μ,    and for r = b₀:  Vᵀ (μI + Z̃ G)⁻¹ Z_y."""
+        (H + μI)⁻¹ r = (r − Vᵀ (μI + Z̃ G)⁻¹ Z̃ V r) / μ,    and for r = b:  Vᵀ (μI + Z̃ G)⁻¹ Z_y."""
 
-    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, Z_y: Tensor, scale: float = 1.0, order: tuple | None = None):
-        super().__init__(scale, order, (V.shape[0], V.shape[2]))
+    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, Z_y: Tensor, order: tuple | None = None):
+        super().__init__(order, (V.shape[0], V.shape[2]))
         self.V, self.Z, self.Z_y = V, Z, Z_y
         self.ZG = z_times(Z, G)  # (blocks, R, R)
 
     def trace(self) -> Tensor:
-        """trace(H₀) = trace(Z̃ G)."""
+        """trace(H) = trace(Z̃ G)."""
         return self.ZG.diagonal(dim1=1, dim2=2).sum()
 
     def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
-        small = self.ZG.clone()
-        small.diagonal(dim1=1, dim2=2).add_(shift)
+        small = torch.addcmul(self.ZG, _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device), shift)
         if extra is None:
             inner, info = torch.linalg.solve_ex(small, self.Z_y)  # (blocks, R, 1)
             return (self.V.transpose(1, 2) @ inner)[:, :, 0], info
-        rhs = (self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] + extra / self.scale
+        rhs = (self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] + extra
         inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))
         return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info
 
     def diagonal(self) -> Tensor:
-        return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1) * self.scale)
+        return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1))
 
     def rhs(self) -> Tensor:
-        return self.to_core((self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] * self.scale)
+        return self.to_core((self.V.transpose(1, 2) @ self.Z_y)[:, :, 0])
 
     def _dense_blocks(self) -> Tensor:
-        return self.scale * (self.V.transpose(1, 2) @ z_times(self.Z, self.V))
+        return self.V.transpose(1, 2) @ z_times(self.Z, self.V)
+
+
+@functools.lru_cache(maxsize=32)
+def _identity(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """I (n, n), made once per size: a damped system is H + shift·I in one call (`torch.addcmul`)."""
+    return torch.eye(n, dtype=dtype, device=device)

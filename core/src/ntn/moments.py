@@ -121,44 +121,43 @@ class Moments:
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
         self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
-        self._Z_y_by_blocks: dict[int, Tensor] = {}  # `_Z_y_blocks`
+        self._scaled_sums: dict[tuple[float, int], tuple[Tensor, Tensor, Tensor]] = {}  # `_scaled`
 
     def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[NewtonSystem, Tensor]:
         """The same sums as `gram.accumulate_system`, as a Newton system (H = Σ_n E_nᵀ K E_n, b = H θ − g: for MSE
-        Σ_n E_nᵀ K y_n, whatever θ) and Σ_n ||E_n||²_F (0-d).
+        Σ_n E_nᵀ K y_n, whatever θ), and trace(H) = K Σ_n ||E_n||²_F (0-d).
 
-        With E_n = V z_n, V (R, P) per block (rows (monomial, c)), H = K Vᵀ Z̃ V and b = K Vᵀ Z_y. H's rank is ≤ R;
+        With E_n = V z_n, V (R, P) per block (rows (monomial, c)), H = Vᵀ (K Z̃) V and b = Vᵀ (K Z_y). H's rank is ≤ R;
         where that is below P it is kept factored (`LowRankSystem`), so that neither forming it nor solving with it
         costs O(P³)."""
         C, S = model.output_dim, len(self.monomials)
-        K = loss.curvature(C)  # r_n = K (E_n θ − y_n)
         if model.reads_phi(unit):
             V, V_held, order = self._held_environment(model, unit)
         else:  # one block, rows (monomial, c)
             V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
             V_held, order = None, None
         blocks, R, P_block = V.shape  # P_block = P / blocks
-        Z_y = self._Z_y_blocks(blocks)  # (blocks, R, 1)
+        Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y (blocks, R, 1)
         if R < P_block:
             G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
-            system = LowRankSystem(V, self.Z, G, Z_y, K, order)
+            system = LowRankSystem(V, Z, G, Z_y, order)
             return system, system.trace()
         if V_held is None:
-            H = V.transpose(1, 2) @ z_times(self.Z, V)  # (blocks, P', P')
+            H = V.transpose(1, 2) @ z_times(Z, V)  # (blocks, P', P')
         else:  # Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
-            B = self.Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
+            B = Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
             B_held = B[:, :, self.holding].unflatten(4, V_held.shape[3:])  # (blocks, p_J, p_j, M, c, X)
             H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
-        system = DenseSystem(H, (V.transpose(1, 2) @ Z_y)[:, :, 0], K, order)
-        return system, H.diagonal(dim1=1, dim2=2).sum()
+        return DenseSystem(H, (V.transpose(1, 2) @ Z_y)[:, :, 0], order), H.diagonal(dim1=1, dim2=2).sum()
 
-    def _Z_y_blocks(self, blocks: int) -> Tensor:
-        """Z_y (S, C) as (blocks, R, 1), rows (monomial, c) of each block's outputs; made once per block count."""
-        if blocks not in self._Z_y_by_blocks:
+    def _scaled(self, K: float, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
+        """K Z, K Z_holding and K Z_y as (blocks, R, 1) (rows (monomial, c) of each block's outputs): the sums in the
+        units of the Hessian H = K Vᵀ Z̃ V of a loss of curvature K; made once per K and block count."""
+        if (K, blocks) not in self._scaled_sums:
             S, C = self.Z_y.shape
-            per_block = self.Z_y.reshape(S, blocks, C // blocks).transpose(0, 1)  # (blocks, S, c)
-            self._Z_y_by_blocks[blocks] = per_block.reshape(blocks, -1, 1)
-        return self._Z_y_by_blocks[blocks]
+            per_block = (K * self.Z_y).reshape(S, blocks, C // blocks).transpose(0, 1)  # (blocks, S, c)
+            self._scaled_sums[K, blocks] = (K * self.Z, K * self.Z_holding, per_block.reshape(blocks, -1, 1))
+        return self._scaled_sums[K, blocks]
 
     def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, tuple]:
         """For a core that reads φ's index j (`TensorNetwork.reads_phi`), (Dl, p, C_k, Dr) (an input core (s, i, j, u)

@@ -201,7 +201,7 @@ class NTN:
         self.X, self.y = self._data("X", X, "y", y)
         self.validation = self._data("X_val", X_val, "y_val", y_val) if X_val is not None or y_val is not None else None
         model.to(self.device, dtype)
-        self._kept: tuple = ()  # (unit, the other cores with their versions, its system, Σ||E_n||²): `_system`
+        self._kept: tuple = ()  # (unit, the other cores with their versions, its system, its trace): `_system`
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -302,17 +302,17 @@ class NTN:
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
         """Newton step on one core over the whole training set."""
         theta = self.model.core(unit)
+        N, P, C = len(self.X), theta.numel(), self.model.output_dim
         if self._moments is not None:
-            system, environment_sq = self._system(unit, theta)
+            system, curvature = self._system(unit, theta)
         else:
             hessian, gradient, environment_sq = accumulate_system(
                 self.model, unit, self.loss, self._batches(self.X, self.y)
             )
-            system = DenseSystem(hessian, hessian @ theta.reshape(-1) - gradient)
-        N, P, C = len(self.X), theta.numel(), self.model.output_dim
-        # 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) a 0-d tensor (no device sync); h_k = 1 where
-        # it overflows: such a system fails in newton_step, with its site
-        ridge = (environment_sq * (4 * jitter / (C * P))).nan_to_num(nan=2 * jitter * N, posinf=2 * jitter * N)
+            system, curvature = DenseSystem(hessian, hessian @ theta.reshape(-1) - gradient), environment_sq * (2 / C)
+        # 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) (MSE: trace(H) / (N P)), a 0-d tensor (no
+        # device sync); h_k = 1 where it overflows: such a system fails in newton_step, with its site
+        ridge = (curvature * (2 * jitter / P)).nan_to_num(nan=2 * jitter * N, posinf=2 * jitter * N)
         name = f"{unit.layer} core at site {unit.site}"
         updated = newton_step(theta.reshape(-1), system, ridge, regularize, N, name)
         self.model.set_core(unit, updated.reshape(theta.shape))
@@ -325,9 +325,9 @@ class NTN:
         others = [(core, version) for core, version in others if core is not theta]  # _version: in-place changes
         if self._kept and self._kept[0] == unit and _same(self._kept[1], others):
             return self._kept[2:]
-        system, environment_sq = self._moments.system(self.model, unit, self.loss)
-        self._kept = (unit, others, system, environment_sq)
-        return system, environment_sq
+        system, trace = self._moments.system(self.model, unit, self.loss)
+        self._kept = (unit, others, system, trace)
+        return system, trace
 
     def weight_norm_sq(self) -> float:
         """Σ over the trainable rows of ||T_row||²_F (`TensorNetwork.norm_sq`): unlike Σ_k ||A_k||², it
