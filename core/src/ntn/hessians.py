@@ -27,6 +27,36 @@ def z_times(Z: Tensor, u: Tensor) -> Tensor:
     return (Z @ rows[0] if len(rows) == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
 
 
+class HeldRows:
+    """V (blocks, R, P') given on the rows that hold each index j alone (a core that reads φ's index): V_held
+    (blocks, p, M, c, X) with V[(holding[j, h], c), (j, x)] = V_held[j, h, c, x] and 0 elsewhere; rows (monomial, c),
+    R = S·c, parameters (j, x), P' = p·X."""
+
+    def __init__(self, V_held: Tensor, holding: Tensor, n_monomials: int) -> None:
+        """:param holding: (p, M) the monomials that hold each j"""
+        self.V_held, self.holding = V_held, holding
+        blocks, p, _, c, X = V_held.shape
+        self.shape = (blocks, n_monomials * c, p * X)
+
+    def t_times(self, u: Tensor) -> Tensor:
+        """Vᵀ u (blocks, P', k) for u (blocks, R, k), from the held rows alone."""
+        blocks, p, M, c, X = self.V_held.shape
+        u_held = u.reshape(blocks, -1, c * u.shape[2])[:, self.holding].reshape(blocks, p, M * c, -1)  # (., p, M·c, k)
+        return (self.V_held.reshape(blocks, p, M * c, X).transpose(2, 3) @ u_held).reshape(blocks, p * X, -1)
+
+    def dense(self) -> Tensor:
+        """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
+        blocks, p, _, c, X = self.V_held.shape
+        V = self.V_held.new_zeros(blocks, self.shape[1] // c, c, p, X)
+        V[:, self.holding, :, torch.arange(p, device=V.device)[:, None]] = self.V_held.permute(1, 2, 0, 3, 4)
+        return V.reshape(self.shape)
+
+
+def transposed_times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
+    """Vᵀ u for V (blocks, R, P') or V on its held rows, u (blocks, R, k): (blocks, P', k)."""
+    return V.t_times(u) if isinstance(V, HeldRows) else V.transpose(1, 2) @ u
+
+
 class NewtonSystem:
     """H on `blocks` systems of P' parameters and b; order[b, i] is the core parameter of entry (b, i)."""
 
@@ -98,13 +128,14 @@ class DenseSystem(NewtonSystem):
 
 
 class LowRankSystem(NewtonSystem):
-    """H = Vᵀ Z̃ V per block, V (blocks, R, P') with R < P', Z̃ = Z ⊗ I on rows (monomial, c), Z (S, S), and
-    b = Vᵀ Z_y with Z_y (blocks, R, 1); G = V Vᵀ (blocks, R, R) given (its caller knows where V is sparse). Kept
-    factored, solved by the push-through identity: an R × R solve per block in place of a P' × P' factorisation,
+    """H = Vᵀ Z̃ V per block, V (blocks, R, P') with R < P' (or V on its held rows), Z̃ = Z ⊗ I on rows (monomial, c),
+    Z (S, S), and b = Vᵀ Z_y with Z_y (blocks, R, 1); G = V Vᵀ (blocks, R, R) given (its caller knows where V is
+    sparse). Kept factored, solved by the push-through identity: an R × R solve per block in place of a P' × P'
+    factorisation,
 
         (H + μI)⁻¹ r = (r − Vᵀ (μI + Z̃ G)⁻¹ Z̃ V r) / μ,    and for r = b:  Vᵀ (μI + Z̃ G)⁻¹ Z_y."""
 
-    def __init__(self, V: Tensor, Z: Tensor, G: Tensor, Z_y: Tensor, order: tuple | None = None):
+    def __init__(self, V: Tensor | HeldRows, Z: Tensor, G: Tensor, Z_y: Tensor, order: tuple | None = None):
         super().__init__(order, (V.shape[0], V.shape[2]))
         self.V, self.Z, self.Z_y = V, Z, Z_y
         self.ZG = z_times(Z, G)  # (blocks, R, R)
@@ -117,19 +148,24 @@ class LowRankSystem(NewtonSystem):
         small = torch.addcmul(self.ZG, _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device), shift)
         if extra is None:
             inner, info = torch.linalg.solve_ex(small, self.Z_y)  # (blocks, R, 1)
-            return (self.V.transpose(1, 2) @ inner)[:, :, 0], info
-        rhs = (self.V.transpose(1, 2) @ self.Z_y)[:, :, 0] + extra
-        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self.V @ rhs[:, :, None]))
-        return (rhs - (self.V.transpose(1, 2) @ inner)[:, :, 0]) / shift, info
+            return transposed_times(self.V, inner)[:, :, 0], info
+        rhs = transposed_times(self.V, self.Z_y)[:, :, 0] + extra
+        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self._dense_V() @ rhs[:, :, None]))
+        return (rhs - transposed_times(self.V, inner)[:, :, 0]) / shift, info
+
+    def _dense_V(self) -> Tensor:
+        return self.V.dense() if isinstance(self.V, HeldRows) else self.V
 
     def diagonal(self) -> Tensor:
-        return self.to_core((self.V * z_times(self.Z, self.V)).sum(dim=1))
+        V = self._dense_V()
+        return self.to_core((V * z_times(self.Z, V)).sum(dim=1))
 
     def rhs(self) -> Tensor:
-        return self.to_core((self.V.transpose(1, 2) @ self.Z_y)[:, :, 0])
+        return self.to_core(transposed_times(self.V, self.Z_y)[:, :, 0])
 
     def _dense_blocks(self) -> Tensor:
-        return self.V.transpose(1, 2) @ z_times(self.Z, self.V)
+        V = self._dense_V()
+        return V.transpose(1, 2) @ z_times(self.Z, V)
 
 
 @functools.lru_cache(maxsize=32)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ntn.hessians import DenseSystem, LowRankSystem, NewtonSystem, z_times
+from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, transposed_times, z_times
 from ntn.losses import MSE, Loss
 from ntn.models import TOP, TensorNetwork, Unit, basis_tuples
 
@@ -119,7 +119,7 @@ class Moments:
         holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
-        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
+        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
         self._scaled_sums: dict[tuple[float, int], tuple[Tensor, Tensor, Tensor]] = {}  # `_scaled`
 
@@ -136,8 +136,10 @@ class Moments:
         else:  # one block, rows (monomial, c)
             V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
             V_held, order = None, None
-        blocks, R, P_block = V.shape  # P_block = P / blocks
+        blocks = 1 if order is None else len(order[0])
+        R, P_block = S * C // blocks, model.core(unit).numel() // blocks  # rows (monomial, c), parameters per block
         Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y (blocks, R, 1)
+        V = HeldRows(V_held, self.holding, S) if V is None else V
         if R < P_block:
             G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
             system = LowRankSystem(V, Z, G, Z_y, order)
@@ -148,7 +150,7 @@ class Moments:
             B = Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
             B_held = B[:, :, self.holding].unflatten(4, V_held.shape[3:])  # (blocks, p_J, p_j, M, c, X)
             H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
-        return DenseSystem(H, (V.transpose(1, 2) @ Z_y)[:, :, 0], order), H.diagonal(dim1=1, dim2=2).sum()
+        return DenseSystem(H, transposed_times(V, Z_y)[:, :, 0], order), H.diagonal(dim1=1, dim2=2).sum()
 
     def _scaled(self, K: float, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
         """K Z, K Z_holding and K Z_y as (blocks, R, 1) (rows (monomial, c) of each block's outputs): the sums in the
@@ -159,43 +161,48 @@ class Moments:
             self._scaled_sums[K, blocks] = (K * self.Z, K * self.Z_holding, per_block.reshape(blocks, -1, 1))
         return self._scaled_sums[K, blocks]
 
-    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor, Tensor | None, tuple]:
+    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor | None, Tensor | None, tuple]:
         """For a core that reads φ's index j (`TensorNetwork.reads_phi`), (Dl, p, C_k, Dr) (an input core (s, i, j, u)
-        as (dl, p, 1, r·dr)): V (blocks, R, P') in the parameter order (c_k, j, a, b), one block per output the core
-        carries (its Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core,
-        its inverse (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time
-        (`HELD_MIN_WIDTH`) V is also given on the M monomials that hold each j (`holding`), (blocks, p, M, c, X),
-        X = Dl·Dr, and the products run over those rows alone; else None.
+        as (dl, p, 1, r·dr)): its V in the parameter order (c_k, j, a, b), one block per output the core carries (its
+        Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core, its inverse
+        (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time (`HELD_MIN_WIDTH`, or a
+        low-rank system) V is given on the M monomials that hold each j alone (`holding`), V_held (blocks, p, M, c, X),
+        X = Dl·Dr, and the products run over those rows alone; V (blocks, R, P') where the fold formed it (else None).
 
         A top core's V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] ·
         suffix[t_>k, c, b], the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple
         (MPO2), or over each monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1,
-        others with 0). An input core's: `TensorNetwork.folded_input_environment`."""
+        others with 0), added into its row (monomial, j) of V or (j, the monomial's place in holding[j]) of V_held.
+        An input core's: `TensorNetwork.folded_input_environment`."""
         core, C, S, site = model.core(unit), model.output_dim, len(self.monomials), unit.site
+        Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
+        per_block, M = C // blocks, self.holding.shape[1]
+        held = per_block * Dl * Dr >= HELD_MIN_WIDTH or S * per_block < p * Dl * Dr  # wide, or low rank
+        order = _block_order((Dl, p, blocks, Dr), core.device)
         if unit.layer == TOP:
-            Dl, p, blocks, Dr = core.shape
             if (site, model.sorted_only) not in self._folds:
                 self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
-            pair, row = self._folds[site, model.sorted_only]
+            pair, row, held_row = self._folds[site, model.sorted_only]
             prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
             if site == 0 or site == model.L - 1:  # one side is the chain's end: the pairs are the other side's rows
                 pairs = (suffix if site == 0 else prefix).reshape(-1, C * Dl * Dr)  # (., C·X)
             else:
                 pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)
-            V = pairs.new_zeros(S * p, C * Dl * Dr).index_add_(0, row, pairs.index_select(0, pair))  # rows (m, j)
+            rows, n_rows = (held_row, p * M) if held else (row, S * p)
+            V = pairs.new_zeros(n_rows, C * Dl * Dr).index_add_(0, rows, pairs.index_select(0, pair))
+            if held:  # rows (j, h)
+                V_held = V.reshape(p, M, blocks, per_block, Dl * Dr).permute(2, 0, 1, 3, 4)  # (blocks, p, M, c, X)
+                return None, V_held, order
         else:
-            (Dl, p, r, dr), blocks = core.shape, 1
-            Dr = r * dr
             V = model.folded_input_environment(unit, self.monomial_of, S)  # (S, p, C, X)
-        per_block = C // blocks
         V = V.reshape(S, p, blocks, per_block, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
-        held = per_block * Dl * Dr >= HELD_MIN_WIDTH or S * per_block < p * Dl * Dr  # wide, or low rank
         V_held = V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
-        return V.reshape(blocks, S * per_block, -1), V_held, _block_order((Dl, p, blocks, Dr), core.device)
+        return V.reshape(blocks, S * per_block, -1), V_held, order  # V formed: its products need no gather
 
-    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor]:
+    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor, Tensor]:
         """For each index tuple t that the fold sums (all p^L, or each monomial's sorted one), the row of its
-        (prefix, suffix) pair and its row (monomial, t_k) in V (`_held_environment`)."""
+        (prefix, suffix) pair, its row (monomial, t_k) in V and its row (t_k, the monomial's place in holding[t_k])
+        in V_held (`_held_environment`)."""
         device = self.monomials.device
         tuples, monomial = (
             (self.monomials, torch.arange(len(self.monomials), device=device))
@@ -204,7 +211,11 @@ class Moments:
         )
         rest = torch.cat([tuples[:, :site], tuples[:, site + 1 :]], dim=1)  # (i_<k, i_>k): (n, L - 1)
         pair = (rest * self.powers[1:]).sum(dim=1)  # its base-p number: the row of prefix ⊗ suffix
-        return pair, monomial * p + tuples[:, site]
+        M = self.holding.shape[1]
+        place = torch.zeros(p, len(self.monomials), dtype=torch.long, device=device)  # place[j, holding[j, h]] = h
+        place.scatter_(1, self.holding, torch.arange(M, device=device).expand(p, -1))
+        j = tuples[:, site]
+        return pair, monomial * p + j, j * M + place[j, monomial]
 
     def _held_gram(self, V_held: Tensor) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
