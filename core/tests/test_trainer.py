@@ -110,6 +110,11 @@ def test_moments_give_the_same_newton_system_as_the_batches(
         assert_close(newton.dense(), H, rtol=1e-10)
         assert_close(newton.rhs(), H @ trainer.model.core(unit).reshape(-1) - g, rtol=1e-10)  # b = Hθ − g
         assert float(trace) == pytest.approx(2 / output_dim * float(environment_sq), rel=1e-10)  # K Σ ||E_n||²
+        theta, shift = trainer.model.core(unit).reshape(-1), torch.tensor(0.01 * float(trace))
+        for weight in (None, 0.5 * shift):  # the ridge minimiser, and a damped step's (H + μI)⁻¹ (b + w θ)
+            rhs = H @ theta - g + (0 if weight is None else weight * theta)
+            want = torch.linalg.solve(H + shift * torch.eye(len(H), dtype=H.dtype), rhs)
+            assert_close(newton.step(shift, theta, weight), want, rtol=1e-9)
 
 
 def test_deep_networks_on_all_rows_take_the_moments_path():
