@@ -9,7 +9,8 @@ and, undamped (μ = ridge), the minimiser of J's quadratic model: (H + μI)⁻¹
 θ − step cancellation. Both sides act on the core's parameters (P,); inside, a system may hold them reordered into
 `blocks` independent systems of P' parameters each (`order`): a top core that carries the output index c has a
 Hessian that is block diagonal in c, and a core whose V is sparse in its physical index is cheapest in the order
-(j, …). A solve makes one check, one device sync.
+(j, …). A failed factorisation raises inside torch (`torch.linalg.LinAlgError`, no check of ours); a solve checks
+its result's sum once (one device sync).
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ class NewtonSystem:
         singular or the result not finite (its sum not finite: finite entries whose sum overflows count as not finite).
 
         :param shift: μ (0-d); :param theta: the core (P,); :param weight: (0-d) or None"""
-        solution, info = self._solve(shift, None if weight is None else self.to_blocks(theta) * weight)
-        flag = torch.where(info.any(), math.nan, solution.sum())  # NaN where a factorisation failed
-        return self.to_core(solution) if math.isfinite(flag.item()) else None
+        try:
+            solution = self._solve(shift, None if weight is None else self.to_blocks(theta) * weight)
+        except torch.linalg.LinAlgError:  # not positive definite, or singular
+            return None
+        return self.to_core(solution) if math.isfinite(solution.sum().item()) else None
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
-        """((H + shift·I)⁻¹ (b + extra) (blocks, P'), the factorisations' info (blocks,): 0 where one succeeded)."""
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
+        """(H + shift·I)⁻¹ (b + extra) (blocks, P'); a `torch.linalg.LinAlgError` where the system is not positive
+        definite (or singular)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -111,11 +115,11 @@ class DenseSystem(NewtonSystem):
         super().__init__(order, H.shape[:2])
         self.H, self.b = H, b
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
         damped = torch.addcmul(self.H, _identity(self.shape[1], self.H.dtype, self.H.device), shift)  # H + shift·I
-        factor, info = torch.linalg.cholesky_ex(damped)
+        factor = torch.linalg.cholesky(damped)
         rhs = self.b if extra is None else self.b + extra
-        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0], info
+        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0]
 
     def diagonal(self) -> Tensor:
         return self.to_core(self.H.diagonal(dim1=1, dim2=2))
@@ -144,14 +148,14 @@ class LowRankSystem(NewtonSystem):
         """trace(H) = trace(Z̃ G)."""
         return self.ZG.diagonal(dim1=1, dim2=2).sum()
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
         small = torch.addcmul(self.ZG, _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device), shift)
         if extra is None:
-            inner, info = torch.linalg.solve_ex(small, self.Z_y)  # (blocks, R, 1)
-            return transposed_times(self.V, inner)[:, :, 0], info
+            inner = torch.linalg.solve(small, self.Z_y)  # (blocks, R, 1)
+            return transposed_times(self.V, inner)[:, :, 0]
         rhs = transposed_times(self.V, self.Z_y)[:, :, 0] + extra
-        inner, info = torch.linalg.solve_ex(small, z_times(self.Z, self._dense_V() @ rhs[:, :, None]))
-        return (rhs - transposed_times(self.V, inner)[:, :, 0]) / shift, info
+        inner = torch.linalg.solve(small, z_times(self.Z, self._dense_V() @ rhs[:, :, None]))
+        return (rhs - transposed_times(self.V, inner)[:, :, 0]) / shift
 
     def _dense_V(self) -> Tensor:
         return self.V.dense() if isinstance(self.V, HeldRows) else self.V
