@@ -378,12 +378,12 @@ def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Te
 
 def _prefix_rows(columns: list[Tensor]) -> Tensor:
     """A chain of columns (D_left, p, C_k, D_right), D_left = 1 for the first, on every tuple of basis vectors:
-    (p^n, c, D_right), rows in row-major order; one batched product over c per column."""
-    rows = columns[0][0]  # (p, C_0, D_1)
-    for column in columns[1:]:
-        product = rows.transpose(0, 1) @ column.permute(2, 0, 1, 3).flatten(2)  # (c, tuples, p·Dr)
-        rows = product.unflatten(2, column.shape[1::2]).permute(1, 2, 0, 3).flatten(0, 1)  # (tuples·p, c, Dr)
-    return rows
+    (p^n, c, D_right), rows in row-major order; one batched product over c per column, carried as (c, tuples, D)."""
+    rows = columns[0][0].transpose(0, 1)  # (C_0, p, D_1)
+    for column in columns[1:]:  # (c, tuples, D) @ (C_k, D, p·Dr): (c, tuples, p·Dr), i.e. (c, tuples·p, Dr)
+        product = rows @ column.permute(2, 0, 1, 3).flatten(2)
+        rows = product.reshape(len(product), -1, column.shape[3])
+    return rows.transpose(0, 1)
 
 
 def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
@@ -392,12 +392,12 @@ def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
 
 
 def _suffix_rows(columns: list[Tensor]) -> Tensor:
-    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left)."""
-    rows = columns[-1][..., 0].permute(1, 2, 0)  # (p, C, D_left)
-    for column in reversed(columns[:-1]):
-        product = column.permute(2, 1, 0, 3).flatten(1, 2) @ rows.permute(1, 2, 0)  # (c, p·Dl, tuples)
-        rows = product.unflatten(1, column.shape[1::-1]).permute(1, 3, 0, 2).flatten(0, 1)  # (p·tuples, c, Dl)
-    return rows
+    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left); carried as (c, D, tuples)."""
+    rows = columns[-1][..., 0].permute(2, 0, 1)  # (C, D_left, p)
+    for column in reversed(columns[:-1]):  # (C_k, Dl·p, D) @ (c, D, tuples): (c, Dl·p, tuples), i.e. (c, Dl, p·tuples)
+        product = column.permute(2, 0, 1, 3).flatten(1, 2) @ rows
+        rows = product.reshape(len(product), column.shape[0], -1)
+    return rows.permute(2, 0, 1).contiguous()  # rows in memory order: gathers of them are fast
 
 
 @functools.lru_cache(maxsize=32)
