@@ -119,7 +119,7 @@ class Moments:
         holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
         self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
-        self._folds: dict[tuple[int, bool], tuple[Tensor, Tensor, Tensor]] = {}  # (site, sorted only): `_fold_places`
+        self._folds: dict[tuple[int, bool], tuple] = {}  # (site, sorted only): `_fold_places`
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
         self._scaled_sums: dict[tuple[float, int], tuple[Tensor, Tensor, Tensor]] = {}  # `_scaled`
 
@@ -166,56 +166,69 @@ class Moments:
         as (dl, p, 1, r·dr)): its V in the parameter order (c_k, j, a, b), one block per output the core carries (its
         Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core, its inverse
         (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time (`HELD_MIN_WIDTH`, or a
-        low-rank system) V is given on the M monomials that hold each j alone (`holding`), V_held (blocks, p, M, c, X),
-        X = Dl·Dr, and the products run over those rows alone; V (blocks, R, P') where the fold formed it (else None).
+        low-rank system) V is given on the M monomials that hold each j alone (`holding`): (None, V_held (blocks, p,
+        M, c, X), order), X = Dl·Dr, and the products run over those rows alone; else (V (blocks, R, P'), None, order).
 
-        A top core's V[m, c, (j, a, b)] = Σ over the index tuples t of m with t_k = j of prefix[t_<k, c, a] ·
-        suffix[t_>k, c, b], the top row alone on basis vectors (`TensorNetwork.top_row_tables`): over every tuple
-        (MPO2), or over each monomial's sorted tuple alone (MMPO2: the mask passes sorted tuples with weight 1,
-        others with 0), added into its row (monomial, j) of V or (j, the monomial's place in holding[j]) of V_held.
-        An input core's: `TensorNetwork.folded_input_environment`."""
+        The core's environment depends on a basis tuple t through its pair (x, y) = (t_<k, t_>k) alone: on the pairs,
+        `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_tables`)
+        or an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
+        of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
+        whatever j (one sum into the M multisets of L − 1 indices, then a gather); behind MMPO2's mask, over m's
+        sorted tuple alone, where its k-th index is j (a gather)."""
         core, C, S, site = model.core(unit), model.output_dim, len(self.monomials), unit.site
         Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
-        per_block, M = C // blocks, self.holding.shape[1]
-        held = per_block * Dl * Dr >= HELD_MIN_WIDTH or S * per_block < p * Dl * Dr  # wide, or low rank
+        per_block, X = C // blocks, Dl * Dr
+        held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
         if unit.layer == TOP:
-            if (site, model.sorted_only) not in self._folds:
-                self._folds[site, model.sorted_only] = self._fold_places(model.L, p, site, model.sorted_only)
-            pair, row, held_row = self._folds[site, model.sorted_only]
             prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
             if site == 0 or site == model.L - 1:  # one side is the chain's end: the pairs are the other side's rows
-                pairs = (suffix if site == 0 else prefix).reshape(-1, C * Dl * Dr)  # (., C·X)
+                pairs = (suffix if site == 0 else prefix).reshape(-1, C * X)  # (., C·X)
             else:
                 pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)
-            rows, n_rows = (held_row, p * M) if held else (row, S * p)
-            V = pairs.new_zeros(n_rows, C * Dl * Dr).index_add_(0, rows, pairs.index_select(0, pair))
-            if held:  # rows (j, h)
-                V_held = V.reshape(p, M, blocks, per_block, Dl * Dr).permute(2, 0, 1, 3, 4)  # (blocks, p, M, c, X)
-                return None, V_held, order
         else:
-            V = model.folded_input_environment(unit, self.monomial_of, S)  # (S, p, C, X)
-        V = V.reshape(S, p, blocks, per_block, Dl * Dr).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
-        V_held = V[:, self.holding, :, self.index[:, None]].permute(2, 0, 1, 3, 4) if held else None
-        return V.reshape(blocks, S * per_block, -1), V_held, order  # V formed: its products need no gather
+            pairs = model.input_pairs(unit)
+        sorted_only = model.sorted_only and unit.layer == TOP
+        if (site, sorted_only) not in self._folds:
+            self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
+        multiset, held_rows, rows = self._folds[site, sorted_only]
+        if multiset is None:  # the pairs themselves, and a row of zeros
+            source = torch.cat([pairs, pairs.new_zeros(1, C * X)])
+        else:  # `symmetric`, and a row of zeros
+            source = pairs.new_zeros(self.holding.shape[1] + 1, C * X).index_add_(0, multiset, pairs)
+        if held:  # rows (j, h)
+            return None, source[held_rows].unflatten(2, (blocks, per_block, X)).permute(2, 0, 1, 3, 4), order
+        V = source[rows].reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
+        return V.reshape(blocks, S * per_block, -1), None, order
 
-    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """For each index tuple t that the fold sums (all p^L, or each monomial's sorted one), the row of its
-        (prefix, suffix) pair, its row (monomial, t_k) in V and its row (t_k, the monomial's place in holding[t_k])
-        in V_held (`_held_environment`)."""
+    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+        """Where `_held_environment` takes V from at site k: the multiset of L − 1 indices of each (prefix, suffix)
+        pair (p^(L-1),), as its place among the M monomials of degree L − 1 (None behind the mask), and the row of
+        `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p, M), and of each (m, j), (S, p)."""
         device = self.monomials.device
-        tuples, monomial = (
-            (self.monomials, torch.arange(len(self.monomials), device=device))
-            if sorted_only
-            else (basis_tuples(L, p, device), self.monomial_of)
-        )
-        rest = torch.cat([tuples[:, :site], tuples[:, site + 1 :]], dim=1)  # (i_<k, i_>k): (n, L - 1)
-        pair = (rest * self.powers[1:]).sum(dim=1)  # its base-p number: the row of prefix ⊗ suffix
-        M = self.holding.shape[1]
-        place = torch.zeros(p, len(self.monomials), dtype=torch.long, device=device)  # place[j, holding[j, h]] = h
-        place.scatter_(1, self.holding, torch.arange(M, device=device).expand(p, -1))
-        j = tuples[:, site]
-        return pair, monomial * p + j, j * M + place[j, monomial]
+        monomials = self.monomials.tolist()
+        lower = torch.combinations(torch.arange(p), L - 1, with_replacement=True).reshape(-1, L - 1).tolist()
+        multisets = {tuple(q): n for n, q in enumerate(lower)}  # the M multisets of L − 1 indices, sorted
+        zero = p ** (L - 1) if sorted_only else len(lower)  # the row of zeros
+
+        def source_row(m: int, j: int) -> int:
+            indices = monomials[m]
+            if sorted_only:  # m's sorted tuple, where its k-th index is j: its pair's base-p number
+                rest = indices[:site] + indices[site + 1 :]
+                return sum(i * p**n for n, i in enumerate(reversed(rest))) if indices[site] == j else zero
+            if j not in indices:
+                return zero
+            rest = list(indices)
+            rest.remove(j)
+            return multisets[tuple(rest)]
+
+        held_rows = [[source_row(m, j) for m in row] for j, row in enumerate(self.holding.tolist())]
+        rows = [[source_row(m, j) for j in range(p)] for m in range(len(monomials))]
+        multiset = None
+        if not sorted_only:
+            pairs = basis_tuples(L - 1, p, torch.device("cpu")).sort(dim=1).values.tolist()  # (x, y) in base-p order
+            multiset = torch.tensor([multisets[tuple(q)] for q in pairs], device=device)
+        return multiset, torch.tensor(held_rows, device=device), torch.tensor(rows, device=device)
 
     def _held_gram(self, V_held: Tensor) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
