@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 from ntn import LMPO2, MMPO2, MPO2
-from ntn.models import basis_inputs
+from ntn.models import Unit, basis_inputs
 from scaled import assert_close
 
 
@@ -99,3 +99,26 @@ def test_a_saved_model_loads_back_and_predicts_the_same(tmp_path, factory):
     expected = model(phi)
     assert_close(loaded(phi), expected, rtol=1e-12)
     assert_close(ntn.NTN(loaded, X, y, loss="mse", batch_size=60).predict(X), trainer.predict(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("change", ["in place", "set_core"])
+def test_the_kept_columns_and_sides_see_every_change_to_a_core(change):
+    """LMPO2's columns and the tables around a site are kept while their cores are unchanged (`_basis_column`,
+    `_basis_sides`): replaced or changed in place, the next fold is the one a fresh model makes."""
+    p, L = 4, 3
+    model = LMPO2(L=L, bond_dim=3, phys_dim=p, output_dim=2, output_site=1, seed=3)
+    monomials = torch.combinations(torch.arange(p), L, with_replacement=True)
+    tuples = torch.cartesian_prod(*[torch.arange(p)] * L).reshape(-1, L)
+    monomial_of = torch.tensor([monomials.tolist().index(sorted(t)) for t in tuples.tolist()])
+    for unit in model.units:
+        model.folded_basis_environment(unit, monomials, monomial_of)  # keeps every column and side
+    changed = Unit("input", 2) if change == "in place" else Unit("top", 1)
+    if change == "in place":
+        model.core(changed).mul_(1.5)
+    else:
+        model.set_core(changed, model.core(changed) * 1.5)
+    fresh = LMPO2(L=L, bond_dim=3, phys_dim=p, output_dim=2, output_site=1, seed=0)
+    fresh.load_state(model.state())
+    for unit in model.units:
+        want = fresh.folded_basis_environment(unit, monomials, monomial_of)
+        assert_close(model.folded_basis_environment(unit, monomials, monomial_of), want, rtol=1e-12)

@@ -36,7 +36,7 @@ from ntn import moments
 from ntn.gram import accumulate_system
 from ntn.hessians import DenseSystem, NewtonSystem
 from ntn.losses import get_loss
-from ntn.models import TensorNetwork, Unit
+from ntn.models import TensorNetwork, Unit, unchanged, versions
 from ntn.threads import training_threads, with_threads
 
 Scores = dict[str, float]
@@ -112,11 +112,6 @@ def newton_step(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
         f"even with jitter {float(shift) / (20 * n_samples):.3g}"
     )
-
-
-def _same(kept: list[tuple[Tensor, int]], now: list[tuple[Tensor, int]]) -> bool:
-    """Whether two lists of (tensor, version) hold the same tensors, unchanged."""
-    return len(kept) == len(now) and all(a is b and u == v for (a, u), (b, v) in zip(kept, now))
 
 
 def _as_tensor(name: str, value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -321,9 +316,8 @@ class NTN:
         """The core's Newton system from the moments: H and b depend on the other cores alone, so the last update's
         is kept when it was this core's and no other core has changed since (each epoch's end and the next one's
         start update the first core twice: 9 of a 10-epoch run's 50 systems for MPO2 at L = 3)."""
-        others = [(core, core._version) for core in self.model.top_cores + (self.model.input_cores or [])]
-        others = [(core, version) for core, version in others if core is not theta]  # _version: in-place changes
-        if self._kept and self._kept[0] == unit and _same(self._kept[1], others):
+        others = versions([core for core in self.model.top_cores + (self.model.input_cores or []) if core is not theta])
+        if self._kept and self._kept[0] == unit and unchanged(self._kept[1], others):
             return self._kept[2:]
         system, trace = self._moments.system(self.model, unit, self.loss)
         self._kept = (unit, others, system, trace)
