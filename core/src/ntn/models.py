@@ -274,10 +274,16 @@ class TensorNetwork:
         top, G, left, right, pair, monomial_and_i_k = self._basis_sides(k, monomial_of)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if dl * dr > r:
-            left_G = torch.einsum("xcas,isju->cxiaju", left, G).flatten(1, 4)  # (C, p^(k+1)·Dl·r, dr)
-            per_tuple = left_G @ right.permute(1, 3, 0, 2).flatten(2)  # (C, (x, i, a, j), (y, b))
-            per_tuple = per_tuple.reshape(C, len(left) * p, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)
-            V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
+            left_G = torch.einsum("xcas,isju->cxiaju", left, G).reshape(C, len(left) * p, Dl * r, dr)  # (c, xi, aj, u)
+            right_rows = right.permute(1, 0, 2, 3).reshape(C, -1, dr)  # (c, (y, b), u)
+            if 0 < k < self.L - 1:  # one product per (x, i): its rows t = (x, i, y) come in order, no copy of them
+                per_tuple = right_rows[:, None] @ left_G.transpose(2, 3)  # (c, (x, i), (y, b), (a, j))
+                per_tuple = per_tuple.reshape(C, p**self.L, -1).transpose(0, 1).flatten(1)  # (t, (c, b, a, j))
+                V = _fold(per_tuple, monomial_of, n_monomials).unflatten(1, (C, Dr, Dl, r)).permute(0, 1, 3, 4, 2)
+            else:  # at a chain's end one product (few (x, i) or (y, b)), then y brought beside (x, i): a small copy
+                per_tuple = left_G.flatten(1, 2) @ right_rows.transpose(1, 2)  # (c, (x, i, a, j), (y, b))
+                per_tuple = per_tuple.reshape(C, len(left) * p, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)
+                V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
             W = _fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
