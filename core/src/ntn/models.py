@@ -271,7 +271,7 @@ class TensorNetwork:
             V = self.folded_input_environment(unit, monomial_of, n_monomials)  # (S, i, C, (s, j, u))
             V = V.reshape(n_monomials, p, C, dl, r, dr).permute(0, 2, 3, 1, 4, 5)  # (S, C, dl, i, r, dr)
             return V.reshape(n_monomials, C, -1)
-        top, G, left, right, pair, monomial_and_i_k = self._basis_sides(k, monomial_of)
+        top, G, left, right = self._basis_sides(k)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if dl * dr > r:
             left_G = torch.einsum("xcas,isju->cxiaju", left, G).reshape(C, len(left) * p, Dl * r, dr)  # (c, xi, aj, u)
@@ -286,6 +286,7 @@ class TensorNetwork:
                 V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
+            pair, monomial_and_i_k = self._tuple_rows(k, monomial_of)
             W = _fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
             V = torch.einsum("micasbu,isju->mcajb", W.reshape(n_monomials, p, C, Dl, dl, Dr, dr), G)
         V = V.reshape(n_monomials, C, Dl, r, Dr)
@@ -296,7 +297,7 @@ class TensorNetwork:
     def folded_input_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
         """`folded_basis_environment` of an input core (s, i, j, u) by the index i it reads:
         W (S, p, C, dl·r·dr) with V[m, c, (s, i, j, u)] = W[m, i, c, (s, j, u)], 0 unless monomial m holds i."""
-        _, _, _, _, pair, monomial_and_i_k = self._basis_sides(unit.site, monomial_of)
+        pair, monomial_and_i_k = self._tuple_rows(unit.site, monomial_of)
         W = _fold(self.input_pairs(unit)[pair], monomial_and_i_k, n_monomials * self.phys_dim)
         return W.reshape(n_monomials, self.phys_dim, self.output_dim, -1)
 
@@ -305,18 +306,17 @@ class TensorNetwork:
         index i it reads: (p^(L-1), C·dl·r·dr), rows x·p^(L-k-1) + y, entries Σ_{a,b} left[x,c,a,s] A[a,j,c,b]
         right[y,c,b,u] at (c, (s, j, u)), A the top core: (left A) (p^k·dl·r, Dr) @ right (Dr, p^(L-k-1)·dr)."""
         C = self.output_dim
-        top, G, left, right = self._basis_sides(unit.site, None)[:4]
+        top, G, left, right = self._basis_sides(unit.site)
         (_, r, _, _), (dl, dr) = top.shape, G.shape[1::2]
         left_top = torch.einsum("xcas,ajcb->cxsjb", left, top).flatten(1, 3)  # (C, p^k·dl·r, Dr)
         per_pair = left_top @ right.permute(1, 2, 0, 3).flatten(2)  # (C, (x, s, j), (y, u))
         per_pair = per_pair.reshape(C, len(left), dl * r, len(right), dr).permute(1, 3, 0, 2, 4).flatten(2)
         return per_pair.flatten(0, 1)
 
-    def _basis_sides(self, k: int, monomial_of: Tensor | None) -> tuple[Tensor, ...]:
+    def _basis_sides(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What the fold at site k reads: the top core (Dl, r, C, Dr) with the output index c, the input row on
         e_i (p, dl, r, dr), the ladder left of k on every prefix x (p^k, C, Dl, dl) and right of it on every suffix
-        y (p^(L-k-1), C, Dr, dr), and (unless monomial_of is None) for every basis tuple t the rows of its (x, y) and
-        of its (monomial, t_k)."""
+        y (p^(L-k-1), C, Dr, dr)."""
         L, p, C = self.L, self.phys_dim, self.output_dim
         top = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
         if self.input_cores is None:  # the input row at φ_k = e_i: (p, dl, r, dr)
@@ -332,11 +332,13 @@ class TensorNetwork:
             left = (_prefix_rows(left_columns) if k > 0 else ones).expand(-1, C, -1).reshape(-1, C, Dl, dl)
             right = (_suffix_rows(right_columns) if k < L - 1 else ones).expand(-1, C, -1).reshape(-1, C, Dr, dr)
             kept = self._kept_sides[k] = (stamp, left, right)
-        sides = top, G, kept[1], kept[2]
-        if monomial_of is None:  # the sides alone
-            return sides
-        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # of every tuple t, row-major: (p^L,) each
-        return *sides, prefix * p ** (L - k - 1) + suffix, monomial_of * p + i_k
+        return top, G, kept[1], kept[2]
+
+    def _tuple_rows(self, k: int, monomial_of: Tensor) -> tuple[Tensor, Tensor]:
+        """For every basis tuple t (row-major), the row of its pair (t_<k, t_>k) and of its (monomial, t_k)."""
+        L, p = self.L, self.phys_dim
+        prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # (p^L,) each
+        return prefix * p ** (L - k - 1) + suffix, monomial_of * p + i_k
 
     def _columns(self, sites: range) -> list[Tensor]:
         """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
