@@ -118,7 +118,6 @@ class Moments:
         self.index = torch.arange(p, device=device)  # j
         holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
-        self.Z_holding = self.Z[:, self.holding].permute(1, 0, 2).contiguous()
         self._folds: dict[tuple[int, bool], tuple] = {}  # (site, sorted only): `_fold_places`
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
         self._scaled_sums: dict[tuple[float, int], tuple[Tensor, Tensor, Tensor]] = {}  # `_scaled`
@@ -138,7 +137,7 @@ class Moments:
             V_held, order = None, None
         blocks = 1 if order is None else len(order[0])
         R, P_block = S * C // blocks, model.core(unit).numel() // blocks  # rows (monomial, c), parameters per block
-        Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y (blocks, R, 1)
+        Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y
         V = HeldRows(V_held, self.holding, S) if V is None else V
         if R < P_block:
             G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
@@ -153,12 +152,15 @@ class Moments:
         return DenseSystem(H, transposed_times(V, Z_y)[:, :, 0], order), H.diagonal(dim1=1, dim2=2).sum()
 
     def _scaled(self, K: float, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
-        """K Z, K Z_holding and K Z_y as (blocks, R, 1) (rows (monomial, c) of each block's outputs): the sums in the
-        units of the Hessian H = K Vᵀ Z̃ V of a loss of curvature K; made once per K and block count."""
+        """K Z, its columns for each index's held monomials (p, S, M) and K Z_y as (blocks, R, 1) (rows (monomial, c)
+        of each block's outputs): the sums in the units of the Hessian H = K Vᵀ Z̃ V of a loss of curvature K; made
+        once per K and block count."""
         if (K, blocks) not in self._scaled_sums:
             S, C = self.Z_y.shape
+            Z = K * self.Z
             per_block = (K * self.Z_y).reshape(S, blocks, C // blocks).transpose(0, 1)  # (blocks, S, c)
-            self._scaled_sums[K, blocks] = (K * self.Z, K * self.Z_holding, per_block.reshape(blocks, -1, 1))
+            Z_holding = Z[:, self.holding].permute(1, 0, 2).contiguous()
+            self._scaled_sums[K, blocks] = (Z, Z_holding, per_block.reshape(blocks, -1, 1))
         return self._scaled_sums[K, blocks]
 
     def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor | None, Tensor | None, tuple]:
