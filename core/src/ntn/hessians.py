@@ -43,7 +43,9 @@ class HeldRows:
         """Vᵀ u (blocks, P', k) for u (blocks, R, k), from the held rows alone."""
         blocks, p, M, c, X = self.V_held.shape
         u_held = u.reshape(blocks, -1, c * u.shape[2])[:, self.holding].reshape(blocks, p, M * c, -1)  # (., p, M·c, k)
-        return (self.V_held.reshape(blocks, p, M * c, X).transpose(2, 3) @ u_held).reshape(blocks, p * X, -1)
+        # (u_heldᵀ V_held)ᵀ: p row-vector products, 4-5× faster than p transposed ones (Vᵀ u_held) at L = 3
+        product = u_held.transpose(2, 3) @ self.V_held.reshape(blocks, p, M * c, X)  # (blocks, p, k, X)
+        return product.transpose(2, 3).reshape(blocks, p * X, -1)
 
     def dense(self) -> Tensor:
         """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
