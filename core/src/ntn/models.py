@@ -91,7 +91,7 @@ class TensorNetwork:
         self.input_cores = None if input_layer is None else input_layer.cores  # None: φ feeds the top row
         self.train_input = input_layer is not None and input_layer.trainable
         self._kept_columns: dict[int, tuple] = {}  # site: (its cores and their versions, its column): `_basis_column`
-        self._kept_sides: dict[int, tuple] = {}  # site: (the columns around it, versioned, left, right): `_basis_sides`
+        self._kept_sides: dict[int, tuple] = {}  # site: (the other sites' cores versioned, left, right): `_basis_sides`
         self.sorted_only = input_layer is not None and input_layer.sorted_only
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         r = phys_dim if self.input_cores is None else self.input_cores[0].shape[2]
@@ -324,10 +324,10 @@ class TensorNetwork:
         else:
             G = self.input_cores[k].transpose(0, 1)
         (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
-        left_columns, right_columns = self._columns(range(k)), self._columns(range(k + 1, L))
-        stamp = versions(left_columns + right_columns)
-        kept = self._kept_sides.get(k)  # kept while the other columns are: a sweep updates site k's cores next
+        stamp = versions([core for j in range(L) if j != k for core in self._cores_at(j)])
+        kept = self._kept_sides.get(k)  # kept while the other sites' cores are: a sweep updates site k's cores next
         if kept is None or not unchanged(kept[0], stamp):
+            left_columns, right_columns = self._columns(range(k)), self._columns(range(k + 1, L))
             ones = top.new_ones(1, 1, 1)
             left = (_prefix_rows(left_columns) if k > 0 else ones).expand(-1, C, -1).reshape(-1, C, Dl, dl)
             right = (_suffix_rows(right_columns) if k < L - 1 else ones).expand(-1, C, -1).reshape(-1, C, Dr, dr)
@@ -339,6 +339,10 @@ class TensorNetwork:
         L, p = self.L, self.phys_dim
         prefix, i_k, suffix = _tuple_parts(L, p, k, monomial_of.device)  # (p^L,) each
         return prefix * p ** (L - k - 1) + suffix, monomial_of * p + i_k
+
+    def _cores_at(self, site: int) -> list[Tensor]:
+        """The cores at a site: its top core, and its input core where the network has an input row."""
+        return [self.top_cores[site]] if self.input_cores is None else [self.top_cores[site], self.input_cores[site]]
 
     def _columns(self, sites: range) -> list[Tensor]:
         """The ladder's columns at `sites` on the basis vectors, (D_left·d_left, p, C_k, D_right·d_right) each."""
