@@ -369,7 +369,7 @@ class NTN:
 
         units = self.model.units
         sweep = units + units[-2::-1]  # left to right and back
-        best_value, best_epoch, best_state = math.inf, -1, self.model.state()
+        best_value, best_epoch, best_state, best_scores = math.inf, -1, self.model.state(), dict(scores)
         best_reg_loss = math.inf
         history = []
         for epoch, lam in enumerate(schedule):
@@ -382,7 +382,7 @@ class NTN:
             value = {"reg_loss": reg_loss, "val_loss": scores.get("val_loss"), "last": -epoch}[select]
             is_best = value < best_value
             if is_best:
-                best_value, best_epoch, best_state = value, epoch, self.model.state()
+                best_value, best_epoch, best_state, best_scores = value, epoch, self.model.state(), dict(scores)
             info = {
                 "epoch": epoch,
                 "jitter": lam,
@@ -394,5 +394,5 @@ class NTN:
             history.append(scores | info)
             if callback_epoch is not None:
                 callback_epoch(epoch, scores, info)
-        self.model.load_state(best_state)
-        return {"scores": self.scores(), "best_epoch": best_epoch, "history": history}
+        self.model.load_state(best_state)  # its scores: those computed for it (the same sums of the same cores)
+        return {"scores": best_scores, "best_epoch": best_epoch, "history": history}
