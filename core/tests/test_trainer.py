@@ -261,6 +261,8 @@ def test_selection_by_validation_loss_restores_that_state():
     best = min(range(6), key=lambda e: epochs[e]["val_loss"])
     assert result["best_epoch"] == best
     assert result["scores"]["val_loss"] == pytest.approx(epochs[best]["val_loss"])
+    restored = trainer.scores()  # the model now holds that state: its scores computed again
+    assert restored == pytest.approx(result["scores"], rel=1e-12)
 
 
 def test_same_seed_gives_identical_results():
