@@ -198,10 +198,13 @@ class Moments:
             source = torch.cat([pairs, pairs.new_zeros(1, C * X)])
         else:  # `symmetric`, and a row of zeros
             source = pairs.new_zeros(self.holding.shape[1] + 1, C * X).index_add_(0, multiset, pairs)
+        # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
+        # one output
         if held:  # rows (j, h)
-            return None, source[held_rows].unflatten(2, (blocks, per_block, X)).permute(2, 0, 1, 3, 4), order
-        V = source[rows].reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)  # (blocks, S, c, p, X)
-        return V.reshape(blocks, S * per_block, -1), None, order
+            V_held = source.index_select(0, held_rows.flatten()).reshape(p, -1, blocks, per_block, X)
+            return None, V_held.permute(2, 0, 1, 3, 4), order
+        V = source.index_select(0, rows.flatten()).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
+        return V.reshape(blocks, S * per_block, -1), None, order  # (blocks, (m, c), (j, X))
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor, Tensor]:
         """Where `_held_environment` takes V from at site k: the multiset of L − 1 indices of each (prefix, suffix)
