@@ -42,10 +42,11 @@ class HeldRows:
     def t_times(self, u: Tensor) -> Tensor:
         """Vᵀ u (blocks, P', k) for u (blocks, R, k), from the held rows alone."""
         blocks, p, M, c, X = self.V_held.shape
-        u_held = u.reshape(blocks, -1, c * u.shape[2])[:, self.holding].reshape(blocks, p, M * c, -1)  # (., p, M·c, k)
-        # (u_heldᵀ V_held)ᵀ: p row-vector products, 4-5× faster than p transposed ones (Vᵀ u_held) at L = 3
-        product = u_held.transpose(2, 3) @ self.V_held.reshape(blocks, p, M * c, X)  # (blocks, p, k, X)
-        return product.transpose(2, 3).reshape(blocks, p * X, -1)
+        u_held = u.reshape(blocks, -1, c * u.shape[2]).index_select(1, self.holding.flatten())  # (blocks, p·M, c·k)
+        u_held = u_held.reshape(blocks * p, M * c, -1)  # (blocks·p, M·c, k)
+        # (u_heldᵀ V_held)ᵀ: row-vector products in one 3-d batch, 4-5× faster than transposed ones (Vᵀ u_held) at L = 3
+        product = torch.bmm(u_held.transpose(1, 2), self.V_held.reshape(blocks * p, M * c, X))  # (blocks·p, k, X)
+        return product.transpose(1, 2).reshape(blocks, p * X, -1)
 
     def dense(self) -> Tensor:
         """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
@@ -73,7 +74,7 @@ class NewtonSystem:
         return x.reshape(self.shape) if self.order is None else x.take(self.order)
 
     def to_core(self, x: Tensor) -> Tensor:
-        """(blocks, P') back in the core's order (P,)."""
+        """(blocks, P') or (blocks, P', 1) back in the core's order (P,)."""
         return x.reshape(-1) if self.inverse is None else x.take(self.inverse)
 
     def step(self, shift: Tensor, theta: Tensor, weight: Tensor | None) -> Tensor | None:
@@ -88,8 +89,8 @@ class NewtonSystem:
         return self.to_core(solution) if math.isfinite(solution.sum().item()) else None
 
     def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
-        """(H + shift·I)⁻¹ (b + extra) (blocks, P'); a `torch.linalg.LinAlgError` where the system is not positive
-        definite (or singular)."""
+        """(H + shift·I)⁻¹ (b + extra) (blocks, P', 1) for extra (blocks, P'); a `torch.linalg.LinAlgError` where the
+        system is not positive definite (or singular)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -110,18 +111,19 @@ class NewtonSystem:
 
 
 class DenseSystem(NewtonSystem):
-    """H (blocks, P', P') formed, b (blocks, P'): solved by Cholesky."""
+    """H (blocks, P', P') formed, b (blocks, P', 1): solved by Cholesky."""
 
     def __init__(self, H: Tensor, b: Tensor, order: tuple[Tensor, Tensor] | None = None):
-        H, b = (H, b) if H.ndim == 3 else (H[None], b[None])
+        """:param H: (blocks, P', P'), or one block (P, P) with b (P,)"""
+        H, b = (H, b) if H.ndim == 3 else (H[None], b.reshape(1, -1, 1))
         super().__init__(order, H.shape[:2])
         self.H, self.b = H, b
 
     def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
         damped = torch.addcmul(self.H, _identity(self.shape[1], self.H.dtype, self.H.device), shift)  # H + shift·I
         factor = torch.linalg.cholesky(damped)
-        rhs = self.b if extra is None else self.b + extra
-        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0]
+        rhs = self.b if extra is None else self.b + extra[:, :, None]
+        return torch.cholesky_solve(rhs, factor)
 
     def diagonal(self) -> Tensor:
         return self.to_core(self.H.diagonal(dim1=1, dim2=2))
@@ -154,10 +156,10 @@ class LowRankSystem(NewtonSystem):
         small = torch.addcmul(self.ZG, _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device), shift)
         if extra is None:
             inner = torch.linalg.solve(small, self.Z_y)  # (blocks, R, 1)
-            return transposed_times(self.V, inner)[:, :, 0]
-        rhs = transposed_times(self.V, self.Z_y)[:, :, 0] + extra
-        inner = torch.linalg.solve(small, z_times(self.Z, self._dense_V() @ rhs[:, :, None]))
-        return (rhs - transposed_times(self.V, inner)[:, :, 0]) / shift
+            return transposed_times(self.V, inner)
+        rhs = transposed_times(self.V, self.Z_y) + extra[:, :, None]  # (blocks, P', 1)
+        inner = torch.linalg.solve(small, z_times(self.Z, self._dense_V() @ rhs))
+        return (rhs - transposed_times(self.V, inner)) / shift
 
     def _dense_V(self) -> Tensor:
         return self.V.dense() if isinstance(self.V, HeldRows) else self.V
@@ -167,7 +169,7 @@ class LowRankSystem(NewtonSystem):
         return self.to_core((V * z_times(self.Z, V)).sum(dim=1))
 
     def rhs(self) -> Tensor:
-        return self.to_core(transposed_times(self.V, self.Z_y)[:, :, 0])
+        return self.to_core(transposed_times(self.V, self.Z_y))
 
     def _dense_blocks(self) -> Tensor:
         V = self._dense_V()

@@ -147,9 +147,10 @@ class Moments:
             H = V.transpose(1, 2) @ z_times(Z, V)  # (blocks, P', P')
         else:  # Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
             B = Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
-            B_held = B[:, :, self.holding].unflatten(4, V_held.shape[3:])  # (blocks, p_J, p_j, M, c, X)
+            B_held = B.index_select(2, self.holding.flatten())  # (blocks, p_J, p_j·M, c·X)
+            B_held = B_held.reshape(*B.shape[:2], *V_held.shape[1:])  # (blocks, p_J, p_j, M, c, X)
             H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
-        return DenseSystem(H, transposed_times(V, Z_y)[:, :, 0], order), H.diagonal(dim1=1, dim2=2).sum()
+        return DenseSystem(H, transposed_times(V, Z_y), order), H.diagonal(dim1=1, dim2=2).sum()
 
     def _scaled(self, K: float, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
         """K Z, its columns for each index's held monomials (p, S, M) and K Z_y as (blocks, R, 1) (rows (monomial, c)
