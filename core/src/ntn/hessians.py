@@ -24,8 +24,8 @@ from torch import Tensor
 
 def z_times(Z: Tensor, u: Tensor) -> Tensor:
     """Z̃ u for u (blocks, R, …) with rows (monomial, c): Z (S, S) applied to the monomial index."""
-    rows = u.reshape(u.shape[0], len(Z), -1)
-    return (Z @ rows[0] if len(rows) == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
+    rows = u.reshape(u.shape[0], Z.shape[0], -1)  # shape[0], not len(): a Python call less per product
+    return (Z @ rows[0] if rows.shape[0] == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
 
 
 class HeldRows:

@@ -94,7 +94,7 @@ class Moments:
         L, p = model.L, model.phys_dim
         dtype, device = model.top_cores[0].dtype, model.top_cores[0].device
         self.monomials = torch.combinations(torch.arange(p, device=device), L, with_replacement=True)  # (S, L)
-        S = len(self.monomials)
+        self.n_monomials = S = len(self.monomials)
         self.Z = torch.zeros(S, S, dtype=dtype, device=device)
         self.Z_y = torch.zeros(S, model.output_dim, dtype=dtype, device=device)
         y_sum = torch.zeros(model.output_dim, dtype=dtype, device=device)  # Σ_n y_n (C,)
@@ -129,13 +129,13 @@ class Moments:
         With E_n = V z_n, V (R, P) per block (rows (monomial, c)), H = Vᵀ (K Z̃) V and b = Vᵀ (K Z_y). H's rank is ≤ R;
         where that is below P it is kept factored (`LowRankSystem`), so that neither forming it nor solving with it
         costs O(P³)."""
-        C, S = model.output_dim, len(self.monomials)
+        C, S = model.output_dim, self.n_monomials
         if model.reads_phi(unit):
             V, V_held, order = self._held_environment(model, unit)
         else:  # one block, rows (monomial, c)
             V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
             V_held, order = None, None
-        blocks = 1 if order is None else len(order[0])
+        blocks = 1 if order is None else order[0].shape[0]
         R, P_block = S * C // blocks, model.core(unit).numel() // blocks  # rows (monomial, c), parameters per block
         Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y
         V = HeldRows(V_held, self.holding, S) if V is None else V
@@ -178,7 +178,7 @@ class Moments:
         of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
         whatever j (one sum into the M multisets of L − 1 indices, then a gather); behind MMPO2's mask, over m's
         sorted tuple alone, where its k-th index is j (a gather)."""
-        core, C, S, site = model.core(unit), model.output_dim, len(self.monomials), unit.site
+        core, C, S, site = model.core(unit), model.output_dim, self.n_monomials, unit.site
         Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
         per_block, X = C // blocks, Dl * Dr
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
@@ -240,7 +240,7 @@ class Moments:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
         that hold j, summed into their places."""
         blocks, p, M, per_block, X = V_held.shape
-        R = len(self.monomials) * per_block
+        R = self.n_monomials * per_block
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
             self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
@@ -253,7 +253,7 @@ class Moments:
         """a (S, C): f_c(x) = Σ_m a[m, c] z_m(x), the model's coefficient of each monomial (the same for every data
         set of this shape: computed once per epoch for the training and validation scores)."""
         W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
-        return W.new_zeros(len(self.monomials), W.shape[1]).index_add_(0, self.monomial_of, W)
+        return W.new_zeros(self.n_monomials, W.shape[1]).index_add_(0, self.monomial_of, W)
 
     def scores(self, model: TensorNetwork, coefficients: Tensor | None = None) -> dict[str, float]:
         """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:

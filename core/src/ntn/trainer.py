@@ -297,7 +297,7 @@ class NTN:
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
         """Newton step on one core over the whole training set."""
         theta = self.model.core(unit)
-        N, P, C = len(self.X), theta.numel(), self.model.output_dim
+        N, P, C = self.X.shape[0], theta.numel(), self.model.output_dim
         if self._moments is not None:
             system, curvature = self._system(unit, theta)
         else:
