@@ -277,11 +277,14 @@ class TensorNetwork:
         if k in (0, self.L - 1):
             V = self._folded_end(k, G, right if k == 0 else left, monomial_of, n_monomials)
         elif dl * dr > r:
-            left_G = torch.einsum("xcas,isju->cxiaju", left, G).reshape(C, len(left) * p, Dl * r, dr)  # (c, xi, aj, u)
+            # left G as one product per i (22 µs; the einsum took 46), rows (i, x): the tuple (i, x, y) has the
+            # monomial of (x, i, y), so the fold reads monomial_of as it is
+            left_rows = left.permute(1, 0, 2, 3).reshape(C, 1, -1, dl)  # (c, 1, (x, a), s)
+            left_G = (left_rows @ G.reshape(1, p, dl, r * dr)).reshape(C, p * len(left), Dl * r, dr)  # (c, ix, aj, u)
             right_rows = right.permute(1, 0, 2, 3).reshape(C, -1, dr)  # (c, (y, b), u)
-            # one product per (x, i): its rows t = (x, i, y) come in order, no copy of them
-            per_tuple = right_rows[:, None] @ left_G.transpose(2, 3)  # (c, (x, i), (y, b), (a, j))
-            per_tuple = per_tuple.reshape(C, p**self.L, -1).transpose(0, 1).flatten(1)  # (t, (c, b, a, j))
+            # one product per (i, x): its rows (i, x, y) come in order, no copy of them
+            per_tuple = right_rows[:, None] @ left_G.transpose(2, 3)  # (c, (i, x), (y, b), (a, j))
+            per_tuple = per_tuple.reshape(C, p**self.L, -1).transpose(0, 1).flatten(1)  # ((i, x, y), (c, b, a, j))
             V = _fold(per_tuple, monomial_of, n_monomials).unflatten(1, (C, Dr, Dl, r)).permute(0, 1, 3, 4, 2)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
