@@ -262,7 +262,8 @@ class TensorNetwork:
           (monomial, t_k);
         - top core (a, j, b): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i:
           (left G) (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are
-          fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial.
+          fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial; at a chain's end, where
+          one side is a row of ones, the other side summed per multiset first (`_folded_end`).
         Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
         read φ directly, MPO2's and MMPO2's, are folded onto their rows by `Moments._held_environment`.)"""
         n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
@@ -273,17 +274,18 @@ class TensorNetwork:
             return V.reshape(n_monomials, C, -1)
         top, G, left, right = self._basis_sides(k)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
-        if dl * dr > r:
-            left_G = torch.einsum("xcas,isju->cxiaju", left, G).reshape(C, len(left) * p, Dl * r, dr)  # (c, xi, aj, u)
+        if k in (0, self.L - 1):
+            V = self._folded_end(k, G, right if k == 0 else left, monomial_of, n_monomials)
+        elif dl * dr > r:
+            # left G as one product per i (22 µs; the einsum took 46), rows (i, x): the tuple (i, x, y) has the
+            # monomial of (x, i, y), so the fold reads monomial_of as it is
+            left_rows = left.permute(1, 0, 2, 3).reshape(C, 1, -1, dl)  # (c, 1, (x, a), s)
+            left_G = (left_rows @ G.reshape(1, p, dl, r * dr)).reshape(C, p * len(left), Dl * r, dr)  # (c, ix, aj, u)
             right_rows = right.permute(1, 0, 2, 3).reshape(C, -1, dr)  # (c, (y, b), u)
-            if 0 < k < self.L - 1:  # one product per (x, i): its rows t = (x, i, y) come in order, no copy of them
-                per_tuple = right_rows[:, None] @ left_G.transpose(2, 3)  # (c, (x, i), (y, b), (a, j))
-                per_tuple = per_tuple.reshape(C, p**self.L, -1).transpose(0, 1).flatten(1)  # (t, (c, b, a, j))
-                V = _fold(per_tuple, monomial_of, n_monomials).unflatten(1, (C, Dr, Dl, r)).permute(0, 1, 3, 4, 2)
-            else:  # at a chain's end one product (few (x, i) or (y, b)), then y brought beside (x, i): a small copy
-                per_tuple = left_G.flatten(1, 2) @ right_rows.transpose(1, 2)  # (c, (x, i, a, j), (y, b))
-                per_tuple = per_tuple.reshape(C, len(left) * p, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)
-                V = _fold(per_tuple.flatten(0, 1).flatten(1), monomial_of, n_monomials)  # rows t = (x, i, y)
+            # one product per (i, x): its rows (i, x, y) come in order, no copy of them
+            per_tuple = right_rows[:, None] @ left_G.transpose(2, 3)  # (c, (i, x), (y, b), (a, j))
+            per_tuple = per_tuple.reshape(C, p**self.L, -1).transpose(0, 1).flatten(1)  # ((i, x, y), (c, b, a, j))
+            V = _fold(per_tuple, monomial_of, n_monomials).unflatten(1, (C, Dr, Dl, r)).permute(0, 1, 3, 4, 2)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
             pair, monomial_and_i_k = self._tuple_rows(k, monomial_of)
@@ -293,6 +295,23 @@ class TensorNetwork:
         if k == self.output_site:  # top core carries c: V[m, c, a, j, c', b] = V[m, c, a, j, b] δ_cc'
             V = _with_output_index(V.transpose(0, 1), 4).transpose(0, 1)
         return V.reshape(n_monomials, C, -1)
+
+    def _folded_end(self, k: int, G: Tensor, side: Tensor, monomial_of: Tensor, n_monomials: int) -> Tensor:
+        """`folded_basis_environment` of the top core at a chain's end, k = 0 or L − 1: (S, C, Dl·r·Dr).
+
+        There E_basis[t] = Σ_w G[t_k] side[q] over the bond w between them, side (p^(L-1), c, X, w) the rows of the
+        other L − 1 indices q (right (c, b, u) for k = 0, left (c, a, s) for k = L − 1), so the fold sums each
+        multiset Q of L − 1 indices first, side_sym[Q] = Σ_{orderings q of Q} side[q] (one index_add), then
+        V[m] = Σ_{distinct i in m} G[i] side_sym[m − i]: M·p products (M multisets; 405 at L = 3, p = 9) instead of
+        p^L (729). Measured for LMPO2 at L = 3 bond 6: 59-65 µs per update, from 97-111 µs per tuple."""
+        p, C, r = self.phys_dim, self.output_dim, G.shape[2]
+        place, pair_tuples = _end_rows(self.L, p, k, side.device)
+        M, (X, w) = len(pair_tuples) // p, side.shape[2:]
+        side_sym = side.new_zeros(M, *side.shape[1:]).index_add_(0, place, side)  # (Q, c, X, w)
+        G_w = G[:, 0].permute(2, 0, 1) if k == 0 else G[..., 0].transpose(0, 1)  # (w, i, j): dl = 1 or dr = 1
+        per_pair = (side_sym.reshape(-1, w) @ G_w.reshape(w, -1)).reshape(M, C, X, p, r)  # (Q, c, X, i, j)
+        per_pair = per_pair.permute(0, 3, 1, 4, 2) if k == 0 else per_pair.permute(0, 3, 1, 2, 4)  # (Q, i, c, a, j, b)
+        return _fold(per_pair.reshape(M * p, -1), monomial_of[pair_tuples], n_monomials)
 
     def folded_input_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
         """`folded_basis_environment` of an input core (s, i, j, u) by the index i it reads:
@@ -469,6 +488,22 @@ def _tuple_parts(L: int, p: int, k: int, device: torch.device) -> tuple[Tensor, 
     """For every basis tuple t in row-major order, the numbers of its prefix i_<k and suffix i_>k, and i_k."""
     t = torch.arange(p**L, device=device)
     return t // p ** (L - k), t // p ** (L - k - 1) % p, t % p ** (L - k - 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _end_rows(L: int, p: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For `_folded_end` at k = 0 or L − 1: the place of every tuple of L − 1 indices (row-major) among the M
+    multisets of L − 1 indices (sorted, `torch.combinations` order), (p^(L-1),), and for each (multiset Q, index i)
+    the number of a basis tuple of theirs, (i, Q) for k = 0 and (Q, i) for k = L − 1, (M·p,); made once per shape."""
+    powers = p ** torch.arange(L - 2, -1, -1, device=device)  # (L − 1,)
+    multisets = torch.combinations(torch.arange(p, device=device), L - 1, with_replacement=True).reshape(-1, L - 1)
+    numbers = (multisets * powers).sum(dim=1)  # (M,)
+    place = torch.empty(p ** (L - 1), dtype=torch.long, device=device)
+    place[numbers] = torch.arange(len(numbers), device=device)
+    place = place[(basis_tuples(L - 1, p, device).sort(dim=1).values * powers).sum(dim=1)]
+    i = torch.arange(p, device=device)
+    pair_tuples = i * p ** (L - 1) + numbers[:, None] if k == 0 else numbers[:, None] * p + i  # (M, p)
+    return place, pair_tuples.flatten()
 
 
 def _reduction_cores(
