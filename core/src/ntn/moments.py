@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, transposed_times, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import TOP, TensorNetwork, Unit, basis_tuples
+from ntn.models import TOP, TensorNetwork, Unit, multiset_places
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
@@ -109,14 +109,9 @@ class Moments:
             self.n_samples += len(y)
         self.y_sq_total = y_sq_sum.sum().item()  # Σ_n ||y_n||²
         self.y_variation = (y_sq_sum - y_sum.pow(2) / self.n_samples).sum().item()  # Σ_n ||y_n − ȳ||²
-        # monomial_of[t] = the monomial of basis tuple t (row-major): its sorted tuple, found by its base-p number
-        self.powers = p ** torch.arange(L - 1, -1, -1, device=device)  # (L,)
-        lookup = torch.empty(p**L, dtype=torch.long, device=device)
-        lookup[(self.monomials * self.powers).sum(dim=1)] = torch.arange(S, device=device)
-        self.monomial_of = lookup[(basis_tuples(L, p, device).sort(dim=1).values * self.powers).sum(dim=1)]  # (p^L,)
+        self.monomial_of = multiset_places(L, p, device)[0]  # the monomial of each basis tuple (row-major), (p^L,)
         # holding[j] = the monomials that hold index j, as many (M) for every j: (p, M); Z's columns for them (p, S, M)
-        self.index = torch.arange(p, device=device)  # j
-        holds = (self.monomials[:, :, None] == self.index).any(dim=1)  # (S, p)
+        holds = (self.monomials[:, :, None] == torch.arange(p, device=device)).any(dim=1)  # (S, p)
         self.holding = holds.T.nonzero()[:, 1].reshape(p, -1)
         self._folds: dict[tuple[int, bool], tuple] = {}  # (site, sorted only): `_fold_places`
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
@@ -230,10 +225,7 @@ class Moments:
 
         held_rows = [[source_row(m, j) for m in row] for j, row in enumerate(self.holding.tolist())]
         rows = [[source_row(m, j) for j in range(p)] for m in range(len(monomials))]
-        multiset = None
-        if not sorted_only:
-            pairs = basis_tuples(L - 1, p, torch.device("cpu")).sort(dim=1).values.tolist()  # (x, y) in base-p order
-            multiset = torch.tensor([multisets[tuple(q)] for q in pairs], device=device)
+        multiset = None if sorted_only else multiset_places(L - 1, p, device)[0]  # of each (x, y), base-p order
         return multiset, torch.tensor(held_rows, device=device), torch.tensor(rows, device=device)
 
     def _held_gram(self, V_held: Tensor) -> Tensor:
