@@ -237,15 +237,16 @@ class TensorNetwork:
         """
         return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
 
-    def top_row_tables(self, site: int) -> tuple[Tensor, Tensor]:
+    def top_row_tables(self, site: int) -> tuple[Tensor | None, Tensor | None]:
         """The top row alone, its cores reading basis vectors e_i: contracted left of `site` on every prefix
         (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
-        rows in row-major order. For MPO2 that is the network; behind MMPO2's mask, the network on sorted tuples.
-        Each further core is one batched product over c: (c, tuples, D) @ (c, D, p·D')."""
-        ones = self.top_cores[0].new_ones(1, 1, 1)
-        prefix = _prefix_rows(self.top_cores[:site]) if site > 0 else ones  # (tuples, c, bond)
-        suffix = _suffix_rows(self.top_cores[site + 1 :]) if site < self.L - 1 else ones
-        return prefix.expand(-1, self.output_dim, -1), suffix.expand(-1, self.output_dim, -1)
+        rows in row-major order; None for the side beyond a chain's end. For MPO2 that is the network; behind MMPO2's
+        mask, the network on sorted tuples. Each further core is one batched product over c: (c, tuples, D) @ (c, D,
+        p·D')."""
+        C = self.output_dim
+        prefix = _prefix_rows(self.top_cores[:site]).expand(-1, C, -1) if site > 0 else None
+        suffix = _suffix_rows(self.top_cores[site + 1 :]).expand(-1, C, -1) if site < self.L - 1 else None
+        return prefix, suffix
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C, numel(core)),

@@ -179,9 +179,9 @@ class Moments:
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
         if unit.layer == TOP:
-            prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr)
-            if site == 0 or site == model.L - 1:  # one side is the chain's end: the pairs are the other side's rows
-                pairs = (suffix if site == 0 else prefix).reshape(-1, C * X)  # (., C·X)
+            prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr); None beyond an end
+            if prefix is None or suffix is None:  # one side is the chain's end: the pairs are the other side's rows
+                pairs = (prefix if suffix is None else suffix).reshape(-1, C * X)  # (., C·X)
             else:
                 pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)
         else:
@@ -191,7 +191,7 @@ class Moments:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
         multiset, held_rows, rows = self._folds[site, sorted_only]
         if multiset is None:  # the pairs themselves, and a row of zeros
-            source = torch.cat([pairs, pairs.new_zeros(1, C * X)])
+            source = torch.nn.functional.pad(pairs, (0, 0, 0, 1))
         else:  # `symmetric`, and a row of zeros
             source = pairs.new_zeros(self.holding.shape[1] + 1, C * X).index_add_(0, multiset, pairs)
         # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
