@@ -47,6 +47,21 @@ def test_folded_basis_environment_is_the_basis_environment_summed_per_monomial(M
         assert_close(model.folded_basis_environment(unit, monomials, monomial_of), expected)
 
 
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("L", [2, 4])
+def test_norm_sq_is_each_trainable_rows_whole_tensor_squared(Model, L):
+    """Independent of the transfer matrices: each row contracted into its whole tensor (bond by bond), squared."""
+    model = Model(L=L, bond_dim=3, phys_dim=4, output_dim=2, output_site=L - 1, init_strength=0.5, seed=5)
+    rows = [model.top_cores, model.input_cores] if model.train_input else [model.top_cores]
+    expected = 0.0
+    for row in rows:
+        whole = row[0]
+        for core in row[1:]:
+            whole = torch.tensordot(whole, core, dims=([-1], [0]))
+        expected += whole.pow(2).sum().item()
+    assert model.norm_sq() == pytest.approx(expected, rel=1e-12)
+
+
 def test_parameter_counts():
     assert MPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432
     assert MMPO2(L=3, bond_dim=6, phys_dim=9, output_dim=1, output_site=1).n_parameters == 432

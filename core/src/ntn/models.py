@@ -151,14 +151,15 @@ class TensorNetwork:
         """Σ over the trainable rows of ||T||²_F, T the row's whole tensor (the contraction of its cores).
         A row is a tensor train, so this is its transfer-matrix product: no p^L tensor is formed."""
         rows = [self.top_cores, self.input_cores] if self.train_input else [self.top_cores]
-        total = 0.0
+        total = None
         for row in rows:
-            env = row[0].new_ones(1, 1)  # (b, b'): the cores so far contracted with themselves
-            for core in row:
+            first = row[0].reshape(-1, row[0].shape[-1])  # (phys, b): the first core's left bond is 1
+            env = first.T @ first  # (b, b'): the cores so far contracted with themselves, symmetric
+            for core in row[1:]:
                 M = core.reshape(core.shape[0], -1, core.shape[-1])  # (a, phys, b)
-                half = (env.T @ M.flatten(1)).reshape(-1, M.shape[2])  # Σ_a env[a, c] M[a, p, b]: ((c, p), b)
+                half = (env @ M.flatten(1)).reshape(-1, M.shape[2])  # Σ_a env[c, a] M[a, p, b]: ((c, p), b)
                 env = half.T @ M.reshape(-1, M.shape[2])  # Σ_{c, p} half[(c, p), b] M[c, p, d]
-            total += env.sum()
+            total = env.sum() if total is None else total + env.sum()
         return float(total)
 
     # ---- contraction ------------------------------------------------------------------------
