@@ -1,9 +1,12 @@
 import itertools
 
+import ntn.moments
 import pytest
 import torch
 from ntn import LMPO2, MMPO2, MPO2
+from ntn.hessians import HeldRows
 from ntn.models import Unit, basis_inputs
+from ntn.moments import Moments
 from scaled import assert_close
 
 
@@ -30,21 +33,54 @@ def test_environment_is_the_linear_map_of_each_core(Model):
         assert_close(E @ model.core(unit).reshape(-1), model(phi))
 
 
-@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
-@pytest.mark.parametrize("L, output_dim, output_site", [(3, 1, 1), (4, 3, 0), (4, 2, 3)])
-def test_folded_basis_environment_is_the_basis_environment_summed_per_monomial(Model, L, output_dim, output_site):
-    """Independent of the fold's shortcuts (MMPO2: the top row alone on the sorted tuples): E on all p^L basis
-    tuples through every core, mask included, summed over the tuples of each monomial."""
-    p = 4
-    model = Model(L=L, bond_dim=3, phys_dim=p, output_dim=output_dim, output_site=output_site, seed=3)
-    model.top_cores = [core.normal_() for core in model.top_cores]  # entries of order 1: no tiny products
+def basis_environment_per_monomial(model, unit, p, L):
+    """Independent of every fold's shortcut (MMPO2: the top row alone on the sorted tuples): E on all p^L basis
+    tuples through every core, mask included, summed over the tuples of each monomial: (S, C, P)."""
     monomials = torch.combinations(torch.arange(p), L, with_replacement=True)  # (S, L), each tuple sorted
     tuples = torch.cartesian_prod(*[torch.arange(p)] * L).reshape(-1, L)  # (p^L, L), row-major
     monomial_of = torch.tensor([monomials.tolist().index(sorted(t)) for t in tuples.tolist()])
+    E_basis = model.environment(unit, basis_inputs(L, p, torch.float64, torch.device("cpu")))  # (p^L, C, P)
+    return E_basis.new_zeros(len(monomials), *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
+
+
+FOLD_SHAPES = [(3, 1, 1), (4, 3, 0), (4, 2, 3), (2, 2, 1)]  # (L, output_dim, output_site)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("L, output_dim, output_site", FOLD_SHAPES)
+def test_folded_basis_environment_is_the_basis_environment_summed_per_monomial(Model, L, output_dim, output_site):
+    p = 4
+    model = Model(L=L, bond_dim=3, phys_dim=p, output_dim=output_dim, output_site=output_site, seed=3)
+    model.top_cores = [core.normal_() for core in model.top_cores]  # entries of order 1: no tiny products
+    moments = Moments(model, [])  # its monomials and their map only
     for unit in model.units:
-        E_basis = model.environment(unit, basis_inputs(L, p, torch.float64, torch.device("cpu")))  # (p^L, C, P)
-        expected = E_basis.new_zeros(len(monomials), *E_basis.shape[1:]).index_add_(0, monomial_of, E_basis)
-        assert_close(model.folded_basis_environment(unit, monomials, monomial_of), expected)
+        if unit.layer == "top":
+            V = model.folded_basis_environment(unit, moments.monomials, moments.monomial_of)
+            assert_close(V, basis_environment_per_monomial(model, unit, p, L))
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("L, output_dim, output_site", FOLD_SHAPES)
+@pytest.mark.parametrize("held_min_width", [1, 10**6])  # on the rows that hold each index, or dense
+def test_the_held_environment_is_the_basis_environment_summed_per_monomial(
+    Model, L, output_dim, output_site, held_min_width, monkeypatch
+):
+    """The fold of every core that reads φ's index (MPO2's and MMPO2's top cores, every input core: multisets,
+    then rows), in V's layout (blocks, (m, c), (j, …)) and parameter order, against the basis environment."""
+    monkeypatch.setattr(ntn.moments, "HELD_MIN_WIDTH", held_min_width)
+    p = 4
+    model = Model(L=L, bond_dim=3, phys_dim=p, output_dim=output_dim, output_site=output_site, seed=3)
+    model.top_cores = [core.normal_() for core in model.top_cores]
+    moments = Moments(model, [])
+    for unit in [unit for unit in model.units if model.reads_phi(unit)]:
+        V, V_held, (order, _) = moments._held_environment(model, unit)
+        V = HeldRows(V_held, moments.holding, len(moments.monomials)).dense() if V is None else V
+        blocks, per_block = order.shape[0], output_dim // order.shape[0]
+        got = V.new_zeros(len(moments.monomials), output_dim, model.core(unit).numel())  # (S, C, P), core order
+        for b in range(blocks):  # block b: outputs b·per_block + c, parameters order[b]
+            block = V[b].reshape(len(moments.monomials), per_block, -1)
+            got[:, b * per_block : (b + 1) * per_block, order[b]] = block
+        assert_close(got, basis_environment_per_monomial(model, unit, p, L))
 
 
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
@@ -125,8 +161,14 @@ def test_the_kept_columns_and_sides_see_every_change_to_a_core(change):
     monomials = torch.combinations(torch.arange(p), L, with_replacement=True)
     tuples = torch.cartesian_prod(*[torch.arange(p)] * L).reshape(-1, L)
     monomial_of = torch.tensor([monomials.tolist().index(sorted(t)) for t in tuples.tolist()])
+
+    def fold(network, unit):  # each reads `_basis_sides`, which keeps every column and side
+        if unit.layer == "input":
+            return network.input_pairs(unit)
+        return network.folded_basis_environment(unit, monomials, monomial_of)
+
     for unit in model.units:
-        model.folded_basis_environment(unit, monomials, monomial_of)  # keeps every column and side
+        fold(model, unit)
     changed = Unit("input", 2) if change == "in place" else Unit("top", 1)
     if change == "in place":
         model.core(changed).mul_(1.5)
@@ -135,5 +177,4 @@ def test_the_kept_columns_and_sides_see_every_change_to_a_core(change):
     fresh = LMPO2(L=L, bond_dim=3, phys_dim=p, output_dim=2, output_site=1, seed=0)
     fresh.load_state(model.state())
     for unit in model.units:
-        want = fresh.folded_basis_environment(unit, monomials, monomial_of)
-        assert_close(model.folded_basis_environment(unit, monomials, monomial_of), want, rtol=1e-12)
+        assert_close(fold(model, unit), fold(fresh, unit), rtol=1e-12)

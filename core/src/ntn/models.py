@@ -250,30 +250,21 @@ class TensorNetwork:
         return prefix, suffix
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
-        """`environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C, numel(core)),
-        summed over the basis tuples of each monomial: V (S, C, numel(core)) with
+        """A top core's `environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C,
+        numel(core)), summed over the basis tuples of each monomial: V (S, C, numel(core)) with
         V[m] = Σ_{t: monomial_of[t] = m} E_basis[t] (`ntn.moments`); monomials (S, L) holds each one's
         sorted index tuple.
 
-        E_basis[t] depends on t through left[x] (c, a, s) of its prefix x = t_<k, t_k and right[y] (c, b, u) of its
-        suffix y = t_>k (the ladder's columns on basis vectors: `_prefix_rows`, `_suffix_rows`); the core's
-        neighbours are contracted over all (x, y) at once, one batched product over c, before the fold sums the
-        tuples of each monomial (one index_add):
-        - input core (s, i, j, u): E_basis[t, c, (s, i, j, u)] = δ_{i,t_k} Σ_{a,b} left[x,c,a,s] A[a,j,c,b]
-          right[y,c,b,u], A the top core: (left A) (p^k·dl·r, Dr) @ right (Dr, p^(L-k-1)·dr) per pair, summed per
-          (monomial, t_k);
-        - top core (a, j, b): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i:
-          (left G) (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are
-          fewer (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial; at a chain's end, where
-          one side is a row of ones, the other side summed per multiset first (`_folded_end`).
-        Never E on all p^L tuples through every core and folded (p^L · C · numel(core) entries). (Top cores that
-        read φ directly, MPO2's and MMPO2's, are folded onto their rows by `Moments._held_environment`.)"""
+        For a top core (a, j, b), E_basis[t] depends on t through left[x] (c, a, s) of its prefix x = t_<k, t_k and
+        right[y] (c, b, u) of its suffix y = t_>k (the ladder's columns on basis vectors: `_prefix_rows`,
+        `_suffix_rows`): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i: (left G)
+        (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are fewer
+        (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial; at a chain's end, where one side is
+        a row of ones, the other side summed per multiset first (`_folded_end`). Never E on all p^L tuples through
+        every core and folded (p^L · C · numel(core) entries). (Cores that read φ's index, MPO2's and MMPO2's top
+        cores and every input core, are folded onto their rows by `Moments._held_environment`: this is the form of
+        the others, LMPO2's top cores.)"""
         n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
-        if unit.layer == INPUT:
-            dl, _, r, dr = self.input_cores[k].shape
-            V = self.folded_input_environment(unit, monomial_of, n_monomials)  # (S, i, C, (s, j, u))
-            V = V.reshape(n_monomials, p, C, dl, r, dr).permute(0, 2, 3, 1, 4, 5)  # (S, C, dl, i, r, dr)
-            return V.reshape(n_monomials, C, -1)
         top, G, left, right = self._basis_sides(k)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if k in (0, self.L - 1):
@@ -314,13 +305,6 @@ class TensorNetwork:
         per_pair = (side_sym.reshape(-1, w) @ G_w.reshape(w, -1)).reshape(M, C, X, p, r)  # (Q, c, X, i, j)
         per_pair = per_pair.permute(0, 3, 1, 4, 2) if k == 0 else per_pair.permute(0, 3, 1, 2, 4)  # (Q, i, c, a, j, b)
         return _fold(per_pair.reshape(M * p, -1), pair_monomials, n_monomials)
-
-    def folded_input_environment(self, unit: Unit, monomial_of: Tensor, n_monomials: int) -> Tensor:
-        """`folded_basis_environment` of an input core (s, i, j, u) by the index i it reads:
-        W (S, p, C, dl·r·dr) with V[m, c, (s, i, j, u)] = W[m, i, c, (s, j, u)], 0 unless monomial m holds i."""
-        pair, monomial_and_i_k = self._tuple_rows(unit.site, monomial_of)
-        W = _fold(self.input_pairs(unit)[pair], monomial_and_i_k, n_monomials * self.phys_dim)
-        return W.reshape(n_monomials, self.phys_dim, self.output_dim, -1)
 
     def input_pairs(self, unit: Unit) -> Tensor:
         """An input core's environment on every (prefix x, suffix y) pair of basis tuples around its site, whatever
