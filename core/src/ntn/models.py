@@ -238,16 +238,24 @@ class TensorNetwork:
         """
         return self._assemble(unit, *self.environment_factors(unit, phi), self._at(phi, unit.site))
 
-    def top_row_tables(self, site: int) -> tuple[Tensor | None, Tensor | None]:
-        """The top row alone, its cores reading basis vectors e_i: contracted left of `site` on every prefix
-        (i_0, …, i_{k-1}), (p^k, C, D_left), and right of it on every suffix (i_{k+1}, …), (p^(L-k-1), C, D_right),
-        rows in row-major order; None for the side beyond a chain's end. For MPO2 that is the network; behind MMPO2's
-        mask, the network on sorted tuples. Each further core is one batched product over c: (c, tuples, D) @ (c, D,
-        p·D')."""
-        C = self.output_dim
-        prefix = _prefix_rows(self.top_cores[:site]).expand(-1, C, -1) if site > 0 else None
-        suffix = _suffix_rows(self.top_cores[site + 1 :]).expand(-1, C, -1) if site < self.L - 1 else None
-        return prefix, suffix
+    def top_row_pairs(self, site: int) -> Tensor:
+        """The top row alone, its cores reading basis vectors e_i, contracted around the core at `site` on every pair
+        (x, y) of a prefix x = (i_0, …, i_{k-1}) and a suffix y = (i_{k+1}, …): (p^(L-1), C·D_left·D_right), rows
+        (x, y) in row-major order, columns (c, a, b), prefix[x, c, a] · suffix[y, c, b] (`_prefix_rows`,
+        `_suffix_rows`); at a chain's end the other side's rows alone. For MPO2 that is the network; behind MMPO2's
+        mask, the network on sorted tuples."""
+        C, L = self.output_dim, self.L
+        if site == 0:  # the suffix as carried, (c, b, y), transposed: a view, that the fold or pad reads in place
+            suffix = _suffix_columns(self.top_cores[1:])
+            return suffix.expand(C, -1, -1).reshape(-1, suffix.shape[2]).mT
+        prefix = _prefix_rows(self.top_cores[:site]).expand(-1, C, -1)  # (p^k, C, D_left)
+        if site == L - 1:
+            return prefix.reshape(len(prefix), -1)
+        # the suffix in memory order, so that the product is too and its reshape a view (from the carried form, a
+        # permuted view, the product took its layout and the reshape copied: 5 µs more an update)
+        suffix = _suffix_rows(self.top_cores[site + 1 :])  # (p^(L-k-1), c, D_right)
+        pairs = prefix.reshape(len(prefix), 1, C, -1, 1) * suffix.unsqueeze(2)  # (x, y, c, a, b)
+        return pairs.reshape(len(prefix) * len(suffix), -1)
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """A top core's `environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C,
@@ -451,12 +459,17 @@ def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
 
 
 def _suffix_rows(columns: list[Tensor]) -> Tensor:
-    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left); carried as (c, D, tuples)."""
-    rows = columns[-1][..., 0].permute(2, 0, 1)  # (C, D_left, p)
+    """`_prefix_rows` from the right, D_right = 1 for the last column: (p^n, c, D_left)."""
+    return _suffix_columns(columns).permute(2, 0, 1).contiguous()  # rows in memory order: gathers of them are fast
+
+
+def _suffix_columns(columns: list[Tensor]) -> Tensor:
+    """`_suffix_rows` as carried, (c, D_left, p^n): one batched product over c per column."""
+    rows = columns[-1].squeeze(3).permute(2, 0, 1)  # (C, D_left, p)
     for column in reversed(columns[:-1]):  # (C_k, Dl·p, D) @ (c, D, tuples): (c, Dl·p, tuples), i.e. (c, Dl, p·tuples)
         product = column.permute(2, 0, 1, 3).flatten(1, 2) @ rows
         rows = product.reshape(len(product), column.shape[0], -1)
-    return rows.permute(2, 0, 1).contiguous()  # rows in memory order: gathers of them are fast
+    return rows
 
 
 @functools.lru_cache(maxsize=32)

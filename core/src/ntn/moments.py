@@ -168,8 +168,8 @@ class Moments:
         M, c, X), order), X = Dl·Dr, and the products run over those rows alone; else (V (blocks, R, P'), None, order).
 
         The core's environment depends on a basis tuple t through its pair (x, y) = (t_<k, t_>k) alone: on the pairs,
-        `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_tables`)
-        or an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
+        `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_pairs`) or
+        an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
         of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
         whatever j (one sum into the M multisets of L − 1 indices, then a gather); behind MMPO2's mask, over m's
         sorted tuple alone, where its k-th index is j (a gather)."""
@@ -178,14 +178,7 @@ class Moments:
         per_block, X = C // blocks, Dl * Dr
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
-        if unit.layer == TOP:
-            prefix, suffix = model.top_row_tables(site)  # (p^k, C, Dl), (p^(L-k-1), C, Dr); None beyond an end
-            if prefix is None or suffix is None:  # one side is the chain's end: the pairs are the other side's rows
-                pairs = (prefix if suffix is None else suffix).reshape(-1, C * X)  # (., C·X)
-            else:
-                pairs = (prefix[:, None, :, :, None] * suffix[None, :, :, None, :]).flatten(0, 1).flatten(1)
-        else:
-            pairs = model.input_pairs(unit)
+        pairs = model.top_row_pairs(site) if unit.layer == TOP else model.input_pairs(unit)  # (p^(L-1), C·X)
         sorted_only = model.sorted_only and unit.layer == TOP
         if (site, sorted_only) not in self._folds:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
@@ -197,15 +190,15 @@ class Moments:
         # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
         # one output
         if held:  # rows (j, h)
-            V_held = source.index_select(0, held_rows.flatten()).reshape(p, -1, blocks, per_block, X)
+            V_held = source.index_select(0, held_rows).reshape(p, -1, blocks, per_block, X)
             return None, V_held.permute(2, 0, 1, 3, 4), order
-        V = source.index_select(0, rows.flatten()).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
+        V = source.index_select(0, rows).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
         return V.reshape(blocks, S * per_block, -1), None, order  # (blocks, (m, c), (j, X))
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor, Tensor]:
         """Where `_held_environment` takes V from at site k: the multiset of L − 1 indices of each (prefix, suffix)
         pair (p^(L-1),), as its place among the M monomials of degree L − 1 (None behind the mask), and the row of
-        `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p, M), and of each (m, j), (S, p)."""
+        `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p·M,), and of each (m, j), (S·p,)."""
         device = self.monomials.device
         monomials = self.monomials.tolist()
         lower = torch.combinations(torch.arange(p), L - 1, with_replacement=True).reshape(-1, L - 1).tolist()
@@ -226,7 +219,7 @@ class Moments:
         held_rows = [[source_row(m, j) for m in row] for j, row in enumerate(self.holding.tolist())]
         rows = [[source_row(m, j) for j in range(p)] for m in range(len(monomials))]
         multiset = None if sorted_only else multiset_places(L - 1, p, device)[0]  # of each (x, y), base-p order
-        return multiset, torch.tensor(held_rows, device=device), torch.tensor(rows, device=device)
+        return multiset, torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
 
     def _held_gram(self, V_held: Tensor) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
