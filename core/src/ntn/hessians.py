@@ -40,13 +40,12 @@ class HeldRows:
         self.shape = (blocks, n_monomials * c, p * X)
 
     def t_times(self, u: Tensor) -> Tensor:
-        """Vᵀ u (blocks, P', k) for u (blocks, R, k), from the held rows alone."""
+        """Vᵀ u (blocks, P', 1) for u (blocks, R, 1), from the held rows alone."""
         blocks, p, M, c, X = self.V_held.shape
-        u_held = u.reshape(blocks, -1, c * u.shape[2]).index_select(1, self.holding.flatten())  # (blocks, p·M, c·k)
-        u_held = u_held.reshape(blocks * p, M * c, -1)  # (blocks·p, M·c, k)
-        # (u_heldᵀ V_held)ᵀ: row-vector products in one 3-d batch, 4-5× faster than transposed ones (Vᵀ u_held) at L = 3
-        product = torch.bmm(u_held.transpose(1, 2), self.V_held.reshape(blocks * p, M * c, X))  # (blocks·p, k, X)
-        return product.transpose(1, 2).reshape(blocks, p * X, -1)
+        u_held = u.reshape(blocks, -1, c).index_select(1, self.holding.flatten())  # (blocks, p·M, c)
+        # u_heldᵀ V_held: row-vector products in one 3-d batch, 4-5× faster than transposed ones (Vᵀ u_held) at L = 3
+        product = torch.bmm(u_held.reshape(blocks * p, 1, M * c), self.V_held.reshape(blocks * p, M * c, X))
+        return product.reshape(blocks, p * X, 1)  # (blocks·p, 1, X) as (blocks, p·X, 1)
 
     def dense(self) -> Tensor:
         """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
@@ -57,7 +56,7 @@ class HeldRows:
 
 
 def transposed_times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
-    """Vᵀ u for V (blocks, R, P') or V on its held rows, u (blocks, R, k): (blocks, P', k)."""
+    """Vᵀ u for V (blocks, R, P') or V on its held rows, u (blocks, R, 1): (blocks, P', 1)."""
     return V.t_times(u) if isinstance(V, HeldRows) else V.transpose(1, 2) @ u
 
 
@@ -70,7 +69,7 @@ class NewtonSystem:
         self.order, self.inverse = (None, None) if order is None else order
 
     def to_blocks(self, x: Tensor) -> Tensor:
-        """A core-ordered vector (P,) as (blocks, P')."""
+        """The core's P parameters (any shape, row-major) as (blocks, P')."""
         return x.reshape(self.shape) if self.order is None else x.take(self.order)
 
     def to_core(self, x: Tensor) -> Tensor:
@@ -81,7 +80,7 @@ class NewtonSystem:
         """(H + shift·I)⁻¹ (b + weight·θ) (weight None: 0) in the core's order (P,), or None where that system is
         singular or the result not finite (its sum not finite: finite entries whose sum overflows count as not finite).
 
-        :param shift: μ (0-d); :param theta: the core (P,); :param weight: (0-d) or None"""
+        :param shift: μ (0-d); :param theta: the core, in its own shape; :param weight: (0-d) or None"""
         try:
             solution = self._solve(shift, None if weight is None else self.to_blocks(theta) * weight)
         except torch.linalg.LinAlgError:  # not positive definite, or singular

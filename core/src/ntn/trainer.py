@@ -91,9 +91,9 @@ def newton_step(
     """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), where `ridge` (0-d)
     is already 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums (`NTN.update`).
 
-    :param theta: the core, flattened (P,)
+    :param theta: the core, in its own shape (P parameters)
     :param system: the data term's Hessian H and right side b = Hθ − g (`ntn.hessians`), summed over n_samples
-    :return: θ − (H + ridge·I)⁻¹ (g + ridge·θ) = (H + ridge·I)⁻¹ b (without the ridge term: damped by it,
+    :return: (P,): θ − (H + ridge·I)⁻¹ (g + ridge·θ) = (H + ridge·I)⁻¹ b (without the ridge term: damped by it,
         (H + ridge·I)⁻¹ (b + ridge·θ)). If H + ridge·I is not positive definite or the step is not finite, the
         damping μ is raised tenfold (at least to 1e-12 of H's mean diagonal per sample), up to JITTER_RETRIES times:
         (H + μI)⁻¹ (b + (μ − ridge)·θ).
@@ -309,8 +309,7 @@ class NTN:
         # device sync); h_k = 1 where it overflows: such a system fails in newton_step, with its site
         ridge = (curvature * (2 * jitter / P)).nan_to_num(nan=2 * jitter * N, posinf=2 * jitter * N)
         name = f"{unit.layer} core at site {unit.site}"
-        updated = newton_step(theta.reshape(-1), system, ridge, regularize, N, name)
-        self.model.set_core(unit, updated.reshape(theta.shape))
+        self.model.set_core(unit, newton_step(theta, system, ridge, regularize, N, name).reshape(theta.shape))
 
     def _system(self, unit: Unit, theta: Tensor) -> tuple[NewtonSystem, Tensor]:
         """The core's Newton system from the moments: H and b depend on the other cores alone, so the last update's
