@@ -201,25 +201,27 @@ class Moments:
         `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p·M,), and of each (m, j), (S·p,)."""
         device = self.monomials.device
         monomials = self.monomials.tolist()
-        lower = torch.combinations(torch.arange(p), L - 1, with_replacement=True).reshape(-1, L - 1).tolist()
-        multisets = {tuple(q): n for n, q in enumerate(lower)}  # the M multisets of L − 1 indices, sorted
-        zero = p ** (L - 1) if sorted_only else len(lower)  # the row of zeros
+        multiset, numbers = multiset_places(L - 1, p, device)  # the multiset of each (x, y), base-p order; theirs
+        place = multiset.tolist()
+        zero = p ** (L - 1) if sorted_only else len(numbers)  # the row of zeros: after the pairs, or the M multisets
+
+        def number(rest: list[int]) -> int:  # a tuple of L − 1 indices in base p: its pair's row
+            return sum(i * p**n for n, i in enumerate(reversed(rest)))
 
         def source_row(m: int, j: int) -> int:
             indices = monomials[m]
-            if sorted_only:  # m's sorted tuple, where its k-th index is j: its pair's base-p number
-                rest = indices[:site] + indices[site + 1 :]
-                return sum(i * p**n for n, i in enumerate(reversed(rest))) if indices[site] == j else zero
+            if sorted_only:  # m's sorted tuple, where its k-th index is j: its pair
+                return number(indices[:site] + indices[site + 1 :]) if indices[site] == j else zero
             if j not in indices:
                 return zero
             rest = list(indices)
             rest.remove(j)
-            return multisets[tuple(rest)]
+            return place[number(rest)]  # the multiset m − {j}
 
         held_rows = [[source_row(m, j) for m in row] for j, row in enumerate(self.holding.tolist())]
         rows = [[source_row(m, j) for j in range(p)] for m in range(len(monomials))]
-        multiset = None if sorted_only else multiset_places(L - 1, p, device)[0]  # of each (x, y), base-p order
-        return multiset, torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
+        held_rows, rows = torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
+        return None if sorted_only else multiset, held_rows, rows
 
     def _held_gram(self, V_held: Tensor) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
