@@ -102,7 +102,9 @@ def test_moments_give_the_same_newton_system_as_the_batches(
     system = Moments(trainer.model, trainer._batches(X, y))
     for unit in trainer.model.units:
         H, g, environment_sq = accumulate_system(trainer.model, unit, trainer.loss, trainer._batches(X, y))
-        newton, trace = system.system(trainer.model, unit, trainer.loss)
+        newton, trace, V = system.system(trainer.model, unit, trainer.loss)
+        core = trainer.model.core(unit)
+        assert_close(system.coefficients_of(V, newton.to_blocks(core)), system.coefficients(trainer.model), rtol=1e-10)
         if isinstance(newton, LowRankSystem):  # rank (outputs per block)·S < parameters per block: kept factored
             blocks, rank, per_block = newton.V.shape
             assert per_block == trainer.model.core(unit).numel() // blocks
@@ -405,3 +407,27 @@ def test_a_core_updated_twice_in_a_row_sees_every_change_to_the_others(change):
     fresh_model.set_core(first, torch.zeros_like(fresh_model.core(first)))  # the ridge step does not read θ
     NTN(fresh_model, X, y).update(first, 0.01)
     assert_close(model.core(first), fresh_model.core(first), rtol=1e-12)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("change", ["in place", "set_core", "load_state", "none"])
+def test_scores_after_an_update_are_the_models_own_whatever_changed_since(Model, change):
+    """After a core update the scores come from that update's V (`NTN._coefficients`), and only while no other core
+    has changed since: each time they equal the scores a pass over the data gives (`evaluate`)."""
+    X, y = regression_data(n=200, seed=8)
+    y = torch.stack([y, -0.5 * y + 1.0], dim=1)  # two outputs: rows (monomial, c) of each block
+    X_val, y_val = X[:60] + 0.1, y[:60]
+    model = Model(L=3, bond_dim=3, phys_dim=5, output_dim=2, output_site=1, init_strength=0.3, seed=7)
+    trainer = NTN(model, X, y, X_val=X_val, y_val=y_val)
+    for unit in model.units:  # the top core that carries the outputs, and one that does not
+        trainer.update(unit, 0.05)
+        other = model.units[-1] if unit != model.units[-1] else model.units[0]
+        if change == "in place":
+            model.core(other).mul_(1.5)
+        elif change == "set_core":
+            model.set_core(other, model.core(other) * 1.5)
+        elif change == "load_state":
+            model.load_state([1.1 * core for core in model.state()])  # every core another tensor, scaled
+        scores, train, val = trainer.scores(), trainer.evaluate(X, y), trainer.evaluate(X_val, y_val)
+        want = train | {f"val_{name}": value for name, value in val.items()}
+        assert scores == pytest.approx(want, rel=1e-9)

@@ -47,12 +47,25 @@ class HeldRows:
         product = torch.bmm(u_held.reshape(blocks * p, 1, M * c), self.V_held.reshape(blocks * p, M * c, X))
         return product.reshape(blocks, p * X, 1)  # (blocks·p, 1, X) as (blocks, p·X, 1)
 
+    def times(self, u: Tensor) -> Tensor:
+        """V u (blocks, R, 1) for u (blocks, P', 1): each index's held rows times its parameters, summed into place."""
+        blocks, p, M, c, X = self.V_held.shape
+        per_index = u.reshape(blocks * p, X, 1)  # each index's parameters
+        per_row = torch.bmm(self.V_held.reshape(blocks * p, M * c, X), per_index)  # (blocks·p, M·c, 1)
+        rows = u.new_zeros(blocks, self.shape[1] // c, c)  # (blocks, S, c)
+        return rows.index_add_(1, self.holding.flatten(), per_row.reshape(blocks, p * M, c)).reshape(blocks, -1, 1)
+
     def dense(self) -> Tensor:
         """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
         blocks, p, _, c, X = self.V_held.shape
         V = self.V_held.new_zeros(blocks, self.shape[1] // c, c, p, X)
         V[:, self.holding, :, torch.arange(p, device=V.device)[:, None]] = self.V_held.permute(1, 2, 0, 3, 4)
         return V.reshape(self.shape)
+
+
+def times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
+    """V u for V (blocks, R, P') or V on its held rows, u (blocks, P', 1): (blocks, R, 1)."""
+    return V.times(u) if isinstance(V, HeldRows) else V @ u
 
 
 def transposed_times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
@@ -76,20 +89,22 @@ class NewtonSystem:
         """(blocks, P') or (blocks, P', 1) back in the core's order (P,)."""
         return x.reshape(-1) if self.inverse is None else x.take(self.inverse)
 
-    def step(self, shift: Tensor, theta: Tensor, weight: Tensor | None) -> Tensor | None:
-        """(H + shift·I)⁻¹ (b + weight·θ) (weight None: 0) in the core's order (P,), or None where that system is
-        singular or the result not finite (its sum not finite: finite entries whose sum overflows count as not finite).
+    def step(self, shift: Tensor, theta: Tensor, weight: Tensor | None, scale: float = 1.0) -> Tensor | None:
+        """(H + μI)⁻¹ (b + w·θ), μ = scale·shift, w = scale·weight (weight None: 0), in the core's order (P,), or None
+        where that system is singular or the result not finite (its sum not finite: finite entries whose sum overflows
+        count as not finite).
 
-        :param shift: μ (0-d); :param theta: the core, in its own shape; :param weight: (0-d) or None"""
+        :param shift: (0-d); :param theta: the core, in its own shape; :param weight: (0-d) or None
+        :param scale: a number, so that μ = scale·shift costs no call of its own"""
         try:
-            solution = self._solve(shift, None if weight is None else self.to_blocks(theta) * weight)
+            solution = self._solve(shift, scale, None if weight is None else self.to_blocks(theta) * (weight * scale))
         except torch.linalg.LinAlgError:  # not positive definite, or singular
             return None
         return self.to_core(solution) if math.isfinite(solution.sum().item()) else None
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
-        """(H + shift·I)⁻¹ (b + extra) (blocks, P', 1) for extra (blocks, P'); a `torch.linalg.LinAlgError` where the
-        system is not positive definite (or singular)."""
+    def _solve(self, shift: Tensor, scale: float, extra: Tensor | None) -> Tensor:
+        """(H + scale·shift·I)⁻¹ (b + extra) (blocks, P', 1) for extra (blocks, P'); a `torch.linalg.LinAlgError`
+        where the system is not positive definite (or singular)."""
         raise NotImplementedError
 
     def diagonal(self) -> Tensor:
@@ -118,8 +133,9 @@ class DenseSystem(NewtonSystem):
         super().__init__(order, H.shape[:2])
         self.H, self.b = H, b
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
-        damped = torch.addcmul(self.H, _identity(self.shape[1], self.H.dtype, self.H.device), shift)  # H + shift·I
+    def _solve(self, shift: Tensor, scale: float, extra: Tensor | None) -> Tensor:
+        identity = _identity(self.shape[1], self.H.dtype, self.H.device)
+        damped = torch.addcmul(self.H, identity, shift, value=scale)  # H + μI
         factor = torch.linalg.cholesky(damped)
         rhs = self.b if extra is None else self.b + extra[:, :, None]
         return torch.cholesky_solve(rhs, factor)
@@ -151,14 +167,15 @@ class LowRankSystem(NewtonSystem):
         """trace(H) = trace(Z̃ G)."""
         return self.ZG.diagonal(dim1=1, dim2=2).sum()
 
-    def _solve(self, shift: Tensor, extra: Tensor | None) -> Tensor:
-        small = torch.addcmul(self.ZG, _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device), shift)
+    def _solve(self, shift: Tensor, scale: float, extra: Tensor | None) -> Tensor:
+        identity = _identity(self.ZG.shape[1], self.ZG.dtype, self.ZG.device)
+        small = torch.addcmul(self.ZG, identity, shift, value=scale)  # μI + Z̃G
         if extra is None:
             inner = torch.linalg.solve(small, self.Z_y)  # (blocks, R, 1)
             return transposed_times(self.V, inner)
         rhs = transposed_times(self.V, self.Z_y) + extra[:, :, None]  # (blocks, P', 1)
         inner = torch.linalg.solve(small, z_times(self.Z, self._dense_V() @ rhs))
-        return (rhs - transposed_times(self.V, inner)) / shift
+        return (rhs - transposed_times(self.V, inner)) / (shift * scale)
 
     def _dense_V(self) -> Tensor:
         return self.V.dense() if isinstance(self.V, HeldRows) else self.V

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, transposed_times, z_times
+from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, times, transposed_times, z_times
 from ntn.losses import MSE, Loss
 from ntn.models import TOP, TensorNetwork, Unit, multiset_places
 
@@ -117,9 +117,10 @@ class Moments:
         self._scatters: dict[int, Tensor] = {}  # outputs per block: `_held_gram`'s places
         self._scaled_sums: dict[tuple[float, int], tuple[Tensor, Tensor, Tensor]] = {}  # `_scaled`
 
-    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[NewtonSystem, Tensor]:
+    def system(self, model: TensorNetwork, unit: Unit, loss: MSE) -> tuple[NewtonSystem, Tensor, Tensor | HeldRows]:
         """The same sums as `gram.accumulate_system`, as a Newton system (H = Σ_n E_nᵀ K E_n, b = H θ − g: for MSE
-        Σ_n E_nᵀ K y_n, whatever θ), and trace(H) = K Σ_n ||E_n||²_F (0-d).
+        Σ_n E_nᵀ K y_n, whatever θ), trace(H) = K Σ_n ||E_n||²_F (0-d), and V (blocks, R, P') or V on its held rows
+        (`coefficients_of`).
 
         With E_n = V z_n, V (R, P) per block (rows (monomial, c)), H = Vᵀ (K Z̃) V and b = Vᵀ (K Z_y). H's rank is ≤ R;
         where that is below P it is kept factored (`LowRankSystem`), so that neither forming it nor solving with it
@@ -137,7 +138,7 @@ class Moments:
         if R < P_block:
             G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
             system = LowRankSystem(V, Z, G, Z_y, order)
-            return system, system.trace()
+            return system, system.trace(), V
         if V_held is None:
             H = V.transpose(1, 2) @ z_times(Z, V)  # (blocks, P', P')
         else:  # Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
@@ -145,7 +146,7 @@ class Moments:
             B_held = B.index_select(2, self.holding.flatten())  # (blocks, p_J, p_j·M, c·X)
             B_held = B_held.reshape(*B.shape[:2], *V_held.shape[1:])  # (blocks, p_J, p_j, M, c, X)
             H = torch.einsum("bjhcx,bJjhcy->bjxJy", V_held, B_held).reshape(blocks, P_block, P_block)
-        return DenseSystem(H, transposed_times(V, Z_y), order), H.diagonal(dim1=1, dim2=2).sum()
+        return DenseSystem(H, transposed_times(V, Z_y), order), H.diagonal(dim1=1, dim2=2).sum(), V
 
     def _scaled(self, K: float, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
         """K Z, its columns for each index's held monomials (p, S, M) and K Z_y as (blocks, R, 1) (rows (monomial, c)
@@ -241,6 +242,12 @@ class Moments:
         set of this shape: computed once per epoch for the training and validation scores)."""
         W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
         return W.new_zeros(self.n_monomials, W.shape[1]).index_add_(0, self.monomial_of, W)
+
+    def coefficients_of(self, V: Tensor | HeldRows, theta: Tensor) -> Tensor:
+        """`coefficients` from one core's V (blocks, R, P') or V on its held rows (`system`) and the core in its
+        system's blocks (blocks, P'): f = E_n θ = (V θ)ᵀ z_n, so a = V θ, rows (monomial, c) of each block's outputs."""
+        rows = times(V, theta[:, :, None])  # (blocks, R, 1)
+        return rows.reshape(len(rows), self.n_monomials, -1).transpose(0, 1).reshape(self.n_monomials, -1)
 
     def scores(self, model: TensorNetwork, coefficients: Tensor | None = None) -> dict[str, float]:
         """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:

@@ -86,28 +86,40 @@ def jitter_schedule(n_epochs: int, start: float, decay: float, minimum: float) -
 
 
 def newton_step(
-    theta: Tensor, system: NewtonSystem, ridge: Tensor, regularize: bool, n_samples: int, name: str
+    theta: Tensor,
+    system: NewtonSystem,
+    curvature: Tensor,
+    per_curvature: float,
+    regularize: bool,
+    n_samples: int,
+    name: str,
 ) -> Tensor:
-    """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), where `ridge` (0-d)
-    is already 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums (`NTN.update`).
+    """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), ridge =
+    per_curvature · curvature: 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums
+    (`NTN.update`); where that is not finite (h_k overflowed), h_k = 1.
 
     :param theta: the core, in its own shape (P parameters)
     :param system: the data term's Hessian H and right side b = Hθ − g (`ntn.hessians`), summed over n_samples
+    :param curvature: (0-d, no device sync); :param per_curvature: a number
     :return: (P,): θ − (H + ridge·I)⁻¹ (g + ridge·θ) = (H + ridge·I)⁻¹ b (without the ridge term: damped by it,
         (H + ridge·I)⁻¹ (b + ridge·θ)). If H + ridge·I is not positive definite or the step is not finite, the
         damping μ is raised tenfold (at least to 1e-12 of H's mean diagonal per sample), up to JITTER_RETRIES times:
         (H + μI)⁻¹ (b + (μ − ridge)·θ).
     """
+    updated = system.step(curvature, theta, None if regularize else curvature, per_curvature)  # μ = ridge
+    if updated is not None:
+        return updated
+    # failed: the damping's floor and the ridge as a tensor, made only now
+    diagonal_mean = system.diagonal().abs().mean().item() / n_samples  # not finite when the diagonal is not
+    floor = 2e-12 * n_samples * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 2.0 * n_samples
+    unit_ridge = per_curvature * theta.numel() * n_samples  # h_k = 1: the curvature's sum is P·N
+    ridge = (curvature * per_curvature).nan_to_num(nan=unit_ridge, posinf=unit_ridge)
     shift = ridge
-    for retry in range(JITTER_RETRIES + 1):
-        weight = (shift - ridge if retry else None) if regularize else shift
-        updated = system.step(shift, theta, weight)
+    for _ in range(JITTER_RETRIES):
+        shift = torch.clamp(10 * shift, min=floor)
+        updated = system.step(shift, theta, shift - ridge if regularize else shift)
         if updated is not None:
             return updated
-        if retry == 0:  # the damping's floor, made only when a step failed
-            diagonal_mean = system.diagonal().abs().mean().item() / n_samples  # not finite when the diagonal is not
-            floor = 2e-12 * n_samples * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 2.0 * n_samples
-        shift = torch.clamp(10 * shift, min=floor)
     raise NewtonStepError(
         f"Newton step on {name} failed: the system is not positive definite or not finite "
         f"even with jitter {float(shift) / (20 * n_samples):.3g}"
@@ -196,7 +208,7 @@ class NTN:
         self.X, self.y = self._data("X", X, "y", y)
         self.validation = self._data("X_val", X_val, "y_val", y_val) if X_val is not None or y_val is not None else None
         model.to(self.device, dtype)
-        self._kept: tuple = ()  # (unit, the other cores with their versions, its system, its trace): `_system`
+        self._kept: tuple = ()  # (unit, the other cores with their versions, its system, trace and V): `_system`
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -265,12 +277,23 @@ class NTN:
         """Training scores, plus val_* ones when validation data was given; each from its data's moments
         where they apply (no pass over the data), else by `evaluate`."""
         sums = self._moments or self._validation_moments
-        coefficients = None if sums is None else sums.coefficients(self.model)  # the same for both data sets
+        coefficients = None if sums is None else self._coefficients(sums)  # the same for both data sets
         scores = self._scores(self._moments, coefficients, self.X, self.y)
         if self.validation is not None:
             validation = self._scores(self._validation_moments, coefficients, *self.validation)
             scores |= {f"val_{k}": v for k, v in validation.items()}
         return scores
+
+    def _coefficients(self, sums: moments.Moments) -> Tensor:
+        """The model's coefficients on the monomials (`Moments.coefficients`): from the last core update's system,
+        a = V θ (one product), when no other core has changed since it was made (each epoch's sweep ends on one),
+        else from the whole model."""
+        if self._kept:
+            unit, others, system, _, environment = self._kept
+            core = self.model.core(unit)
+            if unchanged(others, self._others(core)):
+                return sums.coefficients_of(environment, system.to_blocks(core))
+        return sums.coefficients(self.model)
 
     def _scores(self, sums: moments.Moments | None, coefficients: Tensor | None, X: Tensor, y: Tensor) -> Scores:
         return sums.scores(self.model, coefficients) if sums is not None else self._evaluate(X, y)
@@ -305,22 +328,26 @@ class NTN:
                 self.model, unit, self.loss, self._batches(self.X, self.y)
             )
             system, curvature = DenseSystem(hessian, hessian @ theta.reshape(-1) - gradient), environment_sq * (2 / C)
-        # 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) (MSE: trace(H) / (N P)), a 0-d tensor (no
-        # device sync); h_k = 1 where it overflows: such a system fails in newton_step, with its site
-        ridge = (curvature * (2 * jitter / P)).nan_to_num(nan=2 * jitter * N, posinf=2 * jitter * N)
+        # the ridge 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) (MSE: trace(H) / (N P)): the
+        # curvature (a 0-d tensor: no device sync) times 2λ / P
         name = f"{unit.layer} core at site {unit.site}"
-        self.model.set_core(unit, newton_step(theta, system, ridge, regularize, N, name).reshape(theta.shape))
+        step = newton_step(theta, system, curvature, 2 * jitter / P, regularize, N, name)
+        self.model.set_core(unit, step.reshape(theta.shape))
 
     def _system(self, unit: Unit, theta: Tensor) -> tuple[NewtonSystem, Tensor]:
         """The core's Newton system from the moments: H and b depend on the other cores alone, so the last update's
         is kept when it was this core's and no other core has changed since (each epoch's end and the next one's
         start update the first core twice: 9 of a 10-epoch run's 50 systems for MPO2 at L = 3)."""
-        others = versions([core for core in self.model.top_cores + (self.model.input_cores or []) if core is not theta])
+        others = self._others(theta)
         if self._kept and self._kept[0] == unit and unchanged(self._kept[1], others):
-            return self._kept[2:]
-        system, trace = self._moments.system(self.model, unit, self.loss)
-        self._kept = (unit, others, system, trace)
+            return self._kept[2:4]
+        system, trace, environment = self._moments.system(self.model, unit, self.loss)
+        self._kept = (unit, others, system, trace, environment)
         return system, trace
+
+    def _others(self, core: Tensor) -> tuple:
+        """Every core but `core`, with its version (`ntn.models.versions`)."""
+        return versions([other for other in self.model.top_cores + (self.model.input_cores or []) if other is not core])
 
     def weight_norm_sq(self) -> float:
         """Σ over the trainable rows of ||T_row||²_F (`TensorNetwork.norm_sq`): unlike Σ_k ||A_k||², it
@@ -362,13 +389,13 @@ class NTN:
             if len(schedule) != n_epochs or not all(math.isfinite(j) and j >= 0 for j in schedule):
                 raise ValueError(f"jitter must hold {n_epochs} finite values >= 0, got {schedule!r}")
 
-        scores = self.scores()
         if callback_init is not None:
-            callback_init(scores, {"n_epochs": n_epochs, "jitter_schedule": schedule, "regularize": regularize})
+            info = {"n_epochs": n_epochs, "jitter_schedule": schedule, "regularize": regularize}
+            callback_init(self.scores(), info)
 
         units = self.model.units
         sweep = units + units[-2::-1]  # left to right and back
-        best_value, best_epoch, best_state, best_scores = math.inf, -1, self.model.state(), dict(scores)
+        best_value, best_epoch, best_state, best_scores = math.inf, -1, self.model.state(), None
         best_reg_loss = math.inf
         history = []
         for epoch, lam in enumerate(schedule):
@@ -394,4 +421,6 @@ class NTN:
             if callback_epoch is not None:
                 callback_epoch(epoch, scores, info)
         self.model.load_state(best_state)  # its scores: those computed for it (the same sums of the same cores)
+        if best_scores is None:  # no epoch kept (none ran, or none had a finite value): the initial state's
+            best_scores = self.scores()
         return {"scores": best_scores, "best_epoch": best_epoch, "history": history}
