@@ -65,12 +65,12 @@ class HeldRows:
 
 def times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
     """V u for V (blocks, R, P') or V on its held rows, u (blocks, P', 1): (blocks, R, 1)."""
-    return V.times(u) if isinstance(V, HeldRows) else V @ u
+    return V.times(u) if isinstance(V, HeldRows) else torch.bmm(V, u)
 
 
 def transposed_times(V: Tensor | HeldRows, u: Tensor) -> Tensor:
     """Vᵀ u for V (blocks, R, P') or V on its held rows, u (blocks, R, 1): (blocks, P', 1)."""
-    return V.t_times(u) if isinstance(V, HeldRows) else V.transpose(1, 2) @ u
+    return V.t_times(u) if isinstance(V, HeldRows) else torch.bmm(V.transpose(1, 2), u)
 
 
 class NewtonSystem:

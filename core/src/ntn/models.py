@@ -327,10 +327,11 @@ class TensorNetwork:
         if k == 0:  # left is a row of ones (Dl = dl = 1)
             left_top = top_rows  # (c, (x, s), (j, b)), one x
         else:
-            left_top = left.permute(1, 0, 3, 2).reshape(C, -1, Dl) @ top_rows  # (c, (x, s), (j, b))
+            left_top = torch.bmm(left.permute(1, 0, 3, 2).reshape(C, -1, Dl), top_rows)  # (c, (x, s), (j, b))
         if k == self.L - 1:  # right is a row of ones (Dr = dr = 1): the pairs are left A's rows
             return left_top.reshape(C, len(left), -1).transpose(0, 1).reshape(len(left), -1)
-        per_pair = left_top.reshape(C, -1, Dr) @ right.permute(1, 2, 0, 3).reshape(C, Dr, -1)  # (c, (x, s, j), (y, u))
+        right_columns = right.permute(1, 2, 0, 3).reshape(C, Dr, -1)  # (c, b, (y, u))
+        per_pair = torch.bmm(left_top.reshape(C, -1, Dr), right_columns)  # (c, (x, s, j), (y, u))
         per_pair = per_pair.reshape(C, len(left), -1, len(right), right.shape[3]).permute(1, 3, 0, 2, 4)
         return per_pair.reshape(len(left) * len(right), -1)  # ((x, y), (c, (s, j), u))
 

@@ -136,11 +136,11 @@ class Moments:
         Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y
         V = HeldRows(V_held, self.holding, S) if V is None else V
         if R < P_block:
-            G = V @ V.transpose(1, 2) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
+            G = torch.bmm(V, V.transpose(1, 2)) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
             system = LowRankSystem(V, Z, G, Z_y, order)
             return system, system.trace(), V
         if V_held is None:
-            H = V.transpose(1, 2) @ z_times(Z, V)  # (blocks, P', P')
+            H = torch.bmm(V.transpose(1, 2), z_times(Z, V))  # (blocks, P', P')
         else:  # Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
             B = Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
             B_held = B.index_select(2, self.holding.flatten())  # (blocks, p_J, p_j·M, c·X)
@@ -232,9 +232,9 @@ class Moments:
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
             self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
-        V_rows = V_held.reshape(blocks, p, M * per_block, X)
-        products = V_rows @ V_rows.transpose(2, 3)  # (blocks, p, M·c, M·c)
-        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.flatten(1))
+        V_rows = V_held.reshape(blocks * p, M * per_block, X)
+        products = torch.bmm(V_rows, V_rows.transpose(1, 2))  # (blocks·p, M·c, M·c)
+        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.reshape(blocks, -1))
         return G.reshape(blocks, R, R)
 
     def coefficients(self, model: TensorNetwork) -> Tensor:
