@@ -92,7 +92,7 @@ def newton_step(
     per_curvature: float,
     regularize: bool,
     n_samples: int,
-    name: str,
+    unit: Unit,
 ) -> Tensor:
     """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), ridge =
     per_curvature · curvature: 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums
@@ -100,7 +100,7 @@ def newton_step(
 
     :param theta: the core, in its own shape (P parameters)
     :param system: the data term's Hessian H and right side b = Hθ − g (`ntn.hessians`), summed over n_samples
-    :param curvature: (0-d, no device sync); :param per_curvature: a number
+    :param curvature: (0-d, no device sync); :param per_curvature: a number; :param unit: the core's, for the error
     :return: (P,): θ − (H + ridge·I)⁻¹ (g + ridge·θ) = (H + ridge·I)⁻¹ b (without the ridge term: damped by it,
         (H + ridge·I)⁻¹ (b + ridge·θ)). If H + ridge·I is not positive definite or the step is not finite, the
         damping μ is raised tenfold (at least to 1e-12 of H's mean diagonal per sample), up to JITTER_RETRIES times:
@@ -121,8 +121,8 @@ def newton_step(
         if updated is not None:
             return updated
     raise NewtonStepError(
-        f"Newton step on {name} failed: the system is not positive definite or not finite "
-        f"even with jitter {float(shift) / (20 * n_samples):.3g}"
+        f"Newton step on {unit.layer} core at site {unit.site} failed: the system is not positive definite or not "
+        f"finite even with jitter {float(shift) / (20 * n_samples):.3g}"
     )
 
 
@@ -319,6 +319,10 @@ class NTN:
     @torch.no_grad()
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
         """Newton step on one core over the whole training set."""
+        self._update(unit, jitter, regularize)
+
+    def _update(self, unit: Unit, jitter: float, regularize: bool) -> None:
+        """`update` without a no_grad context of its own: a sweep in `fit` holds one for all its updates."""
         theta = self.model.core(unit)
         N, P, C = self.X.shape[0], theta.numel(), self.model.output_dim
         if self._moments is not None:
@@ -330,8 +334,7 @@ class NTN:
             system, curvature = DenseSystem(hessian, hessian @ theta.reshape(-1) - gradient), environment_sq * (2 / C)
         # the ridge 2λ h_k in the sums' units (× N), h_k = (2/C) Σ_n ||E_n||² / (N P) (MSE: trace(H) / (N P)): the
         # curvature (a 0-d tensor: no device sync) times 2λ / P
-        name = f"{unit.layer} core at site {unit.site}"
-        step = newton_step(theta, system, curvature, 2 * jitter / P, regularize, N, name)
+        step = newton_step(theta, system, curvature, 2 * jitter / P, regularize, N, unit)
         self.model.set_core(unit, step.reshape(theta.shape))
 
     def _system(self, unit: Unit, theta: Tensor) -> tuple[NewtonSystem, Tensor]:
@@ -399,8 +402,9 @@ class NTN:
         best_reg_loss = math.inf
         history = []
         for epoch, lam in enumerate(schedule):
-            for unit in sweep:
-                self.update(unit, lam, regularize)
+            with torch.no_grad():  # one context for the sweep, not one per update
+                for unit in sweep:
+                    self._update(unit, lam, regularize)
             scores = self.scores()
             norm_sq = self.weight_norm_sq()
             reg_loss = scores["loss"] + lam * norm_sq
