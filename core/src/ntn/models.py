@@ -286,9 +286,9 @@ class TensorNetwork:
             left_G = (left_rows @ G.reshape(1, p, dl, r * dr)).reshape(C, p * len(left), -1)  # (c, (i, x), (a, j, u))
             n_sets = len(pair_monomials) // len(right)  # M_k multisets Q
             left_G = left_G.new_zeros(C, n_sets, left_G.shape[2]).index_add_(1, place, left_G)  # (c, Q, (a, j, u))
-            right_columns = right.permute(1, 3, 0, 2).reshape(C, dr, -1)  # (c, u, (y, b))
-            per_pair = torch.bmm(left_G.reshape(C, -1, dr), right_columns)  # (c, (Q, a, j), (y, b))
-            per_pair = per_pair.reshape(C, -1, Dl * r, len(right), Dr).permute(1, 3, 0, 2, 4)  # (Q, y, c, (a, j), b)
+            right_rows = right.permute(1, 0, 2, 3).reshape(C, -1, dr)  # (c, (y, b), u)
+            per_pair = torch.bmm(right_rows, left_G.reshape(C, -1, dr).mT)  # (c, (y, b), (Q, a, j))
+            per_pair = per_pair.reshape(C, len(right), Dr, n_sets, Dl * r).permute(3, 1, 0, 4, 2)  # (Q, y, c, aj, b)
             V = _fold(per_pair.reshape(len(pair_monomials), -1), pair_monomials, n_monomials)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
