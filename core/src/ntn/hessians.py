@@ -31,11 +31,12 @@ def z_times(Z: Tensor, u: Tensor) -> Tensor:
 class HeldRows:
     """V (blocks, R, P') given on the rows that hold each index j alone (a core that reads φ's index): V_held
     (blocks, p, M, c, X) with V[(holding[j, h], c), (j, x)] = V_held[j, h, c, x] and 0 elsewhere; rows (monomial, c),
-    R = S·c, parameters (j, x), P' = p·X."""
+    R = S·c, parameters (j, x), P' = p·X. `shared`: every j's held rows are the same, V_held[:, j] = V_held[:, 0] (a
+    view that repeats it: the multisets m − {j}, `ntn.moments`), so the products take them once."""
 
-    def __init__(self, V_held: Tensor, holding: Tensor, n_monomials: int) -> None:
+    def __init__(self, V_held: Tensor, holding: Tensor, n_monomials: int, shared: bool) -> None:
         """:param holding: (p, M) the monomials that hold each j"""
-        self.V_held, self.holding = V_held, holding
+        self.V_held, self.holding, self.shared = V_held, holding, shared
         blocks, p, _, c, X = V_held.shape
         self.shape = (blocks, n_monomials * c, p * X)
 
@@ -43,15 +44,21 @@ class HeldRows:
         """Vᵀ u (blocks, P', 1) for u (blocks, R, 1), from the held rows alone."""
         blocks, p, M, c, X = self.V_held.shape
         u_held = u.reshape(blocks, -1, c).index_select(1, self.holding.flatten())  # (blocks, p·M, c)
-        # u_heldᵀ V_held: row-vector products in one 3-d batch, 4-5× faster than transposed ones (Vᵀ u_held) at L = 3
-        product = torch.bmm(u_held.reshape(blocks * p, 1, M * c), self.V_held.reshape(blocks * p, M * c, X))
-        return product.reshape(blocks, p * X, 1)  # (blocks·p, 1, X) as (blocks, p·X, 1)
+        if self.shared:  # (p, M·c) @ (M·c, X) per block
+            product = torch.bmm(u_held.reshape(blocks, p, M * c), self.V_held[:, 0].reshape(blocks, M * c, X))
+        else:  # u_heldᵀ V_held: row-vector products in one 3-d batch, 4-5× faster than Vᵀ u_held at L = 3
+            product = torch.bmm(u_held.reshape(blocks * p, 1, M * c), self.V_held.reshape(blocks * p, M * c, X))
+        return product.reshape(blocks, p * X, 1)  # (blocks, p, X) or (blocks·p, 1, X) as (blocks, p·X, 1)
 
     def times(self, u: Tensor) -> Tensor:
         """V u (blocks, R, 1) for u (blocks, P', 1): each index's held rows times its parameters, summed into place."""
         blocks, p, M, c, X = self.V_held.shape
-        per_index = u.reshape(blocks * p, X, 1)  # each index's parameters
-        per_row = torch.bmm(self.V_held.reshape(blocks * p, M * c, X), per_index)  # (blocks·p, M·c, 1)
+        if self.shared:  # (M·c, X) @ (X, p) per block, then as (p, M, c)
+            per_index = u.reshape(blocks, p, X).mT
+            per_row = torch.bmm(self.V_held[:, 0].reshape(blocks, M * c, X), per_index).reshape(blocks, M, c, p)
+            per_row = per_row.permute(0, 3, 1, 2)
+        else:
+            per_row = torch.bmm(self.V_held.reshape(blocks * p, M * c, X), u.reshape(blocks * p, X, 1))
         rows = u.new_zeros(blocks, self.shape[1] // c, c)  # (blocks, S, c)
         return rows.index_add_(1, self.holding.flatten(), per_row.reshape(blocks, p * M, c)).reshape(blocks, -1, 1)
 

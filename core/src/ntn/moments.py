@@ -134,9 +134,10 @@ class Moments:
         blocks = 1 if order is None else order[0].shape[0]
         R, P_block = S * C // blocks, model.core(unit).numel() // blocks  # rows (monomial, c), parameters per block
         Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y
-        V = HeldRows(V_held, self.holding, S) if V is None else V
+        shared = not _masked(model, unit)  # every j's held rows the same (`_held_environment`)
+        V = HeldRows(V_held, self.holding, S, shared) if V is None else V
         if R < P_block:
-            G = torch.bmm(V, V.transpose(1, 2)) if V_held is None else self._held_gram(V_held)  # (blocks, R, R)
+            G = torch.bmm(V, V.transpose(1, 2)) if V_held is None else self._held_gram(V_held, shared)  # (blocks, R, R)
             system = LowRankSystem(V, Z, G, Z_y, order)
             return system, system.trace(), V
         if V_held is None:
@@ -173,14 +174,16 @@ class Moments:
         an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
         of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
         whatever j (one sum into the M multisets of L − 1 indices, then a gather); behind MMPO2's mask, over m's
-        sorted tuple alone, where its k-th index is j (a gather)."""
+        sorted tuple alone, where its k-th index is j (a gather). On the held rows the former needs no gather: the
+        monomials that hold j, in their order (`holding`), are the multisets m − {j} in theirs (adding j to sorted
+        tuples keeps their order), so every j's held rows are the M multisets themselves (a view that repeats them)."""
         core, C, S, site = model.core(unit), model.output_dim, self.n_monomials, unit.site
         Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
         per_block, X = C // blocks, Dl * Dr
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
         pairs = model.top_row_pairs(site) if unit.layer == TOP else model.input_pairs(unit)  # (p^(L-1), C·X)
-        sorted_only = model.sorted_only and unit.layer == TOP
+        sorted_only = _masked(model, unit)
         if (site, sorted_only) not in self._folds:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
         multiset, held_rows, rows = self._folds[site, sorted_only]
@@ -191,7 +194,10 @@ class Moments:
         # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
         # one output
         if held:  # rows (j, h)
-            V_held = source.index_select(0, held_rows).reshape(p, -1, blocks, per_block, X)
+            if multiset is None:
+                V_held = source.index_select(0, held_rows).reshape(p, -1, blocks, per_block, X)
+            else:  # the multisets, for every j
+                V_held = source[:-1].reshape(1, -1, blocks, per_block, X).expand(p, -1, -1, -1, -1)
             return None, V_held.permute(2, 0, 1, 3, 4), order
         V = source.index_select(0, rows).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
         return V.reshape(blocks, S * per_block, -1), None, order  # (blocks, (m, c), (j, X))
@@ -224,17 +230,19 @@ class Moments:
         held_rows, rows = torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
         return None if sorted_only else multiset, held_rows, rows
 
-    def _held_gram(self, V_held: Tensor) -> Tensor:
+    def _held_gram(self, V_held: Tensor, shared: bool) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
-        that hold j, summed into their places."""
+        that hold j, summed into their places; where every j's held rows are the same (`shared`), their products
+        are made once: (M·c)²·X multiplications, not p times as many."""
         blocks, p, M, per_block, X = V_held.shape
         R = self.n_monomials * per_block
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
             self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
-        V_rows = V_held.reshape(blocks * p, M * per_block, X)
-        products = torch.bmm(V_rows, V_rows.transpose(1, 2))  # (blocks·p, M·c, M·c)
-        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products.reshape(blocks, -1))
+        V_rows = (V_held[:, :1] if shared else V_held).reshape(-1, M * per_block, X)
+        products = torch.bmm(V_rows, V_rows.transpose(1, 2)).reshape(blocks, -1)  # (blocks, (1 or p)·(M·c)²)
+        products = products.repeat(1, p) if shared else products  # each j's
+        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products)
         return G.reshape(blocks, R, R)
 
     def coefficients(self, model: TensorNetwork) -> Tensor:
@@ -257,6 +265,11 @@ class Moments:
         total = self.y_variation
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
+
+
+def _masked(model: TensorNetwork, unit: Unit) -> bool:
+    """Whether the core is a top core behind MMPO2's mask: its environment on the sorted index tuples alone."""
+    return model.sorted_only and unit.layer == TOP
 
 
 @functools.lru_cache(maxsize=64)
