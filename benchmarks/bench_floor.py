@@ -17,8 +17,9 @@ step lands on the ridge minimiser θ' = (H + μI)⁻¹ b, b = Vᵀ Z_y (`ntn.hes
                      2·M·P² flops (narrower ones take less time dense: `ntn.moments`);
   P > S (low rank):  G = V Vᵀ (S, S), Z G, then the push-through θ' = (μI + Vᵀ Z V)⁻¹ Vᵀ Z_y = Vᵀ (μI + Z G)⁻¹ Z_y:
                      one S × S solve and one product by Vᵀ; for a core that reads φ's index, G from each index's M
-                     held rows alone (p products (M, P/p) (P/p, M), 2·M²·P flops, added into their places in G)
-                     instead of 2·S²·P.
+                     held rows alone, added into their places in G, instead of 2·S²·P flops: every index's are the
+                     same rows (the multisets m − {j}: `ntn.moments`), so one product (M, P/p) (P/p, M), 2·M²·P/p
+                     flops, except behind MMPO2's mask (p products, 2·M²·P).
 A core updated twice in a row (each epoch's end and the next one's start) keeps its system (H and b depend on the
 other cores alone): the floor only solves it again. S = C(p + L − 1, L) monomials, P the core's size.
 Target (issue #39): run ÷ floor ≤ 1.5.
@@ -81,10 +82,11 @@ def run_times(case: str, runs: int, source: Path) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def update_shapes(case: str) -> list[tuple[int, bool, bool, bool]]:
-    """(P, whether the core reads φ's index, whether its products run over held rows, whether its system is new) of
-    each core update of one run (every epoch's sweep, there and back). A core updated twice in a row (each epoch's
-    end and the next one's start) keeps its system: H and b depend on the other cores alone (`NTN._system`)."""
+def update_shapes(case: str) -> list[tuple[int, bool, bool, bool, bool]]:
+    """(P, whether the core reads φ's index, whether its products run over held rows, whether its system is new,
+    whether it is behind MMPO2's mask) of each core update of one run (every epoch's sweep, there and back). A core
+    updated twice in a row (each epoch's end and the next one's start) keeps its system: H and b depend on the other
+    cores alone (`NTN._system`)."""
     sys.path.insert(0, str(REPO / "core" / "src"))
     import ntn
     from ntn.moments import HELD_MIN_WIDTH
@@ -99,6 +101,7 @@ def update_shapes(case: str) -> list[tuple[int, bool, bool, bool]]:
             model.reads_phi(u),
             model.core(u).numel() // P_IN >= HELD_MIN_WIDTH,
             i == 0 or u != run[i - 1],
+            model.sorted_only and u.layer == "top",
         )
         for i, u in enumerate(run)
     ]
@@ -131,7 +134,7 @@ def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: 
     again) is only solved again."""
     S = len(Z)
     hessian = b = ZG = None  # the kept system's (its values: μ added once more per reuse, the same calls)
-    for P, reads_phi, held, new in sizes:
+    for P, reads_phi, held, new, masked in sizes:
         V, V_held = per_size[P]
         if P <= S:
             if new and reads_phi and held:
@@ -146,8 +149,11 @@ def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: 
             factor, _ = torch.linalg.cholesky_ex(damped)
             torch.cholesky_solve(b[:, None], factor)
             continue
-        if new and reads_phi:  # G from each index's held rows, added into place
-            G = Z.new_zeros(S * S).index_add_(0, places, (V_held @ V_held.transpose(1, 2)).reshape(-1)).view(S, S)
+        if new and reads_phi:  # G from each index's held rows, added into place: the same rows unless masked
+            rows = V_held if masked else V_held[:1]
+            products = (rows @ rows.transpose(1, 2)).reshape(-1)
+            products = products if masked else products.repeat(P_IN)
+            G = Z.new_zeros(S * S).index_add_(0, places, products).view(S, S)
         elif new:
             G = V @ V.T
         if new:
