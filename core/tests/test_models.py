@@ -73,8 +73,8 @@ def test_the_held_environment_is_the_basis_environment_summed_per_monomial(
     model.top_cores = [core.normal_() for core in model.top_cores]
     moments = Moments(model, [])
     for unit in [unit for unit in model.units if model.reads_phi(unit)]:
-        V, V_held, (order, _) = moments._held_environment(model, unit)
-        V = HeldRows(V_held, moments.holding, len(moments.monomials), False).dense() if V is None else V  # any rows
+        V, (order, _) = moments._held_environment(model, unit)
+        V = V.dense() if isinstance(V, HeldRows) else V
         blocks, per_block = order.shape[0], output_dim // order.shape[0]
         got = V.new_zeros(len(moments.monomials), output_dim, model.core(unit).numel())  # (S, C, P), core order
         for b in range(blocks):  # block b: outputs b·per_block + c, parameters order[b]

@@ -63,7 +63,7 @@ class HeldRows:
         return rows.index_add_(1, self.holding.flatten(), per_row.reshape(blocks, p * M, c)).reshape(blocks, -1, 1)
 
     def dense(self) -> Tensor:
-        """V (blocks, R, P') with its zeros (tests, the rare steps that need V r)."""
+        """V (blocks, R, P') with its zeros (tests, a system's dense forms)."""
         blocks, p, _, c, X = self.V_held.shape
         V = self.V_held.new_zeros(blocks, self.shape[1] // c, c, p, X)
         V[:, self.holding, :, torch.arange(p, device=V.device)[:, None]] = self.V_held.permute(1, 2, 0, 3, 4)
@@ -181,7 +181,7 @@ class LowRankSystem(NewtonSystem):
             inner = torch.linalg.solve(small, self.Z_y)  # (blocks, R, 1)
             return transposed_times(self.V, inner)
         rhs = transposed_times(self.V, self.Z_y) + extra[:, :, None]  # (blocks, P', 1)
-        inner = torch.linalg.solve(small, z_times(self.Z, self._dense_V() @ rhs))
+        inner = torch.linalg.solve(small, z_times(self.Z, times(self.V, rhs)))
         return (rhs - transposed_times(self.V, inner)) / (shift * scale)
 
     def _dense_V(self) -> Tensor:

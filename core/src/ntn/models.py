@@ -265,10 +265,11 @@ class TensorNetwork:
 
         For a top core (a, j, b), E_basis[t] depends on t through left[x] (c, a, s) of its prefix x = t_<k, t_k and
         right[y] (c, b, u) of its suffix y = t_>k (the ladder's columns on basis vectors: `_prefix_rows`,
-        `_suffix_rows`): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i: (left G)
-        (p^(k+1)·Dl·r, dr) @ right (dr, p^(L-k-1)·Dr) per tuple, or, where the pairs left ⊗ right are fewer
-        (dl·dr ≤ r), those summed per (monomial, t_k) and G applied per monomial; at a chain's end, where one side is
-        a row of ones, the other side summed per multiset first (`_folded_end`). Never E on all p^L tuples through
+        `_suffix_rows`): Σ_{s,u} left[x,c,a,s] G[t_k][s,j,u] right[y,c,b,u], G[i] the input row at φ_k = e_i: left G
+        on every (t_k, x), summed per multiset Q of those k + 1 indices (the monomial of t is that of (Q, y)), times
+        right on every pair (Q, y), or, where the pairs left ⊗ right are fewer (dl·dr ≤ r), those summed per (monomial,
+        t_k) and G applied per monomial; at a chain's end, where one side is a row of ones, the other side summed per
+        multiset first (`_folded_end`). Never E on all p^L tuples through
         every core and folded (p^L · C · numel(core) entries). (Cores that read φ's index, MPO2's and MMPO2's top
         cores and every input core, are folded onto their rows by `Moments._held_environment`: this is the form of
         the others, LMPO2's top cores.)"""
@@ -458,7 +459,8 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
 
 
 def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-    """Σ of per_tuple (p^L, n) over the tuples t with rows[t] = each row: (n_rows, n)."""
+    """Σ of per_tuple (T, n) over the rows t with rows[t] = each row: (n_rows, n) (T tuples, or pairs of a multiset
+    and a tuple)."""
     return per_tuple.new_zeros(n_rows, per_tuple.shape[1]).index_add_(0, rows, per_tuple)
 
 

@@ -127,22 +127,21 @@ class Moments:
         costs O(P³)."""
         C, S = model.output_dim, self.n_monomials
         if model.reads_phi(unit):
-            V, V_held, order = self._held_environment(model, unit)
+            V, order = self._held_environment(model, unit)
         else:  # one block, rows (monomial, c)
             V = model.folded_basis_environment(unit, self.monomials, self.monomial_of).reshape(1, S * C, -1)
-            V_held, order = None, None
+            order = None
         blocks = 1 if order is None else order[0].shape[0]
         R, P_block = S * C // blocks, model.core(unit).numel() // blocks  # rows (monomial, c), parameters per block
         Z, Z_holding, Z_y = self._scaled(loss.curvature(C), blocks)  # K Z, its held columns, K Z_y
-        shared = not _masked(model, unit)  # every j's held rows the same (`_held_environment`)
-        V = HeldRows(V_held, self.holding, S, shared) if V is None else V
         if R < P_block:
-            G = torch.bmm(V, V.transpose(1, 2)) if V_held is None else self._held_gram(V_held, shared)  # (blocks, R, R)
+            G = self._held_gram(V) if isinstance(V, HeldRows) else torch.bmm(V, V.transpose(1, 2))  # (blocks, R, R)
             system = LowRankSystem(V, Z, G, Z_y, order)
             return system, system.trace(), V
-        if V_held is None:
+        if not isinstance(V, HeldRows):
             H = torch.bmm(V.transpose(1, 2), z_times(Z, V))  # (blocks, P', P')
         else:  # Vᵀ Z V over each j's held rows: (blocks, p_j, M, c, X) with B = Z V on them
+            V_held = V.V_held
             B = Z_holding @ V_held.flatten(3)  # (blocks, p_J, S, c·X)
             B_held = B.index_select(2, self.holding.flatten())  # (blocks, p_J, p_j·M, c·X)
             B_held = B_held.reshape(*B.shape[:2], *V_held.shape[1:])  # (blocks, p_J, p_j, M, c, X)
@@ -161,13 +160,14 @@ class Moments:
             self._scaled_sums[K, blocks] = (Z, Z_holding, per_block.reshape(blocks, -1, 1))
         return self._scaled_sums[K, blocks]
 
-    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor | None, Tensor | None, tuple]:
+    def _held_environment(self, model: TensorNetwork, unit: Unit) -> tuple[Tensor | HeldRows, tuple]:
         """For a core that reads φ's index j (`TensorNetwork.reads_phi`), (Dl, p, C_k, Dr) (an input core (s, i, j, u)
         as (dl, p, 1, r·dr)): its V in the parameter order (c_k, j, a, b), one block per output the core carries (its
         Hessian is block diagonal in c_k), and (`order` (blocks, P') of those parameters in the core, its inverse
         (P,)). V[m, c, (j, a, b)] = 0 unless monomial m holds j, so where that saves time (`HELD_MIN_WIDTH`, or a
-        low-rank system) V is given on the M monomials that hold each j alone (`holding`): (None, V_held (blocks, p,
-        M, c, X), order), X = Dl·Dr, and the products run over those rows alone; else (V (blocks, R, P'), None, order).
+        low-rank system) V is given on the M monomials that hold each j alone (`holding`): (`HeldRows` of V_held
+        (blocks, p, M, c, X), order), X = Dl·Dr, and the products run over those rows alone; else (V (blocks, R, P'),
+        order).
 
         The core's environment depends on a basis tuple t through its pair (x, y) = (t_<k, t_>k) alone: on the pairs,
         `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_pairs`) or
@@ -183,7 +183,7 @@ class Moments:
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
         pairs = model.top_row_pairs(site) if unit.layer == TOP else model.input_pairs(unit)  # (p^(L-1), C·X)
-        sorted_only = _masked(model, unit)
+        sorted_only = model.sorted_only and unit.layer == TOP
         if (site, sorted_only) not in self._folds:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
         multiset, held_rows, rows = self._folds[site, sorted_only]
@@ -198,9 +198,9 @@ class Moments:
                 V_held = source.index_select(0, held_rows).reshape(p, -1, blocks, per_block, X)
             else:  # the multisets, for every j
                 V_held = source[:-1].reshape(1, -1, blocks, per_block, X).expand(p, -1, -1, -1, -1)
-            return None, V_held.permute(2, 0, 1, 3, 4), order
+            return HeldRows(V_held.permute(2, 0, 1, 3, 4), self.holding, S, shared=multiset is not None), order
         V = source.index_select(0, rows).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
-        return V.reshape(blocks, S * per_block, -1), None, order  # (blocks, (m, c), (j, X))
+        return V.reshape(blocks, S * per_block, -1), order  # (blocks, (m, c), (j, X))
 
     def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor, Tensor]:
         """Where `_held_environment` takes V from at site k: the multiset of L − 1 indices of each (prefix, suffix)
@@ -230,10 +230,11 @@ class Moments:
         held_rows, rows = torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
         return None if sorted_only else multiset, held_rows, rows
 
-    def _held_gram(self, V_held: Tensor, shared: bool) -> Tensor:
+    def _held_gram(self, V: HeldRows) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
-        that hold j, summed into their places; where every j's held rows are the same (`shared`), their products
-        are made once: (M·c)²·X multiplications, not p times as many."""
+        that hold j, summed into their places; where every j's held rows are the same (`HeldRows.shared`), their
+        products are made once: (M·c)²·X multiplications, not p times as many."""
+        V_held, shared = V.V_held, V.shared
         blocks, p, M, per_block, X = V_held.shape
         R = self.n_monomials * per_block
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
@@ -265,11 +266,6 @@ class Moments:
         total = self.y_variation
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
-
-
-def _masked(model: TensorNetwork, unit: Unit) -> bool:
-    """Whether the core is a top core behind MMPO2's mask: its environment on the sorted index tuples alone."""
-    return model.sorted_only and unit.layer == TOP
 
 
 @functools.lru_cache(maxsize=64)

@@ -96,7 +96,8 @@ def newton_step(
 ) -> Tensor:
     """One Newton step on J = data term + (ridge/2)·||θ||² (the ridge term only when `regularize`), ridge =
     per_curvature · curvature: 2 × the epoch's λ × the core's curvature scale h_k, in the units of the system's sums
-    (`NTN.update`); where that is not finite (h_k overflowed), h_k = 1.
+    (`NTN._update`). A ridge that overflows to inf lands on its limit, θ = 0; a NaN one fails, and the retries start
+    from h_k = 1.
 
     :param theta: the core, in its own shape (P parameters)
     :param system: the data term's Hessian H and right side b = Hθ − g (`ntn.hessians`), summed over n_samples
@@ -112,17 +113,20 @@ def newton_step(
     # failed: the damping's floor and the ridge as a tensor, made only now
     diagonal_mean = system.diagonal().abs().mean().item() / n_samples  # not finite when the diagonal is not
     floor = 2e-12 * n_samples * max(diagonal_mean, 1.0) if math.isfinite(diagonal_mean) else 2.0 * n_samples
+    ridge = curvature * per_curvature
+    tried = math.isfinite(ridge.item())  # the step above was at this ridge; else the retries start at h_k = 1
     unit_ridge = per_curvature * theta.numel() * n_samples  # h_k = 1: the curvature's sum is P·N
-    ridge = (curvature * per_curvature).nan_to_num(nan=unit_ridge, posinf=unit_ridge)
+    ridge = ridge.nan_to_num(nan=unit_ridge, posinf=unit_ridge, neginf=unit_ridge)
     shift = ridge
-    for _ in range(JITTER_RETRIES):
-        shift = torch.clamp(10 * shift, min=floor)
+    for retry in range(JITTER_RETRIES):
+        if retry or tried:
+            shift = torch.clamp(10 * shift, min=floor)
         updated = system.step(shift, theta, shift - ridge if regularize else shift)
         if updated is not None:
             return updated
     raise NewtonStepError(
         f"Newton step on {unit.layer} core at site {unit.site} failed: the system is not positive definite or not "
-        f"finite even with jitter {float(shift) / (20 * n_samples):.3g}"
+        f"finite even with jitter {float(shift) / (2 * n_samples):.3g}"  # the last μ tried, as λ with h_k = 1
     )
 
 
@@ -287,7 +291,8 @@ class NTN:
     def _coefficients(self, sums: moments.Moments) -> Tensor:
         """The model's coefficients on the monomials (`Moments.coefficients`): from the last core update's system,
         a = V θ (one product), when no other core has changed since it was made (each epoch's sweep ends on one),
-        else from the whole model."""
+        else from the whole model. A change is what torch counts (in place or a new tensor), as for the model's kept
+        columns: one made through `.data` or `.numpy()` is not seen."""
         if self._kept:
             unit, others, system, _, environment = self._kept
             core = self.model.core(unit)
@@ -348,7 +353,7 @@ class NTN:
         self._kept = (unit, others, system, trace, environment)
         return system, trace
 
-    def _others(self, core: Tensor) -> tuple:
+    def _others(self, core: Tensor) -> tuple[tuple[Tensor, int], ...]:
         """Every core but `core`, with its version (`ntn.models.versions`)."""
         return versions([other for other in self.model.top_cores + (self.model.input_cores or []) if other is not core])
 
