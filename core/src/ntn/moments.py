@@ -202,10 +202,11 @@ class Moments:
         V = source.index_select(0, rows).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
         return V.reshape(blocks, S * per_block, -1), order  # (blocks, (m, c), (j, X))
 
-    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    def _fold_places(self, L: int, p: int, site: int, sorted_only: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:
         """Where `_held_environment` takes V from at site k: the multiset of L − 1 indices of each (prefix, suffix)
         pair (p^(L-1),), as its place among the M monomials of degree L − 1 (None behind the mask), and the row of
-        `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p·M,), and of each (m, j), (S·p,)."""
+        `source` (multisets or pairs, then a row of zeros) of each held (j, h), (p·M,) (behind the mask alone: else
+        they are the multisets in order, None), and of each (m, j), (S·p,)."""
         device = self.monomials.device
         monomials = self.monomials.tolist()
         multiset, numbers = multiset_places(L - 1, p, device)  # the multiset of each (x, y), base-p order; theirs
@@ -225,10 +226,11 @@ class Moments:
             rest.remove(j)
             return place[number(rest)]  # the multiset m − {j}
 
+        rows = torch.tensor([[source_row(m, j) for j in range(p)] for m in range(len(monomials))], device=device)
+        if not sorted_only:
+            return multiset, None, rows.flatten()
         held_rows = [[source_row(m, j) for m in row] for j, row in enumerate(self.holding.tolist())]
-        rows = [[source_row(m, j) for j in range(p)] for m in range(len(monomials))]
-        held_rows, rows = torch.tensor(held_rows, device=device).flatten(), torch.tensor(rows, device=device).flatten()
-        return None if sorted_only else multiset, held_rows, rows
+        return None, torch.tensor(held_rows, device=device).flatten(), rows.flatten()
 
     def _held_gram(self, V: HeldRows) -> Tensor:
         """G = V Vᵀ (blocks, R, R) from V on each j's held rows (blocks, p, M, c, X): the products of the rows
