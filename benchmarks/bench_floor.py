@@ -101,7 +101,7 @@ def update_shapes(case: str) -> list[tuple[int, bool, bool, bool, bool]]:
             model.reads_phi(u),
             model.core(u).numel() // P_IN >= HELD_MIN_WIDTH,
             i == 0 or u != run[i - 1],
-            model.sorted_only and u.layer == "top",
+            model.masked(u),
         )
         for i, u in enumerate(run)
     ]

@@ -269,10 +269,9 @@ class TensorNetwork:
         on every (t_k, x), summed per multiset Q of those k + 1 indices (the monomial of t is that of (Q, y)), times
         right on every pair (Q, y), or, where the pairs left ⊗ right are fewer (dl·dr ≤ r), those summed per (monomial,
         t_k) and G applied per monomial; at a chain's end, where one side is a row of ones, the other side summed per
-        multiset first (`_folded_end`). Never E on all p^L tuples through
-        every core and folded (p^L · C · numel(core) entries). (Cores that read φ's index, MPO2's and MMPO2's top
-        cores and every input core, are folded onto their rows by `Moments._held_environment`: this is the form of
-        the others, LMPO2's top cores.)"""
+        multiset first (`_folded_end`). Never E on all p^L tuples through every core and folded (p^L · C · numel(core)
+        entries). (Cores that read φ's index, MPO2's and MMPO2's top cores and every input core, are folded onto their
+        rows by `Moments._held_environment`: this is the form of the others, LMPO2's top cores.)"""
         n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
         top, G, left, right = self._basis_sides(k)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
@@ -408,6 +407,10 @@ class TensorNetwork:
         """Whether the core's physical index is φ's own (MPO2's and MMPO2's top cores, every input core): its
         folded environment V[m, :, (…, j, …)] (`folded_basis_environment`) is then 0 unless monomial m holds j."""
         return unit.layer == INPUT or self.input_cores is None or self.sorted_only
+
+    def masked(self, unit: Unit) -> bool:
+        """Whether the core is a top core behind MMPO2's mask: its environment on the sorted index tuples alone."""
+        return self.sorted_only and unit.layer == TOP
 
     def is_kronecker(self, unit: Unit) -> bool:
         """Whether E_n = left_n ⊗ φ_n ⊗ right_n for this core (MPO2 top cores, one output)."""

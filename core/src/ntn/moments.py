@@ -183,7 +183,7 @@ class Moments:
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
         pairs = model.top_row_pairs(site) if unit.layer == TOP else model.input_pairs(unit)  # (p^(L-1), C·X)
-        sorted_only = model.sorted_only and unit.layer == TOP
+        sorted_only = model.masked(unit)
         if (site, sorted_only) not in self._folds:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
         multiset, held_rows, rows = self._folds[site, sorted_only]
