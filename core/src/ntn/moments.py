@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, times, transposed_times, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import TOP, TensorNetwork, Unit, multiset_places
+from ntn.models import INPUT, TOP, TensorNetwork, Unit, multiset_places
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
@@ -173,31 +173,36 @@ class Moments:
         `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_pairs`) or
         an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
         of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
-        whatever j (one sum into the M multisets of L − 1 indices, then a gather); behind MMPO2's mask, over m's
-        sorted tuple alone, where its k-th index is j (a gather). On the held rows the former needs no gather: the
-        monomials that hold j, in their order (`holding`), are the multisets m − {j} in theirs (adding j to sorted
-        tuples keeps their order), so every j's held rows are the M multisets themselves (a view that repeats them)."""
+        whatever j (one sum into the M multisets of L − 1 indices, then a gather; an input core's from the model,
+        `TensorNetwork.input_multisets`); behind MMPO2's mask, over m's sorted tuple alone, where its k-th index is j
+        (a gather). On the held rows the former needs no gather: the monomials that hold j, in their order
+        (`holding`), are the multisets m − {j} in theirs (adding j to sorted tuples keeps their order), so every j's
+        held rows are the M multisets themselves (a view that repeats them)."""
         core, C, S, site = model.core(unit), model.output_dim, self.n_monomials, unit.site
         Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
         per_block, X = C // blocks, Dl * Dr
         held = per_block * X >= HELD_MIN_WIDTH or S * per_block < p * X  # wide, or low rank
         order = _block_order((Dl, p, blocks, Dr), core.device)
-        pairs = model.top_row_pairs(site) if unit.layer == TOP else model.input_pairs(unit)  # (p^(L-1), C·X)
         sorted_only = model.masked(unit)
         if (site, sorted_only) not in self._folds:
             self._folds[site, sorted_only] = self._fold_places(model.L, p, site, sorted_only)
         multiset, held_rows, rows = self._folds[site, sorted_only]
-        if multiset is None:  # the pairs themselves, and a row of zeros
-            source = torch.nn.functional.pad(pairs, (0, 0, 0, 1))
-        else:  # `symmetric`, and a row of zeros
+        if multiset is None:  # behind the mask: the pairs themselves, and a row of zeros
+            source = torch.nn.functional.pad(model.top_row_pairs(site), (0, 0, 0, 1))
+        elif unit.layer == INPUT:  # `symmetric` from the model, a row of zeros where `rows` reads it
+            symmetric = model.input_multisets(unit)  # (M, C·X)
+            source = symmetric if held else torch.nn.functional.pad(symmetric, (0, 0, 0, 1))
+        else:  # `symmetric` of the top row's pairs (`TensorNetwork.top_row_pairs`, (p^(L-1), C·X)), a row of zeros
+            pairs = model.top_row_pairs(site)
             source = pairs.new_zeros(self.holding.shape[1] + 1, C * X).index_add_(0, multiset, pairs)
+            symmetric = source[:-1]
         # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
         # one output
         if held:  # rows (j, h)
             if multiset is None:
                 V_held = source.index_select(0, held_rows).reshape(p, -1, blocks, per_block, X)
             else:  # the multisets, for every j
-                V_held = source[:-1].reshape(1, -1, blocks, per_block, X).expand(p, -1, -1, -1, -1)
+                V_held = symmetric.reshape(1, -1, blocks, per_block, X).expand(p, -1, -1, -1, -1)
             return HeldRows(V_held.permute(2, 0, 1, 3, 4), self.holding, S, shared=multiset is not None), order
         V = source.index_select(0, rows).reshape(S, p, blocks, per_block, X).permute(2, 0, 3, 1, 4)
         return V.reshape(blocks, S * per_block, -1), order  # (blocks, (m, c), (j, X))
