@@ -154,8 +154,9 @@ def test_a_saved_model_loads_back_and_predicts_the_same(tmp_path, factory):
 
 @pytest.mark.parametrize("change", ["in place", "set_core"])
 def test_the_kept_columns_and_sides_see_every_change_to_a_core(change):
-    """LMPO2's columns and the tables around a site are kept while their cores are unchanged (`_basis_column`,
-    `_basis_sides`): replaced or changed in place, the next fold is the one a fresh model makes."""
+    """LMPO2's columns, the tables around a site and a chain end's rows summed per multiset are kept while their
+    cores are unchanged (`_basis_column`, `_basis_sides`, `_multiset_side`): replaced or changed in place, the next
+    fold is the one a fresh model makes."""
     p, L = 4, 3
     model = LMPO2(L=L, bond_dim=3, phys_dim=p, output_dim=2, output_site=1, seed=3)
     monomials = torch.combinations(torch.arange(p), L, with_replacement=True)
@@ -164,7 +165,7 @@ def test_the_kept_columns_and_sides_see_every_change_to_a_core(change):
 
     def fold(network, unit):  # each reads `_basis_sides`, which keeps every column and side
         if unit.layer == "input":
-            return network.input_pairs(unit)
+            return network.input_multisets(unit)
         return network.folded_basis_environment(unit, monomials, monomial_of)
 
     for unit in model.units:
