@@ -251,12 +251,12 @@ class TensorNetwork:
             return suffix.expand(C, -1, -1).reshape(-1, suffix.shape[2]).mT
         prefix = _prefix_rows(self.top_cores[:site]).expand(-1, C, -1)  # (p^k, C, D_left)
         if site == L - 1:
-            return prefix.reshape(len(prefix), -1)
+            return prefix.reshape(prefix.shape[0], -1)
         # the suffix in memory order, so that the product is too and its reshape a view (from the carried form, a
         # permuted view, the product took its layout and the reshape copied: 5 µs more an update)
         suffix = _suffix_rows(self.top_cores[site + 1 :])  # (p^(L-k-1), c, D_right)
-        pairs = prefix.reshape(len(prefix), 1, C, -1, 1) * suffix.unsqueeze(2)  # (x, y, c, a, b)
-        return pairs.reshape(len(prefix) * len(suffix), -1)
+        pairs = prefix.reshape(prefix.shape[0], 1, C, -1, 1) * suffix.unsqueeze(2)  # (x, y, c, a, b)
+        return pairs.reshape(prefix.shape[0] * suffix.shape[0], -1)
 
     def folded_basis_environment(self, unit: Unit, monomials: Tensor, monomial_of: Tensor) -> Tensor:
         """A top core's `environment` on every tuple of basis vectors (e_{i_0}, …, e_{i_{L-1}}), E_basis (p^L, C,
@@ -273,7 +273,7 @@ class TensorNetwork:
         multiset first (`_folded_end`). Never E on all p^L tuples through every core and folded (p^L · C · numel(core)
         entries). (Cores that read φ's index, MPO2's and MMPO2's top cores and every input core, are folded onto their
         rows by `Moments._held_environment`: this is the form of the others, LMPO2's top cores.)"""
-        n_monomials, p, k, C = len(monomials), self.phys_dim, unit.site, self.output_dim
+        n_monomials, p, k, C = monomials.shape[0], self.phys_dim, unit.site, self.output_dim
         top, G, left, right = self._basis_sides(k)
         (Dl, r, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         if k in (0, self.L - 1):
@@ -284,13 +284,17 @@ class TensorNetwork:
             # M_k·p^(L-k-1) pairs (Q, y) (405 at L = 3, p = 9), not p^L tuples (729)
             place, pair_monomials = _multiset_rows(self.L, p, k + 1, G.device)
             left_rows = left.permute(1, 0, 2, 3).reshape(C, 1, -1, dl)  # (c, 1, (x, a), s)
-            left_G = (left_rows @ G.reshape(1, p, dl, r * dr)).reshape(C, p * len(left), -1)  # (c, (i, x), (a, j, u))
-            n_sets = len(pair_monomials) // len(right)  # M_k multisets Q
+            left_G = (left_rows @ G.reshape(1, p, dl, r * dr)).reshape(
+                C, p * left.shape[0], -1
+            )  # (c, (i, x), (a, j, u))
+            n_sets = pair_monomials.shape[0] // right.shape[0]  # M_k multisets Q
             left_G = left_G.new_zeros(C, n_sets, left_G.shape[2]).index_add_(1, place, left_G)  # (c, Q, (a, j, u))
             right_rows = right.permute(1, 0, 2, 3).reshape(C, -1, dr)  # (c, (y, b), u)
             per_pair = torch.bmm(right_rows, left_G.reshape(C, -1, dr).mT)  # (c, (y, b), (Q, a, j))
-            per_pair = per_pair.reshape(C, len(right), Dr, n_sets, Dl * r).permute(3, 1, 0, 4, 2)  # (Q, y, c, aj, b)
-            V = _fold(per_pair.reshape(len(pair_monomials), -1), pair_monomials, n_monomials)
+            per_pair = per_pair.reshape(C, right.shape[0], Dr, n_sets, Dl * r).permute(
+                3, 1, 0, 4, 2
+            )  # (Q, y, c, aj, b)
+            V = _fold(per_pair.reshape(pair_monomials.shape[0], -1), pair_monomials, n_monomials)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
             pair, monomial_and_i_k = self._tuple_rows(k, monomial_of)
@@ -325,7 +329,7 @@ class TensorNetwork:
         kept = self._kept_multiset_sides.get(k)
         if kept is None or kept[0] is not side:
             place, numbers = multiset_places(self.L - 1, self.phys_dim, side.device)
-            side_sym = side.new_zeros(len(numbers), *side.shape[1:]).index_add_(0, place, side)
+            side_sym = side.new_zeros(numbers.shape[0], *side.shape[1:]).index_add_(0, place, side)
             kept = self._kept_multiset_sides[k] = (side, side_sym)
         return kept[1]
 
@@ -338,14 +342,14 @@ class TensorNetwork:
         if 0 < k < L - 1:
             pairs = self.input_pairs(unit)
             place, numbers = multiset_places(L - 1, self.phys_dim, pairs.device)
-            return pairs.new_zeros(len(numbers), pairs.shape[1]).index_add_(0, place, pairs)
+            return pairs.new_zeros(numbers.shape[0], pairs.shape[1]).index_add_(0, place, pairs)
         top, _, left, right = self._basis_sides(k)  # top (Dl, r, C, Dr)
         side_sym = self._multiset_side(k, right if k == 0 else left)  # (Q, c, X, w)
         if k == 0:  # Σ_b A[0, j, c, b] side_sym[Q, c, b, u]: (Q, c, j, u)
             rows = top[0].permute(1, 0, 2) @ side_sym
         else:  # Σ_a side_sym[Q, c, a, s] A[a, j, c, 0]: (Q, c, s, j)
             rows = side_sym.mT @ top[..., 0].permute(2, 0, 1)
-        return rows.reshape(len(rows), -1)
+        return rows.reshape(rows.shape[0], -1)
 
     def input_pairs(self, unit: Unit) -> Tensor:
         """An input core's environment on every (prefix x, suffix y) pair of basis tuples around its site, whatever
@@ -360,8 +364,8 @@ class TensorNetwork:
         left_top = torch.bmm(left.permute(1, 0, 3, 2).reshape(C, -1, Dl), top_rows)  # (c, (x, s), (j, b))
         right_columns = right.permute(1, 2, 0, 3).reshape(C, Dr, -1)  # (c, b, (y, u))
         per_pair = torch.bmm(left_top.reshape(C, -1, Dr), right_columns)  # (c, (x, s, j), (y, u))
-        per_pair = per_pair.reshape(C, len(left), -1, len(right), right.shape[3]).permute(1, 3, 0, 2, 4)
-        return per_pair.reshape(len(left) * len(right), -1)  # ((x, y), (c, (s, j), u))
+        per_pair = per_pair.reshape(C, left.shape[0], -1, right.shape[0], right.shape[3]).permute(1, 3, 0, 2, 4)
+        return per_pair.reshape(left.shape[0] * right.shape[0], -1)  # ((x, y), (c, (s, j), u))
 
     def _basis_sides(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What the fold at site k reads: the top core (Dl, r, C, Dr) with the output index c, the input row on
@@ -482,7 +486,7 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
     rows = columns[0][0].transpose(0, 1)  # (C_0, p, D_1)
     for column in columns[1:]:  # (c, tuples, D) @ (C_k, D, p·Dr): (c, tuples, p·Dr), i.e. (c, tuples·p, Dr)
         product = rows @ column.permute(2, 0, 1, 3).flatten(2)
-        rows = product.reshape(len(product), -1, column.shape[3])
+        rows = product.reshape(product.shape[0], -1, column.shape[3])
     return rows.transpose(0, 1)
 
 
@@ -502,7 +506,7 @@ def _suffix_columns(columns: list[Tensor]) -> Tensor:
     rows = columns[-1].squeeze(3).permute(2, 0, 1)  # (C, D_left, p)
     for column in reversed(columns[:-1]):  # (C_k, Dl·p, D) @ (c, D, tuples): (c, Dl·p, tuples), i.e. (c, Dl, p·tuples)
         product = column.permute(2, 0, 1, 3).flatten(1, 2) @ rows
-        rows = product.reshape(len(product), column.shape[0], -1)
+        rows = product.reshape(product.shape[0], column.shape[0], -1)
     return rows
 
 

@@ -263,7 +263,7 @@ class Moments:
         """`coefficients` from one core's V (blocks, R, P') or V on its held rows (`system`) and the core in its
         system's blocks (blocks, P'): f = E_n θ = (V θ)ᵀ z_n, so a = V θ, rows (monomial, c) of each block's outputs."""
         rows = times(V, theta[:, :, None])  # (blocks, R, 1)
-        return rows.reshape(len(rows), self.n_monomials, -1).transpose(0, 1).reshape(self.n_monomials, -1)
+        return rows.reshape(rows.shape[0], self.n_monomials, -1).transpose(0, 1).reshape(self.n_monomials, -1)
 
     def scores(self, model: TensorNetwork, coefficients: Tensor | None = None) -> dict[str, float]:
         """{"loss", "r2"} of the model on this data set, as `NTN.evaluate` defines them, from the sums:
