@@ -171,13 +171,14 @@ class Moments:
 
         The core's environment depends on a basis tuple t through its pair (x, y) = (t_<k, t_>k) alone: on the pairs,
         `pairs` (p^(L-1), C·X) is the top row's prefix[x, c, a] · suffix[y, c, b] (`TensorNetwork.top_row_pairs`) or
-        an input core's `TensorNetwork.input_pairs`. V[m, j] sums it over the tuples t of m with t_k = j: over all
-        of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y), `symmetric`[q]
-        whatever j (one sum into the M multisets of L − 1 indices, then a gather; an input core's from the model,
-        `TensorNetwork.input_multisets`); behind MMPO2's mask, over m's sorted tuple alone, where its k-th index is j
-        (a gather). On the held rows the former needs no gather: the monomials that hold j, in their order
-        (`holding`), are the multisets m − {j} in theirs (adding j to sorted tuples keeps their order), so every j's
-        held rows are the M multisets themselves (a view that repeats them)."""
+        an input core's environment there (`TensorNetwork.input_pairs`). V[m, j] sums it over the tuples t of m with
+        t_k = j: over all of them (MPO2, LMPO2), that is over the orderings of the multiset q = m − {j} into (x, y),
+        `symmetric`[q] whatever j (one sum into the M multisets of L − 1 indices, then a gather; an input core's sum
+        comes from the model, `TensorNetwork.input_multisets`, which at a chain's end never forms the pairs); behind
+        MMPO2's mask, over m's sorted tuple alone, where its k-th index is j (a gather). On the held rows the former
+        needs no gather: the monomials that hold j, in their order (`holding`), are the multisets m − {j} in theirs
+        (adding j to sorted tuples keeps their order), so every j's held rows are the M multisets themselves (a view
+        that repeats them)."""
         core, C, S, site = model.core(unit), model.output_dim, self.n_monomials, unit.site
         Dl, p, blocks, Dr = core.shape if unit.layer == TOP else (*core.shape[:2], 1, core.shape[2] * core.shape[3])
         per_block, X = C // blocks, Dl * Dr
