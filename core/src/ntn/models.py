@@ -292,11 +292,11 @@ class TensorNetwork:
             per_pair = torch.bmm(right_rows, left_G.reshape(C, -1, dr).mT)  # (c, (y, b), (Q, a, j))
             per_pair = per_pair.reshape(C, right.shape[0], Dr, n_sets, Dl * r)  # (c, y, b, Q, aj)
             per_pair = per_pair.permute(3, 1, 0, 4, 2)  # (Q, y, c, aj, b)
-            V = _fold(per_pair.reshape(pair_monomials.shape[0], -1), pair_monomials, n_monomials)
+            V = fold_rows(per_pair.reshape(pair_monomials.shape[0], -1), pair_monomials, n_monomials)
         else:
             pairs = left[:, None, :, :, :, None, None] * right[None, :, :, None, None, :, :]  # (x, y, c, a, s, b, u)
             pair, monomial_and_i_k = self._tuple_rows(k, monomial_of)
-            W = _fold(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
+            W = fold_rows(pairs.flatten(0, 1).flatten(1).index_select(0, pair), monomial_and_i_k, n_monomials * p)
             V = torch.einsum("micasbu,isju->mcajb", W.reshape(n_monomials, p, C, Dl, dl, Dr, dr), G)
         V = V.reshape(n_monomials, C, Dl, r, Dr)
         if k == self.output_site:  # top core carries c: V[m, c, a, j, c', b] = V[m, c, a, j, b] δ_cc'
@@ -318,7 +318,7 @@ class TensorNetwork:
         G_w = G[:, 0].permute(2, 0, 1) if k == 0 else G[..., 0].transpose(0, 1)  # (w, i, j): dl = 1 or dr = 1
         per_pair = (side_sym.reshape(-1, w) @ G_w.reshape(w, -1)).reshape(M, C, X, p, r)  # (Q, c, X, i, j)
         per_pair = per_pair.permute(0, 3, 1, 4, 2) if k == 0 else per_pair.permute(0, 3, 1, 2, 4)  # (Q, i, c, a, j, b)
-        return _fold(per_pair.reshape(M * p, -1), pair_monomials, n_monomials)
+        return fold_rows(per_pair.reshape(M * p, -1), pair_monomials, n_monomials)
 
     def _multiset_side(self, k: int, side: Tensor) -> Tensor:
         """At a chain's end, k = 0 or L − 1, the rows of the other L − 1 indices q, side (p^(L-1), c, X, w) (right
@@ -328,7 +328,7 @@ class TensorNetwork:
         kept = self._kept_multiset_sides.get(k)
         if kept is None or kept[0] is not side:
             place, numbers = multiset_places(self.L - 1, self.phys_dim, side.device)
-            kept = self._kept_multiset_sides[k] = (side, _fold(side, place, numbers.shape[0]))
+            kept = self._kept_multiset_sides[k] = (side, fold_rows(side, place, numbers.shape[0]))
         return kept[1]
 
     def input_multisets(self, unit: Unit) -> Tensor:
@@ -340,7 +340,7 @@ class TensorNetwork:
         if 0 < k < L - 1:
             pairs = self.input_pairs(unit)
             place, numbers = multiset_places(L - 1, self.phys_dim, pairs.device)
-            return _fold(pairs, place, numbers.shape[0])
+            return fold_rows(pairs, place, numbers.shape[0])
         top, _, left, right = self._basis_sides(k)  # top (Dl, r, C, Dr)
         side_sym = self._multiset_side(k, right if k == 0 else left)  # (Q, c, X, w)
         if k == 0:  # Σ_b A[0, j, c, b] side_sym[Q, c, b, u]: (Q, c, j, u)
@@ -488,9 +488,9 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
     return rows.transpose(0, 1)
 
 
-def _fold(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+def fold_rows(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
     """Σ of per_tuple (T, …) over the rows t with rows[t] = each row: (n_rows, …) (T tuples, pairs of a multiset and a
-    tuple, or tuples summed per multiset)."""
+    tuple, or tuples summed per multiset; a row no t names stays 0)."""
     return per_tuple.new_zeros(n_rows, *per_tuple.shape[1:]).index_add_(0, rows, per_tuple)
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, times, transposed_times, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import INPUT, TOP, TensorNetwork, Unit, multiset_places
+from ntn.models import INPUT, TOP, TensorNetwork, Unit, fold_rows, multiset_places
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
@@ -194,8 +194,7 @@ class Moments:
             symmetric = model.input_multisets(unit)  # (M, C·X)
             source = symmetric if held else torch.nn.functional.pad(symmetric, (0, 0, 0, 1))
         else:  # `symmetric` of the top row's pairs (`TensorNetwork.top_row_pairs`, (p^(L-1), C·X)), a row of zeros
-            pairs = model.top_row_pairs(site)
-            source = pairs.new_zeros(self.holding.shape[1] + 1, C * X).index_add_(0, multiset, pairs)
+            source = fold_rows(model.top_row_pairs(site), multiset, self.holding.shape[1] + 1)  # row M: none's
             symmetric = source[:-1]
         # gathers of whole rows (index_select: 2-3× faster than indexing by a 2-d tensor); the permutes are views for
         # one output
@@ -248,7 +247,7 @@ class Moments:
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
             self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
-        V_rows = (V_held[:, :1] if shared else V_held).reshape(-1, M * per_block, X)
+        V_rows = V.shared_rows() if shared else V_held.reshape(-1, M * per_block, X)  # (blocks·(1 or p), M·c, X)
         products = torch.bmm(V_rows, V_rows.transpose(1, 2)).reshape(blocks, -1)  # (blocks, (1 or p)·(M·c)²)
         products = products.repeat(1, p) if shared else products  # each j's
         G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products)
@@ -258,7 +257,7 @@ class Moments:
         """a (S, C): f_c(x) = Σ_m a[m, c] z_m(x), the model's coefficient of each monomial (the same for every data
         set of this shape: computed once per epoch for the training and validation scores)."""
         W = model.dense().reshape(-1, model.output_dim)  # f on every basis tuple: (p^L, C)
-        return W.new_zeros(self.n_monomials, W.shape[1]).index_add_(0, self.monomial_of, W)
+        return fold_rows(W, self.monomial_of, self.n_monomials)
 
     def coefficients_of(self, V: Tensor | HeldRows, theta: Tensor) -> Tensor:
         """`coefficients` from one core's V (blocks, R, P') or V on its held rows (`system`) and the core in its
