@@ -11,10 +11,11 @@ from aim import Run
 from authproxy import AuthProxy
 from conftest import AimServer, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
-from ntn_tracker_aim import flush, index_runs, read_runs, series
+from ntn_tracker_aim import flush, index_runs, read_runs, series, uploads
 from ntn_tracker_aim.auth import headers_from_env
 from ntn_tracker_aim.journal import read_records
 from ntn_tracker_aim.reading import HIDDEN
+from ntn_tracker_aim.tracker import AimTracker
 
 CF = {"CF_ACCESS_CLIENT_ID": "cf-id-remote-7h6g5f4e", "CF_ACCESS_CLIENT_SECRET": "cf-secret-remote-3d2c1b0a9z"}
 CF_HEADERS = {
@@ -87,8 +88,16 @@ def test_through_the_proxy_with_the_right_headers(aim_server, monkeypatch, env):
     assert grep_tree(aim_server.root, secrets) == []
 
 
+def answered_after_prepare() -> None:
+    """What the scripts do before they import torch (`AimTracker.prepare`), then wait for the server's
+    answer, which a script's start-up gives time for (the test does not assume a speed)."""
+    AimTracker.prepare()
+    uploads.UPLOADS.probes[uploads.key_of(os.environ["AIM_REPO"])].result(timeout=30)
+
+
 def test_without_the_headers_the_run_is_refused_in_one_line_before_training(proxy, monkeypatch):
     monkeypatch.setenv("AIM_REPO", f"aim://127.0.0.1:{proxy.port}")
+    answered_after_prepare()
     with pytest.raises(TrackerConfigError) as err:
         with start_run("refused_seed0", {}):
             pytest.fail("the run must not start")
@@ -96,9 +105,11 @@ def test_without_the_headers_the_run_is_refused_in_one_line_before_training(prox
     assert "\n" not in str(err.value)
     monkeypatch.setenv("CF_ACCESS_CLIENT_ID", CF["CF_ACCESS_CLIENT_ID"])
     monkeypatch.setenv("CF_ACCESS_CLIENT_SECRET", "wrong-secret-value")
+    answered_after_prepare()  # other credentials: asked again
     with pytest.raises(TrackerConfigError, match=r"refused the credentials \(HTTP 403\)"):
         with start_run("wrong_seed0", {}):
-            pass
+            pytest.fail("the run must not start")
+    assert not list(Path(".ntn-aim-spool").glob("*.jsonl"))  # nothing was journaled
 
 
 def test_on_a_slow_link_the_probe_never_delays_training_and_a_refusal_stops_the_next_run(

@@ -1,11 +1,12 @@
 """The training process's side of delivery, in one `Uploads`: uploaders, server probes, a bounded exit.
 
-- A remote server is probed once per process, on a thread of a pool. The first run waits for the answer
-  at most PROBE_WAIT_S (20 ms: a server on the LAN has answered by then), so a slow link never
-  delays training. A 401/403 stops the experiment with a one-line TrackerConfigError: before
-  training when the answer came within the wait; else it is printed in one line when it comes, and
-  the experiment stops when the next run starts, its runs so far kept in the spool. The runs of a
-  server that cannot be reached are only journaled.
+- A remote server is probed once per process, on a thread of a pool, from `prepare` on (the scripts
+  prepare before they import torch: the answer comes while the process starts up) or from the first
+  run. The first run waits for the answer at most PROBE_WAIT_S more (20 ms: a server on the LAN has
+  answered by then), so a slow link never delays training. A 401/403 stops the experiment with a
+  one-line TrackerConfigError: before training when the answer came by then; else it is printed in one
+  line when it comes, and the experiment stops when the next run starts, its runs so far kept in the
+  spool. The runs of a server that cannot be reached are only journaled.
 - One way of delivering, for every process: the uploader of a repository starts before the first run
   (`AimTracker.prepare`, which the scripts call before they import torch, so that its import of aim and
   the opening of the repository, ~0.7 s, overlap the process's own start-up), or at the first run when
@@ -133,6 +134,7 @@ class Uploads:
 
     def __init__(self) -> None:
         self.probes: dict[Key, concurrent.futures.Future] = {}
+        self.checked: set[Key] = set()  # the repositories a run has started with
         self.journals: list[Path] = []
         self.repos: set[str] = set()
         self.uploaders: dict[Key, list[subprocess.Popen]] = {}
@@ -143,7 +145,8 @@ class Uploads:
 
     def prepare(self, key: Key) -> None:
         """Start the uploader of `key`'s repository now, unless one runs: it imports aim and opens the
-        repository meanwhile."""
+        repository meanwhile; and a remote repository's probe."""
+        self.probe(key)
         with self.lock:
             if not any(u.poll() is None for u in self.uploaders.get(key, [])):
                 self.uploaders[key] = [_start_uploader(journal.spool_dir(), key[0])]
@@ -164,20 +167,29 @@ class Uploads:
             if uploader.poll() is None:
                 _send(uploader, "")
 
+    def probe(self, key: Key) -> None:
+        """Start probing a remote repository's server, once per process and credentials (`prepare` does, so
+        that the answer comes while the process starts up)."""
+        if key[0].startswith(REMOTE_PREFIX) and key not in self.probes:
+            probe = self.probes[key] = _PROBES.submit(_probe, key)
+            probe.add_done_callback(lambda probe: self.hand_over(keys={key}) if self._as_they_go(key) else None)
+
     def check(self, key: Key) -> None:
-        """Start probing a remote repository (once per process and credentials); raise its refusal once known.
+        """Before a run: raise the server's refusal once known. The first run waits for the answer at most
+        PROBE_WAIT_S; an answer that comes later is said when it comes.
 
         :raises TrackerConfigError: the server refused the credentials
         """
         if not key[0].startswith(REMOTE_PREFIX):
             return
-        if key not in self.probes:
-            probe = self.probes[key] = _PROBES.submit(_probe, key)
+        self.probe(key)
+        probe = self.probes[key]
+        if key not in self.checked:
+            self.checked.add(key)
             concurrent.futures.wait([probe], PROBE_WAIT_S)  # a server on the LAN has answered by then
             if not probe.done():
                 probe.add_done_callback(_say_late_refusal)
-            probe.add_done_callback(lambda probe: self.hand_over(keys={key}) if self._as_they_go(key) else None)
-        if isinstance(outcome := _outcome(self.probes[key]), TrackerConfigError):
+        if isinstance(outcome := _outcome(probe), TrackerConfigError):
             raise outcome
 
     def track(self, path: Path, key: Key) -> None:
