@@ -3,10 +3,12 @@
     NTN_DATA_DIR=../shared/data python benchmarks/bench_floor.py [--runs 5] [--old /tmp/ntn-old/core/src]
 
 The cases: MPO2, LMPO2 and MMPO2 at L=3 bond 6 N_SAMPLES=500, and MPO2 at L=5 bond 6 on all rows of
-California housing; 10 epochs, fit and the test evaluation, one torch thread, process CPU time, medians
-of interleaved rounds: in each, the floor three times, then one run timed in a child process importing this
-checkout's `ntn` (after one that warms its caches) and, with `--old`, one in a child importing that source
-tree, so that all three see the same load on the machine.
+California housing; 10 epochs, fit and the test evaluation, one torch thread, process CPU time. Each run is
+paired with the floor timed right before it in the same process (a child importing this checkout's `ntn`, or
+with `--old` that source tree; the first pair warms the caches), so that both see the same load on the machine:
+on a host whose speed drifts by ±30 % over seconds, a ratio of medians taken minutes apart moved by as much, the
+median of paired ratios by a few per cent (docs/benchmarks.md). Rounds alternate the two codes; "run ÷ floor" is
+the median of the pairs' ratios (with its quartiles), "old ÷ new" the ratio of the two codes' medians of it.
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer; the regularised
@@ -52,7 +54,8 @@ CASES = {  # name: (model, L, N_SAMPLES; 0 = all rows)
 
 
 def child(case: str, runs: int) -> None:
-    """Time `runs` runs of one case in this process (the `ntn` on PYTHONPATH) and print their CPU seconds."""
+    """Time `runs` runs of one case in this process (the `ntn` on PYTHONPATH), each after the floor, and print
+    their [floor, run] CPU seconds."""
     sys.path.insert(0, str(REPO))
     import ntn
 
@@ -61,18 +64,21 @@ def child(case: str, runs: int) -> None:
     torch.set_num_threads(1)
     model_name, L, n_samples = CASES[case]
     data = load_dataset("california_housing", n_samples, 0, "clip")
-    times = []
+    floor = floor_timer(case)
+    pairs = []
     for seed in range(runs + 1):  # the first warms the caches
+        floor_seconds = floor(1)[0]
         start = time.process_time()
         model = getattr(ntn, model_name)(L=L, bond_dim=BOND, phys_dim=P_IN, output_dim=1, output_site=1, seed=seed)
         trainer = ntn.NTN(model, data.X_train, data.y_train, X_val=data.X_val, y_val=data.y_val, threads=1)
         trainer.fit(EPOCHS, select="val_loss")
         trainer.evaluate(data.X_test, data.y_test)
-        times.append(time.process_time() - start)
-    print(json.dumps(times[1:]))
+        pairs.append([floor_seconds, time.process_time() - start])
+    print(json.dumps(pairs[1:]))
 
 
-def run_times(case: str, runs: int, source: Path) -> list[float]:
+def paired_times(case: str, runs: int, source: Path) -> list[list[float]]:
+    """[floor, run] CPU seconds of `runs` runs of `case` in a child importing the `ntn` of `source`."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [sys.executable, __file__, "--child", case, "--runs", str(runs)], env=env, capture_output=True, text=True
@@ -199,22 +205,35 @@ def main() -> None:
     rows = []
     for case in args.cases.split(","):
         rounds = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
-        floor_times, floors, news, olds = floor_timer(case), [], [], []
-        for _ in range(rounds):  # floor, new and old side by side in each round, so that they see the same load
-            floors += floor_times(3)
-            news += run_times(case, 1, REPO / "core" / "src")
-            olds += run_times(case, 1, args.old) if args.old else []
-        floor, new = statistics.median(floors), statistics.median(news)
-        row = [case, f"{floor * 1e3:.1f}", f"{new * 1e3:.1f}", f"{new / floor:.2f}"]
+        codes = {"new": REPO / "core" / "src"} | ({"old": args.old} if args.old else {})
+        pairs: dict[str, list[list[float]]] = {code: [] for code in codes}
+        for round_ in range(rounds):  # the codes alternate, one run each a round
+            for code in list(codes)[:: 1 if round_ % 2 == 0 else -1]:
+                pairs[code] += paired_times(case, 1, codes[code])
+        ratios = {code: [run / floor for floor, run in got] for code, got in pairs.items()}
+        floor = statistics.median(floor for floor, _ in pairs["new"])
+        new = statistics.median(ratios["new"])
+        row = [case, f"{floor * 1e3:.1f}", f"{statistics.median(run for _, run in pairs['new']) * 1e3:.1f}"]
+        row += [f"{new:.2f}", _quartiles(ratios["new"])]
         if args.old:
-            old = statistics.median(olds)
-            row += [f"{old * 1e3:.1f}", f"{old / floor:.2f}", f"{old / new:.2f}"]
+            old = statistics.median(ratios["old"])
+            row += [f"{old:.2f}", _quartiles(ratios["old"]), f"{old / new:.2f}"]
         rows.append(row)
         print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
-    headers = ["case", "floor ms", "run ms", "run ÷ floor"]
-    headers += ["old run ms", "old ÷ floor", "old ÷ new"] if args.old else []
-    print(f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms, medians of {args.runs} rounds:")
+    headers = ["case", "floor ms", "run ms", "run ÷ floor", "quartiles"]
+    headers += ["old ÷ floor", "quartiles", "old ÷ new"] if args.old else []
+    print(
+        f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms (medians); ratios: medians of "
+        f"{args.runs} runs each paired with the floor timed beside it:"
+    )
     print(tabulate(rows, headers=headers))
+
+
+def _quartiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    low, _, high = statistics.quantiles(values, n=4)
+    return f"{low:.2f}–{high:.2f}"
 
 
 if __name__ == "__main__":
