@@ -8,7 +8,8 @@ paired with the floor timed right before it in the same process (a child importi
 with `--old` that source tree; the first pair warms the caches), so that both see the same load on the machine:
 on a host whose speed drifts by ±30 % over seconds, a ratio of medians taken minutes apart moved by as much, the
 median of paired ratios by a few per cent (docs/benchmarks.md). Rounds alternate the two codes; "run ÷ floor" is
-the median of the pairs' ratios (with its quartiles), "old ÷ new" the ratio of the two codes' medians of it.
+the median of the pairs' ratios (with its quartiles), "old ÷ new" the ratio of the two codes' medians of it. Both
+codes' floors time the updates of this checkout's run (`update_shapes`, computed here and handed to the children).
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
 system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer; the regularised
@@ -44,6 +45,7 @@ from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 P_IN, BOND, EPOCHS = 9, 6, 10
+SIZES_ENV = "BENCH_FLOOR_UPDATES"  # a child's updates to time the floor of (JSON), from the parent
 M_OF: dict[int, int] = {}  # S -> the number of monomials that hold one index
 CASES = {  # name: (model, L, N_SAMPLES; 0 = all rows)
     "MPO2 L=3": ("MPO2", 3, 500),
@@ -64,7 +66,7 @@ def child(case: str, runs: int) -> None:
     torch.set_num_threads(1)
     model_name, L, n_samples = CASES[case]
     data = load_dataset("california_housing", n_samples, 0, "clip")
-    floor = floor_timer(case)
+    floor = floor_timer(case, [tuple(update) for update in json.loads(os.environ[SIZES_ENV])])
     pairs = []
     for seed in range(runs + 1):  # the first warms the caches
         floor_seconds = floor(1)[0]
@@ -77,9 +79,11 @@ def child(case: str, runs: int) -> None:
     print(json.dumps(pairs[1:]))
 
 
-def paired_times(case: str, runs: int, source: Path) -> list[list[float]]:
-    """[floor, run] CPU seconds of `runs` runs of `case` in a child importing the `ntn` of `source`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")]))
+def paired_times(case: str, runs: int, source: Path, sizes: list) -> list[list[float]]:
+    """[floor, run] CPU seconds of `runs` runs of `case` in a child importing the `ntn` of `source`; the floor of
+    `sizes`, the updates this checkout's run makes (`update_shapes`), whatever code the child runs."""
+    path = os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, **{SIZES_ENV: json.dumps(sizes)})
     done = subprocess.run(
         [sys.executable, __file__, "--child", case, "--runs", str(runs)], env=env, capture_output=True, text=True
     )
@@ -170,12 +174,12 @@ def floor_of_one_run(Z, Z_y, Z_held, places, per_size: dict[int, tuple], sizes: 
         V.T @ inner[:, 0]
 
 
-def floor_timer(case: str) -> Callable[[int], list[float]]:
-    """The floor of one run of `case`: its operands made now, and a function timing it n times."""
+def floor_timer(case: str, sizes: list[tuple[int, bool, bool, bool, bool]]) -> Callable[[int], list[float]]:
+    """The floor of one run of `case` with these updates (`update_shapes`): its operands made now, and a function
+    timing it n times."""
     from math import comb
 
     _, L, _ = CASES[case]
-    sizes = update_shapes(case)
     S = comb(P_IN + L - 1, L)
     M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
     operands = floor_operands(L, S, M_OF[S], sizes)
@@ -207,24 +211,25 @@ def main() -> None:
         rounds = args.runs if "L=5" not in case else max(1, args.runs // 2)  # an L=5 run takes seconds
         codes = {"new": REPO / "core" / "src"} | ({"old": args.old} if args.old else {})
         pairs: dict[str, list[list[float]]] = {code: [] for code in codes}
+        sizes = update_shapes(case)  # the same floor for both codes
         for round_ in range(rounds):  # the codes alternate, one run each a round
             for code in list(codes)[:: 1 if round_ % 2 == 0 else -1]:
-                pairs[code] += paired_times(case, 1, codes[code])
+                pairs[code] += paired_times(case, 1, codes[code], sizes)
         ratios = {code: [run / floor for floor, run in got] for code, got in pairs.items()}
         floor = statistics.median(floor for floor, _ in pairs["new"])
         new = statistics.median(ratios["new"])
         row = [case, f"{floor * 1e3:.1f}", f"{statistics.median(run for _, run in pairs['new']) * 1e3:.1f}"]
-        row += [f"{new:.2f}", _quartiles(ratios["new"])]
+        row += [len(ratios["new"]), f"{new:.2f}", _quartiles(ratios["new"])]
         if args.old:
             old = statistics.median(ratios["old"])
             row += [f"{old:.2f}", _quartiles(ratios["old"]), f"{old / new:.2f}"]
         rows.append(row)
         print(f"{case}: {row[1:]}", file=sys.stderr, flush=True)
-    headers = ["case", "floor ms", "run ms", "run ÷ floor", "quartiles"]
+    headers = ["case", "floor ms", "run ms", "runs", "run ÷ floor", "quartiles"]
     headers += ["old ÷ floor", "quartiles", "old ÷ new"] if args.old else []
     print(
-        f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms (medians); ratios: medians of "
-        f"{args.runs} runs each paired with the floor timed beside it:"
+        f"{EPOCHS} epochs, bond {BOND}, fit + test evaluation, one thread, CPU ms (medians); ratios: medians over the "
+        "runs (of each code), each run over the floor timed right before it:"
     )
     print(tabulate(rows, headers=headers))
 
@@ -232,7 +237,7 @@ def main() -> None:
 def _quartiles(values: list[float]) -> str:
     if len(values) < 2:
         return "-"
-    low, _, high = statistics.quantiles(values, n=4)
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")  # within the values measured
     return f"{low:.2f}–{high:.2f}"
 
 
