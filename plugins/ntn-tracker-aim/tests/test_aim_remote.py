@@ -1,15 +1,17 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from aim import Run
 from authproxy import AuthProxy
-from conftest import AimServer, grep_tree
+from conftest import AimServer, free_port, grep_tree
 from ntn.tracking import TrackerConfigError, start_run
 from ntn_tracker_aim import flush, index_runs, read_runs, series, uploads
 from ntn_tracker_aim.auth import headers_from_env
@@ -110,6 +112,45 @@ def test_without_the_headers_the_run_is_refused_in_one_line_before_training(prox
         with start_run("wrong_seed0", {}):
             pytest.fail("the run must not start")
     assert not list(Path(".ntn-aim-spool").glob("*.jsonl"))  # nothing was journaled
+
+
+def test_a_process_that_prepares_and_starts_no_run_does_not_wait_for_the_probe(monkeypatch):
+    """A script prepares, then may stop before its first run (bad data, a held lock): its exit must not wait for a
+    server that does not answer. Python joins every non-daemon thread at exit, so the probe's must be a daemon."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    try:
+        monkeypatch.setenv("AIM_REPO", f"aim://127.0.0.1:{silent.getsockname()[1]}")
+        before = set(threading.enumerate())
+        AimTracker.prepare()
+        assert not uploads.UPLOADS.probes[uploads.key_of(os.environ["AIM_REPO"])].done()  # still asking
+        started = [t for t in threading.enumerate() if t not in before]
+        assert started and all(t.daemon for t in started), started
+    finally:
+        silent.close()
+
+
+def test_the_exit_line_gives_the_reason_of_the_runs_server_not_of_a_probe_no_run_used(proxy, tmp_path):
+    """`prepare` asked with the credentials of that moment (refused); the runs then went to another server, which
+    cannot be reached: that is why their records stay in the spool."""
+    unreachable = f"aim://127.0.0.1:{free_port()}"
+    script = textwrap.dedent(
+        f"""
+        import os
+        from ntn.tracking import start_run
+        from ntn_tracker_aim import uploads
+        from ntn_tracker_aim.tracker import AimTracker
+        AimTracker.prepare()
+        uploads.UPLOADS.probes[uploads.key_of(os.environ["AIM_REPO"])].result(timeout=30)
+        os.environ["AIM_REPO"] = "{unreachable}"
+        with start_run("elsewhere_seed0", {{}}, backend="aim") as run:
+            run.log_metrics({{"loss": 1.0}}, step=0)
+        """
+    )
+    env = dict(os.environ, AIM_REPO=f"aim://127.0.0.1:{proxy.port}", NTN_AIM_EXIT_TIMEOUT="2")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("ntn-tracker-aim:")]
+    assert f"not delivered to {unreachable} (the server cannot be reached" in line, line
 
 
 def test_on_a_slow_link_the_probe_never_delays_training_and_a_refusal_stops_the_next_run(

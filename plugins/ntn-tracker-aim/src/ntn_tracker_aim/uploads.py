@@ -1,6 +1,6 @@
 """The training process's side of delivery, in one `Uploads`: uploaders, server probes, a bounded exit.
 
-- A remote server is probed once per process, on a thread of a pool, from `prepare` on (the scripts
+- A remote server is probed once per process, on a daemon thread, from `prepare` on (the scripts
   prepare before they import torch: the answer comes while the process starts up) or from the first
   run. The first run waits for the answer at most PROBE_WAIT_S more (20 ms: a server on the LAN has
   answered by then), so a slow link never delays training. A 401/403 stops the experiment with a
@@ -63,9 +63,6 @@ def key_of(repo: str) -> Key:
     return repo, tuple(sorted(headers.items()))
 
 
-_PROBES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ntn-aim-probe")  # each ends within its timeout
-
-
 class Answer(NamedTuple):
     """A probe's answer: True (the server answered), False (it cannot be reached) or the refusal of the
     credentials; and how many seconds it took."""
@@ -84,6 +81,15 @@ def _probe(key: Key) -> Answer:
     except ConnectionError:
         outcome = False
     return Answer(outcome, time.monotonic() - asked)
+
+
+def _answer(probe: concurrent.futures.Future, key: Key) -> None:
+    """Ask the server (on a daemon thread: a process that ends before its first run does not wait for it)."""
+    probe.set_running_or_notify_cancel()
+    try:
+        probe.set_result(_probe(key))
+    except BaseException as err:  # an answer of any kind, so that whoever waits for it is not left waiting
+        probe.set_exception(err)
 
 
 def _outcome(probe: concurrent.futures.Future) -> bool | TrackerConfigError | None:
@@ -134,7 +140,8 @@ class Uploads:
 
     def __init__(self) -> None:
         self.probes: dict[Key, concurrent.futures.Future] = {}
-        self.checked: set[Key] = set()  # the repositories a run has started with
+        self.checked: set[Key] = set()  # the repositories and credentials a run has started with
+        self.probing = threading.Lock()  # for `probes` and `checked`
         self.journals: list[Path] = []
         self.repos: set[str] = set()
         self.uploaders: dict[Key, list[subprocess.Popen]] = {}
@@ -167,28 +174,35 @@ class Uploads:
             if uploader.poll() is None:
                 _send(uploader, "")
 
-    def probe(self, key: Key) -> None:
+    def probe(self, key: Key) -> concurrent.futures.Future | None:
         """Start probing a remote repository's server, once per process and credentials (`prepare` does, so
-        that the answer comes while the process starts up)."""
-        if key[0].startswith(REMOTE_PREFIX) and key not in self.probes:
-            probe = self.probes[key] = _PROBES.submit(_probe, key)
-            probe.add_done_callback(lambda probe: self.hand_over(keys={key}) if self._as_they_go(key) else None)
+        that the answer comes while the process starts up); its answer to come, None for a local repository."""
+        if not key[0].startswith(REMOTE_PREFIX):
+            return None
+        with self.probing:
+            if key not in self.probes:
+                probe = self.probes[key] = concurrent.futures.Future()
+                probe.add_done_callback(lambda probe: self.hand_over(keys={key}) if self._as_they_go(key) else None)
+                threading.Thread(target=_answer, args=(probe, key), name="ntn-aim-probe", daemon=True).start()
+            return self.probes[key]
 
     def check(self, key: Key) -> None:
-        """Before a run: raise the server's refusal once known. The first run waits for the answer at most
-        PROBE_WAIT_S; an answer that comes later is said when it comes.
+        """Before a run: raise the server's refusal once known. The first run of a repository and credentials
+        waits for the answer at most PROBE_WAIT_S; an answer that comes later is said when it comes.
 
         :raises TrackerConfigError: the server refused the credentials
         """
-        if not key[0].startswith(REMOTE_PREFIX):
+        probe = self.probe(key)
+        if probe is None:
             return
-        self.probe(key)
-        probe = self.probes[key]
-        if key not in self.checked:
+        with self.probing:  # runs may start from several threads: one of them is the first
+            first = key not in self.checked
             self.checked.add(key)
+        if first:
             concurrent.futures.wait([probe], PROBE_WAIT_S)  # a server on the LAN has answered by then
-            if not probe.done():
+            if not probe.done():  # this run goes on, journaled; a refusal is said once, when it comes
                 probe.add_done_callback(_say_late_refusal)
+                return
         if isinstance(outcome := _outcome(probe), TrackerConfigError):
             raise outcome
 
@@ -258,7 +272,7 @@ class Uploads:
                 uploader.kill()
                 uploader.wait()
             return
-        concurrent.futures.wait(self.probes.values())  # an answer comes within the probe's timeout
+        concurrent.futures.wait(self._probes_of_runs())  # an answer comes within the probe's timeout
         self.hand_over(REMOTE_UPLOADERS_AT_EXIT)  # what has not been handed over yet: deliver now
         for uploader in self.all_uploaders():
             try:
@@ -294,6 +308,11 @@ class Uploads:
             )
             print(Redactor().text(line), file=sys.stderr)
 
+    def _probes_of_runs(self) -> list[concurrent.futures.Future]:
+        """The probes of the repositories and credentials runs started with (not one `prepare` asked for with
+        credentials that changed before the first run)."""
+        return [self.probes[key] for key in self.checked]
+
     def _busy(self, local: list[subprocess.Popen]) -> bool:
         """Whether an uploader is still at work: a local repository's, or any while runs wait for delivery."""
         if any(u.poll() is None for u in local):
@@ -303,7 +322,7 @@ class Uploads:
 
     def _why_undelivered(self, spool: Path, timed_out: bool, cut_short: bool) -> str:
         """Why records stayed in the spool, in a few words."""
-        outcomes = [probe.result().outcome for probe in self.probes.values()]
+        outcomes = [probe.result().outcome for probe in self._probes_of_runs()]
         if any(isinstance(outcome, TrackerConfigError) for outcome in outcomes):
             return "the server refused the credentials"
         if False in outcomes:
