@@ -24,8 +24,9 @@ from torch import Tensor
 
 def z_times(Z: Tensor, u: Tensor) -> Tensor:
     """Z̃ u for u (blocks, R, …) with rows (monomial, c): Z (S, S) applied to the monomial index."""
-    rows = u.reshape(u.shape[0], Z.shape[0], -1)  # shape[0], not len(): a Python call less per product
-    return (Z @ rows[0] if rows.shape[0] == 1 else Z @ rows).reshape(u.shape)  # one block: a plain product
+    if u.shape[0] == 1:  # one block: a plain product (shape[0], not len(): a Python call less per product)
+        return (Z @ u.reshape(Z.shape[0], -1)).reshape(u.shape)
+    return (Z @ u.reshape(u.shape[0], Z.shape[0], -1)).reshape(u.shape)
 
 
 class HeldRows:
@@ -37,20 +38,17 @@ class HeldRows:
     def __init__(self, V_held: Tensor, holding: Tensor, n_monomials: int, shared: bool) -> None:
         """:param holding: (p, M) the monomials that hold each j"""
         self.V_held, self.holding, self.shared = V_held, holding, shared
-        blocks, p, _, c, X = V_held.shape
+        blocks, p, M, c, X = V_held.shape
         self.shape = (blocks, n_monomials * c, p * X)
-
-    def shared_rows(self) -> Tensor:
-        """Where every j's held rows are the same (`shared`), those rows once: (blocks, M·c, X)."""
-        blocks, _, M, c, X = self.V_held.shape
-        return self.V_held[:, 0].reshape(blocks, M * c, X)
+        # where every j's held rows are the same (`shared`), those rows once: (blocks, M·c, X)
+        self.shared_rows = V_held[:, 0].reshape(blocks, M * c, X) if shared else None
 
     def t_times(self, u: Tensor) -> Tensor:
         """Vᵀ u (blocks, P', 1) for u (blocks, R, 1), from the held rows alone."""
         blocks, p, M, c, X = self.V_held.shape
         u_held = u.reshape(blocks, -1, c).index_select(1, self.holding.flatten())  # (blocks, p·M, c)
         if self.shared:  # (p, M·c) @ (M·c, X) per block
-            product = torch.bmm(u_held.reshape(blocks, p, M * c), self.shared_rows())
+            product = torch.bmm(u_held.reshape(blocks, p, M * c), self.shared_rows)
         else:  # u_heldᵀ V_held: row-vector products in one 3-d batch, 4-5× faster than Vᵀ u_held at L = 3
             product = torch.bmm(u_held.reshape(blocks * p, 1, M * c), self.V_held.reshape(blocks * p, M * c, X))
         return product.reshape(blocks, p * X, 1)  # (blocks, p, X) or (blocks·p, 1, X) as (blocks, p·X, 1)
@@ -60,7 +58,7 @@ class HeldRows:
         blocks, p, M, c, X = self.V_held.shape
         if self.shared:  # (M·c, X) @ (X, p) per block, then as (p, M, c)
             per_index = u.reshape(blocks, p, X).mT
-            per_row = torch.bmm(self.shared_rows(), per_index).reshape(blocks, M, c, p)
+            per_row = torch.bmm(self.shared_rows, per_index).reshape(blocks, M, c, p)
             per_row = per_row.permute(0, 3, 1, 2)
         else:
             per_row = torch.bmm(self.V_held.reshape(blocks * p, M * c, X), u.reshape(blocks * p, X, 1))

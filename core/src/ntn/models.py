@@ -372,7 +372,8 @@ class TensorNetwork:
         e_i (p, dl, r, dr), the ladder left of k on every prefix x (p^k, C, Dl, dl) and right of it on every suffix
         y (p^(L-k-1), C, Dr, dr)."""
         L, p, C = self.L, self.phys_dim, self.output_dim
-        top = self.top_cores[k].expand(-1, -1, C, -1)  # the output index, where top carries it, is c
+        top = self.top_cores[k]
+        top = top if top.shape[2] == C else top.expand(-1, -1, C, -1)  # the output index, where top carries it, is c
         if self.input_cores is None:  # the input row at φ_k = e_i: (p, dl, r, dr)
             G = basis_inputs(1, p, top.dtype, top.device)[:, :, :, None]  # e_i itself
         else:

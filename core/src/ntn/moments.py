@@ -247,7 +247,7 @@ class Moments:
         if per_block not in self._scatters:  # flat place in (R, R) of (j, (h, c), (h', c'))
             row = (self.holding[:, :, None] * per_block + torch.arange(per_block, device=V_held.device)).flatten(1)
             self._scatters[per_block] = (row[:, :, None] * R + row[:, None, :]).reshape(-1)
-        V_rows = V.shared_rows() if shared else V_held.reshape(-1, M * per_block, X)  # (blocks·(1 or p), M·c, X)
+        V_rows = V.shared_rows if shared else V_held.reshape(-1, M * per_block, X)  # (blocks·(1 or p), M·c, X)
         products = torch.bmm(V_rows, V_rows.transpose(1, 2)).reshape(blocks, -1)  # (blocks, (1 or p)·(M·c)²)
         products = products.repeat(1, p) if shared else products  # each j's
         G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products)
