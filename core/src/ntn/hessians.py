@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor
 
+from ntn.models import fold_rows
+
 
 def z_times(Z: Tensor, u: Tensor) -> Tensor:
     """Z̃ u for u (blocks, R, …) with rows (monomial, c): Z (S, S) applied to the monomial index."""
@@ -62,8 +64,8 @@ class HeldRows:
             per_row = per_row.permute(0, 3, 1, 2)
         else:
             per_row = torch.bmm(self.V_held.reshape(blocks * p, M * c, X), u.reshape(blocks * p, X, 1))
-        rows = u.new_zeros(blocks, self.shape[1] // c, c)  # (blocks, S, c)
-        return rows.index_add_(1, self.holding.flatten(), per_row.reshape(blocks, p * M, c)).reshape(blocks, -1, 1)
+        rows = fold_rows(per_row.reshape(blocks, p * M, c), self.holding.flatten(), self.shape[1] // c, dim=1)
+        return rows.reshape(blocks, -1, 1)  # (blocks, S, c) as (blocks, R, 1)
 
     def dense(self) -> Tensor:
         """V (blocks, R, P') with its zeros (tests, a system's dense forms)."""

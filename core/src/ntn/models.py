@@ -289,7 +289,7 @@ class TensorNetwork:
             left_G = left_rows @ G.reshape(1, p, dl, r * dr)  # (c, i, (x, a), (j, u))
             left_G = left_G.reshape(C, p * left.shape[0], -1)  # (c, (i, x), (a, j, u))
             n_sets = pair_monomials.shape[0] // right.shape[0]  # M_k multisets Q
-            left_G = left_G.new_zeros(C, n_sets, left_G.shape[2]).index_add_(1, place, left_G)  # (c, Q, (a, j, u))
+            left_G = fold_rows(left_G, place, n_sets, dim=1)  # (c, Q, (a, j, u))
             right_rows = right.permute(1, 0, 3, 2)  # (c, y, u, b)
             per_pair = left_G.reshape(C, 1, -1, dr) @ right_rows  # (c, y, (Q, a, j), b)
             per_pair = per_pair.reshape(C, right.shape[0], n_sets, -1).permute(1, 2, 0, 3)  # (y, Q, c, (a, j, b))
@@ -491,10 +491,12 @@ def _prefix_rows(columns: list[Tensor]) -> Tensor:
     return rows.transpose(0, 1)
 
 
-def fold_rows(per_tuple: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+def fold_rows(per_tuple: Tensor, rows: Tensor, n_rows: int, dim: int = 0) -> Tensor:
     """Σ of per_tuple (T, …) over the rows t with rows[t] = each row: (n_rows, …) (T tuples, pairs of a multiset and a
-    tuple, or tuples summed per multiset; a row no t names stays 0)."""
-    return per_tuple.new_zeros(n_rows, *per_tuple.shape[1:]).index_add_(0, rows, per_tuple)
+    tuple, or tuples summed per multiset; a row no t names stays 0); along `dim` instead of the first axis."""
+    shape = list(per_tuple.shape)
+    shape[dim] = n_rows
+    return per_tuple.new_zeros(shape).index_add_(dim, rows, per_tuple)
 
 
 def _suffix_rows(columns: list[Tensor]) -> Tensor:

@@ -250,7 +250,7 @@ class Moments:
         V_rows = V.shared_rows if shared else V_held.reshape(-1, M * per_block, X)  # (blocks·(1 or p), M·c, X)
         products = torch.bmm(V_rows, V_rows.transpose(1, 2)).reshape(blocks, -1)  # (blocks, (1 or p)·(M·c)²)
         products = products.repeat(1, p) if shared else products  # each j's
-        G = products.new_zeros(blocks, R * R).index_add_(1, self._scatters[per_block], products)
+        G = fold_rows(products, self._scatters[per_block], R * R, dim=1)
         return G.reshape(blocks, R, R)
 
     def coefficients(self, model: TensorNetwork) -> Tensor:
