@@ -433,3 +433,29 @@ def test_scores_after_an_update_are_the_models_own_whatever_changed_since(Model,
         scores, train, val = trainer.scores(), trainer.evaluate(X, y), trainer.evaluate(X_val, y_val)
         want = train | {f"val_{name}": value for name, value in val.items()}
         assert scores == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+def test_fit_trains_the_same_under_inference_mode_and_leaves_cores_autograd_can_use(Model):
+    """A sweep runs in inference mode (`NTN.fit`); under a caller's inference mode too, fit trains as without it (it
+    had failed: the cores it made had no version counter). The cores fit and `update` leave are normal tensors: a
+    change in place is seen, and autograd runs through the model."""
+    X, y = regression_data(n=200, seed=9)
+    models = [Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=3) for _ in "ab"]
+    plain = NTN(models[0], X, y).fit(3)
+    with torch.inference_mode():
+        under = NTN(models[1], X, y).fit(3)
+    assert under["scores"] == pytest.approx(plain["scores"], rel=1e-12)
+    for model in models:
+        assert not any(core.is_inference() for core in model.trainable_cores)
+    model, unit = models[0], models[0].units[-1]
+    trainer = NTN(model, X, y)
+    trainer.update(unit, 0.05)
+    core = model.core(unit)
+    assert not core.is_inference()
+    core.mul_(1.5)  # in place: the scores are the changed model's
+    assert trainer.scores() == pytest.approx(trainer.evaluate(X, y), rel=1e-9)
+    core.requires_grad_(True)
+    phi = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+    model(phi).pow(2).sum().backward()
+    assert core.grad is not None and core.grad.abs().sum() > 0

@@ -144,9 +144,10 @@ class TensorNetwork:
         return [c.clone() for c in self.top_cores + (self.input_cores or [])]
 
     def load_state(self, state: list[Tensor]) -> None:
-        self.top_cores = [c.clone() for c in state[: self.L]]
-        if self.input_cores is not None:
-            self.input_cores = [c.clone() for c in state[self.L :]]
+        with torch.inference_mode(False):  # normal tensors, even under inference mode: usable with autograd
+            self.top_cores = [c.clone() for c in state[: self.L]]
+            if self.input_cores is not None:
+                self.input_cores = [c.clone() for c in state[self.L :]]
 
     def norm_sq(self) -> float:
         """Σ over the trainable rows of ||T||²_F, T the row's whole tensor (the contraction of its cores).
@@ -460,8 +461,10 @@ class TensorNetwork:
 
 
 def versions(tensors: list[Tensor]) -> tuple[tuple[Tensor, int], ...]:
-    """Each tensor with its version (torch counts its changes in place), for `unchanged`."""
-    return tuple((tensor, tensor._version) for tensor in tensors)
+    """Each tensor with its version (torch counts its changes in place), for `unchanged`. An inference tensor (the
+    cores a sweep in `NTN.fit` makes: no autograd records) has no count, and torch refuses to change one in place
+    outside inference mode, where the sweep itself changes none: its identity stands for it (version -1)."""
+    return tuple((tensor, -1 if tensor.is_inference() else tensor._version) for tensor in tensors)
 
 
 def unchanged(kept: tuple[tuple[Tensor, int], ...], now: tuple[tuple[Tensor, int], ...]) -> bool:
