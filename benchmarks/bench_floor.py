@@ -12,7 +12,8 @@ the median of the pairs' ratios (with its quartiles), "old ÷ new" the ratio of 
 codes' floors time the updates of this checkout's run (`update_shapes`, computed here and handed to the children).
 
 The floor of a run: for each of its core updates (the sweep of every epoch), the dense calls its Newton
-system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer; the regularised
+system cannot do without, from the moments (`ntn.moments`), on operands made BEFORE the timer, in inference mode
+as a run's sweeps (`NTN.fit`); the regularised
 step lands on the ridge minimiser θ' = (H + μI)⁻¹ b, b = Vᵀ Z_y (`ntn.hessians`), so no gradient is formed:
   P ≤ S (dense):     B = Z V (S, P), H = Vᵀ B, b = Vᵀ Z_y, Cholesky of H + μI, its solve; for a core that reads
                      φ's index (MPO2's and MMPO2's top cores) and has at least `HELD_MIN_WIDTH` columns per index,
@@ -182,9 +183,11 @@ def floor_timer(case: str, sizes: list[tuple[int, bool, bool, bool, bool]]) -> C
     _, L, _ = CASES[case]
     S = comb(P_IN + L - 1, L)
     M_OF[S] = S - comb(P_IN + L - 2, L)  # monomials that hold a given index
-    operands = floor_operands(L, S, M_OF[S], sizes)
-    floor_of_one_run(*operands, sizes)  # warm
+    with torch.inference_mode():  # as a run's sweeps: no autograd dispatch
+        operands = floor_operands(L, S, M_OF[S], sizes)
+        floor_of_one_run(*operands, sizes)  # warm
 
+    @torch.inference_mode()
     def times(n: int) -> list[float]:
         measured = []
         for _ in range(n):
