@@ -438,13 +438,15 @@ def test_scores_after_an_update_are_the_models_own_whatever_changed_since(Model,
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 def test_fit_trains_the_same_under_inference_mode_and_leaves_cores_autograd_can_use(Model):
     """A sweep runs in inference mode (`NTN.fit`); under a caller's inference mode too, fit trains as without it (it
-    had failed: the cores it made had no version counter). The cores fit and `update` leave are normal tensors: a
-    change in place is seen, and autograd runs through the model."""
+    had failed: the cores it made had no version counter). The cores fit and `update` leave are normal tensors, under
+    the caller's inference mode too: a change in place is seen, and autograd runs through the model."""
     X, y = regression_data(n=200, seed=9)
     models = [Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=3) for _ in "ab"]
     plain = NTN(models[0], X, y).fit(3)
     with torch.inference_mode():
-        under = NTN(models[1], X, y).fit(3)
+        trainer = NTN(models[1], X, y)
+        under = trainer.fit(3)
+        trainer.update(models[1].units[0], 0.05)
     assert under["scores"] == pytest.approx(plain["scores"], rel=1e-12)
     for model in models:
         assert not any(core.is_inference() for core in model.trainable_cores)
@@ -454,8 +456,44 @@ def test_fit_trains_the_same_under_inference_mode_and_leaves_cores_autograd_can_
     core = model.core(unit)
     assert not core.is_inference()
     core.mul_(1.5)  # in place: the scores are the changed model's
-    assert trainer.scores() == pytest.approx(trainer.evaluate(X, y), rel=1e-9)
     core.requires_grad_(True)
+    assert trainer.scores() == pytest.approx(trainer.evaluate(X, y), rel=1e-9)
     phi = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
     model(phi).pow(2).sum().backward()
     assert core.grad is not None and core.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
+@pytest.mark.parametrize("how", ["in place", "in place under inference mode", "set_core"])
+def test_a_callback_may_change_a_core_and_use_autograd(Model, how):
+    """The cores a callback sees are normal tensors (`NTN._make_cores_normal`): changed in place, even under inference
+    mode, the next epoch trains the changed model, as when the change is a new tensor; autograd runs through them."""
+    X, y = regression_data(n=200, seed=10)
+    phi = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)[:20].requires_grad_(True)
+    model = Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=4)
+    trainer, seen = NTN(model, X, y), []
+
+    def change(epoch, scores, info):
+        (saliency,) = torch.autograd.grad(model(phi).sum(), phi)
+        seen.append((scores["loss"], trainer.scores()["loss"], saliency.abs().sum().item()))
+        other = model.units[-1]
+        if how == "set_core":
+            model.set_core(other, model.core(other) * 0.8)
+        else:
+            with torch.inference_mode(how.endswith("inference mode")):
+                model.core(other).mul_(0.8)
+        seen[-1] += (trainer.scores()["loss"], trainer.evaluate(X, y)["loss"])
+
+    history = [epoch["loss"] for epoch in trainer.fit(3, callback_epoch=change)["history"]]
+    for loss, rescored, saliency, changed, evaluated in seen:
+        assert rescored == pytest.approx(loss, rel=1e-12) and saliency > 0
+        assert changed == pytest.approx(evaluated, rel=1e-9) and changed != pytest.approx(loss, rel=1e-6)
+    reference = Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=4)
+    reference_trainer = NTN(reference, X, y)
+    last = reference.units[-1]
+
+    def scale(epoch, scores, info):
+        reference.set_core(last, reference.core(last) * 0.8)
+
+    expected = [epoch["loss"] for epoch in reference_trainer.fit(3, callback_epoch=scale)["history"]]
+    assert history == pytest.approx(expected, rel=1e-10)

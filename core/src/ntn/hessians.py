@@ -15,13 +15,12 @@ its result's sum once (one device sync).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import Tensor
 
-from ntn.models import fold_rows
+from ntn.models import constant, fold_rows
 
 
 def z_times(Z: Tensor, u: Tensor) -> Tensor:
@@ -204,7 +203,7 @@ class LowRankSystem(NewtonSystem):
         return V.transpose(1, 2) @ z_times(self.Z, V)
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def _identity(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """I (n, n), made once per size: a damped system is H + shift·I in one call (`torch.addcmul`)."""
     return torch.eye(n, dtype=dtype, device=device)

@@ -26,13 +26,15 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 TOP, INPUT = "top", "input"
+T = TypeVar("T")
 
 
 @dataclass
@@ -134,10 +136,32 @@ class TensorNetwork:
         return sum(c.numel() for c in self.trainable_cores)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TensorNetwork:
-        self.top_cores = [c.to(device, dtype) for c in self.top_cores]
-        if self.input_cores is not None:
-            self.input_cores = [c.to(device, dtype) for c in self.input_cores]
+        """The cores on `device` as `dtype`, normal tensors (`make_cores_normal`) whatever mode made them."""
+        with torch.inference_mode(False):
+            self.top_cores = [c.to(device, dtype) for c in self.top_cores]
+            if self.input_cores is not None:
+                self.input_cores = [c.to(device, dtype) for c in self.input_cores]
+        self.make_cores_normal()
         return self
+
+    def make_cores_normal(self) -> dict[int, Tensor]:
+        """Replace every core that is an inference tensor (a sweep in `NTN.fit` makes them) by a normal copy: the
+        caller may change it in place or use autograd with it, and torch counts its changes (`versions`). The tables
+        kept for the old cores stay kept for their copies (the same values).
+
+        :return: {id(old core): its copy}, for other tables kept for the old cores (`restamped`)
+        """
+        old = self.top_cores + (self.input_cores or [])  # alive while their ids are keys
+        with torch.inference_mode(False):
+            copies = {id(core): core.clone() for core in old if core.is_inference()}
+        if copies:
+            self.top_cores = [copies.get(id(core), core) for core in self.top_cores]
+            if self.input_cores is not None:
+                self.input_cores = [copies.get(id(core), core) for core in self.input_cores]
+            for kept in (self._kept_columns, self._kept_sides):
+                for site, (stamp, *tables) in kept.items():
+                    kept[site] = (restamped(stamp, copies), *tables)
+        return copies
 
     def state(self) -> list[Tensor]:
         """A copy of every core (trainable or not), for `load_state`."""
@@ -461,10 +485,32 @@ class TensorNetwork:
 
 
 def versions(tensors: list[Tensor]) -> tuple[tuple[Tensor, int], ...]:
-    """Each tensor with its version (torch counts its changes in place), for `unchanged`. An inference tensor (the
-    cores a sweep in `NTN.fit` makes: no autograd records) has no count, and torch refuses to change one in place
-    outside inference mode, where the sweep itself changes none: its identity stands for it (version -1)."""
+    """Each tensor with its version (torch counts its changes in place), for `unchanged`. An inference tensor has no
+    count: those are the cores a sweep in `NTN.fit` makes, which replaces cores but changes none in place, and they
+    are normal again before anything else can reach them (`make_cores_normal`): their identity stands for them."""
     return tuple((tensor, -1 if tensor.is_inference() else tensor._version) for tensor in tensors)
+
+
+def restamped(stamp: tuple[tuple[Tensor, int], ...], copies: dict[int, Tensor]) -> tuple[tuple[Tensor, int], ...]:
+    """A `versions` stamp with each tensor that was copied (`TensorNetwork.make_cores_normal`) replaced by its copy."""
+    return tuple((copies[id(t)], copies[id(t)]._version) if id(t) in copies else (t, v) for t, v in stamp)
+
+
+def constant(maxsize: int = 32) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """`functools.lru_cache` for a function that makes constant tensors (index maps, identities, masks): made as
+    normal tensors even when first asked for inside inference mode (a sweep in `NTN.fit`), so that a table made
+    there serves autograd later too."""
+
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(function)
+        def made(*args: Any, **kwargs: Any) -> T:
+            with torch.inference_mode(False):
+                return function(*args, **kwargs)
+
+        return made
+
+    return decorate
 
 
 def unchanged(kept: tuple[tuple[Tensor, int], ...], now: tuple[tuple[Tensor, int], ...]) -> bool:
@@ -477,7 +523,7 @@ def basis_tuples(L: int, p: int, device: torch.device) -> Tensor:
     return torch.cartesian_prod(*[torch.arange(p, device=device)] * L).reshape(-1, L)
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def basis_inputs(L: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """The per-site inputs (e_{i_0}, …, e_{i_{L-1}}) for every `basis_tuples` row: (p^L, L, p); made once
     per shape (every core update of a moments trainer reads it)."""
@@ -516,7 +562,7 @@ def _suffix_columns(columns: list[Tensor]) -> Tensor:
     return rows
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def _is_sorted(L: int, p: int, device: torch.device) -> Tensor:
     """Whether each `basis_tuples` row is sorted, i_0 ≤ … ≤ i_{L-1}: (p^L,) bool; made once per shape."""
     tuples = basis_tuples(L, p, device)
@@ -534,14 +580,14 @@ def _with_output_index(T: Tensor, axis: int) -> Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def _tuple_parts(L: int, p: int, k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """For every basis tuple t in row-major order, the numbers of its prefix i_<k and suffix i_>k, and i_k."""
     t = torch.arange(p**L, device=device)
     return t // p ** (L - k), t // p ** (L - k - 1) % p, t % p ** (L - k - 1)
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def multiset_places(n: int, p: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """The place of every tuple of n indices < p (row-major) among the M multisets of n indices (sorted,
     `torch.combinations` order), (p^n,), and each multiset's base-p number, (M,); made once per shape."""
@@ -553,7 +599,7 @@ def multiset_places(n: int, p: int, device: torch.device) -> tuple[Tensor, Tenso
     return place[(basis_tuples(n, p, device).sort(dim=1).values * powers).sum(dim=1)], numbers
 
 
-@functools.lru_cache(maxsize=32)
+@constant()
 def _multiset_rows(L: int, p: int, n: int, device: torch.device, other_first: bool = False) -> tuple[Tensor, Tensor]:
     """For a fold that sums n of a basis tuple's L indices per multiset Q first (`folded_basis_environment`): the
     place of every tuple of n indices among their M multisets (`multiset_places`), (p^n,), and the monomial of each

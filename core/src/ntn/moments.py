@@ -23,7 +23,6 @@ written as sums of elementwise products.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from ntn.hessians import DenseSystem, HeldRows, LowRankSystem, NewtonSystem, times, transposed_times, z_times
 from ntn.losses import MSE, Loss
-from ntn.models import INPUT, TOP, TensorNetwork, Unit, fold_rows, multiset_places
+from ntn.models import INPUT, TOP, TensorNetwork, Unit, constant, fold_rows, multiset_places
 
 # p^L × the largest core × C, a bound on the fold's intermediates (`TensorNetwork.folded_basis_environment`). 2^25
 # lets MPO2 at L=5 bond 6 (19 M) take this path: on all rows of California housing 0.22 s/epoch against 0.70 s
@@ -275,7 +274,7 @@ class Moments:
         return {"loss": residual / (self.n_samples * model.output_dim), "r2": r2}
 
 
-@functools.lru_cache(maxsize=64)
+@constant(maxsize=64)
 def _block_order(shape: tuple[int, int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
     """For a core (Dl, p, C_k, Dr): order[c, (j, a, b)] = the flat core index of (a, j, c, b), (C_k, p·Dl·Dr),
     and its inverse (P,)."""

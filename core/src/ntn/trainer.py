@@ -36,7 +36,7 @@ from ntn import moments
 from ntn.gram import accumulate_system
 from ntn.hessians import DenseSystem, NewtonSystem
 from ntn.losses import get_loss
-from ntn.models import TensorNetwork, Unit, unchanged, versions
+from ntn.models import TensorNetwork, Unit, restamped, unchanged, versions
 from ntn.threads import training_threads, with_threads
 
 Scores = dict[str, float]
@@ -277,6 +277,7 @@ class NTN:
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else -math.inf)
         return {"loss": loss, "r2": r2}
 
+    @torch.inference_mode()
     def scores(self) -> Scores:
         """Training scores, plus val_* ones when validation data was given; each from its data's moments
         where they apply (no pass over the data), else by `evaluate`."""
@@ -318,14 +319,22 @@ class NTN:
     def _moments_of(self, X: Tensor, y: Tensor, scores_only: bool = False) -> moments.Moments | None:
         if not moments.applies(self.model, self.loss, None if scores_only else len(X)):
             return None
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors, made once: they serve autograd later
             return moments.of(self.model, X, y, lambda: self._batches(X, y))
 
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
         """Newton step on one core over the whole training set."""
         with torch.inference_mode():
             self._update(unit, jitter, regularize)
-        self.model.set_core(unit, self.model.core(unit).clone())  # a normal tensor, as `fit` leaves every core
+        self._make_cores_normal()
+
+    def _make_cores_normal(self) -> None:
+        """After updates in inference mode, every core a normal tensor again (`TensorNetwork.make_cores_normal`),
+        the kept system kept for the copies."""
+        copies = self.model.make_cores_normal()
+        if self._kept:
+            unit, others, *kept = self._kept
+            self._kept = (unit, restamped(others, copies), *kept)
 
     def _update(self, unit: Unit, jitter: float, regularize: bool) -> None:
         """`update` inside an inference-mode context, held by its caller (a sweep in `fit` holds one for all its
@@ -386,8 +395,7 @@ class NTN:
             "val_loss" (needs validation data), or the "last" one
         :return: {"scores": scores of the kept state, "best_epoch": its epoch, "history": per-epoch records}
 
-        During the epochs the cores are inference tensors (`torch.inference_mode`): a callback may read them or set
-        new ones, but torch refuses to change one in place. The cores fit leaves are normal tensors.
+        Each epoch's sweep runs in `torch.inference_mode`; the cores a callback sees and fit leaves are normal tensors.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 0:
             raise ValueError(f"n_epochs must be an integer >= 0, got {n_epochs!r}")
@@ -414,12 +422,13 @@ class NTN:
         for epoch, lam in enumerate(schedule):
             # one context for the sweep and its scores, not one per update. Inference mode keeps no autograd records
             # (under no_grad every call still passes autograd's dispatch, and views of a normal tensor make autograd
-            # metadata: a run took ~10 % longer). The cores it makes are inference tensors until `load_state` below.
+            # metadata: a run took ~10 % longer). The cores it makes are inference tensors until the epoch's end.
             with torch.inference_mode():
                 for unit in sweep:
                     self._update(unit, lam, regularize)
                 scores = self.scores()
                 norm_sq = self.weight_norm_sq()
+            self._make_cores_normal()  # what the callbacks see
             reg_loss = scores["loss"] + lam * norm_sq
             best_reg_loss = min(best_reg_loss, reg_loss)
             value = {"reg_loss": reg_loss, "val_loss": scores.get("val_loss"), "last": -epoch}[select]
