@@ -354,7 +354,9 @@ class TensorNetwork:
         kept = self._kept_multiset_sides.get(k)
         if kept is None or kept[0] is not side:
             place, numbers = multiset_places(self.L - 1, self.phys_dim, side.device)
-            kept = self._kept_multiset_sides[k] = (side, fold_rows(side, place, numbers.shape[0]))
+            kept = (side, fold_rows(side, place, numbers.shape[0]))
+            if not side.requires_grad:  # a side autograd records is made afresh each time (`_basis_sides`)
+                self._kept_multiset_sides[k] = kept
         return kept[1]
 
     def input_multisets(self, unit: Unit) -> Tensor:
@@ -404,14 +406,16 @@ class TensorNetwork:
         else:
             G = self.input_cores[k].transpose(0, 1)
         (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
-        stamp = versions([core for j in range(L) if j != k for core in self._cores_at(j)])
+        stamp = _stamp([core for j in range(L) if j != k for core in self._cores_at(j)])
         kept = self._kept_sides.get(k)  # kept while the other sites' cores are: a sweep updates site k's cores next
-        if kept is None or not unchanged(kept[0], stamp):
+        if stamp is None or kept is None or not unchanged(kept[0], stamp):
             left_columns, right_columns = self._columns(range(k)), self._columns(range(k + 1, L))
             ones = top.new_ones(1, 1, 1)
             left = (_prefix_rows(left_columns) if k > 0 else ones).expand(-1, C, -1).reshape(-1, C, Dl, dl)
             right = (_suffix_rows(right_columns) if k < L - 1 else ones).expand(-1, C, -1).reshape(-1, C, Dr, dr)
-            kept = self._kept_sides[k] = (stamp, left, right)
+            kept = (stamp, left, right)
+            if stamp is not None:
+                self._kept_sides[k] = kept
         return top, G, kept[1], kept[2]
 
     def _tuple_rows(self, k: int, monomial_of: Tensor) -> tuple[Tensor, Tensor]:
@@ -434,16 +438,17 @@ class TensorNetwork:
         """The ladder's column at site k on the basis vectors, kept while its two cores are unchanged: a sweep updates
         one core at a time, and the fold at any site reads the L − 1 other columns (20-25 us each to make)."""
         top, inp = self.top_cores[k], self.input_cores[k]
-        stamp = versions([top, inp])
+        stamp = _stamp([top, inp])
         kept = self._kept_columns.get(k)
-        if kept is not None and unchanged(kept[0], stamp):
+        if stamp is not None and kept is not None and unchanged(kept[0], stamp):
             return kept[1]
         (Dl, r, C_k, Dr), (dl, p, _, dr) = top.shape, inp.shape
         # Σ_j A[a, j, c, b] B[s, i, j, t] as ((s, i, t), j) @ (j, (a, c, b))
         column = inp.transpose(2, 3).reshape(-1, r) @ top.transpose(0, 1).reshape(r, -1)
         column = column.reshape(dl, p, dr, Dl, C_k, Dr).permute(3, 0, 1, 4, 5, 2)  # (a, s, i, c, b, t)
         column = column.reshape(Dl * dl, p, C_k, Dr * dr)
-        self._kept_columns[k] = (stamp, column)
+        if stamp is not None:
+            self._kept_columns[k] = (stamp, column)
         return column
 
     def _assemble(self, unit: Unit, left: Tensor, inp: Tensor, right: Tensor, phi_k: Tensor) -> Tensor:
@@ -489,6 +494,12 @@ def versions(tensors: list[Tensor]) -> tuple[tuple[Tensor, int], ...]:
     count: those are the cores a sweep in `NTN.fit` makes, which replaces cores but changes none in place, and they
     are normal again before anything else can reach them (`make_cores_normal`): their identity stands for them."""
     return tuple((tensor, -1 if tensor.is_inference() else tensor._version) for tensor in tensors)
+
+
+def _stamp(cores: list[Tensor]) -> tuple[tuple[Tensor, int], ...] | None:
+    """The cores' `versions`, for a table kept for them; None where autograd records what is made from them now: a
+    kept table (made without a record) must not stand in for one made then, nor such a table be kept."""
+    return None if torch.is_grad_enabled() and any(core.requires_grad for core in cores) else versions(cores)
 
 
 def restamped(stamp: tuple[tuple[Tensor, int], ...], copies: dict[int, Tensor]) -> tuple[tuple[Tensor, int], ...]:
