@@ -466,7 +466,7 @@ def test_fit_trains_the_same_under_inference_mode_and_leaves_cores_autograd_can_
 @pytest.mark.parametrize("Model", [MPO2, LMPO2, MMPO2])
 @pytest.mark.parametrize("how", ["in place", "in place under inference mode", "set_core"])
 def test_a_callback_may_change_a_core_and_use_autograd(Model, how):
-    """The cores a callback sees are normal tensors (`NTN._make_cores_normal`): changed in place, even under inference
+    """The cores a callback sees are normal tensors (`NTN._sweep`): changed in place, even under inference
     mode, the next epoch trains the changed model, as when the change is a new tensor; autograd runs through them."""
     X, y = regression_data(n=200, seed=10)
     phi = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)[:20].requires_grad_(True)
@@ -519,9 +519,45 @@ def test_autograd_through_the_whole_weight_in_a_callback_reaches_every_core(Mode
         fresh = Model(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, seed=0)
         fresh.load_state(model.state())
         compared.append((gradients(model), gradients(fresh)))
+        first, fresh_first = model.top_cores[0].requires_grad_(True), fresh.top_cores[0].requires_grad_(True)
+        compared.append(
+            (torch.autograd.grad(model.dense().sum(), first), torch.autograd.grad(fresh.dense().sum(), fresh_first))
+        )  # one core alone: the others' tables, kept, had no record
+        first.requires_grad_(False)
 
     NTN(model, X, y).fit(2, callback_epoch=compare)
     for got, want in compared:
         for a, b in zip(got, want, strict=True):
             assert b.abs().sum() > 0
             assert_close(a, b, rtol=1e-12)
+
+
+def test_a_core_made_in_inference_mode_by_the_caller_is_never_taken_as_unchanged():
+    """Outside a trainer's sweep an inference tensor's changes in place cannot be counted (`ntn.models.versions`): a
+    core the caller made in inference mode and changes in place gives the scores a pass over the data gives."""
+    X, y = regression_data(n=200, seed=12)
+    model = LMPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=6)
+    trainer = NTN(model, X, y)
+    trainer.fit(1)
+    with torch.inference_mode():
+        core = model.core(Unit(TOP, 2)).clone()
+    model.set_core(Unit(TOP, 2), core)
+    before = trainer.scores()
+    with torch.inference_mode():
+        core.add_(0.05)
+    after = trainer.scores()
+    assert after == pytest.approx(trainer.evaluate(X, y), rel=1e-9)
+    assert after["loss"] != pytest.approx(before["loss"], rel=1e-6)
+
+
+def test_a_sweep_cut_short_leaves_normal_cores():
+    """However a sweep ends (an error, Ctrl-C), the cores it made are normal tensors again after it (`NTN._sweep`)."""
+    X, y = regression_data(n=200, seed=13)
+    model = MPO2(L=3, bond_dim=3, phys_dim=5, output_dim=1, output_site=1, init_strength=0.3, seed=6)
+    trainer = NTN(model, X, y)
+    with pytest.raises(KeyboardInterrupt):
+        with trainer._sweep():
+            trainer._update(Unit(TOP, 0), 0.05, True)
+            assert model.core(Unit(TOP, 0)).is_inference()
+            raise KeyboardInterrupt
+    assert not any(core.is_inference() for core in model.trainable_cores)

@@ -25,8 +25,11 @@ f(x)[c] = Σ_q E[n, c, q] · vec(core)[q]; the trainer's Newton step needs nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import itertools
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -355,7 +358,7 @@ class TensorNetwork:
         if kept is None or kept[0] is not side:
             place, numbers = multiset_places(self.L - 1, self.phys_dim, side.device)
             kept = (side, fold_rows(side, place, numbers.shape[0]))
-            if not side.requires_grad:  # a side autograd records is made afresh each time (`_basis_sides`)
+            if not torch.is_grad_enabled():  # with grad on, the side is made afresh each time (`_stamp`)
                 self._kept_multiset_sides[k] = kept
         return kept[1]
 
@@ -489,17 +492,36 @@ class TensorNetwork:
         return W.reshape(*[p] * self.L, C)
 
 
+_SWEEP = threading.local()  # .open: whether this thread is inside `sweeping`
+_NEVER = itertools.count(-2, -1)  # versions that match no other
+
+
+@contextlib.contextmanager
+def sweeping() -> Iterator[None]:
+    """While open in this thread, the inference-tensor cores are those a trainer's sweep makes (`NTN._sweep`): it
+    replaces cores but changes none in place, so their identity stands for them (`versions`). Outside it, an
+    inference tensor's changes cannot be counted: no table kept for one is reused."""
+    was_open = getattr(_SWEEP, "open", False)
+    _SWEEP.open = True
+    try:
+        yield
+    finally:
+        _SWEEP.open = was_open
+
+
 def versions(tensors: list[Tensor]) -> tuple[tuple[Tensor, int], ...]:
     """Each tensor with its version (torch counts its changes in place), for `unchanged`. An inference tensor has no
-    count: those are the cores a sweep in `NTN.fit` makes, which replaces cores but changes none in place, and they
-    are normal again before anything else can reach them (`make_cores_normal`): their identity stands for them."""
-    return tuple((tensor, -1 if tensor.is_inference() else tensor._version) for tensor in tensors)
+    count: inside `sweeping` its identity stands for it (version -1), elsewhere it gets a version that matches none."""
+    swept = getattr(_SWEEP, "open", False)
+    return tuple(
+        (tensor, (-1 if swept else next(_NEVER)) if tensor.is_inference() else tensor._version) for tensor in tensors
+    )
 
 
 def _stamp(cores: list[Tensor]) -> tuple[tuple[Tensor, int], ...] | None:
-    """The cores' `versions`, for a table kept for them; None where autograd records what is made from them now: a
-    kept table (made without a record) must not stand in for one made then, nor such a table be kept."""
-    return None if torch.is_grad_enabled() and any(core.requires_grad for core in cores) else versions(cores)
+    """The cores' `versions`, for a table kept for them; None with grad on: what autograd may record is made afresh
+    (a kept table, made in inference mode, has no record and cannot be saved for backward) and not kept."""
+    return None if torch.is_grad_enabled() else versions(cores)
 
 
 def restamped(stamp: tuple[tuple[Tensor, int], ...], copies: dict[int, Tensor]) -> tuple[tuple[Tensor, int], ...]:

@@ -23,9 +23,10 @@ moments (`ntn.moments`), gathered in one pass, whenever that is cheaper than a p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from ntn import moments
 from ntn.gram import accumulate_system
 from ntn.hessians import DenseSystem, NewtonSystem
 from ntn.losses import get_loss
-from ntn.models import TensorNetwork, Unit, restamped, unchanged, versions
+from ntn.models import TensorNetwork, Unit, restamped, sweeping, unchanged, versions
 from ntn.threads import training_threads, with_threads
 
 Scores = dict[str, float]
@@ -324,21 +325,26 @@ class NTN:
 
     def update(self, unit: Unit, jitter: float, regularize: bool = True) -> None:
         """Newton step on one core over the whole training set."""
-        with torch.inference_mode():
+        with self._sweep():
             self._update(unit, jitter, regularize)
-        self._make_cores_normal()
 
-    def _make_cores_normal(self) -> None:
-        """After updates in inference mode, every core a normal tensor again (`TensorNetwork.make_cores_normal`),
-        the kept system kept for the copies."""
-        copies = self.model.make_cores_normal()
-        if self._kept:
-            unit, others, *kept = self._kept
-            self._kept = (unit, restamped(others, copies), *kept)
+    @contextlib.contextmanager
+    def _sweep(self) -> Iterator[None]:
+        """Updates in inference mode (no autograd records), the cores they make told apart by their identity
+        (`ntn.models.sweeping`); at its end, however it ends, every core a normal tensor again
+        (`TensorNetwork.make_cores_normal`) and the kept system kept for the copies."""
+        try:
+            with torch.inference_mode(), sweeping():
+                yield
+        finally:
+            copies = self.model.make_cores_normal()
+            if self._kept:
+                unit, others, *kept = self._kept
+                self._kept = (unit, restamped(others, copies), *kept)
 
     def _update(self, unit: Unit, jitter: float, regularize: bool) -> None:
-        """`update` inside an inference-mode context, held by its caller (a sweep in `fit` holds one for all its
-        updates): the new core is an inference tensor."""
+        """`update` inside a `_sweep`, held by its caller (`fit` holds one for a whole sweep): the new core is an
+        inference tensor."""
         theta = self.model.core(unit)
         N, P, C = self.X.shape[0], theta.numel(), self.model.output_dim
         if self._moments is not None:
@@ -422,13 +428,13 @@ class NTN:
         for epoch, lam in enumerate(schedule):
             # one context for the sweep and its scores, not one per update. Inference mode keeps no autograd records
             # (under no_grad every call still passes autograd's dispatch, and views of a normal tensor make autograd
-            # metadata: a run took ~10 % longer). The cores it makes are inference tensors until the epoch's end.
-            with torch.inference_mode():
+            # metadata: a run took ~10 % longer). The cores it makes are inference tensors until its end: the
+            # callbacks see normal ones.
+            with self._sweep():
                 for unit in sweep:
                     self._update(unit, lam, regularize)
                 scores = self.scores()
                 norm_sq = self.weight_norm_sq()
-            self._make_cores_normal()  # what the callbacks see
             reg_loss = scores["loss"] + lam * norm_sq
             best_reg_loss = min(best_reg_loss, reg_loss)
             value = {"reg_loss": reg_loss, "val_loss": scores.get("val_loss"), "last": -epoch}[select]
