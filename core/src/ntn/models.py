@@ -140,10 +140,9 @@ class TensorNetwork:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> TensorNetwork:
         """The cores on `device` as `dtype`, normal tensors (`make_cores_normal`) whatever mode made them."""
-        with torch.inference_mode(False):
-            self.top_cores = [c.to(device, dtype) for c in self.top_cores]
-            if self.input_cores is not None:
-                self.input_cores = [c.to(device, dtype) for c in self.input_cores]
+        self.top_cores = [c.to(device, dtype) for c in self.top_cores]
+        if self.input_cores is not None:
+            self.input_cores = [c.to(device, dtype) for c in self.input_cores]
         self.make_cores_normal()
         return self
 
@@ -411,7 +410,7 @@ class TensorNetwork:
         (Dl, _, _, Dr), (dl, dr) = top.shape, G.shape[1::2]
         stamp = _stamp([core for j in range(L) if j != k for core in self._cores_at(j)])
         kept = self._kept_sides.get(k)  # kept while the other sites' cores are: a sweep updates site k's cores next
-        if stamp is None or kept is None or not unchanged(kept[0], stamp):
+        if kept is None or not unchanged(kept[0], stamp):
             left_columns, right_columns = self._columns(range(k)), self._columns(range(k + 1, L))
             ones = top.new_ones(1, 1, 1)
             left = (_prefix_rows(left_columns) if k > 0 else ones).expand(-1, C, -1).reshape(-1, C, Dl, dl)
@@ -443,7 +442,7 @@ class TensorNetwork:
         top, inp = self.top_cores[k], self.input_cores[k]
         stamp = _stamp([top, inp])
         kept = self._kept_columns.get(k)
-        if stamp is not None and kept is not None and unchanged(kept[0], stamp):
+        if kept is not None and unchanged(kept[0], stamp):
             return kept[1]
         (Dl, r, C_k, Dr), (dl, p, _, dr) = top.shape, inp.shape
         # Σ_j A[a, j, c, b] B[s, i, j, t] as ((s, i, t), j) @ (j, (a, c, b))
@@ -546,9 +545,10 @@ def constant(maxsize: int = 32) -> Callable[[Callable[..., T]], Callable[..., T]
     return decorate
 
 
-def unchanged(kept: tuple[tuple[Tensor, int], ...], now: tuple[tuple[Tensor, int], ...]) -> bool:
-    """Whether two `versions` name the same tensors, none changed in between."""
-    return len(kept) == len(now) and all(a is b and u == v for (a, u), (b, v) in zip(kept, now))
+def unchanged(kept: tuple[tuple[Tensor, int], ...], now: tuple[tuple[Tensor, int], ...] | None) -> bool:
+    """Whether two `versions` name the same tensors, none changed in between (now None, a `_stamp` with grad on:
+    never)."""
+    return now is not None and len(kept) == len(now) and all(a is b and u == v for (a, u), (b, v) in zip(kept, now))
 
 
 def basis_tuples(L: int, p: int, device: torch.device) -> Tensor:
