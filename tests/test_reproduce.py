@@ -11,6 +11,7 @@ import pytest
 import torch
 from ntn.tracking.cli import main as trackers
 from ntn.tracking.readers import read_runs
+from ntn.tracking.reproduce import CannotReproduce, find
 from ntn.tracking.testing import commit_all, git
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,3 +223,14 @@ def test_a_record_too_large_to_train_here_is_one_line_and_exit_2(recorded, capsy
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
     assert "cannot reproduce mpo2_experiment_seed0: re-training failed: RuntimeError: " in err
     assert "can't allocate memory" in err
+
+
+def test_a_name_that_several_runs_share_lists_an_id_that_names_each():
+    """Failed before: runs recorded by a backend with no id of its own (the file backend, a third party's that keys
+    its records by run_id) were listed as None."""
+    records = [{"experiment_name": "x_seed0", "config": {"run_id": f"launch{i}"}} for i in range(2)]
+    records.append({"experiment_name": "x_seed0", "config": {"run_id": "launch2"}, "aim": {"hash": "0a1b"}})
+    with pytest.raises(CannotReproduce) as refused:
+        find(records, "x_seed0")
+    assert str(refused.value) == "3 recorded runs are named 'x_seed0'; give one of their ids: launch0, launch1, 0a1b"
+    assert [find(records, run_id) for run_id in ("launch0", "launch1", "0a1b")] == records

@@ -146,10 +146,16 @@ def _how_to_get(code: dict[str, Any]) -> str:
     return f"{said}; then run this command from {folder}"
 
 
-def _ids(record: dict[str, Any]) -> set[Any]:
-    """What names a record: its run's name, its config's run_id, a backend's id (an Aim hash, an MLflow run id)."""
+def _own_ids(record: dict[str, Any]) -> list[Any]:
+    """The ids that name this record alone, None where it has none: a backend's (an Aim hash, an MLflow run id), then
+    its config's run_id."""
     backend_ids = [(record.get(key) or {}).get(k) for key, k in (("aim", "hash"), ("mlflow", "run_id"))]
-    return {record.get("experiment_name"), (record.get("config") or {}).get("run_id"), *backend_ids} - {None}
+    return [*backend_ids, (record.get("config") or {}).get("run_id")]
+
+
+def _ids(record: dict[str, Any]) -> set[Any]:
+    """What names a record: its run's name and its own ids (`_own_ids`)."""
+    return {record.get("experiment_name"), *_own_ids(record)} - {None}
 
 
 def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
@@ -158,7 +164,7 @@ def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
     if not found:
         raise CannotReproduce(f"no recorded run is named {run!r}")
     if len(found) > 1:
-        shown = ", ".join(str(r.get("aim", {}).get("hash") or r.get("mlflow", {}).get("run_id")) for r in found)
+        shown = ", ".join(str(next((i for i in _own_ids(r) if i is not None), None)) for r in found)
         raise CannotReproduce(f"{len(found)} recorded runs are named {run!r}; give one of their ids: {shown}")
     return found[0]
 
