@@ -1,4 +1,5 @@
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -592,7 +593,16 @@ def test_log_metrics_gets_floats_under_non_empty_names_and_the_rest_is_refused_w
     assert "'' (a name must be a non-empty string)" in warning and "3 (a name" in warning and "'huge'=" in warning
 
 
-def test_the_core_s_warnings_are_one_line_without_its_file_and_line(test_trackers):
+def raised_at(function, statement: str) -> str:
+    """file:line of the first line of `function` that starts with `statement`."""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(n for n, text in enumerate(lines) if text.strip().startswith(statement))
+    return f"{inspect.getsourcefile(function)}:{line}"
+
+
+def test_the_core_s_warnings_are_one_line_without_its_file_and_line_and_a_tracker_s_failure_says_where(test_trackers):
+    """A tracker's failure names the run and where it was raised (the tracker's file and line): its author finds it,
+    and two runs' failures are two warnings (Python shows a repeated message once)."""
     site = os.path.dirname(test_trackers.__file__)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
     script = (
@@ -602,12 +612,13 @@ def test_the_core_s_warnings_are_one_line_without_its_file_and_line(test_tracker
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
+    where = raised_at(test_trackers.FailingTracker.log_metrics, "raise")
     assert done.stderr.splitlines() == [
         "TrackerWarning: tracker 'misspelled': method 'finalise' is not a hook; did you mean 'finalize'?",
         "TrackerWarning: tracker 'misspelled': method 'log_metric' is not a hook; did you mean 'log_metrics'?",
         "TrackerWarning: run 'w_seed0': metrics at step 1 left out: 'note'='x' (str, not a number)",
-        "TrackerWarning: tracker 'failing' failed in log_metrics and is disabled for this run: RuntimeError: disk "
-        "full at step 1",
+        "TrackerWarning: tracker 'failing' failed in log_metrics of run 'w_seed0' and is disabled for it: "
+        f"RuntimeError: disk full at step 1 (raised at {where} in log_metrics)",
     ]
 
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -88,7 +89,12 @@ class TrackedRun:
     def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
         error = self.redact.text(f"{type(err).__name__}: {err}")
         self.failures.append({"tracker": tracker, "hook": hook, "error": error})
-        warn(f"tracker {tracker!r} failed in {hook} and is disabled for this run: {error}")
+        raised = traceback.extract_tb(err.__traceback__)[-1]  # where, for the tracker's author: the innermost frame
+        where = self.redact.text(f"{raised.filename}:{raised.lineno} in {raised.name}")
+        warn(
+            f"tracker {tracker!r} failed in {hook} of run {self.experiment_name!r} and is disabled for it: {error} "
+            f"(raised at {where})"
+        )
 
     def _call(self, hook: str, **arguments: Any) -> None:
         Deferral.depth += 1  # inline rather than a context manager: this runs for every metrics step
