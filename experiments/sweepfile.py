@@ -214,6 +214,8 @@ def _sweep(document: dict[str, Any], tracker_backend: str) -> Sweep:
     model = document.get("model")
     if ("model" in swept) == (model is not None):
         raise SettingError(f'name the model once: model = "mpo2", or model = [...] in [{where}]')
+    if model is not None:
+        _model(model)
     seed_list = document.get("seeds", [0, 1, 2, 3, 4])
     if not isinstance(seed_list, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed_list):
         raise SettingError(f"seeds={seed_list!r} must be a list of integers >= 0, e.g. [0, 1, 2]")
@@ -248,9 +250,13 @@ def _choices(where: str, values: Any) -> list[Any]:
     if len(texts) < len(values):
         raise SettingError(f"{where}={values!r} repeats a value")
     for value in values if key == "model" else ():
-        if value not in MODELS:
-            raise SettingError(f"model={value!r} must be one of: {', '.join(MODELS)}")
+        _model(value)
     return values
+
+
+def _model(value: Any) -> None:
+    if value not in MODELS:
+        raise SettingError(f"model={value!r} must be one of: {', '.join(MODELS)}")
 
 
 def _one_quality(configurations: list[Configuration], what: str) -> None:

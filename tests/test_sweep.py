@@ -327,6 +327,8 @@ HUGE = SWEEP.replace("[2, 4]", str(list(range(1, 1001)))).replace("l = [2, 3]", 
         ("name = ", (), {}, "not a TOML file"),
         (SWEEP.replace('"synthetic"', '"mnist"'), (), {}, "settings.dataset='mnist' must be one of: california"),
         (SWEEP, ("--executor", "slurm"), {}, "--executor='slurm' must be one of: local, dask"),
+        # failed on main: every run trained and failed with KeyError: 'mpo3'
+        (SWEEP.replace('"mpo2"', '"mpo3"'), (), {}, "model='mpo3' must be one of: mpo2, lmpo2, mmpo2"),
         (SWEEP, ("--workers", "0"), {}, "--workers='0' must be an integer >= 1"),
         (SWEEP, ("--workers", "100000"), {}, "--workers=100000 is more than the "),
         (SWEEP, ("--executor", "dask"), {"SWEEP_WORKERS": "100000"}, "SWEEP_WORKERS=100000 is more than the "),
