@@ -533,3 +533,14 @@ def test_summary_counts_the_runs_a_search_pruned_apart_from_the_failed(tmp_path,
     table = ntn_trackers("summary", cwd=tmp_path).stdout
     assert "0/2 (2 pruned)" in table
     assert "3 experiments, 6 runs: 3 ok, 2 pruned (stopped early by a search), 1 failed" in " ".join(table.split())
+
+
+def test_metrics_chooses_the_columns_and_an_unknown_figure_is_one_line(logs):
+    """Failed on main: a figure no run has was shown as a column of '-', exit 0."""
+    chosen = ntn_trackers("summary", "--metrics", "test_loss,test_r2", cwd=logs)
+    header = chosen.stdout.splitlines()[1]
+    assert chosen.returncode == 0 and header.index("test_loss") < header.index("test_r2"), chosen.stdout
+    unknown = ntn_trackers("summary", "--metrics", "test_r2,val_accuracy", cwd=logs)
+    assert unknown.returncode == 2 and unknown.stdout == "" and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert "--metrics val_accuracy: no run has that figure; these runs have: " in unknown.stderr
+    assert "test_r2" in unknown.stderr.split("these runs have: ")[1]

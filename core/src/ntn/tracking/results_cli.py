@@ -235,6 +235,11 @@ def _summary(args: argparse.Namespace) -> int:
     q = quality_of(list(experiments.values()))
     metrics = list(dict.fromkeys(m for exp in experiments.values() for m in exp.metrics))
     chosen = [m for m in args.metrics.split(",") if m] if args.metrics else []
+    unknown = [m for m in chosen if m not in metrics]
+    if unknown:
+        raise ValueError(
+            printable(f"--metrics {unknown[0]}: no run has that figure; these runs have: {', '.join(metrics)}")
+        )
     if chosen:
         metrics = chosen
     elif q:  # the figures a researcher ranks by first, then the rest as the width allows
