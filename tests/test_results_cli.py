@@ -544,3 +544,11 @@ def test_metrics_chooses_the_columns_and_an_unknown_figure_is_one_line(logs):
     assert unknown.returncode == 2 and unknown.stdout == "" and unknown.stderr.count("\n") == 1, unknown.stderr
     assert "--metrics val_accuracy: no run has that figure; these runs have: " in unknown.stderr
     assert "test_r2" in unknown.stderr.split("these runs have: ")[1]
+
+
+def test_a_reader_that_stops_reading_gets_no_error(logs):
+    """Failed on main: `ntn-trackers summary --format csv | head -1` ended with `[Errno 32] Broken pipe`, exit 2."""
+    process = subprocess.Popen([*CLI, "summary", "--format", "csv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before it writes: it starts Python and reads the runs first
+    assert process.wait(timeout=120) in (0, 1)
+    assert process.stderr.read() == b""

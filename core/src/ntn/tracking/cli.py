@@ -7,6 +7,7 @@ function `register(subparsers)` that adds its parser and sets `func` (args -> ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tabulate import tabulate
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away (`| head`) is met below, not at the exit
+        return code
+    except BrokenPipeError:  # nothing to say: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at the exit: no pipe
+        return 1
     except (ValueError, OSError) as err:
         print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
         return 2
