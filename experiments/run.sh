@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Shared launcher of run_mpo2.sh, run_lmpo2.sh, run_mmpo2.sh: works from any working directory.
 # Uses $PYTHON if set, else python3 from PATH (an activated virtual environment's, for instance).
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m experiments.train "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/launch.sh" "run_$1.sh"
+exec "$python" -m experiments.train "$@"

@@ -186,6 +186,24 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+@pytest.mark.parametrize("script", ["run_mpo2.sh", "run_sweep.sh"])
+def test_a_python_without_ntn_is_one_line_naming_it(tmp_path, script):
+    """Failed on main: a launch from a shell without the venv ended in a traceback (No module named 'ntn')."""
+    bare = tmp_path / "python"  # this Python without its site-packages or PYTHONPATH: no ntn
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    bare.chmod(0o755)
+    for python, said in ((str(bare), f"{bare} ({bare}) has no ntn installed"), ("no-such-python", "is not a command")):
+        done = subprocess.run(
+            ["bash", str(REPO / "experiments" / script), "--help"],
+            cwd=tmp_path,
+            env=os.environ | {"PYTHON": python},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"{script}: ") and said in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):
     """Failed on main: the whole usage (14 lines) came before the error."""
     environ = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
