@@ -700,6 +700,23 @@ def test_the_closing_line_names_each_backend_s_reader_and_where_it_reads_from(te
     assert closing_line([]) == "runs recorded by no tracker"
 
 
+def test_the_closing_line_calls_ntn_trackers_by_its_path_when_path_does_not_find_it(test_trackers, monkeypatch):
+    """Failed on main: the quick start (PYTHON=.venv/bin/python, no venv activated) ended by saying `ntn-trackers
+    summary ...`, which the shell then did not find."""
+    from ntn.tracking import closing_line
+
+    own = os.path.join(os.path.dirname(sys.executable), "ntn-trackers")
+    if not os.path.exists(own):
+        pytest.skip("ntn is not installed beside this Python (its sources on PYTHONPATH): no script to name")
+    backends = [Backend("globalrun", test_trackers.GlobalRunTracker)]
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    assert closing_line(backends).endswith("compare them: ntn-trackers summary --from globalrun")
+    monkeypatch.setenv("PATH", os.devnull)
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(own)))  # the venv's folder: as the quick start's .venv/bin
+    said = closing_line(backends).split("compare them: ")[1]
+    assert said == f"{os.path.join(os.path.basename(os.path.dirname(own)), 'ntn-trackers')} summary --from globalrun"
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [(None, "finished"), (RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")],

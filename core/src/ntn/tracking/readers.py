@@ -9,6 +9,9 @@ last record) — and each problem is a one-line description of a source that cou
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,8 +72,20 @@ def closing_line(backends: Sequence[Backend]) -> str:
     (else its default location: `--from NAME`)."""
     where = ", ".join(_said(b, "where") or b.name for b in backends) or "no tracker"
     readers = plugins(READERS_GROUP)
-    commands = [f"ntn-trackers summary --from {_said(b, 'source') or b.name}" for b in backends if b.name in readers]
+    cli = _cli()
+    commands = [f"{cli} summary --from {_said(b, 'source') or b.name}" for b in backends if b.name in readers]
     return f"runs recorded by {where}" + (f"; compare them: {' or '.join(commands)}" if commands else "")
+
+
+def _cli() -> str:
+    """How to call this Python's `ntn-trackers` from here: by name where PATH finds it (an activated venv), else by
+    its path (`.venv/bin/ntn-trackers`: a script run with PYTHON=.venv/bin/python, as the quick start does)."""
+    own = os.path.join(os.path.dirname(sys.executable), "ntn-trackers")
+    found = shutil.which("ntn-trackers")
+    if not os.path.exists(own) or (found is not None and os.path.samefile(found, own)):
+        return "ntn-trackers"
+    relative = os.path.relpath(own)
+    return relative if not relative.startswith("..") else own
 
 
 def _said(backend: Backend, method: str) -> str:
