@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def _california(data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str, str 
     try:
         from sklearn.datasets import fetch_california_housing
 
-        bunch = fetch_california_housing()
+        with warnings.catch_warnings():  # its retries' warnings: the one line below says what failed
+            warnings.simplefilter("ignore")
+            bunch = fetch_california_housing()
     except Exception as err:
         raise DatasetError(
             "california_housing needs the StatLib file: set NTN_DATA_DIR to the folder holding cal_housing.data "

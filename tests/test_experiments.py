@@ -186,6 +186,15 @@ def test_bad_input_gets_one_line_and_no_files(train_here, tmp_path, env, message
     assert list((tmp_path / "results_dir").iterdir()) == []
 
 
+def test_california_housing_without_its_file_or_a_download_is_one_line(run_script, tmp_path):
+    """Failed on main: scikit-learn's retries printed two warning lines before the error. Its download goes through a
+    proxy that refuses it (so that it fails on any machine), into an empty cache here."""
+    blocked = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    done = run_script("mpo2", DATASET="california_housing", NTN_DATA_DIR="", SCIKIT_LEARN_DATA=tmp_path, **blocked)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("run_mpo2.sh: error: california_housing needs the StatLib file: set NTN_DATA_DIR")
+
+
 @pytest.mark.parametrize("script", ["run_mpo2.sh", "run_sweep.sh"])
 def test_a_python_without_ntn_is_one_line_naming_it(tmp_path, script):
     """Failed on main: a launch from a shell without the venv ended in a traceback (No module named 'ntn')."""
