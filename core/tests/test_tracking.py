@@ -462,6 +462,50 @@ def test_a_plugin_on_a_process_global_run_fails_the_kit_and_one_with_a_run_objec
         check_reader("runobject", "", sent)
 
 
+def test_the_kit_names_a_leak_between_runs_a_misspelt_hook_a_failing_constructor_and_a_file_read_too_late(
+    test_trackers,
+):
+    """Each passed the kit on main, or failed it without saying what the plugin should do: a summary shared by the
+    runs of one process (the first run's error read back in the second, a successful one), a `log_metric` that is
+    never called, a constructor that raised, a file from log_artifact read in finalize, after the core removed it."""
+
+    shared = {}  # one summary for every run of the process
+
+    class SharedSummary(test_trackers.RunObjectTracker):
+        def log_summary(self, summary):
+            shared.update(summary)
+            self.run["summary"].update(shared)
+
+    test_trackers.RUNS.clear()
+    sent = run_conformance(SharedSummary)
+    with pytest.raises(AssertionError) as leaked:
+        check_reader("runobject", "", sent)
+    assert (
+        f"run {sent.second.experiment_name!r}: summary 'error': read back {sent.summary['error']!r}, sent only to run "
+        f"{sent.experiment_name!r}" in str(leaked.value)
+    )
+
+    class Misspelt(test_trackers.RecordingTracker):
+        def log_metric(self, metrics, step):
+            pass
+
+    with pytest.raises(AssertionError, match="method 'log_metric' is not a hook; did you mean 'log_metrics'"):
+        run_conformance(Misspelt)
+    with pytest.raises(AssertionError, match=r"_seed0': building the tracker .* raised ConnectionError: server unr"):
+        run_conformance(test_trackers.FailingInit)
+
+    class CopiesLate(test_trackers.RecordingTracker):
+        def log_artifact(self, path, name):
+            self.attached = path
+
+        def finalize(self, status):
+            with open(self.attached, "rb") as f:
+                f.read()
+
+    with pytest.raises(AssertionError, match=r"finalize.*FileNotFoundError.*removed once that hook returns.*copy it"):
+        run_conformance(CopiesLate)
+
+
 def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):
     site = os.path.dirname(test_trackers.__file__)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))

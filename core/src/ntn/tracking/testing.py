@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ntn.tracking.contract import HOOKS, Hook, hooks_of
+from ntn.tracking.contract import HOOKS, Hook, TrackerWarning, hooks_of
 
 EXPERIMENT_NAME = "conformance_ünïcødé λ/run 1_seed0"
 CONFIG = {
@@ -97,8 +97,8 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
 
     :raises AssertionError: naming the run and the hook that failed, or the hook that does not match its spec
     """
-    sent = ConformanceRun(factory(experiment_name=experiment_name, config=dict(CONFIG)), experiment_name)
-    second_tracker = factory(experiment_name=run_name(experiment_name, 1), config=dict(CONFIG))
+    sent = ConformanceRun(_built(factory, experiment_name), experiment_name)
+    second_tracker = _built(factory, run_name(experiment_name, 1))
     sent.second = replace(
         sent,
         tracker=second_tracker,
@@ -111,7 +111,11 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
         second=None,
     )
     runs = [sent, sent.second]
-    hooks = [hooks_of(run.tracker, "under-test") for run in runs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hooks = [hooks_of(run.tracker, "under-test") for run in runs]
+    near_misses = sorted({str(w.message) for w in caught if issubclass(w.category, TrackerWarning)})
+    assert not near_misses, "; ".join(near_misses)  # a misspelt hook is never called: the core only warns
     assert hooks[0], f"{factory!r} implements none of the hooks {tuple(HOOKS)}"
     directory = tempfile.mkdtemp()
     try:
@@ -119,9 +123,9 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
         finalize = [c.pop() for c in calls]
         for step in range(len(calls[0])):  # first, second, first, second, ...
             for run, its_hooks, its_calls in zip(runs, hooks, calls, strict=True):
-                _call(run, its_hooks, *its_calls[step])
+                _call(run, its_hooks, *its_calls[step], directory)
         for i in (1, 0):  # the second run ends first
-            _call(runs[i], hooks[i], *finalize[i])
+            _call(runs[i], hooks[i], *finalize[i], directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     _failing_run(factory, experiment_name)
@@ -141,13 +145,25 @@ def _calls(run: ConformanceRun, directory: str) -> list[tuple[str, dict[str, Any
     return [*calls, ("finalize", {"status": run.status, "end_time": run.end_time})]
 
 
-def _call(run: ConformanceRun, hooks: dict[str, Hook], hook: str, kwargs: dict[str, Any]) -> None:
+def _built(factory: Callable[..., Any], experiment_name: str) -> Any:
+    try:
+        return factory(experiment_name=experiment_name, config=dict(CONFIG))
+    except Exception as err:
+        raise AssertionError(
+            f"run {experiment_name!r}: building the tracker ({factory!r}) raised {type(err).__name__}: {err}"
+        ) from err
+
+
+def _call(run: ConformanceRun, hooks: dict[str, Hook], hook: str, kwargs: dict[str, Any], directory: str) -> None:
+    """One hook call; `directory` holds the files the kit attaches, each removed once `log_artifact` returned."""
     try:
         if hook in hooks:
             hooks[hook](kwargs)
     except Exception as err:
+        removed = isinstance(err, OSError) and directory in str(err)  # an attached file, read after its hook
+        hint = " (a file given to log_artifact is removed once that hook returns, as the core does: copy it there)"
         raise AssertionError(
-            f"run {run.experiment_name!r}: {hook}({kwargs!r}) raised {type(err).__name__}: {err}"
+            f"run {run.experiment_name!r}: {hook}({kwargs!r}) raised {type(err).__name__}: {err}{hint * removed}"
         ) from err
     if hook == "log_artifact":
         os.remove(kwargs["path"])  # a tracker keeps its own copy
@@ -218,6 +234,11 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
         where = f"run {run.experiment_name!r}: summary"
         summary = record.get("summary", {})
         differences += _differences(where, run.summary | {"status": run.status}, summary, extra_ok=True)
+        other = sent.second if run is sent else sent
+        differences += [  # extra keys are allowed, but not the other run's: records shared between runs
+            f"{where} {key!r}: read back {summary[key]!r}, sent only to run {other.experiment_name!r}"
+            for key in sorted(summary.keys() & other.summary.keys() - run.summary.keys())
+        ]
     assert not differences, "; ".join(differences)
     status = found[names[2]][0]["summary"].get("status")
     assert status == "failed", (
