@@ -160,6 +160,7 @@ badsig = ntn_test_trackers:BadSignature
 onlymetrics = ntn_test_trackers:OnlyMetrics
 factory = ntn_test_trackers:make_tracker
 broken = ntn_broken_tracker:Tracker
+seedstyle = ntn_seed_style_tracker:MyCustomTracker
 noop1 = ntn_test_trackers:Noop
 noop2 = ntn_test_trackers:Noop
 noop3 = ntn_test_trackers:Noop
@@ -186,6 +187,8 @@ def test_trackers(tmp_path_factory, monkeypatch):
     site = tmp_path_factory.mktemp("site")
     (site / "ntn_test_trackers.py").write_text(TRACKERS)
     (site / "ntn_broken_tracker.py").write_text("raise ImportError('libfoo.so: cannot open shared object file')\n")
+    seed_style = "from experiments.trackers import BaseTracker\n\n\nclass MyCustomTracker(BaseTracker):\n    pass\n"
+    (site / "ntn_seed_style_tracker.py").write_text(seed_style)  # as the seed's "Custom Trackers" writes one
     dist = site / "ntn_test_trackers-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ntn-test-trackers\nVersion: 0.1\n")
@@ -198,3 +201,4 @@ def test_trackers(tmp_path_factory, monkeypatch):
     yield ntn_test_trackers
     sys.modules.pop("ntn_test_trackers", None)
     sys.modules.pop("ntn_broken_tracker", None)
+    sys.modules.pop("ntn_seed_style_tracker", None)

@@ -88,6 +88,24 @@ def test_broken_plugin_fails_only_when_selected(test_trackers):
     assert "ntn_broken_tracker" not in sys.modules or sys.modules["ntn_broken_tracker"] is None
 
 
+def test_a_tracker_written_as_the_seed_shows_says_where_its_import_works(test_trackers, monkeypatch):
+    """Failed on main: `ntn-trackers list` outside the run scripts said only "No module named 'experiments'"."""
+    for name in [m for m in sys.modules if m.split(".")[0] == "experiments"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "experiments"))])
+    with pytest.raises(TrackerSelectionError) as refused:
+        validate("seedstyle")
+    assert str(refused.value).endswith(
+        "failed to import: ModuleNotFoundError: No module named 'experiments' (it imports this repository's "
+        "experiments: run from its root with PYTHONPATH=.)"
+    )
+    sys.modules.pop("ntn_seed_style_tracker", None)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the repository's root
+    validate("seedstyle")
+    for name in [m for m in sys.modules if m.split(".")[0] == "experiments"]:
+        del sys.modules[name]  # imported here: gone with the test (those there before come back at its end)
+
+
 def test_hook_with_wrong_argument_names_is_rejected_at_selection(test_trackers):
     with pytest.raises(TrackerValidationError, match=r"tracker 'badsig': 'log_metrics' does not match hook.*data"):
         validate("record,badsig")

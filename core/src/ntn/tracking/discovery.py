@@ -59,8 +59,10 @@ def load(name: str, entry_point: EntryPoint) -> Backend:
     try:
         factory = entry_point.load()
     except Exception as err:  # any import-time failure of a third-party plugin
+        seed_style = isinstance(err, ModuleNotFoundError) and err.name == "experiments"  # the seed's own import
+        hint = " (it imports this repository's experiments: run from its root with PYTHONPATH=.)" * seed_style
         raise TrackerSelectionError(
-            f"tracker backend {name!r} ({entry_point.value}) failed to import: {type(err).__name__}: {err}"
+            f"tracker backend {name!r} ({entry_point.value}) failed to import: {type(err).__name__}: {err}{hint}"
         ) from err
     if not callable(factory):
         raise TrackerSelectionError(f"tracker backend {name!r} ({entry_point.value}) is not a class or factory")
