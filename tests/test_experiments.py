@@ -213,6 +213,15 @@ def test_a_python_without_ntn_is_one_line_naming_it(tmp_path, script):
         assert done.stderr.startswith(f"{script}: ") and said in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_unknown_model_is_one_line_naming_it(tmp_path):
+    """Failed on main: the usage line alone, without the model it did not know."""
+    environ = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "experiments.train", "mpo3", "--bond-dim", "4"]
+    done = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "" and list(tmp_path.iterdir()) == []
+    assert done.stderr == "usage: python -m experiments.train {mpo2,lmpo2,mmpo2} [--help] [flags]: no model 'mpo3'\n"
+
+
 def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):
     """Failed on main: the whole usage (14 lines) came before the error."""
     environ = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
