@@ -292,6 +292,8 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             file=sys.stderr,
         )  # fmt: skip
         lost = _train(study, pool, backends, sum(task.configuration.settings.n_epochs for task in study.tasks))
+    elif not study.tasks:
+        print(f"sweep {sweep.name}: all {total} runs recorded in {opts.output}: nothing to train", file=sys.stderr)
     not_run = len(study.tasks) - study.ended  # a worker process ended, another process changed the results
     document = record.write()
     print(table(document))

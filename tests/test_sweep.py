@@ -233,6 +233,9 @@ def test_an_interrupted_sweep_run_again_trains_only_the_missing_runs(tmp_path):
     }
     assert retrained == set(NAMES) - kept  # exactly the runs the first call did not record
     check_sweep(tmp_path, tmp_path / "aim")
+    third = sweep(tmp_path, path, "--workers", "2", "--keep-failed")  # failed on main: no word of what it trained
+    assert third.returncode == _exit_code(tmp_path), third.stderr
+    assert "all 8 runs recorded in results_sweep_grid.json: nothing to train" in third.stderr
 
 
 class Cluster:
