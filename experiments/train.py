@@ -300,7 +300,8 @@ def _train(model: str, s: Settings, data, backends: list, output: Path, state: d
     results = study.results
     ok = [r for r in results if r["success"]]
     q_mean, q_std = stats([r[f"test_{quality}"] for r in ok])
-    held_out = "n/a" if q_mean is None else f"{q_mean:.4f} ± {q_std:.4f}"
+    spread = f"± {q_std:.4f}" if len(ok) > 1 else "(one seed: no spread)"
+    held_out = "n/a" if q_mean is None else f"{q_mean:.4f} {spread}"
     print(
         redact(
             f"{model.upper()} on {data.info['name']}: {_outcome(results)}; held-out test {quality} {held_out} -> "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -93,6 +94,13 @@ def test_flags_win_over_environment_and_scripts_work_from_any_directory(run_scri
     assert done.returncode in (0, 1), done.stderr  # 1 epoch of a tiny LMPO2 may not beat the trivial predictor
     run = load(tmp_path / "experiment_logs" / "lmpo2_experiment_seed3.json")
     assert run["hparams"]["bond_dim"] == 2 and run["hparams"]["reduction_factor"] == 0.5
+
+
+def test_one_seed_shows_no_spread(run_script):
+    """Failed on main: one seed's figure was shown as ± 0.0000, as if seeds had agreed."""
+    done = run_script("mpo2", SEEDS="0", N_EPOCHS="3")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"1/1 seeds succeeded; held-out test r2 -?\d\.\d{4} \(one seed: no spread\) -> ", done.stdout)
 
 
 def test_help_documents_every_setting(run_script):
