@@ -32,7 +32,10 @@ def _list(args: argparse.Namespace) -> int:
         dist = ep.dist
         rows.append([name, dist.metadata["Name"] if dist else "?", dist.version if dist else "?", ep.value, loads])
     if not rows:
-        print("no tracker backends installed; try: pip install ntn-tracker-file")
+        print(
+            "no tracker backends installed; from this repository's root: "
+            "pip install -c constraints.txt ./plugins/ntn-tracker-file"
+        )
         return 0
     print(tabulate(rows, headers=["backend", "distribution", "version", "entry point", "loads"]))
     return 0

@@ -77,6 +77,7 @@ def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
         if name not in available:
             raise TrackerSelectionError(
                 f"unknown tracker backend {name!r}; installed backends: {', '.join(sorted(available)) or 'none'} "
-                f"(also 'both', 'none'). If it is published as a plugin: pip install ntn-tracker-{name}"
+                f"(also 'both', 'none'); a plugin's appears once installed (this repository's, from its root: "
+                f"pip install -c constraints.txt ./plugins/ntn-tracker-{name})"
             )
     return [load(name, available[name]) for name in names]

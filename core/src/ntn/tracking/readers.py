@@ -27,7 +27,10 @@ def read_runs(backend: str, source: str) -> tuple[list[Record], list[str]]:
     is wrong anywhere (`problem_of`) is left out, with a one-line problem instead."""
     readers = plugins(READERS_GROUP)
     if backend not in readers:
-        raise ValueError(f"reading {backend!r} runs needs the {backend} plugin: pip install ntn-tracker-{backend}")
+        raise ValueError(
+            f"reading {backend!r} runs needs the {backend} plugin (this repository's, from its root: pip install -c "
+            f"constraints.txt ./plugins/ntn-tracker-{backend})"
+        )
     found, problems = readers[backend].load()(source)
     records = []
     for record in found:
