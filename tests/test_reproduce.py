@@ -234,3 +234,5 @@ def test_a_name_that_several_runs_share_lists_an_id_that_names_each():
         find(records, "x_seed0")
     assert str(refused.value) == "3 recorded runs are named 'x_seed0'; give one of their ids: launch0, launch1, 0a1b"
     assert [find(records, run_id) for run_id in ("launch0", "launch1", "0a1b")] == records
+    with pytest.raises(CannotReproduce, match=r"^no recorded run is named 'x'; its runs: x_seed0$"):
+        find(records, "x")  # an experiment's name: its runs named (failed on main: not them)

@@ -162,7 +162,12 @@ def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
     """The one record that `run` names (`_ids`)."""
     found = [r for r in records if run in _ids(r)]
     if not found:
-        raise CannotReproduce(f"no recorded run is named {run!r}")
+        seeds = sorted(
+            {str(r["experiment_name"]) for r in records if str(r.get("experiment_name")).startswith(f"{run}_")}
+        )
+        raise CannotReproduce(
+            f"no recorded run is named {run!r}" + (f"; its runs: {', '.join(seeds)}" if seeds else "")
+        )
     if len(found) > 1:
         shown = ", ".join(str(next((i for i in _own_ids(r) if i is not None), None)) for r in found)
         raise CannotReproduce(f"{len(found)} recorded runs are named {run!r}; give one of their ids: {shown}")
