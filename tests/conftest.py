@@ -32,6 +32,7 @@ def run_script(tmp_path):
     def run(model="mpo2", *args, **env):
         environ = {k: v for k, v in os.environ.items() if k not in SETTINGS_OF_TESTS}
         environ |= {"PYTHON": sys.executable, "DATASET": "synthetic", "N_SAMPLES": "300", "SEEDS": "0,1"}
+        environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", "")])  # venv active
         environ |= {k: str(v) for k, v in env.items()}
         return subprocess.run(
             ["bash", str(REPO / "experiments" / f"run_{model}.sh"), *args],

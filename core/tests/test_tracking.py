@@ -741,8 +741,10 @@ def test_every_error_the_scripts_catch_derives_from_one_base():
     assert issubclass(CannotReproduce, NtnError) and issubclass(CannotReproduce, ValueError)
 
 
-def test_the_closing_line_names_each_backend_s_reader_and_where_it_reads_from(test_trackers):
+def test_the_closing_line_names_each_backend_s_reader_and_where_it_reads_from(test_trackers, monkeypatch):
     from ntn.tracking import closing_line
+
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
     class Located(test_trackers.RunObjectTracker):
         @classmethod

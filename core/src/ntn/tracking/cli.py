@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import signal
 import sys
 
 from tabulate import tabulate
@@ -68,11 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = args.func(args)
-        sys.stdout.flush()  # here, so that a reader that went away (`| head`) is met below, not at the exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, so that a reader that went away (`| head`) is met below, not at the exit
         return code
-    except BrokenPipeError:  # nothing to say: the reader has what it wanted
+    except BrokenPipeError as err:
+        if not _reader_gone():  # a pipe of the command's own (a reader's connection): told as any OSError
+            print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
+            return 2
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at the exit: no pipe
-        return 1
+        return 128 + signal.SIGPIPE  # as a shell reports a command that a closed pipe ended (1 and 2 say more)
     except (ValueError, OSError) as err:
         print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
         return 2
+
+
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (`| head` that has what it wanted)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no standard output, or no poll here
+        return False

@@ -10,6 +10,7 @@ last record) — and each problem is a one-line description of a source that cou
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -87,8 +88,11 @@ def _cli() -> str:
     found = shutil.which("ntn-trackers")
     if not os.path.exists(own) or (found is not None and os.path.samefile(found, own)):
         return "ntn-trackers"
-    relative = os.path.relpath(own)
-    return relative if not relative.startswith("..") else own
+    try:
+        relative = os.path.relpath(own)
+    except OSError:  # the working directory is gone
+        relative = own
+    return shlex.quote(relative if not relative.startswith("..") else own)  # pasted into a shell as it is
 
 
 def _said(backend: Backend, method: str) -> str:
