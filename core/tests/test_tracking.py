@@ -505,11 +505,11 @@ def test_the_kit_names_a_leak_between_runs_a_misspelt_hook_a_failing_constructor
         f"{sent.experiment_name!r}" in str(leaked.value)
     )
 
-    class Misspelt(test_trackers.RecordingTracker):
-        def log_metric(self, metrics, step):
+    class Misspelt(test_trackers.OnlyMetrics):
+        def log_summry(self, summary):
             pass
 
-    with pytest.raises(AssertionError, match="method 'log_metric' is not a hook; did you mean 'log_metrics'"):
+    with pytest.raises(AssertionError, match="method 'log_summry' is not a hook; did you mean 'log_summary'"):
         run_conformance(Misspelt)
     with pytest.raises(AssertionError, match=r"_seed0': building the tracker .* raised ConnectionError: server unr"):
         run_conformance(test_trackers.FailingInit)
@@ -524,6 +524,24 @@ def test_the_kit_names_a_leak_between_runs_a_misspelt_hook_a_failing_constructor
 
     with pytest.raises(AssertionError, match=r"finalize.*FileNotFoundError.*removed once that hook returns.*copy it"):
         run_conformance(CopiesLate)
+
+
+def test_the_kit_passes_a_helper_named_like_a_hook_it_has_and_a_summary_with_a_fixed_schema(test_trackers):
+    """Failed on the first version of those checks (a helper `log_metric` beside `log_metrics`, as MLflow-style code
+    has; every summary written with the same keys, `error` None where it has none)."""
+
+    class FixedSchema(test_trackers.RunObjectTracker):
+        def log_metric(self, name, value, step):  # a helper, beside the hook
+            self.run["metrics_log"].append({"step": step, name: value})
+
+        def log_summary(self, summary):
+            self.run["summary"].update({"error": None} | summary)
+
+    test_trackers.RUNS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrackerWarning)  # nor does the core warn about the helper
+        sent = run_conformance(FixedSchema)
+    assert check_reader("runobject", "", sent)["summary"]["error"] == sent.summary["error"]
 
 
 def test_cli_list_shows_every_backend_and_whether_it_loads(test_trackers):

@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, get_args
 import pluggy
 
 from ntn.errors import NtnError
+from ntn.tracking.base import BaseTracker
 
 PROJECT = "ntn"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -153,7 +154,7 @@ def hooks_of(tracker: Any, name: str) -> dict[str, Hook]:
     :raises TrackerValidationError: naming the tracker and the method: arguments the hookspec does not pass,
         or a pluggy option (`tryfirst`, `specname`, wrappers): trackers are called in the order named
     """
-    found = {}
+    found, near = {}, {}
     for attribute in dir(tracker):
         static = inspect.getattr_static(tracker, attribute, None)
         if attribute.startswith("_") or not _routine(static):
@@ -164,7 +165,10 @@ def hooks_of(tracker: Any, name: str) -> dict[str, Hook]:
             found[attribute] = Hook(getattr(tracker, attribute), _arguments(name, attribute, tracker, unbound, opts))
         for close in difflib.get_close_matches(attribute, HOOKS, n=1, cutoff=0.8):
             if close != attribute:
-                warn(f"tracker {name!r}: method {attribute!r} is not a hook; did you mean {close!r}?")
+                near[attribute] = close
+    for attribute, close in near.items():  # a helper beside the hook it is named after is no misspelling
+        if close not in found or inspect.getattr_static(tracker, close) is vars(BaseTracker).get(close):  # no-op
+            warn(f"tracker {name!r}: method {attribute!r} is not a hook; did you mean {close!r}?")
     return found
 
 
