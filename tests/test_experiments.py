@@ -209,16 +209,32 @@ def test_a_python_without_ntn_is_one_line_naming_it(tmp_path, script):
     bare = tmp_path / "python"  # this Python without its site-packages or PYTHONPATH: no ntn
     bare.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
     bare.chmod(0o755)
-    for python, said in ((str(bare), f"{bare} ({bare}) has no ntn installed"), ("no-such-python", "is not a command")):
+    (tmp_path / "ntn").mkdir()  # a folder named ntn here (a clone of that name) is no installed ntn
+    for python, said in (
+        (str(bare), f"{bare} ({bare}) has no ntn installed"),
+        ("no-such-python", "is not a command"),
+        (sys.executable, f"{sys.executable} cannot start: Fatal Python error: "),  # PYTHONHOME below: its error
+    ):
         done = subprocess.run(
             ["bash", str(REPO / "experiments" / script), "--help"],
             cwd=tmp_path,
-            env=os.environ | {"PYTHON": python},
+            env=os.environ | {"PYTHON": python} | ({"PYTHONHOME": str(tmp_path)} if python == sys.executable else {}),
             capture_output=True,
             text=True,
         )
         assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith(f"{script}: ") and said in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["run_mpo2.sh", "run_sweep.sh"])
+def test_a_launcher_runs_through_a_symlink_and_under_sh(tmp_path, script):
+    """Failed before: a symlinked launcher (~/bin/ntn-sweep) looked for its files beside the link."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "launch").symlink_to(REPO / "experiments" / script)
+    environ = os.environ | {"PYTHON": sys.executable}
+    for command in ([str(tmp_path / "bin" / "launch"), "--help"], ["sh", str(REPO / "experiments" / script), "--help"]):
+        done = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: {script} "), (command, done.stderr)
 
 
 def test_an_unknown_model_is_one_line_naming_it(tmp_path):
