@@ -682,6 +682,20 @@ def raised_at(function, statement: str) -> str:
     return f"{inspect.getsourcefile(function)}:{line}"
 
 
+def test_a_tracker_s_failure_deep_in_a_library_names_the_tracker_s_own_line():
+    """Failed on the first version: the innermost frame, in json's encoder, not the tracker's line that called it."""
+
+    class Serialising(BaseTracker):
+        def log_metrics(self, metrics, step):
+            json.dumps({"when": object()})  # TypeError, raised inside json
+
+    with pytest.warns(TrackerWarning) as caught:
+        with start_run("deep_seed0", {}, backend=[Backend("serialising", Serialising)]) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+    where = raised_at(Serialising.log_metrics, "json.dumps")
+    assert any(str(w.message).endswith(f"(raised at {where} in log_metrics)") for w in caught), caught.list
+
+
 def test_the_core_s_warnings_are_one_line_without_its_file_and_line_and_a_tracker_s_failure_says_where(test_trackers):
     """A tracker's failure names the run and where it was raised (the tracker's file and line): its author finds it,
     and two runs' failures are two warnings (Python shows a repeated message once)."""

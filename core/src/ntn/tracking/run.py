@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -64,7 +65,7 @@ class TrackedRun:
                 self.finalize("failed")  # the trackers built so far
                 raise type(err)(self.redact.text(str(err))) from None
             except Exception as err:
-                self._fail(backend.name, "__init__", err)
+                self._fail(backend.name, "__init__", err, backend.factory)
                 continue
             except BaseException:  # a signal while they are built: those built so far end the run
                 self.finalize("interrupted")
@@ -86,14 +87,14 @@ class TrackedRun:
                     file.write(content)
                 self.log_artifact(path, name)
 
-    def _fail(self, tracker: str, hook: str, err: BaseException) -> None:
+    def _fail(self, tracker: str, hook: str, err: BaseException, code: Any) -> None:
+        """:param code: the tracker's callable that raised (its factory, a hook's method): where it lives"""
         error = self.redact.text(f"{type(err).__name__}: {err}")
         self.failures.append({"tracker": tracker, "hook": hook, "error": error})
-        raised = traceback.extract_tb(err.__traceback__)[-1]  # where, for the tracker's author: the innermost frame
-        where = self.redact.text(f"{raised.filename}:{raised.lineno} in {raised.name}")
+        where = self.redact.text(_raised_at(err, code))
         warn(
-            f"tracker {tracker!r} failed in {hook} of run {self.experiment_name!r} and is disabled for it: {error} "
-            f"(raised at {where})"
+            f"tracker {tracker!r} failed in {hook} of run {self.experiment_name!r} and is disabled for it: {error}"
+            + (f" (raised at {where})" if where else "")
         )
 
     def _call(self, hook: str, **arguments: Any) -> None:
@@ -106,7 +107,7 @@ class TrackedRun:
                 try:
                     implementation(arguments)
                 except Exception as err:
-                    self._fail(name, hook, err)
+                    self._fail(name, hook, err, implementation.method)
                     self.active.remove(name)
         finally:
             Deferral.leave()
@@ -156,7 +157,7 @@ class TrackedRun:
                 try:
                     hooks["finalize"]({"status": status if complete else "failed", "end_time": end_time})
                 except Exception as err:
-                    self._fail(name, "finalize", err)
+                    self._fail(name, "finalize", err, hooks["finalize"].method)
             self.trackers, self.active = {}, []
 
     # ---- the two NTN.fit callbacks ----------------------------------------------------------
@@ -169,6 +170,21 @@ class TrackedRun:
         """NTN's callback_epoch: the epoch's scores with reg_loss, jitter and weight_norm_sq, at step = epoch."""
         extra = {k: info[k] for k in ("reg_loss", "jitter", "weight_norm_sq") if k in info}
         self.log_metrics(dict(scores) | extra, step=epoch)
+
+
+def _raised_at(err: BaseException, code: Any) -> str:
+    """`file:line in function` where `err` was raised, for the author of `code`: the innermost frame in its own
+    package (a library it called raises deeper), else the innermost; "" without a traceback."""
+    frames = traceback.extract_tb(err.__traceback__)
+    package = (getattr(code, "__module__", None) or "").split(".")[0]
+    home = getattr(sys.modules.get(package), "__file__", None)
+    if home is not None and os.path.basename(home) == "__init__.py":
+        home = os.path.dirname(home) + os.sep  # a package: every module in it
+    own = [f for f in frames if home is not None and os.path.abspath(f.filename).startswith(home)]
+    if not frames:
+        return ""
+    raised = (own or frames)[-1]
+    return f"{raised.filename}:{raised.lineno} in {raised.name}"
 
 
 @contextmanager
