@@ -236,3 +236,20 @@ def test_a_name_that_several_runs_share_lists_an_id_that_names_each():
     assert [find(records, run_id) for run_id in ("launch0", "launch1", "0a1b")] == records
     with pytest.raises(CannotReproduce, match=r"^no recorded run is named 'x'; its runs: x_seed0$"):
         find(records, "x")  # an experiment's name: its runs named (failed on main: not them)
+    others = [{"experiment_name": f"x_y_seed{i}", "config": {"experiment": "x_y"}} for i in range(12)]
+    with pytest.raises(CannotReproduce, match=r"its runs: x_seed0$"):  # not another experiment's that starts so
+        find(records + others, "x")
+    with pytest.raises(CannotReproduce, match=r"its runs: x_y_seed0, x_y_seed1, x_y_seed10, .*x_y_seed7 and 2 more$"):
+        find(others, "x_y")
+
+
+def test_names_read_from_records_reach_the_terminal_inert(recorded, capsys):
+    """Failed before: a record's name with escape sequences was printed as is (it could clear the screen)."""
+    path, record = recorded
+    renamed = {"experiment_name": "evil\x1b[2J_seed0", "config": record["config"] | {"experiment": "evil"}}
+    changed(path, record, lambda r: r.update(renamed))
+    capsys.readouterr()
+    assert trackers(["reproduce", "evil"]) == 2
+    assert capsys.readouterr().err == (
+        "ntn-trackers reproduce: cannot reproduce evil: no recorded run is named 'evil'; its runs: evil\\x1b[2J_seed0\n"
+    )

@@ -23,7 +23,9 @@ from types import ModuleType
 from typing import Any
 
 from ntn.errors import NtnError
-from ntn.tracking.results import NOT_METRICS
+from ntn.tracking.redact import Redactor
+from ntn.tracking.results import NOT_METRICS, experiment_of
+from ntn.tracking.tables import printable
 
 REL_TOL = 1e-6  # figures of float64 training on another BLAS, CPU or GPU agree to this, relatively
 ABS_TOL = 1e-9  # ... or absolutely, for a figure at zero
@@ -158,16 +160,16 @@ def _ids(record: dict[str, Any]) -> set[Any]:
     return {record.get("experiment_name"), *_own_ids(record)} - {None}
 
 
+SHOWN = 10  # runs named where an experiment's name was given
+
+
 def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
     """The one record that `run` names (`_ids`)."""
     found = [r for r in records if run in _ids(r)]
     if not found:
-        seeds = sorted(
-            {str(r["experiment_name"]) for r in records if str(r.get("experiment_name")).startswith(f"{run}_")}
-        )
-        raise CannotReproduce(
-            f"no recorded run is named {run!r}" + (f"; its runs: {', '.join(seeds)}" if seeds else "")
-        )
+        runs = sorted({str(r.get("experiment_name")) for r in records if experiment_of(r) == run})  # an experiment's
+        shown = ", ".join(runs[:SHOWN]) + (f" and {len(runs) - SHOWN} more" if len(runs) > SHOWN else "")
+        raise CannotReproduce(f"no recorded run is named {run!r}" + (f"; its runs: {shown}" if runs else ""))
     if len(found) > 1:
         shown = ", ".join(str(next((i for i in _own_ids(r) if i is not None), None)) for r in found)
         raise CannotReproduce(f"{len(found)} recorded runs are named {run!r}; give one of their ids: {shown}")
@@ -229,8 +231,9 @@ def _command(args: argparse.Namespace) -> int:
 
     try:
         return reproduce(find(read_records(args), args.run), args.device, args.with_this_checkout)
-    except CannotReproduce as err:
-        print(f"ntn-trackers reproduce: cannot reproduce {args.run}: {err}", file=sys.stderr)
+    except CannotReproduce as err:  # names and ids from files anyone may have written: shown inert
+        said = Redactor().text(f"ntn-trackers reproduce: cannot reproduce {args.run}: {err}")
+        print(printable(said), file=sys.stderr)
         return 2
 
 
