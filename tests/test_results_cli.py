@@ -545,6 +545,9 @@ def test_metrics_chooses_the_columns_and_an_unknown_figure_is_one_line(logs):
     assert unknown.returncode == 2 and unknown.stdout == "" and unknown.stderr.count("\n") == 1, unknown.stderr
     assert "--metrics val_accuracy: no run has that figure; these runs have: " in unknown.stderr
     assert "test_r2" in unknown.stderr.split("these runs have: ")[1]
+    _diverged("only_failed", 0)  # no figure yet to tell a typo by (a sweep's first runs failed): a column of '-'
+    failed = ntn_trackers("summary", "only_failed", "--metrics", "test_r2", cwd=logs)
+    assert failed.returncode == 0 and "test_r2" in failed.stdout, failed.stderr
 
 
 def test_a_reader_that_stops_reading_gets_no_error(logs):

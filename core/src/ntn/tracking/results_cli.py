@@ -236,7 +236,7 @@ def _summary(args: argparse.Namespace) -> int:
     metrics = list(dict.fromkeys(m for exp in experiments.values() for m in exp.metrics))
     chosen = [m for m in args.metrics.split(",") if m] if args.metrics else []
     unknown = [m for m in chosen if m not in metrics]
-    if unknown:
+    if unknown and metrics:  # none yet (every run running or failed): nothing to tell a typo by
         raise ValueError(
             printable(f"--metrics {unknown[0]}: no run has that figure; these runs have: {', '.join(metrics)}")
         )
