@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in MODELS:
+        usage = f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]"
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"{usage} (each model's: python -m experiments.train mpo2 --help)")
+            return 0
         said = f": no model {argv[0]!r}" if argv else ""
-        print(f"usage: python -m experiments.train {{{','.join(MODELS)}}} [--help] [flags]{said}", file=sys.stderr)
+        print(redact(f"{usage}{said}"), file=sys.stderr)
         return 2
     model, argv = argv[0], argv[1:]
 

@@ -244,6 +244,11 @@ def test_an_unknown_model_is_one_line_naming_it(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == "" and list(tmp_path.iterdir()) == []
     assert done.stderr == "usage: python -m experiments.train {mpo2,lmpo2,mmpo2} [--help] [flags]: no model 'mpo3'\n"
+    secret = environ | {"CF_ACCESS_CLIENT_SECRET": "s3cr3t-Value-42xyz"}  # typed where the model goes: not echoed
+    done = subprocess.run([*command[:3], "s3cr3t-Value-42xyz"], env=secret, capture_output=True, text=True)
+    assert done.returncode == 2 and "s3cr3t" not in done.stderr and "no model '[REDACTED]'" in done.stderr
+    helped = subprocess.run([*command[:3], "--help"], env=environ, capture_output=True, text=True)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m experiments.train {mpo2,")
 
 
 def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):

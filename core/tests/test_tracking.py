@@ -63,6 +63,9 @@ def test_unknown_backend_lists_installed_and_suggests_pip(test_trackers):
     assert message.endswith(
         "(this repository's, from its root: pip install -c constraints.txt ./plugins/ntn-tracker-bogus)"
     )
+    with pytest.raises(TrackerSelectionError) as typo:  # failed before: sent to install ./plugins/ntn-tracker-recrod
+        validate("recrod")
+    assert str(typo.value).endswith("(also 'both', 'none'); did you mean 'record'?")
 
 
 def test_a_name_declared_twice_resolves_to_the_first_distribution_on_sys_path(test_trackers, monkeypatch):

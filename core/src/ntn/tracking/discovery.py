@@ -7,6 +7,7 @@ imported. `importlib.metadata` is read afresh each time, as pytest, llm and tox 
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, entry_points
@@ -75,9 +76,15 @@ def select(selection: str | Sequence[str] | None = None) -> list[Backend]:
     names, available = parse(selection), installed()
     for name in names:
         if name not in available:
+            close = difflib.get_close_matches(name, [*available, "both", "none"], n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close  # a typo of one installed, not a plugin to install
+                else "a plugin's appears once installed (this repository's, from its root: pip install -c "
+                f"constraints.txt ./plugins/ntn-tracker-{name})"
+            )
             raise TrackerSelectionError(
                 f"unknown tracker backend {name!r}; installed backends: {', '.join(sorted(available)) or 'none'} "
-                f"(also 'both', 'none'); a plugin's appears once installed (this repository's, from its root: "
-                f"pip install -c constraints.txt ./plugins/ntn-tracker-{name})"
+                f"(also 'both', 'none'); {hint}"
             )
     return [load(name, available[name]) for name in names]
