@@ -73,13 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()  # here, so that a reader that went away (`| head`) is met below, not at the exit
         return code
-    except BrokenPipeError as err:
-        if not _reader_gone():  # a pipe of the command's own (a reader's connection): told as any OSError
-            print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
-            return 2
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at the exit: no pipe
-        return 128 + signal.SIGPIPE  # as a shell reports a command that a closed pipe ended (1 and 2 say more)
     except (ValueError, OSError) as err:
+        if isinstance(err, BrokenPipeError) and _reader_gone():  # else a pipe of its own (a reader's connection)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at the exit: no pipe
+            return 128 + signal.SIGPIPE  # as a shell reports a command that a closed pipe ended (1 and 2 say more)
         print(f"ntn-trackers {args.command}: {Redactor().text(str(err))}", file=sys.stderr)
         return 2
 

@@ -176,13 +176,13 @@ def _raised_at(err: BaseException, code: Any) -> str:
     """`file:line in function` where `err` was raised, for the author of `code`: the innermost frame in its own
     package (a library it called raises deeper), else the innermost; "" without a traceback."""
     frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
     package = (getattr(code, "__module__", None) or "").split(".")[0]
     home = getattr(sys.modules.get(package), "__file__", None)
     if home is not None and os.path.basename(home) == "__init__.py":
         home = os.path.dirname(home) + os.sep  # a package: every module in it
-    own = [f for f in frames if home is not None and os.path.abspath(f.filename).startswith(home)]
-    if not frames:
-        return ""
+    own = [f for f in frames if os.path.abspath(f.filename).startswith(home)] if home is not None else []
     raised = (own or frames)[-1]
     return f"{raised.filename}:{raised.lineno} in {raised.name}"
 
