@@ -293,15 +293,14 @@ def test_every_run_is_in_one_aim_server_when_the_sweep_ends(tmp_path, cluster, w
         remote = {"AIM_REPO": server.url}  # the default delivery interval: the sweep's end asks for delivery
         args = ("--workers", "2") if where == "local" else ("--scheduler", cluster().address)  # the driver delivers
         done = sweep(tmp_path, str(_write_sweep(tmp_path)), *args, **remote)
-        assert done.returncode == _exit_code(tmp_path), done.stderr
-        if where == "cluster":
-            assert f"on a Dask cluster at {args[1]}" in done.stderr
-        records, problems = read_runs("aim", str(server.root))  # at once: the sweep waited for delivery
-        assert problems == [] and sorted(r["experiment_name"] for r in records) == NAMES
-        assert all(r["summary"]["status"] in ("finished", "failed") for r in records)
     finally:
+        # at once: what the sweep did not wait for is cut off here. (The repository is read once the server has
+        # closed it: a read-only open of a run's storage while the server flushes it can miss its last writes.)
         server.stop()
-    check_sweep(tmp_path, server.root)
+    assert done.returncode == _exit_code(tmp_path), done.stderr
+    if where == "cluster":
+        assert f"on a Dask cluster at {args[1]}" in done.stderr
+    check_sweep(tmp_path, server.root)  # every run there once, ended as in its run file
 
 
 def test_a_killed_worker_s_runs_finish_exactly_once(tmp_path, cluster):
