@@ -29,6 +29,7 @@ from ntn.tracking import (
     validate,
 )
 from ntn.tracking.redact import REDACTED, Redactor
+from ntn.tracking.results import newest_of_each_name
 from ntn.tracking.testing import check_reader, run_conformance, run_name
 
 
@@ -527,6 +528,46 @@ def test_the_kit_names_a_leak_between_runs_a_misspelt_hook_a_failing_constructor
 
     with pytest.raises(AssertionError, match=r"finalize.*FileNotFoundError.*removed once that hook returns.*copy it"):
         run_conformance(CopiesLate)
+
+
+def test_the_kit_passes_a_reader_giving_when_runs_started_and_names_one_giving_milliseconds(test_trackers):
+    """`started` in milliseconds (MLflow's own unit) would make every run of such a backend the newest of its name."""
+
+    class Started(test_trackers.RunObjectTracker):
+        unit = 1.0
+
+        def __init__(self, experiment_name, config):
+            super().__init__(experiment_name, config)
+            self.run["started"] = time.time() * self.unit
+
+    test_trackers.RUNS.clear()
+    sent = run_conformance(Started)
+    assert check_reader("runobject", "", sent)["started"] == pytest.approx(time.time(), abs=60)
+    test_trackers.RUNS.clear()
+    Started.unit = 1000.0
+    sent = run_conformance(Started)
+    with pytest.raises(AssertionError, match=f"run {sent.experiment_name!r}: started .* is no Unix time between"):
+        check_reader("runobject", "", sent)
+
+
+def test_of_the_runs_of_one_name_the_newest_is_counted_and_a_run_read_twice_once():
+    def run(name, run_id, **extra):
+        return {"experiment_name": name, "config": {"run_id": run_id}, "summary": {}, "metrics_log": [], **extra}
+
+    records = [
+        run("a_seed0", "a_seed0@2", started=200.0),  # the relaunch, read first
+        run("a_seed0", "a_seed0@1", started=100.0),
+        run("a_seed1", "a_seed1@1"),  # no start known: older than any known one
+        run("a_seed1", "a_seed1@2", started=50.0),
+        run("a_seed2", "a_seed2@1"),  # read from two sources, neither knowing when it started: the last read
+        run("a_seed2", "a_seed2@1", source="second"),
+        run("b_seed0", "b_seed0@1", started=10.0),
+    ]
+    newest = newest_of_each_name(records)
+    assert [r["config"]["run_id"] for r in newest.records] == ["a_seed0@2", "a_seed1@2", "a_seed2@1", "b_seed0@1"]
+    assert newest.records[2].get("source") == "second"
+    assert (newest.earlier, newest.read_again) == (2, 1)
+    assert newest_of_each_name(records[:1]).records == records[:1]
 
 
 def test_the_kit_passes_a_helper_named_like_a_hook_it_has_and_a_summary_with_a_fixed_schema(test_trackers):

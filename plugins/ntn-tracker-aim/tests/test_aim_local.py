@@ -1,9 +1,11 @@
 import contextlib
 import hashlib
+import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -163,6 +165,25 @@ def test_a_sweep_run_has_the_params_a_researcher_filters_on_and_its_kept_figures
         assert [r.run.name for r in Repo(os.getcwd()).query_runs(query, report_mode=0).iter_runs()] == names
     (record,) = read_runs("aim", ".")[0]
     assert record["summary"]["test_r2"] == 0.3 and [m["step"] for m in record["metrics_log"]] == [0, 1, 2, 3]
+
+
+def test_a_script_run_again_is_counted_once_by_summary_its_newest_launch(capsys):
+    """Failed before readers gave `started`: Aim keeps both launches' runs of a name (a relaunch has new run ids),
+    and `ntn-trackers summary --from aim` counted 4 runs of 2 seeds, each seed twice, the old figures among them."""
+    from ntn.tracking.cli import main
+
+    for launch, r2 in (("first", 0.5), ("second", 0.7)):
+        for seed in (0, 1):
+            with start_run(f"again_seed{seed}", {"run_id": f"again_seed{seed}@{launch}"}, backend="aim") as run:
+                run.log_summary({"seed": seed, "success": True, "test_r2": r2 + seed / 10})
+    assert flush()
+    records, _ = read_runs("aim", ".")
+    assert len(records) == 4 and all(r["started"] == pytest.approx(time.time(), abs=600) for r in records)
+    assert main(["summary", "--from", "aim:.", "--format", "json"]) == 0
+    shown = capsys.readouterr()
+    (row,) = json.loads(shown.out)
+    assert row["runs"] == row["successful"] == 2 and row["test_r2"]["mean"] == pytest.approx(0.75)
+    assert "left out 2 runs of earlier launches" in shown.err
 
 
 def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():

@@ -4,7 +4,9 @@ A reader is a function `read_runs(source: str) -> (records, problems)`. Each rec
 the seed's run file — `experiment_name`, `config`, `hparams`, `metrics_log` (a list of `{"step": ...,
 metric: value}`, step -1 for the initial evaluation) and `summary` (with `status` "running",
 "finished", "failed", "interrupted" or "pruned", and for a running run optionally `updated`, the Unix time of its
-last record) — and each problem is a one-line description of a source that could not be read.
+last record) — and optionally `started`, the Unix time the run started, where the backend keeps it (of the runs
+of one name, `summary`, `compare` and `plot` count the one that started last: `results.newest_of_each_name`);
+each problem is a one-line description of a source that could not be read.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def problem_of(record: Any) -> str | None:
     log = record.get("metrics_log", [])
     if not isinstance(log, list) or not all(isinstance(m, dict) and _number(m.get("step")) for m in log):
         return "metrics_log is not a list of objects with a numeric step"
+    if "started" in record and not _number(record["started"]):
+        return "started is not a number"
     summary = record.get("summary", {})
     if not isinstance(summary.get("error", ""), str | type(None)):
         return "summary.error is not a string"

@@ -122,6 +122,37 @@ class Experiment:
         return [e for e in (best_epoch_of(r) for r in self.by_status("ok")) if e is not None]
 
 
+@dataclass
+class Newest:
+    """Each run name once (`newest_of_each_name`): the records kept, in the order read; how many were the same
+    run read again (another source: its `config["run_id"]`) and how many runs of earlier launches of a name."""
+
+    records: list[Record]
+    read_again: int = 0
+    earlier: int = 0
+
+
+def newest_of_each_name(records: list[Record]) -> Newest:
+    """Of the runs of one name, the one that started last: a script run again makes runs of the names its first
+    launch made, which Aim, MLflow, TensorBoard and W&B keep beside them (the file backend replaces them), and
+    counting both would count each seed twice. When it started is the record's `started` (a Unix time, which
+    readers give where their backend keeps it); one without it counts as older, and of equals the last read.
+    A run read from several sources (one `config["run_id"]`) is one run."""
+    newest: dict[str, tuple[float, int]] = {}
+    for i, record in enumerate(records):
+        started = record.get("started")
+        known = isinstance(started, int | float) and not isinstance(started, bool)
+        order = (float(started) if known else -math.inf, i)
+        name = str(record.get("experiment_name"))
+        newest[name] = max(newest.get(name, order), order)
+    kept = {i for _, i in newest.values()}
+    run_ids = [str((r.get("config") or {}).get("run_id") or f"#{i}") for i, r in enumerate(records)]
+    shown = {run_ids[i] for i in kept}
+    left_out = [run_ids[i] for i in range(len(records)) if i not in kept]
+    earlier = {run_id for run_id in left_out if run_id not in shown}
+    return Newest([r for i, r in enumerate(records) if i in kept], len(left_out) - len(earlier), len(earlier))
+
+
 def group(records: list[Record]) -> dict[str, Experiment]:
     experiments: dict[str, Experiment] = {}
     for record in sorted(records, key=lambda r: str(r.get("experiment_name", ""))):

@@ -26,6 +26,7 @@ from ntn.tracking.results import (
     errors_of,
     experiment_of,
     group,
+    newest_of_each_name,
     quality_of,
     ranked,
     run_status,
@@ -87,8 +88,9 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def read_records(args: argparse.Namespace) -> list[Record]:
-    """Every readable run, of the experiments or sweeps named if any, and of the statuses asked for
-    (--status); each unreadable source is reported in one line on stderr and skipped.
+    """Every readable run, of the experiments or sweeps named if any, each run name once (its newest launch, said
+    in one line on stderr when others were left out), and of the statuses asked for (--status); each unreadable
+    source is reported in one line on stderr and skipped.
 
     :raises ValueError: no runs, a name that matches no experiment and no sweep, or a status no run holds
     """
@@ -103,8 +105,13 @@ def read_records(args: argparse.Namespace) -> list[Record]:
             print(printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
-    records = _named(records, names) if names else records
-    return _with_status(records, getattr(args, "status", None))
+    newest = newest_of_each_name(_named(records, names) if names else records)
+    left_out = [f"{newest.earlier} runs of earlier launches"] if newest.earlier else []
+    left_out += [f"{newest.read_again} runs read again from another source"] if newest.read_again else []
+    if left_out:
+        print(f"ntn-trackers: each run name counted once, its newest launch; left out {' and '.join(left_out)}",
+              file=sys.stderr)  # fmt: skip
+    return _with_status(newest.records, getattr(args, "status", None))
 
 
 def _with_status(records: list[Record], wanted: str | None) -> list[Record]:

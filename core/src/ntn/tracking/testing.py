@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,7 @@ class ConformanceRun:
     status: str = "failed"
     end_time: float = END_TIME
     second: ConformanceRun | None = None
+    began: float = 0.0  # the Unix time the kit began: every run it makes started after it
 
 
 def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIMENT_NAME) -> ConformanceRun:
@@ -97,7 +99,8 @@ def run_conformance(factory: Callable[..., Any], experiment_name: str = EXPERIME
 
     :raises AssertionError: naming the run and the hook that failed, or the hook that does not match its spec
     """
-    sent = ConformanceRun(_built(factory, experiment_name), experiment_name)
+    began = time.time()
+    sent = ConformanceRun(_built(factory, experiment_name), experiment_name, began=began)
     second_tracker = _built(factory, run_name(experiment_name, 1))
     sent.second = replace(
         sent,
@@ -204,8 +207,9 @@ def _failing_run(factory: Callable[..., Any], experiment_name: str) -> None:
 def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, Any]:
     """Read the kit's three runs back through `backend`'s reader (entry-point group ntn.trackers.readers)
     and compare the first two with what the kit sent: hparams, the provenance (when the tracker records
-    it), every metric at its step (NaN and ±Inf included), the summary with its status; the third must be
-    recorded, status "failed". Returns the first run's record.
+    it), every metric at its step (NaN and ±Inf included), the summary with its status, when each started
+    (`started`, when the reader gives it); the third must be recorded, status "failed". Returns the first
+    run's record.
 
     :raises AssertionError: naming the run and what differs, or how many times a run was recorded
     """
@@ -240,6 +244,12 @@ def check_reader(backend: str, source: str, sent: ConformanceRun) -> dict[str, A
             for key in sorted(summary.keys() & other.summary.keys() - run.summary.keys())
             if _same(other.summary[key], summary[key])
         ]
+    read_at = time.time()
+    differences += [  # optional; where given, when the run started: `summary` counts the newest run of a name
+        f"run {name!r}: started {found[name][0]['started']!r} is no Unix time between the kit's start and now"
+        for name in names
+        if "started" in found[name][0] and not sent.began - 1 <= found[name][0]["started"] <= read_at + 1
+    ]
     assert not differences, "; ".join(differences)
     status = found[names[2]][0]["summary"].get("status")
     assert status == "failed", (

@@ -77,6 +77,7 @@ def to_record(run) -> dict:
         "hparams": param("hparams"),
         "metrics_log": [log[s] for s in sorted(log)],
         "summary": _summary(summary, run.active),
+        "started": run.creation_time,  # when training started (tracker.py dates the run so)
         "aim": {"hash": run.hash, "experiment": run.experiment},
     }
 

@@ -81,6 +81,7 @@ def to_record(client, run, directory: str) -> dict[str, Any]:
         or {k: v for k, v in run.data.params.items() if not k.startswith("initial.")},
         "metrics_log": [log[step] for step in sorted(log)],
         "summary": summary,
+        **({"started": run.info.start_time / 1000} if run.info.start_time else {}),
         "mlflow": {"run_id": run_id, "experiment_id": run.info.experiment_id},
     }
 

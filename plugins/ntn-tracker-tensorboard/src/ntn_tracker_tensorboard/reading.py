@@ -11,6 +11,14 @@ from typing import Any
 from ntn_tracker_tensorboard.tracker import CURVES, RECORD, tensorboard_dir
 
 
+def _first_event_time(events) -> float | None:
+    """When the run's event file began (the run's start), None for one without events."""
+    try:
+        return events.FirstEventTimestamp()
+    except ValueError:
+        return None
+
+
 def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
@@ -40,6 +48,7 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
                 "hparams": kept["hparams"],
                 "metrics_log": initial + [{"step": step, **by_step[step]} for step in sorted(by_step)],
                 "summary": kept["summary"],
+                **({"started": started} if (started := _first_event_time(events)) is not None else {}),
             }
         )
     return records, problems

@@ -119,6 +119,7 @@ def to_record(path: Path) -> dict[str, Any]:
         "hparams": config,
         "metrics_log": [log[step] for step in sorted(log)],
         "summary": kept,
+        **({"started": started} if started else {}),
         "wandb": {
             "run_id": run.run_id,
             "group": run.run_group,
