@@ -200,6 +200,9 @@ HOSTILE = {
         "metrics_log": [],
         "summary": {"success": True, "best_epoch": "2"},
     },
+    # one that would be the newest run of its name, whatever started later
+    "started_infinite.json": {"experiment_name": "h6", "metrics_log": [], "summary": {}, "started": math.inf},
+    "started_text.json": {"experiment_name": "h7", "metrics_log": [], "summary": {}, "started": "yesterday"},
 }
 
 

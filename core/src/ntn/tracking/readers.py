@@ -11,6 +11,7 @@ each problem is a one-line description of a source that could not be read.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -62,8 +63,8 @@ def problem_of(record: Any) -> str | None:
     log = record.get("metrics_log", [])
     if not isinstance(log, list) or not all(isinstance(m, dict) and _number(m.get("step")) for m in log):
         return "metrics_log is not a list of objects with a numeric step"
-    if "started" in record and not _number(record["started"]):
-        return "started is not a number"
+    if "started" in record and not (_number(record["started"]) and math.isfinite(record["started"])):
+        return "started is not a finite number"
     summary = record.get("summary", {})
     if not isinstance(summary.get("error", ""), str | type(None)):
         return "summary.error is not a string"

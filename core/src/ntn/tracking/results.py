@@ -140,9 +140,8 @@ def newest_of_each_name(records: list[Record]) -> Newest:
     A run read from several sources (one `config["run_id"]`) is one run."""
     newest: dict[str, tuple[float, int]] = {}
     for i, record in enumerate(records):
-        started = record.get("started")
-        known = isinstance(started, int | float) and not isinstance(started, bool)
-        order = (float(started) if known else -math.inf, i)
+        started = record.get("started")  # a finite number where given (`readers.problem_of`)
+        order = (float(started) if started is not None else -math.inf, i)
         name = str(record.get("experiment_name"))
         newest[name] = max(newest.get(name, order), order)
     kept = {i for _, i in newest.values()}
