@@ -133,17 +133,18 @@ class Newest:
 
 
 def newest_of_each_name(records: list[Record]) -> Newest:
-    """Of the runs of one name, the one that started last: a script run again makes runs of the names its first
-    launch made, which Aim, MLflow, TensorBoard and W&B keep beside them (the file backend replaces them), and
-    counting both would count each seed twice. When it started is the record's `started` (a Unix time, which
-    readers give where their backend keeps it); one without it counts as older, and of equals the last read.
-    A run read from several sources (one `config["run_id"]`) is one run."""
+    """Of the runs of one name and settings, the one that started last: a script run again makes runs of the
+    names its first launch made, which Aim, MLflow, TensorBoard and W&B keep beside them (the file backend
+    replaces them), and counting both would count each seed twice. When it started is the record's `started`
+    (a Unix time, which readers give where their backend keeps it); one without it counts as older, and of
+    equals the last read. A run read from several sources (one `config["run_id"]`) is one run. Runs of one
+    name but other settings are all kept: not one experiment, which `mixed_settings` says."""
     newest: dict[str, tuple[float, int]] = {}
     for i, record in enumerate(records):
         started = record.get("started")  # a finite number where given (`readers.problem_of`)
         order = (float(started) if started is not None else -math.inf, i)
-        name = str(record.get("experiment_name"))
-        newest[name] = max(newest.get(name, order), order)
+        run = repr((str(record.get("experiment_name")), sorted(_settings(record).items())))
+        newest[run] = max(newest.get(run, order), order)
     kept = {i for _, i in newest.values()}
     run_ids = [str((r.get("config") or {}).get("run_id") or f"#{i}") for i, r in enumerate(records)]
     shown = {run_ids[i] for i in kept}

@@ -88,8 +88,8 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def read_records(args: argparse.Namespace) -> list[Record]:
-    """Every readable run, of the experiments or sweeps named if any, each run name once (its newest launch, said
-    in one line on stderr when others were left out), and of the statuses asked for (--status); each unreadable
+    """Every readable run, of the experiments or sweeps named if any, each run name and settings once (its newest
+    launch, said in one line on stderr when others were left out), and of the statuses asked for (--status); each unreadable
     source is reported in one line on stderr and skipped.
 
     :raises ValueError: no runs, a name that matches no experiment and no sweep, or a status no run holds
@@ -109,8 +109,8 @@ def read_records(args: argparse.Namespace) -> list[Record]:
     left_out = [f"{newest.earlier} runs of earlier launches"] if newest.earlier else []
     left_out += [f"{newest.read_again} runs read again from another source"] if newest.read_again else []
     if left_out:
-        print(f"ntn-trackers: each run name counted once, its newest launch; left out {' and '.join(left_out)}",
-              file=sys.stderr)  # fmt: skip
+        print(f"ntn-trackers: of the runs of one name and settings, the newest launch is counted; left out "
+              f"{' and '.join(left_out)}", file=sys.stderr)  # fmt: skip
     return _with_status(newest.records, getattr(args, "status", None))
 
 

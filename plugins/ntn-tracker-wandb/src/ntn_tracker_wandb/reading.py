@@ -125,7 +125,6 @@ def to_record(path: Path) -> dict[str, Any]:
             "group": run.run_group,
             "tags": tags,
             "exit_code": exit_code,
-            "started": started,
             "path": str(path),
         },
     }
@@ -144,6 +143,6 @@ def read_runs(source: str) -> tuple[list[dict[str, Any]], list[str]]:
         except Exception as err:  # a damaged run (OSError, ValueError, protobuf's DecodeError) must not hide the others
             problems.append(f"{path}: cannot be read ({type(err).__name__}: {err})")
     latest: dict[str, dict[str, Any]] = {}  # a run trained again with its run_id (a sweep resumed): the last attempt
-    for record in sorted(found, key=lambda r: r["wandb"]["started"]):
+    for record in sorted(found, key=lambda r: r.get("started", 0.0)):
         latest[str(record["config"].get("run_id") or record["wandb"]["path"])] = record
     return list(latest.values()), problems
