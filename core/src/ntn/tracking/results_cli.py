@@ -89,8 +89,8 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def read_records(args: argparse.Namespace) -> list[Record]:
     """Every readable run, of the experiments or sweeps named if any, each run name and settings once (its newest
-    launch, said in one line on stderr when others were left out), and of the statuses asked for (--status); each unreadable
-    source is reported in one line on stderr and skipped.
+    launch, said in one line on stderr when others were left out), and of the statuses asked for (--status);
+    each unreadable source is reported in one line on stderr and skipped.
 
     :raises ValueError: no runs, a name that matches no experiment and no sweep, or a status no run holds
     """
