@@ -551,13 +551,13 @@ def test_the_kit_passes_a_reader_giving_when_runs_started_and_names_one_giving_m
 
 
 def test_of_the_runs_of_one_name_the_newest_is_counted_and_a_run_read_twice_once():
-    def run(name, run_id, bond_dim=4, **extra):
-        config = {"run_id": run_id, "bond_dim": bond_dim}
+    def run(name, run_id, bond_dim=4, workers=1, **extra):
+        config = {"run_id": run_id, "bond_dim": bond_dim, "workers": workers}
         return {"experiment_name": name, "config": config, "summary": {}, "metrics_log": [], **extra}
 
     records = [
         run("a_seed0", "a_seed0@2", started=200.0),  # the relaunch, read first
-        run("a_seed0", "a_seed0@1", started=100.0),
+        run("a_seed0", "a_seed0@1", workers=2, started=100.0),  # a setting that trains nothing else
         run("a_seed1", "a_seed1@1"),  # no start known: older than any known one
         run("a_seed1", "a_seed1@2", started=50.0),
         run("a_seed2", "a_seed2@1"),  # read from two sources, neither knowing when it started: the last read

@@ -24,7 +24,7 @@ NOT_METRICS = {"seed", "success", "status", "best_epoch", "error", "updated"}
 # config keys that name or place a run rather than set what it trains
 NOT_SETTINGS = {
     "experiment", "experiment_name", "run_id", "sweep", "swept", "trial", "dataset_info", "output_file", "seeds",
-    "seed", "tracker_backend", "tracker_dir", "aim_repo", "device", "verbose", "save_model",
+    "seed", "workers", "tracker_backend", "tracker_dir", "aim_repo", "device", "verbose", "save_model",
 }  # fmt: skip
 
 
