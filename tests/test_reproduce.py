@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,10 +230,16 @@ def test_a_name_that_several_runs_share_lists_an_id_that_names_each():
     """Failed before: runs recorded by a backend with no id of its own (the file backend, a third party's that keys
     its records by run_id) were listed as None."""
     records = [{"experiment_name": "x_seed0", "config": {"run_id": f"launch{i}"}} for i in range(2)]
-    records.append({"experiment_name": "x_seed0", "config": {"run_id": "launch2"}, "aim": {"hash": "0a1b"}})
+    started = time.mktime((2026, 12, 6, 9, 30, 5, 0, 0, -1))  # the local time the id is listed with
+    records.append(
+        {"experiment_name": "x_seed0", "config": {"run_id": "launch2"}, "aim": {"hash": "0a1b"}, "started": started}
+    )
     with pytest.raises(CannotReproduce) as refused:
-        find(records, "x_seed0")
-    assert str(refused.value) == "3 recorded runs are named 'x_seed0'; give one of their ids: launch0, launch1, 0a1b"
+        find(list(records), "x_seed0")
+    assert str(refused.value) == (
+        "3 recorded runs are named 'x_seed0', newest first; give one of their ids: 0a1b (started 2026-12-06 09:30:05), "
+        "launch0, launch1"
+    )
     assert [find(records, run_id) for run_id in ("launch0", "launch1", "0a1b")] == records
     with pytest.raises(CannotReproduce, match=r"^no recorded run is named 'x'; its runs: x_seed0$"):
         find(records, "x")  # an experiment's name: its runs named (failed on main: not them)

@@ -18,6 +18,7 @@ import importlib
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -171,9 +172,19 @@ def find(records: list[dict[str, Any]], run: str) -> dict[str, Any]:
         shown = ", ".join(runs[:SHOWN]) + (f" and {len(runs) - SHOWN} more" if len(runs) > SHOWN else "")
         raise CannotReproduce(f"no recorded run is named {run!r}" + (f"; its runs: {shown}" if runs else ""))
     if len(found) > 1:
-        shown = ", ".join(str(next((i for i in _own_ids(r) if i is not None), None)) for r in found)
-        raise CannotReproduce(f"{len(found)} recorded runs are named {run!r}; give one of their ids: {shown}")
+        found.sort(key=lambda r: r.get("started", -math.inf), reverse=True)
+        shown = ", ".join(_listed(r) for r in found)
+        raise CannotReproduce(
+            f"{len(found)} recorded runs are named {run!r}, newest first; give one of their ids: {shown}"
+        )
     return found[0]
+
+
+def _listed(record: dict[str, Any]) -> str:
+    """A run's id, and when it started where its reader says (`ntn.tracking.readers`)."""
+    own = str(next((i for i in _own_ids(record) if i is not None), None))
+    started = record.get("started")
+    return own if started is None else f"{own} (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})"
 
 
 def reproduce(record: dict[str, Any], device: str | None = None, with_this_checkout: bool = False) -> int:
