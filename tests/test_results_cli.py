@@ -203,6 +203,7 @@ HOSTILE = {
     # one that would be the newest run of its name, whatever started later
     "started_infinite.json": {"experiment_name": "h6", "metrics_log": [], "summary": {}, "started": math.inf},
     "started_text.json": {"experiment_name": "h7", "metrics_log": [], "summary": {}, "started": "yesterday"},
+    "started_huge.json": {"experiment_name": "h8", "metrics_log": [], "summary": {}, "started": 10**400},
 }
 
 

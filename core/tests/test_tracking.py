@@ -551,9 +551,9 @@ def test_the_kit_passes_a_reader_giving_when_runs_started_and_names_one_giving_m
 
 
 def test_of_the_runs_of_one_name_the_newest_is_counted_and_a_run_read_twice_once():
-    def run(name, run_id, bond_dim=4, workers=1, **extra):
+    def run(name, run_id, bond_dim=4, workers=1, summary=None, **extra):
         config = {"run_id": run_id, "bond_dim": bond_dim, "workers": workers}
-        return {"experiment_name": name, "config": config, "summary": {}, "metrics_log": [], **extra}
+        return {"experiment_name": name, "config": config, "summary": summary or {}, "metrics_log": [], **extra}
 
     records = [
         run("a_seed0", "a_seed0@2", started=200.0),  # the relaunch, read first
@@ -564,12 +564,16 @@ def test_of_the_runs_of_one_name_the_newest_is_counted_and_a_run_read_twice_once
         run("a_seed2", "a_seed2@1", source="second"),
         run("b_seed0", "b_seed0@1", started=10.0),
         run("b_seed0", "b_seed0@2", bond_dim=8, started=5.0),  # other settings under the name: not a relaunch, kept
+        # one run from two backends, dated apart; the one whose delivery was cut short holds it running
+        run("c_seed0", "c_seed0@1", started=20.0, summary={"status": "finished"}, source="file"),
+        run("c_seed0", "c_seed0@1", started=20.5, summary={"status": "running"}),
+        run("c_seed0", "c_seed0@0", started=1.0, summary={"status": "finished"}),  # an earlier launch
     ]
     newest = newest_of_each_name(records)
-    kept = ["a_seed0@2", "a_seed1@2", "a_seed2@1", "b_seed0@1", "b_seed0@2"]
+    kept = ["a_seed0@2", "a_seed1@2", "a_seed2@1", "b_seed0@1", "b_seed0@2", "c_seed0@1"]
     assert [r["config"]["run_id"] for r in newest.records] == kept
-    assert newest.records[2].get("source") == "second"
-    assert (newest.earlier, newest.read_again) == (2, 1)
+    assert newest.records[2].get("source") == "second" and newest.records[5].get("source") == "file"
+    assert (newest.earlier, newest.read_again) == (3, 2)
     assert newest_of_each_name(records[:1]).records == records[:1]
 
 

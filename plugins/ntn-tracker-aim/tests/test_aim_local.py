@@ -186,6 +186,21 @@ def test_a_script_run_again_is_counted_once_by_summary_its_newest_launch(capsys)
     assert "left out 2 runs of earlier launches" in shown.err
 
 
+def test_an_aim_run_without_ntn_records_is_a_problem_line_not_an_experiment():
+    """Failed before: an Aim run of another program, or one whose delivery was cut before its first record, read
+    as an experiment "Run: <hash>" of its own, a failed run in it."""
+    with start_run("named_seed0", {"run_id": "named_seed0@1"}, backend="aim") as run:
+        run.log_summary({"seed": 0, "success": True})
+    assert flush()
+    other = Run(repo=".", system_tracking_interval=None, log_system_params=False, capture_terminal_logs=False)
+    other.track(1.0, name="loss", step=0)
+    other.close()
+    records, problems = read_runs("aim", ".")
+    assert [r["experiment_name"] for r in records] == ["named_seed0"]
+    assert problems == [f". run {other.hash}: no ntn record in it (a run of another program, or one whose delivery "
+                        "was cut short: ntn-trackers sync delivers the rest)"]  # fmt: skip
+
+
 def test_training_callbacks_land_as_metrics_with_step_equal_to_epoch():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(150, 4, generator=g, dtype=torch.float64)

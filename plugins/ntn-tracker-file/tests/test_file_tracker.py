@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import ntn_tracker_file
@@ -74,15 +75,17 @@ def test_passes_the_conformance_kit_and_records_what_it_was_sent():
     assert copy.read_bytes() == content and name.replace(" ", "_").split("✓")[0] in copy.name
 
 
-def test_document_has_the_seed_structure_and_one_key_more():
+def test_document_has_the_seed_structure_and_two_keys_more():
+    began = time.time()
     with start_run("mpo2_experiment_seed0", {"model": "MPO2", "L": 3}) as run:
         run.log_hparams({"bond_dim": 6})
         run.log_metrics({"loss": 6.64, "r2": -3.88}, step=-1)
         run.log_metrics({"loss": 0.27, "r2": 0.80, "reg_loss": 0.86, "jitter": 0.05}, step=0)
         run.log_summary({"seed": 0, "loss": 0.27, "r2": 0.80, "success": True})
     document = strict_json("experiment_logs/mpo2_experiment_seed0.json")
-    assert list(document) == ["experiment_name", "config", "provenance", "hparams", "metrics_log", "summary"]
+    assert list(document) == ["experiment_name", "config", "started", "provenance", "hparams", "metrics_log", "summary"]
     assert set(document.pop("provenance")) == {"code", "command", "versions", "machine"}
+    assert began <= document.pop("started") <= time.time()
     assert document == {
         "experiment_name": "mpo2_experiment_seed0",
         "config": {"model": "MPO2", "L": 3},

@@ -51,6 +51,13 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value: Any) -> bool:
+    try:
+        return _number(value) and math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def problem_of(record: Any) -> str | None:
     """What is wrong with a record's shape, in a few words; None for a well-formed one."""
     if not isinstance(record, dict):
@@ -63,7 +70,7 @@ def problem_of(record: Any) -> str | None:
     log = record.get("metrics_log", [])
     if not isinstance(log, list) or not all(isinstance(m, dict) and _number(m.get("step")) for m in log):
         return "metrics_log is not a list of objects with a numeric step"
-    if "started" in record and not (_number(record["started"]) and math.isfinite(record["started"])):
+    if "started" in record and not _finite(record["started"]):
         return "started is not a finite number"
     summary = record.get("summary", {})
     if not isinstance(summary.get("error", ""), str | type(None)):

@@ -137,16 +137,21 @@ def newest_of_each_name(records: list[Record]) -> Newest:
     names its first launch made, which Aim, MLflow, TensorBoard and W&B keep beside them (the file backend
     replaces them), and counting both would count each seed twice. When it started is the record's `started`
     (a Unix time, which readers give where their backend keeps it); one without it counts as older, and of
-    equals the last read. A run read from several sources (one `config["run_id"]`) is one run. Runs of one
-    name but other settings are all kept: not one experiment, which `mixed_settings` says."""
-    newest: dict[str, tuple[float, int]] = {}
-    for i, record in enumerate(records):
-        started = record.get("started")  # a finite number where given (`readers.problem_of`)
-        order = (float(started) if started is not None else -math.inf, i)
+    equals the last read. A run read from several sources (one `config["run_id"]`) is one run, the copy that
+    has ended where one is still running (one backend's delivery cut short). Runs of one name but other
+    settings are all kept: not one experiment, which `mixed_settings` says."""
+    run_ids = [str((r.get("config") or {}).get("run_id") or f"#{i}") for i, r in enumerate(records)]
+    started: dict[str, float] = {}  # a run's start, the earliest its copies say (each backend dates it apart)
+    for run_id, record in zip(run_ids, records):
+        if record.get("started") is not None:  # a finite number (`readers.problem_of`)
+            started[run_id] = min(started.get(run_id, math.inf), float(record["started"]))
+    newest: dict[str, tuple[float, bool, int]] = {}
+    for i, (run_id, record) in enumerate(zip(run_ids, records)):
+        ended = (record.get("summary") or {}).get("status") != "running"  # of one run's copies: a complete one
+        order = (started.get(run_id, -math.inf), ended, i)
         run = repr((str(record.get("experiment_name")), sorted(_settings(record).items())))
         newest[run] = max(newest.get(run, order), order)
-    kept = {i for _, i in newest.values()}
-    run_ids = [str((r.get("config") or {}).get("run_id") or f"#{i}") for i, r in enumerate(records)]
+    kept = {i for *_, i in newest.values()}
     shown = {run_ids[i] for i in kept}
     left_out = [run_ids[i] for i in range(len(records)) if i not in kept]
     earlier = {run_id for run_id in left_out if run_id not in shown}

@@ -106,12 +106,16 @@ def read_records(args: argparse.Namespace) -> list[Record]:
     if not records:
         raise ValueError("no runs found")
     newest = newest_of_each_name(_named(records, names) if names else records)
-    left_out = [f"{newest.earlier} runs of earlier launches"] if newest.earlier else []
-    left_out += [f"{newest.read_again} runs read again from another source"] if newest.read_again else []
+    left_out = [_runs(newest.earlier, "of an earlier launch", "of earlier launches")] if newest.earlier else []
+    left_out += [_runs(newest.read_again, "read again from another source")] if newest.read_again else []
     if left_out:
-        print(f"ntn-trackers: of the runs of one name and settings, the newest launch is counted; left out "
-              f"{' and '.join(left_out)}", file=sys.stderr)  # fmt: skip
+        print(f"ntn-trackers: each run counted once, its newest launch; left out {' and '.join(left_out)}",
+              file=sys.stderr)  # fmt: skip
     return _with_status(newest.records, getattr(args, "status", None))
+
+
+def _runs(count: int, one: str, many: str | None = None) -> str:
+    return f"1 run {one}" if count == 1 else f"{count} runs {many or one}"
 
 
 def _with_status(records: list[Record], wanted: str | None) -> list[Record]:

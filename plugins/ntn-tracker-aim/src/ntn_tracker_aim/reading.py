@@ -87,6 +87,9 @@ UNINDEXED = (
 )
 
 
+NOT_NTN = "a run of another program, or one whose delivery was cut short: ntn-trackers sync delivers the rest"
+
+
 def read_runs(source: str) -> tuple[list[dict], list[str]]:
     """The `aim` reader for `ntn-trackers summary/compare`: every run of a repository; for a server, the runs
     it holds but has not indexed yet are counted in a problem line, never silently left out.
@@ -121,6 +124,9 @@ def read_runs(source: str) -> tuple[list[dict], list[str]]:
         runs = [Run(h, repo=root, read_only=True) for h in index_runs(root)]
     records = []
     for run in runs:
+        if run.name == f"Run: {run.hash}":  # Aim's own name: ntn names a run with its first record
+            problems.append(f"{source} run {run.hash}: no ntn record in it ({NOT_NTN})")
+            continue
         try:
             records.append(to_record(run))
         except Exception as err:  # a damaged run must not hide the others

@@ -14,7 +14,8 @@ No path below TRACKER_DIR is followed through a symlink: every file there is ope
 descriptor of its directory, each directory opened with O_NOFOLLOW (`ntn.files.open_directory`), and
 `check_environment` refuses, before any run, a symlink where a run would write. TRACKER_DIR itself may
 be a symlink the user made (it is taken as named).
-While the run is going, `summary.status` is "running"; `finalize` sets the run's status ("finished",
+`started` is the Unix time the run started (of a name's runs read from several backends, `ntn-trackers summary`
+counts the newest). While the run is going, `summary.status` is "running"; `finalize` sets the run's status ("finished",
 "failed", "interrupted") unless the core has recorded it first. A process killed with SIGKILL leaves
 "running", with the file's modification time as the age of its last record.
 """
@@ -25,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,8 +142,10 @@ class FileTracker:
         self.directory = Path(directory) if directory else tracker_dir()
         self.path = self.directory / f"{file_stem(experiment_name)}.json"
         # the document: head [+ ', "provenance": ' + provenance] + ', "hparams": ' + hparams + ', "metrics_log": ['
-        # + ", ".join(entries) + '], "summary": ' + summary
-        self._head = f'{NAME_OPEN}{_dumps(experiment_name)}, "config": {_dumps(config or {})}'
+        # + ", ".join(entries) + '], "summary": ' + summary; the head's `started`: the Unix time the run started
+        self._head = (
+            f'{NAME_OPEN}{_dumps(experiment_name)}, "config": {_dumps(config or {})}, "started": {time.time()!r}'
+        )
         self._provenance = ""
         self._hparams = "{}"
         self._entries: list[str] = []  # each metrics entry serialised once
