@@ -100,6 +100,18 @@ def test_store_once_keeps_one_copy_and_replaces_a_stored_file_that_does_not_matc
     ).read_bytes() == b"diff"
 
 
+def test_store_once_again_for_a_name_that_holds_it_leaves_no_other_file(tmp_path):
+    """Failed before: a run trained again, or launched again, attached its diff again, and each time a
+    `.git.diff.<random>.tmp` stayed beside it (renaming a name onto another of the same file does nothing)."""
+    for name in ("store", "run"):
+        (tmp_path / name).mkdir()
+    with open_directory(tmp_path / "store") as store, open_directory(tmp_path / "run") as run:
+        for _ in range(3):
+            store_once(b"diff", store, "git.diff", run)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["git.diff"]
+    assert (tmp_path / "run" / "git.diff").stat().st_nlink == 2
+
+
 def test_store_once_writes_a_copy_where_no_hard_link_can_be_made(tmp_path, monkeypatch):
     """Another user's stored file (fs.protected_hardlinks) or 65000 links to it: the run still gets its file."""
 

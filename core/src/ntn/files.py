@@ -262,7 +262,7 @@ def store_once(data: bytes, store_fd: int, name: str, dir_fd: int) -> str:
             return digest
     try:
         os.replace(link, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        os.unlink(link, dir_fd=dir_fd)
-        raise
+    finally:  # renamed over a name of the same file (a run attaching it again), both names stay (POSIX rename)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link, dir_fd=dir_fd)
     return digest
