@@ -468,12 +468,14 @@ def _cell(value: Any) -> str:
 
 
 def table(document: dict[str, Any]) -> str:
-    """The trials in order (state, values, objective, validation and test figures), the counts, the best
-    trial with its test figures, and each parameter's importance."""
+    """The trials in order (state, values, objective, the validation figure unless it is the objective, the test
+    figure), the counts, the best trial with its test figures, and each parameter's importance."""
     search = document["search"]
     names = list(search["space"])
     by_name = {c["experiment"]: c for c in document["configurations"]}
     named = {t["trial"]: t for t in search["log"]}
+    quality = next((c["metric"] for c in document["configurations"]), "r2")
+    splits = [s for s in ("val", "test") if f"{s}_{quality}" != search["objective"]]  # the objective: a column already
     rows = []
     for number in sorted(named):
         t = named[number]
@@ -481,15 +483,15 @@ def table(document: dict[str, Any]) -> str:
         q = c.get("metric", "r2")
         figures = [
             "n/a" if c.get(f"{s}_{q}_mean") is None else f"{c[f'{s}_{q}_mean']:.4f} ± {c[f'{s}_{q}_std']:.4f}"
-            for s in ("val", "test")
+            for s in splits
         ]
         objective = "n/a" if t["objective"] is None else f"{t['objective']:.4f}"
         ok = f"{c.get('n_success', 0)}/{len(document['seeds'])}"
         rows.append([number, t["state"], *(_cell(t["values"].get(n)) for n in names), objective, *figures, ok])
-    quality = next((c["metric"] for c in document["configurations"]), "r2")
     arrow = "↑" if search["direction"] == "maximize" else "↓"
-    headers = ["trial", "state", *names, f"{search['objective']} {arrow}", f"val {quality}", f"test {quality}"]
-    priorities = [0, 1, *(3 for _ in names), 2, 6, 4, 5]  # dropped last: the trial, its state, its objective
+    headers = ["trial", "state", *names, f"{search['objective']} {arrow}", *(f"{s} {quality}" for s in splits)]
+    # dropped last: the trial, its state, its objective
+    priorities = [0, 1, *(3 for _ in names), 2, *({"val": 6, "test": 4}[s] for s in splits), 5]
     cells = list(zip(*rows)) if rows else [() for _ in priorities]
     columns = [Column(h, list(c), p) for h, c, p in zip([*headers, "seeds ok"], cells, priorities, strict=True)]
     lines = wrapped(
@@ -504,9 +506,10 @@ def table(document: dict[str, Any]) -> str:
     if best is not None:
         q = best["metric"]
         values = ", ".join(f"{k}={_cell(v)}" for k, v in best["values"].items())
+        validation = f"; validation {q} {best[f'val_{q}_mean']:.4f} ± {best[f'val_{q}_std']:.4f}"
         said = (
-            f"best: trial {best['trial']} ({values}): {search['objective']} {best['objective']:.4f}; validation "
-            f"{q} {best[f'val_{q}_mean']:.4f} ± {best[f'val_{q}_std']:.4f}; held-out test {q} "
+            f"best: trial {best['trial']} ({values}): {search['objective']} {best['objective']:.4f}"
+            f"{validation if search['objective'] != f'val_{q}' else ''}; held-out test {q} "
             f"{best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}"
         )
         lines += wrapped([said])
