@@ -235,6 +235,29 @@ def test_malformed_and_hostile_run_files_never_crash_the_results_commands(logs):
     assert plot.returncode == 0 and (logs / "curves.png").stat().st_size > 0, plot.stderr
 
 
+def test_a_relaunch_is_counted_once_by_summary_said_only_where_it_is_shown_and_still_reproducible(logs, monkeypatch):
+    """Two launches of `other` into two directories (as Aim keeps both): summary counts the newest and says so;
+    compare of two other experiments said it too (it counted runs it did not show), and reproduce could no
+    longer find the earlier launch's run by its id."""
+    for launch, r2 in (("first", 0.1), ("second", 0.9)):
+        monkeypatch.setenv("TRACKER_DIR", str(logs / launch))
+        with start_run("other_seed0", {"run_id": f"other_seed0@{launch}"}) as run:
+            run.log_summary({"seed": 0, "success": True, "test_r2": r2})
+    sources = ["--from", "file:second", "--from", "file:first", "--from", "file:experiment_logs"]  # newest read first
+    summary = ntn_trackers("summary", "--format", "json", *sources, cwd=logs)
+    (row,) = [r for r in json.loads(summary.stdout) if r["experiment"] == "other"]
+    assert row["runs"] == 1 and row["test_r2"]["mean"] == 0.9
+    assert (
+        summary.stderr
+        == "ntn-trackers: each run counted once, its newest launch; left out 1 run of an earlier launch\n"
+    )
+    compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", *sources, cwd=logs)
+    assert compared.returncode == 0 and compared.stderr == "", compared.stderr
+    earlier = ntn_trackers("reproduce", "other_seed0@first", *sources, cwd=logs)
+    assert "cannot reproduce other_seed0@first: it was recorded by None" in earlier.stderr  # found: its record read
+    assert "no recorded run is named" not in earlier.stderr, earlier.stderr
+
+
 def test_from_backend_location_reads_through_any_installed_reader(logs):
     default = json.loads(ntn_trackers("summary", "--format", "json", cwd=logs).stdout)
     explicit = ntn_trackers("summary", "--format", "json", "--from", "file:experiment_logs", cwd=logs)
@@ -346,10 +369,11 @@ def test_status_chooses_the_runs_of_summary_compare_and_plot(logs):
     assert sum(r["runs"] for r in both) == 9
     compared = ntn_trackers("compare", "bond_sweep_4", "bond_sweep_8", "--status", "finished", cwd=logs).stdout
     assert "failed" not in compared and "A: bond_sweep_4 (n=4)\nB: bond_sweep_8 (n=3)" in compared
-    for command in ("summary", "compare bond_sweep_4 bond_sweep_8", "plot"):
+    for command, failed in (("summary", 2), ("compare bond_sweep_4 bond_sweep_8", 1), ("plot", 2)):
         bad = ntn_trackers(*command.split(), "--status", "faild", cwd=logs)
         assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1, bad.stderr
-        assert "--status faild: no run has that status; these runs are failed (2), finished (7)" in bad.stderr
+        # the runs of what the command shows: compare's experiments only
+        assert f"--status faild: no run has that status; these runs are failed ({failed}), finished (7)" in bad.stderr
 
 
 def _drawn(monkeypatch, logs, *args: str):

@@ -241,7 +241,8 @@ def _command(args: argparse.Namespace) -> int:
     from ntn.tracking.results_cli import read_records
 
     try:
-        return reproduce(find(read_records(args), args.run), args.device, args.with_this_checkout)
+        # every launch's runs: an earlier one is reproduced by its id
+        return reproduce(find(read_records(args, newest=False), args.run), args.device, args.with_this_checkout)
     except CannotReproduce as err:  # names and ids from files anyone may have written: shown inert
         said = Redactor().text(f"ntn-trackers reproduce: cannot reproduce {args.run}: {err}")
         print(printable(said), file=sys.stderr)

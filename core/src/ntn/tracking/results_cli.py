@@ -87,12 +87,13 @@ def _positional(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [p for p in positional if os.path.exists(p)], [p for p in positional if not os.path.exists(p)]
 
 
-def read_records(args: argparse.Namespace) -> list[Record]:
-    """Every readable run, of the experiments or sweeps named if any, each run name and settings once (its newest
-    launch, said in one line on stderr when others were left out), and of the statuses asked for (--status);
-    each unreadable source is reported in one line on stderr and skipped.
+def read_records(args: argparse.Namespace, experiments: list[str] | None = None, newest: bool = True) -> list[Record]:
+    """Every readable run, of the experiments or sweeps named if any (or of `experiments`), each run name and
+    settings once when `newest` (its newest launch, said in one line on stderr when others were left out), and
+    of the statuses asked for (--status); each unreadable source is reported in one line on stderr and skipped.
 
-    :raises ValueError: no runs, a name that matches no experiment and no sweep, or a status no run holds
+    :raises ValueError: no runs, a name that matches no experiment and no sweep, an experiment of `experiments`
+        with no runs, or a status no run holds
     """
     paths, names = _positional(args)
     sources = [parse_source(text) for text in args.sources]
@@ -105,13 +106,25 @@ def read_records(args: argparse.Namespace) -> list[Record]:
             print(printable(f"ntn-trackers: skipped {problem}"), file=sys.stderr)
     if not records:
         raise ValueError("no runs found")
-    newest = newest_of_each_name(_named(records, names) if names else records)
+    records = _named(records, names) if names else records
+    if experiments is not None:
+        found = sorted({experiment_of(r) for r in records})
+        missing = [name for name in experiments if name not in found]
+        if missing:
+            raise ValueError(printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(found)}"))
+        records = [r for r in records if experiment_of(r) in experiments]
+    return _with_status(_newest(records) if newest else records, getattr(args, "status", None))
+
+
+def _newest(records: list[Record]) -> list[Record]:
+    """Each run once, its newest launch (`newest_of_each_name`); what was left out, said in one line on stderr."""
+    newest = newest_of_each_name(records)
     left_out = [_runs(newest.earlier, "of an earlier launch", "of earlier launches")] if newest.earlier else []
     left_out += [_runs(newest.read_again, "read again from another source")] if newest.read_again else []
     if left_out:
         print(f"ntn-trackers: each run counted once, its newest launch; left out {' and '.join(left_out)}",
               file=sys.stderr)  # fmt: skip
-    return _with_status(newest.records, getattr(args, "status", None))
+    return newest.records
 
 
 def _runs(count: int, one: str, many: str | None = None) -> str:
@@ -307,10 +320,7 @@ def _label(i: int) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    experiments = group(read_records(args))
-    missing = [name for name in args.experiments if name not in experiments]
-    if missing:
-        raise ValueError(printable(f"no runs of experiment {missing[0]!r}; found: {', '.join(experiments)}"))
+    experiments = group(read_records(args, args.experiments))
     # best first, those with no successful run last; the first is the reference
     chosen = sorted(ranked({name: experiments[name] for name in args.experiments}), key=lambda e: not e.metrics)
     seeds, rows = seeds_rows(chosen), comparison_rows(chosen)
