@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,24 @@ def provenance_of(s: Settings, data, command: dict[str, Any], machine: dict[str,
     machine that trained it (`machine`: a worker's `trained_on`, default this process's); `ntn-trackers
     reproduce` re-trains the run with `experiments.train.prepare_reproduction`."""
     gathered = gather(CODE)
+    code = gathered.record["code"]
+    if code.get("ntn_differs_in"):
+        _say_stale_core(code["ntn_imported_from"], tuple(code["ntn_differs_in"]))
     return gathered.merged(
         command=command | {"reproduce_with": REPRODUCE_WITH},
         machine=machine or trained_on(s.device, gathered.record["machine"]),
         data=data.provenance,
+    )
+
+
+@functools.cache  # once per process
+def _say_stale_core(imported: str, differs_in: tuple[str, ...]) -> None:
+    more = f" and {len(differs_in) - 1} more" if len(differs_in) > 1 else ""
+    print(
+        f"warning: ntn is imported from an installed copy ({imported}) that differs from this checkout's core/ in "
+        f"{differs_in[0]}{more}: the runs train without those changes (their provenance says so, as ntn_differs_in); "
+        "to train with them, install the checkout's: pip install -c constraints.txt -e ./core",
+        file=sys.stderr,
     )
 
 

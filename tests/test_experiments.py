@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,6 +250,40 @@ def test_an_unknown_model_is_one_line_naming_it(tmp_path):
     assert done.returncode == 2 and "s3cr3t" not in done.stderr and "no model '[REDACTED]'" in done.stderr
     helped = subprocess.run([*command[:3], "--help"], env=environ, capture_output=True, text=True)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m experiments.train {mpo2,")
+
+
+def test_an_installed_ntn_that_differs_from_the_checkout_s_core_is_said_once_and_recorded(tmp_path):
+    """Failed before: with ntn installed from core/ (`pip install ./core`, as the quick start does) and core/ edited
+    since, the runs trained with the installed copy while their provenance's diff showed the edit; nothing said so."""
+    import ntn
+
+    checkout, work = tmp_path / "checkout", tmp_path / "work"
+    no_cache = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "experiments", checkout / "experiments", ignore=no_cache)
+    imported = pathlib.Path(ntn.__file__).resolve().parent
+    shutil.copytree(imported, checkout / "core" / "src" / "ntn", ignore=no_cache)  # as installed, then edited:
+    with open(checkout / "core" / "src" / "ntn" / "trainer.py", "a") as trainer:
+        trainer.write("\n# an edit made after the install\n")
+    work.mkdir()
+    environ = os.environ | {"PYTHONPATH": str(checkout), "TRACKER_BACKEND": "file"}
+    flags = ["--seeds", "0,1", "--n-epochs", "1", "--dataset", "synthetic", "--n-samples", "200"]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "mpo2", *flags],
+        cwd=work,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ntn is imported from")]
+    assert warned == [
+        f"warning: ntn is imported from an installed copy ({imported}) that differs from this checkout's core/ in "
+        "core/src/ntn/trainer.py: the runs train without those changes (their provenance says so, as ntn_differs_in); "
+        "to train with them, install the checkout's: pip install -c constraints.txt -e ./core"
+    ]
+    for seed in (0, 1):
+        code = load(work / "experiment_logs" / f"mpo2_experiment_seed{seed}.json")["provenance"]["code"]
+        assert code["ntn_imported_from"] == str(imported) and code["ntn_differs_in"] == ["core/src/ntn/trainer.py"]
 
 
 def test_a_misspelt_flag_gets_one_line_and_the_help_hint(tmp_path):

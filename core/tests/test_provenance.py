@@ -1,8 +1,11 @@
 """Provenance gathered from real git checkouts, and what `reproduce` says differs."""
 
 import hashlib
+import shutil
+from pathlib import Path
 
-from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE, code, gather
+import ntn
+from ntn.tracking.provenance import DIFF_FILE, PACKAGES_FILE, code, gather, imported_core
 from ntn.tracking.redact import REDACTED
 from ntn.tracking.reproduce import agrees, differences, figures
 from ntn.tracking.testing import commit_all, git
@@ -78,6 +81,23 @@ def test_gather_lists_every_package_and_the_machine_once_per_process(tmp_path):
     assert provenance.record["machine"]["cores"] >= 1 and provenance.record["machine"]["cpu"]
 
 
+def test_an_installed_ntn_is_recorded_with_the_files_the_checkout_s_core_differs_in(tmp_path):
+    imported = Path(ntn.__file__).resolve().parent
+    core = tmp_path / "checkout" / "core" / "src" / "ntn"
+    shutil.copytree(imported, core, ignore=shutil.ignore_patterns("__pycache__"))
+    experiments = tmp_path / "checkout" / "experiments"
+    experiments.mkdir()
+    assert imported_core(experiments) == {"ntn_imported_from": str(imported)}  # a copy as installed: no difference
+    (core / "trainer.py").write_text("edited\n")
+    (core / "new_module.py").write_text("x = 1\n")
+    (core / "losses.py").unlink()
+    assert imported_core(experiments) == {
+        "ntn_imported_from": str(imported),
+        "ntn_differs_in": ["core/src/ntn/losses.py", "core/src/ntn/new_module.py", "core/src/ntn/trainer.py"],
+    }
+    assert imported_core(tmp_path) == {}  # no checkout of this project above it
+
+
 RECORDED = {
     "code": {"git_commit": "a" * 40, "git_dirty": True, "git_diff_sha256": "d" * 64},
     "versions": {"python": "3.11.9", "torch": "2.13.0", "packages_sha256": "p" * 64, "trackers": {"file": "x"}},
@@ -95,10 +115,12 @@ def test_the_same_provenance_differs_in_nothing_and_each_change_is_one_line():
         "data": RECORDED["data"] | {"sha256": "f" * 64},
         "settings_not_recorded": {"NEW": 3},
     }
+    now["code"] |= {"ntn_imported_from": "/venv/ntn", "ntn_differs_in": ["core/src/ntn/trainer.py"]}
     assert differences(RECORDED, now) == [
         f"code: commit {'a' * 40} recorded, {'b' * 40} now",
         "code: uncommitted changes (diff SHA-256 dddddddddddd…) recorded, no uncommitted changes now "
         "(the recorded diff is the run's git.diff)",
+        "code: core/'s own recorded, an installed ntn differing from core/ in core/src/ntn/trainer.py now",
         "versions: torch 2.13.0 recorded, 2.14.0 now",
         "versions: the installed packages differ from the recorded list (the run's packages.txt)",
         "data: california_housing SHA-256 eeeeeeeeeeee… recorded, ffffffffffff… now (/d/cal_housing.data)",

@@ -27,6 +27,7 @@ from typing import Any
 from ntn.tracking.redact import REDACTED, Redactor
 
 DIFF_LIMIT = 1_000_000  # bytes of the uncommitted diff attached, whole lines (the hash is of what is attached)
+CORE_SOURCE = Path("core", "src", "ntn")  # where a checkout of this project holds the source of `ntn`
 DIFF_FILE = "git.diff"
 PACKAGES_FILE = "packages.txt"
 GIT_TIMEOUT_S = 10.0
@@ -86,6 +87,28 @@ def code(directory: Path) -> tuple[dict[str, Any], bytes | None]:
     if whole > DIFF_LIMIT:
         found["git_diff_attached_bytes"] = len(diff)
     return found | {"git_diff_file": DIFF_FILE, "git_diff_redacted_lines": redacted}, diff
+
+
+def _sources(package: Path) -> dict[str, bytes]:
+    return {path.relative_to(package).as_posix(): path.read_bytes() for path in sorted(package.rglob("*.py"))}
+
+
+def imported_core(directory: Path) -> dict[str, Any]:
+    """Where the `ntn` this process runs comes from, when not from the checkout holding `directory` (an installed
+    copy: `pip install ./core`), and the files of the checkout's core/src/ntn it differs in: the checkout's
+    diff shows their changes, yet the runs train without them. {} for the checkout's own `ntn` (an editable
+    install), or outside a checkout of this project."""
+    import ntn
+
+    checkout = next((d for d in (directory, *directory.parents) if (d / CORE_SOURCE / "__init__.py").is_file()), None)
+    imported = Path(ntn.__file__).resolve().parent
+    if checkout is None or imported == (checkout / CORE_SOURCE).resolve():
+        return {}
+    ours, theirs = _sources(checkout / CORE_SOURCE), _sources(imported)
+    stale = sorted(
+        (CORE_SOURCE / name).as_posix() for name in ours.keys() | theirs.keys() if ours.get(name) != theirs.get(name)
+    )
+    return {"ntn_imported_from": str(imported), **({"ntn_differs_in": stale} if stale else {})}
 
 
 def redact_diff(diff: bytes) -> tuple[bytes, int]:
@@ -172,6 +195,7 @@ def gather(directory: str | os.PathLike | None = None) -> Provenance:
         main = getattr(sys.modules.get("__main__"), "__file__", None)
         directory = Path(main).resolve().parent if main else Path.cwd()
     code_record, diff = code(Path(directory))
+    code_record |= imported_core(Path(directory))
     installed = packages()
     package_list = "".join(f"{name}=={version}\n" for name, version in installed.items()).encode()
     versions = {"python": platform.python_version()} | {name: installed.get(name) for name in ("ntn", "torch", "numpy")}

@@ -60,6 +60,10 @@ def _code_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str
 def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """One line per way in which `now` (a re-run's provenance here) differs from `recorded`."""
     lines = _code_differences(recorded.get("code", {}), now.get("code", {}))
+    stale = [code.get("ntn_differs_in") for code in (recorded.get("code", {}), now.get("code", {}))]
+    if stale[0] != stale[1]:  # an installed ntn that differs from the checkout's core/: what ran is the copy
+        was, is_ = (f"an installed ntn differing from core/ in {', '.join(s)}" if s else "core/'s own" for s in stale)
+        lines.append(f"code: {was} recorded, {is_} now")
     versions, versions_now = recorded.get("versions", {}), now.get("versions", {})
     for name in sorted(set(versions) & set(versions_now) - {"packages_file", "packages_sha256", "trackers"}):
         if versions[name] != versions_now[name]:
