@@ -202,7 +202,11 @@ def test_a_run_of_another_commit_says_how_to_get_its_code_and_retrains_only_on_r
     code, out, err = reproduce(capsys)
     assert code == 2 and err.count("\n") == 1 and "reproduced" not in out
     assert f"  differs: code: commit {other} recorded" in out
-    assert f"to get that code: git worktree add ../ntn-0123456789ab {other}; then run this command from" in err
+    rerun = f"ntn-trackers reproduce mpo2_experiment_seed0 --dir {os.path.abspath('experiment_logs')}"
+    assert (
+        f"to get that code: git worktree add ../ntn-0123456789ab {other}; then, from ../ntn-0123456789ab: {rerun};"
+        in err
+    )
     assert "or re-train it with this checkout's code: --with-this-checkout" in err
     code, out, err = reproduce(capsys, "--with-this-checkout")
     assert code == 0 and out.rstrip().endswith("reproduced: all 7 figures identical"), out + err

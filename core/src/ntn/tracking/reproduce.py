@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -138,8 +140,8 @@ def _module(command: dict[str, Any]) -> ModuleType:
     return module
 
 
-def _how_to_get(code: dict[str, Any]) -> str:
-    """How to check out the code a run was trained with, in one line."""
+def _how_to_get(code: dict[str, Any], rerun: str) -> str:
+    """How to check out the code a run was trained with, and `rerun` there, in one line."""
     commit = code.get("git_commit")
     if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{7,64}", commit):  # never a command to paste
         return "its record names no git commit: its code cannot be checked out"
@@ -150,7 +152,7 @@ def _how_to_get(code: dict[str, Any]) -> str:
             f", then its uncommitted changes: git -C {folder} apply <the run's git.diff> "
             f"(SHA-256 {_short(code.get('git_diff_sha256'))})"
         )
-    return f"{said}; then run this command from {folder}"
+    return f"{said}; then, from {folder}: {rerun}"
 
 
 def _own_ids(record: dict[str, Any]) -> list[Any]:
@@ -191,10 +193,15 @@ def _listed(record: dict[str, Any]) -> str:
     return own if started is None else f"{own} (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))})"
 
 
-def reproduce(record: dict[str, Any], device: str | None = None, with_this_checkout: bool = False) -> int:
+def reproduce(
+    record: dict[str, Any],
+    device: str | None = None,
+    with_this_checkout: bool = False,
+    rerun: str = "this command",
+) -> int:
     """Re-train `record` here, print what differs and each figure; the exit code (0, 1; CannotReproduce: 2).
     A run trained with other code (another commit, other uncommitted changes) is re-trained with this
-    checkout's only when `with_this_checkout`; else how to get its code is said, exit 2."""
+    checkout's only when `with_this_checkout`; else how to get its code is said, and to run `rerun` there, exit 2."""
     from tabulate import tabulate
 
     recorded = record.get("provenance")
@@ -213,8 +220,8 @@ def reproduce(record: dict[str, Any], device: str | None = None, with_this_check
     sys.stdout.flush()
     if _code_differences(recorded.get("code", {}), now.get("code", {})) and not with_this_checkout:
         raise CannotReproduce(
-            f"it was trained with other code; to get that code: {_how_to_get(recorded.get('code', {}))}; or re-train "
-            f"it with this checkout's code: {THIS_CHECKOUT}"
+            f"it was trained with other code; to get that code: {_how_to_get(recorded.get('code', {}), rerun)}; "
+            f"or re-train it with this checkout's code: {THIS_CHECKOUT}"
         )
     try:
         summary = train()
@@ -246,11 +253,29 @@ def _command(args: argparse.Namespace) -> int:
 
     try:
         # every launch's runs: an earlier one is reproduced by its id
-        return reproduce(find(read_records(args, newest=False), args.run), args.device, args.with_this_checkout)
+        record = find(read_records(args, newest=False), args.run)
+        return reproduce(record, args.device, args.with_this_checkout, _rerun(args))
     except CannotReproduce as err:  # names and ids from files anyone may have written: shown inert
         said = Redactor().text(f"ntn-trackers reproduce: cannot reproduce {args.run}: {err}")
         print(printable(said), file=sys.stderr)
         return 2
+
+
+def _rerun(args: argparse.Namespace) -> str:
+    """This command as it reads the same runs from any directory (another checkout): local sources made absolute."""
+    from ntn.tracking.results_cli import DEFAULT_DIR, parse_source
+
+    sources = []
+    for text in args.sources:
+        backend, location = parse_source(text)
+        if location and "://" not in location:  # a server's address stays as it is
+            location = os.path.abspath(location)
+        sources += ["--from", f"{backend}:{location}" if location else backend]
+    if args.dir or not args.sources:
+        sources += ["--dir", os.path.abspath(args.dir or DEFAULT_DIR)]
+    return shlex.join(
+        ["ntn-trackers", "reproduce", args.run, *sources, *(["--device", args.device] if args.device else [])]
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
