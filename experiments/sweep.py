@@ -28,7 +28,7 @@ from typing import Any
 import ntn  # its trainer imports torch on first use: only a sweep asking for a GPU does, here
 from ntn.errors import NtnError
 from ntn.threads import training_threads
-from ntn.tracking import hold, prepare, stop_on_signals, uninterrupted, validate
+from ntn.tracking import closing_line, hold, prepare, stop_on_signals, uninterrupted, validate
 
 from experiments.dask_pool import DaskPool, WorkersLost
 from experiments.failures import fails_again, reasons
@@ -306,6 +306,7 @@ def _run(sweep: Sweep, opts: Options, record: Record, pool, backends: list) -> i
             f"best on validation: {best['experiment']} (validation {q} {best[f'val_{q}_mean']:.4f}; "
             f"held-out test {q} {best[f'test_{q}_mean']:.4f} ± {best[f'test_{q}_std']:.4f}) -> {opts.output}"
         )
+    print(redact(closing_line(backends)))
     say_failed(
         document, opts.output, "change their settings (a rerun trains them again, with --keep-failed it leaves them)"
     )
@@ -393,6 +394,7 @@ def _run_search(sweep: Sweep, opts: Options, study: Any, pool, backends: list) -
     with contextlib.suppress(ImportError):
         search.plot(document, opts.output.with_suffix(".png"))
     print(f"-> {opts.output}, {opts.output.with_suffix('.png')}")
+    print(redact(closing_line(backends)))
     failed, running = document["search"]["n_failed"], document["search"]["n_running"]
     say_failed(
         document, opts.output, "narrow the space (a rerun asks their trials again, with --keep-failed it leaves them)"

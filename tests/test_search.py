@@ -639,6 +639,7 @@ def test_run_sweep_trains_a_search_records_its_pruned_runs_and_resumes_exactly_o
     document = json.loads((tmp_path / "results_sweep_find.json").read_text())
     failed = document["search"]["n_failed"]
     assert first.returncode == (1 if failed else 0), first.stderr
+    assert first.stdout.splitlines()[-1].startswith("runs recorded by file: experiment_logs/; compare them: ")
     study = stored_at(tmp_path / "results_sweep_find.json")
     latest = named(study)
     assert sorted(latest) == [t.number for t in study.trials] == list(range(8))

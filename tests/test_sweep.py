@@ -132,6 +132,8 @@ def test_a_grid_sweep_trains_and_tracks_every_run_once(tmp_path, executor):
     assert done.returncode == _exit_code(tmp_path), done.stderr
     check_sweep(tmp_path, tmp_path / "aim")
     assert "best on validation: " in done.stdout and (tmp_path / "results_sweep_grid.png").stat().st_size > 1000
+    closing = done.stdout.splitlines()[-1]  # where the runs are, and how to read them back, as run_*.sh says it
+    assert closing.startswith("runs recorded by file: experiment_logs/, aim: ") and " summary --from file:" in closing
     lines = done.stdout.splitlines()  # the table, best first
     assert lines[2].split()[0] == _results(tmp_path)["best"]["experiment"]
 
