@@ -70,6 +70,8 @@ def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout
     assert again.returncode == 0, again.stdout + again.stderr
     assert "same code, packages, data and device" in again.stdout
     assert again.stdout.rstrip().endswith("reproduced: all 7 figures identical")
+    figures = {line.split()[0] for line in again.stdout.splitlines() if line.startswith(("train_", "val_", "test_"))}
+    assert {"train_loss", "train_r2", "val_r2", "test_r2"} <= figures  # named as summary names them
 
     # a setting's default changed since: the record holds the value the run used, so the figures come back
     settings = checkout / "experiments" / "settings.py"

@@ -27,7 +27,7 @@ from typing import Any
 
 from ntn.errors import NtnError
 from ntn.tracking.redact import Redactor
-from ntn.tracking.results import NOT_METRICS, experiment_of
+from ntn.tracking.results import NOT_METRICS, experiment_of, figure_name
 from ntn.tracking.tables import printable
 
 REL_TOL = 1e-6  # figures of float64 training on another BLAS, CPU or GPU agree to this, relatively
@@ -237,7 +237,9 @@ def reproduce(
         disagree, identical = disagree + (not ok), identical + same
         relative = "-" if new is None or same else f"{abs(new - value) / max(abs(value), abs(new)):.1e}"
         shown = repr(new) if new is not None else "-"
-        rows.append([name, repr(value), shown, relative, "identical" if same else "yes" if ok else "NO"])
+        rows.append(
+            [figure_name(name, expected), repr(value), shown, relative, "identical" if same else "yes" if ok else "NO"]
+        )
     headers = ["figure", "recorded", "now", "relative difference", "agrees"]
     print(tabulate(rows, headers=headers, disable_numparse=True))
     if disagree:
