@@ -176,7 +176,8 @@ def _main(argv: list[str] | None, state: dict[str, Any]) -> int:
         return _fail(
             model,
             f"EXPERIMENT_NAME={s.experiment_name!r} already holds runs trained with other settings: {mixed}; give "
-            f"this run its own EXPERIMENT_NAME, or remove {output} and its runs to start the experiment afresh",
+            f"this run its own EXPERIMENT_NAME, or remove {output} and its runs ({s.experiment_name}_seed*.json in "
+            f"TRACKER_DIR {s.tracker_dir!r}) to start the experiment afresh",
         )
     with holding:
         return _train(model, s, data, backends, output, state, helpers)

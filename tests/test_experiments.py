@@ -312,7 +312,8 @@ def test_an_experiment_name_holding_runs_of_other_settings_is_refused_naming_the
     code, _, err = train_here("mpo2", N_EPOCHS="1", SEEDS="0", DATASET="synthetic", BOND_DIM="4")
     assert code == 2 and err.count("\n") == 1, err
     assert "EXPERIMENT_NAME='mpo2_experiment' already holds runs trained with other settings: " in err
-    assert "BOND_DIM=6 (this run: 4)" in err and "N_EPOCHS=2 (this run: 1)" in err and "remove results_mpo2" in err
+    assert "BOND_DIM=6 (this run: 4)" in err and "N_EPOCHS=2 (this run: 1)" in err
+    assert "remove results_mpo2_experiment.json and its runs (mpo2_experiment_seed*.json in TRACKER_DIR " in err
     assert (tmp_path / "results_mpo2_experiment.json").read_bytes() == before
     assert train_here("mpo2", N_EPOCHS="2", SEEDS="1", DATASET="synthetic", BOND_DIM="6")[0] == 0  # more seeds
 
