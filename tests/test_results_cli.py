@@ -139,7 +139,7 @@ def test_tables_fit_the_terminal_dropping_whole_columns_in_their_stated_priority
         table.split()
     )
     comparison = subprocess.run([*CLI, *compared], capture_output=True, text=True, cwd=tmp_path, env=env).stdout
-    assert "Δ: difference of means to A" in " ".join(comparison.split())
+    assert "Δ: difference of means to A (the best) ± its standard error" in " ".join(comparison.split())
     assert "A: long_experiment_name_large (n=2): bond_dim=8" in comparison
     assert "C: long_experiment_name_small (n=2): bond_dim=2" in comparison
     columns = _columns(comparison, "metric")

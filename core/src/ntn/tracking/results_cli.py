@@ -339,7 +339,9 @@ def _compare(args: argparse.Namespace) -> int:
         + ("" if said or not settings[e.name] else f": {_settings_cell(settings[e.name])}")
         for i, e in enumerate(chosen)
     ]
-    heading = _heading([_ranking(chosen, q), f"Δ: difference of means to {_label(0)}", KEPT_EPOCH])
+    heading = _heading(
+        [_ranking(chosen, q), f"Δ: difference of means to {_label(0)} (the best) ± its standard error", KEPT_EPOCH]
+    )
     notes = [f"failed: {name}: {error}" for exp in chosen for name, error in errors_of(exp).items()]
     text = "\n".join([heading, *wrapped(legend), fit(columns, width())])
     _emit(seeds + rows, args.format, "\n".join([text, "", *wrapped(notes)]) if notes else text)
