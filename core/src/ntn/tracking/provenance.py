@@ -104,7 +104,10 @@ def imported_core(directory: Path) -> dict[str, Any]:
     imported = Path(ntn.__file__).resolve().parent
     if checkout is None or imported == (checkout / CORE_SOURCE).resolve():
         return {}
-    ours, theirs = _sources(checkout / CORE_SOURCE), _sources(imported)
+    try:
+        ours, theirs = _sources(checkout / CORE_SOURCE), _sources(imported)
+    except OSError:  # a file that cannot be read: which ntn ran is still said, never an error
+        return {"ntn_imported_from": str(imported)}
     stale = sorted(
         (CORE_SOURCE / name).as_posix() for name in ours.keys() | theirs.keys() if ours.get(name) != theirs.get(name)
     )
