@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from ntn.tracking import start_run, uninterrupted
 from ntn.tracking.provenance import Provenance, command, gather
 
+from experiments.outputs import redact
 from experiments.settings import SETTINGS, Settings, run_name
 
 CODE = Path(__file__).resolve().parent  # the experiments' code: its git state is each run's provenance
@@ -59,10 +61,16 @@ def provenance_of(s: Settings, data, command: dict[str, Any], machine: dict[str,
 @functools.cache  # once per process
 def _say_stale_core(imported: str, differs_in: tuple[str, ...]) -> None:
     more = f" and {len(differs_in) - 1} more" if len(differs_in) > 1 else ""
+    checkout = CODE.parent
+    install = (
+        f"pip install -c {shlex.quote(str(checkout / 'constraints.txt'))} -e {shlex.quote(str(checkout / 'core'))}"
+    )
     print(
-        f"warning: ntn is imported from an installed copy ({imported}) that differs from this checkout's core/ in "
-        f"{differs_in[0]}{more}: the runs train without those changes (their provenance says so, as ntn_differs_in); "
-        "to train with them, install the checkout's: pip install -c constraints.txt -e ./core",
+        redact(
+            f"warning: ntn is imported from {imported}, a copy that differs from this checkout's core/ in "
+            f"{differs_in[0]}{more}: the runs train without those changes (their provenance says so, as "
+            f"ntn_differs_in); to train with them, install the checkout's: {install}"
+        ),
         file=sys.stderr,
     )
 

@@ -277,9 +277,10 @@ def test_an_installed_ntn_that_differs_from_the_checkout_s_core_is_said_once_and
     assert done.returncode in (0, 1), done.stderr
     warned = [line for line in done.stderr.splitlines() if line.startswith("warning: ntn is imported from")]
     assert warned == [
-        f"warning: ntn is imported from an installed copy ({imported}) that differs from this checkout's core/ in "
+        f"warning: ntn is imported from {imported}, a copy that differs from this checkout's core/ in "
         "core/src/ntn/trainer.py: the runs train without those changes (their provenance says so, as ntn_differs_in); "
-        "to train with them, install the checkout's: pip install -c constraints.txt -e ./core"
+        f"to train with them, install the checkout's: pip install -c {checkout / 'constraints.txt'} "
+        f"-e {checkout / 'core'}"
     ]
     for seed in (0, 1):
         code = load(work / "experiment_logs" / f"mpo2_experiment_seed{seed}.json")["provenance"]["code"]

@@ -33,12 +33,32 @@ def checkout(tmp_path):
 
 def in_checkout(checkout: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
     ours = ("TRACKER_BACKEND", "EXPERIMENT_NAME", "SEEDS", "TRACKER_DIR", "PYTHONPATH")
-    # the packages' sources as given, but never this repository's experiments: the checkout's are run
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    # the packages' sources as given (`env`'s first), but never this repository's experiments: the checkout's are run
+    given = [env.pop("PYTHONPATH")] if "PYTHONPATH" in env else []
+    paths = given + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
     environ = (
         {k: v for k, v in os.environ.items() if k not in ours} | SMALL | env | {"PYTHONPATH": os.pathsep.join(paths)}
     )
     return subprocess.run(list(command), cwd=checkout, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def test_a_checkout_whose_core_is_not_the_ntn_imported_is_refused_and_its_advice_reproduces(checkout):
+    """Failed before: reproduce, run from the recorded commit's worktree as it advised, re-trained with the ntn this
+    Python imports (another checkout's, or an installed copy), and said the run did not reproduce."""
+    import ntn
+
+    trained = in_checkout(checkout, sys.executable, "-m", "experiments.train", "mpo2", TRACKER_BACKEND="file")
+    assert trained.returncode == 0, trained.stderr
+    core = checkout / "core" / "src"
+    shutil.copytree(Path(ntn.__file__).resolve().parent, core / "ntn", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(core / "ntn" / "trainer.py", "a") as f:
+        f.write("# this checkout's own change\n")
+    refused = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0")
+    assert refused.returncode == 2 and "reproduced" not in refused.stdout, refused.stdout + refused.stderr
+    advice = f"run it with the checkout's: PYTHONPATH={core} ntn-trackers reproduce mpo2_experiment_seed0 --dir "
+    assert "(it differs in core/src/ntn/trainer.py); " + advice in refused.stderr, refused.stderr
+    followed = in_checkout(checkout, TRACKERS, "reproduce", "mpo2_experiment_seed0", PYTHONPATH=str(core))
+    assert followed.returncode == 0 and "reproduced: all 7 figures identical" in followed.stdout, followed.stderr
 
 
 def test_a_run_records_its_code_and_reproduces_identically_from_a_dirty_checkout(checkout):
@@ -206,12 +226,30 @@ def test_a_run_of_another_commit_says_how_to_get_its_code_and_retrains_only_on_r
     assert f"  differs: code: commit {other} recorded" in out
     rerun = f"ntn-trackers reproduce mpo2_experiment_seed0 --dir {os.path.abspath('experiment_logs')}"
     assert (
-        f"to get that code: git worktree add ../ntn-0123456789ab {other}; then, from ../ntn-0123456789ab: {rerun};"
-        in err
+        f"to get that code: git worktree add ../ntn-0123456789ab {other}; then, from ../ntn-0123456789ab: "
+        f"PYTHONPATH=core/src {rerun};" in err
     )
     assert "or re-train it with this checkout's code: --with-this-checkout" in err
     code, out, err = reproduce(capsys, "--with-this-checkout")
     assert code == 0 and out.rstrip().endswith("reproduced: all 7 figures identical"), out + err
+
+
+def test_the_command_to_run_elsewhere_names_every_source_absolutely(tmp_path, monkeypatch):
+    """Failed before: `--from file` (a backend's default location) was repeated as it was, and read nothing from the
+    recorded commit's worktree."""
+    import argparse
+
+    from ntn.tracking.reproduce import _rerun
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACKER_DIR", raising=False)
+    args = argparse.Namespace(
+        run="x_seed0", sources=["file", "file:logs b", "aim:aim://h:53800"], dir=None, device=None
+    )
+    assert _rerun(args) == (
+        f"ntn-trackers reproduce x_seed0 --from file:{tmp_path}/experiment_logs --from 'file:{tmp_path}/logs b' "
+        "--from aim:aim://h:53800"
+    )
 
 
 def test_a_commit_that_is_no_commit_is_never_shown_as_a_command(recorded, capsys):

@@ -88,6 +88,8 @@ def test_an_installed_ntn_is_recorded_with_the_files_the_checkout_s_core_differs
     experiments = tmp_path / "checkout" / "experiments"
     experiments.mkdir()
     assert imported_core(experiments) == {"ntn_imported_from": str(imported)}  # a copy as installed: no difference
+    (core / ".#trainer.py").symlink_to("root@host.1234:1700000000")  # an editor's lock: a dangling link, no module
+    assert imported_core(experiments) == {"ntn_imported_from": str(imported)}
     (core / "trainer.py").write_text("edited\n")
     (core / "new_module.py").write_text("x = 1\n")
     (core / "losses.py").unlink()

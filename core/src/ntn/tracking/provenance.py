@@ -90,7 +90,8 @@ def code(directory: Path) -> tuple[dict[str, Any], bytes | None]:
 
 
 def _sources(package: Path) -> dict[str, bytes]:
-    return {path.relative_to(package).as_posix(): path.read_bytes() for path in sorted(package.rglob("*.py"))}
+    # a regular file each: an editor's lock file `.#trainer.py` is a dangling link
+    return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*.py")) if p.is_file()}
 
 
 def imported_core(directory: Path) -> dict[str, Any]:

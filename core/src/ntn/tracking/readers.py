@@ -107,6 +107,18 @@ def _cli() -> str:
     return shlex.quote(relative if not relative.startswith("..") else own)  # pasted into a shell as it is
 
 
+def default_source(name: str) -> str:
+    """The `--from` value for backend `name`'s default location here: its tracker's `source()` (e.g.
+    "aim:/home/me/exp"), else `name` alone."""
+    from ntn.tracking.discovery import installed
+
+    try:
+        source = optional(installed()[name].load(), "source")
+        return source() if source is not None else name
+    except Exception:  # no such tracker (a reader alone), or one that cannot load or say: its name
+        return name
+
+
 def _said(backend: Backend, method: str) -> str:
     said = optional(backend.factory, method)
     return said() if said is not None else ""

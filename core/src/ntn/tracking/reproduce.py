@@ -152,7 +152,7 @@ def _how_to_get(code: dict[str, Any], rerun: str) -> str:
             f", then its uncommitted changes: git -C {folder} apply <the run's git.diff> "
             f"(SHA-256 {_short(code.get('git_diff_sha256'))})"
         )
-    return f"{said}; then, from {folder}: {rerun}"
+    return f"{said}; then, from {folder}: PYTHONPATH=core/src {rerun}"
 
 
 def _own_ids(record: dict[str, Any]) -> list[Any]:
@@ -214,10 +214,18 @@ def reproduce(
     module = _module(recorded.get("command", {}))
     now, train = module.prepare_reproduction(record, device)
     checkout = _checkout(Path(module.__file__).resolve().parent)
-    print(f"reproducing {record['experiment_name']} with {module.__name__} of {checkout or module.__file__}")
+    said = f"reproducing {record['experiment_name']} with {module.__name__} of {checkout or module.__file__}"
+    print(printable(Redactor().text(said)))
     lines = differences(recorded, now)
     print("\n".join(f"  differs: {line}" for line in lines) or "  same code, packages, data and device")
     sys.stdout.flush()
+    stale = now.get("code", {}).get("ntn_differs_in")
+    if stale:  # the re-run would train that copy's code, not the checkout's
+        raise CannotReproduce(
+            f"this process's ntn ({now['code'].get('ntn_imported_from')}) is not this checkout's core/ (it differs in "
+            f"{', '.join(stale)}); run it with the checkout's: PYTHONPATH={shlex.quote(str(checkout))}/core/src "
+            f"{rerun}"
+        )
     if _code_differences(recorded.get("code", {}), now.get("code", {})) and not with_this_checkout:
         raise CannotReproduce(
             f"it was trained with other code; to get that code: {_how_to_get(recorded.get('code', {}), rerun)}; "
@@ -265,11 +273,14 @@ def _command(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> str:
     """This command as it reads the same runs from any directory (another checkout): local sources made absolute."""
+    from ntn.tracking.readers import default_source
     from ntn.tracking.results_cli import DEFAULT_DIR, parse_source
 
     sources = []
     for text in args.sources:
         backend, location = parse_source(text)
+        if not location:  # the backend's default as this process sees it (its variables, its working directory)
+            backend, location = parse_source(default_source(backend))
         if location and "://" not in location:  # a server's address stays as it is
             location = os.path.abspath(location)
         sources += ["--from", f"{backend}:{location}" if location else backend]
