@@ -94,6 +94,13 @@ def _sources(package: Path) -> dict[str, bytes]:
     return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*.py")) if p.is_file()}
 
 
+def core_source(directory: Path) -> Path | None:
+    """The source of `ntn` in the checkout of this project holding `directory` (its core/src/ntn), or None."""
+    return next(
+        (d / CORE_SOURCE for d in (directory, *directory.parents) if (d / CORE_SOURCE / "__init__.py").is_file()), None
+    )
+
+
 def imported_core(directory: Path) -> dict[str, Any]:
     """Where the `ntn` this process runs comes from, when not from the checkout holding `directory` (an installed
     copy: `pip install ./core`), and the files of the checkout's core/src/ntn it differs in: the checkout's
@@ -101,12 +108,12 @@ def imported_core(directory: Path) -> dict[str, Any]:
     install), or outside a checkout of this project."""
     import ntn
 
-    checkout = next((d for d in (directory, *directory.parents) if (d / CORE_SOURCE / "__init__.py").is_file()), None)
+    source = core_source(directory)
     imported = Path(ntn.__file__).resolve().parent
-    if checkout is None or imported == (checkout / CORE_SOURCE).resolve():
+    if source is None or imported == source.resolve():
         return {}
     try:
-        ours, theirs = _sources(checkout / CORE_SOURCE), _sources(imported)
+        ours, theirs = _sources(source), _sources(imported)
     except OSError:  # a file that cannot be read: which ntn ran is still said, never an error
         return {"ntn_imported_from": str(imported)}
     stale = sorted(

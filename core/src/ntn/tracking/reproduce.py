@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from ntn.errors import NtnError
+from ntn.tracking.provenance import core_source
 from ntn.tracking.redact import Redactor
 from ntn.tracking.results import NOT_METRICS, experiment_of, figure_name
 from ntn.tracking.tables import printable
@@ -220,11 +221,11 @@ def reproduce(
     print("\n".join(f"  differs: {line}" for line in lines) or "  same code, packages, data and device")
     sys.stdout.flush()
     stale = now.get("code", {}).get("ntn_differs_in")
-    if stale:  # the re-run would train that copy's code, not the checkout's
+    source = core_source(Path(module.__file__).resolve().parent)
+    if stale and source is not None:  # the re-run would train that copy's code, not the checkout's
         raise CannotReproduce(
             f"this process's ntn ({now['code'].get('ntn_imported_from')}) is not this checkout's core/ (it differs in "
-            f"{', '.join(stale)}); run it with the checkout's: PYTHONPATH={shlex.quote(str(checkout))}/core/src "
-            f"{rerun}"
+            f"{', '.join(stale)}); run it with the checkout's: PYTHONPATH={shlex.quote(str(source.parent))} {rerun}"
         )
     if _code_differences(recorded.get("code", {}), now.get("code", {})) and not with_this_checkout:
         raise CannotReproduce(

@@ -128,8 +128,8 @@ class Newest:
     run read again (another source: its `config["run_id"]`) and how many runs of earlier launches of a name."""
 
     records: list[Record]
-    read_again: int = 0
-    earlier: int = 0
+    read_again: int
+    earlier: int
 
 
 def newest_of_each_name(records: list[Record]) -> Newest:

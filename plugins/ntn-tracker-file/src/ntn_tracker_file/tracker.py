@@ -14,10 +14,10 @@ No path below TRACKER_DIR is followed through a symlink: every file there is ope
 descriptor of its directory, each directory opened with O_NOFOLLOW (`ntn.files.open_directory`), and
 `check_environment` refuses, before any run, a symlink where a run would write. TRACKER_DIR itself may
 be a symlink the user made (it is taken as named).
-`started` is the Unix time the run started (of a name's runs read from several backends, `ntn-trackers summary`
-counts the newest). While the run is going, `summary.status` is "running"; `finalize` sets the run's status ("finished",
-"failed", "interrupted") unless the core has recorded it first. A process killed with SIGKILL leaves
-"running", with the file's modification time as the age of its last record.
+`started` is the Unix time the run started (of a name's runs read from several backends, `ntn-trackers
+summary` counts the newest). While the run is going, `summary.status` is "running"; `finalize` sets the
+run's status ("finished", "failed", "interrupted") unless the core has recorded it first. A process killed
+with SIGKILL leaves "running", with the file's modification time as the age of its last record.
 """
 
 from __future__ import annotations
